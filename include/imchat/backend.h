@@ -1,0 +1,291 @@
+/*
+ * imchat - backend vtables.
+ *
+ * libimchat performs no I/O of its own. Everything it needs from the
+ * outside world (sockets, the registry, the message bus, counters, the
+ * dedup set, the store, keys) it asks for through one of these vtables.
+ *
+ * Rules shared by every vtable:
+ *  - struct_size comes first and holds sizeof() of the vtable as the
+ *    backend was compiled. Members are only ever appended; the library
+ *    treats members that lie past struct_size as absent.
+ *  - Every call gets the backend's own ud pointer first.
+ *  - Pointers passed into a call are borrowed for the duration of the call
+ *    only; a backend that completes later copies what it needs.
+ *  - An operation that takes a completion returns 0 and calls the
+ *    completion exactly once (before returning, or later from the host's
+ *    event loop), or returns a negative IMC_ERR_* and never calls it.
+ *    Completions must not run from another thread: libimchat objects are
+ *    single-threaded.
+ *  - Pointers a completion receives are valid only during the completion.
+ *  - A backend must have called every completion before the host deletes
+ *    the object that started the operations.
+ */
+#ifndef IMCHAT_BACKEND_H
+#define IMCHAT_BACKEND_H
+
+#include <imchat/common.h>
+
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Messages                                                             */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A routed message, as stored and delivered. Strings are NUL-terminated;
+ * absent strings are "" (never NULL). Mirrors imchat.v1.Message.
+ */
+typedef struct imc_msg {
+  const char *msg_id;
+  const char *conversation_id;
+  uint64_t seq;
+  const char *from_user;
+  const char *to_user;  /* "" for group messages */
+  const char *group_id; /* "" for 1:1 messages */
+  const uint8_t *body;
+  size_t body_len;
+  const char *content_type;
+  int64_t sent_at_ms;
+  const char *client_msg_id;
+  const char *from_device;
+} imc_msg;
+
+/* ------------------------------------------------------------------ */
+/* Transport: the host's side of a client connection                   */
+/* ------------------------------------------------------------------ */
+
+typedef struct imc_transport_vtbl {
+  uint32_t struct_size;
+  /*
+   * Write the iovcnt buffers of iov, in order, to the connection whose
+   * host pointer is conn_ud. Returns the number of bytes written (a
+   * partial write is fine), IMC_ERR_WOULDBLOCK when nothing can be written
+   * now (the host calls imc_gateway_conn_writable() once it can), or any
+   * other negative code if the connection is broken.
+   */
+  ssize_t (*send)(void *ud, void *conn_ud, const struct iovec *iov, int iovcnt);
+  /*
+   * The library is done with the connection: the host closes the socket.
+   * The library's connection handle is invalid once this returns.
+   */
+  void (*close)(void *ud, void *conn_ud);
+} imc_transport_vtbl;
+
+/* ------------------------------------------------------------------ */
+/* Registry: where each connected device lives                          */
+/* ------------------------------------------------------------------ */
+
+/* One connected device: user_id is on node_id as device_id. */
+typedef struct imc_reg_entry {
+  const char *user_id;
+  const char *device_id;
+  const char *node_id;
+  uint64_t conn_id; /* unique on node_id; lets a device reconnect safely */
+} imc_reg_entry;
+
+/* Result of a lookup: every live entry of the user (n may be 0). */
+typedef void (*imc_lookup_cb)(void *done_ud, int status,
+                              const imc_reg_entry *entries, size_t n);
+
+typedef enum imc_watch_event_type {
+  IMC_WATCH_PUT = 1,
+  IMC_WATCH_DELETE = 2
+} imc_watch_event_type;
+
+/* A change under a watched key prefix. */
+typedef void (*imc_watch_cb)(void *cb_ud, imc_watch_event_type type,
+                             const char *key, const uint8_t *value,
+                             size_t value_len);
+
+typedef struct imc_registry_vtbl {
+  uint32_t struct_size;
+  /* Add or replace the entry, alive for ttl_s seconds unless renewed. */
+  int (*register_conn)(void *ud, const imc_reg_entry *e, uint32_t ttl_s,
+                       imc_done_cb done, void *done_ud);
+  /* Extend the entry's life by ttl_s from now. */
+  int (*renew)(void *ud, const imc_reg_entry *e, uint32_t ttl_s,
+               imc_done_cb done, void *done_ud);
+  /* Remove the entry if it still belongs to e->conn_id. */
+  int (*unregister)(void *ud, const imc_reg_entry *e, imc_done_cb done,
+                    void *done_ud);
+  /* Every live entry of user_id. */
+  int (*lookup)(void *ud, const char *user_id, imc_lookup_cb done,
+                void *done_ud);
+  /*
+   * Call cb for every later change of a key under prefix, until the
+   * backend is deleted. Used to invalidate caches.
+   */
+  int (*watch)(void *ud, const char *prefix, imc_watch_cb cb, void *cb_ud);
+} imc_registry_vtbl;
+
+/* ------------------------------------------------------------------ */
+/* Bus: durable or in-process topics                                    */
+/* ------------------------------------------------------------------ */
+
+/* One record received from a topic. */
+typedef struct imc_bus_record {
+  const uint8_t *key;
+  size_t key_len;
+  const uint8_t *value;
+  size_t value_len;
+  int32_t partition;
+  uint64_t offset;
+} imc_bus_record;
+
+/* A batch of records (n >= 1) for a poll, or status < 0 and n == 0. */
+typedef void (*imc_bus_batch_cb)(void *done_ud, int status,
+                                 const imc_bus_record *recs, size_t n);
+
+typedef struct imc_bus_vtbl {
+  uint32_t struct_size;
+  /*
+   * Append value to topic, partitioned by key. done runs once the record
+   * is as durable as the bus makes it.
+   */
+  int (*publish)(void *ud, const char *topic, const uint8_t *key,
+                 size_t key_len, const uint8_t *value, size_t value_len,
+                 imc_done_cb done, void *done_ud);
+  /*
+   * Deliver up to max records of topic not yet committed by consumer
+   * group, as soon as at least one is available. One poll per
+   * (topic, group) may be outstanding at a time.
+   */
+  int (*poll)(void *ud, const char *topic, const char *group, size_t max,
+              imc_bus_batch_cb done, void *done_ud);
+  /*
+   * Mark every record of the partition up to and including offset as
+   * processed by group; uncommitted records are delivered again after a
+   * restart (at-least-once).
+   */
+  int (*commit)(void *ud, const char *topic, const char *group,
+                int32_t partition, uint64_t offset, imc_done_cb done,
+                void *done_ud);
+} imc_bus_vtbl;
+
+/* ------------------------------------------------------------------ */
+/* Sequence numbers                                                     */
+/* ------------------------------------------------------------------ */
+
+typedef void (*imc_seq_cb)(void *done_ud, int status, uint64_t seq);
+
+typedef struct imc_seq_vtbl {
+  uint32_t struct_size;
+  /*
+   * The next value of the counter named key: 1 for a new key, then
+   * strictly increasing, never reused, also across restarts.
+   */
+  int (*next)(void *ud, const char *key, imc_seq_cb done, void *done_ud);
+} imc_seq_vtbl;
+
+/* ------------------------------------------------------------------ */
+/* Dedup set: keys with a value and a time to live                      */
+/* ------------------------------------------------------------------ */
+
+/*
+ * found is 1 if the key existed (value/value_len then hold its value),
+ * 0 if not.
+ */
+typedef void (*imc_dedup_cb)(void *done_ud, int status, int found,
+                             const uint8_t *value, size_t value_len);
+
+typedef struct imc_dedup_vtbl {
+  uint32_t struct_size;
+  /*
+   * Atomically: if key exists, report it (found = 1, its value);
+   * otherwise store value under key for ttl_s seconds (found = 0).
+   */
+  int (*test_and_set)(void *ud, const char *key, const uint8_t *value,
+                      size_t value_len, uint32_t ttl_s, imc_dedup_cb done,
+                      void *done_ud);
+  /* Store or overwrite key for ttl_s seconds. */
+  int (*set)(void *ud, const char *key, const uint8_t *value, size_t value_len,
+             uint32_t ttl_s, imc_done_cb done, void *done_ud);
+  /* Report key's value, if it exists and has not expired. */
+  int (*get)(void *ud, const char *key, imc_dedup_cb done, void *done_ud);
+} imc_dedup_vtbl;
+
+/* ------------------------------------------------------------------ */
+/* Store: conversation history, offline inboxes, group membership       */
+/* ------------------------------------------------------------------ */
+
+/* An inbox entry: user_id may fetch the history message msg_id. */
+typedef struct imc_inbox_entry {
+  const char *user_id;
+  const imc_msg *msg;
+} imc_inbox_entry;
+
+/*
+ * A page of messages. cursors[i] is the cursor of msgs[i] (the inbox
+ * cursor, or the seq for history); has_more tells whether a later page
+ * exists.
+ */
+typedef void (*imc_fetch_cb)(void *done_ud, int status,
+                             const imc_msg *const *msgs,
+                             const uint64_t *cursors, size_t n, int has_more);
+
+/* A list of strings, e.g. the members of a group. */
+typedef void (*imc_list_cb)(void *done_ud, int status, const char *const *items,
+                            size_t n);
+
+typedef struct imc_store_vtbl {
+  uint32_t struct_size;
+  /*
+   * Durably, in one transaction: append msgs to their conversations'
+   * history (ignoring msg_ids already present) and add entries to the
+   * users' inboxes (ignoring (user, msg_id) pairs already present).
+   * Either array may be empty.
+   */
+  int (*append)(void *ud, const imc_msg *const *msgs, size_t n_msgs,
+                const imc_inbox_entry *entries, size_t n_entries,
+                imc_done_cb done, void *done_ud);
+  /* user_id's inbox entries with cursor > after, oldest first. */
+  int (*fetch_inbox)(void *ud, const char *user_id, uint64_t after,
+                     uint32_t limit, imc_fetch_cb done, void *done_ud);
+  /* conversation_id's history with seq > after_seq, in seq order. */
+  int (*fetch_history)(void *ud, const char *conversation_id,
+                       uint64_t after_seq, uint32_t limit, imc_fetch_cb done,
+                       void *done_ud);
+  /* Delete messages (and their inbox entries) sent before before_ms. */
+  int (*purge)(void *ud, int64_t before_ms, imc_done_cb done, void *done_ud);
+  /* Group membership. add and remove are idempotent. */
+  int (*group_add)(void *ud, const char *group_id, const char *user_id,
+                   imc_done_cb done, void *done_ud);
+  int (*group_remove)(void *ud, const char *group_id, const char *user_id,
+                      imc_done_cb done, void *done_ud);
+  int (*group_members)(void *ud, const char *group_id, imc_list_cb done,
+                       void *done_ud);
+} imc_store_vtbl;
+
+/* ------------------------------------------------------------------ */
+/* JWT key source                                                       */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A verification key: for HS256 the shared secret, for RS256/ES256 a PEM
+ * public key. alg is the only algorithm the key may verify.
+ */
+typedef void (*imc_key_cb)(void *done_ud, int status, const char *alg,
+                           const uint8_t *key, size_t key_len);
+
+typedef struct imc_keysrc_vtbl {
+  uint32_t struct_size;
+  /*
+   * Find the key for a token whose header names alg and kid (kid may be
+   * ""), e.g. from a JWKS document. Complete with IMC_ERR_NOT_FOUND if
+   * there is none.
+   */
+  int (*lookup)(void *ud, const char *alg, const char *kid, imc_key_cb done,
+                void *done_ud);
+} imc_keysrc_vtbl;
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* IMCHAT_BACKEND_H */

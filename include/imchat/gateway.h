@@ -1,0 +1,388 @@
+/*
+ * imchat - the gateway role: WebSocket connections of clients.
+ *
+ * imc_gateway is I/O-agnostic. The host accepts sockets and hands each one
+ * to imc_gateway_conn_new(); it passes received bytes to
+ * imc_gateway_conn_recv(), and the gateway writes through the transport
+ * vtable when the host calls imc_gateway_flush() (once per event-loop
+ * iteration, so several frames leave in one writev). Timers are the
+ * host's too: it sleeps at most imc_gateway_next_timeout_ms() and then
+ * calls imc_gateway_on_timeout().
+ *
+ * One gateway belongs to one thread. Run one gateway per event loop.
+ */
+#ifndef IMCHAT_GATEWAY_H
+#define IMCHAT_GATEWAY_H
+
+#include <imchat/backend.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct imc_gateway imc_gateway;
+typedef struct imc_gateway_options imc_gateway_options;
+typedef struct imc_conn imc_conn;
+
+/* ------------------------------------------------------------------ */
+/* Upstream: where the gateway sends what clients ask of routing        */
+/* ------------------------------------------------------------------ */
+
+/* A SendRequest of an authenticated client. */
+typedef struct imc_send_req {
+  const char *from_user;
+  const char *from_device;
+  const char *node_id;
+  uint64_t conn_id;
+  const char *client_msg_id;
+  const char *to_user;  /* "" when group_id is set */
+  const char *group_id; /* "" when to_user is set */
+  const uint8_t *body;
+  size_t body_len;
+  const char *content_type;
+} imc_send_req;
+
+/* What SendAck carries. */
+typedef struct imc_send_result {
+  const char *client_msg_id;
+  const char *msg_id;
+  const char *conversation_id;
+  uint64_t seq;
+  int64_t sent_at_ms;
+} imc_send_result;
+
+/*
+ * Completion of a send: status 0 and res, or a negative IMC_ERR_* and a
+ * short message for the client (may be NULL).
+ */
+typedef void (*imc_send_cb)(void *done_ud, int status,
+                            const imc_send_result *res, const char *message);
+
+typedef struct imc_upstream_vtbl {
+  uint32_t struct_size;
+  /* Route a message; complete with its msg_id and seq, or an error. */
+  int (*send)(void *ud, const imc_send_req *req, imc_send_cb done,
+              void *done_ud);
+  /* device_id of user_id acknowledged msg, which this gateway pushed. */
+  void (*delivered)(void *ud, const imc_msg *msg, const char *user_id,
+                    const char *device_id);
+  /*
+   * msg, pushed to a device of user_id, was not acknowledged (ACK
+   * timeout, connection closed, queue full): it needs the slow path.
+   */
+  void (*undelivered)(void *ud, const imc_msg *msg, const char *user_id);
+} imc_upstream_vtbl;
+
+/* ------------------------------------------------------------------ */
+/* Plain HTTP requests on the gateway port                              */
+/* ------------------------------------------------------------------ */
+
+/* The pending answer to one HTTP request. */
+typedef struct imc_http_reply imc_http_reply;
+
+/* A request head; every string is NUL-terminated and lives during the
+ * handle call only. */
+typedef struct imc_http_request {
+  const char *method;
+  const char *path;   /* as sent, percent-encoded */
+  const char *query;  /* after '?', "" if none */
+  const char *accept; /* the Accept header, "" if none */
+  /*
+   * The credential of "Authorization: Bearer <credential>", or NULL.
+   * When it is a JWT the gateway accepts, user_id is its subject;
+   * otherwise user_id is NULL (the credential may be an admin token).
+   */
+  const char *bearer;
+  const char *user_id;
+  const char *device_id; /* the token's did claim, or "" */
+} imc_http_request;
+
+typedef struct imc_http_handler_vtbl {
+  uint32_t struct_size;
+  /*
+   * Serve any request other than GET /ws and GET /healthz. Return 1 after
+   * taking reply (answer it later or at once with imc_http_reply_send),
+   * or 0 to let the gateway answer 404.
+   */
+  int (*handle)(void *ud, const imc_http_request *req, imc_http_reply *reply);
+} imc_http_handler_vtbl;
+
+/*
+ * Answers a request taken by the handler and releases reply; call it
+ * exactly once per reply. The connection closes after the answer. Returns
+ * 0, IMC_ERR_CLOSED (the client went away meanwhile; nothing is sent) or
+ * IMC_ERR_NOMEM (the connection is closed).
+ */
+IMC_EXTERN int imc_http_reply_send(imc_http_reply *reply, int status,
+                                   const char *content_type,
+                                   const uint8_t *body, size_t len);
+
+/* ------------------------------------------------------------------ */
+/* Options                                                              */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Creates an options object with the defaults of the protocol contract.
+ * Returns 0, IMC_ERR_INVALID_ARGUMENT or IMC_ERR_NOMEM.
+ */
+IMC_EXTERN int imc_gateway_options_new(imc_gateway_options **out,
+                                       const imc_mem *mem);
+IMC_EXTERN void imc_gateway_options_del(imc_gateway_options *opt);
+
+/*
+ * Setters. Strings and keys are copied. Each returns 0,
+ * IMC_ERR_INVALID_ARGUMENT (value out of range, or a key that does not
+ * parse) or IMC_ERR_NOMEM.
+ */
+/* Name of this node in the registry and in Welcome (default "local"). */
+IMC_EXTERN int imc_gateway_options_set_node_id(imc_gateway_options *opt,
+                                               const char *node_id);
+/* Accept HS256 tokens signed with this secret (at least 1 byte). */
+IMC_EXTERN int imc_gateway_options_set_jwt_secret(imc_gateway_options *opt,
+                                                  const uint8_t *secret,
+                                                  size_t len);
+/*
+ * Accept tokens signed by the private half of this PEM public key: RS256
+ * for an RSA key, ES256 for a P-256 EC key.
+ */
+IMC_EXTERN int imc_gateway_options_set_jwt_public_key(imc_gateway_options *opt,
+                                                      const char *pem,
+                                                      size_t len);
+/* When set, tokens must carry this iss / have this value in aud. */
+IMC_EXTERN int imc_gateway_options_set_jwt_issuer(imc_gateway_options *opt,
+                                                  const char *iss);
+IMC_EXTERN int imc_gateway_options_set_jwt_audience(imc_gateway_options *opt,
+                                                    const char *aud);
+/* Largest WebSocket message and SendRequest body (default 64 KiB). */
+IMC_EXTERN int imc_gateway_options_set_max_body(imc_gateway_options *opt,
+                                                size_t bytes);
+/* Largest outbound queue of one connection (default 1 MiB). */
+IMC_EXTERN int imc_gateway_options_set_max_outbound(imc_gateway_options *opt,
+                                                    size_t bytes);
+/* Server ping interval (default 30000) and idle drop (default 90000). */
+IMC_EXTERN int imc_gateway_options_set_heartbeat_ms(imc_gateway_options *opt,
+                                                    uint32_t ms);
+IMC_EXTERN int imc_gateway_options_set_idle_timeout_ms(imc_gateway_options *opt,
+                                                       uint32_t ms);
+/* Time allowed from accept to a complete request head (default 10000). */
+IMC_EXTERN int
+imc_gateway_options_set_handshake_timeout_ms(imc_gateway_options *opt,
+                                             uint32_t ms);
+/* Registry lease (default 90 s), renewed every heartbeat. */
+IMC_EXTERN int imc_gateway_options_set_lease_ttl_s(imc_gateway_options *opt,
+                                                   uint32_t s);
+/* Time a pushed message waits for its DeliverAck (default 10000). */
+IMC_EXTERN int imc_gateway_options_set_ack_timeout_ms(imc_gateway_options *opt,
+                                                      uint32_t ms);
+/* Sends per second per connection (default 100) and burst (200). */
+IMC_EXTERN int imc_gateway_options_set_rate_limit(imc_gateway_options *opt,
+                                                  uint32_t per_s,
+                                                  uint32_t burst);
+
+/*
+ * Vtables. The vtable itself is copied (up to its struct_size); ud is
+ * borrowed and must outlive the gateway. transport is required.
+ */
+IMC_EXTERN int imc_gateway_options_set_transport(imc_gateway_options *opt,
+                                                 const imc_transport_vtbl *vt,
+                                                 void *ud);
+IMC_EXTERN int imc_gateway_options_set_registry(imc_gateway_options *opt,
+                                                const imc_registry_vtbl *vt,
+                                                void *ud);
+IMC_EXTERN int imc_gateway_options_set_upstream(imc_gateway_options *opt,
+                                                const imc_upstream_vtbl *vt,
+                                                void *ud);
+IMC_EXTERN int imc_gateway_options_set_keysrc(imc_gateway_options *opt,
+                                              const imc_keysrc_vtbl *vt,
+                                              void *ud);
+IMC_EXTERN int
+imc_gateway_options_set_http_handler(imc_gateway_options *opt,
+                                     const imc_http_handler_vtbl *vt, void *ud);
+IMC_EXTERN int imc_gateway_options_set_clock(imc_gateway_options *opt,
+                                             const imc_clock *clock);
+IMC_EXTERN int imc_gateway_options_set_log(imc_gateway_options *opt,
+                                           imc_log_cb cb, void *ud,
+                                           imc_log_level max_level);
+
+/* ------------------------------------------------------------------ */
+/* The gateway                                                          */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Creates a gateway from opt (which may be deleted afterwards). Returns
+ * 0, IMC_ERR_INVALID_ARGUMENT (no transport, or no JWT key and no key
+ * source) or IMC_ERR_NOMEM.
+ */
+IMC_EXTERN int imc_gateway_new(imc_gateway **out,
+                               const imc_gateway_options *opt,
+                               const imc_mem *mem);
+
+/*
+ * Releases the gateway and every connection still in it, without calling
+ * the transport (the host closes its sockets itself).
+ */
+IMC_EXTERN void imc_gateway_del(imc_gateway *gw);
+
+IMC_EXTERN void imc_gateway_set_user_data(imc_gateway *gw, void *ud);
+IMC_EXTERN void *imc_gateway_get_user_data(const imc_gateway *gw);
+
+/*
+ * A new client connection; conn_ud is the host's pointer for it, passed
+ * back to the transport. Returns 0, IMC_ERR_CLOSED (the gateway is
+ * shutting down) or IMC_ERR_NOMEM. On error the host closes the socket.
+ */
+IMC_EXTERN int imc_gateway_conn_new(imc_gateway *gw, imc_conn **out,
+                                    void *conn_ud);
+
+/*
+ * Bytes received on c. Returns 0, or a negative IMC_ERR_* after which
+ * the connection is gone: the transport's close has been called and c is
+ * invalid. IMC_ERR_CLOSED means an orderly close.
+ */
+IMC_EXTERN int imc_gateway_conn_recv(imc_gateway *gw, imc_conn *c,
+                                     const uint8_t *data, size_t len);
+
+/*
+ * The socket of c became writable after a send returned
+ * IMC_ERR_WOULDBLOCK. Same returns as imc_gateway_conn_recv.
+ */
+IMC_EXTERN int imc_gateway_conn_writable(imc_gateway *gw, imc_conn *c);
+
+/*
+ * The host lost c (EOF, reset, error). The gateway releases it without
+ * calling the transport; c is invalid afterwards.
+ */
+IMC_EXTERN void imc_gateway_conn_closed(imc_gateway *gw, imc_conn *c);
+
+/* The host pointer given to imc_gateway_conn_new. */
+IMC_EXTERN void *imc_gateway_conn_get_user_data(const imc_conn *c);
+
+/*
+ * Writes the queued output of every connection that has some through the
+ * transport. Connections found broken are closed. Returns 0.
+ */
+IMC_EXTERN int imc_gateway_flush(imc_gateway *gw);
+
+/*
+ * Milliseconds until the next deadline (0 if one is due), or -1 if there
+ * is none.
+ */
+IMC_EXTERN int64_t imc_gateway_next_timeout_ms(imc_gateway *gw);
+
+/* Runs every deadline that is due. Returns 0. */
+IMC_EXTERN int imc_gateway_on_timeout(imc_gateway *gw);
+
+/*
+ * Graceful shutdown: refuse new connections, hand un-ACKed pushes to the
+ * upstream's undelivered, and close every WebSocket with 1001 (plain HTTP
+ * connections at once). The host keeps flushing until
+ * imc_gateway_conn_count() is 0 or its patience ends. Returns 0.
+ */
+IMC_EXTERN int imc_gateway_shutdown(imc_gateway *gw);
+
+/* The node id from the options. */
+IMC_EXTERN const char *imc_gateway_get_node_id(const imc_gateway *gw);
+
+/* Connections currently held (any state). */
+IMC_EXTERN size_t imc_gateway_conn_count(const imc_gateway *gw);
+
+/*
+ * Deliver msg to every local connection of user_id (all devices) except
+ * the device skip_device of the sender (NULL: none). Each push waits
+ * for its DeliverAck. Returns the number of connections it was queued on
+ * (0 if the user has none here), or IMC_ERR_NOMEM.
+ */
+IMC_EXTERN int imc_gateway_deliver(imc_gateway *gw, const char *user_id,
+                                   const char *skip_device, const imc_msg *msg);
+
+/* The delivery state of a message, as DeliveryStatus reports it. */
+typedef enum imc_delivery_state {
+  IMC_DELIVERED = 1,
+  IMC_STORED = 2
+} imc_delivery_state;
+
+/*
+ * Push a DeliveryStatus to device_id of user_id, if connected here.
+ * Returns 1 if queued, 0 if not connected here, or IMC_ERR_NOMEM.
+ */
+IMC_EXTERN int imc_gateway_push_status(imc_gateway *gw, const char *user_id,
+                                       const char *device_id,
+                                       const char *msg_id,
+                                       const char *client_msg_id,
+                                       imc_delivery_state state,
+                                       const char *recipient);
+
+/* ------------------------------------------------------------------ */
+/* Group fan-out: the gateway side of the group bus                     */
+/* ------------------------------------------------------------------ */
+
+/*
+ * imc_fanout consumes the group bus (topic "group_msg", one consumer group
+ * per gateway node so that every node sees every record) and pushes each
+ * group message to the members connected to its gateway. Members come
+ * from the store, cached for cache_ms.
+ */
+typedef struct imc_fanout imc_fanout;
+
+/*
+ * Creates a fan-out for gw; bus, store and clock (NULL: system) are
+ * borrowed and must outlive it. Returns 0, IMC_ERR_INVALID_ARGUMENT or
+ * IMC_ERR_NOMEM.
+ */
+IMC_EXTERN int imc_fanout_new(imc_fanout **out, imc_gateway *gw,
+                              const imc_bus_vtbl *bus, void *bus_ud,
+                              const imc_store_vtbl *store, void *store_ud,
+                              const imc_clock *clock, uint32_t cache_ms,
+                              const imc_mem *mem);
+/* The host must let pending operations complete first. */
+IMC_EXTERN void imc_fanout_del(imc_fanout *f);
+/* Starts polling. Returns 0 or the error of the bus's poll. */
+IMC_EXTERN int imc_fanout_start(imc_fanout *f);
+/* No new polls; the batch in hand is finished. */
+IMC_EXTERN void imc_fanout_stop(imc_fanout *f);
+/* Forget cached members of group_id after a change. */
+IMC_EXTERN void imc_fanout_invalidate(imc_fanout *f, const char *group_id);
+/* Backend operations not yet completed (a waiting poll included). */
+IMC_EXTERN size_t imc_fanout_pending(const imc_fanout *f);
+
+/* Counters and gauges, for metrics. Ids are append-only. */
+typedef enum imc_gateway_stat {
+  IMC_GW_STAT_CONNECTIONS = 0,    /* gauge: connections held */
+  IMC_GW_STAT_WEBSOCKETS,         /* gauge: upgraded connections */
+  IMC_GW_STAT_ACCEPTED,           /* connections accepted */
+  IMC_GW_STAT_UPGRADED,           /* WebSocket upgrades */
+  IMC_GW_STAT_AUTH_FAILED,        /* 401 answers */
+  IMC_GW_STAT_HTTP_ERRORS,        /* other 4xx answers */
+  IMC_GW_STAT_FRAMES_IN,          /* ClientFrames decoded */
+  IMC_GW_STAT_FRAMES_OUT,         /* ServerFrames queued */
+  IMC_GW_STAT_BAD_FRAMES,         /* undecodable ClientFrames */
+  IMC_GW_STAT_SLOW_CLOSED,        /* closed: outbound queue over limit */
+  IMC_GW_STAT_IDLE_CLOSED,        /* closed: no inbound frame in time */
+  IMC_GW_STAT_HANDSHAKE_TIMEOUTS, /* closed: no request head in time */
+  IMC_GW_STAT_PUSHES,             /* Deliver frames pushed */
+  IMC_GW_STAT_ACKS,               /* pushes acknowledged */
+  IMC_GW_STAT_ACK_TIMEOUTS,       /* pushes that timed out */
+  IMC_GW_STAT_UNDELIVERED,        /* pushes handed back for the slow path */
+  IMC_GW_STAT_RATE_LIMITED,       /* sends refused by the rate limit */
+  IMC_GW_STAT_OUTBOUND_BYTES,     /* gauge: bytes queued for writing */
+  IMC_GW_STAT_COUNT_
+} imc_gateway_stat;
+
+/* The value of stat, or 0 for an unknown id. */
+IMC_EXTERN uint64_t imc_gateway_stat_get(const imc_gateway *gw,
+                                         imc_gateway_stat stat);
+
+/*
+ * Error frames sent with the imchat.v1.Error code (1..9), or 0 for
+ * another code.
+ */
+IMC_EXTERN uint64_t imc_gateway_errors_sent(const imc_gateway *gw, int code);
+
+/* 1 while the gateway accepts connections, 0 once shutting down. */
+IMC_EXTERN int imc_gateway_accepting(const imc_gateway *gw);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* IMCHAT_GATEWAY_H */

@@ -1,0 +1,14 @@
+/* imchat - the whole public API of libimchat. */
+#ifndef IMCHAT_IMCHAT_H
+#define IMCHAT_IMCHAT_H
+
+#include <imchat/version.h>
+#include <imchat/common.h>
+#include <imchat/backend.h>
+#include <imchat/gateway.h>
+#include <imchat/router.h>
+#include <imchat/worker.h>
+#include <imchat/jwt.h>
+#include <imchat/embedded.h>
+
+#endif /* IMCHAT_IMCHAT_H */

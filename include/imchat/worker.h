@@ -1,0 +1,119 @@
+/*
+ * imchat - the offline worker: persists what the router queued.
+ *
+ * The worker polls the durable offline queue in batches. For each batch
+ * it skips jobs the dedup set has already seen, writes the rest to the
+ * store in one transaction, marks them in the dedup set, and only then
+ * commits the queue: a crash at any point loses nothing, and a job seen by
+ * the dedup set is not written twice. A failed step is retried with
+ * backoff; nothing is committed until it succeeds. A periodic job purges
+ * messages older than the retention.
+ *
+ * One worker belongs to one thread; it never blocks.
+ */
+#ifndef IMCHAT_WORKER_H
+#define IMCHAT_WORKER_H
+
+#include <imchat/backend.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct imc_worker imc_worker;
+typedef struct imc_worker_options imc_worker_options;
+
+/*
+ * Called once per persisted job, after its batch was committed: msg went
+ * into its history (history != 0) and/or into the inboxes of users.
+ * imc_router_persisted has this shape.
+ */
+typedef void (*imc_persisted_cb)(void *ud, const imc_msg *msg, int history,
+                                 const char *const *users, size_t n_users);
+
+/* Returns 0, IMC_ERR_INVALID_ARGUMENT or IMC_ERR_NOMEM. */
+IMC_EXTERN int imc_worker_options_new(imc_worker_options **out,
+                                      const imc_mem *mem);
+IMC_EXTERN void imc_worker_options_del(imc_worker_options *opt);
+
+/* Required: the offline queue, the store and the dedup set. */
+IMC_EXTERN int imc_worker_options_set_queue(imc_worker_options *opt,
+                                            const imc_bus_vtbl *vt, void *ud);
+IMC_EXTERN int imc_worker_options_set_store(imc_worker_options *opt,
+                                            const imc_store_vtbl *vt, void *ud);
+IMC_EXTERN int imc_worker_options_set_dedup(imc_worker_options *opt,
+                                            const imc_dedup_vtbl *vt, void *ud);
+IMC_EXTERN int imc_worker_options_set_persisted(imc_worker_options *opt,
+                                                imc_persisted_cb cb, void *ud);
+IMC_EXTERN int imc_worker_options_set_clock(imc_worker_options *opt,
+                                            const imc_clock *clock);
+IMC_EXTERN int imc_worker_options_set_log(imc_worker_options *opt,
+                                          imc_log_cb cb, void *ud,
+                                          imc_log_level max_level);
+/* Jobs per batch (default 256). */
+IMC_EXTERN int imc_worker_options_set_batch_max(imc_worker_options *opt,
+                                                uint32_t n);
+/* Messages older than this are purged (default 7 days). */
+IMC_EXTERN int imc_worker_options_set_retention_s(imc_worker_options *opt,
+                                                  uint32_t s);
+/* How often the purge runs (default 3600 s; the first run is at start). */
+IMC_EXTERN int imc_worker_options_set_purge_interval_s(imc_worker_options *opt,
+                                                       uint32_t s);
+/* How long persisted jobs stay in the dedup set (default 7 days). */
+IMC_EXTERN int imc_worker_options_set_dedup_ttl_s(imc_worker_options *opt,
+                                                  uint32_t s);
+
+/*
+ * Creates a worker. Returns 0, IMC_ERR_INVALID_ARGUMENT (a required
+ * vtable is missing) or IMC_ERR_NOMEM.
+ */
+IMC_EXTERN int imc_worker_new(imc_worker **out, const imc_worker_options *opt,
+                              const imc_mem *mem);
+/* The host must let pending backend operations complete first. */
+IMC_EXTERN void imc_worker_del(imc_worker *w);
+
+IMC_EXTERN void imc_worker_set_user_data(imc_worker *w, void *ud);
+IMC_EXTERN void *imc_worker_get_user_data(const imc_worker *w);
+
+/*
+ * Starts consuming (the first poll). Returns 0 or the error of the
+ * queue's poll (the worker retries it on its timer then).
+ */
+IMC_EXTERN int imc_worker_start(imc_worker *w);
+
+/*
+ * Stop polling for new batches; the batch in flight completes. Returns 0.
+ * imc_worker_pending() becomes 0 when it is done.
+ */
+IMC_EXTERN int imc_worker_stop(imc_worker *w);
+
+/* Backend operations not yet completed, a poll included. */
+IMC_EXTERN size_t imc_worker_pending(const imc_worker *w);
+
+/* Timers (retry backoff, purge): as the gateway's. */
+IMC_EXTERN int64_t imc_worker_next_timeout_ms(imc_worker *w);
+IMC_EXTERN int imc_worker_on_timeout(imc_worker *w);
+
+/* 1 while the last store or queue operation succeeded, 0 while failing. */
+IMC_EXTERN int imc_worker_healthy(const imc_worker *w);
+
+typedef enum imc_worker_stat {
+  IMC_WK_STAT_BATCHES = 0,   /* batches committed */
+  IMC_WK_STAT_JOBS,          /* jobs persisted */
+  IMC_WK_STAT_DUPLICATES,    /* jobs skipped by the dedup set */
+  IMC_WK_STAT_BAD_RECORDS,   /* undecodable records (committed, dropped) */
+  IMC_WK_STAT_FAILURES,      /* failed steps (each retried) */
+  IMC_WK_STAT_LAST_BATCH,    /* gauge: jobs in the last batch */
+  IMC_WK_STAT_LAST_BATCH_MS, /* gauge: poll-to-commit time of it */
+  IMC_WK_STAT_PURGES,        /* retention runs */
+  IMC_WK_STAT_COUNT_
+} imc_worker_stat;
+
+IMC_EXTERN uint64_t imc_worker_stat_get(const imc_worker *w,
+                                        imc_worker_stat stat);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* IMCHAT_WORKER_H */

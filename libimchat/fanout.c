@@ -1,0 +1,208 @@
+/*
+ * Group fan-out on a gateway: records of the group bus are pushed to the
+ * members of the group that are connected here. The sender's other
+ * devices are members too; the sending device is skipped.
+ */
+#include <imchat/gateway.h>
+
+#include "alloc.h"
+#include "members.h"
+#include "pb.h"
+#include "vtbl.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define GROUP_TOPIC "group_msg"
+#define BATCH_MAX 128
+
+struct imc_fanout {
+  imc_mem mem;
+  imc_gateway *gw;
+  imc_bus_vtbl bus;
+  void *bus_ud;
+  imc_clock clock;
+  imc_members *members;
+  ProtobufCAllocator pba;
+  char consumer[IMC_ID_MAX + 8];
+  int running;
+  size_t pending;
+  /* The batch in hand: decoded messages, worked through in order. */
+  Imchat__V1__Message **msgs;
+  size_t n, next;
+  int32_t partition;
+  uint64_t offset;
+};
+
+static void poll_next(imc_fanout *f);
+static void work(imc_fanout *f);
+
+static void batch_free(imc_fanout *f) {
+  for (size_t i = 0; i < f->n; i++)
+    if (f->msgs[i])
+      imchat__v1__message__free_unpacked(f->msgs[i], &f->pba);
+  imc_free(&f->mem, f->msgs);
+  f->msgs = NULL;
+  f->n = f->next = 0;
+}
+
+static void committed(void *ud, int status) {
+  imc_fanout *f = ud;
+  f->pending--;
+  (void)status; /* a lost commit only means a record is pushed again */
+  poll_next(f);
+}
+
+static void members_done(void *ud, int status, const char *const *items,
+                         size_t n) {
+  imc_fanout *f = ud;
+  f->pending--;
+  Imchat__V1__Message *pm = f->msgs[f->next++];
+  if (status == 0) {
+    imc_msg m;
+    imc_msg_from_pb(&m, pm);
+    for (size_t i = 0; i < n; i++) {
+      int sender = strcmp(items[i], m.from_user) == 0;
+      imc_gateway_deliver(f->gw, items[i], sender ? m.from_device : NULL, &m);
+    }
+  }
+  work(f);
+}
+
+/* Handles the batch record by record, then commits it. */
+static void work(imc_fanout *f) {
+  while (f->next < f->n && f->msgs[f->next] == NULL)
+    f->next++;
+  if (f->next < f->n) {
+    f->pending++;
+    int rv = imc_members_get(f->members, f->msgs[f->next]->group_id,
+                             members_done, f);
+    if (rv != 0)
+      members_done(f, rv, NULL, 0);
+    return;
+  }
+  int32_t partition = f->partition;
+  uint64_t offset = f->offset;
+  batch_free(f);
+  f->pending++;
+  int rv = f->bus.commit(f->bus_ud, GROUP_TOPIC, f->consumer, partition, offset,
+                         committed, f);
+  if (rv != 0)
+    committed(f, rv);
+}
+
+static void polled(void *ud, int status, const imc_bus_record *recs, size_t n) {
+  imc_fanout *f = ud;
+  f->pending--;
+  if (status != 0 || n == 0) {
+    poll_next(f);
+    return;
+  }
+  f->msgs = imc_calloc(&f->mem, n, sizeof(*f->msgs));
+  if (f->msgs == NULL) {
+    /* Nothing committed: the records come again after a restart. */
+    poll_next(f);
+    return;
+  }
+  f->n = n;
+  f->next = 0;
+  f->partition = recs[n - 1].partition;
+  f->offset = recs[n - 1].offset;
+  for (size_t i = 0; i < n; i++) {
+    Imchat__V1__Message *pm =
+        imchat__v1__message__unpack(&f->pba, recs[i].value_len, recs[i].value);
+    if (pm && pm->group_id[0] &&
+        imc_id_valid(pm->group_id, strlen(pm->group_id)))
+      f->msgs[i] = pm;
+    else if (pm)
+      imchat__v1__message__free_unpacked(pm, &f->pba);
+  }
+  work(f);
+}
+
+static void poll_next(imc_fanout *f) {
+  if (!f->running)
+    return;
+  f->pending++;
+  int rv =
+      f->bus.poll(f->bus_ud, GROUP_TOPIC, f->consumer, BATCH_MAX, polled, f);
+  if (rv != 0) {
+    /* The bus refused: polling resumes at the next start. */
+    f->pending--;
+    f->running = 0;
+  }
+}
+
+int imc_fanout_new(imc_fanout **out, imc_gateway *gw, const imc_bus_vtbl *bus,
+                   void *bus_ud, const imc_store_vtbl *store, void *store_ud,
+                   const imc_clock *clock, uint32_t cache_ms,
+                   const imc_mem *mem) {
+  if (out == NULL || gw == NULL || bus == NULL || store == NULL ||
+      store->struct_size <
+          offsetof(imc_store_vtbl, group_members) + sizeof(void *) ||
+      store->group_members == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  if (mem == NULL)
+    mem = imc_mem_default();
+  imc_fanout *f = imc_calloc(mem, 1, sizeof(*f));
+  if (f == NULL)
+    return IMC_ERR_NOMEM;
+  f->mem = *mem;
+  f->gw = gw;
+  imc_vtbl_copy(&f->bus, sizeof(f->bus), bus, bus->struct_size);
+  f->bus_ud = bus_ud;
+  f->clock = clock ? *clock : *imc_clock_default();
+  if (f->bus.poll == NULL || f->bus.commit == NULL) {
+    imc_free(mem, f);
+    return IMC_ERR_INVALID_ARGUMENT;
+  }
+  int rv =
+      imc_members_new(&f->members, mem, store, store_ud, &f->clock, cache_ms);
+  if (rv != 0) {
+    imc_free(mem, f);
+    return rv;
+  }
+  imc_pb_allocator(&f->pba, &f->mem);
+  *out = f;
+  return 0;
+}
+
+void imc_fanout_del(imc_fanout *f) {
+  if (f == NULL)
+    return;
+  batch_free(f);
+  imc_members_del(f->members);
+  imc_mem m = f->mem;
+  imc_free(&m, f);
+}
+
+/* The consumer group is the node id: every gateway sees every record. */
+static void set_consumer(imc_fanout *f) {
+  snprintf(f->consumer, sizeof(f->consumer), "gw-%s",
+           imc_gateway_get_node_id(f->gw));
+}
+
+int imc_fanout_start(imc_fanout *f) {
+  if (f == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  if (f->running)
+    return 0;
+  set_consumer(f);
+  f->running = 1;
+  poll_next(f);
+  return f->running ? 0 : IMC_ERR_UNAVAILABLE;
+}
+
+void imc_fanout_stop(imc_fanout *f) {
+  if (f)
+    f->running = 0;
+}
+
+void imc_fanout_invalidate(imc_fanout *f, const char *group_id) {
+  if (f && group_id)
+    imc_members_invalidate(f->members, group_id);
+}
+
+size_t imc_fanout_pending(const imc_fanout *f) {
+  return f ? f->pending + imc_members_pending(f->members) : 0;
+}

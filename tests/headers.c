@@ -1,0 +1,6 @@
+/* Compiles the public headers alone as strict C11. */
+#include <imchat/imchat.h>
+
+int main(void) {
+  return imc_strerror(IMC_OK) == 0;
+}

@@ -1,0 +1,1413 @@
+/*
+ * The gateway driven through its public API with a mock transport, a mock
+ * registry, a mock upstream and a fake clock: the bytes a client would
+ * send go in, whole or split, and what comes out is parsed as a client
+ * would parse it.
+ */
+#include <imchat/gateway.h>
+#include <imchat/jwt.h>
+
+#include "im.pb-c.h"
+#include "testjwt.h"
+#include "testutil.h"
+
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SECRET "test-secret-0123456789"
+#define T0 1700000000000LL /* wall clock at start, ms */
+
+/* ------------------------------------------------------------------ */
+/* Mocks                                                                */
+/* ------------------------------------------------------------------ */
+
+typedef struct mock {
+  uint8_t *out; /* everything written to the "socket" */
+  size_t out_len, out_cap;
+  size_t pos; /* parse position of the client side */
+  int closed;
+  int block; /* send returns WOULDBLOCK */
+  /* registry calls */
+  int reg, renew, unreg;
+  char reg_user[80], reg_device[80], reg_node[80];
+  uint32_t reg_ttl;
+  /* upstream calls */
+  int sends, delivered, undelivered;
+  char last_undelivered[80];
+  imc_send_cb pending_cb;
+  void *pending_ud;
+  int async_send;
+  /* key source */
+  imc_key_cb key_cb;
+  void *key_ud;
+} mock;
+
+static ssize_t m_send(void *ud, void *conn_ud, const struct iovec *iov, int n) {
+  mock *m = conn_ud;
+  (void)ud;
+  if (m->block)
+    return IMC_ERR_WOULDBLOCK;
+  size_t total = 0;
+  for (int i = 0; i < n; i++) {
+    if (m->out_len + iov[i].iov_len > m->out_cap) {
+      m->out_cap = (m->out_len + iov[i].iov_len) * 2;
+      m->out = realloc(m->out, m->out_cap);
+    }
+    memcpy(m->out + m->out_len, iov[i].iov_base, iov[i].iov_len);
+    m->out_len += iov[i].iov_len;
+    total += iov[i].iov_len;
+  }
+  return (ssize_t)total;
+}
+
+static void m_close(void *ud, void *conn_ud) {
+  (void)ud;
+  ((mock *)conn_ud)->closed++;
+}
+
+static const imc_transport_vtbl transport = {sizeof(imc_transport_vtbl), m_send,
+                                             m_close};
+
+static int r_register(void *ud, const imc_reg_entry *e, uint32_t ttl,
+                      imc_done_cb done, void *done_ud) {
+  mock *m = ud;
+  m->reg++;
+  snprintf(m->reg_user, sizeof(m->reg_user), "%s", e->user_id);
+  snprintf(m->reg_device, sizeof(m->reg_device), "%s", e->device_id);
+  snprintf(m->reg_node, sizeof(m->reg_node), "%s", e->node_id);
+  m->reg_ttl = ttl;
+  done(done_ud, 0);
+  return 0;
+}
+
+static int r_renew(void *ud, const imc_reg_entry *e, uint32_t ttl,
+                   imc_done_cb done, void *done_ud) {
+  mock *m = ud;
+  (void)e;
+  (void)ttl;
+  m->renew++;
+  done(done_ud, 0);
+  return 0;
+}
+
+static int r_unregister(void *ud, const imc_reg_entry *e, imc_done_cb done,
+                        void *done_ud) {
+  mock *m = ud;
+  (void)e;
+  m->unreg++;
+  done(done_ud, 0);
+  return 0;
+}
+
+static const imc_registry_vtbl registry = {
+    sizeof(imc_registry_vtbl), r_register, r_renew, r_unregister, NULL, NULL};
+
+static int u_send(void *ud, const imc_send_req *req, imc_send_cb done,
+                  void *done_ud) {
+  mock *m = ud;
+  m->sends++;
+  if (m->async_send) {
+    m->pending_cb = done;
+    m->pending_ud = done_ud;
+    return 0;
+  }
+  imc_send_result r = {req->client_msg_id, "m-1", "p:a:b", 7, T0};
+  done(done_ud, 0, &r, NULL);
+  return 0;
+}
+
+static void u_delivered(void *ud, const imc_msg *msg, const char *user,
+                        const char *device) {
+  (void)msg;
+  (void)user;
+  (void)device;
+  ((mock *)ud)->delivered++;
+}
+
+static void u_undelivered(void *ud, const imc_msg *msg, const char *user) {
+  mock *m = ud;
+  m->undelivered++;
+  snprintf(m->last_undelivered, sizeof(m->last_undelivered), "%s/%s", user,
+           msg->msg_id);
+}
+
+static const imc_upstream_vtbl upstream = {sizeof(imc_upstream_vtbl), u_send,
+                                           u_delivered, u_undelivered};
+
+static int k_lookup(void *ud, const char *alg, const char *kid, imc_key_cb done,
+                    void *done_ud) {
+  mock *m = ud;
+  (void)alg;
+  (void)kid;
+  m->key_cb = done;
+  m->key_ud = done_ud;
+  return 0;
+}
+
+static const imc_keysrc_vtbl keysrc = {sizeof(imc_keysrc_vtbl), k_lookup};
+
+/* ------------------------------------------------------------------ */
+/* Harness                                                              */
+/* ------------------------------------------------------------------ */
+
+typedef struct harness {
+  test_clock tc;
+  test_mem tm;
+  imc_gateway_options *opt;
+  imc_gateway *gw;
+  mock m;
+  imc_conn *c;
+} harness;
+
+static harness H;
+static int no_secret; /* set up without the HS256 secret */
+static EVP_PKEY *rsa_key, *ec_key;
+static char *rsa_pem, *ec_pem;
+
+static void h_setup_with(void (*tweak)(imc_gateway_options *)) {
+  memset(&H.m, 0, sizeof(H.m));
+  test_clock_init(&H.tc, T0);
+  test_mem_init(&H.tm);
+  ck_assert_int_eq(imc_gateway_options_new(&H.opt, &H.tm.mem), 0);
+  ck_assert_int_eq(imc_gateway_options_set_transport(H.opt, &transport, NULL),
+                   0);
+  ck_assert_int_eq(imc_gateway_options_set_registry(H.opt, &registry, &H.m), 0);
+  ck_assert_int_eq(imc_gateway_options_set_clock(H.opt, &H.tc.clock), 0);
+  if (!no_secret)
+    ck_assert_int_eq(imc_gateway_options_set_jwt_secret(
+                         H.opt, (const uint8_t *)SECRET, strlen(SECRET)),
+                     0);
+  ck_assert_int_eq(imc_gateway_options_set_node_id(H.opt, "gw-1"), 0);
+  if (tweak)
+    tweak(H.opt);
+  ck_assert_int_eq(imc_gateway_new(&H.gw, H.opt, &H.tm.mem), 0);
+  ck_assert_int_eq(imc_gateway_conn_new(H.gw, &H.c, &H.m), 0);
+}
+
+static void h_setup(void) {
+  h_setup_with(NULL);
+}
+
+static void h_teardown(void) {
+  imc_gateway_del(H.gw);
+  imc_gateway_options_del(H.opt);
+  free(H.m.out);
+  ck_assert_int_eq(H.tm.live, 0);
+}
+
+static int h_recv(const void *data, size_t len) {
+  int rv = imc_gateway_conn_recv(H.gw, H.c, data, len);
+  imc_gateway_flush(H.gw);
+  return rv;
+}
+
+static int h_recv_str(const char *s) {
+  return h_recv(s, strlen(s));
+}
+
+static void h_advance(int64_t ms) {
+  test_clock_advance(&H.tc, ms);
+  imc_gateway_on_timeout(H.gw);
+  imc_gateway_flush(H.gw);
+}
+
+static char *token_for(const char *user, const char *device, int64_t ttl_s) {
+  static char tok[1024];
+  int64_t now = T0 / 1000;
+  ck_assert_int_gt(imc_jwt_sign_hs256((const uint8_t *)SECRET, strlen(SECRET),
+                                      user, device, now, now + ttl_s, tok,
+                                      sizeof(tok)),
+                   0);
+  return tok;
+}
+
+static const char *upgrade_req(char *buf, size_t cap, const char *token) {
+  ck_assert_uint_lt(strlen(token), cap - 200);
+  snprintf(buf, cap,
+           "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+           "Connection: Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           "Sec-WebSocket-Version: 13\r\n"
+           "Authorization: Bearer %s\r\n\r\n",
+           token);
+  return buf;
+}
+
+/* Parses the HTTP answer at the client's position: status, and the
+ * whole head in head (for header checks). */
+static int read_http(char *head, size_t cap, char **body) {
+  const char *p = (const char *)H.m.out + H.m.pos;
+  size_t avail = H.m.out_len - H.m.pos;
+  const char *end = memmem(p, avail, "\r\n\r\n", 4);
+  ck_assert_msg(end != NULL, "no complete HTTP answer");
+  size_t hl = (size_t)(end - p) + 4;
+  ck_assert_uint_lt(hl, cap);
+  memcpy(head, p, hl);
+  head[hl] = '\0';
+  H.m.pos += hl;
+  if (body) {
+    *body = (char *)H.m.out + H.m.pos;
+    H.m.pos = H.m.out_len;
+  }
+  int status = 0;
+  sscanf(head, "HTTP/1.1 %d", &status);
+  return status;
+}
+
+typedef struct wsframe {
+  int fin, opcode;
+  uint8_t payload[200000];
+  size_t len;
+} wsframe;
+
+static wsframe F;
+
+/* Parses the next server frame; 0 if there is none yet. */
+static int next_ws(void) {
+  const uint8_t *p = H.m.out + H.m.pos;
+  size_t avail = H.m.out_len - H.m.pos;
+  if (avail < 2)
+    return 0;
+  F.fin = p[0] >> 7;
+  F.opcode = p[0] & 15;
+  ck_assert_int_eq(p[1] & 0x80, 0); /* servers never mask */
+  size_t len = p[1] & 127, off = 2;
+  if (len == 126) {
+    len = (size_t)p[2] << 8 | p[3];
+    off = 4;
+  } else if (len == 127) {
+    len = 0;
+    for (int i = 0; i < 8; i++)
+      len = len << 8 | p[2 + i];
+    off = 10;
+  }
+  if (avail < off + len)
+    return 0;
+  memcpy(F.payload, p + off, len);
+  F.len = len;
+  H.m.pos += off + len;
+  return 1;
+}
+
+static int close_code(void) {
+  ck_assert_int_eq(F.opcode, 8);
+  ck_assert_uint_ge(F.len, 2);
+  return F.payload[0] << 8 | F.payload[1];
+}
+
+/* The next ServerFrame (skipping pings); caller frees. */
+static Imchat__V1__ServerFrame *next_sf(void) {
+  while (next_ws()) {
+    if (F.opcode == 9)
+      continue;
+    ck_assert_int_eq(F.opcode, 2);
+    Imchat__V1__ServerFrame *f =
+        imchat__v1__server_frame__unpack(NULL, F.len, F.payload);
+    ck_assert_ptr_nonnull(f);
+    return f;
+  }
+  return NULL;
+}
+
+/* Builds a masked client frame. */
+static size_t ws_frame(uint8_t *out, int fin, int opcode, int rsv,
+                       const void *data, size_t len, int masked) {
+  size_t n = 0;
+  out[n++] = (uint8_t)((fin ? 0x80 : 0) | (rsv << 4) | opcode);
+  uint8_t mbit = masked ? 0x80 : 0;
+  if (len < 126) {
+    out[n++] = (uint8_t)(mbit | len);
+  } else if (len < 65536) {
+    out[n++] = mbit | 126;
+    out[n++] = (uint8_t)(len >> 8);
+    out[n++] = (uint8_t)len;
+  } else {
+    out[n++] = mbit | 127;
+    for (int i = 7; i >= 0; i--)
+      out[n++] = (uint8_t)((uint64_t)len >> (8 * i));
+  }
+  const uint8_t mask[4] = {0x12, 0x34, 0x56, 0x78};
+  if (masked) {
+    memcpy(out + n, mask, 4);
+    n += 4;
+  }
+  for (size_t i = 0; i < len; i++)
+    out[n + i] = ((const uint8_t *)data)[i] ^ (masked ? mask[i % 4] : 0);
+  return n + len;
+}
+
+static uint8_t wbuf[200000];
+
+static int send_ws(int opcode, const void *data, size_t len) {
+  size_t n = ws_frame(wbuf, 1, opcode, 0, data, len, 1);
+  return h_recv(wbuf, n);
+}
+
+static int send_cf(const Imchat__V1__ClientFrame *cf) {
+  uint8_t buf[70000];
+  size_t n = imchat__v1__client_frame__pack(cf, buf);
+  return send_ws(2, buf, n);
+}
+
+static int send_ping(uint64_t id, int64_t t) {
+  Imchat__V1__Ping ping = IMCHAT__V1__PING__INIT;
+  ping.client_time_ms = t;
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.id = id;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_PING;
+  cf.ping = &ping;
+  return send_cf(&cf);
+}
+
+/* Performs the upgrade as user/device and consumes 101 + Welcome. */
+static void h_connect(const char *user, const char *device) {
+  char req[2048], head[1024];
+  ck_assert_int_eq(
+      h_recv_str(upgrade_req(req, sizeof(req), token_for(user, device, 3600))),
+      0);
+  ck_assert_int_eq(read_http(head, sizeof(head), NULL), 101);
+  Imchat__V1__ServerFrame *f = next_sf();
+  ck_assert_ptr_nonnull(f);
+  ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_WELCOME);
+  imchat__v1__server_frame__free_unpacked(f, NULL);
+}
+
+static void expect_pong(uint64_t id, int64_t t) {
+  Imchat__V1__ServerFrame *f = next_sf();
+  ck_assert_ptr_nonnull(f);
+  ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_PONG);
+  ck_assert_uint_eq(f->id, id);
+  ck_assert_int_eq(f->pong->client_time_ms, t);
+  ck_assert_int_eq(f->pong->server_time_ms, H.tc.wall);
+  imchat__v1__server_frame__free_unpacked(f, NULL);
+}
+
+static void expect_error(uint64_t id, Imchat__V1__Error__Code code) {
+  Imchat__V1__ServerFrame *f = next_sf();
+  ck_assert_ptr_nonnull(f);
+  ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_ERROR);
+  ck_assert_uint_eq(f->id, id);
+  ck_assert_int_eq(f->error->code, code);
+  imchat__v1__server_frame__free_unpacked(f, NULL);
+}
+
+/* Expects a close frame with code, and that the gateway closes the
+ * socket once the client answers. */
+static void expect_close(int code) {
+  ck_assert_int_eq(next_ws(), 1);
+  ck_assert_int_eq(close_code(), code);
+  uint8_t cl[2] = {(uint8_t)(code >> 8), (uint8_t)code};
+  if (!H.m.closed) {
+    size_t n = ws_frame(wbuf, 1, 8, 0, cl, 2, 1);
+    imc_gateway_conn_recv(H.gw, H.c, wbuf, n);
+    imc_gateway_flush(H.gw);
+  }
+  ck_assert_int_eq(H.m.closed, 1);
+  ck_assert_uint_eq(imc_gateway_conn_count(H.gw), 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* Handshake                                                            */
+/* ------------------------------------------------------------------ */
+
+START_TEST(upgrade_ok) {
+  char req[2048], head[1024];
+  ck_assert_int_eq(
+      h_recv_str(upgrade_req(req, sizeof(req), token_for("alice", "", 60))), 0);
+  ck_assert_int_eq(read_http(head, sizeof(head), NULL), 101);
+  ck_assert_ptr_nonnull(
+      strstr(head, "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+  ck_assert_ptr_nonnull(strcasestr(head, "Upgrade: websocket\r\n"));
+  Imchat__V1__ServerFrame *f = next_sf();
+  ck_assert_ptr_nonnull(f);
+  ck_assert_uint_eq(f->id, 0);
+  ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_WELCOME);
+  ck_assert_str_eq(f->welcome->user_id, "alice");
+  ck_assert_str_eq(f->welcome->device_id, "default");
+  ck_assert_str_eq(f->welcome->node_id, "gw-1");
+  ck_assert_uint_eq(f->welcome->heartbeat_s, 30);
+  ck_assert_int_eq(f->welcome->server_time_ms, T0);
+  imchat__v1__server_frame__free_unpacked(f, NULL);
+  /* Registered with a 90 s lease. */
+  ck_assert_int_eq(H.m.reg, 1);
+  ck_assert_str_eq(H.m.reg_user, "alice");
+  ck_assert_str_eq(H.m.reg_device, "default");
+  ck_assert_str_eq(H.m.reg_node, "gw-1");
+  ck_assert_uint_eq(H.m.reg_ttl, 90);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_WEBSOCKETS), 1);
+}
+END_TEST
+
+START_TEST(upgrade_query_token_and_device) {
+  char req[2048], head[1024];
+  snprintf(req, sizeof(req),
+           "GET /ws?device=phone&token=%s HTTP/1.1\r\nUpgrade: WebSocket\r\n"
+           "Connection: keep-alive, Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           "Sec-WebSocket-Version: 13\r\n\r\n",
+           token_for("bob", "", 60));
+  ck_assert_int_eq(h_recv_str(req), 0);
+  ck_assert_int_eq(read_http(head, sizeof(head), NULL), 101);
+  Imchat__V1__ServerFrame *f = next_sf();
+  ck_assert_str_eq(f->welcome->user_id, "bob");
+  ck_assert_str_eq(f->welcome->device_id, "phone");
+  imchat__v1__server_frame__free_unpacked(f, NULL);
+}
+END_TEST
+
+START_TEST(upgrade_did_claim) {
+  h_connect("carol", "tablet");
+  ck_assert_str_eq(H.m.reg_device, "tablet");
+}
+END_TEST
+
+/* The request and a first frame, cut at every offset or at random. */
+static void split_feed(const uint8_t *data, size_t len, int random_cuts) {
+  size_t off = 0;
+  unsigned seed = 7;
+  while (off < len) {
+    size_t n = random_cuts ? 1 + (size_t)(rand_r(&seed) % 97) : 1;
+    if (n > len - off)
+      n = len - off;
+    ck_assert_int_eq(imc_gateway_conn_recv(H.gw, H.c, data + off, n), 0);
+    imc_gateway_flush(H.gw);
+    off += n;
+  }
+}
+
+static void check_split(int random_cuts) {
+  char req[2048], head[1024];
+  upgrade_req(req, sizeof(req), token_for("dave", "", 60));
+  size_t rl = strlen(req);
+  uint8_t all[4096];
+  memcpy(all, req, rl);
+  Imchat__V1__Ping ping = IMCHAT__V1__PING__INIT;
+  ping.client_time_ms = 42;
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.id = 5;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_PING;
+  cf.ping = &ping;
+  uint8_t pb[64];
+  size_t pl = imchat__v1__client_frame__pack(&cf, pb);
+  size_t n = rl + ws_frame(all + rl, 1, 2, 0, pb, pl, 1);
+  split_feed(all, n, random_cuts);
+  ck_assert_int_eq(read_http(head, sizeof(head), NULL), 101);
+  Imchat__V1__ServerFrame *f = next_sf();
+  ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_WELCOME);
+  imchat__v1__server_frame__free_unpacked(f, NULL);
+  expect_pong(5, 42);
+}
+
+START_TEST(upgrade_byte_by_byte) {
+  check_split(0);
+}
+END_TEST
+
+START_TEST(upgrade_random_splits) {
+  check_split(1);
+}
+END_TEST
+
+static void expect_http_error(const char *req, int status, const char *header) {
+  char head[4096];
+  char *body;
+  /* The answer is queued; the socket closes once the flush wrote it. */
+  ck_assert_int_eq(h_recv_str(req), 0);
+  ck_assert_int_eq(read_http(head, sizeof(head), &body), status);
+  if (header)
+    ck_assert_msg(strstr(head, header) != NULL, "missing %s in %s", header,
+                  head);
+  ck_assert_ptr_nonnull(strstr(head, "Content-Type: application/json"));
+  ck_assert_msg(strncmp(body, "{\"error\":{\"code\":\"", 18) == 0, "body %s",
+                body);
+  ck_assert_int_eq(H.m.closed, 1);
+  ck_assert_int_eq(H.m.reg, 0);
+}
+
+START_TEST(bad_version) {
+  expect_http_error("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n"
+                    "Connection: Upgrade\r\n"
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    "Sec-WebSocket-Version: 8\r\n\r\n",
+                    426, "Sec-WebSocket-Version: 13\r\n");
+}
+END_TEST
+
+START_TEST(missing_key) {
+  expect_http_error("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n"
+                    "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                    400, NULL);
+}
+END_TEST
+
+START_TEST(no_upgrade_header) {
+  expect_http_error("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", 400, NULL);
+}
+END_TEST
+
+START_TEST(http10_upgrade) {
+  expect_http_error("GET /ws HTTP/1.0\r\nUpgrade: websocket\r\n"
+                    "Connection: Upgrade\r\n"
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    "Sec-WebSocket-Version: 13\r\n\r\n",
+                    400, NULL);
+}
+END_TEST
+
+START_TEST(malformed_request) {
+  expect_http_error("GARBAGE\r\n\r\n", 400, NULL);
+}
+END_TEST
+
+START_TEST(unknown_path) {
+  expect_http_error("GET /nope HTTP/1.1\r\n\r\n", 404, NULL);
+}
+END_TEST
+
+START_TEST(post_ws) {
+  expect_http_error("POST /ws HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405,
+                    "Allow: GET");
+}
+END_TEST
+
+START_TEST(head_too_large) {
+  char req[10000];
+  int n = snprintf(req, sizeof(req), "GET /ws HTTP/1.1\r\nX-Big: ");
+  memset(req + n, 'a', 8500);
+  req[n + 8500] = '\0';
+  /* Not terminated: the limit alone must end it, in pieces too. */
+  ck_assert_int_eq(h_recv(req, 4000), 0);
+  expect_http_error(req + 4000, 431, NULL);
+}
+END_TEST
+
+START_TEST(healthz) {
+  char head[1024];
+  char *body;
+  ck_assert_int_eq(h_recv_str("GET /healthz HTTP/1.1\r\n\r\n"), 0);
+  ck_assert_int_eq(H.m.closed, 1);
+  ck_assert_int_eq(read_http(head, sizeof(head), &body), 200);
+  ck_assert_ptr_nonnull(strstr(body, "\"ok\""));
+}
+END_TEST
+
+START_TEST(handshake_timeout) {
+  ck_assert_int_eq(h_recv_str("GET /ws HTTP/1.1\r\n"), 0);
+  h_advance(9999);
+  ck_assert_int_eq(H.m.closed, 0);
+  ck_assert_int_eq(imc_gateway_next_timeout_ms(H.gw), 1);
+  h_advance(1);
+  ck_assert_int_eq(H.m.closed, 1);
+  ck_assert_uint_eq(imc_gateway_conn_count(H.gw), 0);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_HANDSHAKE_TIMEOUTS),
+                    1);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
+/* Authentication                                                       */
+/* ------------------------------------------------------------------ */
+
+static void expect_401(const char *token) {
+  char req[4096];
+  expect_http_error(upgrade_req(req, sizeof(req), token), 401,
+                    "WWW-Authenticate: Bearer");
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_AUTH_FAILED), 1);
+}
+
+static char *payload(char *buf, const char *user, int64_t iat, int64_t nbf,
+                     int64_t exp) {
+  int n = sprintf(buf, "{\"sub\":\"%s\"", user);
+  if (iat)
+    n += sprintf(buf + n, ",\"iat\":%lld", (long long)iat);
+  if (nbf)
+    n += sprintf(buf + n, ",\"nbf\":%lld", (long long)nbf);
+  if (exp)
+    n += sprintf(buf + n, ",\"exp\":%lld", (long long)exp);
+  strcpy(buf + n, "}");
+  return buf;
+}
+
+static char tok[4096];
+static char pl[512];
+static const int64_t NOW = T0 / 1000;
+
+START_TEST(auth_missing) {
+  char head[1024];
+  char *body;
+  ck_assert_int_eq(h_recv_str("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n"
+                              "Connection: Upgrade\r\n"
+                              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                              "Sec-WebSocket-Version: 13\r\n\r\n"),
+                   0);
+  ck_assert_int_eq(read_http(head, sizeof(head), &body), 401);
+  ck_assert_ptr_nonnull(strstr(body, "UNAUTHENTICATED"));
+}
+END_TEST
+
+START_TEST(auth_expired) {
+  /* 61 s past exp is beyond the 60 s leeway. */
+  testjwt_make(tok, sizeof(tok), "{\"alg\":\"HS256\",\"typ\":\"JWT\"}",
+               payload(pl, "alice", NOW - 3600, 0, NOW - 61), TJ_HS256, NULL,
+               (const uint8_t *)SECRET, strlen(SECRET));
+  expect_401(tok);
+}
+END_TEST
+
+START_TEST(auth_leeway_accepted) {
+  char req[4096], head[1024];
+  testjwt_make(tok, sizeof(tok), "{\"alg\":\"HS256\"}",
+               payload(pl, "alice", NOW + 30, NOW + 30, NOW - 30), TJ_HS256,
+               NULL, (const uint8_t *)SECRET, strlen(SECRET));
+  ck_assert_int_eq(h_recv_str(upgrade_req(req, sizeof(req), tok)), 0);
+  ck_assert_int_eq(read_http(head, sizeof(head), NULL), 101);
+}
+END_TEST
+
+START_TEST(auth_not_yet_valid) {
+  testjwt_make(tok, sizeof(tok), "{\"alg\":\"HS256\"}",
+               payload(pl, "alice", NOW, NOW + 120, NOW + 3600), TJ_HS256, NULL,
+               (const uint8_t *)SECRET, strlen(SECRET));
+  expect_401(tok);
+}
+END_TEST
+
+START_TEST(auth_wrong_key) {
+  testjwt_make(tok, sizeof(tok), "{\"alg\":\"HS256\"}",
+               payload(pl, "alice", NOW, 0, NOW + 3600), TJ_HS256, NULL,
+               (const uint8_t *)"another-secret", 14);
+  expect_401(tok);
+}
+END_TEST
+
+START_TEST(auth_alg_none) {
+  const char *headers[] = {"{\"alg\":\"none\"}", "{\"alg\":\"None\"}",
+                           "{\"alg\":\"NONE\"}", "{\"alg\":\"nOnE\"}"};
+  testjwt_make(tok, sizeof(tok), headers[_i],
+               payload(pl, "alice", NOW, 0, NOW + 3600), TJ_NONE, NULL, NULL,
+               0);
+  expect_401(tok);
+}
+END_TEST
+
+START_TEST(auth_missing_exp) {
+  testjwt_make(tok, sizeof(tok), "{\"alg\":\"HS256\"}",
+               payload(pl, "alice", NOW, 0, 0), TJ_HS256, NULL,
+               (const uint8_t *)SECRET, strlen(SECRET));
+  expect_401(tok);
+}
+END_TEST
+
+START_TEST(auth_garbage) {
+  const char *bad[] = {"x", "a.b.c", "....", "eyJhbGciOiJIUzI1NiJ9.%%%.abc",
+                       ""};
+  char req[2048];
+  if (_i == 4) {
+    expect_http_error(upgrade_req(req, sizeof(req), bad[_i]), 401, NULL);
+    return;
+  }
+  expect_401(bad[_i]);
+}
+END_TEST
+
+START_TEST(auth_bad_sub) {
+  testjwt_make(tok, sizeof(tok), "{\"alg\":\"HS256\"}",
+               payload(pl, "bad user!", NOW, 0, NOW + 3600), TJ_HS256, NULL,
+               (const uint8_t *)SECRET, strlen(SECRET));
+  expect_401(tok);
+}
+END_TEST
+
+static void use_rsa(imc_gateway_options *o) {
+  ck_assert_int_eq(
+      imc_gateway_options_set_jwt_public_key(o, rsa_pem, strlen(rsa_pem)), 0);
+}
+
+static void use_ec(imc_gateway_options *o) {
+  ck_assert_int_eq(
+      imc_gateway_options_set_jwt_public_key(o, ec_pem, strlen(ec_pem)), 0);
+}
+
+static void reset_with(void (*tweak)(imc_gateway_options *)) {
+  h_teardown();
+  h_setup_with(tweak);
+}
+
+START_TEST(auth_rs256_and_es256) {
+  char req[4096], head[1024];
+  reset_with(use_rsa);
+  testjwt_make(tok, sizeof(tok), "{\"alg\":\"RS256\",\"typ\":\"JWT\"}",
+               payload(pl, "rita", NOW, 0, NOW + 600), TJ_RS256, rsa_key, NULL,
+               0);
+  ck_assert_int_eq(h_recv_str(upgrade_req(req, sizeof(req), tok)), 0);
+  ck_assert_int_eq(read_http(head, sizeof(head), NULL), 101);
+  ck_assert_str_eq(H.m.reg_user, "rita");
+
+  reset_with(use_ec);
+  testjwt_make(tok, sizeof(tok), "{\"alg\":\"ES256\"}",
+               payload(pl, "eve", NOW, 0, NOW + 600), TJ_ES256, ec_key, NULL,
+               0);
+  ck_assert_int_eq(h_recv_str(upgrade_req(req, sizeof(req), tok)), 0);
+  ck_assert_int_eq(read_http(head, sizeof(head), NULL), 101);
+  ck_assert_str_eq(H.m.reg_user, "eve");
+}
+END_TEST
+
+START_TEST(auth_rs256_key_confusion) {
+  /* The classic attack: HS256 "signed" with the RSA public key bytes,
+   * against a gateway that only knows the RSA key. */
+  no_secret = 1;
+  reset_with(use_rsa);
+  no_secret = 0;
+  testjwt_make(tok, sizeof(tok), "{\"alg\":\"HS256\"}",
+               payload(pl, "mallory", NOW, 0, NOW + 600), TJ_HS256, NULL,
+               (const uint8_t *)rsa_pem, strlen(rsa_pem));
+  expect_401(tok);
+}
+END_TEST
+
+START_TEST(auth_es256_with_rsa_key) {
+  reset_with(use_rsa);
+  testjwt_make(tok, sizeof(tok), "{\"alg\":\"ES256\"}",
+               payload(pl, "eve", NOW, 0, NOW + 600), TJ_ES256, ec_key, NULL,
+               0);
+  expect_401(tok);
+}
+END_TEST
+
+static void use_keysrc(imc_gateway_options *o) {
+  imc_gateway_options_set_keysrc(o, &keysrc, &H.m);
+}
+
+START_TEST(auth_keysrc_async) {
+  char req[4096], head[1024];
+  reset_with(use_keysrc);
+  testjwt_make(tok, sizeof(tok), "{\"alg\":\"RS256\",\"kid\":\"k1\"}",
+               payload(pl, "kim", NOW, 0, NOW + 600), TJ_RS256, rsa_key, NULL,
+               0);
+  ck_assert_int_eq(h_recv_str(upgrade_req(req, sizeof(req), tok)), 0);
+  ck_assert_ptr_nonnull(H.m.key_cb);
+  ck_assert_uint_eq(H.m.out_len, 0);
+  H.m.key_cb(H.m.key_ud, 0, "RS256", (const uint8_t *)rsa_pem, strlen(rsa_pem));
+  imc_gateway_flush(H.gw);
+  ck_assert_int_eq(read_http(head, sizeof(head), NULL), 101);
+  ck_assert_str_eq(H.m.reg_user, "kim");
+}
+END_TEST
+
+START_TEST(auth_keysrc_closed_meanwhile) {
+  char req[4096];
+  reset_with(use_keysrc);
+  testjwt_make(tok, sizeof(tok), "{\"alg\":\"RS256\"}",
+               payload(pl, "kim", NOW, 0, NOW + 600), TJ_RS256, rsa_key, NULL,
+               0);
+  ck_assert_int_eq(h_recv_str(upgrade_req(req, sizeof(req), tok)), 0);
+  imc_gateway_conn_closed(H.gw, H.c);
+  /* The late completion finds no connection and does nothing. */
+  H.m.key_cb(H.m.key_ud, 0, "RS256", (const uint8_t *)rsa_pem, strlen(rsa_pem));
+  ck_assert_int_eq(H.m.closed, 0);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
+/* Frames                                                               */
+/* ------------------------------------------------------------------ */
+
+START_TEST(ping_pong) {
+  h_connect("alice", NULL);
+  ck_assert_int_eq(send_ping(9, 1234), 0);
+  expect_pong(9, 1234);
+}
+END_TEST
+
+START_TEST(text_frame_1003) {
+  h_connect("alice", NULL);
+  send_ws(1, "hello", 5);
+  expect_close(1003);
+  ck_assert_int_eq(H.m.unreg, 1);
+}
+END_TEST
+
+START_TEST(oversize_1009) {
+  h_connect("alice", NULL);
+  static uint8_t big[64 * 1024 + 2048];
+  memset(big, 'x', sizeof(big));
+  send_ws(2, big, sizeof(big));
+  expect_close(1009);
+}
+END_TEST
+
+START_TEST(body_too_large_in_valid_frame) {
+  h_connect("alice", NULL);
+  static uint8_t body[64 * 1024 + 1];
+  Imchat__V1__SendRequest s = IMCHAT__V1__SEND_REQUEST__INIT;
+  s.client_msg_id = "c1";
+  s.to_case = IMCHAT__V1__SEND_REQUEST__TO_USER_ID;
+  s.user_id = "bob";
+  s.body.data = body;
+  s.body.len = sizeof(body);
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.id = 3;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_SEND;
+  cf.send = &s;
+  ck_assert_int_eq(send_cf(&cf), 0);
+  expect_error(3, IMCHAT__V1__ERROR__CODE__TOO_LARGE);
+}
+END_TEST
+
+START_TEST(bad_protobuf) {
+  h_connect("alice", NULL);
+  const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff, 0x0f};
+  ck_assert_int_eq(send_ws(2, junk, sizeof(junk)), 0);
+  expect_error(0, IMCHAT__V1__ERROR__CODE__BAD_REQUEST);
+  /* Still up. */
+  ck_assert_int_eq(send_ping(2, 5), 0);
+  expect_pong(2, 5);
+}
+END_TEST
+
+START_TEST(repeated_garbage_1008) {
+  h_connect("alice", NULL);
+  const uint8_t junk[] = {0xff, 0xff};
+  for (int i = 0; i < 9; i++) {
+    ck_assert_int_eq(send_ws(2, junk, sizeof(junk)), 0);
+    expect_error(0, IMCHAT__V1__ERROR__CODE__BAD_REQUEST);
+  }
+  send_ws(2, junk, sizeof(junk));
+  expect_close(1008);
+}
+END_TEST
+
+START_TEST(fragmented_message) {
+  h_connect("alice", NULL);
+  Imchat__V1__Ping ping = IMCHAT__V1__PING__INIT;
+  ping.client_time_ms = 77;
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.id = 11;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_PING;
+  cf.ping = &ping;
+  uint8_t pb[64];
+  size_t n = imchat__v1__client_frame__pack(&cf, pb);
+  size_t a = ws_frame(wbuf, 0, 2, 0, pb, 2, 1);
+  /* A ping may come between fragments. */
+  a += ws_frame(wbuf + a, 1, 9, 0, "p", 1, 1);
+  a += ws_frame(wbuf + a, 1, 0, 0, pb + 2, n - 2, 1);
+  ck_assert_int_eq(h_recv(wbuf, a), 0);
+  ck_assert_int_eq(next_ws(), 1);
+  ck_assert_int_eq(F.opcode, 10); /* the pong of the control ping */
+  expect_pong(11, 77);
+}
+END_TEST
+
+START_TEST(control_frame_too_long) {
+  h_connect("alice", NULL);
+  uint8_t payload126[126];
+  memset(payload126, 'p', sizeof(payload126));
+  send_ws(9, payload126, sizeof(payload126));
+  ck_assert_int_eq(next_ws(), 1);
+  ck_assert_int_eq(F.opcode, 8);
+  ck_assert_int_eq(H.m.closed, 1);
+}
+END_TEST
+
+START_TEST(unmasked_frame) {
+  h_connect("alice", NULL);
+  size_t n = ws_frame(wbuf, 1, 2, 0, "ab", 2, 0);
+  h_recv(wbuf, n);
+  ck_assert_int_eq(next_ws(), 1);
+  ck_assert_int_eq(close_code(), 1002);
+  ck_assert_int_eq(H.m.closed, 1);
+}
+END_TEST
+
+START_TEST(rsv_bits) {
+  h_connect("alice", NULL);
+  size_t n = ws_frame(wbuf, 1, 2, 4, "ab", 2, 1);
+  h_recv(wbuf, n);
+  ck_assert_int_eq(next_ws(), 1);
+  ck_assert_int_eq(close_code(), 1002);
+}
+END_TEST
+
+START_TEST(client_close) {
+  h_connect("alice", NULL);
+  uint8_t cl[2] = {0x03, 0xe8};
+  size_t n = ws_frame(wbuf, 1, 8, 0, cl, 2, 1);
+  ck_assert_int_eq(h_recv(wbuf, n), 0);
+  ck_assert_int_eq(next_ws(), 1);
+  ck_assert_int_eq(close_code(), 1000);
+  ck_assert_int_eq(H.m.closed, 1);
+  ck_assert_int_eq(H.m.unreg, 1);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
+/* Heartbeat and registry                                               */
+/* ------------------------------------------------------------------ */
+
+START_TEST(heartbeat) {
+  h_connect("alice", NULL);
+  ck_assert_int_eq(imc_gateway_next_timeout_ms(H.gw), 30000);
+  h_advance(30000);
+  ck_assert_int_eq(next_ws(), 1);
+  ck_assert_int_eq(F.opcode, 9);
+  ck_assert_int_eq(H.m.renew, 1);
+  /* The client answers: alive past 90 s from the start. */
+  size_t n = ws_frame(wbuf, 1, 10, 0, NULL, 0, 1);
+  h_recv(wbuf, n);
+  h_advance(30000);
+  ck_assert_int_eq(H.m.renew, 2);
+  h_advance(30000);
+  ck_assert_int_eq(H.m.renew, 3);
+  ck_assert_int_eq(H.m.closed, 0);
+  /* Then silence: 90 s after the pong, closed with 1001. */
+  h_advance(30000);
+  ck_assert_int_eq(H.m.closed, 0);
+  while (next_ws() && F.opcode == 9)
+    ;
+  ck_assert_int_eq(close_code(), 1001);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_IDLE_CLOSED), 1);
+  /* No answer to the close: the socket goes after the close wait. */
+  h_advance(5000);
+  ck_assert_int_eq(H.m.closed, 1);
+  ck_assert_int_eq(H.m.unreg, 1);
+}
+END_TEST
+
+START_TEST(silent_client_dropped) {
+  h_connect("alice", NULL);
+  h_advance(30000);
+  h_advance(30000);
+  ck_assert_int_eq(H.m.closed, 0);
+  h_advance(30000);
+  int closes = 0;
+  while (next_ws())
+    closes += F.opcode == 8;
+  ck_assert_int_eq(closes, 1);
+  h_advance(5000);
+  ck_assert_int_eq(H.m.closed, 1);
+}
+END_TEST
+
+START_TEST(conn_lost_unregisters) {
+  h_connect("alice", NULL);
+  imc_gateway_conn_closed(H.gw, H.c);
+  ck_assert_int_eq(H.m.unreg, 1);
+  ck_assert_int_eq(H.m.closed, 0);
+  ck_assert_uint_eq(imc_gateway_conn_count(H.gw), 0);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
+/* Sends, pushes, outbound queue                                        */
+/* ------------------------------------------------------------------ */
+
+static void with_upstream(imc_gateway_options *o) {
+  imc_gateway_options_set_upstream(o, &upstream, &H.m);
+}
+
+static int send_text(uint64_t id, const char *to, const char *body) {
+  Imchat__V1__SendRequest s = IMCHAT__V1__SEND_REQUEST__INIT;
+  s.client_msg_id = "cm-1";
+  s.to_case = IMCHAT__V1__SEND_REQUEST__TO_USER_ID;
+  s.user_id = (char *)to;
+  s.body.data = (uint8_t *)body;
+  s.body.len = strlen(body);
+  s.content_type = "text/plain";
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.id = id;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_SEND;
+  cf.send = &s;
+  return send_cf(&cf);
+}
+
+START_TEST(send_without_routing) {
+  h_connect("alice", NULL);
+  send_text(4, "bob", "hi");
+  expect_error(4, IMCHAT__V1__ERROR__CODE__UNAVAILABLE);
+}
+END_TEST
+
+START_TEST(send_ack) {
+  reset_with(with_upstream);
+  h_connect("alice", NULL);
+  send_text(4, "bob", "hi");
+  Imchat__V1__ServerFrame *f = next_sf();
+  ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_SEND_ACK);
+  ck_assert_uint_eq(f->id, 4);
+  ck_assert_str_eq(f->send_ack->client_msg_id, "cm-1");
+  ck_assert_str_eq(f->send_ack->msg_id, "m-1");
+  ck_assert_uint_eq(f->send_ack->seq, 7);
+  imchat__v1__server_frame__free_unpacked(f, NULL);
+}
+END_TEST
+
+START_TEST(send_completion_after_close) {
+  reset_with(with_upstream);
+  H.m.async_send = 1;
+  h_connect("alice", NULL);
+  send_text(4, "bob", "hi");
+  ck_assert_ptr_nonnull(H.m.pending_cb);
+  imc_gateway_conn_closed(H.gw, H.c);
+  imc_send_result r = {"cm-1", "m-1", "p:a:b", 1, T0};
+  H.m.pending_cb(H.m.pending_ud, 0, &r, NULL);
+}
+END_TEST
+
+START_TEST(rate_limit) {
+  reset_with(with_upstream);
+  h_connect("alice", NULL);
+  for (int i = 0; i < 200; i++) {
+    send_text((uint64_t)i + 1, "bob", "x");
+    Imchat__V1__ServerFrame *f = next_sf();
+    ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_SEND_ACK);
+    imchat__v1__server_frame__free_unpacked(f, NULL);
+  }
+  send_text(999, "bob", "x");
+  expect_error(999, IMCHAT__V1__ERROR__CODE__RATE_LIMITED);
+  /* 100/s refills: 10 ms later one more goes through. */
+  test_clock_advance(&H.tc, 10);
+  send_text(1000, "bob", "x");
+  Imchat__V1__ServerFrame *f = next_sf();
+  ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_SEND_ACK);
+  imchat__v1__server_frame__free_unpacked(f, NULL);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_RATE_LIMITED), 1);
+}
+END_TEST
+
+static imc_msg test_msg(const char *id) {
+  imc_msg m = {
+      id, "p:alice:bob", 3,  "bob", "alice", "", (const uint8_t *)"hey",
+      3,  "text/plain",  T0, "c-9", "phone"};
+  return m;
+}
+
+START_TEST(deliver_and_ack) {
+  reset_with(with_upstream);
+  h_connect("alice", NULL);
+  imc_msg m = test_msg("m-42");
+  ck_assert_int_eq(imc_gateway_deliver(H.gw, "alice", NULL, &m), 1);
+  ck_assert_int_eq(imc_gateway_deliver(H.gw, "nobody", NULL, &m), 0);
+  imc_gateway_flush(H.gw);
+  Imchat__V1__ServerFrame *f = next_sf();
+  ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_DELIVER);
+  ck_assert_str_eq(f->deliver->message->msg_id, "m-42");
+  ck_assert_uint_eq(f->deliver->message->seq, 3);
+  ck_assert_int_eq(f->deliver->message->body.len, 3);
+  imchat__v1__server_frame__free_unpacked(f, NULL);
+  char *ids[] = {"m-42", "unknown"};
+  Imchat__V1__DeliverAck a = IMCHAT__V1__DELIVER_ACK__INIT;
+  a.n_msg_ids = 2;
+  a.msg_ids = ids;
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_DELIVER_ACK;
+  cf.deliver_ack = &a;
+  send_cf(&cf);
+  ck_assert_int_eq(H.m.delivered, 1);
+  h_advance(10000);
+  ck_assert_int_eq(H.m.undelivered, 0);
+}
+END_TEST
+
+START_TEST(ack_timeout_fallback) {
+  reset_with(with_upstream);
+  h_connect("alice", NULL);
+  imc_msg m = test_msg("m-43");
+  imc_gateway_deliver(H.gw, "alice", NULL, &m);
+  h_advance(9999);
+  ck_assert_int_eq(H.m.undelivered, 0);
+  h_advance(1);
+  ck_assert_int_eq(H.m.undelivered, 1);
+  ck_assert_str_eq(H.m.last_undelivered, "alice/m-43");
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_ACK_TIMEOUTS), 1);
+}
+END_TEST
+
+START_TEST(close_fallback_and_skip_device) {
+  reset_with(with_upstream);
+  h_connect("alice", "phone");
+  imc_msg m = test_msg("m-44");
+  ck_assert_int_eq(imc_gateway_deliver(H.gw, "alice", "phone", &m), 0);
+  ck_assert_int_eq(imc_gateway_deliver(H.gw, "alice", "laptop", &m), 1);
+  imc_gateway_conn_closed(H.gw, H.c);
+  ck_assert_int_eq(H.m.undelivered, 1);
+}
+END_TEST
+
+START_TEST(push_status) {
+  h_connect("alice", "phone");
+  ck_assert_int_eq(imc_gateway_push_status(H.gw, "alice", "laptop", "m-1",
+                                           "c-1", IMC_DELIVERED, "bob"),
+                   0);
+  ck_assert_int_eq(imc_gateway_push_status(H.gw, "alice", "phone", "m-1", "c-1",
+                                           IMC_DELIVERED, "bob"),
+                   1);
+  imc_gateway_flush(H.gw);
+  Imchat__V1__ServerFrame *f = next_sf();
+  ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_STATUS);
+  ck_assert_int_eq(f->status->state,
+                   IMCHAT__V1__DELIVERY_STATUS__STATE__DELIVERED);
+  ck_assert_str_eq(f->status->user_id, "bob");
+  imchat__v1__server_frame__free_unpacked(f, NULL);
+}
+END_TEST
+
+START_TEST(slow_reader_closed) {
+  reset_with(with_upstream);
+  h_connect("alice", NULL);
+  H.m.block = 1;
+  static uint8_t body[60000];
+  imc_msg m = test_msg("m-big");
+  m.body = body;
+  m.body_len = sizeof(body);
+  int pushed = 0;
+  for (int i = 0; i < 30; i++) {
+    imc_gateway_flush(H.gw);
+    if (imc_gateway_deliver(H.gw, "alice", NULL, &m) == 1)
+      pushed++;
+  }
+  ck_assert_int_ge(pushed, 17); /* 1 MiB / 60 KB */
+  ck_assert_int_lt(pushed, 30);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_SLOW_CLOSED), 1);
+  /* The reader never drains: after the close wait it is cut, and every
+   * push goes back for the slow path. */
+  h_advance(5000);
+  ck_assert_int_eq(H.m.closed, 1);
+  ck_assert_int_eq(H.m.undelivered, pushed);
+}
+END_TEST
+
+START_TEST(writable_after_block) {
+  h_connect("alice", NULL);
+  H.m.block = 1;
+  send_ping(1, 1);
+  size_t before = H.m.out_len;
+  imc_gateway_flush(H.gw);
+  ck_assert_uint_eq(H.m.out_len, before);
+  H.m.block = 0;
+  ck_assert_int_eq(imc_gateway_conn_writable(H.gw, H.c), 0);
+  expect_pong(1, 1);
+}
+END_TEST
+
+START_TEST(shutdown_1001) {
+  reset_with(with_upstream);
+  h_connect("alice", NULL);
+  imc_msg m = test_msg("m-45");
+  imc_gateway_deliver(H.gw, "alice", NULL, &m);
+  imc_gateway_shutdown(H.gw);
+  imc_gateway_flush(H.gw);
+  ck_assert_int_eq(H.m.undelivered, 1);
+  imc_conn *c2;
+  ck_assert_int_eq(imc_gateway_conn_new(H.gw, &c2, &H.m), IMC_ERR_CLOSED);
+  Imchat__V1__ServerFrame *f = next_sf();
+  ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_DELIVER);
+  imchat__v1__server_frame__free_unpacked(f, NULL);
+  expect_close(1001);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
+/* Allocation failures                                                  */
+/* ------------------------------------------------------------------ */
+
+/* One pass over the public API; returns 0 when everything succeeded, or
+ * IMC_ERR_NOMEM as soon as an allocation failure surfaces. */
+static int alloc_pass(test_mem *tm, mock *m, test_clock *tc) {
+  imc_gateway_options *o = NULL;
+  imc_gateway *gw = NULL;
+  imc_conn *c = NULL;
+  int rv = imc_gateway_options_new(&o, &tm->mem);
+  if (rv == 0)
+    rv = imc_gateway_options_set_transport(o, &transport, NULL);
+  if (rv == 0)
+    rv = imc_gateway_options_set_jwt_secret(o, (const uint8_t *)SECRET,
+                                            strlen(SECRET));
+  if (rv == 0)
+    rv = imc_gateway_options_set_node_id(o, "gw-1");
+  if (rv == 0)
+    rv = imc_gateway_options_set_jwt_public_key(o, ec_pem, strlen(ec_pem));
+  if (rv == 0)
+    rv = imc_gateway_options_set_upstream(o, &upstream, m);
+  if (rv == 0)
+    rv = imc_gateway_options_set_registry(o, &registry, m);
+  if (rv == 0)
+    rv = imc_gateway_options_set_clock(o, &tc->clock);
+  if (rv == 0)
+    rv = imc_gateway_new(&gw, o, &tm->mem);
+  if (rv == 0)
+    rv = imc_gateway_conn_new(gw, &c, m);
+  char req[2048];
+  if (rv == 0) {
+    upgrade_req(req, sizeof(req), token_for("alice", "phone", 600));
+    size_t half = strlen(req) / 2;
+    rv = imc_gateway_conn_recv(gw, c, (const uint8_t *)req, half);
+    if (rv == 0)
+      rv = imc_gateway_conn_recv(gw, c, (const uint8_t *)req + half,
+                                 strlen(req) - half);
+  }
+  if (rv == 0) {
+    uint8_t pb[64];
+    Imchat__V1__Ping ping = IMCHAT__V1__PING__INIT;
+    Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+    cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_PING;
+    cf.ping = &ping;
+    size_t n = imchat__v1__client_frame__pack(&cf, pb);
+    size_t fl = ws_frame(wbuf, 1, 2, 0, pb, n, 1);
+    rv = imc_gateway_conn_recv(gw, c, wbuf, fl);
+  }
+  if (rv == 0) {
+    uint8_t pb[64];
+    Imchat__V1__SendRequest sr = IMCHAT__V1__SEND_REQUEST__INIT;
+    sr.client_msg_id = "c1";
+    sr.to_case = IMCHAT__V1__SEND_REQUEST__TO_USER_ID;
+    sr.user_id = "bob";
+    Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+    cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_SEND;
+    cf.send = &sr;
+    size_t n = imchat__v1__client_frame__pack(&cf, pb);
+    size_t fl = ws_frame(wbuf, 1, 2, 0, pb, n, 1);
+    rv = imc_gateway_conn_recv(gw, c, wbuf, fl);
+  }
+  if (rv == 0) {
+    imc_msg msg = test_msg("m-1");
+    int d = imc_gateway_deliver(gw, "alice", NULL, &msg);
+    rv = d < 0 ? d : 0;
+  }
+  if (rv == 0)
+    rv = imc_gateway_flush(gw);
+  if (rv == 0) {
+    tc->now += 31000;
+    rv = imc_gateway_on_timeout(gw);
+  }
+  if (gw)
+    imc_gateway_del(gw);
+  imc_gateway_options_del(o);
+  return rv;
+}
+
+START_TEST(alloc_failures) {
+  int failures = 0;
+  for (long i = 0;; i++) {
+    test_mem tm;
+    mock m;
+    test_clock tc;
+    memset(&m, 0, sizeof(m));
+    test_mem_init(&tm);
+    test_clock_init(&tc, T0);
+    tm.fail_at = i;
+    int rv = alloc_pass(&tm, &m, &tc);
+    free(m.out);
+    ck_assert_msg(tm.live == 0, "leak with allocation %ld failing", i);
+    ck_assert_msg(rv == 0 || rv == IMC_ERR_NOMEM,
+                  "allocation %ld failing gave %d", i, rv);
+    if (tm.count <= i)
+      break; /* the pass made fewer allocations: all were covered */
+    failures += rv == IMC_ERR_NOMEM;
+  }
+  ck_assert_int_gt(failures, 10);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
+
+static void keys_setup(void) {
+  rsa_key = testjwt_rsa();
+  ec_key = testjwt_p256();
+  rsa_pem = testjwt_pub_pem(rsa_key);
+  ec_pem = testjwt_pub_pem(ec_key);
+}
+
+static Suite *gateway_suite(void) {
+  Suite *s = suite_create("gateway");
+  TCase *t = tcase_create("handshake");
+  tcase_add_checked_fixture(t, h_setup, h_teardown);
+  tcase_add_test(t, upgrade_ok);
+  tcase_add_test(t, upgrade_query_token_and_device);
+  tcase_add_test(t, upgrade_did_claim);
+  tcase_add_test(t, upgrade_byte_by_byte);
+  tcase_add_test(t, upgrade_random_splits);
+  tcase_add_test(t, bad_version);
+  tcase_add_test(t, missing_key);
+  tcase_add_test(t, no_upgrade_header);
+  tcase_add_test(t, http10_upgrade);
+  tcase_add_test(t, malformed_request);
+  tcase_add_test(t, unknown_path);
+  tcase_add_test(t, post_ws);
+  tcase_add_test(t, head_too_large);
+  tcase_add_test(t, healthz);
+  tcase_add_test(t, handshake_timeout);
+  suite_add_tcase(s, t);
+
+  t = tcase_create("auth");
+  tcase_add_checked_fixture(t, h_setup, h_teardown);
+  tcase_add_test(t, auth_missing);
+  tcase_add_test(t, auth_expired);
+  tcase_add_test(t, auth_leeway_accepted);
+  tcase_add_test(t, auth_not_yet_valid);
+  tcase_add_test(t, auth_wrong_key);
+  tcase_add_loop_test(t, auth_alg_none, 0, 4);
+  tcase_add_test(t, auth_missing_exp);
+  tcase_add_loop_test(t, auth_garbage, 0, 5);
+  tcase_add_test(t, auth_bad_sub);
+  tcase_add_test(t, auth_rs256_and_es256);
+  tcase_add_test(t, auth_rs256_key_confusion);
+  tcase_add_test(t, auth_es256_with_rsa_key);
+  tcase_add_test(t, auth_keysrc_async);
+  tcase_add_test(t, auth_keysrc_closed_meanwhile);
+  suite_add_tcase(s, t);
+
+  t = tcase_create("frames");
+  tcase_add_checked_fixture(t, h_setup, h_teardown);
+  tcase_add_test(t, ping_pong);
+  tcase_add_test(t, text_frame_1003);
+  tcase_add_test(t, oversize_1009);
+  tcase_add_test(t, body_too_large_in_valid_frame);
+  tcase_add_test(t, bad_protobuf);
+  tcase_add_test(t, repeated_garbage_1008);
+  tcase_add_test(t, fragmented_message);
+  tcase_add_test(t, control_frame_too_long);
+  tcase_add_test(t, unmasked_frame);
+  tcase_add_test(t, rsv_bits);
+  tcase_add_test(t, client_close);
+  suite_add_tcase(s, t);
+
+  t = tcase_create("heartbeat");
+  tcase_add_checked_fixture(t, h_setup, h_teardown);
+  tcase_add_test(t, heartbeat);
+  tcase_add_test(t, silent_client_dropped);
+  tcase_add_test(t, conn_lost_unregisters);
+  suite_add_tcase(s, t);
+
+  t = tcase_create("delivery");
+  tcase_add_checked_fixture(t, h_setup, h_teardown);
+  tcase_add_test(t, send_without_routing);
+  tcase_add_test(t, send_ack);
+  tcase_add_test(t, send_completion_after_close);
+  tcase_add_test(t, rate_limit);
+  tcase_add_test(t, deliver_and_ack);
+  tcase_add_test(t, ack_timeout_fallback);
+  tcase_add_test(t, close_fallback_and_skip_device);
+  tcase_add_test(t, push_status);
+  tcase_add_test(t, slow_reader_closed);
+  tcase_add_test(t, writable_after_block);
+  tcase_add_test(t, shutdown_1001);
+  suite_add_tcase(s, t);
+
+  t = tcase_create("alloc");
+  tcase_set_timeout(t, 120);
+  tcase_add_test(t, alloc_failures);
+  suite_add_tcase(s, t);
+  return s;
+}
+
+int main(void) {
+  keys_setup();
+  SRunner *sr = srunner_create(gateway_suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? 1 : 0;
+}

@@ -1,0 +1,79 @@
+#include "testutil.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Each block carries its size in front so realloc and the live count
+ * stay exact. */
+static int tm_should_fail(test_mem *tm) {
+  return tm->count++ == tm->fail_at;
+}
+
+static void *tm_malloc(size_t n, void *ud) {
+  test_mem *tm = ud;
+  if (tm_should_fail(tm))
+    return NULL;
+  void *p = malloc(n ? n : 1);
+  if (p)
+    tm->live++;
+  return p;
+}
+
+static void tm_free(void *p, void *ud) {
+  test_mem *tm = ud;
+  if (p) {
+    tm->live--;
+    free(p);
+  }
+}
+
+static void *tm_calloc(size_t nmemb, size_t n, void *ud) {
+  test_mem *tm = ud;
+  if (tm_should_fail(tm))
+    return NULL;
+  void *p = calloc(nmemb ? nmemb : 1, n ? n : 1);
+  if (p)
+    tm->live++;
+  return p;
+}
+
+static void *tm_realloc(void *p, size_t n, void *ud) {
+  test_mem *tm = ud;
+  if (tm_should_fail(tm))
+    return NULL;
+  void *q = realloc(p, n ? n : 1);
+  if (q && !p)
+    tm->live++;
+  return q;
+}
+
+void test_mem_init(test_mem *tm) {
+  memset(tm, 0, sizeof(*tm));
+  tm->fail_at = -1;
+  tm->mem.ud = tm;
+  tm->mem.malloc = tm_malloc;
+  tm->mem.free = tm_free;
+  tm->mem.calloc = tm_calloc;
+  tm->mem.realloc = tm_realloc;
+}
+
+static int64_t tc_now(void *ud) {
+  return ((test_clock *)ud)->now;
+}
+
+static int64_t tc_wall(void *ud) {
+  return ((test_clock *)ud)->wall;
+}
+
+void test_clock_init(test_clock *tc, int64_t wall_ms) {
+  tc->now = 1000;
+  tc->wall = wall_ms;
+  tc->clock.ud = tc;
+  tc->clock.now_ms = tc_now;
+  tc->clock.wall_ms = tc_wall;
+}
+
+void test_clock_advance(test_clock *tc, int64_t ms) {
+  tc->now += ms;
+  tc->wall += ms;
+}
