@@ -18,8 +18,13 @@
  *    Completions must not run from another thread: libimchat objects are
  *    single-threaded.
  *  - Pointers a completion receives are valid only during the completion.
+ *  - A backend reports a failure either as the return code or through the
+ *    completion; callers handle both.
  *  - A backend must have called every completion before the host deletes
- *    the object that started the operations.
+ *    the object that started the operations. Deleting a backend completes
+ *    what it still holds (a waiting poll, say) with IMC_ERR_CLOSED, so a
+ *    host shuts down by stopping its library objects, deleting the
+ *    backends, then deleting the library objects.
  */
 #ifndef IMCHAT_BACKEND_H
 #define IMCHAT_BACKEND_H
@@ -152,8 +157,10 @@ typedef struct imc_bus_vtbl {
                  size_t key_len, const uint8_t *value, size_t value_len,
                  imc_done_cb done, void *done_ud);
   /*
-   * Deliver up to max records of topic not yet committed by consumer
-   * group, as soon as at least one is available. One poll per
+   * Deliver up to max records of topic that consumer group has not been
+   * given yet, as soon as at least one is available. Within one backend
+   * instance each record reaches a group once; records the group did not
+   * commit are delivered again after a restart. One poll per
    * (topic, group) may be outstanding at a time.
    */
   int (*poll)(void *ud, const char *topic, const char *group, size_t max,
@@ -199,6 +206,7 @@ typedef struct imc_dedup_vtbl {
   /*
    * Atomically: if key exists, report it (found = 1, its value);
    * otherwise store value under key for ttl_s seconds (found = 0).
+   * ttl_s is at least 1 for every operation of the dedup set.
    */
   int (*test_and_set)(void *ud, const char *key, const uint8_t *value,
                       size_t value_len, uint32_t ttl_s, imc_dedup_cb done,
