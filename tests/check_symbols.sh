@@ -8,7 +8,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 nm -D --defined-only "$lib" | awk '$2 == "T" { sub(/@.*/, "", $3); print $3 }' |
   sort -u >"$tmp/exported"
-cat "$incdir"/*.h | tr '\n' ' ' | grep -o 'IMC_EXTERN[^;(]*(' |
+grep -hv "^#" "$incdir"/*.h | tr '\n' ' ' | grep -o 'IMC_EXTERN[^;(]*(' |
   sed 's/($//; s/.*[ *]//' | sort -u >"$tmp/declared"
 if ! diff -u "$tmp/declared" "$tmp/exported"; then
   echo "exported symbols differ from the IMC_EXTERN declarations" >&2

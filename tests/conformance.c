@@ -20,7 +20,7 @@
 #define T0_WALL 1700000000000LL
 
 static const conformance_factory *registry[MAX_FACTORIES];
-static char suite_names[MAX_FACTORIES][4][96];
+static char suite_names[MAX_FACTORIES][5][96];
 static int n_registered;
 
 static int register_factory(const conformance_factory *f) {
@@ -1291,6 +1291,194 @@ START_TEST(bus_groups_after_reopen) {
 END_TEST
 
 /* ------------------------------------------------------------------ */
+/* Registry                                                             */
+/* ------------------------------------------------------------------ */
+
+#define MAX_REG 8
+
+typedef struct lookup_res {
+  int calls;
+  int status;
+  size_t n;
+  char user[MAX_REG][80], device[MAX_REG][80], node[MAX_REG][80];
+  uint64_t conn[MAX_REG];
+} lookup_res;
+
+static void on_lookup(void *p, int status, const imc_reg_entry *e, size_t n) {
+  lookup_res *r = p;
+  r->calls++;
+  r->status = status;
+  r->n = n;
+  for (size_t i = 0; i < n && i < MAX_REG; i++) {
+    snprintf(r->user[i], 80, "%s", e[i].user_id);
+    snprintf(r->device[i], 80, "%s", e[i].device_id);
+    snprintf(r->node[i], 80, "%s", e[i].node_id);
+    r->conn[i] = e[i].conn_id;
+  }
+}
+
+static void reg_put(const char *user, const char *device, const char *node,
+                    uint64_t conn, uint32_t ttl) {
+  imc_reg_entry e = {user, device, node, conn};
+  done_res r = {0};
+  int rv = finish(cf->registry->register_conn(ud, &e, ttl, on_done, &r),
+                  &r.calls, &r.status);
+  ck_assert_int_eq(rv, 0);
+}
+
+static void reg_renew(const char *user, const char *device, const char *node,
+                      uint64_t conn, uint32_t ttl) {
+  imc_reg_entry e = {user, device, node, conn};
+  done_res r = {0};
+  int rv = finish(cf->registry->renew(ud, &e, ttl, on_done, &r), &r.calls,
+                  &r.status);
+  ck_assert_int_eq(rv, 0);
+}
+
+static void reg_del(const char *user, const char *device, const char *node,
+                    uint64_t conn) {
+  imc_reg_entry e = {user, device, node, conn};
+  done_res r = {0};
+  int rv = finish(cf->registry->unregister(ud, &e, on_done, &r), &r.calls,
+                  &r.status);
+  ck_assert_int_eq(rv, 0);
+}
+
+static void reg_lookup(const char *user, lookup_res *r) {
+  memset(r, 0, sizeof(*r));
+  int rv = finish(cf->registry->lookup(ud, user, on_lookup, r), &r->calls,
+                  &r->status);
+  ck_assert_int_eq(rv, 0);
+}
+
+/* Index of device in r, or -1. */
+static int reg_find(const lookup_res *r, const char *device) {
+  for (size_t i = 0; i < r->n; i++)
+    if (strcmp(r->device[i], device) == 0)
+      return (int)i;
+  return -1;
+}
+
+/* Lets leases run out: the fake clock, or real time for real servers. */
+static void reg_wait(int seconds) {
+  if (cf->real_clock)
+    sleep_ms(seconds * 1000 + 1500);
+  else
+    test_clock_advance(&tclock, (int64_t)seconds * 1000 + 1);
+}
+
+START_TEST(registry_vtable_complete) {
+  fx_open(_i);
+  const imc_registry_vtbl *v = cf->registry;
+  ck_assert_uint_ge(v->struct_size, sizeof(imc_registry_vtbl));
+  ck_assert(v->register_conn != NULL && v->renew != NULL &&
+            v->unregister != NULL && v->lookup != NULL && v->watch != NULL);
+  fx_close();
+}
+END_TEST
+
+START_TEST(registry_register_lookup) {
+  fx_open(_i);
+  lookup_res r;
+  reg_lookup("alice", &r);
+  ck_assert_uint_eq(r.n, 0);
+  reg_put("alice", "phone", "gw-1", 7, 60);
+  reg_put("alice", "laptop", "gw-2", 8, 60);
+  reg_put("bob", "phone", "gw-1", 9, 60);
+  reg_lookup("alice", &r);
+  ck_assert_uint_eq(r.n, 2);
+  int i = reg_find(&r, "phone");
+  ck_assert_int_ge(i, 0);
+  ck_assert_str_eq(r.user[i], "alice");
+  ck_assert_str_eq(r.node[i], "gw-1");
+  ck_assert_uint_eq(r.conn[i], 7);
+  i = reg_find(&r, "laptop");
+  ck_assert_int_ge(i, 0);
+  ck_assert_str_eq(r.node[i], "gw-2");
+  reg_lookup("bob", &r);
+  ck_assert_uint_eq(r.n, 1);
+  reg_lookup("al", &r); /* no prefix matches */
+  ck_assert_uint_eq(r.n, 0);
+  fx_close();
+}
+END_TEST
+
+START_TEST(registry_reconnect_replaces) {
+  fx_open(_i);
+  lookup_res r;
+  reg_put("alice", "phone", "gw-1", 1, 60);
+  reg_put("alice", "phone", "gw-2", 2, 60);
+  reg_lookup("alice", &r);
+  ck_assert_uint_eq(r.n, 1);
+  ck_assert_str_eq(r.node[0], "gw-2");
+  ck_assert_uint_eq(r.conn[0], 2);
+  /* The old connection's cleanup must not remove the new entry. */
+  reg_del("alice", "phone", "gw-1", 1);
+  reg_lookup("alice", &r);
+  ck_assert_uint_eq(r.n, 1);
+  reg_del("alice", "phone", "gw-2", 2);
+  reg_lookup("alice", &r);
+  ck_assert_uint_eq(r.n, 0);
+  /* Unregistering what is not there is fine. */
+  reg_del("alice", "phone", "gw-2", 2);
+  fx_close();
+}
+END_TEST
+
+START_TEST(registry_lease_expiry_and_renew) {
+  fx_open(_i);
+  lookup_res r;
+  reg_put("alice", "phone", "gw-1", 1, 3);
+  reg_put("alice", "laptop", "gw-1", 2, 3);
+  reg_renew("alice", "laptop", "gw-1", 2, 30);
+  reg_wait(3);
+  reg_lookup("alice", &r);
+  ck_assert_uint_eq(r.n, 1);
+  ck_assert_str_eq(r.device[0], "laptop");
+  fx_close();
+}
+END_TEST
+
+typedef struct watch_res {
+  int puts, deletes;
+  char last_key[160];
+} watch_res;
+
+static void on_watch(void *p, imc_watch_event_type type, const char *key,
+                     const uint8_t *value, size_t len) {
+  watch_res *w = p;
+  (void)value;
+  (void)len;
+  if (type == IMC_WATCH_PUT)
+    w->puts++;
+  else
+    w->deletes++;
+  snprintf(w->last_key, sizeof(w->last_key), "%s", key);
+}
+
+START_TEST(registry_watch) {
+  fx_open(_i);
+  watch_res w = {0};
+  ck_assert_int_eq(cf->registry->watch(ud, "alice/", on_watch, &w), 0);
+  reg_put("bob", "phone", "gw-1", 1, 60);
+  reg_put("alice", "phone", "gw-1", 2, 60);
+  int64_t deadline = mono_ms() + WAIT_MS;
+  while (w.puts == 0 && mono_ms() < deadline && cf->dispatch)
+    cf->dispatch(cf->ctx, ud);
+  ck_assert_int_eq(w.puts, 1);
+  ck_assert_str_eq(w.last_key, "alice/phone");
+  reg_del("alice", "phone", "gw-1", 2);
+  deadline = mono_ms() + WAIT_MS;
+  while (w.deletes == 0 && mono_ms() < deadline && cf->dispatch)
+    cf->dispatch(cf->ctx, ud);
+  ck_assert_int_eq(w.deletes, 1);
+  ck_assert_str_eq(w.last_key, "alice/phone");
+  ck_assert_int_eq(w.puts, 1); /* bob's entry is outside the prefix */
+  fx_close();
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
 /* Suites                                                               */
 /* ------------------------------------------------------------------ */
 
@@ -1306,6 +1494,18 @@ static Suite *new_suite(const conformance_factory *f, int idx, int kind,
    * default 4 s. */
   tcase_set_timeout(*tc, 60);
   suite_add_tcase(s, *tc);
+  return s;
+}
+
+Suite *conformance_registry_suite(const conformance_factory *f) {
+  int i = register_factory(f);
+  TCase *tc;
+  Suite *s = new_suite(f, i, 4, "registry", &tc);
+  ADD(tc, registry_vtable_complete, i);
+  ADD(tc, registry_register_lookup, i);
+  ADD(tc, registry_reconnect_replaces, i);
+  ADD(tc, registry_lease_expiry_and_renew, i);
+  ADD(tc, registry_watch, i);
   return s;
 }
 

@@ -47,6 +47,7 @@ typedef struct conformance_factory {
   const imc_dedup_vtbl *dedup;
   const imc_store_vtbl *store;
   const imc_bus_vtbl *bus;
+  const imc_registry_vtbl *registry;
   /* Nonzero if keys expire by the backend's own clock: TTL tests sleep. */
   int real_clock;
 } conformance_factory;
@@ -55,5 +56,6 @@ Suite *conformance_seq_suite(const conformance_factory *f);
 Suite *conformance_dedup_suite(const conformance_factory *f);
 Suite *conformance_store_suite(const conformance_factory *f);
 Suite *conformance_bus_suite(const conformance_factory *f);
+Suite *conformance_registry_suite(const conformance_factory *f);
 
 #endif /* IMC_CONFORMANCE_H */

@@ -24,8 +24,11 @@ typedef struct imc_worker imc_worker;
 typedef struct imc_worker_options imc_worker_options;
 
 /*
- * Called once per persisted job, after its batch was committed: msg went
- * into its history (history != 0) and/or into the inboxes of users.
+ * Called once per job of a committed batch: msg is in its history
+ * (history != 0) and/or in the inboxes of users. Jobs found in the dedup
+ * set are reported too, since a run that died before its commit never
+ * reported them: the receiver ignores repeats. Arguments are valid during
+ * the call; the hook may stop the worker but not delete it.
  * imc_router_persisted has this shape.
  */
 typedef void (*imc_persisted_cb)(void *ud, const imc_msg *msg, int history,
@@ -36,7 +39,13 @@ IMC_EXTERN int imc_worker_options_new(imc_worker_options **out,
                                       const imc_mem *mem);
 IMC_EXTERN void imc_worker_options_del(imc_worker_options *opt);
 
-/* Required: the offline queue, the store and the dedup set. */
+/*
+ * Required: the offline queue (poll, commit), the store (append; without
+ * purge there is no retention run) and the dedup set (get, set).
+ * Vtables are copied; each ud is borrowed and must outlive the worker.
+ * Each setter returns 0 or IMC_ERR_INVALID_ARGUMENT (NULL opt or vt, a
+ * value of 0, a batch_max over 65536).
+ */
 IMC_EXTERN int imc_worker_options_set_queue(imc_worker_options *opt,
                                             const imc_bus_vtbl *vt, void *ud);
 IMC_EXTERN int imc_worker_options_set_store(imc_worker_options *opt,
@@ -69,32 +78,56 @@ IMC_EXTERN int imc_worker_options_set_dedup_ttl_s(imc_worker_options *opt,
  */
 IMC_EXTERN int imc_worker_new(imc_worker **out, const imc_worker_options *opt,
                               const imc_mem *mem);
-/* The host must let pending backend operations complete first. */
+/*
+ * The host must let pending backend operations complete first, and close
+ * or delete the queue backend before the worker (see imc_worker_stop()).
+ * NULL is a no-op.
+ */
 IMC_EXTERN void imc_worker_del(imc_worker *w);
 
 IMC_EXTERN void imc_worker_set_user_data(imc_worker *w, void *ud);
 IMC_EXTERN void *imc_worker_get_user_data(const imc_worker *w);
 
 /*
- * Starts consuming (the first poll). Returns 0 or the error of the
- * queue's poll (the worker retries it on its timer then).
+ * Starts consuming (the first poll) and runs the first purge. Returns 0
+ * (also if already started), IMC_ERR_INVALID_ARGUMENT (w NULL) or the
+ * error of the queue's poll (the worker retries it on its timer then).
+ * After imc_worker_stop() it resumes.
  */
 IMC_EXTERN int imc_worker_start(imc_worker *w);
 
 /*
- * Stop polling for new batches; the batch in flight completes. Returns 0.
- * imc_worker_pending() becomes 0 when it is done.
+ * Stop polling for new batches and stop the purge; the batch in flight
+ * completes (a failing step keeps retrying on the timer). Returns 0 or
+ * IMC_ERR_INVALID_ARGUMENT (w NULL). imc_worker_pending() becomes 0 when
+ * the batch is done.
+ *
+ * The poll made before the stop may stay outstanding, since a queue
+ * completes a poll only when records arrive. It no longer counts as
+ * pending: should it deliver, the records are persisted as one more
+ * batch (pending rises again); should it fail, nothing is retried. To
+ * shut down, stop the worker, run the loop until imc_worker_pending() is
+ * 0, close or delete the queue backend (which completes the poll, e.g.
+ * the embedded queues with IMC_ERR_CLOSED), then delete the worker.
  */
 IMC_EXTERN int imc_worker_stop(imc_worker *w);
 
-/* Backend operations not yet completed, a poll included. */
+/*
+ * Backend operations not yet completed, a poll included (until
+ * imc_worker_stop()), plus one while a batch waits for a retry.
+ */
 IMC_EXTERN size_t imc_worker_pending(const imc_worker *w);
 
 /* Timers (retry backoff, purge): as the gateway's. */
 IMC_EXTERN int64_t imc_worker_next_timeout_ms(imc_worker *w);
 IMC_EXTERN int imc_worker_on_timeout(imc_worker *w);
 
-/* 1 while the last store or queue operation succeeded, 0 while failing. */
+/*
+ * 1 while the last store or queue operation succeeded, 0 while failing.
+ * It stays 0 if a delivered batch could not be copied for want of
+ * memory: the worker then stops consuming (committing later records
+ * would skip it) and the host recreates it; the queue redelivers.
+ */
 IMC_EXTERN int imc_worker_healthy(const imc_worker *w);
 
 typedef enum imc_worker_stat {
