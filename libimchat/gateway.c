@@ -673,6 +673,8 @@ static const char *status_text(int status) {
     return "Upgrade Required";
   case 431:
     return "Request Header Fields Too Large";
+  case 500:
+    return "Internal Server Error";
   case 503:
     return "Service Unavailable";
   default:
@@ -686,7 +688,7 @@ static const char *status_text(int status) {
  */
 static int http_answer(imc_conn *c, int status, const char *ctype,
                        const char *extra, const char *body, size_t body_len) {
-  char head[512];
+  char head[1024];
   int n = snprintf(head, sizeof(head),
                    "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
                    "Content-Length: %zu\r\nCache-Control: no-store\r\n"
@@ -1387,8 +1389,8 @@ static int gw_http_handle(imc_conn *c, const imc_http_req *req) {
 }
 
 int imc_http_reply_send(imc_http_reply *reply, int status,
-                        const char *content_type, const uint8_t *body,
-                        size_t len) {
+                        const char *content_type, const char *headers,
+                        const uint8_t *body, size_t len) {
   if (reply == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
   imc_conn *c = reply->c;
@@ -1396,7 +1398,7 @@ int imc_http_reply_send(imc_http_reply *reply, int status,
   if (c == NULL || c->state != ST_REPLY)
     return IMC_ERR_CLOSED;
   int rv = http_answer(c, status, content_type ? content_type : "text/plain",
-                       NULL, (const char *)body, body ? len : 0);
+                       headers, (const char *)body, body ? len : 0);
   return rv;
 }
 

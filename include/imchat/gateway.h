@@ -109,13 +109,15 @@ typedef struct imc_http_handler_vtbl {
 
 /*
  * Answers a request taken by the handler and releases reply; call it
- * exactly once per reply. The connection closes after the answer. Returns
- * 0, IMC_ERR_CLOSED (the client went away meanwhile; nothing is sent) or
+ * exactly once per reply. headers holds extra header lines, each ending
+ * in CRLF, or is NULL. The connection closes after the answer. Returns 0,
+ * IMC_ERR_CLOSED (the client went away meanwhile; nothing is sent) or
  * IMC_ERR_NOMEM (the connection is closed).
  */
 IMC_EXTERN int imc_http_reply_send(imc_http_reply *reply, int status,
                                    const char *content_type,
-                                   const uint8_t *body, size_t len);
+                                   const char *headers, const uint8_t *body,
+                                   size_t len);
 
 /* ------------------------------------------------------------------ */
 /* Options                                                              */

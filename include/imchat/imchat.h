@@ -8,6 +8,7 @@
 #include <imchat/gateway.h>
 #include <imchat/router.h>
 #include <imchat/worker.h>
+#include <imchat/api.h>
 #include <imchat/jwt.h>
 #include <imchat/embedded.h>
 
