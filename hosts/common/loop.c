@@ -1,0 +1,895 @@
+/*
+ * The epoll adapter (see loop.h).
+ *
+ * Every fd the loop watches has a node; epoll's data.ptr points at it.
+ * Nodes are never freed while an epoll batch may still name them: killing
+ * a node closes its fd and moves it to a dead list that is freed at the
+ * end of the iteration, and dispatch skips dead nodes.
+ *
+ * A client connection is OPEN while the gateway holds it. When the
+ * gateway closes it, the loop does not close() at once: the kernel would
+ * answer still-unread input (the rest of an oversized message, a request
+ * body after a 401) with RST and the peer could lose our last bytes (a
+ * close frame, the error response). Instead it sends FIN
+ * (shutdown(SHUT_WR)) and LINGERs, discarding input until the peer closes
+ * or LINGER_MS pass, as web servers do.
+ */
+#include "loop.h"
+#include "log.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_EVENTS 256
+#define READ_BUF (64 * 1024)
+/*
+ * Bytes read from one connection per iteration, so one fast sender cannot
+ * starve the others, and its answers are flushed before it sends more;
+ * the rest is read on the next iteration.
+ */
+#define READ_BUDGET (4 * READ_BUF)
+#define LISTEN_BACKLOG 4096
+#define ACCEPT_PAUSE_MS 100
+#define ACCEPT_LOG_EVERY_MS 10000
+#define LINGER_MS 2000
+#define LINGER_MAX_BYTES (1 << 20)
+#define CONN_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLET)
+
+enum kind { K_LISTENER, K_CONN, K_SIGNAL, K_FD };
+enum state { S_OPEN, S_LINGER, S_DEAD };
+
+typedef struct node node;
+
+typedef struct list {
+  node *head, *tail;
+} list;
+
+struct node {
+  enum kind kind;
+  enum state state;
+  int fd;
+  int out_armed;    /* EPOLLOUT is registered */
+  int read_pending; /* on l->pending: stopped on the budget, not EAGAIN */
+  int read_blocked; /* stopped reading until the socket is writable */
+  imc_conn *c;      /* K_CONN while OPEN */
+  hloop_fd_fn cb;   /* K_FD */
+  void *ud;
+  int64_t linger_until;
+  size_t linger_bytes;
+  list *owner; /* the list holding the node while it lives */
+  node *prev, *next;
+  node *next_pending;
+  node *next_dead;
+};
+
+typedef struct hook {
+  hloop_timeout_fn next_timeout_ms;
+  hloop_run_fn run; /* NULL: removed, compacted after the pass */
+  void *ud;
+} hook;
+
+struct hloop {
+  int epfd;
+  imc_gateway *gw;
+  list conns;     /* OPEN client connections */
+  list lingering; /* in order of linger_until */
+  list listeners;
+  list others; /* the signalfd and fd watchers */
+  node *pending;
+  node *dead;
+  hook *hooks;
+  size_t nhooks, hooks_cap;
+  hloop_run_fn reload; /* on SIGHUP */
+  void *reload_ud;
+  int hooks_busy;
+  int accept_paused;
+  int64_t accept_resume_at;
+  int64_t accept_logged_at;
+  int64_t grace_ms;
+  int stop_requested; /* a graceful stop was asked for */
+  int stopping;       /* ... and has begun */
+  int64_t stop_deadline;
+  int done;
+};
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The earlier of two timeouts, where -1 means none. */
+static int64_t tmin(int64_t a, int64_t b) {
+  if (a < 0)
+    return b;
+  if (b < 0)
+    return a;
+  return a < b ? a : b;
+}
+
+static int64_t until(int64_t deadline, int64_t now) {
+  return deadline > now ? deadline - now : 0;
+}
+
+static void list_push(list *ls, node *n) {
+  n->owner = ls;
+  n->next = NULL;
+  n->prev = ls->tail;
+  if (ls->tail)
+    ls->tail->next = n;
+  else
+    ls->head = n;
+  ls->tail = n;
+}
+
+static void list_remove(node *n) {
+  list *ls = n->owner;
+  if (ls == NULL)
+    return;
+  if (n->prev)
+    n->prev->next = n->next;
+  else
+    ls->head = n->next;
+  if (n->next)
+    n->next->prev = n->prev;
+  else
+    ls->tail = n->prev;
+  n->owner = NULL;
+  n->prev = n->next = NULL;
+}
+
+static void pending_remove(hloop *l, node *n) {
+  if (!n->read_pending)
+    return;
+  for (node **pp = &l->pending; *pp; pp = &(*pp)->next_pending) {
+    if (*pp == n) {
+      *pp = n->next_pending;
+      break;
+    }
+  }
+  n->read_pending = 0;
+}
+
+/* Closes the node's fd (an fd watcher's fd is only unwatched) and queues
+ * the node for freeing at the end of the iteration. */
+static void node_kill(hloop *l, node *n) {
+  if (n->state == S_DEAD)
+    return;
+  list_remove(n);
+  pending_remove(l, n);
+  if (n->kind == K_FD)
+    epoll_ctl(l->epfd, EPOLL_CTL_DEL, n->fd, NULL);
+  else
+    close(n->fd);
+  n->state = S_DEAD;
+  n->c = NULL;
+  n->next_dead = l->dead;
+  l->dead = n;
+}
+
+static void reap(hloop *l) {
+  while (l->dead) {
+    node *n = l->dead;
+    l->dead = n->next_dead;
+    free(n);
+  }
+}
+
+static node *node_new(enum kind kind, int fd) {
+  node *n = calloc(1, sizeof(*n));
+  if (n) {
+    n->kind = kind;
+    n->fd = fd;
+    n->state = S_OPEN;
+  }
+  return n;
+}
+
+static int epoll_set(hloop *l, int op, node *n, uint32_t events) {
+  struct epoll_event ev;
+  memset(&ev, 0, sizeof(ev));
+  ev.events = events;
+  ev.data.ptr = n;
+  return epoll_ctl(l->epfd, op, n->fd, &ev) == 0 ? 0 : -errno;
+}
+
+/* ------------------------------------------------------------------ */
+/* Client connections                                                   */
+/* ------------------------------------------------------------------ */
+
+/* The peer is gone: tell the gateway, which releases the connection. */
+static void conn_lost(hloop *l, node *n) {
+  if (n->c && l->gw)
+    imc_gateway_conn_closed(l->gw, n->c);
+  n->c = NULL;
+  node_kill(l, n);
+}
+
+/*
+ * Reads until EAGAIN or the budget. While the socket cannot take our
+ * output (EPOLLOUT armed), reading stops: a peer that does not read
+ * cannot make us queue answers without bound; TCP flow control holds it
+ * back instead. force: an error or hangup is pending, read to learn it.
+ */
+static void conn_read(hloop *l, node *n, int force) {
+  uint8_t buf[READ_BUF];
+  size_t budget = READ_BUDGET;
+  for (;;) {
+    if (n->out_armed && !force) {
+      n->read_blocked = 1;
+      return;
+    }
+    ssize_t r = read(n->fd, buf, sizeof(buf));
+    if (r > 0) {
+      int rv = imc_gateway_conn_recv(l->gw, n->c, buf, (size_t)r);
+      if (n->state != S_OPEN)
+        return; /* the gateway closed it through the transport */
+      if (rv < 0) {
+        /* The handle is gone, yet close was not called: drop the socket
+         * without touching the gateway again. */
+        hlog_warn("fd %d: gateway dropped the connection (%s) without "
+                  "closing it",
+                  n->fd, imc_strerror(rv));
+        n->c = NULL;
+        node_kill(l, n);
+        return;
+      }
+      if ((size_t)r >= budget) {
+        if (!n->read_pending) { /* it may be there from a previous pass */
+          n->read_pending = 1;
+          n->next_pending = l->pending;
+          l->pending = n;
+        }
+        return;
+      }
+      budget -= (size_t)r;
+      continue;
+    }
+    if (r == 0) {
+      hlog_debug("fd %d: peer closed", n->fd);
+      conn_lost(l, n);
+      return;
+    }
+    if (errno == EINTR)
+      continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+      return;
+    hlog_debug("fd %d: read: %s", n->fd, strerror(errno));
+    conn_lost(l, n);
+    return;
+  }
+}
+
+/* Discards input of a closing connection until EOF, error or the cap. */
+static void linger_drain(hloop *l, node *n) {
+  uint8_t buf[16 * 1024];
+  for (;;) {
+    ssize_t r = read(n->fd, buf, sizeof(buf));
+    if (r > 0) {
+      n->linger_bytes += (size_t)r;
+      if (n->linger_bytes > LINGER_MAX_BYTES) {
+        node_kill(l, n);
+        return;
+      }
+      continue;
+    }
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return;
+    node_kill(l, n);
+    return;
+  }
+}
+
+static void conn_open(hloop *l, int fd) {
+  int one = 1;
+  /* Frames are small and latency matters; the gateway batches itself. */
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  node *n = node_new(K_CONN, fd);
+  if (n == NULL) {
+    hlog_error("accept: out of memory");
+    close(fd);
+    return;
+  }
+  /* Registered first: ADD reports input that arrived before it. */
+  int rv = epoll_set(l, EPOLL_CTL_ADD, n, CONN_EVENTS);
+  if (rv < 0) {
+    hlog_error("epoll_ctl: %s", strerror(-rv));
+    close(fd);
+    free(n);
+    return;
+  }
+  list_push(&l->conns, n);
+  rv = imc_gateway_conn_new(l->gw, &n->c, n);
+  if (rv < 0) {
+    hlog_debug("fd %d: refused: %s", fd, imc_strerror(rv));
+    n->c = NULL;
+    node_kill(l, n);
+  }
+}
+
+static ssize_t t_send(void *ud, void *conn_ud, const struct iovec *iov,
+                      int iovcnt) {
+  hloop *l = ud;
+  node *n = conn_ud;
+  if (n->state != S_OPEN)
+    return IMC_ERR_CLOSED;
+  if (iovcnt > IOV_MAX)
+    iovcnt = IOV_MAX; /* a partial write is fine */
+  for (;;) {
+    ssize_t w = writev(n->fd, iov, iovcnt);
+    if (w >= 0)
+      return w;
+    if (errno == EINTR)
+      continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      if (!n->out_armed) {
+        if (epoll_set(l, EPOLL_CTL_MOD, n, CONN_EVENTS | EPOLLOUT) < 0)
+          return IMC_ERR_IO;
+        n->out_armed = 1;
+        hlog_debug("fd %d: socket buffer full; waiting for EPOLLOUT", n->fd);
+      }
+      return IMC_ERR_WOULDBLOCK;
+    }
+    hlog_debug("fd %d: writev: %s", n->fd, strerror(errno));
+    return IMC_ERR_IO;
+  }
+}
+
+static void t_close(void *ud, void *conn_ud) {
+  hloop *l = ud;
+  node *n = conn_ud;
+  if (n->state != S_OPEN)
+    return;
+  n->c = NULL;
+  list_remove(n);
+  pending_remove(l, n);
+  /* Linger (see the top of the file). MOD also re-reports input that is
+   * already waiting, which edge-triggering would otherwise not. */
+  if (shutdown(n->fd, SHUT_WR) < 0 ||
+      epoll_set(l, EPOLL_CTL_MOD, n, CONN_EVENTS) < 0) {
+    node_kill(l, n);
+    return;
+  }
+  n->state = S_LINGER;
+  n->out_armed = 0;
+  n->linger_until = now_ms() + LINGER_MS;
+  list_push(&l->lingering, n);
+}
+
+static const imc_transport_vtbl transport = {
+    sizeof(imc_transport_vtbl),
+    t_send,
+    t_close,
+};
+
+const imc_transport_vtbl *hloop_transport_vtbl(void) {
+  return &transport;
+}
+
+static void conn_event(hloop *l, node *n, uint32_t ev) {
+  if (n->state == S_LINGER) {
+    linger_drain(l, n);
+    return;
+  }
+  if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+    conn_read(l, n, (ev & (EPOLLHUP | EPOLLERR)) != 0);
+  if (n->state == S_OPEN && (ev & EPOLLOUT) && n->out_armed) {
+    /* Disarm first: the gateway re-arms through send if it blocks again. */
+    if (epoll_set(l, EPOLL_CTL_MOD, n, CONN_EVENTS) == 0)
+      n->out_armed = 0;
+    imc_gateway_conn_writable(l->gw, n->c);
+    if (n->state == S_OPEN && !n->out_armed && n->read_blocked) {
+      n->read_blocked = 0;
+      conn_read(l, n, 0); /* edge-triggered: no new event for old input */
+    }
+  }
+}
+
+static void run_pending_reads(hloop *l) {
+  node *n = l->pending;
+  l->pending = NULL;
+  while (n) {
+    node *next = n->next_pending;
+    n->read_pending = 0;
+    if (n->state == S_OPEN)
+      conn_read(l, n, 0);
+    n = next;
+  }
+}
+
+static void expire_lingering(hloop *l, int64_t now) {
+  while (l->lingering.head && l->lingering.head->linger_until <= now)
+    node_kill(l, l->lingering.head);
+}
+
+/* ------------------------------------------------------------------ */
+/* Listening                                                            */
+/* ------------------------------------------------------------------ */
+
+int hloop_split_addr(const char *addr, char *host, size_t hostcap,
+                     uint16_t *port, const char **why) {
+  const char *h, *hend, *p;
+  *why = "expected HOST:PORT";
+  if (addr == NULL)
+    return -EINVAL;
+  if (addr[0] == '[') {
+    h = addr + 1;
+    hend = strchr(h, ']');
+    if (hend == NULL || hend[1] != ':')
+      return -EINVAL;
+    p = hend + 2;
+  } else {
+    hend = strrchr(addr, ':');
+    if (hend == NULL)
+      return -EINVAL;
+    if (memchr(addr, ':', (size_t)(hend - addr))) {
+      *why = "IPv6 addresses need brackets, e.g. [::1]:8082";
+      return -EINVAL;
+    }
+    h = addr;
+    p = hend + 1;
+  }
+  size_t hl = (size_t)(hend - h), pl = strlen(p);
+  if (hl >= hostcap) {
+    *why = "host name too long";
+    return -EINVAL;
+  }
+  unsigned long v = 0;
+  for (size_t i = 0; i < pl; i++) {
+    if (p[i] < '0' || p[i] > '9' || v > 65535) {
+      v = 65536;
+      break;
+    }
+    v = v * 10 + (unsigned long)(p[i] - '0');
+  }
+  if (pl == 0 || v > 65535) {
+    *why = "port must be a number from 0 to 65535";
+    return -EINVAL;
+  }
+  memcpy(host, h, hl);
+  host[hl] = '\0';
+  if (strcmp(host, "*") == 0)
+    host[0] = '\0';
+  *port = (uint16_t)v;
+  return 0;
+}
+
+static void format_addr(const struct sockaddr *sa, socklen_t len, char *out,
+                        size_t cap) {
+  char h[NI_MAXHOST], s[NI_MAXSERV];
+  if (getnameinfo(sa, len, h, sizeof(h), s, sizeof(s),
+                  NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+    snprintf(out, cap, "?");
+    return;
+  }
+  snprintf(out, cap, sa->sa_family == AF_INET6 ? "[%s]:%s" : "%s:%s", h, s);
+}
+
+int hloop_listen(hloop *l, const char *addr, char *bound, size_t boundcap) {
+  char host[256], portstr[8];
+  uint16_t port;
+  const char *why;
+  if (hloop_split_addr(addr, host, sizeof(host), &port, &why) < 0) {
+    hlog_error("listen %s: %s", addr, why);
+    return -EINVAL;
+  }
+  snprintf(portstr, sizeof(portstr), "%u", (unsigned)port);
+
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  int gai = getaddrinfo(host[0] ? host : "0.0.0.0", portstr, &hints, &res);
+  if (gai != 0) {
+    hlog_error("listen %s: %s", addr, gai_strerror(gai));
+    return -EADDRNOTAVAIL;
+  }
+  int fd = -1, err = EADDRNOTAVAIL;
+  for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                ai->ai_protocol);
+    if (fd < 0) {
+      err = errno;
+      continue;
+    }
+    int one = 1;
+    /* Restart while old connections sit in TIME_WAIT. */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
+        listen(fd, LISTEN_BACKLOG) == 0)
+      break;
+    err = errno;
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(res);
+  if (fd < 0) {
+    hlog_error("listen %s: %s", addr, strerror(err));
+    return -err;
+  }
+
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof(ss);
+  if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
+    format_addr((struct sockaddr *)&ss, sl, bound, boundcap);
+  else if (boundcap)
+    snprintf(bound, boundcap, "%s", addr);
+
+  node *n = node_new(K_LISTENER, fd);
+  if (n == NULL) {
+    close(fd);
+    return -ENOMEM;
+  }
+  /* Level-triggered: a paused listener is simply re-added later. */
+  int rv = epoll_set(l, EPOLL_CTL_ADD, n, EPOLLIN);
+  if (rv < 0) {
+    close(fd);
+    free(n);
+    return rv;
+  }
+  list_push(&l->listeners, n);
+  return 0;
+}
+
+/*
+ * Out of fds (or memory): the pending connection stays in the backlog and
+ * a level-triggered listener would wake us at once, forever. Stop
+ * watching the listeners for a moment instead.
+ */
+static void pause_accept(hloop *l, int err) {
+  int64_t now = now_ms();
+  if (now - l->accept_logged_at >= ACCEPT_LOG_EVERY_MS) {
+    hlog_warn("accept: %s; pausing accepts for %d ms (%zu connections)",
+              strerror(err), ACCEPT_PAUSE_MS,
+              l->gw ? imc_gateway_conn_count(l->gw) : (size_t)0);
+    l->accept_logged_at = now;
+  }
+  for (node *n = l->listeners.head; n; n = n->next)
+    epoll_ctl(l->epfd, EPOLL_CTL_DEL, n->fd, NULL);
+  l->accept_paused = 1;
+  l->accept_resume_at = now + ACCEPT_PAUSE_MS;
+}
+
+static void resume_accept(hloop *l, int64_t now) {
+  if (!l->accept_paused || now < l->accept_resume_at)
+    return;
+  l->accept_paused = 0;
+  for (node *n = l->listeners.head; n; n = n->next)
+    epoll_set(l, EPOLL_CTL_ADD, n, EPOLLIN);
+}
+
+static void accept_all(hloop *l, node *ln) {
+  while (!l->accept_paused) {
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    int fd = accept4(ln->fd, (struct sockaddr *)&ss, &sl,
+                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+      if (hlog_get_level() >= IMC_LOG_DEBUG) {
+        char peer[NI_MAXHOST + NI_MAXSERV + 4];
+        format_addr((struct sockaddr *)&ss, sl, peer, sizeof(peer));
+        hlog_debug("fd %d: accepted from %s", fd, peer);
+      }
+      conn_open(l, fd);
+      continue;
+    }
+    switch (errno) {
+    case EAGAIN:
+#if EWOULDBLOCK != EAGAIN
+    case EWOULDBLOCK:
+#endif
+      return;
+    case EINTR:
+    case ECONNABORTED:
+    case EPROTO:
+    case EPERM: /* refused by a firewall rule; the next one may pass */
+      continue;
+    default: /* EMFILE, ENFILE, ENOBUFS, ENOMEM, or worse */
+      pause_accept(l, errno);
+      return;
+    }
+  }
+}
+
+static void close_listeners(hloop *l) {
+  while (l->listeners.head)
+    node_kill(l, l->listeners.head);
+  l->accept_paused = 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Signals, stopping                                                    */
+/* ------------------------------------------------------------------ */
+
+void hloop_stop(hloop *l) {
+  l->stop_requested = 1;
+}
+
+void hloop_set_reload(hloop *l, hloop_run_fn reload, void *ud) {
+  l->reload = reload;
+  l->reload_ud = ud;
+}
+
+static void signal_event(hloop *l, node *n) {
+  struct signalfd_siginfo si;
+  while (read(n->fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+    if (si.ssi_signo == SIGHUP) {
+      hlog_info("SIGHUP: reloading");
+      if (l->reload)
+        l->reload(l->reload_ud);
+      continue;
+    }
+    const char *name = si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM";
+    if (!l->stop_requested) {
+      hlog_info("%s: shutting down (grace %lld ms)", name,
+                (long long)l->grace_ms);
+      hloop_stop(l);
+    } else {
+      hlog_warn("%s during shutdown: stopping now", name);
+      l->done = 1;
+    }
+  }
+}
+
+int hloop_handle_signals(hloop *l) {
+  signal(SIGPIPE, SIG_IGN);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
+  if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+    return -errno;
+  int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  node *n = node_new(K_SIGNAL, fd);
+  if (n == NULL) {
+    close(fd);
+    return -ENOMEM;
+  }
+  int rv = epoll_set(l, EPOLL_CTL_ADD, n, EPOLLIN);
+  if (rv < 0) {
+    close(fd);
+    free(n);
+    return rv;
+  }
+  list_push(&l->others, n);
+  return 0;
+}
+
+static void begin_stop(hloop *l) {
+  l->stopping = 1;
+  l->stop_deadline = now_ms() + l->grace_ms;
+  close_listeners(l);
+  if (l->gw) {
+    imc_gateway_shutdown(l->gw);
+    imc_gateway_flush(l->gw);
+  }
+}
+
+static void check_stop(hloop *l, int64_t now) {
+  if (l->stop_requested && !l->stopping)
+    begin_stop(l);
+  if (!l->stopping)
+    return;
+  size_t left = l->gw ? imc_gateway_conn_count(l->gw) : 0;
+  if (left == 0 && l->lingering.head == NULL) {
+    l->done = 1;
+  } else if (now >= l->stop_deadline) {
+    size_t closing = 0;
+    for (node *n = l->lingering.head; n; n = n->next)
+      closing++;
+    hlog_warn("after %lld ms, %zu connections and %zu closing sockets are "
+              "still open; closing them",
+              (long long)l->grace_ms, left, closing);
+    l->done = 1;
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* Hooks and fd watchers                                                */
+/* ------------------------------------------------------------------ */
+
+int hloop_add_hook(hloop *l, hloop_timeout_fn next_timeout_ms, hloop_run_fn run,
+                   void *ud) {
+  if (run == NULL)
+    return -EINVAL;
+  if (l->nhooks == l->hooks_cap) {
+    size_t cap = l->hooks_cap ? l->hooks_cap * 2 : 4;
+    hook *h = realloc(l->hooks, cap * sizeof(*h));
+    if (h == NULL)
+      return -ENOMEM;
+    l->hooks = h;
+    l->hooks_cap = cap;
+  }
+  hook *h = &l->hooks[l->nhooks++];
+  h->next_timeout_ms = next_timeout_ms;
+  h->run = run;
+  h->ud = ud;
+  return 0;
+}
+
+static void compact_hooks(hloop *l) {
+  size_t j = 0;
+  for (size_t i = 0; i < l->nhooks; i++)
+    if (l->hooks[i].run)
+      l->hooks[j++] = l->hooks[i];
+  l->nhooks = j;
+}
+
+void hloop_del_hook(hloop *l, hloop_run_fn run, void *ud) {
+  for (size_t i = 0; i < l->nhooks; i++)
+    if (l->hooks[i].run == run && l->hooks[i].ud == ud)
+      l->hooks[i].run = NULL;
+  if (!l->hooks_busy)
+    compact_hooks(l);
+}
+
+static void run_hooks(hloop *l) {
+  l->hooks_busy = 1;
+  /* Index loop: run may add hooks (and move the array). */
+  for (size_t i = 0; i < l->nhooks; i++) {
+    hook h = l->hooks[i];
+    if (h.run && (h.next_timeout_ms == NULL || h.next_timeout_ms(h.ud) == 0))
+      h.run(h.ud);
+  }
+  l->hooks_busy = 0;
+  compact_hooks(l);
+}
+
+int hloop_add_fd(hloop *l, int fd, hloop_fd_fn on_readable, void *ud) {
+  if (fd < 0 || on_readable == NULL)
+    return -EINVAL;
+  node *n = node_new(K_FD, fd);
+  if (n == NULL)
+    return -ENOMEM;
+  n->cb = on_readable;
+  n->ud = ud;
+  int rv = epoll_set(l, EPOLL_CTL_ADD, n, EPOLLIN);
+  if (rv < 0) {
+    free(n);
+    return rv;
+  }
+  list_push(&l->others, n);
+  return 0;
+}
+
+void hloop_del_fd(hloop *l, int fd) {
+  for (node *n = l->others.head; n; n = n->next) {
+    if (n->kind == K_FD && n->fd == fd) {
+      node_kill(l, n);
+      return;
+    }
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* The loop                                                             */
+/* ------------------------------------------------------------------ */
+
+int hloop_new(hloop **out) {
+  hloop *l = calloc(1, sizeof(*l));
+  if (l == NULL)
+    return -ENOMEM;
+  l->epfd = epoll_create1(EPOLL_CLOEXEC);
+  if (l->epfd < 0) {
+    int err = errno;
+    free(l);
+    return -err;
+  }
+  l->grace_ms = 5000;
+  *out = l;
+  return 0;
+}
+
+void hloop_set_gateway(hloop *l, imc_gateway *gw) {
+  l->gw = gw;
+}
+
+void hloop_set_grace_ms(hloop *l, int64_t ms) {
+  l->grace_ms = ms < 0 ? 0 : ms;
+}
+
+void hloop_del(hloop *l) {
+  if (l == NULL)
+    return;
+  list *lists[] = {&l->conns, &l->lingering, &l->listeners, &l->others};
+  for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++)
+    while (lists[i]->head)
+      node_kill(l, lists[i]->head);
+  reap(l);
+  close(l->epfd);
+  free(l->hooks);
+  free(l);
+}
+
+static int64_t next_timeout(hloop *l, int64_t now) {
+  int64_t t = l->pending ? 0 : -1;
+  if (l->gw)
+    t = tmin(t, imc_gateway_next_timeout_ms(l->gw));
+  for (size_t i = 0; i < l->nhooks; i++)
+    if (l->hooks[i].run && l->hooks[i].next_timeout_ms)
+      t = tmin(t, l->hooks[i].next_timeout_ms(l->hooks[i].ud));
+  if (l->accept_paused)
+    t = tmin(t, until(l->accept_resume_at, now));
+  if (l->lingering.head)
+    t = tmin(t, until(l->lingering.head->linger_until, now));
+  if (l->stopping)
+    t = tmin(t, until(l->stop_deadline, now));
+  return t > INT_MAX ? INT_MAX : t;
+}
+
+static void dispatch(hloop *l, node *n, uint32_t ev) {
+  if (n->state == S_DEAD)
+    return; /* killed earlier in this batch */
+  switch (n->kind) {
+  case K_LISTENER:
+    accept_all(l, n);
+    break;
+  case K_CONN:
+    conn_event(l, n, ev);
+    break;
+  case K_SIGNAL:
+    signal_event(l, n);
+    break;
+  case K_FD:
+    n->cb(n->ud);
+    break;
+  }
+}
+
+int hloop_run(hloop *l) {
+  struct epoll_event evs[MAX_EVENTS];
+  if (l->gw == NULL && l->listeners.head) {
+    hlog_error("hloop_run: listening without a gateway");
+    return -EINVAL;
+  }
+  while (!l->done) {
+    int64_t now = now_ms();
+    check_stop(l, now);
+    if (l->done)
+      break;
+    int nev = epoll_wait(l->epfd, evs, MAX_EVENTS, (int)next_timeout(l, now));
+    if (nev < 0) {
+      if (errno != EINTR) {
+        int err = errno;
+        hlog_error("epoll_wait: %s", strerror(err));
+        return -err;
+      }
+      nev = 0;
+    }
+    for (int i = 0; i < nev; i++)
+      dispatch(l, evs[i].data.ptr, evs[i].events);
+    run_pending_reads(l);
+    /* Gateway timers may hand work to the hooks' components (un-ACKed
+     * pushes to a router), and hooks may queue output: timers, then
+     * hooks, then one flush. */
+    if (l->gw && imc_gateway_next_timeout_ms(l->gw) == 0)
+      imc_gateway_on_timeout(l->gw);
+    run_hooks(l);
+    if (l->gw)
+      imc_gateway_flush(l->gw);
+    now = now_ms();
+    expire_lingering(l, now);
+    resume_accept(l, now);
+    reap(l);
+  }
+  return 0;
+}

@@ -1,0 +1,503 @@
+/*
+ * imchatd: the whole of imchat in one process, on embedded backends.
+ * Flags and config → objects (registry in memory; seq, dedup, store and
+ * offline queue in SQLite; gateway, router, worker, fan-out, HTTP API) →
+ * epoll loop.
+ */
+#include "config.h"
+#include "log.h"
+#include "loop.h"
+
+#include <imchat/imchat.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define TOKEN_MAX 4096
+
+/* Fails with the flag's name: a setter refuses only bad values. */
+static int check(int rv, const char *flag) {
+  if (rv == 0)
+    return 0;
+  hlog_error("%s: %s", flag, imc_strerror(rv));
+  return rv == IMC_ERR_INVALID_ARGUMENT ? IMCHATD_EXIT_USAGE
+                                        : IMCHATD_EXIT_FAIL;
+}
+
+/* JWT keys and limits from cfg onto opt. */
+static int configure(const imchatd_config *cfg, imc_gateway_options *opt) {
+  uint8_t *secret;
+  size_t secret_len;
+  char *secret_path;
+  int created, rv;
+  rv = imchatd_config_secret(cfg, &secret, &secret_len, &secret_path, &created);
+  if (rv)
+    return rv;
+  if (secret) {
+    if (secret_path)
+      hlog_info("HS256 secret: %s%s", secret_path, created ? " (created)" : "");
+    else
+      hlog_info("HS256 secret: from --jwt-secret");
+    rv = check(imc_gateway_options_set_jwt_secret(opt, secret, secret_len),
+               "--jwt-secret");
+    memset(secret, 0, secret_len);
+    free(secret);
+    free(secret_path);
+    if (rv)
+      return rv;
+  }
+  if (cfg->jwt_public_key) {
+    char *pem;
+    size_t pem_len;
+    rv = imchatd_read_file(cfg->jwt_public_key, &pem, &pem_len);
+    if (rv < 0) {
+      hlog_error("--jwt-public-key: cannot read '%s': %s", cfg->jwt_public_key,
+                 strerror(-rv));
+      return IMCHATD_EXIT_USAGE;
+    }
+    rv = imc_gateway_options_set_jwt_public_key(opt, pem, pem_len);
+    free(pem);
+    if (rv == IMC_ERR_INVALID_ARGUMENT) {
+      hlog_error("--jwt-public-key: '%s' is not a PEM RSA or P-256 public key",
+                 cfg->jwt_public_key);
+      return IMCHATD_EXIT_USAGE;
+    }
+    if ((rv = check(rv, "--jwt-public-key")) != 0)
+      return rv;
+    hlog_info("RS256/ES256 public key: %s", cfg->jwt_public_key);
+  }
+  if (cfg->jwt_issuer &&
+      (rv = check(imc_gateway_options_set_jwt_issuer(opt, cfg->jwt_issuer),
+                  "--jwt-issuer")) != 0)
+    return rv;
+  if (cfg->jwt_audience &&
+      (rv = check(imc_gateway_options_set_jwt_audience(opt, cfg->jwt_audience),
+                  "--jwt-audience")) != 0)
+    return rv;
+  if ((rv = check(imc_gateway_options_set_max_body(opt, cfg->max_body),
+                  "--max-body")) != 0)
+    return rv;
+  return check(imc_gateway_options_set_node_id(opt, cfg->node_id), "--node-id");
+}
+
+/* "imchatd token alice" plus the flags that locate the same secret. */
+static void log_connect_hint(const imchatd_config *cfg, const char *bound) {
+  char url[512];
+  /* A wildcard address is not something to connect to. */
+  if (strncmp(bound, "0.0.0.0:", 8) == 0)
+    snprintf(url, sizeof(url), "ws://127.0.0.1:%s/ws", bound + 8);
+  else if (strncmp(bound, "[::]:", 5) == 0)
+    snprintf(url, sizeof(url), "ws://[::1]:%s/ws", bound + 5);
+  else
+    snprintf(url, sizeof(url), "ws://%s/ws", bound);
+
+  if (cfg->jwt_secret) {
+    hlog_info("connect: %s?token=<HS256 JWT signed with --jwt-secret; "
+              "'imchatd token USER --jwt-secret ...' makes one>",
+              url);
+    return;
+  }
+  if (!cfg->jwt_secret_file && cfg->jwt_public_key) {
+    hlog_info("connect: %s?token=<RS256/ES256 JWT signed by the private key "
+              "of %s>",
+              url, cfg->jwt_public_key);
+    return;
+  }
+  char args[1024] = "";
+  size_t n = 0;
+  if (cfg->config_file)
+    n += (size_t)snprintf(args + n, sizeof(args) - n, " --config %s",
+                          cfg->config_file);
+  if (cfg->jwt_secret_file && n < sizeof(args))
+    n += (size_t)snprintf(args + n, sizeof(args) - n, " --jwt-secret-file %s",
+                          cfg->jwt_secret_file);
+  else if (cfg->data_dir_flag && n < sizeof(args))
+    snprintf(args + n, sizeof(args) - n, " --data-dir %s", cfg->data_dir);
+  hlog_info("connect: %s?token=$(imchatd token alice%s)", url, args);
+}
+
+/* Everything one imchatd process runs. */
+typedef struct app {
+  const imchatd_config *cfg;
+  hloop *loop;
+  imc_memreg *reg;
+  imc_sqlite *db;
+  imc_sealed_store *sealed;
+  imc_membus *bus;
+  const imc_store_vtbl *store;
+  void *store_ud;
+  imc_gateway *gw;
+  imc_router *router;
+  imc_worker *worker;
+  imc_fanout *fanout;
+  imc_api *api;
+} app;
+
+/* The gateway's upstream: the router, which is created after it. */
+static int up_send(void *ud, const imc_send_req *req, imc_send_cb done,
+                   void *done_ud) {
+  return imc_router_send(((app *)ud)->router, req, done, done_ud);
+}
+
+static void up_delivered(void *ud, const imc_msg *msg, const char *user,
+                         const char *device) {
+  imc_router_delivered(((app *)ud)->router, msg, user, device);
+}
+
+static void up_undelivered(void *ud, const imc_msg *msg, const char *user) {
+  imc_router_undelivered(((app *)ud)->router, msg, user);
+}
+
+static const imc_upstream_vtbl upstream = {sizeof(imc_upstream_vtbl), up_send,
+                                           up_delivered, up_undelivered};
+
+/* The gateway's HTTP handler: the API, also created after it. */
+static int http_handle(void *ud, const imc_http_request *req,
+                       imc_http_reply *reply) {
+  app *a = ud;
+  return imc_api_handler_vtbl()->handle(a->api, req, reply);
+}
+
+static const imc_http_handler_vtbl http_handler = {
+    sizeof(imc_http_handler_vtbl), http_handle};
+
+/*
+ * Completions of the embedded queue and bus, after every batch of events.
+ * Rounds let a chain (publish, persist, status) finish in one iteration.
+ */
+static void dispatch_run(void *ud) {
+  app *a = ud;
+  for (int round = 0; round < 64; round++) {
+    int n = imc_sqlite_dispatch(a->db);
+    int m = imc_membus_dispatch(a->bus);
+    if (n < 0)
+      hlog_error("store: %s", imc_sqlite_errmsg(a->db));
+    if (n <= 0 && m <= 0)
+      return;
+  }
+}
+
+static int64_t router_due(void *ud) {
+  return imc_router_next_timeout_ms(((app *)ud)->router);
+}
+
+static void router_run(void *ud) {
+  imc_router_on_timeout(((app *)ud)->router);
+}
+
+static int64_t worker_due(void *ud) {
+  return imc_worker_next_timeout_ms(((app *)ud)->worker);
+}
+
+static void worker_run(void *ud) {
+  imc_worker_on_timeout(((app *)ud)->worker);
+}
+
+static void group_changed(void *ud, const char *group_id) {
+  imc_fanout_invalidate(((app *)ud)->fanout, group_id);
+}
+
+static void reload(void *ud) {
+  app *a = ud;
+  int rv;
+  if (a->cfg->filter_file && (rv = imc_router_reload_filter(a->router)) != 0)
+    hlog_warn("--filter-file: %s; the previous words stay", imc_strerror(rv));
+  if (a->sealed && (rv = imc_sealed_store_reload(a->sealed)) != 0)
+    hlog_warn("--key-file: %s; the previous keys stay", imc_strerror(rv));
+}
+
+/* The SQLite database and the store in front of it. */
+static int open_store(app *a) {
+  const imchatd_config *cfg = a->cfg;
+  char path[4096];
+  if (mkdir(cfg->data_dir, 0700) < 0 && errno != EEXIST) {
+    hlog_error("--data-dir: cannot create '%s': %s", cfg->data_dir,
+               strerror(errno));
+    return IMCHATD_EXIT_FAIL;
+  }
+  snprintf(path, sizeof(path), "%s/imchat.db", cfg->data_dir);
+  int rv = imc_sqlite_new(&a->db, path, NULL, NULL);
+  if (rv != 0) {
+    hlog_error("store %s: %s", path,
+               a->db ? imc_sqlite_errmsg(a->db) : imc_strerror(rv));
+    return IMCHATD_EXIT_FAIL;
+  }
+  hlog_info("store: %s", path);
+  a->store = imc_sqlite_store_vtbl();
+  a->store_ud = a->db;
+  if (cfg->key_file) {
+    rv = imc_sealed_store_new(&a->sealed, a->store, a->store_ud, cfg->key_file,
+                              NULL);
+    if (rv != 0) {
+      hlog_error("--key-file: cannot load '%s': %s", cfg->key_file,
+                 imc_strerror(rv));
+      return rv == IMC_ERR_NOMEM ? IMCHATD_EXIT_FAIL : IMCHATD_EXIT_USAGE;
+    }
+    a->store = imc_sealed_store_vtbl();
+    a->store_ud = a->sealed;
+    hlog_info("encryption at rest: keys from %s", cfg->key_file);
+  }
+  return 0;
+}
+
+static int make_gateway(app *a) {
+  const imchatd_config *cfg = a->cfg;
+  imc_gateway_options *opt = NULL;
+  int rv = imc_gateway_options_new(&opt, NULL);
+  if (rv != 0) {
+    hlog_error("gateway: %s", imc_strerror(rv));
+    return IMCHATD_EXIT_FAIL;
+  }
+  int code = configure(cfg, opt);
+  if (code == 0 && ((rv = check(imc_gateway_options_set_ack_timeout_ms(
+                                    opt, cfg->ack_timeout_s * 1000),
+                                "--ack-timeout")) != 0 ||
+                    (rv = check(imc_gateway_options_set_heartbeat_ms(
+                                    opt, cfg->heartbeat_s * 1000),
+                                "--heartbeat")) != 0 ||
+                    (rv = check(imc_gateway_options_set_idle_timeout_ms(
+                                    opt, cfg->idle_timeout_s * 1000),
+                                "--idle-timeout")) != 0 ||
+                    (rv = check(imc_gateway_options_set_rate_limit(
+                                    opt, cfg->rate_limit, cfg->rate_burst),
+                                "--rate-limit")) != 0))
+    code = rv;
+  if (code == 0) {
+    imc_gateway_options_set_transport(opt, hloop_transport_vtbl(), a->loop);
+    imc_gateway_options_set_registry(opt, imc_memreg_vtbl(), a->reg);
+    imc_gateway_options_set_upstream(opt, &upstream, a);
+    imc_gateway_options_set_http_handler(opt, &http_handler, a);
+    imc_gateway_options_set_log(opt, hlog_imc_cb, NULL, hlog_get_level());
+    if ((rv = imc_gateway_new(&a->gw, opt, NULL)) != 0) {
+      hlog_error("gateway: %s", imc_strerror(rv));
+      code = IMCHATD_EXIT_FAIL;
+    }
+  }
+  imc_gateway_options_del(opt);
+  return code;
+}
+
+static int make_router(app *a) {
+  const imchatd_config *cfg = a->cfg;
+  imc_router_options *opt = NULL;
+  int rv = imc_router_options_new(&opt, NULL);
+  if (rv == 0) {
+    imc_router_options_set_registry(opt, imc_memreg_vtbl(), a->reg);
+    imc_router_options_set_seq(opt, imc_sqlite_seq_vtbl(), a->db);
+    imc_router_options_set_dedup(opt, imc_sqlite_dedup_vtbl(), a->db);
+    imc_router_options_set_store(opt, a->store, a->store_ud);
+    imc_router_options_set_queue(opt, imc_sqlite_bus_vtbl(), a->db);
+    imc_router_options_set_group_bus(opt, imc_membus_vtbl(), a->bus);
+    imc_router_options_set_gwlink(opt, imc_gateway_local_link(), a->gw);
+    imc_router_options_set_log(opt, hlog_imc_cb, NULL, hlog_get_level());
+    rv = imc_router_options_set_max_body(opt, cfg->max_body);
+  }
+  if (rv == 0 && cfg->filter_file) {
+    rv = imc_router_options_set_filter(opt, cfg->filter_file,
+                                       cfg->filter_mask ? IMC_FILTER_MASK
+                                                        : IMC_FILTER_REJECT);
+    if (rv != 0) {
+      hlog_error("--filter-file: cannot load '%s': %s", cfg->filter_file,
+                 imc_strerror(rv));
+      imc_router_options_del(opt);
+      return IMCHATD_EXIT_USAGE;
+    }
+    hlog_info("content filter: %s (%s)", cfg->filter_file,
+              cfg->filter_mask ? "mask" : "reject");
+  }
+  if (rv == 0)
+    rv = imc_router_new(&a->router, opt, NULL);
+  imc_router_options_del(opt);
+  if (rv != 0) {
+    hlog_error("router: %s", imc_strerror(rv));
+    return IMCHATD_EXIT_FAIL;
+  }
+  return 0;
+}
+
+static int make_worker(app *a) {
+  imc_worker_options *opt = NULL;
+  int rv = imc_worker_options_new(&opt, NULL);
+  if (rv == 0) {
+    imc_worker_options_set_queue(opt, imc_sqlite_bus_vtbl(), a->db);
+    imc_worker_options_set_store(opt, a->store, a->store_ud);
+    imc_worker_options_set_dedup(opt, imc_sqlite_dedup_vtbl(), a->db);
+    imc_worker_options_set_persisted(opt, imc_router_persisted, a->router);
+    imc_worker_options_set_log(opt, hlog_imc_cb, NULL, hlog_get_level());
+    rv =
+        imc_worker_options_set_retention_s(opt, a->cfg->retention_days * 86400);
+  }
+  if (rv == 0)
+    rv = imc_worker_new(&a->worker, opt, NULL);
+  imc_worker_options_del(opt);
+  if (rv != 0) {
+    hlog_error("worker: %s", imc_strerror(rv));
+    return IMCHATD_EXIT_FAIL;
+  }
+  return 0;
+}
+
+static int make_api(app *a) {
+  imc_api_options *opt = NULL;
+  int rv = imc_api_options_new(&opt, NULL);
+  if (rv == 0)
+    rv = imc_api_options_set_store(opt, a->store, a->store_ud);
+  if (rv == 0)
+    rv = imc_api_options_set_router(opt, a->router);
+  if (rv == 0 && a->cfg->admin_token)
+    rv = imc_api_options_set_admin_token(opt, a->cfg->admin_token);
+  if (rv == 0)
+    rv = imc_api_options_set_log(opt, hlog_imc_cb, NULL, hlog_get_level());
+  if (rv == 0)
+    rv = imc_api_new(&a->api, opt, NULL);
+  imc_api_options_del(opt);
+  if (rv != 0) {
+    hlog_error("--admin-token: %s", imc_strerror(rv));
+    return rv == IMC_ERR_INVALID_ARGUMENT ? IMCHATD_EXIT_USAGE
+                                          : IMCHATD_EXIT_FAIL;
+  }
+  return 0;
+}
+
+/* Lets the worker persist what is queued (un-ACKed pushes included). */
+static void drain(app *a) {
+  imc_worker_stop(a->worker);
+  imc_fanout_stop(a->fanout);
+  for (int i = 0; i < 1000 && (imc_worker_pending(a->worker) > 0 ||
+                               imc_router_pending(a->router) > 0);
+       i++) {
+    dispatch_run(a);
+    imc_router_on_timeout(a->router);
+    imc_worker_on_timeout(a->worker);
+  }
+}
+
+static void app_free(app *a) {
+  /* Backends first: deleting them completes what they still hold. */
+  imc_gateway_del(a->gw);
+  imc_fanout_del(a->fanout);
+  imc_membus_del(a->bus);
+  imc_sqlite_del(a->db);
+  imc_worker_del(a->worker);
+  imc_router_del(a->router);
+  imc_api_del(a->api);
+  imc_sealed_store_del(a->sealed);
+  imc_memreg_del(a->reg);
+  hloop_del(a->loop);
+}
+
+static int cmd_serve(const imchatd_config *cfg) {
+  app a;
+  memset(&a, 0, sizeof(a));
+  a.cfg = cfg;
+  int rv, code = IMCHATD_EXIT_FAIL;
+
+  hlog_info("imchatd %s (libimchat %s) starting: node %s", IMC_VERSION,
+            imc_version(), cfg->node_id);
+  if ((rv = hloop_new(&a.loop)) < 0) {
+    hlog_error("event loop: %s", strerror(-rv));
+    goto out;
+  }
+  /* Before anything else, so no signal arrives unhandled. */
+  if ((rv = hloop_handle_signals(a.loop)) < 0) {
+    hlog_error("signals: %s", strerror(-rv));
+    goto out;
+  }
+  if ((rv = imc_memreg_new(&a.reg, NULL, NULL)) < 0 ||
+      (rv = imc_membus_new(&a.bus, NULL)) < 0) {
+    hlog_error("setup: %s", imc_strerror(rv));
+    goto out;
+  }
+  if ((code = open_store(&a)) != 0 || (code = make_gateway(&a)) != 0 ||
+      (code = make_router(&a)) != 0 || (code = make_worker(&a)) != 0 ||
+      (code = make_api(&a)) != 0)
+    goto out;
+  code = IMCHATD_EXIT_FAIL;
+  if ((rv = imc_fanout_new(&a.fanout, a.gw, imc_membus_vtbl(), a.bus, a.store,
+                           a.store_ud, NULL, 30000, NULL)) != 0) {
+    hlog_error("fan-out: %s", imc_strerror(rv));
+    goto out;
+  }
+  imc_api_attach(a.api, a.gw, a.worker);
+  imc_api_set_group_changed(a.api, group_changed, &a);
+  hloop_set_gateway(a.loop, a.gw);
+  hloop_set_reload(a.loop, reload, &a);
+  if (hloop_add_hook(a.loop, NULL, dispatch_run, &a) < 0 ||
+      hloop_add_hook(a.loop, router_due, router_run, &a) < 0 ||
+      hloop_add_hook(a.loop, worker_due, worker_run, &a) < 0) {
+    hlog_error("event loop: out of memory");
+    goto out;
+  }
+  if ((rv = imc_worker_start(a.worker)) != 0 ||
+      (rv = imc_fanout_start(a.fanout)) != 0) {
+    hlog_error("start: %s", imc_strerror(rv));
+    goto out;
+  }
+
+  char bound[300];
+  if (hloop_listen(a.loop, cfg->listen, bound, sizeof(bound)) < 0)
+    goto out; /* logged */
+  hlog_info("listening on %s", bound);
+  log_connect_hint(cfg, bound);
+
+  if ((rv = hloop_run(a.loop)) < 0)
+    goto out;
+  drain(&a);
+  hlog_info("stopped");
+  code = IMCHATD_EXIT_OK;
+out:
+  app_free(&a);
+  return code;
+}
+
+static int cmd_token(const imchatd_config *cfg) {
+  if (cfg->jwt_public_key && !cfg->jwt_secret && !cfg->jwt_secret_file) {
+    hlog_error("token: this configuration accepts only RS256/ES256 tokens "
+               "(--jwt-public-key); sign them with the private key, or "
+               "configure --jwt-secret or --jwt-secret-file");
+    return IMCHATD_EXIT_USAGE;
+  }
+  if (cfg->jwt_issuer || cfg->jwt_audience)
+    hlog_warn("token: the token carries no iss/aud claims, so a server "
+              "requiring --jwt-issuer/--jwt-audience refuses it");
+  uint8_t *secret;
+  size_t len;
+  char *path;
+  int created;
+  int rv = imchatd_config_secret(cfg, &secret, &len, &path, &created);
+  if (rv)
+    return rv;
+  if (created)
+    hlog_info("created the HS256 secret %s", path);
+
+  char token[TOKEN_MAX];
+  int64_t now = (int64_t)time(NULL);
+  rv = imc_jwt_sign_hs256(secret, len, cfg->token_user, cfg->token_device, now,
+                          now + cfg->token_ttl_s, token, sizeof(token));
+  memset(secret, 0, len);
+  free(secret);
+  free(path);
+  if (rv < 0) {
+    hlog_error("token: %s", imc_strerror(rv));
+    return rv == IMC_ERR_INVALID_ARGUMENT ? IMCHATD_EXIT_USAGE
+                                          : IMCHATD_EXIT_FAIL;
+  }
+  if (printf("%s\n", token) < 0 || fflush(stdout) != 0)
+    return IMCHATD_EXIT_FAIL;
+  return IMCHATD_EXIT_OK;
+}
+
+int main(int argc, char **argv) {
+  imchatd_config cfg;
+  int code = imchatd_config_load(&cfg, argc, argv);
+  if (code < 0) {
+    hlog_set_level(cfg.log_level);
+    code = cfg.mode == IMCHATD_TOKEN ? cmd_token(&cfg) : cmd_serve(&cfg);
+  }
+  imchatd_config_free(&cfg);
+  return code;
+}

@@ -1,0 +1,100 @@
+/*
+ * The epoll adapter of the hosts: attaches an imc_gateway to real sockets.
+ *
+ * The loop owns the listening sockets and one struct per client socket; it
+ * feeds received bytes to imc_gateway_conn_recv(), writes through the
+ * transport vtable it provides, runs the gateway's timers and flushes the
+ * gateway once per iteration, so everything queued during a batch of
+ * events leaves in one writev per connection.
+ *
+ * Other components share the loop through two small seams:
+ *  - hooks: (next_timeout_ms, run) pairs, for timers and deferred work
+ *    (e.g. a store's completions, a router's retry timers);
+ *  - fd watchers: a callback when an fd is readable (e.g. the eventfd a
+ *    worker thread signals).
+ *
+ * Signals: hloop_handle_signals() turns SIGINT/SIGTERM into a graceful
+ * stop (imc_gateway_shutdown, then drain up to the grace period) and
+ * ignores SIGPIPE. A second signal stops at once.
+ *
+ * Single-threaded, like the gateway it drives. Functions returning int
+ * return 0 or a negative errno value.
+ */
+#ifndef IMC_HOST_LOOP_H
+#define IMC_HOST_LOOP_H
+
+#include <imchat/gateway.h>
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct hloop hloop;
+
+int hloop_new(hloop **out);
+
+/*
+ * Closes every socket and watcher the loop still holds. Delete the
+ * gateway first or afterwards; the loop does not call it here.
+ */
+void hloop_del(hloop *l);
+
+/*
+ * The transport for imc_gateway_options_set_transport(); its ud is the
+ * loop. Create the gateway with it, then hand it to hloop_set_gateway().
+ */
+const imc_transport_vtbl *hloop_transport_vtbl(void);
+void hloop_set_gateway(hloop *l, imc_gateway *gw);
+
+/*
+ * Splits "host:port" or "[v6]:port" (host may be empty or "*": all IPv4
+ * addresses). Returns 0, or -EINVAL with the reason in *why.
+ */
+int hloop_split_addr(const char *addr, char *host, size_t hostcap,
+                     uint16_t *port, const char **why);
+
+/*
+ * Listens on addr (port 0: an ephemeral port) and writes the bound
+ * "ip:port" into bound. The gateway must be set before hloop_run().
+ */
+int hloop_listen(hloop *l, const char *addr, char *bound, size_t boundcap);
+
+/*
+ * A hook: after every batch of events the loop calls next_timeout_ms(ud):
+ * 0 means due, so it calls run(ud); a positive value caps the next sleep;
+ * -1 means nothing pending. A NULL next_timeout_ms runs the hook after
+ * every batch. Hooks may add or remove hooks from run.
+ */
+typedef int64_t (*hloop_timeout_fn)(void *ud);
+typedef void (*hloop_run_fn)(void *ud);
+int hloop_add_hook(hloop *l, hloop_timeout_fn next_timeout_ms, hloop_run_fn run,
+                   void *ud);
+/* Removes the hook added with this run and ud. */
+void hloop_del_hook(hloop *l, hloop_run_fn run, void *ud);
+
+/*
+ * Calls on_readable(ud) while fd is readable (level-triggered). The loop
+ * does not own fd. hloop_del_fd is safe from within the callback.
+ */
+typedef void (*hloop_fd_fn)(void *ud);
+int hloop_add_fd(hloop *l, int fd, hloop_fd_fn on_readable, void *ud);
+void hloop_del_fd(hloop *l, int fd);
+
+/*
+ * SIGINT/SIGTERM → graceful stop; SIGHUP → the reload callback; SIGPIPE
+ * ignored. Call before threads.
+ */
+int hloop_handle_signals(hloop *l);
+
+/* What SIGHUP runs (e.g. re-reading word lists and keys). */
+void hloop_set_reload(hloop *l, hloop_run_fn reload, void *ud);
+
+/* How long a graceful stop waits for connections to go (default 5000). */
+void hloop_set_grace_ms(hloop *l, int64_t ms);
+
+/* Starts a graceful stop, as the first signal does. */
+void hloop_stop(hloop *l);
+
+/* Runs until stopped and drained (or the grace period ends). */
+int hloop_run(hloop *l);
+
+#endif

@@ -1,0 +1,79 @@
+/*
+ * imchatd configuration: command line (getopt_long) over an optional INI
+ * file ([imchatd] section, keys named like the long flags), plus the JWT
+ * secret file kept in the data directory.
+ */
+#ifndef IMCHATD_CONFIG_H
+#define IMCHATD_CONFIG_H
+
+#include <imchat/common.h>
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Exit codes. */
+#define IMCHATD_EXIT_OK 0
+#define IMCHATD_EXIT_FAIL 1  /* runtime failure */
+#define IMCHATD_EXIT_USAGE 2 /* bad flags, values or files */
+
+typedef enum imchatd_mode {
+  IMCHATD_SERVE = 0,
+  IMCHATD_TOKEN, /* imchatd token USER: print a JWT */
+} imchatd_mode;
+
+/* Every string is owned (malloc) and NULL when unset. */
+typedef struct imchatd_config {
+  imchatd_mode mode;
+  char *config_file;
+  char *listen;
+  char *data_dir;
+  char *jwt_secret;
+  char *jwt_secret_file;
+  char *jwt_public_key; /* path of a PEM file */
+  char *jwt_issuer;
+  char *jwt_audience;
+  char *admin_token;
+  size_t max_body;
+  char *node_id;
+  char *filter_file; /* sensitive words */
+  int filter_mask;   /* 0: reject, 1: mask */
+  char *key_file;    /* keyring for encryption at rest */
+  uint32_t ack_timeout_s, heartbeat_s, idle_timeout_s;
+  uint32_t rate_limit, rate_burst;
+  uint32_t retention_days;
+  imc_log_level log_level;
+  int data_dir_flag; /* --data-dir was given, for the connect hint */
+  /* imchatd token */
+  char *token_user;
+  char *token_device;
+  uint32_t token_ttl_s;
+} imchatd_config;
+
+/*
+ * Fills cfg from the defaults, the --config file and argv (flags win).
+ * Returns -1 to go on, or an exit code: IMCHATD_EXIT_OK after --help or
+ * --version, IMCHATD_EXIT_USAGE after a one-line error on stderr. argv
+ * may be permuted.
+ */
+int imchatd_config_load(imchatd_config *cfg, int argc, char **argv);
+void imchatd_config_free(imchatd_config *cfg);
+
+/*
+ * The HS256 secret: --jwt-secret, the text of --jwt-secret-file, or the
+ * text of DATA_DIR/jwt.secret, which is created (32 random bytes, hex,
+ * mode 0600; the directory 0700) if missing. With only --jwt-public-key
+ * configured there is none: *secret is NULL. On success *secret is
+ * malloc'ed, *path names the file it came from (NULL for --jwt-secret;
+ * malloc'ed) and *created tells whether it was just made. Returns 0 or an
+ * exit code after logging the reason.
+ */
+int imchatd_config_secret(const imchatd_config *cfg, uint8_t **secret,
+                          size_t *len, char **path, int *created);
+
+/*
+ * Reads a whole (small) file into a NUL-terminated malloc'ed buffer.
+ * Returns 0 or a negative errno.
+ */
+int imchatd_read_file(const char *path, char **out, size_t *len);
+
+#endif
