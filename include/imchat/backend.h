@@ -113,10 +113,17 @@ typedef struct imc_registry_vtbl {
   /* Add or replace the entry, alive for ttl_s seconds unless renewed. */
   int (*register_conn)(void *ud, const imc_reg_entry *e, uint32_t ttl_s,
                        imc_done_cb done, void *done_ud);
-  /* Extend the entry's life by ttl_s from now. */
+  /*
+   * Extend the entry's life by ttl_s from now. Completes with
+   * IMC_ERR_NOT_FOUND if the entry of e->conn_id is gone (expired or
+   * replaced).
+   */
   int (*renew)(void *ud, const imc_reg_entry *e, uint32_t ttl_s,
                imc_done_cb done, void *done_ud);
-  /* Remove the entry if it still belongs to e->conn_id. */
+  /*
+   * Remove the entry if it still belongs to e->conn_id (a device that
+   * reconnected keeps its new entry). Completes with 0 either way.
+   */
   int (*unregister)(void *ud, const imc_reg_entry *e, imc_done_cb done,
                     void *done_ud);
   /* Every live entry of user_id. */

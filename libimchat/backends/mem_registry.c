@@ -314,7 +314,7 @@ static int reg_unregister(void *ud, const imc_reg_entry *e, imc_done_cb done,
     }
   }
   bury(reg, dead);
-  done(done_ud, gone ? 0 : IMC_ERR_NOT_FOUND);
+  done(done_ud, 0); /* idempotent: the entry is gone either way */
   return 0;
 }
 
