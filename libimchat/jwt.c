@@ -499,16 +499,42 @@ void imc_jwt_key_clear(imc_jwt_key *key, const imc_mem *mem) {
   memset(key, 0, sizeof(*key));
 }
 
+/* Appends ,"name":"value" with JSON escaping; 0 or -1 if it cannot. */
+static int put_claim(char *buf, size_t cap, size_t *len, const char *name,
+                     const char *value) {
+  if (value == NULL || *value == '\0')
+    return 0;
+  if (strnlen(value, 257) > 256)
+    return -1;
+  int n = snprintf(buf + *len, cap - *len, ",\"%s\":\"", name);
+  if (n < 0 || (size_t)n >= cap - *len)
+    return -1;
+  *len += (size_t)n;
+  for (const char *p = value; *p; p++) {
+    unsigned char c = (unsigned char)*p;
+    if (c < 0x20 || c == 0x7f)
+      return -1;
+    if (*len + 3 >= cap)
+      return -1;
+    if (c == '"' || c == '\\')
+      buf[(*len)++] = '\\';
+    buf[(*len)++] = (char)c;
+  }
+  buf[(*len)++] = '"';
+  buf[*len] = '\0';
+  return 0;
+}
+
 IMC_EXTERN int imc_jwt_sign_hs256(const uint8_t *secret, size_t secret_len,
                                   const char *user_id, const char *device_id,
+                                  const char *issuer, const char *audience,
                                   int64_t iat_s, int64_t exp_s, char *out,
                                   size_t outcap) {
   /* base64url of {"alg":"HS256","typ":"JWT"} */
   static const char hdr[] = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9";
-  char payload[256];
+  char payload[1024];
   uint8_t mac[EVP_MAX_MD_SIZE];
   unsigned int maclen = 0;
-  int n;
 
   if (secret == NULL || secret_len == 0 || secret_len > INT_MAX ||
       user_id == NULL)
@@ -524,17 +550,17 @@ IMC_EXTERN int imc_jwt_sign_hs256(const uint8_t *secret, size_t secret_len,
     out[0] = '\0';
 
   /* Valid ids need no JSON escaping. */
-  if (device_id != NULL && *device_id != '\0')
-    n = snprintf(payload, sizeof(payload),
-                 "{\"sub\":\"%s\",\"did\":\"%s\",\"iat\":%" PRId64
-                 ",\"exp\":%" PRId64 "}",
-                 user_id, device_id, iat_s, exp_s);
-  else
-    n = snprintf(payload, sizeof(payload),
-                 "{\"sub\":\"%s\",\"iat\":%" PRId64 ",\"exp\":%" PRId64 "}",
-                 user_id, iat_s, exp_s);
-  if (n < 0 || (size_t)n >= sizeof(payload))
+  size_t n =
+      (size_t)snprintf(payload, sizeof(payload), "{\"sub\":\"%s\"", user_id);
+  if (put_claim(payload, sizeof(payload), &n, "did", device_id) < 0 ||
+      put_claim(payload, sizeof(payload), &n, "iss", issuer) < 0 ||
+      put_claim(payload, sizeof(payload), &n, "aud", audience) < 0)
+    return IMC_ERR_INVALID_ARGUMENT;
+  int m = snprintf(payload + n, sizeof(payload) - n,
+                   ",\"iat\":%" PRId64 ",\"exp\":%" PRId64 "}", iat_s, exp_s);
+  if (m < 0 || (size_t)m >= sizeof(payload) - n)
     return IMC_ERR_INTERNAL;
+  n += (size_t)m;
 
   size_t hlen = sizeof(hdr) - 1;
   if (outcap < hlen + 1)
@@ -542,8 +568,7 @@ IMC_EXTERN int imc_jwt_sign_hs256(const uint8_t *secret, size_t secret_len,
   memcpy(out, hdr, hlen);
   out[hlen] = '.';
   size_t o = hlen + 1;
-  ssize_t e =
-      b64url_encode((const uint8_t *)payload, (size_t)n, out + o, outcap - o);
+  ssize_t e = b64url_encode((const uint8_t *)payload, n, out + o, outcap - o);
   if (e < 0)
     goto too_large;
   o += (size_t)e;

@@ -449,8 +449,8 @@ static const char *token_for(const char *user, int64_t ttl_s) {
   static char tok[1024];
   int64_t now = T0 / 1000;
   ck_assert_int_gt(imc_jwt_sign_hs256((const uint8_t *)SECRET, strlen(SECRET),
-                                      user, "phone", now, now + ttl_s, tok,
-                                      sizeof(tok)),
+                                      user, "phone", NULL, NULL, now,
+                                      now + ttl_s, tok, sizeof(tok)),
                    0);
   return tok;
 }
@@ -1355,8 +1355,8 @@ static int alloc_pass(test_mem *tm, int *nomem) {
     char tok[1024];
     int64_t now = T0 / 1000;
     ck_assert_int_gt(imc_jwt_sign_hs256((const uint8_t *)SECRET, strlen(SECRET),
-                                        "alice", NULL, now, now + 600, tok,
-                                        sizeof(tok)),
+                                        "alice", NULL, NULL, NULL, now,
+                                        now + 600, tok, sizeof(tok)),
                      0);
     /* The group is set up whether or not the PUT survives. */
     H.st.n_members = 0;

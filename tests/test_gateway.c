@@ -217,8 +217,8 @@ static char *token_for(const char *user, const char *device, int64_t ttl_s) {
   static char tok[1024];
   int64_t now = T0 / 1000;
   ck_assert_int_gt(imc_jwt_sign_hs256((const uint8_t *)SECRET, strlen(SECRET),
-                                      user, device, now, now + ttl_s, tok,
-                                      sizeof(tok)),
+                                      user, device, NULL, NULL, now,
+                                      now + ttl_s, tok, sizeof(tok)),
                    0);
   return tok;
 }

@@ -1148,6 +1148,30 @@ END_TEST
 
 /* ---- signing ---- */
 
+START_TEST(t_sign_issuer_audience) {
+  imc_jwt_key k;
+  imc_jwt_claims c;
+  char tok[TOK_MAX];
+  key_hs(&k);
+  int n = imc_jwt_sign_hs256((const uint8_t *)secret, strlen(secret), "alice",
+                             NULL, "https://id.example/\"q\"", "imchat",
+                             NOW, NOW + 300, tok, sizeof(tok));
+  ck_assert_int_gt(n, 0);
+  imc_jwt_policy pol = {"https://id.example/\"q\"", "imchat", 60};
+  ck_assert_int_eq(verify(tok, &k, &pol, &c), 0);
+  imc_jwt_policy other = {"https://other.example/", NULL, 60};
+  ck_assert_int_eq(verify(tok, &k, &other, &c), IMC_ERR_AUTH);
+  imc_jwt_policy aud = {NULL, "someone-else", 60};
+  ck_assert_int_eq(verify(tok, &k, &aud, &c), IMC_ERR_AUTH);
+  /* Control characters cannot be signed into a claim. */
+  ck_assert_int_eq(imc_jwt_sign_hs256((const uint8_t *)secret, strlen(secret),
+                                      "alice", NULL, "bad\nissuer", NULL, NOW,
+                                      NOW + 1, tok, sizeof(tok)),
+                   IMC_ERR_INVALID_ARGUMENT);
+  imc_jwt_key_clear(&k, NULL);
+}
+END_TEST
+
 START_TEST(t_sign_roundtrip) {
   imc_jwt_key k;
   imc_jwt_claims c;
@@ -1155,7 +1179,8 @@ START_TEST(t_sign_roundtrip) {
   key_hs(&k);
 
   int n = imc_jwt_sign_hs256((const uint8_t *)secret, strlen(secret), "alice",
-                             "phone-1", NOW - 10, NOW + 300, tok, sizeof(tok));
+                             "phone-1", NULL, NULL, NOW - 10, NOW + 300, tok,
+                             sizeof(tok));
   ck_assert_int_gt(n, 0);
   ck_assert_uint_eq(strlen(tok), (size_t)n);
   ck_assert_int_eq(verify(tok, &k, &pol60, &c), 0);
@@ -1180,7 +1205,8 @@ START_TEST(t_sign_roundtrip) {
   /* No did when NULL or empty. */
   for (int i = 0; i < 2; i++) {
     n = imc_jwt_sign_hs256((const uint8_t *)secret, strlen(secret), "bob",
-                           i ? "" : NULL, NOW, NOW + 5, tok, sizeof(tok));
+                           i ? "" : NULL, NULL, NULL, NOW, NOW + 5, tok,
+                           sizeof(tok));
     ck_assert_int_gt(n, 0);
     ck_assert_int_eq(verify(tok, &k, &pol60, &c), 0);
     ck_assert_str_eq(c.sub, "bob");
@@ -1189,15 +1215,15 @@ START_TEST(t_sign_roundtrip) {
 
   /* Signed already expired, or not yet valid by iat. */
   n = imc_jwt_sign_hs256((const uint8_t *)secret, strlen(secret), "bob", NULL,
-                         NOW - 1000, NOW - 500, tok, sizeof(tok));
+                         NULL, NULL, NOW - 1000, NOW - 500, tok, sizeof(tok));
   ck_assert_int_eq(verify(tok, &k, &pol60, &c), IMC_ERR_EXPIRED);
   n = imc_jwt_sign_hs256((const uint8_t *)secret, strlen(secret), "bob", NULL,
-                         NOW + 1000, NOW + 5000, tok, sizeof(tok));
+                         NULL, NULL, NOW + 1000, NOW + 5000, tok, sizeof(tok));
   ck_assert_int_eq(verify(tok, &k, &pol60, &c), IMC_ERR_EXPIRED);
 
   /* Another secret does not verify. */
-  n = imc_jwt_sign_hs256((const uint8_t *)"x", 1, "bob", NULL, NOW, NOW + 5,
-                         tok, sizeof(tok));
+  n = imc_jwt_sign_hs256((const uint8_t *)"x", 1, "bob", NULL, NULL, NULL, NOW,
+                         NOW + 5, tok, sizeof(tok));
   ck_assert_int_gt(n, 0);
   ck_assert_int_eq(verify(tok, &k, &pol60, &c), IMC_ERR_AUTH);
 
@@ -1205,8 +1231,8 @@ START_TEST(t_sign_roundtrip) {
   char id[IMC_ID_MAX + 1];
   memset(id, 'i', IMC_ID_MAX);
   id[IMC_ID_MAX] = '\0';
-  n = imc_jwt_sign_hs256((const uint8_t *)secret, strlen(secret), id, id,
-                         INT64_MIN, INT64_MAX, tok, sizeof(tok));
+  n = imc_jwt_sign_hs256((const uint8_t *)secret, strlen(secret), id, id, NULL,
+                         NULL, INT64_MIN, INT64_MAX, tok, sizeof(tok));
   ck_assert_int_gt(n, 0);
   ck_assert_int_eq(verify(tok, &k, &pol60, &c), 0);
   ck_assert_str_eq(c.sub, id);
@@ -1226,40 +1252,45 @@ START_TEST(t_sign_errors) {
   memset(id65, 'a', IMC_ID_MAX + 1);
   id65[IMC_ID_MAX + 1] = '\0';
 
-  ck_assert_int_eq(imc_jwt_sign_hs256(s, 0, "a", NULL, 0, 1, tok, 512),
-                   IMC_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(imc_jwt_sign_hs256(NULL, 5, "a", NULL, 0, 1, tok, 512),
-                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(
+      imc_jwt_sign_hs256(s, 0, "a", NULL, NULL, NULL, 0, 1, tok, 512),
+      IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(
+      imc_jwt_sign_hs256(NULL, 5, "a", NULL, NULL, NULL, 0, 1, tok, 512),
+      IMC_ERR_INVALID_ARGUMENT);
   static const char *const bad_ids[] = {"",     "a b",         "a\"b",
                                         "a\\b", "caf\xc3\xa9", "a/b"};
   for (size_t i = 0; i < sizeof(bad_ids) / sizeof(bad_ids[0]); i++) {
     ck_assert_int_eq(
-        imc_jwt_sign_hs256(s, sl, bad_ids[i], NULL, 0, 1, tok, 512),
+        imc_jwt_sign_hs256(s, sl, bad_ids[i], NULL, NULL, NULL, 0, 1, tok, 512),
         IMC_ERR_INVALID_ARGUMENT);
     if (*bad_ids[i])
-      ck_assert_int_eq(
-          imc_jwt_sign_hs256(s, sl, "a", bad_ids[i], 0, 1, tok, 512),
-          IMC_ERR_INVALID_ARGUMENT);
+      ck_assert_int_eq(imc_jwt_sign_hs256(s, sl, "a", bad_ids[i], NULL, NULL, 0,
+                                          1, tok, 512),
+                       IMC_ERR_INVALID_ARGUMENT);
   }
-  ck_assert_int_eq(imc_jwt_sign_hs256(s, sl, NULL, NULL, 0, 1, tok, 512),
-                   IMC_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(imc_jwt_sign_hs256(s, sl, id65, NULL, 0, 1, tok, 512),
-                   IMC_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(imc_jwt_sign_hs256(s, sl, "a", id65, 0, 1, tok, 512),
-                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(
+      imc_jwt_sign_hs256(s, sl, NULL, NULL, NULL, NULL, 0, 1, tok, 512),
+      IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(
+      imc_jwt_sign_hs256(s, sl, id65, NULL, NULL, NULL, 0, 1, tok, 512),
+      IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(
+      imc_jwt_sign_hs256(s, sl, "a", id65, NULL, NULL, 0, 1, tok, 512),
+      IMC_ERR_INVALID_ARGUMENT);
 
   /* Every capacity below the token's size plus its NUL is too small, and
    * nothing is written past it. */
-  int n =
-      imc_jwt_sign_hs256(s, sl, "alice", "d", NOW, NOW + 1, tok, sizeof(tok));
+  int n = imc_jwt_sign_hs256(s, sl, "alice", "d", NULL, NULL, NOW, NOW + 1, tok,
+                             sizeof(tok));
   ck_assert_int_gt(n, 0);
   char want[TOK_MAX];
   memcpy(want, tok, (size_t)n + 1);
   for (size_t cap = 0; cap <= (size_t)n; cap++) {
     char *buf = malloc(cap ? cap : 1);
     ck_assert_ptr_nonnull(buf);
-    ck_assert_int_eq(imc_jwt_sign_hs256(s, sl, "alice", "d", NOW, NOW + 1,
-                                        cap ? buf : NULL, cap),
+    ck_assert_int_eq(imc_jwt_sign_hs256(s, sl, "alice", "d", NULL, NULL, NOW,
+                                        NOW + 1, cap ? buf : NULL, cap),
                      IMC_ERR_TOO_LARGE);
     if (cap)
       ck_assert_int_eq(buf[0], '\0');
@@ -1267,9 +1298,9 @@ START_TEST(t_sign_errors) {
   }
   char *buf = malloc((size_t)n + 1);
   ck_assert_ptr_nonnull(buf);
-  ck_assert_int_eq(
-      imc_jwt_sign_hs256(s, sl, "alice", "d", NOW, NOW + 1, buf, (size_t)n + 1),
-      n);
+  ck_assert_int_eq(imc_jwt_sign_hs256(s, sl, "alice", "d", NULL, NULL, NOW,
+                                      NOW + 1, buf, (size_t)n + 1),
+                   n);
   ck_assert_str_eq(buf, want);
   free(buf);
 }
@@ -1315,6 +1346,7 @@ static Suite *jwt_suite(void) {
   tc = tcase_create("sign");
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, t_sign_roundtrip);
+  tcase_add_test(tc, t_sign_issuer_audience);
   tcase_add_test(tc, t_sign_errors);
   suite_add_tcase(s, tc);
   return s;

@@ -461,9 +461,6 @@ static int cmd_token(const imchatd_config *cfg) {
                "configure --jwt-secret or --jwt-secret-file");
     return IMCHATD_EXIT_USAGE;
   }
-  if (cfg->jwt_issuer || cfg->jwt_audience)
-    hlog_warn("token: the token carries no iss/aud claims, so a server "
-              "requiring --jwt-issuer/--jwt-audience refuses it");
   uint8_t *secret;
   size_t len;
   char *path;
@@ -476,7 +473,8 @@ static int cmd_token(const imchatd_config *cfg) {
 
   char token[TOKEN_MAX];
   int64_t now = (int64_t)time(NULL);
-  rv = imc_jwt_sign_hs256(secret, len, cfg->token_user, cfg->token_device, now,
+  rv = imc_jwt_sign_hs256(secret, len, cfg->token_user, cfg->token_device,
+                          cfg->jwt_issuer, cfg->jwt_audience, now,
                           now + cfg->token_ttl_s, token, sizeof(token));
   memset(secret, 0, len);
   free(secret);

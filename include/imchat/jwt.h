@@ -11,14 +11,17 @@ extern "C" {
 #endif
 
 /*
- * Writes an HS256 JWT with claims sub = user_id, did = device_id (omitted
- * when NULL or ""), iat = iat_s and exp = exp_s into out (capacity
- * outcap, NUL-terminated). Returns the token length,
- * IMC_ERR_INVALID_ARGUMENT (empty secret, invalid ids) or
- * IMC_ERR_TOO_LARGE if out is too small.
+ * Writes an HS256 JWT with claims sub = user_id, did = device_id, iss =
+ * issuer, aud = audience (each of the last three omitted when NULL or
+ * ""), iat = iat_s and exp = exp_s into out (capacity outcap,
+ * NUL-terminated). Returns the token length, IMC_ERR_INVALID_ARGUMENT
+ * (empty secret, invalid ids, issuer or audience over 256 bytes or with
+ * control characters), IMC_ERR_NOMEM or IMC_ERR_TOO_LARGE if out is too
+ * small.
  */
 IMC_EXTERN int imc_jwt_sign_hs256(const uint8_t *secret, size_t secret_len,
                                   const char *user_id, const char *device_id,
+                                  const char *issuer, const char *audience,
                                   int64_t iat_s, int64_t exp_s, char *out,
                                   size_t outcap);
 
