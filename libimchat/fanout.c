@@ -94,7 +94,12 @@ static void work(imc_fanout *f) {
 static void polled(void *ud, int status, const imc_bus_record *recs, size_t n) {
   imc_fanout *f = ud;
   f->pending--;
-  if (status != 0 || n == 0) {
+  if (status != 0) {
+    /* The bus failed or closed: stop until the host starts us again. */
+    f->running = 0;
+    return;
+  }
+  if (n == 0) {
     poll_next(f);
     return;
   }

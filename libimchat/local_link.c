@@ -24,8 +24,7 @@ static int link_deliver(void *ud, const char *node_id, const char *user_id,
 static int link_status(void *ud, const char *node_id, const char *user_id,
                        const char *device_id, const char *msg_id,
                        const char *client_msg_id, imc_delivery_state state,
-                       const char *recipient, imc_done_cb done,
-                       void *done_ud) {
+                       const char *recipient, imc_done_cb done, void *done_ud) {
   imc_gateway *gw = ud;
   int n = same_node(gw, node_id)
               ? imc_gateway_push_status(gw, user_id, device_id, msg_id,

@@ -1154,8 +1154,8 @@ START_TEST(t_sign_issuer_audience) {
   char tok[TOK_MAX];
   key_hs(&k);
   int n = imc_jwt_sign_hs256((const uint8_t *)secret, strlen(secret), "alice",
-                             NULL, "https://id.example/\"q\"", "imchat",
-                             NOW, NOW + 300, tok, sizeof(tok));
+                             NULL, "https://id.example/\"q\"", "imchat", NOW,
+                             NOW + 300, tok, sizeof(tok));
   ck_assert_int_gt(n, 0);
   imc_jwt_policy pol = {"https://id.example/\"q\"", "imchat", 60};
   ck_assert_int_eq(verify(tok, &k, &pol, &c), 0);

@@ -772,7 +772,7 @@ START_TEST(alloc_failures) {
       imc_send_req q = {"alice", "phone",     "n1", 1,
                         "c1",    "bob",       "",   (const uint8_t *)"x",
                         1,       "text/plain"};
-      char cmid[16];
+      char cmid[32];
       snprintf(cmid, sizeof(cmid), "c%ld", i);
       q.client_msg_id = cmid;
       memset(&A, 0, sizeof(A));

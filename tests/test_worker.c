@@ -1529,6 +1529,7 @@ END_TEST
 static Suite *worker_suite(void) {
   Suite *s = suite_create("worker");
   TCase *tc_core = tcase_create("core");
+  tcase_set_timeout(tc_core, 60);
   tcase_add_checked_fixture(tc_core, setup, teardown);
   tcase_add_test(tc_core, test_options);
   tcase_add_test(tc_core, test_batch);

@@ -377,14 +377,17 @@ static void drain(app *a) {
 }
 
 static void app_free(app *a) {
-  /* Backends first: deleting them completes what they still hold. */
-  imc_gateway_del(a->gw);
-  imc_fanout_del(a->fanout);
+  /* Stop the consumers, delete the backends (which completes what they
+   * still hold), then the library objects. */
+  imc_worker_stop(a->worker);
+  imc_fanout_stop(a->fanout);
   imc_membus_del(a->bus);
   imc_sqlite_del(a->db);
+  imc_fanout_del(a->fanout);
   imc_worker_del(a->worker);
   imc_router_del(a->router);
   imc_api_del(a->api);
+  imc_gateway_del(a->gw);
   imc_sealed_store_del(a->sealed);
   imc_memreg_del(a->reg);
   hloop_del(a->loop);

@@ -155,7 +155,11 @@ IMC_EXTERN int imc_gateway_options_set_jwt_issuer(imc_gateway_options *opt,
                                                   const char *iss);
 IMC_EXTERN int imc_gateway_options_set_jwt_audience(imc_gateway_options *opt,
                                                     const char *aud);
-/* Largest WebSocket message and SendRequest body (default 64 KiB). */
+/*
+ * Largest SendRequest body (default 64 KiB). A WebSocket message may be
+ * 1 KiB larger, for the fields around the body; a larger one closes the
+ * connection with 1009.
+ */
 IMC_EXTERN int imc_gateway_options_set_max_body(imc_gateway_options *opt,
                                                 size_t bytes);
 /* Largest outbound queue of one connection (default 1 MiB). */

@@ -1,0 +1,62 @@
+# shellcheck shell=bash
+# Sourced by scripts/run.sh and scripts/test.sh: installs the Debian packages
+# the build and the tests need, and only those that are missing.
+#
+# The package list lives here and nowhere else. Add a backend's packages
+# (server, client library) to IMC_DEB_PACKAGES when the code starts using it.
+
+IMC_DEB_PACKAGES=(
+  # build
+  meson ninja-build pkg-config gcc g++
+  # libraries
+  libwslay-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev
+  libsqlite3-dev libinih-dev
+  # unit tests
+  check libsubunit-dev
+  # end-to-end tests (run with /usr/bin/python3) and style check
+  python3 python3-websockets python3-protobuf protobuf-compiler clang-format
+)
+
+# Prints the packages of "$@" that are not installed.
+imc_missing_packages() {
+  local p st
+  for p in "$@"; do
+    st=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+    [ "$st" = installed ] || printf '%s\n' "$p"
+  done
+}
+
+# Installs those of the packages "$@" that are missing; silent when all are
+# there. Uses sudo when not run as root.
+imc_install_deps() {
+  local -a missing sudo=()
+  mapfile -t missing < <(imc_missing_packages "$@")
+  [ ${#missing[@]} -eq 0 ] && return 0
+
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+      sudo=(sudo)
+    else
+      echo "deps: missing packages: ${missing[*]}" >&2
+      echo "deps: run as root or install sudo" >&2
+      return 1
+    fi
+  fi
+
+  echo "deps: installing ${missing[*]}" >&2
+  local log
+  log=$(mktemp)
+  if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get update -qq >"$log" 2>&1 ||
+     ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq "${missing[@]}" \
+      >>"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    echo "deps: apt-get failed" >&2
+    return 1
+  fi
+  rm -f "$log"
+}
+
+imc_install_deps "${IMC_DEB_PACKAGES[@]}"

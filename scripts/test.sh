@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Builds the tree with -Werror and ASan/UBSan in build-test/ and runs every
+# test (unit and end-to-end), plus a clang-format check of the C sources.
+# Extra arguments go to `meson test`, e.g. scripts/test.sh --suite e2e
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# shellcheck source=scripts/deps.sh
+source scripts/deps.sh
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+# --------------------------------------------------------------------------
+# Processes this script starts (test servers) and their cleanup: only the
+# pids recorded here are killed, never anything found by name.
+# --------------------------------------------------------------------------
+imc_pids=()
+imc_tmp=$(mktemp -d -t imchat-test.XXXXXX)
+
+# imc_spawn NAME CMD [ARGS...]: runs CMD in the background with its output in
+# $imc_tmp/NAME.log and records its pid for the cleanup.
+# shellcheck disable=SC2317  # unused until the first backing server
+imc_spawn() {
+  local name=$1
+  shift
+  "$@" >"$imc_tmp/$name.log" 2>&1 &
+  imc_pids+=("$!")
+}
+
+# shellcheck disable=SC2317  # invoked by the trap
+imc_cleanup() {
+  local pid i
+  for pid in "${imc_pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${imc_pids[@]}"; do
+    for ((i = 0; i < 100; i++)); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$imc_tmp"
+}
+trap imc_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Backing servers for the integration tests start here, on loopback, each
+# with its data under "$imc_tmp": imc_spawn it, wait until it answers, and
+# export its address for the tests (e.g. IMC_TEST_REDIS=127.0.0.1:PORT).
+
+# --------------------------------------------------------------------------
+# Style: clang-format (configuration in .clang-format)
+# --------------------------------------------------------------------------
+imc_c_sources() {
+  if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    git ls-files -z --cached --others --exclude-standard -- '*.c' '*.h' |
+      while IFS= read -r -d "" f; do
+        if [ -f "$f" ]; then printf '%s\n' "$f"; fi
+      done
+  else
+    find . -path './build*' -prune -o -type f \( -name '*.c' -o -name '*.h' \) \
+      -print | sed 's|^\./||'
+  fi
+}
+
+unformatted=()
+while IFS= read -r f; do
+  clang-format --dry-run --Werror "$f" >/dev/null 2>&1 || unformatted+=("$f")
+done < <(imc_c_sources | sort)
+if [ ${#unformatted[@]} -gt 0 ]; then
+  echo "clang-format: these files need formatting (clang-format -i FILE):" >&2
+  printf '  %s\n' "${unformatted[@]}" >&2
+fi
+
+# --------------------------------------------------------------------------
+# Build and test
+# --------------------------------------------------------------------------
+imc_setup_build build-test -Dwerror=true -Db_sanitize=address,undefined \
+  -Db_lundef=false
+imc_quiet ninja -C build-test --quiet
+
+rc=0
+meson test -C build-test --print-errorlogs "$@" || rc=$?
+
+if [ ${#unformatted[@]} -gt 0 ]; then
+  echo "clang-format: ${#unformatted[@]} file(s) need formatting (listed above)" >&2
+  [ "$rc" -ne 0 ] || rc=1
+fi
+exit "$rc"
