@@ -10,6 +10,7 @@
 #include <imchat/api.h>
 
 #include "alloc.h"
+#include "log.h"
 #include "http.h"
 #include "jsonw.h"
 #include "pb.h"
@@ -18,7 +19,6 @@
 #include <openssl/crypto.h>
 
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -45,9 +45,7 @@ struct imc_api_options {
   char *admin;
   size_t admin_len;
   imc_clock clock;
-  imc_log_cb log;
-  void *log_ud;
-  imc_log_level log_level;
+  imc_logger log;
 };
 
 struct imc_api {
@@ -104,7 +102,7 @@ int imc_api_options_new(imc_api_options **out, const imc_mem *mem) {
     return IMC_ERR_NOMEM;
   o->mem = *mem;
   o->clock = *imc_clock_default();
-  o->log_level = IMC_LOG_INFO;
+  o->log.level = IMC_LOG_INFO;
   *out = o;
   return 0;
 }
@@ -175,9 +173,9 @@ int imc_api_options_set_log(imc_api_options *o, imc_log_cb cb, void *ud,
                             imc_log_level max_level) {
   if (o == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
-  o->log = cb;
-  o->log_ud = ud;
-  o->log_level = max_level;
+  o->log.cb = cb;
+  o->log.ud = ud;
+  o->log.level = max_level;
   return 0;
 }
 
@@ -185,20 +183,7 @@ int imc_api_options_set_log(imc_api_options *o, imc_log_cb cb, void *ud,
 /* Helpers                                                              */
 /* ------------------------------------------------------------------ */
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
-#endif
-static void
-api_log(imc_api *a, imc_log_level level, const char *fmt, ...) {
-  if (a->o.log == NULL || level > a->o.log_level)
-    return;
-  char line[256];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(line, sizeof(line), fmt, ap);
-  va_end(ap);
-  a->o.log(a->o.log_ud, level, line);
-}
+#define api_log(a, ...) imc_logf(&(a)->o.log, __VA_ARGS__)
 
 static int64_t now_ms(imc_api *a) {
   return imc_clock_now(&a->o.clock);

@@ -7,6 +7,7 @@
 #include <imchat/gateway.h>
 
 #include "alloc.h"
+#include "log.h"
 #include "buf.h"
 #include "http.h"
 #include "jwt.h"
@@ -16,7 +17,6 @@
 
 #include <wslay/wslay.h>
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -125,9 +125,7 @@ struct imc_gateway_options {
   imc_http_handler_vtbl http;
   void *http_ud;
   imc_clock clock;
-  imc_log_cb log;
-  void *log_ud;
-  imc_log_level log_level;
+  imc_logger log;
 };
 
 struct imc_gateway {
@@ -172,7 +170,7 @@ int imc_gateway_options_new(imc_gateway_options **out, const imc_mem *mem) {
   o->rate = 100;
   o->burst = 200;
   o->clock = *imc_clock_default();
-  o->log_level = IMC_LOG_INFO;
+  o->log.level = IMC_LOG_INFO;
   *out = o;
   return 0;
 }
@@ -371,9 +369,9 @@ int imc_gateway_options_set_log(imc_gateway_options *o, imc_log_cb cb, void *ud,
                                 imc_log_level max_level) {
   if (o == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
-  o->log = cb;
-  o->log_ud = ud;
-  o->log_level = max_level;
+  o->log.cb = cb;
+  o->log.ud = ud;
+  o->log.level = max_level;
   return 0;
 }
 
@@ -381,20 +379,7 @@ int imc_gateway_options_set_log(imc_gateway_options *o, imc_log_cb cb, void *ud,
 /* Helpers                                                              */
 /* ------------------------------------------------------------------ */
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
-#endif
-static void
-gw_log(imc_gateway *gw, imc_log_level level, const char *fmt, ...) {
-  if (gw->o.log == NULL || level > gw->o.log_level)
-    return;
-  char line[256];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(line, sizeof(line), fmt, ap);
-  va_end(ap);
-  gw->o.log(gw->o.log_ud, level, line);
-}
+#define gw_log(gw, ...) imc_logf(&(gw)->o.log, __VA_ARGS__)
 
 static int64_t now_ms(imc_gateway *gw) {
   return imc_clock_now(&gw->o.clock);

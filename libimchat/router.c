@@ -20,6 +20,7 @@
 #include <imchat/worker.h>
 
 #include "alloc.h"
+#include "log.h"
 #include "filter.h"
 #include "members.h"
 #include "pb.h"
@@ -29,7 +30,6 @@
 #include <openssl/rand.h>
 
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -59,9 +59,7 @@ struct imc_router_options {
   imc_gwlink_vtbl gwlink;
   void *gwlink_ud;
   imc_clock clock;
-  imc_log_cb log;
-  void *log_ud;
-  imc_log_level log_level;
+  imc_logger log;
   size_t max_body;
   uint32_t dedup_ttl_s, group_cache_ms;
   char *filter_path;
@@ -122,7 +120,7 @@ int imc_router_options_new(imc_router_options **out, const imc_mem *mem) {
     return IMC_ERR_NOMEM;
   o->mem = *mem;
   o->clock = *imc_clock_default();
-  o->log_level = IMC_LOG_INFO;
+  o->log.level = IMC_LOG_INFO;
   o->max_body = 64 * 1024;
   o->dedup_ttl_s = 7 * 24 * 3600;
   o->group_cache_ms = 30000;
@@ -168,9 +166,9 @@ int imc_router_options_set_log(imc_router_options *o, imc_log_cb cb, void *ud,
                                imc_log_level max_level) {
   if (o == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
-  o->log = cb;
-  o->log_ud = ud;
-  o->log_level = max_level;
+  o->log.cb = cb;
+  o->log.ud = ud;
+  o->log.level = max_level;
   return 0;
 }
 
@@ -218,20 +216,7 @@ int imc_router_options_set_filter(imc_router_options *o, const char *path,
 /* Helpers                                                              */
 /* ------------------------------------------------------------------ */
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
-#endif
-static void
-rt_log(imc_router *r, imc_log_level level, const char *fmt, ...) {
-  if (r->o.log == NULL || level > r->o.log_level)
-    return;
-  char line[256];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(line, sizeof(line), fmt, ap);
-  va_end(ap);
-  r->o.log(r->o.log_ud, level, line);
-}
+#define rt_log(r, ...) imc_logf(&(r)->o.log, __VA_ARGS__)
 
 static int64_t now_ms(imc_router *r) {
   return imc_clock_now(&r->o.clock);

@@ -12,11 +12,11 @@
 #include <imchat/worker.h>
 
 #include "alloc.h"
+#include "log.h"
 #include "pb.h"
 #include "queue.pb-c.h"
 #include "vtbl.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,9 +103,7 @@ struct imc_worker_options {
   imc_persisted_cb persisted;
   void *persisted_ud;
   imc_clock clock;
-  imc_log_cb log;
-  void *log_ud;
-  imc_log_level log_level;
+  imc_logger log;
   uint32_t batch_max, retention_s, purge_interval_s, dedup_ttl_s;
 };
 
@@ -147,7 +145,7 @@ int imc_worker_options_new(imc_worker_options **out, const imc_mem *mem) {
     return IMC_ERR_NOMEM;
   o->mem = *mem;
   o->clock = *imc_clock_default();
-  o->log_level = IMC_LOG_INFO;
+  o->log.level = IMC_LOG_INFO;
   o->batch_max = 256;
   o->retention_s = 7 * 24 * 3600;
   o->purge_interval_s = 3600;
@@ -211,9 +209,9 @@ int imc_worker_options_set_log(imc_worker_options *opt, imc_log_cb cb, void *ud,
                                imc_log_level max_level) {
   if (opt == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
-  opt->log = cb;
-  opt->log_ud = ud;
-  opt->log_level = max_level;
+  opt->log.cb = cb;
+  opt->log.ud = ud;
+  opt->log.level = max_level;
   return 0;
 }
 
@@ -250,20 +248,7 @@ int imc_worker_options_set_dedup_ttl_s(imc_worker_options *opt, uint32_t s) {
 /* Helpers                                                              */
 /* ------------------------------------------------------------------ */
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 3, 4)))
-#endif
-static void
-wk_log(imc_worker *w, imc_log_level level, const char *fmt, ...) {
-  if (w->o.log == NULL || level > w->o.log_level)
-    return;
-  char line[256];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(line, sizeof(line), fmt, ap);
-  va_end(ap);
-  w->o.log(w->o.log_ud, level, line);
-}
+#define wk_log(w, ...) imc_logf(&(w)->o.log, __VA_ARGS__)
 
 static int64_t now_ms(imc_worker *w) {
   return imc_clock_now(&w->o.clock);
