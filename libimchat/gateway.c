@@ -14,6 +14,7 @@
 #include "pb.h"
 #include "timer.h"
 #include "vtbl.h"
+#include "wsframe.h"
 
 #include <wslay/wslay.h>
 
@@ -37,12 +38,15 @@ enum conn_state {
 };
 
 enum conn_flag {
-  F_DIRTY = 1 << 0,      /* in gw->dirty: has output to write */
-  F_BLOCKED = 1 << 1,    /* transport said WOULDBLOCK */
-  F_REGISTERED = 1 << 2, /* holds a registry entry */
-  F_ABORT = 1 << 3,      /* close the socket at the next check */
-  F_CLOSING = 1 << 4,    /* close frame queued */
-  F_NOMEM = 1 << 5       /* aborted for want of memory */
+  F_DIRTY = 1 << 0,          /* in gw->dirty: has output to write */
+  F_BLOCKED = 1 << 1,        /* transport said WOULDBLOCK */
+  F_REGISTERED = 1 << 2,     /* holds a registry entry */
+  F_ABORT = 1 << 3,          /* close the socket at the next check */
+  F_CLOSING = 1 << 4,        /* a close frame is queued */
+  F_NOMEM = 1 << 5,          /* aborted for want of memory */
+  F_CLOSE_RECEIVED = 1 << 6, /* the peer's close frame arrived */
+  F_READ_DONE = 1 << 7,      /* wslay stopped reading (protocol error) */
+  F_DISCARD = 1 << 8         /* we sent close: wslay's replies are dropped */
 };
 
 /* How a connection ends. */
@@ -86,11 +90,12 @@ struct imc_conn {
   imc_timer timer;
   uint64_t id;
   uint8_t state;
-  uint8_t flags;
   uint8_t bad_frames;
+  uint16_t flags;
   char *head; /* partial request head, when it spans reads */
   size_t head_len;
-  wslay_event_context_ptr ws;
+  wslay_event_context_ptr ws; /* only while a frame is partly received */
+  imc_ws_scan scan;
   imc_bufq out;
   const uint8_t *in; /* bytes being fed to wslay */
   size_t in_len;
@@ -528,10 +533,10 @@ static void conn_free(imc_conn *c, enum release_mode mode) {
   dirty_remove(c);
   list_remove(&gw->conns, c, &c->prev, &c->next);
   imc_theap_remove(&gw->timers, &c->timer);
-  if (c->ws) {
+  if (c->ws)
     wslay_event_context_free(c->ws);
+  if (c->state == ST_WS)
     gw->stats[IMC_GW_STAT_WEBSOCKETS]--;
-  }
   gw->stats[IMC_GW_STAT_CONNECTIONS]--;
   gw->stats[IMC_GW_STAT_OUTBOUND_BYTES] -= c->out.len;
   imc_bufq_free(&c->out, &gw->mem);
@@ -589,9 +594,8 @@ static int conn_check(imc_conn *c) {
     conn_free(c, REL_CLOSE);
     return IMC_ERR_CLOSED;
   }
-  if (c->state == ST_WS && wslay_event_get_close_sent(c->ws) &&
-      (wslay_event_get_close_received(c->ws) ||
-       !wslay_event_get_read_enabled(c->ws))) {
+  if (c->state == ST_WS && (c->flags & F_CLOSING) &&
+      (c->flags & (F_CLOSE_RECEIVED | F_READ_DONE))) {
     conn_free(c, REL_CLOSE);
     return IMC_ERR_CLOSED;
   }
@@ -703,15 +707,35 @@ static int http_error(imc_conn *c, int status, const char *code,
   return http_answer(c, status, "application/json", extra, body, (size_t)n);
 }
 
+/* Queues one unfragmented frame. A failure leaves the stream broken, so
+ * the connection is aborted. */
+static int ws_put(imc_conn *c, uint8_t opcode, const uint8_t *data,
+                  size_t len) {
+  uint8_t hdr[IMC_WS_HEADER_MAX];
+  size_t hl = imc_ws_header(hdr, opcode, len);
+  if (queue_bytes(c, hdr, hl) != 0 || queue_bytes(c, data, len) != 0) {
+    c->flags |= F_ABORT | F_NOMEM;
+    dirty_add(c);
+    return IMC_ERR_NOMEM;
+  }
+  return 0;
+}
+
 /* Queues a close frame and gives the peer CLOSE_WAIT_MS to answer. */
 static void ws_close(imc_conn *c, uint16_t code, const char *reason) {
   if (c->flags & F_CLOSING)
     return;
-  c->flags |= F_CLOSING;
-  wslay_event_queue_close(c->ws, code, (const uint8_t *)reason,
-                          reason ? strlen(reason) : 0);
-  if (wslay_event_send(c->ws) != 0)
-    c->flags |= F_ABORT;
+  /* Nothing may follow our close frame, wslay's automatic answers
+   * included. */
+  c->flags |= F_CLOSING | F_DISCARD;
+  uint8_t payload[125];
+  size_t rl = reason ? strlen(reason) : 0;
+  if (rl > sizeof(payload) - 2)
+    rl = sizeof(payload) - 2;
+  payload[0] = (uint8_t)(code >> 8);
+  payload[1] = (uint8_t)code;
+  memcpy(payload + 2, reason, rl);
+  ws_put(c, IMC_WS_CLOSE, payload, rl + 2);
   c->close_at = now_ms(c->gw) + CLOSE_WAIT_MS;
   conn_schedule(c);
 }
@@ -721,18 +745,9 @@ static int ws_queue(imc_conn *c, const uint8_t *data, size_t len) {
   imc_gateway *gw = c->gw;
   if (c->state != ST_WS || (c->flags & (F_CLOSING | F_ABORT)))
     return IMC_ERR_CLOSED;
-  struct wslay_event_msg m = {WSLAY_BINARY_FRAME, data, len};
-  int rv = wslay_event_queue_msg(c->ws, &m);
-  if (rv == WSLAY_ERR_NOMEM)
-    return IMC_ERR_NOMEM;
+  int rv = ws_put(c, IMC_WS_BINARY, data, len);
   if (rv != 0)
-    return IMC_ERR_CLOSED;
-  if (wslay_event_send(c->ws) != 0) {
-    /* A partial frame may be queued: the stream is beyond repair. */
-    c->flags |= F_ABORT | F_NOMEM;
-    dirty_add(c);
-    return IMC_ERR_NOMEM;
-  }
+    return rv;
   stat_inc(gw, IMC_GW_STAT_FRAMES_OUT);
   if (c->out.len > gw->o.max_outbound) {
     stat_inc(gw, IMC_GW_STAT_SLOW_CLOSED);
@@ -999,7 +1014,7 @@ static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
 static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data,
                           size_t len, int flags, void *ud) {
   imc_conn *c = ud;
-  if (queue_bytes(c, data, len) != 0) {
+  if (!(c->flags & F_DISCARD) && queue_bytes(c, data, len) != 0) {
     wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
     return -1;
   }
@@ -1017,6 +1032,10 @@ ws_frame_start_cb(wslay_event_context_ptr ctx,
 static void ws_msg_cb(wslay_event_context_ptr ctx,
                       const struct wslay_event_on_msg_recv_arg *a, void *ud) {
   imc_conn *c = ud;
+  /* Answers wslay queued earlier in this read (pongs) go out before
+   * ours. */
+  if (wslay_event_want_write(ctx) && wslay_event_send(ctx) != 0)
+    c->flags |= F_ABORT | F_NOMEM;
   switch (a->opcode) {
   case WSLAY_BINARY_FRAME:
     if (!(c->flags & F_CLOSING))
@@ -1026,18 +1045,41 @@ static void ws_msg_cb(wslay_event_context_ptr ctx,
     ws_close(c, 1003, "text frames are not accepted");
     break;
   case WSLAY_CONNECTION_CLOSE:
-    /* wslay has queued the answering close frame. */
-    c->flags |= F_CLOSING;
-    c->close_at = now_ms(c->gw) + CLOSE_WAIT_MS;
-    conn_schedule(c);
+    /* wslay has queued the answering close frame, unless ours went
+     * first. */
+    c->flags |= F_CLOSE_RECEIVED;
+    if (!(c->flags & F_CLOSING)) {
+      c->flags |= F_CLOSING;
+      c->close_at = now_ms(c->gw) + CLOSE_WAIT_MS;
+      conn_schedule(c);
+    }
     break;
   default:
     break;
   }
 }
 
-/* Feeds len bytes to wslay. Returns 0 or IMC_ERR_CLOSED (c freed). */
+/*
+ * Feeds len bytes to wslay. The wslay context exists only while a frame
+ * or a fragmented message is partly received (or the connection is
+ * closing): an idle connection holds no frame buffers. Returns 0 or a
+ * negative code (c freed).
+ */
 static int ws_feed(imc_conn *c, const uint8_t *data, size_t len) {
+  imc_gateway *gw = c->gw;
+  if (len == 0)
+    return conn_check(c);
+  if (c->ws == NULL) {
+    if (wslay_event_context_server_init(&c->ws, &gw->wscb, c) != 0) {
+      c->ws = NULL;
+      c->flags |= F_ABORT | F_NOMEM;
+      return conn_check(c);
+    }
+    /* The envelope around a body may add a little to the message. */
+    wslay_event_config_set_max_recv_msg_length(c->ws,
+                                               gw->o.max_body + FRAME_OVERHEAD);
+  }
+  imc_ws_scan_feed(&c->scan, data, len);
   c->in = data;
   c->in_len = len;
   int rv = wslay_event_recv(c->ws);
@@ -1047,14 +1089,19 @@ static int ws_feed(imc_conn *c, const uint8_t *data, size_t len) {
     c->flags |= F_ABORT | F_NOMEM;
   } else if (rv != 0 || !wslay_event_get_read_enabled(c->ws)) {
     /* A protocol error or a close: wslay queued a close frame. */
+    c->flags |= F_READ_DONE;
     if (!(c->flags & F_CLOSING)) {
       c->flags |= F_CLOSING;
-      c->close_at = now_ms(c->gw) + CLOSE_WAIT_MS;
+      c->close_at = now_ms(gw) + CLOSE_WAIT_MS;
       conn_schedule(c);
     }
   }
   if (!(c->flags & F_ABORT) && wslay_event_send(c->ws) != 0)
     c->flags |= F_ABORT | F_NOMEM;
+  if (!(c->flags & (F_ABORT | F_CLOSING)) && imc_ws_scan_idle(&c->scan)) {
+    wslay_event_context_free(c->ws);
+    c->ws = NULL;
+  }
   return conn_check(c);
 }
 
@@ -1090,13 +1137,6 @@ static int upgrade(imc_conn *c, imc_span ws_key, const char *user,
   memcpy(c->user, user, ul + 1);
   c->device = c->user + ul + 1;
   memcpy(c->device, device, dl + 1);
-  if (wslay_event_context_server_init(&c->ws, &gw->wscb, c) != 0) {
-    c->ws = NULL;
-    goto nomem;
-  }
-  /* The envelope around a body may add a little to the message. */
-  wslay_event_config_set_max_recv_msg_length(c->ws,
-                                             gw->o.max_body + FRAME_OVERHEAD);
   char accept[29];
   imc_ws_accept(ws_key, accept);
   char resp[160];
@@ -1483,10 +1523,7 @@ static void conn_timeout(imc_conn *c, int64_t now) {
     inflight_fail(c);
     ws_close(c, 1001, "idle timeout");
   } else if (now >= c->next_beat) {
-    struct wslay_event_msg ping = {WSLAY_PING, NULL, 0};
-    if (wslay_event_queue_msg(c->ws, &ping) != 0 ||
-        wslay_event_send(c->ws) != 0)
-      c->flags |= F_ABORT | F_NOMEM;
+    ws_put(c, IMC_WS_PING, NULL, 0);
     if ((c->flags & F_REGISTERED) && gw->o.registry.renew) {
       imc_reg_entry e = reg_entry(c);
       if (gw->o.registry.renew(gw->o.registry_ud, &e, gw->o.lease_s, reg_done,
