@@ -592,7 +592,7 @@ static void serve_history(api_req *r, const imc_http_request *hr,
     imc_span x = {cv + 2, colon ? (size_t)(colon - cv - 2) : 0};
     imc_span y = {colon ? colon + 1 : "", colon ? strlen(colon + 1) : 0};
     if (!imc_id_valid(x.p, x.len) || !imc_id_valid(y.p, y.len) ||
-        span_cmp(x, y) >= 0) {
+        span_cmp(x, y) > 0) {
       finish_error(r, 400, "invalid conversation id");
       return;
     }

@@ -1087,6 +1087,10 @@ void imc_router_undelivered(imc_router *r, const imc_msg *msg,
                             const char *user_id) {
   if (r == NULL || msg == NULL || user_id == NULL)
     return;
+  /* The sender's other devices catch up from the history, not the inbox. */
+  if (strcmp(user_id, msg->from_user) == 0 &&
+      (is_group(msg) || strcmp(user_id, msg->to_user) != 0))
+    return;
   slow_path(r, msg, 0, &user_id, 1);
 }
 
