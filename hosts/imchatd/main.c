@@ -127,9 +127,12 @@ typedef struct app {
   imc_memreg *reg;
   imc_sqlite *db;
   imc_sealed_store *sealed;
+  imc_sealed_bus *sealed_queue;
   imc_membus *bus;
   const imc_store_vtbl *store;
   void *store_ud;
+  const imc_bus_vtbl *queue; /* the offline queue */
+  void *queue_ud;
   imc_gateway *gw;
   imc_router *router;
   imc_worker *worker;
@@ -206,11 +209,13 @@ static void reload(void *ud) {
   int rv;
   if (a->cfg->filter_file && (rv = imc_router_reload_filter(a->router)) != 0)
     hlog_warn("--filter-file: %s; the previous words stay", imc_strerror(rv));
-  if (a->sealed && (rv = imc_sealed_store_reload(a->sealed)) != 0)
+  if (a->sealed && ((rv = imc_sealed_store_reload(a->sealed)) != 0 ||
+                    (rv = imc_sealed_bus_reload(a->sealed_queue)) != 0))
     hlog_warn("--key-file: %s; the previous keys stay", imc_strerror(rv));
 }
 
-/* The SQLite database and the store in front of it. */
+/* The SQLite database, and the store and offline queue in front of it:
+ * with a key file both hold message bodies sealed. */
 static int open_store(app *a) {
   const imchatd_config *cfg = a->cfg;
   char path[4096];
@@ -229,9 +234,14 @@ static int open_store(app *a) {
   hlog_info("store: %s", path);
   a->store = imc_sqlite_store_vtbl();
   a->store_ud = a->db;
+  a->queue = imc_sqlite_bus_vtbl();
+  a->queue_ud = a->db;
   if (cfg->key_file) {
     rv = imc_sealed_store_new(&a->sealed, a->store, a->store_ud, cfg->key_file,
                               NULL);
+    if (rv == 0)
+      rv = imc_sealed_bus_new(&a->sealed_queue, a->queue, a->queue_ud,
+                              cfg->key_file, NULL);
     if (rv != 0) {
       hlog_error("--key-file: cannot load '%s': %s", cfg->key_file,
                  imc_strerror(rv));
@@ -239,6 +249,8 @@ static int open_store(app *a) {
     }
     a->store = imc_sealed_store_vtbl();
     a->store_ud = a->sealed;
+    a->queue = imc_sealed_bus_vtbl();
+    a->queue_ud = a->sealed_queue;
     hlog_info("encryption at rest: keys from %s", cfg->key_file);
   }
   return 0;
@@ -290,7 +302,7 @@ static int make_router(app *a) {
     imc_router_options_set_seq(opt, imc_sqlite_seq_vtbl(), a->db);
     imc_router_options_set_dedup(opt, imc_sqlite_dedup_vtbl(), a->db);
     imc_router_options_set_store(opt, a->store, a->store_ud);
-    imc_router_options_set_queue(opt, imc_sqlite_bus_vtbl(), a->db);
+    imc_router_options_set_queue(opt, a->queue, a->queue_ud);
     imc_router_options_set_group_bus(opt, imc_membus_vtbl(), a->bus);
     imc_router_options_set_gwlink(opt, imc_gateway_local_link(), a->gw);
     imc_router_options_set_log(opt, hlog_imc_cb, NULL, hlog_get_level());
@@ -323,7 +335,7 @@ static int make_worker(app *a) {
   imc_worker_options *opt = NULL;
   int rv = imc_worker_options_new(&opt, NULL);
   if (rv == 0) {
-    imc_worker_options_set_queue(opt, imc_sqlite_bus_vtbl(), a->db);
+    imc_worker_options_set_queue(opt, a->queue, a->queue_ud);
     imc_worker_options_set_store(opt, a->store, a->store_ud);
     imc_worker_options_set_dedup(opt, imc_sqlite_dedup_vtbl(), a->db);
     imc_worker_options_set_persisted(opt, imc_router_persisted, a->router);
@@ -389,6 +401,7 @@ static void app_free(app *a) {
   imc_api_del(a->api);
   imc_gateway_del(a->gw);
   imc_sealed_store_del(a->sealed);
+  imc_sealed_bus_del(a->sealed_queue);
   imc_memreg_del(a->reg);
   hloop_del(a->loop);
 }
