@@ -10,6 +10,18 @@
  * calls imc_gateway_on_timeout().
  *
  * One gateway belongs to one thread. Run one gateway per event loop.
+ *
+ * Rules for hosts:
+ *  - The transport's close may be called from any gateway call (a flush,
+ *    a timeout, a completion), for any connection: the host looks its
+ *    connection up again after each call instead of keeping pointers.
+ *  - While a connection's send returned IMC_ERR_WOULDBLOCK, stop reading
+ *    from it until it is writable again. Otherwise answers pile up and a
+ *    client that merely paused is closed as a slow reader.
+ *  - Vtable callbacks (upstream, registry, key source, HTTP handler) may
+ *    complete inside the call that started them and may call
+ *    imc_gateway_deliver, imc_gateway_push_status and
+ *    imc_http_reply_send from there; they must not delete the gateway.
  */
 #ifndef IMCHAT_GATEWAY_H
 #define IMCHAT_GATEWAY_H
@@ -225,7 +237,9 @@ IMC_EXTERN int imc_gateway_new(imc_gateway **out,
 
 /*
  * Releases the gateway and every connection still in it, without calling
- * the transport (the host closes its sockets itself).
+ * the transport (the host closes its sockets itself) or the upstream:
+ * un-ACKed pushes are dropped, so call imc_gateway_shutdown first to hand
+ * them back.
  */
 IMC_EXTERN void imc_gateway_del(imc_gateway *gw);
 
@@ -241,9 +255,11 @@ IMC_EXTERN int imc_gateway_conn_new(imc_gateway *gw, imc_conn **out,
                                     void *conn_ud);
 
 /*
- * Bytes received on c. Returns 0, or a negative IMC_ERR_* after which
- * the connection is gone: the transport's close has been called and c is
- * invalid. IMC_ERR_CLOSED means an orderly close.
+ * Bytes received on c. Returns 0; IMC_ERR_INVALID_ARGUMENT for NULL
+ * arguments (nothing else happens); or another negative IMC_ERR_* after
+ * which the connection is gone: the transport's close has been called and
+ * c is invalid. IMC_ERR_CLOSED means an orderly close, IMC_ERR_NOMEM that
+ * the connection was dropped for want of memory.
  */
 IMC_EXTERN int imc_gateway_conn_recv(imc_gateway *gw, imc_conn *c,
                                      const uint8_t *data, size_t len);
@@ -265,7 +281,8 @@ IMC_EXTERN void *imc_gateway_conn_get_user_data(const imc_conn *c);
 
 /*
  * Writes the queued output of every connection that has some through the
- * transport. Connections found broken are closed. Returns 0.
+ * transport. Connections found broken are closed. Returns 0, or
+ * IMC_ERR_INVALID_ARGUMENT if gw is NULL.
  */
 IMC_EXTERN int imc_gateway_flush(imc_gateway *gw);
 
@@ -275,14 +292,16 @@ IMC_EXTERN int imc_gateway_flush(imc_gateway *gw);
  */
 IMC_EXTERN int64_t imc_gateway_next_timeout_ms(imc_gateway *gw);
 
-/* Runs every deadline that is due. Returns 0. */
+/* Runs every deadline that is due. Returns 0, or IMC_ERR_INVALID_ARGUMENT
+ * if gw is NULL. */
 IMC_EXTERN int imc_gateway_on_timeout(imc_gateway *gw);
 
 /*
  * Graceful shutdown: refuse new connections, hand un-ACKed pushes to the
  * upstream's undelivered, and close every WebSocket with 1001 (plain HTTP
  * connections at once). The host keeps flushing until
- * imc_gateway_conn_count() is 0 or its patience ends. Returns 0.
+ * imc_gateway_conn_count() is 0 or its patience ends. Returns 0, or
+ * IMC_ERR_INVALID_ARGUMENT if gw is NULL.
  */
 IMC_EXTERN int imc_gateway_shutdown(imc_gateway *gw);
 

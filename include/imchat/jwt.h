@@ -10,6 +10,9 @@
 extern "C" {
 #endif
 
+/* The longest token imc_jwt_sign_hs256 writes, NUL included. */
+#define IMC_JWT_SIGN_MAX 2048
+
 /*
  * Writes an HS256 JWT with claims sub = user_id, did = device_id, iss =
  * issuer, aud = audience (each of the last three omitted when NULL or
@@ -17,7 +20,7 @@ extern "C" {
  * NUL-terminated). Returns the token length, IMC_ERR_INVALID_ARGUMENT
  * (empty secret, invalid ids, issuer or audience over 256 bytes or with
  * control characters), IMC_ERR_NOMEM or IMC_ERR_TOO_LARGE if out is too
- * small.
+ * small; IMC_JWT_SIGN_MAX bytes always suffice.
  */
 IMC_EXTERN int imc_jwt_sign_hs256(const uint8_t *secret, size_t secret_len,
                                   const char *user_id, const char *device_id,
