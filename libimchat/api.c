@@ -823,6 +823,8 @@ static const metric rt_metrics[] = {
      "Failed backend operations.", NULL},
     {IMC_RT_STAT_QUEUE_ERRORS, "imchat_router_queue_errors_total", COUNTER,
      "Failed offline-queue publishes.", NULL},
+    {IMC_RT_STAT_RETRY_QUEUE, "imchat_router_retry_queue_jobs", GAUGE,
+     "Slow-path jobs waiting to be queued again.", NULL},
 };
 
 static const metric wk_metrics[] = {

@@ -319,6 +319,7 @@ static void retry_done(void *ud, int status) {
   r->retries = t->next;
   if (r->retries == NULL)
     r->retries_tail = NULL;
+  r->stats[IMC_RT_STAT_RETRY_QUEUE]--;
   imc_free(&r->mem, t);
   r->retry_ms = 0;
   r->retry_at = 0;
@@ -339,6 +340,7 @@ static void queue_done(void *ud, int status) {
          imc_strerror(status));
   q->next = NULL;
   int was_empty = r->retries == NULL;
+  r->stats[IMC_RT_STAT_RETRY_QUEUE]++;
   if (r->retries_tail)
     r->retries_tail->next = q;
   else

@@ -525,6 +525,7 @@ START_TEST(undelivered_retried_until_queued) {
   M.queue_fail = 3;
   imc_router_undelivered(R, &m, "bob");
   ck_assert_int_eq(M.n_jobs, 1);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_RETRY_QUEUE), 1);
   for (int i = 0; i < 10 && M.n_jobs == 1; i++) {
     int64_t t = imc_router_next_timeout_ms(R);
     ck_assert_int_ge(t, 0);
@@ -534,6 +535,7 @@ START_TEST(undelivered_retried_until_queued) {
   ck_assert_int_eq(M.n_jobs, 2);
   ck_assert_int_eq(imc_router_next_timeout_ms(R), -1);
   ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_QUEUE_ERRORS), 3);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_RETRY_QUEUE), 0);
 }
 END_TEST
 

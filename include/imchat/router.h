@@ -201,6 +201,7 @@ typedef enum imc_router_stat {
   IMC_RT_STAT_MASKED,         /* bodies masked by the filter */
   IMC_RT_STAT_BACKEND_ERRORS, /* failed backend operations */
   IMC_RT_STAT_QUEUE_ERRORS,   /* failed offline-queue publishes */
+  IMC_RT_STAT_RETRY_QUEUE,    /* gauge: jobs waiting to be queued again */
   IMC_RT_STAT_COUNT_
 } imc_router_stat;
 
