@@ -17,6 +17,7 @@
 #define BATCH_MAX 128
 
 struct imc_fanout {
+  void *user_data;
   imc_mem mem;
   imc_gateway *gw;
   imc_bus_vtbl bus;
@@ -210,4 +211,12 @@ void imc_fanout_invalidate(imc_fanout *f, const char *group_id) {
 
 size_t imc_fanout_pending(const imc_fanout *f) {
   return f ? f->pending + imc_members_pending(f->members) : 0;
+}
+
+void imc_fanout_set_user_data(imc_fanout *f, void *ud) {
+  f->user_data = ud;
+}
+
+void *imc_fanout_get_user_data(const imc_fanout *f) {
+  return f->user_data;
 }

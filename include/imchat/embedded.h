@@ -24,6 +24,8 @@ typedef struct imc_memreg imc_memreg;
 IMC_EXTERN int imc_memreg_new(imc_memreg **out, const imc_clock *clock,
                               const imc_mem *mem);
 IMC_EXTERN void imc_memreg_del(imc_memreg *reg);
+IMC_EXTERN void imc_memreg_set_user_data(imc_memreg *reg, void *ud);
+IMC_EXTERN void *imc_memreg_get_user_data(const imc_memreg *reg);
 /* The vtable; its ud is the imc_memreg. */
 IMC_EXTERN const imc_registry_vtbl *imc_memreg_vtbl(void);
 /* Live entries held (for metrics and tests). */
@@ -77,6 +79,8 @@ IMC_EXTERN int imc_sqlite_new(imc_sqlite **out, const char *path,
  * IMC_ERR_CLOSED. NULL is a no-op.
  */
 IMC_EXTERN void imc_sqlite_del(imc_sqlite *db);
+IMC_EXTERN void imc_sqlite_set_user_data(imc_sqlite *db, void *ud);
+IMC_EXTERN void *imc_sqlite_get_user_data(const imc_sqlite *db);
 /*
  * Why the last operation failed with IMC_ERR_IO (or another storage
  * error); "" if none has. Valid until the next call on db.
@@ -119,6 +123,8 @@ typedef struct imc_membus imc_membus;
 IMC_EXTERN int imc_membus_new(imc_membus **out, const imc_mem *mem);
 /* Outstanding polls complete first with IMC_ERR_CLOSED. NULL is a no-op. */
 IMC_EXTERN void imc_membus_del(imc_membus *bus);
+IMC_EXTERN void imc_membus_set_user_data(imc_membus *bus, void *ud);
+IMC_EXTERN void *imc_membus_get_user_data(const imc_membus *bus);
 /* The vtable; its ud is the imc_membus. */
 IMC_EXTERN const imc_bus_vtbl *imc_membus_vtbl(void);
 /*
@@ -190,6 +196,8 @@ IMC_EXTERN int imc_sealed_store_reload(imc_sealed_store *s);
  * completed. The inner store is not deleted. NULL is a no-op.
  */
 IMC_EXTERN void imc_sealed_store_del(imc_sealed_store *s);
+IMC_EXTERN void imc_sealed_store_set_user_data(imc_sealed_store *s, void *ud);
+IMC_EXTERN void *imc_sealed_store_get_user_data(const imc_sealed_store *s);
 /* The vtable; its ud is the imc_sealed_store. */
 IMC_EXTERN const imc_store_vtbl *imc_sealed_store_vtbl(void);
 /*
@@ -223,6 +231,8 @@ IMC_EXTERN int imc_sealed_bus_new(imc_sealed_bus **out,
 IMC_EXTERN int imc_sealed_bus_reload(imc_sealed_bus *b);
 /* Free b; every operation started through it must have completed. */
 IMC_EXTERN void imc_sealed_bus_del(imc_sealed_bus *b);
+IMC_EXTERN void imc_sealed_bus_set_user_data(imc_sealed_bus *b, void *ud);
+IMC_EXTERN void *imc_sealed_bus_get_user_data(const imc_sealed_bus *b);
 /* The vtable; its ud is the imc_sealed_bus. */
 IMC_EXTERN const imc_bus_vtbl *imc_sealed_bus_vtbl(void);
 /* Envelopes that failed to open since b was created. */

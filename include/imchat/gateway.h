@@ -361,6 +361,8 @@ IMC_EXTERN int imc_fanout_new(imc_fanout **out, imc_gateway *gw,
                               const imc_mem *mem);
 /* The host must let pending operations complete first. */
 IMC_EXTERN void imc_fanout_del(imc_fanout *f);
+IMC_EXTERN void imc_fanout_set_user_data(imc_fanout *f, void *ud);
+IMC_EXTERN void *imc_fanout_get_user_data(const imc_fanout *f);
 /* Starts polling. Returns 0 or the error of the bus's poll. */
 IMC_EXTERN int imc_fanout_start(imc_fanout *f);
 /* No new polls; the batch in hand is finished. */

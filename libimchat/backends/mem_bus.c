@@ -45,7 +45,8 @@ typedef struct mb_topic {
 } mb_topic;
 
 struct imc_membus {
-  const imc_mem *mem;
+  imc_mem mem;
+  void *user_data;
   mb_topic **topics;
   size_t n_topics, cap_topics;
   size_t n_records;
@@ -84,12 +85,12 @@ static mb_topic *topic_get(imc_membus *bus, const char *name) {
   for (size_t i = 0; i < bus->n_topics; i++)
     if (strcmp(bus->topics[i]->name, name) == 0)
       return bus->topics[i];
-  mb_topic **topics = grow(bus->mem, bus->topics, &bus->cap_topics,
+  mb_topic **topics = grow(&bus->mem, bus->topics, &bus->cap_topics,
                            bus->n_topics, sizeof(*topics));
   if (topics == NULL)
     return NULL;
   bus->topics = topics;
-  mb_topic *t = alloc_named(bus->mem, sizeof(*t), name);
+  mb_topic *t = alloc_named(&bus->mem, sizeof(*t), name);
   if (t == NULL)
     return NULL;
   t->name = (const char *)(t + 1);
@@ -103,11 +104,11 @@ static mb_group *group_get(imc_membus *bus, mb_topic *t, const char *name) {
     if (strcmp(t->groups[i]->name, name) == 0)
       return t->groups[i];
   mb_group **groups =
-      grow(bus->mem, t->groups, &t->cap_groups, t->n_groups, sizeof(*groups));
+      grow(&bus->mem, t->groups, &t->cap_groups, t->n_groups, sizeof(*groups));
   if (groups == NULL)
     return NULL;
   t->groups = groups;
-  mb_group *g = alloc_named(bus->mem, sizeof(*g), name);
+  mb_group *g = alloc_named(&bus->mem, sizeof(*g), name);
   if (g == NULL)
     return NULL;
   g->name = (const char *)(g + 1);
@@ -124,7 +125,7 @@ static void trim(imc_membus *bus, mb_topic *t) {
     if (t->groups[i]->committed < low)
       low = t->groups[i]->committed;
   while (t->head < t->end && t->recs[t->head]->offset <= low) {
-    imc_free(bus->mem, t->recs[t->head++]);
+    imc_free(&bus->mem, t->recs[t->head++]);
     bus->n_records--;
   }
   if (t->head == t->end)
@@ -166,11 +167,11 @@ static int mb_publish(void *ud, const char *topic, const uint8_t *key,
     t->end -= t->head;
     t->head = 0;
   }
-  mb_record **recs = grow(bus->mem, t->recs, &t->cap, t->end, sizeof(*recs));
+  mb_record **recs = grow(&bus->mem, t->recs, &t->cap, t->end, sizeof(*recs));
   if (recs == NULL)
     return IMC_ERR_NOMEM;
   t->recs = recs;
-  mb_record *r = imc_malloc(bus->mem, sizeof(*r) + key_len + value_len);
+  mb_record *r = imc_malloc(&bus->mem, sizeof(*r) + key_len + value_len);
   if (r == NULL)
     return IMC_ERR_NOMEM;
   r->offset = t->next_offset++;
@@ -240,7 +241,7 @@ static int deliver(imc_membus *bus, mb_topic *t, mb_group *g) {
   if (n > g->max)
     n = g->max;
   g->pending = 0;
-  imc_bus_record *recs = imc_malloc(bus->mem, n * sizeof(*recs));
+  imc_bus_record *recs = imc_malloc(&bus->mem, n * sizeof(*recs));
   if (recs == NULL) {
     g->done(g->done_ud, IMC_ERR_NOMEM, NULL, 0);
     return 1;
@@ -260,7 +261,7 @@ static int deliver(imc_membus *bus, mb_topic *t, mb_group *g) {
   bus->delivering = t;
   g->done(g->done_ud, 0, recs, n);
   bus->delivering = NULL;
-  imc_free(bus->mem, recs);
+  imc_free(&bus->mem, recs);
   if (t->trim_pending) {
     t->trim_pending = 0;
     trim(bus, t);
@@ -300,7 +301,7 @@ int imc_membus_new(imc_membus **out, const imc_mem *mem) {
   imc_membus *bus = imc_calloc(mem, 1, sizeof(*bus));
   if (bus == NULL)
     return IMC_ERR_NOMEM;
-  bus->mem = mem;
+  bus->mem = *mem;
   bus->max_records = MEMBUS_DEFAULT_MAX;
   *out = bus;
   return 0;
@@ -323,15 +324,16 @@ void imc_membus_del(imc_membus *bus) {
   for (size_t i = 0; i < bus->n_topics; i++) {
     mb_topic *t = bus->topics[i];
     for (size_t j = t->head; j < t->end; j++)
-      imc_free(bus->mem, t->recs[j]);
+      imc_free(&bus->mem, t->recs[j]);
     for (size_t j = 0; j < t->n_groups; j++)
-      imc_free(bus->mem, t->groups[j]);
-    imc_free(bus->mem, t->recs);
-    imc_free(bus->mem, t->groups);
-    imc_free(bus->mem, t);
+      imc_free(&bus->mem, t->groups[j]);
+    imc_free(&bus->mem, t->recs);
+    imc_free(&bus->mem, t->groups);
+    imc_free(&bus->mem, t);
   }
-  imc_free(bus->mem, bus->topics);
-  imc_free(bus->mem, bus);
+  imc_free(&bus->mem, bus->topics);
+  imc_mem m = bus->mem;
+  imc_free(&m, bus);
 }
 
 int imc_membus_set_max_records(imc_membus *bus, size_t max) {
@@ -354,4 +356,12 @@ static const imc_bus_vtbl membus_vtbl = {
 
 const imc_bus_vtbl *imc_membus_vtbl(void) {
   return &membus_vtbl;
+}
+
+void imc_membus_set_user_data(imc_membus *bus, void *ud) {
+  bus->user_data = ud;
+}
+
+void *imc_membus_get_user_data(const imc_membus *bus) {
+  return bus->user_data;
 }

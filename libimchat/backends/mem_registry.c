@@ -61,6 +61,7 @@ typedef struct watch {
 } watch;
 
 struct imc_memreg {
+  void *user_data;
   imc_mem mem;
   imc_clock clock;
   user **buckets;
@@ -471,4 +472,12 @@ size_t imc_memreg_size(imc_memreg *reg) {
       for (dev *d = u->devs; d; d = d->next)
         n += d->expires_at > now;
   return n;
+}
+
+void imc_memreg_set_user_data(imc_memreg *reg, void *ud) {
+  reg->user_data = ud;
+}
+
+void *imc_memreg_get_user_data(const imc_memreg *reg) {
+  return reg->user_data;
 }

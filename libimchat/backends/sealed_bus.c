@@ -23,6 +23,7 @@
 #include <openssl/crypto.h>
 
 struct imc_sealed_bus {
+  void *user_data;
   imc_mem mem;
   imc_bus_vtbl inner;
   void *inner_ud;
@@ -187,4 +188,12 @@ static const imc_bus_vtbl sealed_vtbl = {sizeof(imc_bus_vtbl), sealed_publish,
 
 const imc_bus_vtbl *imc_sealed_bus_vtbl(void) {
   return &sealed_vtbl;
+}
+
+void imc_sealed_bus_set_user_data(imc_sealed_bus *b, void *ud) {
+  b->user_data = ud;
+}
+
+void *imc_sealed_bus_get_user_data(const imc_sealed_bus *b) {
+  return b->user_data;
 }

@@ -27,6 +27,7 @@
 #include <openssl/crypto.h>
 
 struct imc_sealed_store {
+  void *user_data;
   imc_mem mem;
   imc_store_vtbl inner; /* copied: members past its struct_size are NULL */
   void *inner_ud;
@@ -415,4 +416,12 @@ static const imc_store_vtbl sealed_vtbl = {
 
 const imc_store_vtbl *imc_sealed_store_vtbl(void) {
   return &sealed_vtbl;
+}
+
+void imc_sealed_store_set_user_data(imc_sealed_store *s, void *ud) {
+  s->user_data = ud;
+}
+
+void *imc_sealed_store_get_user_data(const imc_sealed_store *s) {
+  return s->user_data;
 }

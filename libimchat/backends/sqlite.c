@@ -280,8 +280,8 @@ int imc_sqlite_new(imc_sqlite **out, const char *path, const imc_clock *clock,
   imc_sqlite *db = imc_calloc(mem, 1, sizeof(*db));
   if (db == NULL)
     return IMC_ERR_NOMEM;
-  db->mem = mem;
-  db->clock = clock ? clock : imc_clock_default();
+  db->mem = *mem;
+  db->clock = clock ? *clock : *imc_clock_default();
 
   int rc = sqlite3_open_v2(
       path, &db->db,
@@ -306,9 +306,18 @@ void imc_sqlite_del(imc_sqlite *db) {
     return;
   imc_sq_queue_close(db, IMC_ERR_CLOSED);
   close_conn(db);
-  imc_free(db->mem, db);
+  imc_mem m = db->mem;
+  imc_free(&m, db);
 }
 
 const char *imc_sqlite_errmsg(imc_sqlite *db) {
   return db ? db->errmsg : "no database";
+}
+
+void imc_sqlite_set_user_data(imc_sqlite *db, void *ud) {
+  db->user_data = ud;
+}
+
+void *imc_sqlite_get_user_data(const imc_sqlite *db) {
+  return db->user_data;
 }

@@ -57,8 +57,9 @@ typedef struct imc_sq_consumer {
 } imc_sq_consumer;
 
 struct imc_sqlite {
-  const imc_mem *mem;
-  const imc_clock *clock;
+  imc_mem mem;
+  imc_clock clock;
+  void *user_data;
   sqlite3 *db; /* NULL if imc_sqlite_new() failed with IMC_ERR_IO */
   sqlite3_stmt *st[SQ_COUNT];
   int bind_rc; /* first failed bind since the last imc_sq_step() */

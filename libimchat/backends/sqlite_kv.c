@@ -54,7 +54,7 @@ const imc_seq_vtbl *imc_sqlite_seq_vtbl(void) {
  * monotonic clock starts again at boot.
  */
 static int64_t expiry(imc_sqlite *db, uint32_t ttl_s) {
-  return imc_clock_wall(db->clock) + (int64_t)ttl_s * 1000;
+  return imc_clock_wall(&db->clock) + (int64_t)ttl_s * 1000;
 }
 
 static int dedup_check(imc_sqlite *db, const char *key, const void *value,
@@ -79,7 +79,7 @@ static int dedup_lookup(imc_sqlite *db, const char *key, int *found,
                         uint8_t **copy, size_t *len) {
   sqlite3_stmt *st = imc_sq_get(db, SQ_DEDUP_GET);
   imc_sq_text(db, st, 1, key);
-  imc_sq_int(db, st, 2, imc_clock_wall(db->clock));
+  imc_sq_int(db, st, 2, imc_clock_wall(&db->clock));
   int rc = imc_sq_step(db, st);
   int rv = 0;
   *found = 0;
@@ -89,7 +89,7 @@ static int dedup_lookup(imc_sqlite *db, const char *key, int *found,
     *found = 1;
     *len = (size_t)sqlite3_column_bytes(st, 0);
     if (*len) {
-      *copy = imc_malloc(db->mem, *len);
+      *copy = imc_malloc(&db->mem, *len);
       if (*copy == NULL)
         rv = IMC_ERR_NOMEM;
       else
@@ -141,11 +141,11 @@ static int dedup_test_and_set(void *ud, const char *key, const uint8_t *value,
   else
     imc_sq_rollback(db);
   if (rv < 0) {
-    imc_free(db->mem, copy);
+    imc_free(&db->mem, copy);
     return rv;
   }
   done(done_ud, 0, found, found_value(found, copy), len);
-  imc_free(db->mem, copy);
+  imc_free(&db->mem, copy);
   return 0;
 }
 
@@ -174,7 +174,7 @@ static int dedup_get(void *ud, const char *key, imc_dedup_cb done,
   if ((rv = dedup_lookup(db, key, &found, &copy, &len)) < 0)
     return rv;
   done(done_ud, 0, found, found_value(found, copy), len);
-  imc_free(db->mem, copy);
+  imc_free(&db->mem, copy);
   return 0;
 }
 

@@ -38,7 +38,7 @@ static imc_sq_consumer *consumer_find(imc_sqlite *db, const char *topic,
 static imc_sq_consumer *consumer_new(imc_sqlite *db, const char *topic,
                                      const char *group) {
   size_t tl = strlen(topic) + 1, gl = strlen(group) + 1;
-  imc_sq_consumer *c = imc_calloc(db->mem, 1, sizeof(*c) + tl + gl);
+  imc_sq_consumer *c = imc_calloc(&db->mem, 1, sizeof(*c) + tl + gl);
   if (c == NULL)
     return NULL;
   c->topic = (char *)(c + 1);
@@ -51,7 +51,8 @@ static imc_sq_consumer *consumer_new(imc_sqlite *db, const char *topic,
 static int consumer_insert(imc_sqlite *db, imc_sq_consumer *c) {
   if (db->n_consumers == db->cap_consumers) {
     size_t cap = db->cap_consumers ? db->cap_consumers * 2 : 8;
-    imc_sq_consumer **a = imc_realloc(db->mem, db->consumers, cap * sizeof(*a));
+    imc_sq_consumer **a =
+        imc_realloc(&db->mem, db->consumers, cap * sizeof(*a));
     if (a == NULL)
       return IMC_ERR_NOMEM;
     db->consumers = a;
@@ -104,7 +105,7 @@ static int q_poll(void *ud, const char *topic, const char *group, size_t max,
       return IMC_ERR_NOMEM;
     if ((rv = join(db, topic, group, &committed)) < 0 ||
         (rv = consumer_insert(db, c)) < 0) {
-      imc_free(db->mem, c);
+      imc_free(&db->mem, c);
       return rv;
     }
     c->pos = committed;
@@ -194,15 +195,15 @@ typedef struct batch {
 
 static void batch_free(imc_sqlite *db, batch *b) {
   for (size_t i = 0; i < b->n; i++)
-    imc_free(db->mem, (void *)b->recs[i].key);
-  imc_free(db->mem, b->recs);
+    imc_free(&db->mem, (void *)b->recs[i].key);
+  imc_free(&db->mem, b->recs);
 }
 
 /* Copy the current row; key and value share one allocation. */
 static int batch_add(imc_sqlite *db, batch *b, sqlite3_stmt *st) {
   if (b->n == b->cap) {
     size_t cap = b->cap ? b->cap * 2 : 16;
-    imc_bus_record *recs = imc_realloc(db->mem, b->recs, cap * sizeof(*recs));
+    imc_bus_record *recs = imc_realloc(&db->mem, b->recs, cap * sizeof(*recs));
     if (recs == NULL)
       return IMC_ERR_NOMEM;
     b->recs = recs;
@@ -212,7 +213,7 @@ static int batch_add(imc_sqlite *db, batch *b, sqlite3_stmt *st) {
   size_t kl = k ? (size_t)sqlite3_column_bytes(st, 1) : 0;
   const void *v = sqlite3_column_blob(st, 2);
   size_t vl = v ? (size_t)sqlite3_column_bytes(st, 2) : 0;
-  uint8_t *data = imc_malloc(db->mem, kl + vl + 1);
+  uint8_t *data = imc_malloc(&db->mem, kl + vl + 1);
   if (data == NULL)
     return IMC_ERR_NOMEM;
   if (kl)
@@ -286,8 +287,8 @@ void imc_sq_queue_close(imc_sqlite *db, int status) {
     }
   }
   for (size_t i = 0; i < db->n_consumers; i++)
-    imc_free(db->mem, db->consumers[i]);
-  imc_free(db->mem, db->consumers);
+    imc_free(&db->mem, db->consumers[i]);
+  imc_free(&db->mem, db->consumers);
   db->consumers = NULL;
   db->n_consumers = db->cap_consumers = 0;
 }

@@ -135,7 +135,7 @@ static imc_msg *copy_row(imc_sqlite *db, sqlite3_stmt *st) {
     c[i].n = c[i].p ? (size_t)sqlite3_column_bytes(st, i) : 0;
     need += c[i].n + 1;
   }
-  imc_msg *m = imc_malloc(db->mem, need);
+  imc_msg *m = imc_malloc(&db->mem, need);
   if (m == NULL)
     return NULL;
   char *p = (char *)(m + 1);
@@ -163,18 +163,19 @@ typedef struct page {
 
 static void page_free(imc_sqlite *db, page *pg) {
   for (size_t i = 0; i < pg->n; i++)
-    imc_free(db->mem, (void *)pg->msgs[i]);
-  imc_free(db->mem, pg->msgs);
-  imc_free(db->mem, pg->cursors);
+    imc_free(&db->mem, (void *)pg->msgs[i]);
+  imc_free(&db->mem, pg->msgs);
+  imc_free(&db->mem, pg->cursors);
 }
 
 static int page_grow(imc_sqlite *db, page *pg) {
   size_t cap = pg->cap ? pg->cap * 2 : 16;
-  const imc_msg **msgs = imc_realloc(db->mem, pg->msgs, cap * sizeof(*msgs));
+  const imc_msg **msgs = imc_realloc(&db->mem, pg->msgs, cap * sizeof(*msgs));
   if (msgs == NULL)
     return IMC_ERR_NOMEM;
   pg->msgs = msgs;
-  uint64_t *cursors = imc_realloc(db->mem, pg->cursors, cap * sizeof(*cursors));
+  uint64_t *cursors =
+      imc_realloc(&db->mem, pg->cursors, cap * sizeof(*cursors));
   if (cursors == NULL)
     return IMC_ERR_NOMEM;
   pg->cursors = cursors;
@@ -254,7 +255,7 @@ static int purge_all(imc_sqlite *db, int64_t before_ms) {
    * time so the host needs one retention timer, not two. */
   if (rv == 0) {
     st = imc_sq_get(db, SQ_DEDUP_PRUNE);
-    imc_sq_int(db, st, 1, imc_clock_wall(db->clock));
+    imc_sq_int(db, st, 1, imc_clock_wall(&db->clock));
     rv = imc_sq_run(db, st, "purge dedup");
   }
   return rv;
@@ -321,8 +322,8 @@ typedef struct strlist {
 
 static void strlist_free(imc_sqlite *db, strlist *l) {
   for (size_t i = 0; i < l->n; i++)
-    imc_free(db->mem, l->items[i]);
-  imc_free(db->mem, l->items);
+    imc_free(&db->mem, l->items[i]);
+  imc_free(&db->mem, l->items);
 }
 
 static int strlist_read(imc_sqlite *db, sqlite3_stmt *st, strlist *l) {
@@ -330,7 +331,7 @@ static int strlist_read(imc_sqlite *db, sqlite3_stmt *st, strlist *l) {
   while ((rc = imc_sq_step(db, st)) == SQLITE_ROW) {
     if (l->n == l->cap) {
       size_t cap = l->cap ? l->cap * 2 : 16;
-      char **items = imc_realloc(db->mem, l->items, cap * sizeof(*items));
+      char **items = imc_realloc(&db->mem, l->items, cap * sizeof(*items));
       if (items == NULL)
         return IMC_ERR_NOMEM;
       l->items = items;
@@ -338,7 +339,7 @@ static int strlist_read(imc_sqlite *db, sqlite3_stmt *st, strlist *l) {
     }
     const char *s = (const char *)sqlite3_column_text(st, 0);
     size_t len = s ? (size_t)sqlite3_column_bytes(st, 0) : 0;
-    char *copy = imc_strndup(db->mem, s ? s : "", len);
+    char *copy = imc_strndup(&db->mem, s ? s : "", len);
     if (copy == NULL)
       return IMC_ERR_NOMEM;
     l->items[l->n++] = copy;
