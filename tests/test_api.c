@@ -300,36 +300,6 @@ static const imc_gwlink_vtbl gwlink_vt = {sizeof(imc_gwlink_vtbl), l_deliver,
 /* Transport: one client socket                                         */
 /* ------------------------------------------------------------------ */
 
-typedef struct client {
-  uint8_t *out;
-  size_t len, cap;
-  int closed;
-} client;
-
-static ssize_t t_send(void *ud, void *conn_ud, const struct iovec *iov, int n) {
-  client *c = conn_ud;
-  (void)ud;
-  size_t total = 0;
-  for (int i = 0; i < n; i++) {
-    if (c->len + iov[i].iov_len > c->cap) {
-      c->cap = (c->len + iov[i].iov_len) * 2;
-      c->out = realloc(c->out, c->cap);
-    }
-    memcpy(c->out + c->len, iov[i].iov_base, iov[i].iov_len);
-    c->len += iov[i].iov_len;
-    total += iov[i].iov_len;
-  }
-  return (ssize_t)total;
-}
-
-static void t_close(void *ud, void *conn_ud) {
-  (void)ud;
-  ((client *)conn_ud)->closed++;
-}
-
-static const imc_transport_vtbl transport_vt = {sizeof(imc_transport_vtbl),
-                                                t_send, t_close};
-
 /* ------------------------------------------------------------------ */
 /* Harness                                                              */
 /* ------------------------------------------------------------------ */
@@ -343,7 +313,7 @@ typedef struct harness {
   imc_router *rt;
   imc_api *api;
   imc_gateway *gw;
-  client cl;
+  test_sock cl;
   imc_conn *c;
   int changed; /* group_changed calls */
   int log_lines, warnings;
@@ -396,8 +366,8 @@ static imc_gateway *make_gateway(const imc_mem *mem, imc_api *api) {
   imc_gateway_options *o;
   imc_gateway *gw;
   ck_assert_int_eq(imc_gateway_options_new(&o, mem), 0);
-  ck_assert_int_eq(imc_gateway_options_set_transport(o, &transport_vt, NULL),
-                   0);
+  ck_assert_int_eq(
+      imc_gateway_options_set_transport(o, &test_sock_transport, NULL), 0);
   ck_assert_int_eq(imc_gateway_options_set_jwt_secret(
                        o, (const uint8_t *)SECRET, strlen(SECRET)),
                    0);
@@ -1267,7 +1237,7 @@ static int alloc_req(imc_gateway *gw, const char *method, const char *target,
                    "%s %s HTTP/1.1\r\nAuthorization: Bearer %s\r\n"
                    "Accept: %s\r\n\r\n",
                    method, target, bearer, accept);
-  client cl = {NULL, 0, 0, 0};
+  test_sock cl = {0};
   imc_conn *c;
   int rv = imc_gateway_conn_new(gw, &c, &cl);
   if (rv != 0)
@@ -1322,7 +1292,7 @@ static int alloc_pass(test_mem *tm, int *nomem) {
   if (rv == 0)
     rv = imc_gateway_options_new(&go, &tm->mem);
   if (rv == 0)
-    rv = imc_gateway_options_set_transport(go, &transport_vt, NULL);
+    rv = imc_gateway_options_set_transport(go, &test_sock_transport, NULL);
   if (rv == 0)
     rv = imc_gateway_options_set_jwt_secret(go, (const uint8_t *)SECRET,
                                             strlen(SECRET));

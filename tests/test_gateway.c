@@ -24,11 +24,7 @@
 /* ------------------------------------------------------------------ */
 
 typedef struct mock {
-  uint8_t *out; /* everything written to the "socket" */
-  size_t out_len, out_cap;
-  size_t pos; /* parse position of the client side */
-  int closed;
-  int block; /* send returns WOULDBLOCK */
+  test_sock sock; /* the client's socket */
   /* registry calls */
   int reg, renew, unreg;
   char reg_user[80], reg_device[80], reg_node[80];
@@ -43,32 +39,6 @@ typedef struct mock {
   imc_key_cb key_cb;
   void *key_ud;
 } mock;
-
-static ssize_t m_send(void *ud, void *conn_ud, const struct iovec *iov, int n) {
-  mock *m = conn_ud;
-  (void)ud;
-  if (m->block)
-    return IMC_ERR_WOULDBLOCK;
-  size_t total = 0;
-  for (int i = 0; i < n; i++) {
-    if (m->out_len + iov[i].iov_len > m->out_cap) {
-      m->out_cap = (m->out_len + iov[i].iov_len) * 2;
-      m->out = realloc(m->out, m->out_cap);
-    }
-    memcpy(m->out + m->out_len, iov[i].iov_base, iov[i].iov_len);
-    m->out_len += iov[i].iov_len;
-    total += iov[i].iov_len;
-  }
-  return (ssize_t)total;
-}
-
-static void m_close(void *ud, void *conn_ud) {
-  (void)ud;
-  ((mock *)conn_ud)->closed++;
-}
-
-static const imc_transport_vtbl transport = {sizeof(imc_transport_vtbl), m_send,
-                                             m_close};
 
 static int r_register(void *ud, const imc_reg_entry *e, uint32_t ttl,
                       imc_done_cb done, void *done_ud) {
@@ -171,8 +141,8 @@ static void h_setup_with(void (*tweak)(imc_gateway_options *)) {
   test_clock_init(&H.tc, T0);
   test_mem_init(&H.tm);
   ck_assert_int_eq(imc_gateway_options_new(&H.opt, &H.tm.mem), 0);
-  ck_assert_int_eq(imc_gateway_options_set_transport(H.opt, &transport, NULL),
-                   0);
+  ck_assert_int_eq(
+      imc_gateway_options_set_transport(H.opt, &test_sock_transport, NULL), 0);
   ck_assert_int_eq(imc_gateway_options_set_registry(H.opt, &registry, &H.m), 0);
   ck_assert_int_eq(imc_gateway_options_set_clock(H.opt, &H.tc.clock), 0);
   if (!no_secret)
@@ -183,7 +153,7 @@ static void h_setup_with(void (*tweak)(imc_gateway_options *)) {
   if (tweak)
     tweak(H.opt);
   ck_assert_int_eq(imc_gateway_new(&H.gw, H.opt, &H.tm.mem), 0);
-  ck_assert_int_eq(imc_gateway_conn_new(H.gw, &H.c, &H.m), 0);
+  ck_assert_int_eq(imc_gateway_conn_new(H.gw, &H.c, &H.m.sock), 0);
 }
 
 static void h_setup(void) {
@@ -193,7 +163,7 @@ static void h_setup(void) {
 static void h_teardown(void) {
   imc_gateway_del(H.gw);
   imc_gateway_options_del(H.opt);
-  free(H.m.out);
+  free(H.m.sock.out);
   ck_assert_int_eq(H.tm.live, 0);
 }
 
@@ -238,18 +208,18 @@ static const char *upgrade_req(char *buf, size_t cap, const char *token) {
 /* Parses the HTTP answer at the client's position: status, and the
  * whole head in head (for header checks). */
 static int read_http(char *head, size_t cap, char **body) {
-  const char *p = (const char *)H.m.out + H.m.pos;
-  size_t avail = H.m.out_len - H.m.pos;
+  const char *p = (const char *)H.m.sock.out + H.m.sock.pos;
+  size_t avail = H.m.sock.len - H.m.sock.pos;
   const char *end = memmem(p, avail, "\r\n\r\n", 4);
   ck_assert_msg(end != NULL, "no complete HTTP answer");
   size_t hl = (size_t)(end - p) + 4;
   ck_assert_uint_lt(hl, cap);
   memcpy(head, p, hl);
   head[hl] = '\0';
-  H.m.pos += hl;
+  H.m.sock.pos += hl;
   if (body) {
-    *body = (char *)H.m.out + H.m.pos;
-    H.m.pos = H.m.out_len;
+    *body = (char *)H.m.sock.out + H.m.sock.pos;
+    H.m.sock.pos = H.m.sock.len;
   }
   int status = 0;
   sscanf(head, "HTTP/1.1 %d", &status);
@@ -266,8 +236,8 @@ static wsframe F;
 
 /* Parses the next server frame; 0 if there is none yet. */
 static int next_ws(void) {
-  const uint8_t *p = H.m.out + H.m.pos;
-  size_t avail = H.m.out_len - H.m.pos;
+  const uint8_t *p = H.m.sock.out + H.m.sock.pos;
+  size_t avail = H.m.sock.len - H.m.sock.pos;
   if (avail < 2)
     return 0;
   F.fin = p[0] >> 7;
@@ -287,7 +257,7 @@ static int next_ws(void) {
     return 0;
   memcpy(F.payload, p + off, len);
   F.len = len;
-  H.m.pos += off + len;
+  H.m.sock.pos += off + len;
   return 1;
 }
 
@@ -399,12 +369,12 @@ static void expect_close(int code) {
   ck_assert_int_eq(next_ws(), 1);
   ck_assert_int_eq(close_code(), code);
   uint8_t cl[2] = {(uint8_t)(code >> 8), (uint8_t)code};
-  if (!H.m.closed) {
+  if (!H.m.sock.closed) {
     size_t n = ws_frame(wbuf, 1, 8, 0, cl, 2, 1);
     imc_gateway_conn_recv(H.gw, H.c, wbuf, n);
     imc_gateway_flush(H.gw);
   }
-  ck_assert_int_eq(H.m.closed, 1);
+  ck_assert_int_eq(H.m.sock.closed, 1);
   ck_assert_uint_eq(imc_gateway_conn_count(H.gw), 0);
 }
 
@@ -522,7 +492,7 @@ static void expect_http_error(const char *req, int status, const char *header) {
   ck_assert_ptr_nonnull(strstr(head, "Content-Type: application/json"));
   ck_assert_msg(strncmp(body, "{\"error\":{\"code\":\"", 18) == 0, "body %s",
                 body);
-  ck_assert_int_eq(H.m.closed, 1);
+  ck_assert_int_eq(H.m.sock.closed, 1);
   ck_assert_int_eq(H.m.reg, 0);
 }
 
@@ -587,7 +557,7 @@ START_TEST(healthz) {
   char head[1024];
   char *body;
   ck_assert_int_eq(h_recv_str("GET /healthz HTTP/1.1\r\n\r\n"), 0);
-  ck_assert_int_eq(H.m.closed, 1);
+  ck_assert_int_eq(H.m.sock.closed, 1);
   ck_assert_int_eq(read_http(head, sizeof(head), &body), 200);
   ck_assert_ptr_nonnull(strstr(body, "\"ok\""));
 }
@@ -596,10 +566,10 @@ END_TEST
 START_TEST(handshake_timeout) {
   ck_assert_int_eq(h_recv_str("GET /ws HTTP/1.1\r\n"), 0);
   h_advance(9999);
-  ck_assert_int_eq(H.m.closed, 0);
+  ck_assert_int_eq(H.m.sock.closed, 0);
   ck_assert_int_eq(imc_gateway_next_timeout_ms(H.gw), 1);
   h_advance(1);
-  ck_assert_int_eq(H.m.closed, 1);
+  ck_assert_int_eq(H.m.sock.closed, 1);
   ck_assert_uint_eq(imc_gateway_conn_count(H.gw), 0);
   ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_HANDSHAKE_TIMEOUTS),
                     1);
@@ -789,7 +759,7 @@ START_TEST(auth_keysrc_async) {
                0);
   ck_assert_int_eq(h_recv_str(upgrade_req(req, sizeof(req), tok)), 0);
   ck_assert(H.m.key_cb != NULL);
-  ck_assert_uint_eq(H.m.out_len, 0);
+  ck_assert_uint_eq(H.m.sock.len, 0);
   H.m.key_cb(H.m.key_ud, 0, "RS256", (const uint8_t *)rsa_pem, strlen(rsa_pem));
   imc_gateway_flush(H.gw);
   ck_assert_int_eq(read_http(head, sizeof(head), NULL), 101);
@@ -807,7 +777,7 @@ START_TEST(auth_keysrc_closed_meanwhile) {
   imc_gateway_conn_closed(H.gw, H.c);
   /* The late completion finds no connection and does nothing. */
   H.m.key_cb(H.m.key_ud, 0, "RS256", (const uint8_t *)rsa_pem, strlen(rsa_pem));
-  ck_assert_int_eq(H.m.closed, 0);
+  ck_assert_int_eq(H.m.sock.closed, 0);
 }
 END_TEST
 
@@ -908,7 +878,7 @@ START_TEST(control_frame_too_long) {
   send_ws(9, payload126, sizeof(payload126));
   ck_assert_int_eq(next_ws(), 1);
   ck_assert_int_eq(F.opcode, 8);
-  ck_assert_int_eq(H.m.closed, 1);
+  ck_assert_int_eq(H.m.sock.closed, 1);
 }
 END_TEST
 
@@ -918,7 +888,7 @@ START_TEST(unmasked_frame) {
   h_recv(wbuf, n);
   ck_assert_int_eq(next_ws(), 1);
   ck_assert_int_eq(close_code(), 1002);
-  ck_assert_int_eq(H.m.closed, 1);
+  ck_assert_int_eq(H.m.sock.closed, 1);
 }
 END_TEST
 
@@ -938,7 +908,7 @@ START_TEST(client_close) {
   ck_assert_int_eq(h_recv(wbuf, n), 0);
   ck_assert_int_eq(next_ws(), 1);
   ck_assert_int_eq(close_code(), 1000);
-  ck_assert_int_eq(H.m.closed, 1);
+  ck_assert_int_eq(H.m.sock.closed, 1);
   ck_assert_int_eq(H.m.unreg, 1);
 }
 END_TEST
@@ -961,17 +931,17 @@ START_TEST(heartbeat) {
   ck_assert_int_eq(H.m.renew, 2);
   h_advance(30000);
   ck_assert_int_eq(H.m.renew, 3);
-  ck_assert_int_eq(H.m.closed, 0);
+  ck_assert_int_eq(H.m.sock.closed, 0);
   /* Then silence: 90 s after the pong, closed with 1001. */
   h_advance(30000);
-  ck_assert_int_eq(H.m.closed, 0);
+  ck_assert_int_eq(H.m.sock.closed, 0);
   while (next_ws() && F.opcode == 9)
     ;
   ck_assert_int_eq(close_code(), 1001);
   ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_IDLE_CLOSED), 1);
   /* No answer to the close: the socket goes after the close wait. */
   h_advance(5000);
-  ck_assert_int_eq(H.m.closed, 1);
+  ck_assert_int_eq(H.m.sock.closed, 1);
   ck_assert_int_eq(H.m.unreg, 1);
 }
 END_TEST
@@ -980,14 +950,14 @@ START_TEST(silent_client_dropped) {
   h_connect("alice", NULL);
   h_advance(30000);
   h_advance(30000);
-  ck_assert_int_eq(H.m.closed, 0);
+  ck_assert_int_eq(H.m.sock.closed, 0);
   h_advance(30000);
   int closes = 0;
   while (next_ws())
     closes += F.opcode == 8;
   ck_assert_int_eq(closes, 1);
   h_advance(5000);
-  ck_assert_int_eq(H.m.closed, 1);
+  ck_assert_int_eq(H.m.sock.closed, 1);
 }
 END_TEST
 
@@ -995,7 +965,7 @@ START_TEST(conn_lost_unregisters) {
   h_connect("alice", NULL);
   imc_gateway_conn_closed(H.gw, H.c);
   ck_assert_int_eq(H.m.unreg, 1);
-  ck_assert_int_eq(H.m.closed, 0);
+  ck_assert_int_eq(H.m.sock.closed, 0);
   ck_assert_uint_eq(imc_gateway_conn_count(H.gw), 0);
 }
 END_TEST
@@ -1157,7 +1127,7 @@ END_TEST
 START_TEST(slow_reader_closed) {
   reset_with(with_upstream);
   h_connect("alice", NULL);
-  H.m.block = 1;
+  H.m.sock.block = 1;
   static uint8_t body[60000];
   imc_msg m = test_msg("m-big");
   m.body = body;
@@ -1174,19 +1144,19 @@ START_TEST(slow_reader_closed) {
   /* The reader never drains: after the close wait it is cut, and every
    * push goes back for the slow path. */
   h_advance(5000);
-  ck_assert_int_eq(H.m.closed, 1);
+  ck_assert_int_eq(H.m.sock.closed, 1);
   ck_assert_int_eq(H.m.undelivered, pushed);
 }
 END_TEST
 
 START_TEST(writable_after_block) {
   h_connect("alice", NULL);
-  H.m.block = 1;
+  H.m.sock.block = 1;
   send_ping(1, 1);
-  size_t before = H.m.out_len;
+  size_t before = H.m.sock.len;
   imc_gateway_flush(H.gw);
-  ck_assert_uint_eq(H.m.out_len, before);
-  H.m.block = 0;
+  ck_assert_uint_eq(H.m.sock.len, before);
+  H.m.sock.block = 0;
   ck_assert_int_eq(imc_gateway_conn_writable(H.gw, H.c), 0);
   expect_pong(1, 1);
 }
@@ -1201,7 +1171,7 @@ START_TEST(shutdown_1001) {
   imc_gateway_flush(H.gw);
   ck_assert_int_eq(H.m.undelivered, 1);
   imc_conn *c2;
-  ck_assert_int_eq(imc_gateway_conn_new(H.gw, &c2, &H.m), IMC_ERR_CLOSED);
+  ck_assert_int_eq(imc_gateway_conn_new(H.gw, &c2, &H.m.sock), IMC_ERR_CLOSED);
   Imchat__V1__ServerFrame *f = next_sf();
   ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_DELIVER);
   imchat__v1__server_frame__free_unpacked(f, NULL);
@@ -1221,7 +1191,7 @@ static int alloc_pass(test_mem *tm, mock *m, test_clock *tc) {
   imc_conn *c = NULL;
   int rv = imc_gateway_options_new(&o, &tm->mem);
   if (rv == 0)
-    rv = imc_gateway_options_set_transport(o, &transport, NULL);
+    rv = imc_gateway_options_set_transport(o, &test_sock_transport, NULL);
   if (rv == 0)
     rv = imc_gateway_options_set_jwt_secret(o, (const uint8_t *)SECRET,
                                             strlen(SECRET));
@@ -1238,7 +1208,7 @@ static int alloc_pass(test_mem *tm, mock *m, test_clock *tc) {
   if (rv == 0)
     rv = imc_gateway_new(&gw, o, &tm->mem);
   if (rv == 0)
-    rv = imc_gateway_conn_new(gw, &c, m);
+    rv = imc_gateway_conn_new(gw, &c, &m->sock);
   char req[2048];
   if (rv == 0) {
     upgrade_req(req, sizeof(req), token_for("alice", "phone", 600));
@@ -1299,7 +1269,7 @@ START_TEST(alloc_failures) {
     test_clock_init(&tc, T0);
     tm.fail_at = i;
     int rv = alloc_pass(&tm, &m, &tc);
-    free(m.out);
+    free(m.sock.out);
     ck_assert_msg(tm.live == 0, "leak with allocation %ld failing", i);
     ck_assert_msg(rv == 0 || rv == IMC_ERR_NOMEM,
                   "allocation %ld failing gave %d", i, rv);

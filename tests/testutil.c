@@ -77,3 +77,30 @@ void test_clock_advance(test_clock *tc, int64_t ms) {
   tc->now += ms;
   tc->wall += ms;
 }
+
+static ssize_t sock_send(void *ud, void *conn_ud, const struct iovec *iov,
+                         int n) {
+  test_sock *t = conn_ud;
+  (void)ud;
+  if (t->block)
+    return IMC_ERR_WOULDBLOCK;
+  size_t total = 0;
+  for (int i = 0; i < n; i++) {
+    if (t->len + iov[i].iov_len > t->cap) {
+      t->cap = (t->len + iov[i].iov_len) * 2;
+      t->out = realloc(t->out, t->cap);
+    }
+    memcpy(t->out + t->len, iov[i].iov_base, iov[i].iov_len);
+    t->len += iov[i].iov_len;
+    total += iov[i].iov_len;
+  }
+  return (ssize_t)total;
+}
+
+static void sock_close(void *ud, void *conn_ud) {
+  (void)ud;
+  ((test_sock *)conn_ud)->closed++;
+}
+
+const imc_transport_vtbl test_sock_transport = {sizeof(imc_transport_vtbl),
+                                                sock_send, sock_close};

@@ -3,7 +3,7 @@
 #ifndef IMC_TESTUTIL_H
 #define IMC_TESTUTIL_H
 
-#include <imchat/common.h>
+#include <imchat/backend.h>
 
 typedef struct test_mem {
   imc_mem mem;  /* pass &tm.mem to constructors */
@@ -23,5 +23,20 @@ typedef struct test_clock {
 void test_clock_init(test_clock *tc, int64_t wall_ms);
 /* Moves both clocks forward. */
 void test_clock_advance(test_clock *tc, int64_t ms);
+
+/*
+ * A client socket for the transport vtable: everything the library writes
+ * accumulates in out; pos is where the test has read up to. With block
+ * set, writes fail with IMC_ERR_WOULDBLOCK. Pass the test_sock as the
+ * connection's conn_ud; free out when done.
+ */
+typedef struct test_sock {
+  uint8_t *out;
+  size_t len, cap, pos;
+  int closed; /* times the transport's close was called */
+  int block;
+} test_sock;
+
+extern const imc_transport_vtbl test_sock_transport;
 
 #endif
