@@ -1106,6 +1106,34 @@ class TestBadInput(ChatTest):
         self.assertEqual(m3.body, b"badword")
         await bob.ack(m3.msg_id)
 
+    async def test_filter_reloaded_on_sighup(self):
+        path = self.filter_file()
+        srv = self.server("--filter-file", path)
+        alice = await self.client(srv, "alice")
+        fid = await alice.send(to="bob", body=b"a newword here")
+        r = await alice.reply(fid)  # not in the list yet
+        self.assertEqual(r.WhichOneof("body"), "send_ack", r)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("newword\n")
+        os.kill(srv.proc.pid, signal.SIGHUP)
+        # The reload happens on the server's next loop iteration.
+        for _ in range(50):
+            fid = await alice.send(to="bob", body=b"a newword here")
+            r = await alice.reply(fid)
+            if r.WhichOneof("body") == "error":
+                break
+            await asyncio.sleep(0.05)
+        self.assertEqual(r.error.code, pb().Error.BLOCKED, r)
+        a = await alice.sent(to="bob", body=b"a badword now passes")
+        self.assertTrue(a.msg_id)
+        # A list that cannot be read keeps the current one.
+        os.unlink(path)
+        os.kill(srv.proc.pid, signal.SIGHUP)
+        await asyncio.sleep(0.2)
+        fid = await alice.send(to="bob", body=b"newword")
+        self.assertEqual((await alice.error(fid)).code, pb().Error.BLOCKED)
+        srv.check_alive("after SIGHUP")
+
     async def test_offline_auth(self):
         srv = self.server()
         bob = await self.client(srv, "bob")
