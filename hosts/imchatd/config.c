@@ -92,7 +92,8 @@ static const char usage_text[] =
     "  --ttl SECONDS           token lifetime (default 86400)\n"
     "\n"
     "Exit status: 0 ok, 1 runtime failure, 2 bad options or files.\n"
-    "Signals: SIGINT/SIGTERM close connections gracefully (up to 5 s).\n";
+    "Signals: SIGINT/SIGTERM close connections gracefully (up to 5 s);\n"
+    "SIGHUP reloads --filter-file and --key-file.\n";
 
 enum {
   O_CONFIG = 256,
