@@ -7,9 +7,11 @@ Run: IMCHATD=build/hosts/imchatd IMC_PROTO_DIR=proto/imchat/v1 \
 """
 
 import asyncio
+import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 import time
 
@@ -305,6 +307,59 @@ class TestFrames(GatewayTest):
             await send_frame(ws, ping_frame(43))
             r, _ = await imctest.recv_reply(ws, 43)
             self.assertEqual(r.WhichOneof("body"), "pong", r)
+
+
+class TestPublicKey(GatewayTest):
+    """A server that accepts RS256 tokens of an RSA key (--jwt-public-key)
+    and nothing else: the tokens are signed with the openssl command."""
+
+    @classmethod
+    def setUpClass(cls):
+        d = imctest.mkdtemp("rsa")
+        cls.key = os.path.join(d, "key.pem")
+        pub = os.path.join(d, "pub.pem")
+        subprocess.run(["openssl", "genpkey", "-algorithm", "RSA",
+                        "-pkeyopt", "rsa_keygen_bits:2048", "-out", cls.key],
+                       check=True, capture_output=True)
+        subprocess.run(["openssl", "pkey", "-in", cls.key, "-pubout",
+                        "-out", pub], check=True, capture_output=True)
+        with open(pub) as f:
+            cls.pub_pem = f.read()
+        cls.rsa = imctest.Server("--jwt-public-key", pub, secret=None,
+                                 name="imchatd (--jwt-public-key)").start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.rsa.stop()
+
+    def setUp(self):
+        self.server = self.rsa
+        self.server.check_alive("before the test")
+
+    def rs256(self, c):
+        header = {"alg": "RS256", "typ": "JWT"}
+        signing_input = (imctest.b64url(json.dumps(header)) + "." +
+                         imctest.b64url(json.dumps(c)))
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", self.key],
+                             input=signing_input.encode(), check=True,
+                             capture_output=True).stdout
+        return signing_input + "." + imctest.b64url(sig)
+
+    async def test_rs256_token_accepted(self):
+        async with self.server.connect(
+                token=self.rs256(claims("rita"))) as ws:
+            w = (await welcome(ws)).welcome
+            self.assertEqual(w.user_id, "rita")
+
+    def test_other_tokens_refused(self):
+        # HS256 is not configured, not even keyed with the public key's
+        # bytes; an expired RS256 token is refused too.
+        for tok in [sign_hs256(claims("rita")),
+                    sign_hs256(claims("rita"), secret=self.pub_pem),
+                    self.rs256(claims("rita", ttl=-120))]:
+            r = http_raw(self.server.port, upgrade_request(self.server.port,
+                                                           token=tok))
+            self.assertEqual(r.status, 401, r)
 
 
 class TestMaxBody(GatewayTest):
