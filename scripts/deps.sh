@@ -14,7 +14,8 @@ IMC_DEB_PACKAGES=(
   # unit tests
   check libsubunit-dev
   # end-to-end tests (run with /usr/bin/python3) and style check
-  python3 python3-websockets python3-protobuf protobuf-compiler clang-format
+  python3 python3-websockets python3-protobuf protobuf-compiler openssl
+  clang-format
 )
 
 # Prints the packages of "$@" that are not installed.
