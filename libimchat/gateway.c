@@ -1205,9 +1205,8 @@ static const char *alg_name(imc_jwt_alg alg) {
 }
 
 static int auth_fail(imc_conn *c, int rv, const char *message) {
-  gw_log(c->gw, IMC_LOG_INFO, "conn %llu: token refused: %s",
-         (unsigned long long)c->id, message);
-  (void)rv;
+  gw_log(c->gw, IMC_LOG_INFO, "conn %llu: token refused: %s (%s)",
+         (unsigned long long)c->id, message, imc_strerror(rv));
   http_error(c, 401, "UNAUTHENTICATED", message,
              "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n");
   return conn_check(c);
