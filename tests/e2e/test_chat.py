@@ -1035,7 +1035,9 @@ class TestBadInput(ChatTest):
                          b"b" * 1024)
 
     async def test_rate_limit(self):
-        srv = self.server("--rate-limit", "5", "--rate-burst", "5")
+        # A slow refill (1 per second), so a loaded machine cannot refill
+        # the bucket between the six quick sends.
+        srv = self.server("--rate-limit", "1", "--rate-burst", "5")
         alice = await self.client(srv, "alice")
         fids = [await alice.send(to="bob", body=b"r%d" % i)
                 for i in range(6)]
@@ -1045,8 +1047,8 @@ class TestBadInput(ChatTest):
         self.assertEqual(replies[5].error.code, pb().Error.RATE_LIMITED)
         self.assertEqual([r.send_ack.seq for r in replies[:5]],
                          [1, 2, 3, 4, 5])
-        # The bucket refills (5 per second): one more goes through.
-        await asyncio.sleep(0.3)
+        # The bucket refills (1 per second): one more goes through.
+        await asyncio.sleep(1.1)
         a = await alice.sent(to="bob", body=b"later")
         self.assertEqual(a.seq, 6)
 
