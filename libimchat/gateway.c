@@ -498,20 +498,27 @@ static imc_reg_entry reg_entry(imc_conn *c) {
   return e;
 }
 
-/* Hands every un-ACKed push of c to the upstream's slow path. */
-static void inflight_fail(imc_conn *c) {
+/* Releases every un-ACKed push of c; with notify, each goes to the
+ * upstream's slow path first. */
+static void inflight_drop(imc_conn *c, int notify) {
   imc_gateway *gw = c->gw;
   push *p = c->ifl_head;
   c->ifl_head = c->ifl_tail = NULL;
   while (p) {
     push *next = p->next;
-    stat_inc(gw, IMC_GW_STAT_UNDELIVERED);
-    if (gw->o.upstream.undelivered)
-      gw->o.upstream.undelivered(gw->o.upstream_ud, &p->sm->msg, c->user);
+    if (notify) {
+      stat_inc(gw, IMC_GW_STAT_UNDELIVERED);
+      if (gw->o.upstream.undelivered)
+        gw->o.upstream.undelivered(gw->o.upstream_ud, &p->sm->msg, c->user);
+    }
     shmsg_unref(gw, p->sm);
     imc_free(&gw->mem, p);
     p = next;
   }
+}
+
+static void inflight_fail(imc_conn *c) {
+  inflight_drop(c, 1);
 }
 
 /* Releases c. Un-ACKed pushes go back to the upstream first. */
@@ -526,8 +533,7 @@ static void conn_free(imc_conn *c, enum release_mode mode) {
       gw_log(gw, IMC_LOG_WARN, "registry: unregister of %s/%s failed", c->user,
              c->device);
   }
-  if (mode != REL_SILENT)
-    inflight_fail(c);
+  inflight_drop(c, mode != REL_SILENT);
   for (pend *p = c->pends; p; p = p->next)
     p->c = NULL;
   dirty_remove(c);

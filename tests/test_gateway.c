@@ -1106,6 +1106,19 @@ START_TEST(close_fallback_and_skip_device) {
 }
 END_TEST
 
+START_TEST(del_with_pushes_in_flight) {
+  reset_with(with_upstream);
+  h_connect("alice", NULL);
+  imc_msg m = test_msg("m-46");
+  ck_assert_int_eq(imc_gateway_deliver(H.gw, "alice", NULL, &m), 1);
+  /* The teardown deletes the gateway now: nothing may leak, and the
+   * upstream is not called from a gateway being deleted. */
+  imc_gateway_del(H.gw);
+  H.gw = NULL;
+  ck_assert_int_eq(H.m.undelivered, 0);
+}
+END_TEST
+
 START_TEST(push_status) {
   h_connect("alice", "phone");
   ck_assert_int_eq(imc_gateway_push_status(H.gw, "alice", "laptop", "m-1",
@@ -1360,6 +1373,7 @@ static Suite *gateway_suite(void) {
   tcase_add_test(t, deliver_and_ack);
   tcase_add_test(t, ack_timeout_fallback);
   tcase_add_test(t, close_fallback_and_skip_device);
+  tcase_add_test(t, del_with_pushes_in_flight);
   tcase_add_test(t, push_status);
   tcase_add_test(t, slow_reader_closed);
   tcase_add_test(t, writable_after_block);
