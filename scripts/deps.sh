@@ -1,9 +1,9 @@
 # shellcheck shell=bash
 # Sourced by scripts/run.sh and scripts/test.sh: installs the Debian packages
-# the build and the tests need, and only those that are missing.
+# the build needs (and test.sh those of the tests), only those missing.
 #
-# The package list lives here and nowhere else. Add a backend's packages
-# (server, client library) to IMC_DEB_PACKAGES when the code starts using it.
+# The package lists live here and nowhere else. Add a backend's packages
+# (server, client library) when the code starts using it.
 
 IMC_DEB_PACKAGES=(
   # build
@@ -11,11 +11,16 @@ IMC_DEB_PACKAGES=(
   # libraries
   libwslay-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev
   libsqlite3-dev libinih-dev
+)
+
+# What scripts/test.sh needs on top.
+IMC_DEB_TEST_PACKAGES=(
   # unit tests
   check libsubunit-dev
-  # end-to-end tests (run with /usr/bin/python3) and style check
+  # end-to-end tests (run with /usr/bin/python3)
   python3 python3-websockets python3-protobuf protobuf-compiler openssl
-  clang-format
+  # style check and fuzzing
+  clang-format clang libclang-rt-14-dev
 )
 
 # Prints the packages of "$@" that are not installed.

@@ -9,6 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/deps.sh
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
+imc_install_deps "${IMC_DEB_TEST_PACKAGES[@]}"
 
 # --------------------------------------------------------------------------
 # Processes this script starts (test servers) and their cleanup: only the
@@ -84,6 +85,30 @@ imc_quiet ninja -C build-test --quiet
 
 rc=0
 meson test -C build-test --print-errorlogs "$@" || rc=$?
+
+# --------------------------------------------------------------------------
+# Fuzzing: every libFuzzer target for IMC_FUZZ_SECONDS (default 10), from
+# its seeds, under ASan/UBSan. A crash or leak fails the run and leaves
+# the input in build-fuzz/.
+# --------------------------------------------------------------------------
+if [ $# -eq 0 ]; then
+  CC=clang imc_setup_build build-fuzz -Dfuzz=true -Dtests=false \
+    -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false
+  imc_quiet ninja -C build-fuzz --quiet
+  for t in fuzz_http fuzz_jwt fuzz_gateway fuzz_api; do
+    corpus="$imc_tmp/corpus-$t"
+    mkdir -p "$corpus"
+    cp tests/fuzz/corpus/"$t"/* "$corpus"/
+    if (cd build-fuzz && "./tests/fuzz/$t" -max_total_time="${IMC_FUZZ_SECONDS:-10}" \
+        -max_len=4096 "$corpus" >"$imc_tmp/$t.log" 2>&1); then
+      echo "fuzz: $t ok"
+    else
+      tail -40 "$imc_tmp/$t.log" >&2
+      echo "fuzz: $t FAILED" >&2
+      rc=1
+    fi
+  done
+fi
 
 if [ ${#unformatted[@]} -gt 0 ]; then
   echo "clang-format: ${#unformatted[@]} file(s) need formatting (listed above)" >&2
