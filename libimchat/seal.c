@@ -393,3 +393,33 @@ int imc_open(const imc_keyring *kr, const uint8_t *in, size_t len, uint8_t *out,
   *outlen = pt_len;
   return 0;
 }
+
+int imc_keyfile_open(imc_keyfile *kf, const char *path, const imc_mem *mem) {
+  kf->kr = NULL;
+  kf->path = imc_strdup(mem, path);
+  if (kf->path == NULL)
+    return IMC_ERR_NOMEM;
+  int rv = imc_keyring_load_file(&kf->kr, path, mem);
+  if (rv < 0) {
+    imc_free(mem, kf->path);
+    kf->path = NULL;
+  }
+  return rv;
+}
+
+int imc_keyfile_reload(imc_keyfile *kf, const imc_mem *mem) {
+  imc_keyring *kr;
+  int rv = imc_keyring_load_file(&kr, kf->path, mem);
+  if (rv < 0)
+    return rv;
+  imc_keyring_del(kf->kr);
+  kf->kr = kr;
+  return 0;
+}
+
+void imc_keyfile_close(imc_keyfile *kf, const imc_mem *mem) {
+  imc_keyring_del(kf->kr);
+  imc_free(mem, kf->path);
+  kf->kr = NULL;
+  kf->path = NULL;
+}

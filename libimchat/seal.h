@@ -61,6 +61,23 @@ int imc_keyring_load_file(imc_keyring **out, const char *path,
 /* Wipes the key bytes and frees kr. NULL is a no-op. */
 void imc_keyring_del(imc_keyring *kr);
 
+/* A keyring and the file it is read from, reloadable (e.g. on SIGHUP). */
+typedef struct imc_keyfile {
+  char *path;
+  imc_keyring *kr;
+} imc_keyfile;
+
+/*
+ * Loads path into kf. Returns 0 or an error of imc_keyring_load_file
+ * (kf is left empty then).
+ */
+int imc_keyfile_open(imc_keyfile *kf, const char *path, const imc_mem *mem);
+
+/* Reads the file again; on failure the keys in use stay. */
+int imc_keyfile_reload(imc_keyfile *kf, const imc_mem *mem);
+
+void imc_keyfile_close(imc_keyfile *kf, const imc_mem *mem);
+
 /* The number of keys in kr. */
 size_t imc_keyring_size(const imc_keyring *kr);
 

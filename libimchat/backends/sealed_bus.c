@@ -27,8 +27,7 @@ struct imc_sealed_bus {
   imc_mem mem;
   imc_bus_vtbl inner;
   void *inner_ud;
-  imc_keyring *kr;
-  char *keyfile;
+  imc_keyfile keys;
   uint64_t failures;
 };
 
@@ -50,11 +49,8 @@ int imc_sealed_bus_new(imc_sealed_bus **out, const imc_bus_vtbl *inner,
     imc_free(mem, b);
     return IMC_ERR_INVALID_ARGUMENT;
   }
-  b->keyfile = imc_strdup(mem, keyfile);
-  int rv =
-      b->keyfile ? imc_keyring_load_file(&b->kr, keyfile, mem) : IMC_ERR_NOMEM;
+  int rv = imc_keyfile_open(&b->keys, keyfile, mem);
   if (rv != 0) {
-    imc_free(mem, b->keyfile);
     imc_free(mem, b);
     return rv;
   }
@@ -65,20 +61,13 @@ int imc_sealed_bus_new(imc_sealed_bus **out, const imc_bus_vtbl *inner,
 int imc_sealed_bus_reload(imc_sealed_bus *b) {
   if (b == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
-  imc_keyring *kr;
-  int rv = imc_keyring_load_file(&kr, b->keyfile, &b->mem);
-  if (rv != 0)
-    return rv;
-  imc_keyring_del(b->kr);
-  b->kr = kr;
-  return 0;
+  return imc_keyfile_reload(&b->keys, &b->mem);
 }
 
 void imc_sealed_bus_del(imc_sealed_bus *b) {
   if (b == NULL)
     return;
-  imc_keyring_del(b->kr);
-  imc_free(&b->mem, b->keyfile);
+  imc_keyfile_close(&b->keys, &b->mem);
   imc_mem m = b->mem;
   imc_free(&m, b);
 }
@@ -91,12 +80,12 @@ static int sealed_publish(void *ud, const char *topic, const uint8_t *key,
                           size_t key_len, const uint8_t *value,
                           size_t value_len, imc_done_cb done, void *done_ud) {
   imc_sealed_bus *b = ud;
-  size_t cap = value_len + imc_seal_overhead(b->kr);
+  size_t cap = value_len + imc_seal_overhead(b->keys.kr);
   uint8_t *sealed = imc_malloc(&b->mem, cap);
   if (sealed == NULL)
     return IMC_ERR_NOMEM;
   size_t len;
-  int rv = imc_seal(b->kr, value, value_len, sealed, cap, &len,
+  int rv = imc_seal(b->keys.kr, value, value_len, sealed, cap, &len,
                     (const uint8_t *)topic, strlen(topic));
   /* The inner bus copies what it keeps: the envelope is borrowed. */
   if (rv == 0)
@@ -136,7 +125,7 @@ static void on_poll(void *ud, int status, const imc_bus_record *recs,
         continue; /* not an envelope: queued before encryption */
       size_t len;
       int rv =
-          imc_open(b->kr, recs[i].value, recs[i].value_len, plain + off,
+          imc_open(b->keys.kr, recs[i].value, recs[i].value_len, plain + off,
                    total - off, &len, (const uint8_t *)p->topic, p->topic_len);
       if (rv == IMC_ERR_NOMEM) {
         status = rv;

@@ -31,8 +31,7 @@ struct imc_sealed_store {
   imc_mem mem;
   imc_store_vtbl inner; /* copied: members past its struct_size are NULL */
   void *inner_ud;
-  imc_keyring *kr;
-  char *keyfile;
+  imc_keyfile keys;
   uint64_t failures; /* bodies that failed to open */
 };
 
@@ -61,11 +60,8 @@ int imc_sealed_store_new(imc_sealed_store **out, const imc_store_vtbl *inner,
   s->mem = *mem;
   s->inner = v;
   s->inner_ud = inner_ud;
-  s->keyfile = imc_strdup(mem, keyfile);
-  int rv = s->keyfile == NULL ? IMC_ERR_NOMEM
-                              : imc_keyring_load_file(&s->kr, keyfile, mem);
-  if (rv < 0) {
-    imc_free(mem, s->keyfile);
+  int rv = imc_keyfile_open(&s->keys, keyfile, mem);
+  if (rv != 0) {
     imc_free(mem, s);
     return rv;
   }
@@ -76,20 +72,13 @@ int imc_sealed_store_new(imc_sealed_store **out, const imc_store_vtbl *inner,
 int imc_sealed_store_reload(imc_sealed_store *s) {
   if (s == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
-  imc_keyring *kr;
-  int rv = imc_keyring_load_file(&kr, s->keyfile, &s->mem);
-  if (rv < 0)
-    return rv; /* the old keyring stays in use */
-  imc_keyring_del(s->kr);
-  s->kr = kr;
-  return 0;
+  return imc_keyfile_reload(&s->keys, &s->mem);
 }
 
 void imc_sealed_store_del(imc_sealed_store *s) {
   if (s == NULL)
     return;
-  imc_keyring_del(s->kr);
-  imc_free(&s->mem, s->keyfile);
+  imc_keyfile_close(&s->keys, &s->mem);
   imc_free(&s->mem, s);
 }
 
@@ -138,7 +127,7 @@ static int seal_slots(imc_sealed_store *s, slot *slots, size_t n,
       slots[d++] = slots[i];
   *n_distinct = d;
 
-  size_t over = imc_seal_overhead(s->kr), total = 0;
+  size_t over = imc_seal_overhead(s->keys.kr), total = 0;
   for (size_t i = 0; i < d; i++) {
     size_t len = slots[i].orig->body_len;
     if (len > SIZE_MAX - over || len + over > SIZE_MAX - total)
@@ -153,7 +142,7 @@ static int seal_slots(imc_sealed_store *s, slot *slots, size_t n,
     const imc_msg *m = slots[i].orig;
     size_t cap = m->body_len + over, len;
     /* The msg_id as AAD ties the body to its row. */
-    int rv = imc_seal(s->kr, m->body, m->body_len, *buf + off, cap, &len,
+    int rv = imc_seal(s->keys.kr, m->body, m->body_len, *buf + off, cap, &len,
                       (const uint8_t *)m->msg_id, strlen(m->msg_id));
     if (rv < 0)
       return rv;
@@ -285,7 +274,7 @@ static int open_page(imc_sealed_store *s, const imc_msg *const *msgs, size_t n,
       continue;
     uint8_t *out = pg->pt + pg->pt_len;
     size_t len;
-    rv = imc_open(s->kr, m->body, m->body_len, out, cap - pg->pt_len, &len,
+    rv = imc_open(s->keys.kr, m->body, m->body_len, out, cap - pg->pt_len, &len,
                   (const uint8_t *)m->msg_id, strlen(m->msg_id));
     if (rv == IMC_ERR_NOT_FOUND || rv == IMC_ERR_PROTO) {
       s->failures++; /* unknown key, tampered or moved row */
