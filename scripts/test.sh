@@ -99,7 +99,9 @@ if [ $# -eq 0 ]; then
     corpus="$imc_tmp/corpus-$t"
     mkdir -p "$corpus"
     cp tests/fuzz/corpus/"$t"/* "$corpus"/
-    if (cd build-fuzz && "./tests/fuzz/$t" -max_total_time="${IMC_FUZZ_SECONDS:-10}" \
+    # A fixed seed: the same inputs, in the same order, on every run.
+    if (cd build-fuzz && "./tests/fuzz/$t" -seed=1 \
+        -max_total_time="${IMC_FUZZ_SECONDS:-10}" \
         -max_len=4096 "$corpus" >"$imc_tmp/$t.log" 2>&1); then
       echo "fuzz: $t ok"
     else
