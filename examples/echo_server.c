@@ -10,7 +10,7 @@
  *
  *   echo_server [PORT [SECRET]]     PORT 0 picks a free port
  */
-#include <imchat/embedded.h>
+#include <imchat/memreg.h>
 #include <imchat/gateway.h>
 #include <imchat/jwt.h>
 

@@ -10,7 +10,7 @@
 #include <imchat/jwt.h>
 
 #include "im.pb-c.h"
-#include "json.h"
+#include "protocol/json.h"
 #include "testutil.h"
 
 #include <check.h>

@@ -1,5 +1,5 @@
 /* Unit tests of the sensitive-word filter (libimchat/filter.c). */
-#include "filter.h"
+#include "router/filter.h"
 #include "testutil.h"
 
 #include <check.h>

@@ -1,6 +1,6 @@
 /* Unit tests of the HTTP request-head parser, query helpers and the
  * WebSocket accept key. */
-#include "http.h"
+#include "protocol/http.h"
 #include "testutil.h"
 
 #include <imchat/common.h>

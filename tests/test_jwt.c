@@ -2,8 +2,8 @@
  * reads claims with. Keys are generated at start; tokens are signed here
  * with OpenSSL directly so the verifier is checked against an independent
  * signer. */
-#include "json.h"
-#include "jwt.h"
+#include "protocol/json.h"
+#include "protocol/jwt.h"
 #include "testutil.h"
 
 #include <imchat/jwt.h>

@@ -2,7 +2,7 @@
  * The in-process bus: the bus conformance suite, plus its memory bound,
  * retention and allocation failures.
  */
-#include <imchat/embedded.h>
+#include <imchat/membus.h>
 
 #include "conformance.h"
 #include "testutil.h"

@@ -3,7 +3,7 @@
 #include "conformance.h"
 #include "testutil.h"
 
-#include <imchat/embedded.h>
+#include <imchat/memreg.h>
 
 #include <check.h>
 #include <stdio.h>

@@ -1,5 +1,5 @@
 /* Unit tests of body sealing (libimchat/seal.c). */
-#include "seal.h"
+#include "backends/seal.h"
 #include "testutil.h"
 
 #include <check.h>

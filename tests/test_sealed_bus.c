@@ -3,7 +3,8 @@
  * in-process bus), plus what is stored underneath and what happens to
  * records that were not sealed or do not open.
  */
-#include <imchat/embedded.h>
+#include <imchat/membus.h>
+#include <imchat/sealed_bus.h>
 
 #include "conformance.h"
 #include "testutil.h"

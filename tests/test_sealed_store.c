@@ -5,10 +5,11 @@
  * call, and runs the store conformance suite over both; the SQLite file
  * is also read and altered behind the decorator's back.
  */
-#include <imchat/embedded.h>
+#include <imchat/sqlite.h>
+#include <imchat/sealed_store.h>
 
 #include "conformance.h"
-#include "seal.h"
+#include "backends/seal.h"
 #include "testutil.h"
 
 #include <check.h>

@@ -3,7 +3,7 @@
  * store and bus, plus what is particular to SQLite (files, durability,
  * allocation failures, the dispatch rule).
  */
-#include <imchat/embedded.h>
+#include <imchat/sqlite.h>
 
 #include "conformance.h"
 #include "testutil.h"

@@ -1,5 +1,5 @@
 /* Server frame headers and the inbound frame-boundary scanner. */
-#include "wsframe.h"
+#include "protocol/wsframe.h"
 
 #include <check.h>
 #include <stdlib.h>

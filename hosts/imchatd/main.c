@@ -9,6 +9,13 @@
 #include "loop.h"
 
 #include <imchat/imchat.h>
+#include <imchat/memreg.h>
+#include <imchat/sqlite.h>
+#include <imchat/membus.h>
+#include <imchat/sealed_store.h>
+#include <imchat/sealed_bus.h>
+#include <imchat/fanout.h>
+#include <imchat/local_link.h>
 
 #include <errno.h>
 #include <stdio.h>

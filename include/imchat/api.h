@@ -18,6 +18,7 @@
 #define IMCHAT_API_H
 
 #include <imchat/backend.h>
+#include <imchat/fanout.h>
 #include <imchat/gateway.h>
 #include <imchat/router.h>
 #include <imchat/worker.h>

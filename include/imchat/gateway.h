@@ -337,41 +337,6 @@ IMC_EXTERN int imc_gateway_push_status(imc_gateway *gw, const char *user_id,
                                        imc_delivery_state state,
                                        const char *recipient);
 
-/* ------------------------------------------------------------------ */
-/* Group fan-out: the gateway side of the group bus                     */
-/* ------------------------------------------------------------------ */
-
-/*
- * imc_fanout consumes the group bus (topic "group_msg", one consumer group
- * per gateway node so that every node sees every record) and pushes each
- * group message to the members connected to its gateway. Members come
- * from the store, cached for cache_ms.
- */
-typedef struct imc_fanout imc_fanout;
-
-/*
- * Creates a fan-out for gw; bus, store and clock (NULL: system) are
- * borrowed and must outlive it. Returns 0, IMC_ERR_INVALID_ARGUMENT or
- * IMC_ERR_NOMEM.
- */
-IMC_EXTERN int imc_fanout_new(imc_fanout **out, imc_gateway *gw,
-                              const imc_bus_vtbl *bus, void *bus_ud,
-                              const imc_store_vtbl *store, void *store_ud,
-                              const imc_clock *clock, uint32_t cache_ms,
-                              const imc_mem *mem);
-/* The host must let pending operations complete first. */
-IMC_EXTERN void imc_fanout_del(imc_fanout *f);
-IMC_EXTERN void imc_fanout_set_user_data(imc_fanout *f, void *ud);
-IMC_EXTERN void *imc_fanout_get_user_data(const imc_fanout *f);
-/* Starts polling. Returns 0 or the error of the bus's poll. */
-IMC_EXTERN int imc_fanout_start(imc_fanout *f);
-/* No new polls; the batch in hand is finished. */
-IMC_EXTERN void imc_fanout_stop(imc_fanout *f);
-/* Forget cached members of group_id after a change. */
-IMC_EXTERN void imc_fanout_invalidate(imc_fanout *f, const char *group_id);
-/* Backend operations not yet completed (a waiting poll included). */
-IMC_EXTERN size_t imc_fanout_pending(const imc_fanout *f);
-
 /* Counters and gauges, for metrics. Ids are append-only. */
 typedef enum imc_gateway_stat {
   IMC_GW_STAT_CONNECTIONS = 0,    /* gauge: connections held */

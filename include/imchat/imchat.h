@@ -10,6 +10,5 @@
 #include <imchat/worker.h>
 #include <imchat/api.h>
 #include <imchat/jwt.h>
-#include <imchat/embedded.h>
 
 #endif /* IMCHAT_IMCHAT_H */

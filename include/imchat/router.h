@@ -47,12 +47,6 @@ typedef struct imc_gwlink_vtbl {
                 const char *recipient, imc_done_cb done, void *done_ud);
 } imc_gwlink_vtbl;
 
-/*
- * A gateway link to the one gateway of this process (imchatd): its ud is
- * the imc_gateway. Pushes for other nodes reach no device (count 0).
- */
-IMC_EXTERN const imc_gwlink_vtbl *imc_gateway_local_link(void);
-
 /* What the content filter does with a match. */
 typedef enum imc_filter_action {
   IMC_FILTER_REJECT = 1, /* refuse the send with BLOCKED */

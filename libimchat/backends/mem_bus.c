@@ -7,12 +7,12 @@
  * Polls complete only from imc_membus_dispatch(), never from poll or
  * publish, so callers are not re-entered.
  */
-#include <imchat/embedded.h>
+#include <imchat/membus.h>
 
 #include <stdint.h>
 #include <string.h>
 
-#include "alloc.h"
+#include "util/alloc.h"
 
 #define MEMBUS_DEFAULT_MAX 65536
 

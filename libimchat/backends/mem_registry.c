@@ -25,9 +25,10 @@
  * unlinked (and freed only after their events), so no callback can pull
  * memory from under another.
  */
-#include "alloc.h"
+#include "util/alloc.h"
+#include "util/hash.h"
 
-#include <imchat/embedded.h>
+#include <imchat/memreg.h>
 
 #include <string.h>
 
@@ -71,15 +72,6 @@ struct imc_memreg {
   watch *watches;
   size_t nwatches, watches_cap;
 };
-
-static uint64_t hash_str(const char *s) {
-  uint64_t h = 14695981039346656037ull; /* FNV-1a */
-  for (; *s; s++) {
-    h ^= (unsigned char)*s;
-    h *= 1099511628211ull;
-  }
-  return h;
-}
 
 static user **bucket_of(imc_memreg *reg, uint64_t h) {
   return &reg->buckets[h & (reg->nbuckets - 1)];
@@ -225,7 +217,7 @@ static int reg_register(void *ud, const imc_reg_entry *e, uint32_t ttl_s,
 
   dev *dead = NULL;
   sweep_step(reg, now, &dead);
-  uint64_t h = hash_str(e->user_id);
+  uint64_t h = imc_hash_str(e->user_id);
   user *u = user_find(reg, e->user_id, h);
   if (u) {
     user_prune(reg, u, now, &dead);
@@ -270,7 +262,7 @@ static int reg_renew(void *ud, const imc_reg_entry *e, uint32_t ttl_s,
   dev *dead = NULL;
   int status = IMC_ERR_NOT_FOUND;
   sweep_step(reg, now, &dead);
-  uint64_t h = hash_str(e->user_id);
+  uint64_t h = imc_hash_str(e->user_id);
   user *u = user_find(reg, e->user_id, h);
   if (u) {
     user_prune(reg, u, now, &dead);
@@ -297,7 +289,7 @@ static int reg_unregister(void *ud, const imc_reg_entry *e, imc_done_cb done,
   int64_t now = imc_clock_now(&reg->clock);
   dev *dead = NULL, *gone = NULL;
   sweep_step(reg, now, &dead);
-  uint64_t h = hash_str(e->user_id);
+  uint64_t h = imc_hash_str(e->user_id);
   user *u = user_find(reg, e->user_id, h);
   if (u) {
     user_prune(reg, u, now, &dead);
@@ -327,7 +319,7 @@ static int reg_lookup(void *ud, const char *user_id, imc_lookup_cb done,
 
   int64_t now = imc_clock_now(&reg->clock);
   dev *dead = NULL;
-  uint64_t h = hash_str(user_id);
+  uint64_t h = imc_hash_str(user_id);
   user *u = user_find(reg, user_id, h);
   if (u) {
     user_prune(reg, u, now, &dead);

@@ -12,11 +12,11 @@
  * counted, so the consumer refuses it as a bad record instead of the
  * whole queue stalling on it.
  */
-#include "alloc.h"
-#include "seal.h"
-#include "vtbl.h"
+#include "util/alloc.h"
+#include "backends/seal.h"
+#include "util/vtbl.h"
 
-#include <imchat/embedded.h>
+#include <imchat/sealed_bus.h>
 
 #include <string.h>
 

@@ -15,11 +15,11 @@
  * completion runs opens the page, so a reload between a fetch and its
  * completion is harmless.
  */
-#include "alloc.h"
-#include "seal.h"
-#include "vtbl.h"
+#include "util/alloc.h"
+#include "backends/seal.h"
+#include "util/vtbl.h"
 
-#include <imchat/embedded.h>
+#include <imchat/sealed_store.h>
 
 #include <stdlib.h>
 #include <string.h>

@@ -6,7 +6,7 @@
  * caller's thread, inside the call, except the completion of bus polls,
  * which imc_sqlite_dispatch() makes (see sqlite_queue.c).
  */
-#include "sqlite_int.h"
+#include "backends/sqlite_int.h"
 
 #include <stdio.h>
 #include <string.h>

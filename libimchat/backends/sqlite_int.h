@@ -6,11 +6,11 @@
 #ifndef IMC_SQLITE_INT_H
 #define IMC_SQLITE_INT_H
 
-#include <imchat/embedded.h>
+#include <imchat/sqlite.h>
 
 #include <sqlite3.h>
 
-#include "alloc.h"
+#include "util/alloc.h"
 
 /* Every statement the backends run, prepared once by imc_sqlite_new(). */
 typedef enum imc_sq_stmt {

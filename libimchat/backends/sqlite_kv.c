@@ -2,7 +2,7 @@
  * SQLite embedded backends: sequence counters and the dedup set. Both
  * complete before returning.
  */
-#include "sqlite_int.h"
+#include "backends/sqlite_int.h"
 
 #include <string.h>
 

@@ -20,7 +20,7 @@
  * is in-memory, so one instance must own the file: records another
  * process appends are seen only by polls made after them.
  */
-#include "sqlite_int.h"
+#include "backends/sqlite_int.h"
 
 #include <string.h>
 

@@ -4,7 +4,7 @@
  * copied out of SQLite before the completion runs, because the
  * completion may call back into the store and reset the statement.
  */
-#include "sqlite_int.h"
+#include "backends/sqlite_int.h"
 
 #include <string.h>
 

@@ -1,5 +1,5 @@
 /* libFuzzer target: HTTP request heads, query strings, percent-decoding. */
-#include "http.h"
+#include "protocol/http.h"
 
 #include <stdint.h>
 

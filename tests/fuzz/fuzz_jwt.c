@@ -1,6 +1,6 @@
 /* libFuzzer target: JWT header parsing and verification, JSON reading. */
-#include "json.h"
-#include "jwt.h"
+#include "protocol/json.h"
+#include "protocol/jwt.h"
 
 #include <stdint.h>
 

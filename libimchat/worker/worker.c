@@ -11,11 +11,11 @@
  */
 #include <imchat/worker.h>
 
-#include "alloc.h"
-#include "log.h"
-#include "pb.h"
+#include "util/alloc.h"
+#include "util/log.h"
+#include "protocol/pb.h"
 #include "queue.pb-c.h"
-#include "vtbl.h"
+#include "util/vtbl.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -199,20 +199,13 @@ int imc_worker_options_set_persisted(imc_worker_options *opt,
 
 int imc_worker_options_set_clock(imc_worker_options *opt,
                                  const imc_clock *clock) {
-  if (opt == NULL)
-    return IMC_ERR_INVALID_ARGUMENT;
-  opt->clock = clock ? *clock : *imc_clock_default();
-  return 0;
+  return opt ? imc_clock_assign(&opt->clock, clock) : IMC_ERR_INVALID_ARGUMENT;
 }
 
 int imc_worker_options_set_log(imc_worker_options *opt, imc_log_cb cb, void *ud,
                                imc_log_level max_level) {
-  if (opt == NULL)
-    return IMC_ERR_INVALID_ARGUMENT;
-  opt->log.cb = cb;
-  opt->log.ud = ud;
-  opt->log.level = max_level;
-  return 0;
+  return opt ? imc_logger_assign(&opt->log, cb, ud, max_level)
+             : IMC_ERR_INVALID_ARGUMENT;
 }
 
 int imc_worker_options_set_batch_max(imc_worker_options *opt, uint32_t n) {

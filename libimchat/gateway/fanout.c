@@ -4,11 +4,12 @@
  * devices are members too; the sending device is skipped.
  */
 #include <imchat/gateway.h>
+#include <imchat/fanout.h>
 
-#include "alloc.h"
-#include "members.h"
-#include "pb.h"
-#include "vtbl.h"
+#include "util/alloc.h"
+#include "router/members.h"
+#include "protocol/pb.h"
+#include "util/vtbl.h"
 
 #include <stdio.h>
 #include <string.h>

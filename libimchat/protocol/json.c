@@ -1,6 +1,7 @@
 /* Allocation-free JSON scanning: validation, member lookup, array
  * iteration, string and integer decoding. */
-#include "json.h"
+#include "protocol/json.h"
+#include "util/hex.h"
 
 #include <imchat/common.h>
 
@@ -16,23 +17,13 @@ static int is_digit(char c) {
   return c >= '0' && c <= '9';
 }
 
-static int hexval(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
 static int read_hex4(const char **pp, const char *end, uint32_t *cp) {
   const char *p = *pp;
   uint32_t v = 0;
   if (end - p < 4)
     return -1;
   for (int i = 0; i < 4; i++) {
-    int h = hexval(p[i]);
+    int h = imc_hexval(p[i]);
     if (h < 0)
       return -1;
     v = v << 4 | (uint32_t)h;

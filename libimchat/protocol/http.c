@@ -1,6 +1,7 @@
 /* HTTP/1.1 request-head parsing (RFC 9112) over the caller's buffer,
  * query strings and the WebSocket accept key. Nothing here allocates. */
-#include "http.h"
+#include "protocol/http.h"
+#include "util/hex.h"
 
 #include <imchat/common.h>
 
@@ -264,16 +265,6 @@ int imc_query_next(imc_span query, size_t *pos, imc_span *key,
   return 1;
 }
 
-static int hexval(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
 ssize_t imc_pct_decode(imc_span in, char *out, size_t outcap) {
   if (out == NULL)
     return outcap == 0 ? IMC_ERR_TOO_LARGE : IMC_ERR_INVALID_ARGUMENT;
@@ -287,7 +278,7 @@ ssize_t imc_pct_decode(imc_span in, char *out, size_t outcap) {
     } else if (c == '%') {
       if (in.len - i < 3)
         return IMC_ERR_PROTO;
-      int hi = hexval(in.p[i + 1]), lo = hexval(in.p[i + 2]);
+      int hi = imc_hexval(in.p[i + 1]), lo = imc_hexval(in.p[i + 2]);
       if (hi < 0 || lo < 0)
         return IMC_ERR_PROTO;
       c = (char)(hi << 4 | lo);

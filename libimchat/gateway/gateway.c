@@ -6,15 +6,17 @@
  */
 #include <imchat/gateway.h>
 
-#include "alloc.h"
-#include "log.h"
-#include "buf.h"
-#include "http.h"
-#include "jwt.h"
-#include "pb.h"
-#include "timer.h"
-#include "vtbl.h"
-#include "wsframe.h"
+#include "util/alloc.h"
+#include "util/log.h"
+#include "util/buf.h"
+#include "util/hash.h"
+#include "util/msg.h"
+#include "protocol/http.h"
+#include "protocol/jwt.h"
+#include "protocol/pb.h"
+#include "util/timer.h"
+#include "util/vtbl.h"
+#include "protocol/wsframe.h"
 
 #include <wslay/wslay.h>
 
@@ -364,20 +366,13 @@ int imc_gateway_options_set_http_handler(imc_gateway_options *o,
 
 int imc_gateway_options_set_clock(imc_gateway_options *o,
                                   const imc_clock *clock) {
-  if (o == NULL)
-    return IMC_ERR_INVALID_ARGUMENT;
-  o->clock = clock ? *clock : *imc_clock_default();
-  return 0;
+  return o ? imc_clock_assign(&o->clock, clock) : IMC_ERR_INVALID_ARGUMENT;
 }
 
 int imc_gateway_options_set_log(imc_gateway_options *o, imc_log_cb cb, void *ud,
                                 imc_log_level max_level) {
-  if (o == NULL)
-    return IMC_ERR_INVALID_ARGUMENT;
-  o->log.cb = cb;
-  o->log.ud = ud;
-  o->log.level = max_level;
-  return 0;
+  return o ? imc_logger_assign(&o->log, cb, ud, max_level)
+           : IMC_ERR_INVALID_ARGUMENT;
 }
 
 /* ------------------------------------------------------------------ */
@@ -429,13 +424,6 @@ static void dirty_remove(imc_conn *c) {
   c->dprev = c->dnext = NULL;
 }
 
-static uint32_t hash_str(const char *s) {
-  uint32_t h = 2166136261u;
-  for (; *s; s++)
-    h = (h ^ (uint8_t)*s) * 16777619u;
-  return h;
-}
-
 static void users_insert(imc_gateway *gw, imc_conn *c) {
   if (gw->n_users >= gw->users_cap * 2) {
     /* Grow; a failed allocation only makes the chains longer. */
@@ -446,7 +434,7 @@ static void users_insert(imc_gateway *gw, imc_conn *c) {
         imc_conn *x = gw->users[i];
         while (x) {
           imc_conn *nx = x->unext;
-          size_t j = hash_str(x->user) & (cap - 1);
+          size_t j = imc_hash_str(x->user) & (cap - 1);
           x->unext = b[j];
           b[j] = x;
           x = nx;
@@ -457,14 +445,14 @@ static void users_insert(imc_gateway *gw, imc_conn *c) {
       gw->users_cap = cap;
     }
   }
-  size_t i = hash_str(c->user) & (gw->users_cap - 1);
+  size_t i = imc_hash_str(c->user) & (gw->users_cap - 1);
   c->unext = gw->users[i];
   gw->users[i] = c;
   gw->n_users++;
 }
 
 static void users_remove(imc_gateway *gw, imc_conn *c) {
-  imc_conn **pp = &gw->users[hash_str(c->user) & (gw->users_cap - 1)];
+  imc_conn **pp = &gw->users[imc_hash_str(c->user) & (gw->users_cap - 1)];
   for (; *pp; pp = &(*pp)->unext) {
     if (*pp == c) {
       *pp = c->unext;
@@ -475,7 +463,7 @@ static void users_remove(imc_gateway *gw, imc_conn *c) {
 }
 
 static imc_conn *users_first(imc_gateway *gw, const char *user) {
-  return gw->users[hash_str(user) & (gw->users_cap - 1)];
+  return gw->users[imc_hash_str(user) & (gw->users_cap - 1)];
 }
 
 static void shmsg_unref(imc_gateway *gw, shmsg *sm) {
@@ -1767,47 +1755,13 @@ size_t imc_gateway_conn_count(const imc_gateway *gw) {
   return gw ? (size_t)gw->stats[IMC_GW_STAT_CONNECTIONS] : 0;
 }
 
-static size_t opt_len(const char *s) {
-  return s ? strlen(s) + 1 : 1;
-}
-
-static char *put_str(char **p, const char *s) {
-  char *dst = *p;
-  size_t n = opt_len(s);
-  if (s)
-    memcpy(dst, s, n);
-  else
-    dst[0] = '\0';
-  *p += n;
-  return dst;
-}
-
 /* One allocation holding msg and everything it points to. */
 static shmsg *shmsg_new(imc_gateway *gw, const imc_msg *m) {
-  size_t n = sizeof(shmsg) + opt_len(m->msg_id) + opt_len(m->conversation_id) +
-             opt_len(m->from_user) + opt_len(m->to_user) +
-             opt_len(m->group_id) + opt_len(m->content_type) +
-             opt_len(m->client_msg_id) + opt_len(m->from_device) + m->body_len;
-  shmsg *sm = imc_malloc(&gw->mem, n);
+  shmsg *sm = imc_malloc(&gw->mem, sizeof(shmsg) + imc_msg_data_size(m));
   if (sm == NULL)
     return NULL;
   sm->refs = 0;
-  char *p = (char *)(sm + 1);
-  imc_msg *d = &sm->msg;
-  d->msg_id = put_str(&p, m->msg_id);
-  d->conversation_id = put_str(&p, m->conversation_id);
-  d->from_user = put_str(&p, m->from_user);
-  d->to_user = put_str(&p, m->to_user);
-  d->group_id = put_str(&p, m->group_id);
-  d->content_type = put_str(&p, m->content_type);
-  d->client_msg_id = put_str(&p, m->client_msg_id);
-  d->from_device = put_str(&p, m->from_device);
-  if (m->body_len)
-    memcpy(p, m->body, m->body_len);
-  d->body = (const uint8_t *)p;
-  d->body_len = m->body_len;
-  d->seq = m->seq;
-  d->sent_at_ms = m->sent_at_ms;
+  imc_msg_copy(&sm->msg, (char *)(sm + 1), m);
   return sm;
 }
 

@@ -1,4 +1,4 @@
-#include "wsframe.h"
+#include "protocol/wsframe.h"
 
 #include <string.h>
 

@@ -1,5 +1,5 @@
-#include "timer.h"
-#include "alloc.h"
+#include "util/timer.h"
+#include "util/alloc.h"
 
 static void place(imc_theap *h, uint32_t i, imc_timer *t) {
   h->slots[i] = t;

@@ -1,7 +1,7 @@
 /* Sensitive-word filter: Aho-Corasick over bytes, see filter.h. */
-#include "filter.h"
+#include "router/filter.h"
 
-#include "alloc.h"
+#include "util/alloc.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,5 +1,5 @@
 /* Error strings, the default allocator and clock, id validation. */
-#include "alloc.h"
+#include "util/alloc.h"
 
 #include <imchat/version.h>
 
@@ -138,4 +138,9 @@ int64_t imc_clock_now(const imc_clock *c) {
 
 int64_t imc_clock_wall(const imc_clock *c) {
   return c->wall_ms(c->ud);
+}
+
+int imc_clock_assign(imc_clock *dst, const imc_clock *src) {
+  *dst = src ? *src : *imc_clock_default();
+  return 0;
 }

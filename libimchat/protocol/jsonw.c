@@ -1,5 +1,5 @@
-#include "jsonw.h"
-#include "alloc.h"
+#include "protocol/jsonw.h"
+#include "util/alloc.h"
 
 #include <openssl/evp.h>
 

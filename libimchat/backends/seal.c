@@ -1,7 +1,8 @@
 /* Sealing of stored bodies with AES-256-GCM, see seal.h. */
-#include "seal.h"
+#include "backends/seal.h"
+#include "util/hex.h"
 
-#include "alloc.h"
+#include "util/alloc.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -177,16 +178,6 @@ static int is_blank(uint8_t c) {
   return c == ' ' || c == '\t' || c == '\r';
 }
 
-static int hex_val(uint8_t c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
 /* Parses one "KEY_ID HEX64" line, p[0..n) trimmed and non-empty. */
 static int parse_key_line(imc_keyring *kr, const uint8_t *p, size_t n) {
   size_t i = 0;
@@ -201,7 +192,7 @@ static int parse_key_line(imc_keyring *kr, const uint8_t *p, size_t n) {
   uint8_t key[IMC_SEAL_KEY_LEN];
   int rv = 0;
   for (size_t j = 0; j < IMC_SEAL_KEY_LEN && rv == 0; j++) {
-    int hi = hex_val(hex[2 * j]), lo = hex_val(hex[2 * j + 1]);
+    int hi = imc_hexval(hex[2 * j]), lo = imc_hexval(hex[2 * j + 1]);
     if (hi < 0 || lo < 0)
       rv = IMC_ERR_INVALID_ARGUMENT;
     else

@@ -1,5 +1,5 @@
-#include "members.h"
-#include "alloc.h"
+#include "router/members.h"
+#include "util/alloc.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,5 +1,6 @@
 /* The router's gateway link when router and gateway share a process. */
 #include <imchat/router.h>
+#include <imchat/local_link.h>
 
 #include <string.h>
 

@@ -28,5 +28,7 @@ char *imc_strdup(const imc_mem *m, const char *s);
 int64_t imc_clock_now(const imc_clock *c);
 int64_t imc_clock_wall(const imc_clock *c);
 const imc_clock *imc_clock_default(void);
+/* *dst = *src, or the system clocks when src is NULL. Returns 0. */
+int imc_clock_assign(imc_clock *dst, const imc_clock *src);
 
 #endif /* IMC_ALLOC_H */

@@ -1,5 +1,5 @@
-#include "pb.h"
-#include "alloc.h"
+#include "protocol/pb.h"
+#include "util/alloc.h"
 
 static void *pb_alloc(void *ud, size_t size) {
   return imc_malloc(ud, size);

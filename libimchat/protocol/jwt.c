@@ -1,10 +1,10 @@
 /* JWT (compact JWS) verification with HS256, RS256 and ES256, and HS256
  * minting. Tokens are decoded into stack buffers; only key setup
  * allocates, apart from OpenSSL's own work. */
-#include "jwt.h"
+#include "protocol/jwt.h"
 
-#include "alloc.h"
-#include "json.h"
+#include "util/alloc.h"
+#include "protocol/json.h"
 
 #include <imchat/jwt.h>
 

@@ -1,5 +1,5 @@
-#include "buf.h"
-#include "alloc.h"
+#include "util/buf.h"
+#include "util/alloc.h"
 
 #include <string.h>
 

@@ -19,13 +19,15 @@
 #include <imchat/router.h>
 #include <imchat/worker.h>
 
-#include "alloc.h"
-#include "log.h"
-#include "filter.h"
-#include "members.h"
-#include "pb.h"
+#include "util/alloc.h"
+#include "util/hash.h"
+#include "util/msg.h"
+#include "util/log.h"
+#include "router/filter.h"
+#include "router/members.h"
+#include "protocol/pb.h"
 #include "queue.pb-c.h"
-#include "vtbl.h"
+#include "util/vtbl.h"
 
 #include <openssl/rand.h>
 
@@ -156,20 +158,13 @@ VT_SETTER(gwlink, imc_gwlink_vtbl, gwlink)
 
 int imc_router_options_set_clock(imc_router_options *o,
                                  const imc_clock *clock) {
-  if (o == NULL)
-    return IMC_ERR_INVALID_ARGUMENT;
-  o->clock = clock ? *clock : *imc_clock_default();
-  return 0;
+  return o ? imc_clock_assign(&o->clock, clock) : IMC_ERR_INVALID_ARGUMENT;
 }
 
 int imc_router_options_set_log(imc_router_options *o, imc_log_cb cb, void *ud,
                                imc_log_level max_level) {
-  if (o == NULL)
-    return IMC_ERR_INVALID_ARGUMENT;
-  o->log.cb = cb;
-  o->log.ud = ud;
-  o->log.level = max_level;
-  return 0;
+  return o ? imc_logger_assign(&o->log, cb, ud, max_level)
+           : IMC_ERR_INVALID_ARGUMENT;
 }
 
 int imc_router_options_set_max_body(imc_router_options *o, size_t bytes) {
@@ -229,37 +224,6 @@ static void backend_error(imc_router *r, const char *what, int status) {
 
 static int is_group(const imc_msg *m) {
   return m->group_id != NULL && m->group_id[0] != '\0';
-}
-
-/* Copies m into one allocation; free with imc_free. */
-static imc_msg *msg_dup(imc_router *r, const imc_msg *m) {
-  const char *s[8] = {m->msg_id,        m->conversation_id, m->from_user,
-                      m->to_user,       m->group_id,        m->content_type,
-                      m->client_msg_id, m->from_device};
-  size_t n = sizeof(imc_msg) + m->body_len;
-  for (int i = 0; i < 8; i++)
-    n += strlen(s[i] ? s[i] : "") + 1;
-  imc_msg *d = imc_malloc(&r->mem, n);
-  if (d == NULL)
-    return NULL;
-  char *p = (char *)(d + 1);
-  const char **dst[8] = {
-      &d->msg_id,   &d->conversation_id, &d->from_user,     &d->to_user,
-      &d->group_id, &d->content_type,    &d->client_msg_id, &d->from_device};
-  for (int i = 0; i < 8; i++) {
-    const char *src = s[i] ? s[i] : "";
-    size_t l = strlen(src) + 1;
-    memcpy(p, src, l);
-    *dst[i] = p;
-    p += l;
-  }
-  if (m->body_len)
-    memcpy(p, m->body, m->body_len);
-  d->body = (const uint8_t *)p;
-  d->body_len = m->body_len;
-  d->seq = m->seq;
-  d->sent_at_ms = m->sent_at_ms;
-  return d;
 }
 
 /* Packs an OfflineJob. Returns 0 or IMC_ERR_NOMEM. */
@@ -389,15 +353,8 @@ static void slow_path(imc_router *r, const imc_msg *m, int history,
 /* Delivery statuses                                                    */
 /* ------------------------------------------------------------------ */
 
-static uint32_t hash_str(const char *s) {
-  uint32_t h = 2166136261u;
-  for (; *s; s++)
-    h = (h ^ (uint8_t)*s) * 16777619u;
-  return h;
-}
-
 static void seen_unlink(imc_router *r, seen *s) {
-  seen **pp = &r->seen_buckets[hash_str(s->msg_id) % SEEN_BUCKETS];
+  seen **pp = &r->seen_buckets[imc_hash_str(s->msg_id) % SEEN_BUCKETS];
   while (*pp != s)
     pp = &(*pp)->next;
   *pp = s->next;
@@ -423,7 +380,7 @@ static void seen_expire(imc_router *r, int64_t now) {
 static int seen_test_and_set(imc_router *r, const char *msg_id) {
   int64_t now = now_ms(r);
   seen_expire(r, now);
-  uint32_t b = hash_str(msg_id) % SEEN_BUCKETS;
+  uint32_t b = imc_hash_str(msg_id) % SEEN_BUCKETS;
   for (seen *s = r->seen_buckets[b]; s; s = s->next)
     if (strcmp(s->msg_id, msg_id) == 0)
       return 1;
@@ -489,7 +446,7 @@ static void send_status(imc_router *r, const imc_msg *m,
   r->stats[state == IMC_DELIVERED ? IMC_RT_STAT_DELIVERED
                                   : IMC_RT_STAT_STORED]++;
   statusop *op = imc_malloc(&r->mem, sizeof(*op));
-  imc_msg *copy = op ? msg_dup(r, m) : NULL;
+  imc_msg *copy = op ? imc_msg_dup(&r->mem, m) : NULL;
   if (copy == NULL) {
     imc_free(&r->mem, op);
     rt_log(r, IMC_LOG_ERROR, "out of memory sending status of %s", m->msg_id);

@@ -9,12 +9,12 @@
  */
 #include <imchat/api.h>
 
-#include "alloc.h"
-#include "log.h"
-#include "http.h"
-#include "jsonw.h"
-#include "pb.h"
-#include "vtbl.h"
+#include "util/alloc.h"
+#include "util/log.h"
+#include "protocol/http.h"
+#include "protocol/jsonw.h"
+#include "protocol/pb.h"
+#include "util/vtbl.h"
 
 #include <openssl/crypto.h>
 
@@ -163,20 +163,13 @@ int imc_api_options_set_admin_token(imc_api_options *o, const char *token) {
 }
 
 int imc_api_options_set_clock(imc_api_options *o, const imc_clock *clock) {
-  if (o == NULL)
-    return IMC_ERR_INVALID_ARGUMENT;
-  o->clock = clock ? *clock : *imc_clock_default();
-  return 0;
+  return o ? imc_clock_assign(&o->clock, clock) : IMC_ERR_INVALID_ARGUMENT;
 }
 
 int imc_api_options_set_log(imc_api_options *o, imc_log_cb cb, void *ud,
                             imc_log_level max_level) {
-  if (o == NULL)
-    return IMC_ERR_INVALID_ARGUMENT;
-  o->log.cb = cb;
-  o->log.ud = ud;
-  o->log.level = max_level;
-  return 0;
+  return o ? imc_logger_assign(&o->log, cb, ud, max_level)
+           : IMC_ERR_INVALID_ARGUMENT;
 }
 
 /* ------------------------------------------------------------------ */

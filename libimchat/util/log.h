@@ -11,6 +11,10 @@ typedef struct imc_logger {
   imc_log_level level;
 } imc_logger;
 
+/* Sets the hook (cb NULL: logging off). Returns 0. */
+int imc_logger_assign(imc_logger *lg, imc_log_cb cb, void *ud,
+                      imc_log_level max_level);
+
 /* Formats one line (truncated at 255 bytes) and hands it to the hook. */
 #if defined(__GNUC__)
 __attribute__((format(printf, 3, 4)))

@@ -1,4 +1,4 @@
-#include "log.h"
+#include "util/log.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -12,4 +12,12 @@ void imc_logf(const imc_logger *lg, imc_log_level level, const char *fmt, ...) {
   vsnprintf(line, sizeof(line), fmt, ap);
   va_end(ap);
   lg->cb(lg->ud, level, line);
+}
+
+int imc_logger_assign(imc_logger *lg, imc_log_cb cb, void *ud,
+                      imc_log_level max_level) {
+  lg->cb = cb;
+  lg->ud = ud;
+  lg->level = max_level;
+  return 0;
 }
