@@ -10,5 +10,12 @@
 #include <imchat/worker.h>
 #include <imchat/api.h>
 #include <imchat/jwt.h>
+#include <imchat/fanout.h>
+#include <imchat/local_link.h>
+#include <imchat/memreg.h>
+#include <imchat/sqlite.h>
+#include <imchat/membus.h>
+#include <imchat/sealed_store.h>
+#include <imchat/sealed_bus.h>
 
 #endif /* IMCHAT_IMCHAT_H */
