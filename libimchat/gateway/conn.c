@@ -90,8 +90,9 @@ void gw_conn_free(imc_conn *c, enum release_mode mode) {
              c->device);
   }
   inflight_drop(c, mode != REL_SILENT);
-  for (pend *p = c->pends; p; p = p->next)
-    p->c = NULL;
+  gw_pending_detach_all(c);
+  if (c->reply)
+    c->reply->c = NULL;
   gw_dirty_remove(c);
   list_remove(&gw->conns, c, &c->prev, &c->next);
   imc_theap_remove(&gw->timers, &c->timer);

@@ -9,10 +9,10 @@
 
 static void send_done(void *ud, int status, const imc_send_result *res,
                       const char *message) {
-  pend *p = ud;
+  pending *p = ud;
   imc_conn *c = p->c;
   uint64_t id = p->frame_id;
-  gw_pend_free(p);
+  gw_pending_free(p);
   if (c == NULL || c->state != ST_WS)
     return;
   if (status != 0) {
@@ -76,14 +76,15 @@ static void on_send(imc_conn *c, uint64_t id,
   req.body = s->body.data;
   req.body_len = s->body.len;
   req.content_type = s->content_type;
-  pend *p = gw_pend_new(c, id);
+  pending *p = gw_pending_new(c, PEND_SEND);
   if (p == NULL) {
     gw_send_error(c, id, IMC_ERR_NOMEM, "out of memory");
     return;
   }
+  p->frame_id = id;
   int rv = gw->o.upstream.send(gw->o.upstream_ud, &req, send_done, p);
   if (rv != 0) {
-    gw_pend_free(p);
+    gw_pending_free(p);
     gw_send_error(c, id, rv, NULL);
   }
 }

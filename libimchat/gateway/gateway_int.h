@@ -85,15 +85,31 @@ typedef struct push {
   int64_t deadline;
 } push;
 
-/* An operation waiting for a completion that concerns one connection
- * (an HTTP reply is one). When the connection goes first, c becomes NULL
- * and the completion is dropped. */
-typedef struct imc_http_reply pend;
+/*
+ * Work handed to a vtable that completes later and concerns one
+ * connection: a send with the upstream, a key lookup with the key source.
+ * Each connection keeps its own in a list; when the connection goes
+ * first, c becomes NULL and the completion only frees the record.
+ */
+enum pending_kind {
+  PEND_SEND, /* upstream.send: answer frame_id with SendAck or Error */
+  PEND_KEY   /* keysrc.lookup: c->head holds head_len bytes of head */
+};
+
+typedef struct pending {
+  imc_gateway *gw;
+  imc_conn *c;
+  struct pending *prev, *next; /* c->pending, oldest first */
+  uint8_t kind;
+  uint64_t frame_id; /* PEND_SEND */
+  size_t head_len;   /* PEND_KEY */
+} pending;
+
+/* The public handle of an HTTP request with the host's handler. A
+ * connection holds at most one; c becomes NULL when it goes first. */
 struct imc_http_reply {
   imc_gateway *gw;
   imc_conn *c;
-  pend *prev, *next;
-  uint64_t frame_id;
 };
 
 struct imc_conn {
@@ -120,7 +136,8 @@ struct imc_conn {
   int64_t tokens; /* rate limit, in thousandths of a send */
   int64_t tokens_at;
   push *ifl_head, *ifl_tail;
-  pend *pends;
+  pending *pend_head, *pend_tail; /* oldest first */
+  imc_http_reply *reply;          /* while in ST_REPLY */
 };
 
 struct imc_gateway_options {
@@ -225,10 +242,13 @@ int gw_ws_queue(imc_conn *c, const uint8_t *data, size_t len);
 int gw_send_frame(imc_conn *c, const Imchat__V1__ServerFrame *f);
 int gw_send_error(imc_conn *c, uint64_t id, int rv, const char *message);
 
-/* pending.c: pending completions */
-pend *gw_pend_new(imc_conn *c, uint64_t frame_id);
-/* Unlinks p from its connection (if any) and frees it. */
-void gw_pend_free(pend *p);
+/* pending.c: completions that concern a connection */
+/* A record of kind for c, appended to its list; NULL without memory. */
+pending *gw_pending_new(imc_conn *c, enum pending_kind kind);
+/* Unlinks p from its connection (if it still has one) and frees it. */
+void gw_pending_free(pending *p);
+/* c is going: its records stay for their completions, without c. */
+void gw_pending_detach_all(imc_conn *c);
 
 /* frames.c: client frames and the wslay glue */
 /* Fills cb with the gateway's wslay callbacks. */

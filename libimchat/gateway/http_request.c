@@ -16,6 +16,13 @@ static int span_str(imc_span sp, char *buf, size_t cap) {
   return 1;
 }
 
+/* Frees r and forgets it on its connection, if that is still there. */
+static void reply_release(imc_http_reply *r) {
+  if (r->c != NULL)
+    r->c->reply = NULL;
+  imc_free(&r->gw->mem, r);
+}
+
 /* Hands a plain HTTP request to the handler. Returns 1 if it took it. */
 static int gw_http_handle(imc_conn *c, const imc_http_req *req) {
   imc_gateway *gw = c->gw;
@@ -50,16 +57,19 @@ static int gw_http_handle(imc_conn *c, const imc_http_req *req) {
       hr.device_id = cl.did;
     }
   }
-  pend *p = gw_pend_new(c, 0);
-  if (p == NULL) {
+  imc_http_reply *r = imc_malloc(&gw->mem, sizeof(*r));
+  if (r == NULL) {
     c->flags |= F_ABORT | F_NOMEM;
     return 1;
   }
+  r->gw = gw;
+  r->c = c;
+  c->reply = r;
   c->state = ST_REPLY;
   c->close_at = now_ms(gw) + REPLY_WAIT_MS;
   gw_conn_schedule(c);
-  if (!gw->o.http.handle(gw->o.http_ud, &hr, p)) {
-    gw_pend_free(p);
+  if (!gw->o.http.handle(gw->o.http_ud, &hr, r)) {
+    reply_release(r);
     c->state = ST_HTTP;
     return 0;
   }
@@ -72,7 +82,7 @@ int imc_http_reply_send(imc_http_reply *reply, int status,
   if (reply == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
   imc_conn *c = reply->c;
-  gw_pend_free(reply);
+  reply_release(reply);
   if (c == NULL || c->state != ST_REPLY)
     return IMC_ERR_CLOSED;
   int rv = gw_http_answer(c, status, content_type ? content_type : "text/plain",

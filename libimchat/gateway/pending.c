@@ -1,36 +1,49 @@
 /*
- * Operations waiting for a completion that concerns one connection.
+ * Work waiting for a completion that concerns one connection: sends with
+ * the upstream and key lookups with the key source. The records outlive
+ * their connection, so that a late completion finds out it has nobody to
+ * answer instead of touching freed memory.
  */
 #include "gateway/gateway_int.h"
 
-#include <stdio.h>
-#include <string.h>
-
-pend *gw_pend_new(imc_conn *c, uint64_t frame_id) {
-  pend *p = imc_malloc(&c->gw->mem, sizeof(*p));
+pending *gw_pending_new(imc_conn *c, enum pending_kind kind) {
+  pending *p = imc_calloc(&c->gw->mem, 1, sizeof(*p));
   if (p == NULL)
     return NULL;
   p->gw = c->gw;
   p->c = c;
-  p->frame_id = frame_id;
-  p->prev = NULL;
-  p->next = c->pends;
-  if (c->pends)
-    c->pends->prev = p;
-  c->pends = p;
+  p->kind = (uint8_t)kind;
+  p->prev = c->pend_tail;
+  if (c->pend_tail)
+    c->pend_tail->next = p;
+  else
+    c->pend_head = p;
+  c->pend_tail = p;
   return p;
 }
 
-/* Unlinks p from its connection (if any) and frees it. */
-void gw_pend_free(pend *p) {
+static void pending_unlink(pending *p) {
   imc_conn *c = p->c;
-  if (c != NULL) {
-    if (p->prev)
-      p->prev->next = p->next;
-    else
-      c->pends = p->next;
-    if (p->next)
-      p->next->prev = p->prev;
-  }
+  if (c == NULL)
+    return;
+  if (p->prev)
+    p->prev->next = p->next;
+  else
+    c->pend_head = p->next;
+  if (p->next)
+    p->next->prev = p->prev;
+  else
+    c->pend_tail = p->prev;
+  p->prev = p->next = NULL;
+  p->c = NULL;
+}
+
+void gw_pending_free(pending *p) {
+  pending_unlink(p);
   imc_free(&p->gw->mem, p);
+}
+
+void gw_pending_detach_all(imc_conn *c) {
+  while (c->pend_head)
+    pending_unlink(c->pend_head);
 }

@@ -193,15 +193,16 @@ int gw_handle_upgrade(imc_conn *c, const imc_http_req *req, const char *buf,
       c->flags |= F_ABORT | F_NOMEM;
       return gw_conn_check(c);
     }
-    pend *p = gw_pend_new(c, head_len);
+    pending *p = gw_pending_new(c, PEND_KEY);
     if (p == NULL) {
       c->flags |= F_ABORT | F_NOMEM;
       return gw_conn_check(c);
     }
+    p->head_len = head_len;
     c->state = ST_AUTH;
     int rv = gw->o.keysrc.lookup(gw->o.keysrc_ud, alg, jh.kid, key_done, p);
     if (rv != 0) {
-      gw_pend_free(p);
+      gw_pending_free(p);
       c->state = ST_HTTP;
       return auth_fail(c, rv, "no key for token");
     }
@@ -226,11 +227,11 @@ int gw_handle_upgrade(imc_conn *c, const imc_http_req *req, const char *buf,
 /* Completion of the key source: parse the kept head again and go on. */
 static void key_done(void *ud, int status, const char *alg, const uint8_t *key,
                      size_t key_len) {
-  pend *p = ud;
+  pending *p = ud;
   imc_conn *c = p->c;
   imc_gateway *gw = p->gw;
-  size_t head_len = (size_t)p->frame_id;
-  gw_pend_free(p);
+  size_t head_len = p->head_len;
+  gw_pending_free(p);
   if (c == NULL || c->state != ST_AUTH)
     return;
   c->state = ST_HTTP;
