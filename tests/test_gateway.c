@@ -800,6 +800,36 @@ START_TEST(text_frame_1003) {
 }
 END_TEST
 
+/* Close frames left in the client's unread output. */
+static int close_frames_left(void) {
+  int n = 0;
+  while (next_ws())
+    n += F.opcode == 8;
+  return n;
+}
+
+/*
+ * After our 1003 the client's close must not draw a second close frame:
+ * the flag that drops wslay's answer (bit 8) outlives every flush.
+ */
+START_TEST(text_frame_single_close) {
+  h_connect("alice", NULL);
+  send_ws(1, "hello", 5);
+  ck_assert_int_eq(next_ws(), 1);
+  ck_assert_int_eq(close_code(), 1003);
+  /* Another flush cycle between our close and the client's. */
+  send_ping(2, 2);
+  imc_gateway_flush(H.gw);
+  uint8_t cl[2] = {0x03, 0xeb};
+  size_t n = ws_frame(wbuf, 1, 8, 0, cl, 2, 1);
+  imc_gateway_conn_recv(H.gw, H.c, wbuf, n);
+  imc_gateway_flush(H.gw);
+  ck_assert_int_eq(close_frames_left(), 0);
+  ck_assert_int_eq(H.m.sock.closed, 1);
+  ck_assert_uint_eq(imc_gateway_conn_count(H.gw), 0);
+}
+END_TEST
+
 START_TEST(oversize_1009) {
   h_connect("alice", NULL);
   static uint8_t big[64 * 1024 + 2048];
@@ -1346,6 +1376,7 @@ static Suite *gateway_suite(void) {
   tcase_add_checked_fixture(t, h_setup, h_teardown);
   tcase_add_test(t, ping_pong);
   tcase_add_test(t, text_frame_1003);
+  tcase_add_test(t, text_frame_single_close);
   tcase_add_test(t, oversize_1009);
   tcase_add_test(t, body_too_large_in_valid_frame);
   tcase_add_test(t, bad_protobuf);

@@ -33,7 +33,7 @@ void gw_dirty_add(imc_conn *c) {
 void gw_dirty_remove(imc_conn *c) {
   if (!(c->flags & F_DIRTY))
     return;
-  c->flags &= (uint8_t)~F_DIRTY;
+  flags_clear(c, F_DIRTY);
   if (c->dprev)
     c->dprev->dnext = c->dnext;
   else
@@ -178,7 +178,7 @@ int gw_queue_bytes(imc_conn *c, const void *data, size_t len) {
 int gw_conn_write(imc_conn *c) {
   imc_gateway *gw = c->gw;
   gw_dirty_remove(c);
-  c->flags &= (uint8_t)~F_BLOCKED;
+  flags_clear(c, F_BLOCKED);
   while (c->out.len > 0) {
     struct iovec iov[IOV_BATCH];
     int n = imc_bufq_iov(&c->out, iov, IOV_BATCH);

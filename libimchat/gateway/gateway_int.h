@@ -139,6 +139,7 @@ struct imc_conn {
   pending *pend_head, *pend_tail; /* oldest first */
   imc_http_reply *reply;          /* while in ST_REPLY */
 };
+_Static_assert(F_DISCARD <= UINT16_MAX, "every conn_flag fits imc_conn.flags");
 
 struct imc_gateway_options {
   imc_mem mem;
@@ -185,6 +186,12 @@ struct imc_gateway {
 };
 
 #define gw_log(gw, ...) imc_logf(&(gw)->o.log, __VA_ARGS__)
+
+/* Clears flags of c at the width of the field: a cast to a narrower
+ * type would wipe the high flags (F_DISCARD) as well. */
+static inline void flags_clear(imc_conn *c, unsigned flags) {
+  c->flags = (uint16_t)(c->flags & ~flags);
+}
 
 static inline int64_t now_ms(imc_gateway *gw) {
   return imc_clock_now(&gw->o.clock);
