@@ -1223,6 +1223,149 @@ START_TEST(shutdown_1001) {
 END_TEST
 
 /* ------------------------------------------------------------------ */
+/* Devices per user, per-user rate                                      */
+/* ------------------------------------------------------------------ */
+
+/* A connection beside H.c, with its own socket. */
+typedef struct peer {
+  test_sock sock;
+  imc_conn *c;
+} peer;
+
+/* Opens p and upgrades it as user/device; returns the HTTP status. */
+static int peer_connect(peer *p, const char *user, const char *device) {
+  memset(p, 0, sizeof(*p));
+  ck_assert_int_eq(imc_gateway_conn_new(H.gw, &p->c, &p->sock), 0);
+  char req[2048];
+  upgrade_req(req, sizeof(req), token_for(user, device, 3600));
+  imc_gateway_conn_recv(H.gw, p->c, (const uint8_t *)req, strlen(req));
+  imc_gateway_flush(H.gw);
+  int status = 0;
+  ck_assert_uint_gt(p->sock.len, 12);
+  sscanf((const char *)p->sock.out, "HTTP/1.1 %d", &status);
+  return status;
+}
+
+/* Where s (without its NUL) occurs in what sock received, or NULL. */
+static const void *sock_find(const test_sock *sock, const char *s) {
+  return memmem(sock->out, sock->len, s, strlen(s));
+}
+
+static void peer_free(peer *p) {
+  free(p->sock.out);
+}
+
+static void peer_send_text(peer *p, uint64_t id) {
+  Imchat__V1__SendRequest s = IMCHAT__V1__SEND_REQUEST__INIT;
+  s.client_msg_id = "cm-p";
+  s.to_case = IMCHAT__V1__SEND_REQUEST__TO_USER_ID;
+  s.user_id = "bob";
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.id = id;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_SEND;
+  cf.send = &s;
+  uint8_t buf[256];
+  size_t n = imchat__v1__client_frame__pack(&cf, buf);
+  n = ws_frame(wbuf, 1, 2, 0, buf, n, 1);
+  ck_assert_int_eq(imc_gateway_conn_recv(H.gw, p->c, wbuf, n), 0);
+  imc_gateway_flush(H.gw);
+}
+
+static void two_devices(imc_gateway_options *o) {
+  ck_assert_int_eq(imc_gateway_options_set_max_devices(o, 2), 0);
+}
+
+START_TEST(max_devices_429) {
+  reset_with(two_devices);
+  h_connect("alice", "d1");
+  peer p2, p3, p4, pb;
+  ck_assert_int_eq(peer_connect(&p2, "alice", "d2"), 101);
+  ck_assert_int_eq(peer_connect(&p3, "alice", "d3"), 429);
+  ck_assert_ptr_nonnull(
+      sock_find(&p3.sock, "{\"error\":{\"code\":\"TOO_MANY_DEVICES\""));
+  ck_assert_ptr_nonnull(sock_find(&p3.sock, "Content-Type: application/json"));
+  ck_assert_ptr_null(sock_find(&p3.sock, "101"));
+  ck_assert_int_eq(p3.sock.closed, 1);
+  ck_assert_int_eq(H.m.reg, 2); /* the refused one never registered */
+  /* Other users are not concerned. */
+  ck_assert_int_eq(peer_connect(&pb, "bob", "d1"), 101);
+  /* A connection that goes frees its slot. */
+  imc_gateway_conn_closed(H.gw, p2.c);
+  ck_assert_int_eq(peer_connect(&p4, "alice", "d3"), 101);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_WEBSOCKETS), 3);
+  peer_free(&p2);
+  peer_free(&p3);
+  peer_free(&p4);
+  peer_free(&pb);
+}
+END_TEST
+
+static void user_rate(imc_gateway_options *o) {
+  with_upstream(o);
+  ck_assert_int_eq(imc_gateway_options_set_rate_limit(o, 1000, 1000), 0);
+  ck_assert_int_eq(imc_gateway_options_set_user_rate_limit(o, 10, 4), 0);
+}
+
+START_TEST(user_rate_shared_by_devices) {
+  reset_with(user_rate);
+  h_connect("alice", "d1");
+  peer p2;
+  ck_assert_int_eq(peer_connect(&p2, "alice", "d2"), 101);
+  for (uint64_t i = 1; i <= 2; i++) {
+    send_text(i, "bob", "x");
+    peer_send_text(&p2, i);
+  }
+  ck_assert_int_eq(H.m.sends, 4);
+  /* The burst of 4 is the user's, whichever device sends. */
+  peer_send_text(&p2, 3);
+  ck_assert_int_eq(H.m.sends, 4);
+  Imchat__V1__ServerFrame *f;
+  for (int i = 0; i < 2; i++) {
+    f = next_sf();
+    ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_SEND_ACK);
+    imchat__v1__server_frame__free_unpacked(f, NULL);
+  }
+  send_text(3, "bob", "x");
+  expect_error(3, IMCHAT__V1__ERROR__CODE__RATE_LIMITED);
+  ck_assert_int_eq(H.m.sends, 4);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_RATE_LIMITED), 2);
+  /* 10/s refills: 100 ms later one more, from either device. */
+  test_clock_advance(&H.tc, 100);
+  peer_send_text(&p2, 4);
+  ck_assert_int_eq(H.m.sends, 5);
+  send_text(4, "bob", "x");
+  expect_error(4, IMCHAT__V1__ERROR__CODE__RATE_LIMITED);
+  peer_free(&p2);
+}
+END_TEST
+
+/* Many devices of one user: joins, pushes and leaves stay per user. */
+START_TEST(many_devices_one_user) {
+  reset_with(with_upstream);
+  enum { N = 16 };
+  peer p[N];
+  char dev[16];
+  for (int i = 0; i < N; i++) {
+    snprintf(dev, sizeof(dev), "d%d", i);
+    ck_assert_int_eq(peer_connect(&p[i], "carol", dev), 101);
+  }
+  imc_msg m = test_msg("m-many");
+  ck_assert_int_eq(imc_gateway_deliver(H.gw, "carol", "d3", &m), N - 1);
+  for (int i = 0; i < N; i += 2)
+    imc_gateway_conn_closed(H.gw, p[i].c);
+  ck_assert_int_eq(H.m.undelivered, N / 2); /* d3 got none; it stays */
+  ck_assert_int_eq(imc_gateway_push_status(H.gw, "carol", "d5", "m-1", "c-1",
+                                           IMC_STORED, NULL),
+                   1);
+  for (int i = 1; i < N; i += 2)
+    imc_gateway_conn_closed(H.gw, p[i].c);
+  ck_assert_int_eq(imc_gateway_deliver(H.gw, "carol", NULL, &m), 0);
+  for (int i = 0; i < N; i++)
+    peer_free(&p[i]);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
 /* Allocation failures                                                  */
 /* ------------------------------------------------------------------ */
 
@@ -1409,6 +1552,9 @@ static Suite *gateway_suite(void) {
   tcase_add_test(t, slow_reader_closed);
   tcase_add_test(t, writable_after_block);
   tcase_add_test(t, shutdown_1001);
+  tcase_add_test(t, max_devices_429);
+  tcase_add_test(t, user_rate_shared_by_devices);
+  tcase_add_test(t, many_devices_one_user);
   suite_add_tcase(s, t);
 
   t = tcase_create("alloc");

@@ -198,6 +198,28 @@ IMC_EXTERN int imc_gateway_options_set_rate_limit(imc_gateway_options *opt,
                                                   uint32_t burst);
 
 /*
+ * Upgraded connections (devices) one user may hold on this gateway
+ * (default 16). A further upgrade of that user is refused before the 101
+ * with HTTP 429 and the error code TOO_MANY_DEVICES. Connections are
+ * counted, not device ids: a device that reconnects while its old
+ * connection is still held counts twice until the old one is gone (idle
+ * drop or close), so a limit well above the devices a person uses keeps
+ * such reconnects working.
+ */
+IMC_EXTERN int imc_gateway_options_set_max_devices(imc_gateway_options *opt,
+                                                   uint32_t n);
+/*
+ * Sends per second per user (default 200) and burst (400), shared by all
+ * connections of the user on this gateway and applied in addition to the
+ * per-connection rate: more devices do not buy a higher rate. A refused
+ * send gets Error RATE_LIMITED. The bucket starts full when the user's
+ * first connection arrives and goes with the last one.
+ */
+IMC_EXTERN int imc_gateway_options_set_user_rate_limit(imc_gateway_options *opt,
+                                                       uint32_t per_s,
+                                                       uint32_t burst);
+
+/*
  * Vtables. The vtable itself is copied (up to its struct_size); ud is
  * borrowed and must outlive the gateway. transport is required.
  */

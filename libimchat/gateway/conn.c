@@ -80,8 +80,7 @@ void gw_inflight_fail(imc_conn *c) {
 /* Releases c. Un-ACKed pushes go back to the upstream first. */
 void gw_conn_free(imc_conn *c, enum release_mode mode) {
   imc_gateway *gw = c->gw;
-  if (c->user != NULL)
-    gw_users_remove(gw, c);
+  gw_user_detach(gw, c);
   if (mode != REL_SILENT && (c->flags & F_REGISTERED) &&
       gw->o.registry.unregister) {
     imc_reg_entry e = gw_reg_entry(c);

@@ -32,18 +32,32 @@ static void send_done(void *ud, int status, const imc_send_result *res,
   gw_send_frame(c, &f);
 }
 
-/* Token bucket in thousandths of a send. */
+/* Refills b for the time since its last refill, up to burst sends. */
+static void bucket_refill(rate_bucket *b, int64_t now, uint32_t per_s,
+                          uint32_t burst) {
+  int64_t cap = (int64_t)burst * 1000;
+  if (now > b->at)
+    b->tokens += (now - b->at) * (int64_t)per_s;
+  if (b->tokens > cap)
+    b->tokens = cap;
+  b->at = now;
+}
+
+/*
+ * Takes one send from the connection's bucket and from its user's, which
+ * every device of the user shares (so devices do not multiply the rate).
+ * Nothing is taken unless both have one.
+ */
 static int rate_take(imc_conn *c) {
   imc_gateway *gw = c->gw;
   int64_t now = now_ms(gw);
-  int64_t cap = (int64_t)gw->o.burst * 1000;
-  c->tokens += (now - c->tokens_at) * (int64_t)gw->o.rate;
-  if (c->tokens > cap)
-    c->tokens = cap;
-  c->tokens_at = now;
-  if (c->tokens < 1000)
+  rate_bucket *ub = &c->u->bucket;
+  bucket_refill(&c->bucket, now, gw->o.rate, gw->o.burst);
+  bucket_refill(ub, now, gw->o.user_rate, gw->o.user_burst);
+  if (c->bucket.tokens < 1000 || ub->tokens < 1000)
     return 0;
-  c->tokens -= 1000;
+  c->bucket.tokens -= 1000;
+  ub->tokens -= 1000;
   return 1;
 }
 

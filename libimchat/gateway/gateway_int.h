@@ -112,12 +112,31 @@ struct imc_http_reply {
   imc_conn *c;
 };
 
+/* A token bucket, in thousandths of a send. */
+typedef struct rate_bucket {
+  int64_t tokens;
+  int64_t at; /* time of the last refill */
+} rate_bucket;
+
+/*
+ * A user with upgraded connections on this gateway: the index entry,
+ * created at the first upgrade and freed with the last connection.
+ */
+typedef struct gw_user {
+  struct gw_user *next; /* bucket chain of gw->users */
+  imc_conn *conns;      /* this user's upgraded connections */
+  size_t n_conns;       /* counted against max_devices */
+  rate_bucket bucket;   /* shared by every device of the user */
+  char id[];
+} gw_user;
+
 struct imc_conn {
   imc_gateway *gw;
   void *ud;
   imc_conn *prev, *next;   /* gw->conns */
   imc_conn *dprev, *dnext; /* gw->dirty */
-  imc_conn *unext;         /* bucket of gw->users */
+  struct gw_user *u;       /* the user's record, once upgraded */
+  imc_conn *uprev, *unext; /* u->conns */
   imc_timer timer;
   uint64_t id;
   uint8_t state;
@@ -133,8 +152,7 @@ struct imc_conn {
   char *user;   /* "user\0device\0", one allocation */
   char *device; /* points into user */
   int64_t opened_at, last_rx, next_beat, close_at;
-  int64_t tokens; /* rate limit, in thousandths of a send */
-  int64_t tokens_at;
+  rate_bucket bucket; /* per-connection send rate */
   push *ifl_head, *ifl_tail;
   pending *pend_head, *pend_tail; /* oldest first */
   imc_http_reply *reply;          /* while in ST_REPLY */
@@ -152,6 +170,7 @@ struct imc_gateway_options {
   size_t max_body, max_outbound;
   uint32_t heartbeat_ms, idle_ms, handshake_ms, lease_s, ack_ms;
   uint32_t rate, burst;
+  uint32_t max_devices, user_rate, user_burst;
   imc_transport_vtbl transport;
   void *transport_ud;
   imc_registry_vtbl registry;
@@ -175,7 +194,7 @@ struct imc_gateway {
   imc_conn *conns;
   imc_conn *dirty;
   imc_theap timers;
-  imc_conn **users; /* buckets by user id */
+  gw_user **users; /* buckets by user id */
   size_t users_cap, n_users;
   uint64_t next_id;
   int shutting_down;
@@ -202,9 +221,14 @@ static inline void stat_inc(imc_gateway *gw, imc_gateway_stat s) {
 }
 
 /* users.c: the user index */
-void gw_users_insert(imc_gateway *gw, imc_conn *c);
-void gw_users_remove(imc_gateway *gw, imc_conn *c);
-imc_conn *gw_users_first(imc_gateway *gw, const char *user);
+/* The record of user id, or NULL if it has no connection here. */
+gw_user *gw_user_find(imc_gateway *gw, const char *id);
+/* Adds the upgraded c (c->user set) to its user's record, creating it.
+ * Returns 0 or IMC_ERR_NOMEM. */
+int gw_user_attach(imc_gateway *gw, imc_conn *c);
+/* Removes c from its user's record, freeing the record with its last
+ * connection. Nothing happens if c was never attached. */
+void gw_user_detach(imc_gateway *gw, imc_conn *c);
 
 /* conn.c: connections: dirty list, output, teardown, timers */
 void gw_dirty_add(imc_conn *c);

@@ -27,6 +27,8 @@ static const char *status_text(int status) {
     return "Payload Too Large";
   case 426:
     return "Upgrade Required";
+  case 429:
+    return "Too Many Requests";
   case 431:
     return "Request Header Fields Too Large";
   case 500:

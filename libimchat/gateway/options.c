@@ -24,6 +24,9 @@ int imc_gateway_options_new(imc_gateway_options **out, const imc_mem *mem) {
   o->ack_ms = 10000;
   o->rate = 100;
   o->burst = 200;
+  o->max_devices = 16;
+  o->user_rate = 200;
+  o->user_burst = 400;
   o->clock = *imc_clock_default();
   o->log.level = IMC_LOG_INFO;
   *out = o;
@@ -163,6 +166,22 @@ int imc_gateway_options_set_rate_limit(imc_gateway_options *o, uint32_t per_s,
     return IMC_ERR_INVALID_ARGUMENT;
   o->rate = per_s;
   o->burst = burst;
+  return 0;
+}
+
+int imc_gateway_options_set_max_devices(imc_gateway_options *o, uint32_t n) {
+  if (o == NULL || n == 0)
+    return IMC_ERR_INVALID_ARGUMENT;
+  o->max_devices = n;
+  return 0;
+}
+
+int imc_gateway_options_set_user_rate_limit(imc_gateway_options *o,
+                                            uint32_t per_s, uint32_t burst) {
+  if (o == NULL || per_s == 0 || burst == 0)
+    return IMC_ERR_INVALID_ARGUMENT;
+  o->user_rate = per_s;
+  o->user_burst = burst;
   return 0;
 }
 

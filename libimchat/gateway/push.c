@@ -23,9 +23,8 @@ void gw_shmsg_unref(imc_gateway *gw, shmsg *sm) {
     imc_free(&gw->mem, sm);
 }
 
-static int can_push(const imc_conn *c, const char *user) {
-  return c->state == ST_WS && !(c->flags & (F_CLOSING | F_ABORT)) &&
-         strcmp(c->user, user) == 0;
+static int can_push(const imc_conn *c) {
+  return c->state == ST_WS && !(c->flags & (F_CLOSING | F_ABORT));
 }
 
 int imc_gateway_deliver(imc_gateway *gw, const char *user_id,
@@ -37,9 +36,9 @@ int imc_gateway_deliver(imc_gateway *gw, const char *user_id,
   size_t frame_len = 0;
   int count = 0, rv = 0;
   int64_t deadline = now_ms(gw) + gw->o.ack_ms;
-  for (imc_conn *c = gw_users_first(gw, user_id); c; c = c->unext) {
-    if (!can_push(c, user_id) ||
-        (skip_device && strcmp(c->device, skip_device) == 0))
+  gw_user *u = gw_user_find(gw, user_id);
+  for (imc_conn *c = u ? u->conns : NULL; c; c = c->unext) {
+    if (!can_push(c) || (skip_device && strcmp(c->device, skip_device) == 0))
       continue;
     if (sm == NULL) {
       Imchat__V1__Message pm;
@@ -106,8 +105,9 @@ int imc_gateway_push_status(imc_gateway *gw, const char *user_id,
   f.body_case = IMCHAT__V1__SERVER_FRAME__BODY_STATUS;
   f.status = &st;
   int count = 0;
-  for (imc_conn *c = gw_users_first(gw, user_id); c; c = c->unext) {
-    if (!can_push(c, user_id) || strcmp(c->device, device_id) != 0)
+  gw_user *u = gw_user_find(gw, user_id);
+  for (imc_conn *c = u ? u->conns : NULL; c; c = c->unext) {
+    if (!can_push(c) || strcmp(c->device, device_id) != 0)
       continue;
     int rv = gw_send_frame(c, &f);
     if (rv == IMC_ERR_NOMEM)

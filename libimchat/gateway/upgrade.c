@@ -36,6 +36,8 @@ static int upgrade(imc_conn *c, imc_span ws_key, const char *user,
   memcpy(c->user, user, ul + 1);
   c->device = c->user + ul + 1;
   memcpy(c->device, device, dl + 1);
+  if (gw_user_attach(gw, c) != 0)
+    goto nomem;
   char accept[29];
   imc_ws_accept(ws_key, accept);
   char resp[160];
@@ -49,12 +51,11 @@ static int upgrade(imc_conn *c, imc_span ws_key, const char *user,
   c->state = ST_WS;
   gw->stats[IMC_GW_STAT_WEBSOCKETS]++;
   stat_inc(gw, IMC_GW_STAT_UPGRADED);
-  gw_users_insert(gw, c);
   int64_t now = now_ms(gw);
   c->last_rx = now;
   c->next_beat = now + gw->o.heartbeat_ms;
-  c->tokens = (int64_t)gw->o.burst * 1000;
-  c->tokens_at = now;
+  c->bucket.tokens = (int64_t)gw->o.burst * 1000;
+  c->bucket.at = now;
   if (send_welcome(c) != 0)
     goto nomem;
   if (gw->o.registry.register_conn) {
@@ -215,6 +216,16 @@ int gw_handle_upgrade(imc_conn *c, const imc_http_req *req, const char *buf,
     return auth_fail(c, rv,
                      rv == IMC_ERR_EXPIRED ? "token expired or not yet valid"
                                            : "invalid token");
+  /* Refused before the 101: every upgraded connection of the user here
+   * counts, a reconnecting device's old one too until it is gone. */
+  gw_user *u = gw_user_find(gw, cl.sub);
+  if (u != NULL && u->n_conns >= gw->o.max_devices) {
+    gw_log(gw, IMC_LOG_INFO, "conn %llu: %s has %zu devices connected, refused",
+           (unsigned long long)c->id, cl.sub, u->n_conns);
+    gw_http_error(c, 429, "TOO_MANY_DEVICES",
+                  "too many devices of this user are connected", NULL);
+    return gw_conn_check(c);
+  }
   /* The key span must outlive c->head, which upgrade() releases. */
   char ws_key[25];
   memcpy(ws_key, key->value.p, 24);
