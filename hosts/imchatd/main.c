@@ -285,6 +285,13 @@ static int make_gateway(app *a) {
                                     opt, cfg->rate_limit, cfg->rate_burst),
                                 "--rate-limit")) != 0))
     code = rv;
+  if (code == 0 &&
+      ((rv = check(imc_gateway_options_set_user_rate_limit(
+                       opt, cfg->user_rate_limit, cfg->user_rate_burst),
+                   "--user-rate-limit")) != 0 ||
+       (rv = check(imc_gateway_options_set_max_devices(opt, cfg->max_devices),
+                   "--max-devices")) != 0))
+    code = rv;
   if (code == 0) {
     imc_gateway_options_set_transport(opt, hloop_transport_vtbl(), a->loop);
     imc_gateway_options_set_registry(opt, imc_memreg_vtbl(), a->reg);
