@@ -31,6 +31,12 @@ typedef struct mock {
   uint32_t reg_ttl;
   /* upstream calls */
   int sends, delivered, undelivered;
+  int fail_delivered;   /* delivered refuses */
+  int fail_undelivered; /* undelivered fails this many more times */
+  int undelivered_ok;   /* undelivered reports that succeeded */
+  int async_undelivered;
+  imc_done_cb und_cb;
+  void *und_ud;
   char last_undelivered[80];
   imc_send_cb pending_cb;
   void *pending_ud;
@@ -88,19 +94,41 @@ static int u_send(void *ud, const imc_send_req *req, imc_send_cb done,
   return 0;
 }
 
-static void u_delivered(void *ud, const imc_msg *msg, const char *user,
-                        const char *device) {
+static int u_delivered(void *ud, const imc_msg *msg, const char *user,
+                       const char *device, imc_done_cb done, void *done_ud) {
+  mock *m = ud;
   (void)msg;
   (void)user;
   (void)device;
-  ((mock *)ud)->delivered++;
+  m->delivered++;
+  if (m->fail_delivered)
+    return IMC_ERR_UNAVAILABLE;
+  done(done_ud, 0);
+  return 0;
 }
 
-static void u_undelivered(void *ud, const imc_msg *msg, const char *user) {
+static int u_undelivered(void *ud, const imc_msg *msg, const char *user,
+                         imc_done_cb done, void *done_ud) {
   mock *m = ud;
   m->undelivered++;
   snprintf(m->last_undelivered, sizeof(m->last_undelivered), "%s/%s", user,
            msg->msg_id);
+  if (m->fail_undelivered > 0) {
+    m->fail_undelivered--;
+    /* Fail both ways: refused, or completed with an error. */
+    if (m->fail_undelivered % 2)
+      return IMC_ERR_UNAVAILABLE;
+    done(done_ud, IMC_ERR_IO);
+    return 0;
+  }
+  if (m->async_undelivered) {
+    m->und_cb = done;
+    m->und_ud = done_ud;
+    return 0;
+  }
+  m->undelivered_ok++;
+  done(done_ud, 0);
+  return 0;
 }
 
 static const imc_upstream_vtbl upstream = {sizeof(imc_upstream_vtbl), u_send,
@@ -1223,6 +1251,112 @@ START_TEST(shutdown_1001) {
 END_TEST
 
 /* ------------------------------------------------------------------ */
+/* Upstream reports and send deadlines                                  */
+/* ------------------------------------------------------------------ */
+
+static void ack_msg(const char *msg_id) {
+  char *ids[] = {(char *)msg_id};
+  Imchat__V1__DeliverAck a = IMCHAT__V1__DELIVER_ACK__INIT;
+  a.n_msg_ids = 1;
+  a.msg_ids = ids;
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_DELIVER_ACK;
+  cf.deliver_ack = &a;
+  send_cf(&cf);
+}
+
+START_TEST(delivered_fails_falls_back) {
+  reset_with(with_upstream);
+  H.m.fail_delivered = 1;
+  h_connect("alice", NULL);
+  imc_msg m = test_msg("m-50");
+  ck_assert_int_eq(imc_gateway_deliver(H.gw, "alice", NULL, &m), 1);
+  ack_msg("m-50");
+  ck_assert_int_eq(H.m.delivered, 1);
+  ck_assert_int_eq(H.m.undelivered, 1);
+  ck_assert_int_eq(H.m.undelivered_ok, 1);
+  ck_assert_str_eq(H.m.last_undelivered, "alice/m-50");
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+}
+END_TEST
+
+START_TEST(undelivered_retried_with_backoff) {
+  reset_with(with_upstream);
+  H.m.fail_undelivered = 2; /* refused, then completed with an error */
+  h_connect("alice", NULL);
+  imc_msg m = test_msg("m-51");
+  ck_assert_int_eq(imc_gateway_deliver(H.gw, "alice", NULL, &m), 1);
+  h_advance(10000); /* ACK timeout */
+  ck_assert_int_eq(H.m.undelivered, 1);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 1);
+  ck_assert_int_eq(imc_gateway_next_timeout_ms(H.gw), 100);
+  h_advance(99);
+  ck_assert_int_eq(H.m.undelivered, 1);
+  h_advance(1);
+  ck_assert_int_eq(H.m.undelivered, 2);
+  ck_assert_int_eq(H.m.undelivered_ok, 0);
+  /* The delay doubles. */
+  ck_assert_int_eq(imc_gateway_next_timeout_ms(H.gw), 200);
+  h_advance(199);
+  ck_assert_int_eq(H.m.undelivered, 2);
+  h_advance(1);
+  ck_assert_int_eq(H.m.undelivered, 3);
+  ck_assert_int_eq(H.m.undelivered_ok, 1);
+  ck_assert_str_eq(H.m.last_undelivered, "alice/m-51");
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+  /* Exactly one success: nothing is retried again. */
+  h_advance(20000);
+  ck_assert_int_eq(H.m.undelivered, 3);
+  ck_assert_int_eq(H.m.undelivered_ok, 1);
+}
+END_TEST
+
+START_TEST(shutdown_waits_for_reports) {
+  reset_with(with_upstream);
+  H.m.async_undelivered = 1;
+  h_connect("alice", NULL);
+  imc_msg m = test_msg("m-52");
+  ck_assert_int_eq(imc_gateway_deliver(H.gw, "alice", NULL, &m), 1);
+  imc_gateway_shutdown(H.gw);
+  imc_gateway_flush(H.gw);
+  ck_assert_int_eq(H.m.undelivered, 1);
+  /* The connection goes; the report is still with the upstream, which
+   * reads the gateway's copy of the message. */
+  imc_gateway_conn_closed(H.gw, H.c);
+  ck_assert_uint_eq(imc_gateway_conn_count(H.gw), 0);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 1);
+  ck_assert_str_eq(H.m.last_undelivered, "alice/m-52");
+  H.m.und_cb(H.m.und_ud, 0);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+}
+END_TEST
+
+START_TEST(send_timeout_unavailable) {
+  reset_with(with_upstream);
+  H.m.async_send = 1;
+  h_connect("alice", NULL);
+  send_text(4, "bob", "hi");
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 1);
+  ck_assert_int_eq(imc_gateway_next_timeout_ms(H.gw), 15000);
+  h_advance(14999);
+  ck_assert_ptr_null(next_sf());
+  h_advance(1);
+  expect_error(4, IMCHAT__V1__ERROR__CODE__UNAVAILABLE);
+  /* The late completion is harmless: no frame, nothing leaks. */
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 1);
+  imc_send_result r = {"cm-1", "m-1", "p:a:b", 1, T0};
+  H.m.pending_cb(H.m.pending_ud, 0, &r, NULL);
+  imc_gateway_flush(H.gw);
+  ck_assert_ptr_null(next_sf());
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+  /* The connection goes on. */
+  send_ping(5, 5);
+  expect_pong(5, 5);
+  ck_assert_int_eq(H.m.sock.closed, 0);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
 /* Devices per user, per-user rate                                      */
 /* ------------------------------------------------------------------ */
 
@@ -1552,6 +1686,10 @@ static Suite *gateway_suite(void) {
   tcase_add_test(t, slow_reader_closed);
   tcase_add_test(t, writable_after_block);
   tcase_add_test(t, shutdown_1001);
+  tcase_add_test(t, delivered_fails_falls_back);
+  tcase_add_test(t, undelivered_retried_with_backoff);
+  tcase_add_test(t, shutdown_waits_for_reports);
+  tcase_add_test(t, send_timeout_unavailable);
   tcase_add_test(t, max_devices_429);
   tcase_add_test(t, user_rate_shared_by_devices);
   tcase_add_test(t, many_devices_one_user);

@@ -153,13 +153,18 @@ static int up_send(void *ud, const imc_send_req *req, imc_send_cb done,
   return imc_router_send(((app *)ud)->router, req, done, done_ud);
 }
 
-static void up_delivered(void *ud, const imc_msg *msg, const char *user,
-                         const char *device) {
+static int up_delivered(void *ud, const imc_msg *msg, const char *user,
+                        const char *device, imc_done_cb done, void *done_ud) {
   imc_router_delivered(((app *)ud)->router, msg, user, device);
+  done(done_ud, 0);
+  return 0;
 }
 
-static void up_undelivered(void *ud, const imc_msg *msg, const char *user) {
+static int up_undelivered(void *ud, const imc_msg *msg, const char *user,
+                          imc_done_cb done, void *done_ud) {
   imc_router_undelivered(((app *)ud)->router, msg, user);
+  done(done_ud, 0);
+  return 0;
 }
 
 static const imc_upstream_vtbl upstream = {sizeof(imc_upstream_vtbl), up_send,

@@ -62,13 +62,11 @@ static void inflight_drop(imc_conn *c, int notify) {
   c->ifl_head = c->ifl_tail = NULL;
   while (p) {
     push *next = p->next;
-    if (notify) {
-      stat_inc(gw, IMC_GW_STAT_UNDELIVERED);
-      if (gw->o.upstream.undelivered)
-        gw->o.upstream.undelivered(gw->o.upstream_ud, &p->sm->msg, c->user);
-    }
-    gw_shmsg_unref(gw, p->sm);
-    imc_free(&gw->mem, p);
+    p->next = NULL;
+    if (notify)
+      gw_report(gw, p, REP_UNDELIVERED);
+    else
+      gw_push_free(gw, p);
     p = next;
   }
 }
@@ -130,6 +128,11 @@ static int64_t conn_deadline(imc_conn *c) {
     at = idle;
   if (c->ifl_head && c->ifl_head->deadline < at)
     at = c->ifl_head->deadline;
+  /* Sends are appended in time order with one timeout: the first is due
+   * first. */
+  if (c->pend_head && c->pend_head->kind == PEND_SEND &&
+      c->pend_head->deadline < at)
+    at = c->pend_head->deadline;
   return at;
 }
 
@@ -220,12 +223,22 @@ void gw_conn_timeout(imc_conn *c, int64_t now) {
     c->ifl_head = p->next;
     if (c->ifl_head == NULL)
       c->ifl_tail = NULL;
+    p->next = NULL;
     stat_inc(gw, IMC_GW_STAT_ACK_TIMEOUTS);
-    stat_inc(gw, IMC_GW_STAT_UNDELIVERED);
-    if (gw->o.upstream.undelivered)
-      gw->o.upstream.undelivered(gw->o.upstream_ud, &p->sm->msg, c->user);
-    gw_shmsg_unref(gw, p->sm);
-    imc_free(&gw->mem, p);
+    gw_report(gw, p, REP_UNDELIVERED);
+  }
+  /* A send the upstream did not complete in time: the client resends
+   * (same client_msg_id, deduplicated by the router); the late completion
+   * finds an orphan and only frees it. */
+  while (c->pend_head && c->pend_head->kind == PEND_SEND &&
+         c->pend_head->deadline <= now) {
+    pending *p = c->pend_head;
+    uint64_t id = p->frame_id;
+    gw_pending_orphan(p);
+    gw_log(gw, IMC_LOG_WARN, "conn %llu (%s/%s): send %llu timed out",
+           (unsigned long long)c->id, c->user, c->device,
+           (unsigned long long)id);
+    gw_send_error(c, id, IMC_ERR_UNAVAILABLE, "routing timed out; resend");
   }
   if (now - c->last_rx >= gw->o.idle_ms) {
     stat_inc(gw, IMC_GW_STAT_IDLE_CLOSED);

@@ -96,11 +96,14 @@ static void on_send(imc_conn *c, uint64_t id,
     return;
   }
   p->frame_id = id;
+  p->deadline = now_ms(gw) + gw->o.send_ms;
   int rv = gw->o.upstream.send(gw->o.upstream_ud, &req, send_done, p);
   if (rv != 0) {
     gw_pending_free(p);
     gw_send_error(c, id, rv, NULL);
+    return;
   }
+  gw_conn_schedule(c); /* the send's deadline may come first */
 }
 
 static void on_deliver_ack(imc_conn *c, const Imchat__V1__DeliverAck *a) {
@@ -115,12 +118,9 @@ static void on_deliver_ack(imc_conn *c, const Imchat__V1__DeliverAck *a) {
       *pp = p->next;
       if (c->ifl_tail == p)
         c->ifl_tail = prev;
+      p->next = NULL;
       stat_inc(gw, IMC_GW_STAT_ACKS);
-      if (gw->o.upstream.delivered)
-        gw->o.upstream.delivered(gw->o.upstream_ud, &p->sm->msg, c->user,
-                                 c->device);
-      gw_shmsg_unref(gw, p->sm);
-      imc_free(&gw->mem, p);
+      gw_report(gw, p, REP_DELIVERED);
       break;
     }
   }

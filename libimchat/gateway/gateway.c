@@ -63,6 +63,8 @@ void imc_gateway_del(imc_gateway *gw) {
     return;
   while (gw->conns)
     gw_conn_free(gw->conns, REL_SILENT);
+  gw_reports_free(gw);
+  gw_pending_free_orphans(gw);
   imc_theap_free(&gw->timers, &gw->mem);
   imc_jwt_key_clear(&gw->hs, &gw->mem);
   imc_jwt_key_clear(&gw->pub, &gw->mem);
@@ -101,9 +103,12 @@ int64_t imc_gateway_next_timeout_ms(imc_gateway *gw) {
   if (gw == NULL)
     return -1;
   imc_timer *t = imc_theap_top(&gw->timers);
-  if (t == NULL)
+  int64_t at = gw_reports_next(gw);
+  if (t != NULL && (at < 0 || t->at < at))
+    at = t->at;
+  if (at < 0)
     return -1;
-  int64_t d = t->at - now_ms(gw);
+  int64_t d = at - now_ms(gw);
   return d > 0 ? d : 0;
 }
 
@@ -118,6 +123,7 @@ int imc_gateway_on_timeout(imc_gateway *gw) {
     imc_conn *c = (imc_conn *)(void *)((char *)t - offsetof(imc_conn, timer));
     gw_conn_timeout(c, now);
   }
+  gw_reports_retry(gw, now);
   return 0;
 }
 
@@ -136,11 +142,19 @@ int imc_gateway_shutdown(imc_gateway *gw) {
     }
     c = next;
   }
+  /* Failed reports are tried again now rather than after their backoff;
+   * those that fail again keep being retried while the host waits for
+   * imc_gateway_pending() to reach 0. */
+  gw_reports_retry(gw, -1);
   return 0;
 }
 
 const char *imc_gateway_get_node_id(const imc_gateway *gw) {
   return gw ? gw->o.node_id : NULL;
+}
+
+size_t imc_gateway_pending(const imc_gateway *gw) {
+  return gw ? gw->n_pending + gw->n_reports : 0;
 }
 
 size_t imc_gateway_conn_count(const imc_gateway *gw) {

@@ -79,10 +79,25 @@ typedef struct shmsg {
   /* strings and body follow */
 } shmsg;
 
+/*
+ * A message pushed to one connection. While it waits for its DeliverAck it
+ * is on the connection's in-flight list (next only). Then the same record
+ * becomes the report to the upstream (delivered, or undelivered for the
+ * slow path) and moves to the gateway's report lists: so reporting never
+ * needs memory, and the gateway keeps its reference to the message until
+ * the upstream completed the report.
+ */
+enum report_kind { REP_DELIVERED, REP_UNDELIVERED };
+
 typedef struct push {
-  struct push *next;
+  struct push *next, *prev; /* c->ifl_*, then gw->reports or gw->retry_* */
+  imc_gateway *gw;
   shmsg *sm;
-  int64_t deadline;
+  int64_t deadline; /* the ACK deadline; then the time of the next retry */
+  uint8_t kind;     /* enum report_kind, once a report */
+  uint32_t attempts;
+  char *device; /* points into user */
+  char user[];  /* "user\0device\0" of the connection it went to */
 } push;
 
 /*
@@ -99,9 +114,10 @@ enum pending_kind {
 typedef struct pending {
   imc_gateway *gw;
   imc_conn *c;
-  struct pending *prev, *next; /* c->pending, oldest first */
+  struct pending *prev, *next; /* c->pend_*, oldest first, or gw->orphans */
   uint8_t kind;
   uint64_t frame_id; /* PEND_SEND */
+  int64_t deadline;  /* PEND_SEND: answer UNAVAILABLE after it */
   size_t head_len;   /* PEND_KEY */
 } pending;
 
@@ -171,6 +187,7 @@ struct imc_gateway_options {
   uint32_t heartbeat_ms, idle_ms, handshake_ms, lease_s, ack_ms;
   uint32_t rate, burst;
   uint32_t max_devices, user_rate, user_burst;
+  uint32_t send_ms;
   imc_transport_vtbl transport;
   void *transport_ud;
   imc_registry_vtbl registry;
@@ -198,6 +215,12 @@ struct imc_gateway {
   size_t users_cap, n_users;
   uint64_t next_id;
   int shutting_down;
+  /* Completions still owed to the gateway, for imc_gateway_pending. */
+  pending *orphans;              /* pending records whose connection went */
+  size_t n_pending;              /* pending records, orphans included */
+  push *reports;                 /* reports with the upstream */
+  push *retry_head, *retry_tail; /* failed reports, by retry time */
+  size_t n_reports;              /* both lists */
   uint64_t stats[IMC_GW_STAT_COUNT_];
   uint64_t errors[10]; /* Error frames by code */
   ProtobufCAllocator pba;
@@ -280,6 +303,23 @@ pending *gw_pending_new(imc_conn *c, enum pending_kind kind);
 void gw_pending_free(pending *p);
 /* c is going: its records stay for their completions, without c. */
 void gw_pending_detach_all(imc_conn *c);
+/* Detaches p from its connection: its completion will only free it. */
+void gw_pending_orphan(pending *p);
+/* Frees the records still waiting (the gateway is going). */
+void gw_pending_free_orphans(imc_gateway *gw);
+
+/* reports.c: delivered/undelivered reports to the upstream */
+/* Hands p, unlinked from its connection, to the upstream as a report of
+ * kind; p is the gateway's until the report completed. */
+void gw_report(imc_gateway *gw, push *p, enum report_kind kind);
+/* Retries the failed reports due at now (all of them with now < 0). */
+void gw_reports_retry(imc_gateway *gw, int64_t now);
+/* The time of the next retry, or -1. */
+int64_t gw_reports_next(const imc_gateway *gw);
+/* Frees every report without calling anything (the gateway is going). */
+void gw_reports_free(imc_gateway *gw);
+/* Frees p and its reference to the message. */
+void gw_push_free(imc_gateway *gw, push *p);
 
 /* frames.c: client frames and the wslay glue */
 /* Fills cb with the gateway's wslay callbacks. */

@@ -25,6 +25,7 @@ int imc_gateway_options_new(imc_gateway_options **out, const imc_mem *mem) {
   o->rate = 100;
   o->burst = 200;
   o->max_devices = 16;
+  o->send_ms = 15000;
   o->user_rate = 200;
   o->user_burst = 400;
   o->clock = *imc_clock_default();
@@ -182,6 +183,14 @@ int imc_gateway_options_set_user_rate_limit(imc_gateway_options *o,
     return IMC_ERR_INVALID_ARGUMENT;
   o->user_rate = per_s;
   o->user_burst = burst;
+  return 0;
+}
+
+int imc_gateway_options_set_send_timeout_ms(imc_gateway_options *o,
+                                            uint32_t ms) {
+  if (o == NULL || ms == 0)
+    return IMC_ERR_INVALID_ARGUMENT;
+  o->send_ms = ms;
   return 0;
 }
 

@@ -55,7 +55,10 @@ int imc_gateway_deliver(imc_gateway *gw, const char *user_id,
         break;
       }
     }
-    push *p = imc_malloc(&gw->mem, sizeof(*p));
+    /* The record carries user and device so that it can later become a
+     * report without allocating (see reports.c). */
+    size_t ul = strlen(c->user), dl = strlen(c->device);
+    push *p = imc_malloc(&gw->mem, sizeof(*p) + ul + dl + 2);
     if (p == NULL) {
       rv = IMC_ERR_NOMEM;
       break;
@@ -68,9 +71,15 @@ int imc_gateway_deliver(imc_gateway *gw, const char *user_id,
     }
     /* A queue that overflowed closes c, and its pushes, this one
      * included, go back to the upstream then. */
-    p->next = NULL;
+    p->next = p->prev = NULL;
+    p->gw = gw;
     p->sm = sm;
     p->deadline = deadline;
+    p->kind = REP_UNDELIVERED;
+    p->attempts = 0;
+    memcpy(p->user, c->user, ul + 1);
+    p->device = p->user + ul + 1;
+    memcpy(p->device, c->device, dl + 1);
     sm->refs++;
     if (c->ifl_tail)
       c->ifl_tail->next = p;
