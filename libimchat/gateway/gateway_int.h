@@ -5,14 +5,16 @@
  *   options.c       the options object and its setters
  *   conn.c          connection lifecycle: dirty list, output queue, teardown,
  *                   timers and heartbeats
- *   users.c         the index of upgraded connections by user id
+ *   users.c         per-user records: the user's connections, its device
+ *                   count and its send bucket, indexed by user id
  *   http_request.c  request heads, routing, the host's HTTP handler
  *   http_answer.c   complete HTTP answers and JSON errors
  *   upgrade.c       GET /ws: upgrade, JWT authentication, key source
  *   frames.c        client frames and the wslay glue
  *   ws_output.c     frames queued to clients, close frames, Error frames
- *   pending.c       operations waiting for a completion for a connection
+ *   pending.c       sends and key lookups waiting for their completion
  *   push.c          Deliver and DeliveryStatus pushes
+ *   reports.c       delivered/undelivered reports to the upstream, retries
  *
  * Functions shared between files carry the gw_ prefix; they are hidden
  * from the library's exported symbols like everything not IMC_EXTERN.
