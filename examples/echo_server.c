@@ -151,16 +151,21 @@ static int echo_send(void *ud, const imc_send_req *req, imc_send_cb done,
   return 0;
 }
 
-static void echo_delivered(void *ud, const imc_msg *msg, const char *user_id,
-                           const char *device_id) {
+static int echo_delivered(void *ud, const imc_msg *msg, const char *user_id,
+                          const char *device_id, imc_done_cb done,
+                          void *done_ud) {
   printf("%s/%s acknowledged %s\n", user_id, device_id, msg->msg_id);
+  done(done_ud, 0);
+  return 0;
 }
 
 /* Not acknowledged in time, or the connection went: a router would keep it
  * in the user's offline inbox. An echo has nowhere to keep it. */
-static void echo_undelivered(void *ud, const imc_msg *msg,
-                             const char *user_id) {
+static int echo_undelivered(void *ud, const imc_msg *msg, const char *user_id,
+                            imc_done_cb done, void *done_ud) {
   printf("%s did not acknowledge %s; dropped\n", user_id, msg->msg_id);
+  done(done_ud, 0);
+  return 0;
 }
 
 static const imc_upstream_vtbl echo_upstream = {

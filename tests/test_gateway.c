@@ -31,6 +31,12 @@ typedef struct mock {
   uint32_t reg_ttl;
   /* upstream calls */
   int sends, delivered, undelivered;
+  int fail_delivered;   /* delivered refuses */
+  int fail_undelivered; /* undelivered fails this many more times */
+  int undelivered_ok;   /* undelivered reports that succeeded */
+  int async_undelivered;
+  imc_done_cb und_cb;
+  void *und_ud;
   char last_undelivered[80];
   imc_send_cb pending_cb;
   void *pending_ud;
@@ -88,19 +94,41 @@ static int u_send(void *ud, const imc_send_req *req, imc_send_cb done,
   return 0;
 }
 
-static void u_delivered(void *ud, const imc_msg *msg, const char *user,
-                        const char *device) {
+static int u_delivered(void *ud, const imc_msg *msg, const char *user,
+                       const char *device, imc_done_cb done, void *done_ud) {
+  mock *m = ud;
   (void)msg;
   (void)user;
   (void)device;
-  ((mock *)ud)->delivered++;
+  m->delivered++;
+  if (m->fail_delivered)
+    return IMC_ERR_UNAVAILABLE;
+  done(done_ud, 0);
+  return 0;
 }
 
-static void u_undelivered(void *ud, const imc_msg *msg, const char *user) {
+static int u_undelivered(void *ud, const imc_msg *msg, const char *user,
+                         imc_done_cb done, void *done_ud) {
   mock *m = ud;
   m->undelivered++;
   snprintf(m->last_undelivered, sizeof(m->last_undelivered), "%s/%s", user,
            msg->msg_id);
+  if (m->fail_undelivered > 0) {
+    m->fail_undelivered--;
+    /* Fail both ways: refused, or completed with an error. */
+    if (m->fail_undelivered % 2)
+      return IMC_ERR_UNAVAILABLE;
+    done(done_ud, IMC_ERR_IO);
+    return 0;
+  }
+  if (m->async_undelivered) {
+    m->und_cb = done;
+    m->und_ud = done_ud;
+    return 0;
+  }
+  m->undelivered_ok++;
+  done(done_ud, 0);
+  return 0;
 }
 
 static const imc_upstream_vtbl upstream = {sizeof(imc_upstream_vtbl), u_send,
@@ -800,6 +828,36 @@ START_TEST(text_frame_1003) {
 }
 END_TEST
 
+/* Close frames left in the client's unread output. */
+static int close_frames_left(void) {
+  int n = 0;
+  while (next_ws())
+    n += F.opcode == 8;
+  return n;
+}
+
+/*
+ * After our 1003 the client's close must not draw a second close frame:
+ * the flag that drops wslay's answer (bit 8) outlives every flush.
+ */
+START_TEST(text_frame_single_close) {
+  h_connect("alice", NULL);
+  send_ws(1, "hello", 5);
+  ck_assert_int_eq(next_ws(), 1);
+  ck_assert_int_eq(close_code(), 1003);
+  /* Another flush cycle between our close and the client's. */
+  send_ping(2, 2);
+  imc_gateway_flush(H.gw);
+  uint8_t cl[2] = {0x03, 0xeb};
+  size_t n = ws_frame(wbuf, 1, 8, 0, cl, 2, 1);
+  imc_gateway_conn_recv(H.gw, H.c, wbuf, n);
+  imc_gateway_flush(H.gw);
+  ck_assert_int_eq(close_frames_left(), 0);
+  ck_assert_int_eq(H.m.sock.closed, 1);
+  ck_assert_uint_eq(imc_gateway_conn_count(H.gw), 0);
+}
+END_TEST
+
 START_TEST(oversize_1009) {
   h_connect("alice", NULL);
   static uint8_t big[64 * 1024 + 2048];
@@ -1193,6 +1251,255 @@ START_TEST(shutdown_1001) {
 END_TEST
 
 /* ------------------------------------------------------------------ */
+/* Upstream reports and send deadlines                                  */
+/* ------------------------------------------------------------------ */
+
+static void ack_msg(const char *msg_id) {
+  char *ids[] = {(char *)msg_id};
+  Imchat__V1__DeliverAck a = IMCHAT__V1__DELIVER_ACK__INIT;
+  a.n_msg_ids = 1;
+  a.msg_ids = ids;
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_DELIVER_ACK;
+  cf.deliver_ack = &a;
+  send_cf(&cf);
+}
+
+START_TEST(delivered_fails_falls_back) {
+  reset_with(with_upstream);
+  H.m.fail_delivered = 1;
+  h_connect("alice", NULL);
+  imc_msg m = test_msg("m-50");
+  ck_assert_int_eq(imc_gateway_deliver(H.gw, "alice", NULL, &m), 1);
+  ack_msg("m-50");
+  ck_assert_int_eq(H.m.delivered, 1);
+  ck_assert_int_eq(H.m.undelivered, 1);
+  ck_assert_int_eq(H.m.undelivered_ok, 1);
+  ck_assert_str_eq(H.m.last_undelivered, "alice/m-50");
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+}
+END_TEST
+
+START_TEST(undelivered_retried_with_backoff) {
+  reset_with(with_upstream);
+  H.m.fail_undelivered = 2; /* refused, then completed with an error */
+  h_connect("alice", NULL);
+  imc_msg m = test_msg("m-51");
+  ck_assert_int_eq(imc_gateway_deliver(H.gw, "alice", NULL, &m), 1);
+  h_advance(10000); /* ACK timeout */
+  ck_assert_int_eq(H.m.undelivered, 1);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 1);
+  ck_assert_int_eq(imc_gateway_next_timeout_ms(H.gw), 100);
+  h_advance(99);
+  ck_assert_int_eq(H.m.undelivered, 1);
+  h_advance(1);
+  ck_assert_int_eq(H.m.undelivered, 2);
+  ck_assert_int_eq(H.m.undelivered_ok, 0);
+  /* The delay doubles. */
+  ck_assert_int_eq(imc_gateway_next_timeout_ms(H.gw), 200);
+  h_advance(199);
+  ck_assert_int_eq(H.m.undelivered, 2);
+  h_advance(1);
+  ck_assert_int_eq(H.m.undelivered, 3);
+  ck_assert_int_eq(H.m.undelivered_ok, 1);
+  ck_assert_str_eq(H.m.last_undelivered, "alice/m-51");
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+  /* Exactly one success: nothing is retried again. */
+  h_advance(20000);
+  ck_assert_int_eq(H.m.undelivered, 3);
+  ck_assert_int_eq(H.m.undelivered_ok, 1);
+}
+END_TEST
+
+START_TEST(shutdown_waits_for_reports) {
+  reset_with(with_upstream);
+  H.m.async_undelivered = 1;
+  h_connect("alice", NULL);
+  imc_msg m = test_msg("m-52");
+  ck_assert_int_eq(imc_gateway_deliver(H.gw, "alice", NULL, &m), 1);
+  imc_gateway_shutdown(H.gw);
+  imc_gateway_flush(H.gw);
+  ck_assert_int_eq(H.m.undelivered, 1);
+  /* The connection goes; the report is still with the upstream, which
+   * reads the gateway's copy of the message. */
+  imc_gateway_conn_closed(H.gw, H.c);
+  ck_assert_uint_eq(imc_gateway_conn_count(H.gw), 0);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 1);
+  ck_assert_str_eq(H.m.last_undelivered, "alice/m-52");
+  H.m.und_cb(H.m.und_ud, 0);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+}
+END_TEST
+
+START_TEST(send_timeout_unavailable) {
+  reset_with(with_upstream);
+  H.m.async_send = 1;
+  h_connect("alice", NULL);
+  send_text(4, "bob", "hi");
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 1);
+  ck_assert_int_eq(imc_gateway_next_timeout_ms(H.gw), 15000);
+  h_advance(14999);
+  ck_assert_ptr_null(next_sf());
+  h_advance(1);
+  expect_error(4, IMCHAT__V1__ERROR__CODE__UNAVAILABLE);
+  /* The late completion is harmless: no frame, nothing leaks. */
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 1);
+  imc_send_result r = {"cm-1", "m-1", "p:a:b", 1, T0};
+  H.m.pending_cb(H.m.pending_ud, 0, &r, NULL);
+  imc_gateway_flush(H.gw);
+  ck_assert_ptr_null(next_sf());
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+  /* The connection goes on. */
+  send_ping(5, 5);
+  expect_pong(5, 5);
+  ck_assert_int_eq(H.m.sock.closed, 0);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
+/* Devices per user, per-user rate                                      */
+/* ------------------------------------------------------------------ */
+
+/* A connection beside H.c, with its own socket. */
+typedef struct peer {
+  test_sock sock;
+  imc_conn *c;
+} peer;
+
+/* Opens p and upgrades it as user/device; returns the HTTP status. */
+static int peer_connect(peer *p, const char *user, const char *device) {
+  memset(p, 0, sizeof(*p));
+  ck_assert_int_eq(imc_gateway_conn_new(H.gw, &p->c, &p->sock), 0);
+  char req[2048];
+  upgrade_req(req, sizeof(req), token_for(user, device, 3600));
+  imc_gateway_conn_recv(H.gw, p->c, (const uint8_t *)req, strlen(req));
+  imc_gateway_flush(H.gw);
+  int status = 0;
+  ck_assert_uint_gt(p->sock.len, 12);
+  sscanf((const char *)p->sock.out, "HTTP/1.1 %d", &status);
+  return status;
+}
+
+/* Where s (without its NUL) occurs in what sock received, or NULL. */
+static const void *sock_find(const test_sock *sock, const char *s) {
+  return memmem(sock->out, sock->len, s, strlen(s));
+}
+
+static void peer_free(peer *p) {
+  free(p->sock.out);
+}
+
+static void peer_send_text(peer *p, uint64_t id) {
+  Imchat__V1__SendRequest s = IMCHAT__V1__SEND_REQUEST__INIT;
+  s.client_msg_id = "cm-p";
+  s.to_case = IMCHAT__V1__SEND_REQUEST__TO_USER_ID;
+  s.user_id = "bob";
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.id = id;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_SEND;
+  cf.send = &s;
+  uint8_t buf[256];
+  size_t n = imchat__v1__client_frame__pack(&cf, buf);
+  n = ws_frame(wbuf, 1, 2, 0, buf, n, 1);
+  ck_assert_int_eq(imc_gateway_conn_recv(H.gw, p->c, wbuf, n), 0);
+  imc_gateway_flush(H.gw);
+}
+
+static void two_devices(imc_gateway_options *o) {
+  ck_assert_int_eq(imc_gateway_options_set_max_devices(o, 2), 0);
+}
+
+START_TEST(max_devices_429) {
+  reset_with(two_devices);
+  h_connect("alice", "d1");
+  peer p2, p3, p4, pb;
+  ck_assert_int_eq(peer_connect(&p2, "alice", "d2"), 101);
+  ck_assert_int_eq(peer_connect(&p3, "alice", "d3"), 429);
+  ck_assert_ptr_nonnull(
+      sock_find(&p3.sock, "{\"error\":{\"code\":\"TOO_MANY_DEVICES\""));
+  ck_assert_ptr_nonnull(sock_find(&p3.sock, "Content-Type: application/json"));
+  ck_assert_ptr_null(sock_find(&p3.sock, "101"));
+  ck_assert_int_eq(p3.sock.closed, 1);
+  ck_assert_int_eq(H.m.reg, 2); /* the refused one never registered */
+  /* Other users are not concerned. */
+  ck_assert_int_eq(peer_connect(&pb, "bob", "d1"), 101);
+  /* A connection that goes frees its slot. */
+  imc_gateway_conn_closed(H.gw, p2.c);
+  ck_assert_int_eq(peer_connect(&p4, "alice", "d3"), 101);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_WEBSOCKETS), 3);
+  peer_free(&p2);
+  peer_free(&p3);
+  peer_free(&p4);
+  peer_free(&pb);
+}
+END_TEST
+
+static void user_rate(imc_gateway_options *o) {
+  with_upstream(o);
+  ck_assert_int_eq(imc_gateway_options_set_rate_limit(o, 1000, 1000), 0);
+  ck_assert_int_eq(imc_gateway_options_set_user_rate_limit(o, 10, 4), 0);
+}
+
+START_TEST(user_rate_shared_by_devices) {
+  reset_with(user_rate);
+  h_connect("alice", "d1");
+  peer p2;
+  ck_assert_int_eq(peer_connect(&p2, "alice", "d2"), 101);
+  for (uint64_t i = 1; i <= 2; i++) {
+    send_text(i, "bob", "x");
+    peer_send_text(&p2, i);
+  }
+  ck_assert_int_eq(H.m.sends, 4);
+  /* The burst of 4 is the user's, whichever device sends. */
+  peer_send_text(&p2, 3);
+  ck_assert_int_eq(H.m.sends, 4);
+  Imchat__V1__ServerFrame *f;
+  for (int i = 0; i < 2; i++) {
+    f = next_sf();
+    ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_SEND_ACK);
+    imchat__v1__server_frame__free_unpacked(f, NULL);
+  }
+  send_text(3, "bob", "x");
+  expect_error(3, IMCHAT__V1__ERROR__CODE__RATE_LIMITED);
+  ck_assert_int_eq(H.m.sends, 4);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_RATE_LIMITED), 2);
+  /* 10/s refills: 100 ms later one more, from either device. */
+  test_clock_advance(&H.tc, 100);
+  peer_send_text(&p2, 4);
+  ck_assert_int_eq(H.m.sends, 5);
+  send_text(4, "bob", "x");
+  expect_error(4, IMCHAT__V1__ERROR__CODE__RATE_LIMITED);
+  peer_free(&p2);
+}
+END_TEST
+
+/* Many devices of one user: joins, pushes and leaves stay per user. */
+START_TEST(many_devices_one_user) {
+  reset_with(with_upstream);
+  enum { N = 16 };
+  peer p[N];
+  char dev[16];
+  for (int i = 0; i < N; i++) {
+    snprintf(dev, sizeof(dev), "d%d", i);
+    ck_assert_int_eq(peer_connect(&p[i], "carol", dev), 101);
+  }
+  imc_msg m = test_msg("m-many");
+  ck_assert_int_eq(imc_gateway_deliver(H.gw, "carol", "d3", &m), N - 1);
+  for (int i = 0; i < N; i += 2)
+    imc_gateway_conn_closed(H.gw, p[i].c);
+  ck_assert_int_eq(H.m.undelivered, N / 2); /* d3 got none; it stays */
+  ck_assert_int_eq(imc_gateway_push_status(H.gw, "carol", "d5", "m-1", "c-1",
+                                           IMC_STORED, NULL),
+                   1);
+  for (int i = 1; i < N; i += 2)
+    imc_gateway_conn_closed(H.gw, p[i].c);
+  ck_assert_int_eq(imc_gateway_deliver(H.gw, "carol", NULL, &m), 0);
+  for (int i = 0; i < N; i++)
+    peer_free(&p[i]);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
 /* Allocation failures                                                  */
 /* ------------------------------------------------------------------ */
 
@@ -1346,6 +1653,7 @@ static Suite *gateway_suite(void) {
   tcase_add_checked_fixture(t, h_setup, h_teardown);
   tcase_add_test(t, ping_pong);
   tcase_add_test(t, text_frame_1003);
+  tcase_add_test(t, text_frame_single_close);
   tcase_add_test(t, oversize_1009);
   tcase_add_test(t, body_too_large_in_valid_frame);
   tcase_add_test(t, bad_protobuf);
@@ -1378,6 +1686,13 @@ static Suite *gateway_suite(void) {
   tcase_add_test(t, slow_reader_closed);
   tcase_add_test(t, writable_after_block);
   tcase_add_test(t, shutdown_1001);
+  tcase_add_test(t, delivered_fails_falls_back);
+  tcase_add_test(t, undelivered_retried_with_backoff);
+  tcase_add_test(t, shutdown_waits_for_reports);
+  tcase_add_test(t, send_timeout_unavailable);
+  tcase_add_test(t, max_devices_429);
+  tcase_add_test(t, user_rate_shared_by_devices);
+  tcase_add_test(t, many_devices_one_user);
   suite_add_tcase(s, t);
 
   t = tcase_create("alloc");

@@ -78,6 +78,11 @@ static const char usage_text[] =
     "                          (default 90)\n"
     "  --rate-limit N          sends per second per connection (default 100)\n"
     "  --rate-burst N          sends allowed in a burst (default 200)\n"
+    "  --user-rate-limit N     sends per second per user, all devices\n"
+    "                          together (default 200)\n"
+    "  --user-rate-burst N     sends a user may burst (default 400)\n"
+    "  --max-devices N         connections per user; more get HTTP 429\n"
+    "                          (default 16)\n"
     "  --retention-days DAYS   keep stored messages this long (default 7)\n"
     "  --node-id ID            this node's name in the registry and in\n"
     "                          Welcome (default " DEFAULT_NODE_ID ")\n"
@@ -115,6 +120,9 @@ enum {
   O_IDLE_TIMEOUT,
   O_RATE_LIMIT,
   O_RATE_BURST,
+  O_USER_RATE_LIMIT,
+  O_USER_RATE_BURST,
+  O_MAX_DEVICES,
   O_RETENTION_DAYS,
   O_LOG_LEVEL,
   O_DEVICE,
@@ -141,6 +149,9 @@ static const struct option long_opts[] = {
     {"idle-timeout", required_argument, NULL, O_IDLE_TIMEOUT},
     {"rate-limit", required_argument, NULL, O_RATE_LIMIT},
     {"rate-burst", required_argument, NULL, O_RATE_BURST},
+    {"user-rate-limit", required_argument, NULL, O_USER_RATE_LIMIT},
+    {"user-rate-burst", required_argument, NULL, O_USER_RATE_BURST},
+    {"max-devices", required_argument, NULL, O_MAX_DEVICES},
     {"retention-days", required_argument, NULL, O_RETENTION_DAYS},
     {"log-level", required_argument, NULL, O_LOG_LEVEL},
     {"device", required_argument, NULL, O_DEVICE},
@@ -259,6 +270,17 @@ static int apply(imchatd_config *cfg, int id, const char *v, char *why,
       return -1;
     }
     *(id == O_RATE_LIMIT ? &cfg->rate_limit : &cfg->rate_burst) = (uint32_t)x;
+    return 0;
+  case O_USER_RATE_LIMIT:
+  case O_USER_RATE_BURST:
+  case O_MAX_DEVICES:
+    if (parse_uint(v, 1, 1000000, &x) < 0) {
+      snprintf(why, cap, "'%s' is not a number from 1 to 1000000", v);
+      return -1;
+    }
+    *(id == O_USER_RATE_LIMIT   ? &cfg->user_rate_limit
+      : id == O_USER_RATE_BURST ? &cfg->user_rate_burst
+                                : &cfg->max_devices) = (uint32_t)x;
     return 0;
   case O_RETENTION_DAYS:
     if (parse_uint(v, 1, MAX_DAYS, &x) < 0) {
@@ -402,6 +424,9 @@ static void defaults(imchatd_config *cfg) {
   cfg->idle_timeout_s = 90;
   cfg->rate_limit = 100;
   cfg->rate_burst = 200;
+  cfg->user_rate_limit = 200;
+  cfg->user_rate_burst = 400;
+  cfg->max_devices = 16;
   cfg->retention_days = 7;
 }
 

@@ -40,6 +40,7 @@ typedef struct imchatd_config {
   char *key_file;    /* keyring for encryption at rest */
   uint32_t ack_timeout_s, heartbeat_s, idle_timeout_s;
   uint32_t rate_limit, rate_burst;
+  uint32_t user_rate_limit, user_rate_burst, max_devices;
   uint32_t retention_days;
   imc_log_level log_level;
   int data_dir_flag; /* --data-dir was given, for the connect hint */

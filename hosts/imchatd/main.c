@@ -153,13 +153,18 @@ static int up_send(void *ud, const imc_send_req *req, imc_send_cb done,
   return imc_router_send(((app *)ud)->router, req, done, done_ud);
 }
 
-static void up_delivered(void *ud, const imc_msg *msg, const char *user,
-                         const char *device) {
+static int up_delivered(void *ud, const imc_msg *msg, const char *user,
+                        const char *device, imc_done_cb done, void *done_ud) {
   imc_router_delivered(((app *)ud)->router, msg, user, device);
+  done(done_ud, 0);
+  return 0;
 }
 
-static void up_undelivered(void *ud, const imc_msg *msg, const char *user) {
+static int up_undelivered(void *ud, const imc_msg *msg, const char *user,
+                          imc_done_cb done, void *done_ud) {
   imc_router_undelivered(((app *)ud)->router, msg, user);
+  done(done_ud, 0);
+  return 0;
 }
 
 static const imc_upstream_vtbl upstream = {sizeof(imc_upstream_vtbl), up_send,
@@ -284,6 +289,13 @@ static int make_gateway(app *a) {
                     (rv = check(imc_gateway_options_set_rate_limit(
                                     opt, cfg->rate_limit, cfg->rate_burst),
                                 "--rate-limit")) != 0))
+    code = rv;
+  if (code == 0 &&
+      ((rv = check(imc_gateway_options_set_user_rate_limit(
+                       opt, cfg->user_rate_limit, cfg->user_rate_burst),
+                   "--user-rate-limit")) != 0 ||
+       (rv = check(imc_gateway_options_set_max_devices(opt, cfg->max_devices),
+                   "--max-devices")) != 0))
     code = rv;
   if (code == 0) {
     imc_gateway_options_set_transport(opt, hloop_transport_vtbl(), a->loop);

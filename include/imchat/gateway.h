@@ -70,19 +70,37 @@ typedef struct imc_send_result {
 typedef void (*imc_send_cb)(void *done_ud, int status,
                             const imc_send_result *res, const char *message);
 
+/*
+ * The upstream (the router, in process or over gRPC). Every operation
+ * follows the rule of the backend vtables: it returns 0 and calls its
+ * completion exactly once, before returning or later; or it returns a
+ * negative IMC_ERR_* and never calls the completion. msg and the strings
+ * are the gateway's and stay valid until the completion is called.
+ */
 typedef struct imc_upstream_vtbl {
   uint32_t struct_size;
-  /* Route a message; complete with its msg_id and seq, or an error. */
+  /* Route a message; complete with its msg_id and seq, or an error. If
+   * no completion comes within the send timeout, the client gets Error
+   * UNAVAILABLE and a completion that comes later is ignored. */
   int (*send)(void *ud, const imc_send_req *req, imc_send_cb done,
               void *done_ud);
-  /* device_id of user_id acknowledged msg, which this gateway pushed. */
-  void (*delivered)(void *ud, const imc_msg *msg, const char *user_id,
-                    const char *device_id);
+  /*
+   * device_id of user_id acknowledged msg, which this gateway pushed.
+   * If the report fails (a negative return or status), the gateway
+   * reports msg undelivered instead: the recipient may then receive it
+   * again from the slow path, and clients deduplicate by msg_id.
+   */
+  int (*delivered)(void *ud, const imc_msg *msg, const char *user_id,
+                   const char *device_id, imc_done_cb done, void *done_ud);
   /*
    * msg, pushed to a device of user_id, was not acknowledged (ACK
-   * timeout, connection closed, queue full): it needs the slow path.
+   * timeout, connection closed, queue full): it needs the slow path. A
+   * failed report is retried with exponential backoff (100 ms doubling
+   * up to 10 s) for as long as the gateway lives; see
+   * imc_gateway_pending.
    */
-  void (*undelivered)(void *ud, const imc_msg *msg, const char *user_id);
+  int (*undelivered)(void *ud, const imc_msg *msg, const char *user_id,
+                     imc_done_cb done, void *done_ud);
 } imc_upstream_vtbl;
 
 /* ------------------------------------------------------------------ */
@@ -198,6 +216,37 @@ IMC_EXTERN int imc_gateway_options_set_rate_limit(imc_gateway_options *opt,
                                                   uint32_t burst);
 
 /*
+ * Upgraded connections (devices) one user may hold on this gateway
+ * (default 16). A further upgrade of that user is refused before the 101
+ * with HTTP 429 and the error code TOO_MANY_DEVICES. Connections are
+ * counted, not device ids: a device that reconnects while its old
+ * connection is still held counts twice until the old one is gone (idle
+ * drop or close), so a limit well above the devices a person uses keeps
+ * such reconnects working.
+ */
+IMC_EXTERN int imc_gateway_options_set_max_devices(imc_gateway_options *opt,
+                                                   uint32_t n);
+/*
+ * Sends per second per user (default 200) and burst (400), shared by all
+ * connections of the user on this gateway and applied in addition to the
+ * per-connection rate: more devices do not buy a higher rate. A refused
+ * send gets Error RATE_LIMITED. The bucket starts full when the user's
+ * first connection arrives and goes with the last one.
+ */
+IMC_EXTERN int imc_gateway_options_set_user_rate_limit(imc_gateway_options *opt,
+                                                       uint32_t per_s,
+                                                       uint32_t burst);
+
+/*
+ * Time the upstream has to complete a send (default 15000). Past it the
+ * client gets Error UNAVAILABLE ("routing timed out; resend") for that
+ * frame; it resends with the same client_msg_id, which the router
+ * deduplicates.
+ */
+IMC_EXTERN int imc_gateway_options_set_send_timeout_ms(imc_gateway_options *opt,
+                                                       uint32_t ms);
+
+/*
  * Vtables. The vtable itself is copied (up to its struct_size); ud is
  * borrowed and must outlive the gateway. transport is required.
  */
@@ -239,7 +288,9 @@ IMC_EXTERN int imc_gateway_new(imc_gateway **out,
  * Releases the gateway and every connection still in it, without calling
  * the transport (the host closes its sockets itself) or the upstream:
  * un-ACKed pushes are dropped, so call imc_gateway_shutdown first to hand
- * them back.
+ * them back, and wait until imc_gateway_pending() is 0. Operations still
+ * pending are freed too: their completions must not be called afterwards
+ * (delete the upstream and key source first, or let them drop theirs).
  */
 IMC_EXTERN void imc_gateway_del(imc_gateway *gw);
 
@@ -298,15 +349,23 @@ IMC_EXTERN int imc_gateway_on_timeout(imc_gateway *gw);
 
 /*
  * Graceful shutdown: refuse new connections, hand un-ACKed pushes to the
- * upstream's undelivered, and close every WebSocket with 1001 (plain HTTP
- * connections at once). The host keeps flushing until
- * imc_gateway_conn_count() is 0 or its patience ends. Returns 0, or
- * IMC_ERR_INVALID_ARGUMENT if gw is NULL.
+ * upstream's undelivered, try failed undelivered reports again at once,
+ * and close every WebSocket with 1001 (plain HTTP connections at once).
+ * The host keeps flushing and running the timers until
+ * imc_gateway_conn_count() and imc_gateway_pending() are 0 or its
+ * patience ends. Returns 0, or IMC_ERR_INVALID_ARGUMENT if gw is NULL.
  */
 IMC_EXTERN int imc_gateway_shutdown(imc_gateway *gw);
 
 /* The node id from the options. */
 IMC_EXTERN const char *imc_gateway_get_node_id(const imc_gateway *gw);
+
+/*
+ * Operations the gateway still waits for: sends and key lookups not yet
+ * completed (their connection may be gone), and delivered/undelivered
+ * reports with the upstream or waiting for a retry. 0 for a NULL gw.
+ */
+IMC_EXTERN size_t imc_gateway_pending(const imc_gateway *gw);
 
 /* Connections currently held (any state). */
 IMC_EXTERN size_t imc_gateway_conn_count(const imc_gateway *gw);

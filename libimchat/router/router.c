@@ -1073,13 +1073,19 @@ static int up_send(void *ud, const imc_send_req *req, imc_send_cb done,
   return imc_router_send(ud, req, done, done_ud);
 }
 
-static void up_delivered(void *ud, const imc_msg *msg, const char *user,
-                         const char *device) {
+/* The router takes what it needs from msg at once. */
+static int up_delivered(void *ud, const imc_msg *msg, const char *user,
+                        const char *device, imc_done_cb done, void *done_ud) {
   imc_router_delivered(ud, msg, user, device);
+  done(done_ud, 0);
+  return 0;
 }
 
-static void up_undelivered(void *ud, const imc_msg *msg, const char *user) {
+static int up_undelivered(void *ud, const imc_msg *msg, const char *user,
+                          imc_done_cb done, void *done_ud) {
   imc_router_undelivered(ud, msg, user);
+  done(done_ud, 0);
+  return 0;
 }
 
 static const imc_upstream_vtbl upstream_vtbl = {

@@ -438,6 +438,60 @@ class TestMaxBody(GatewayTest):
             self.assertEqual(r.WhichOneof("body"), "pong", r)
 
 
+class TestMaxDevices(GatewayTest):
+    """A server with --max-devices 3: a user's fourth connection is refused
+    with 429 before the upgrade; other users are not concerned."""
+
+    MAX = 3
+
+    @classmethod
+    def setUpClass(cls):
+        cls.few = imctest.Server("--max-devices", str(cls.MAX),
+                                 name="imchatd (--max-devices 3)").start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.few.stop()
+
+    def setUp(self):
+        self.server = self.few
+        self.server.check_alive("before the test")
+
+    async def test_device_over_limit_429(self):
+        tok = self.server.token("erin")
+        conns = []
+        try:
+            for i in range(self.MAX):
+                ws = await self.server.connect(
+                    token=tok, query={"device": "d%d" % i})
+                conns.append(ws)
+                self.assertEqual((await welcome(ws)).welcome.device_id,
+                                 "d%d" % i)
+            path = "/ws?device=d%d" % self.MAX
+            r = http_raw(self.server.port, upgrade_request(
+                self.server.port, path=path, token=tok))
+            self.assertEqual(r.status, 429, r)
+            self.assertEqual(r.json()["error"]["code"], "TOO_MANY_DEVICES", r)
+            self.assertIsNone(r.header("Sec-WebSocket-Accept"), r)
+            # Another user still gets in.
+            async with self.server.connect(
+                    token=self.server.token("frank")) as ws:
+                await welcome(ws)
+            # A device that leaves frees its slot.
+            await conns.pop().close()
+            for _ in range(50):
+                r = http_raw(self.server.port, upgrade_request(
+                    self.server.port, path=path, token=tok))
+                if r.status == 101:
+                    break
+                self.assertEqual(r.status, 429, r)
+                await asyncio.sleep(0.05)
+            self.assertEqual(r.status, 101, r)
+        finally:
+            for ws in conns:
+                await ws.close()
+
+
 # ---------------------------------------------------------------------------
 # HTTP answers
 # ---------------------------------------------------------------------------

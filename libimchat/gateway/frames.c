@@ -1,0 +1,289 @@
+/*
+ * Client frames: the wslay glue that reads WebSocket messages and the
+ * handlers of SendRequest, DeliverAck and Ping.
+ */
+#include "gateway/gateway_int.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void send_done(void *ud, int status, const imc_send_result *res,
+                      const char *message) {
+  pending *p = ud;
+  imc_conn *c = p->c;
+  uint64_t id = p->frame_id;
+  gw_pending_free(p);
+  if (c == NULL || c->state != ST_WS)
+    return;
+  if (status != 0) {
+    gw_send_error(c, id, status, message);
+    return;
+  }
+  Imchat__V1__SendAck a = IMCHAT__V1__SEND_ACK__INIT;
+  a.msg_id = (char *)res->msg_id;
+  a.conversation_id = (char *)res->conversation_id;
+  a.seq = res->seq;
+  a.sent_at_ms = res->sent_at_ms;
+  a.client_msg_id = (char *)(res->client_msg_id ? res->client_msg_id : "");
+  Imchat__V1__ServerFrame f = IMCHAT__V1__SERVER_FRAME__INIT;
+  f.id = id;
+  f.body_case = IMCHAT__V1__SERVER_FRAME__BODY_SEND_ACK;
+  f.send_ack = &a;
+  gw_send_frame(c, &f);
+}
+
+/* Refills b for the time since its last refill, up to burst sends. */
+static void bucket_refill(rate_bucket *b, int64_t now, uint32_t per_s,
+                          uint32_t burst) {
+  int64_t cap = (int64_t)burst * 1000;
+  if (now > b->at)
+    b->tokens += (now - b->at) * (int64_t)per_s;
+  if (b->tokens > cap)
+    b->tokens = cap;
+  b->at = now;
+}
+
+/*
+ * Takes one send from the connection's bucket and from its user's, which
+ * every device of the user shares (so devices do not multiply the rate).
+ * Nothing is taken unless both have one.
+ */
+static int rate_take(imc_conn *c) {
+  imc_gateway *gw = c->gw;
+  int64_t now = now_ms(gw);
+  rate_bucket *ub = &c->u->bucket;
+  bucket_refill(&c->bucket, now, gw->o.rate, gw->o.burst);
+  bucket_refill(ub, now, gw->o.user_rate, gw->o.user_burst);
+  if (c->bucket.tokens < 1000 || ub->tokens < 1000)
+    return 0;
+  c->bucket.tokens -= 1000;
+  ub->tokens -= 1000;
+  return 1;
+}
+
+static void on_send(imc_conn *c, uint64_t id,
+                    const Imchat__V1__SendRequest *s) {
+  imc_gateway *gw = c->gw;
+  if (!rate_take(c)) {
+    stat_inc(gw, IMC_GW_STAT_RATE_LIMITED);
+    gw_send_error(c, id, IMC_ERR_RATE_LIMITED, "send rate limit exceeded");
+    return;
+  }
+  if (s->body.len > gw->o.max_body) {
+    gw_send_error(c, id, IMC_ERR_TOO_LARGE, "body exceeds the size limit");
+    return;
+  }
+  if (gw->o.upstream.send == NULL) {
+    gw_send_error(c, id, IMC_ERR_UNAVAILABLE, "routing is not available");
+    return;
+  }
+  imc_send_req req;
+  req.from_user = c->user;
+  req.from_device = c->device;
+  req.node_id = gw->o.node_id;
+  req.conn_id = c->id;
+  req.client_msg_id = s->client_msg_id;
+  req.to_user =
+      s->to_case == IMCHAT__V1__SEND_REQUEST__TO_USER_ID ? s->user_id : "";
+  req.group_id =
+      s->to_case == IMCHAT__V1__SEND_REQUEST__TO_GROUP_ID ? s->group_id : "";
+  req.body = s->body.data;
+  req.body_len = s->body.len;
+  req.content_type = s->content_type;
+  pending *p = gw_pending_new(c, PEND_SEND);
+  if (p == NULL) {
+    gw_send_error(c, id, IMC_ERR_NOMEM, "out of memory");
+    return;
+  }
+  p->frame_id = id;
+  p->deadline = now_ms(gw) + gw->o.send_ms;
+  int rv = gw->o.upstream.send(gw->o.upstream_ud, &req, send_done, p);
+  if (rv != 0) {
+    gw_pending_free(p);
+    gw_send_error(c, id, rv, NULL);
+    return;
+  }
+  gw_conn_schedule(c); /* the send's deadline may come first */
+}
+
+static void on_deliver_ack(imc_conn *c, const Imchat__V1__DeliverAck *a) {
+  imc_gateway *gw = c->gw;
+  for (size_t i = 0; i < a->n_msg_ids; i++) {
+    push **pp = &c->ifl_head;
+    push *prev = NULL;
+    for (; *pp; prev = *pp, pp = &(*pp)->next) {
+      push *p = *pp;
+      if (strcmp(p->sm->msg.msg_id, a->msg_ids[i]) != 0)
+        continue;
+      *pp = p->next;
+      if (c->ifl_tail == p)
+        c->ifl_tail = prev;
+      p->next = NULL;
+      stat_inc(gw, IMC_GW_STAT_ACKS);
+      gw_report(gw, p, REP_DELIVERED);
+      break;
+    }
+  }
+}
+
+static void on_ping(imc_conn *c, uint64_t id, const Imchat__V1__Ping *ping) {
+  Imchat__V1__Pong pong = IMCHAT__V1__PONG__INIT;
+  pong.client_time_ms = ping->client_time_ms;
+  pong.server_time_ms = imc_clock_wall(&c->gw->o.clock);
+  Imchat__V1__ServerFrame f = IMCHAT__V1__SERVER_FRAME__INIT;
+  f.id = id;
+  f.body_case = IMCHAT__V1__SERVER_FRAME__BODY_PONG;
+  f.pong = &pong;
+  gw_send_frame(c, &f);
+}
+
+static void on_binary(imc_conn *c, const uint8_t *data, size_t len) {
+  imc_gateway *gw = c->gw;
+  Imchat__V1__ClientFrame *f =
+      imchat__v1__client_frame__unpack(&gw->pba, len, data);
+  if (f == NULL || f->body_case == IMCHAT__V1__CLIENT_FRAME__BODY__NOT_SET) {
+    uint64_t id = f ? f->id : 0;
+    if (f)
+      imchat__v1__client_frame__free_unpacked(f, &gw->pba);
+    stat_inc(gw, IMC_GW_STAT_BAD_FRAMES);
+    if (++c->bad_frames >= BAD_FRAMES_MAX) {
+      gw_ws_close(c, 1008, "too many malformed frames");
+      return;
+    }
+    gw_send_error(c, id, IMC_ERR_PROTO,
+                  f ? "frame has no body" : "malformed ClientFrame");
+    return;
+  }
+  c->bad_frames = 0;
+  stat_inc(gw, IMC_GW_STAT_FRAMES_IN);
+  switch (f->body_case) {
+  case IMCHAT__V1__CLIENT_FRAME__BODY_SEND:
+    on_send(c, f->id, f->send);
+    break;
+  case IMCHAT__V1__CLIENT_FRAME__BODY_DELIVER_ACK:
+    on_deliver_ack(c, f->deliver_ack);
+    break;
+  case IMCHAT__V1__CLIENT_FRAME__BODY_PING:
+    on_ping(c, f->id, f->ping);
+    break;
+  default:
+    break;
+  }
+  imchat__v1__client_frame__free_unpacked(f, &gw->pba);
+}
+
+static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
+                          int flags, void *ud) {
+  imc_conn *c = ud;
+  if (c->in_len == 0) {
+    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+    return -1;
+  }
+  size_t n = len < c->in_len ? len : c->in_len;
+  memcpy(buf, c->in, n);
+  c->in += n;
+  c->in_len -= n;
+  return (ssize_t)n;
+}
+
+static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data,
+                          size_t len, int flags, void *ud) {
+  imc_conn *c = ud;
+  if (!(c->flags & F_DISCARD) && gw_queue_bytes(c, data, len) != 0) {
+    wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+    return -1;
+  }
+  return (ssize_t)len;
+}
+
+static void
+ws_frame_start_cb(wslay_event_context_ptr ctx,
+                  const struct wslay_event_on_frame_recv_start_arg *a,
+                  void *ud) {
+  imc_conn *c = ud;
+  c->last_rx = now_ms(c->gw);
+}
+
+static void ws_msg_cb(wslay_event_context_ptr ctx,
+                      const struct wslay_event_on_msg_recv_arg *a, void *ud) {
+  imc_conn *c = ud;
+  /* Answers wslay queued earlier in this read (pongs) go out before
+   * ours. */
+  if (wslay_event_want_write(ctx) && wslay_event_send(ctx) != 0)
+    c->flags |= F_ABORT | F_NOMEM;
+  switch (a->opcode) {
+  case WSLAY_BINARY_FRAME:
+    if (!(c->flags & F_CLOSING))
+      on_binary(c, a->msg, a->msg_length);
+    break;
+  case WSLAY_TEXT_FRAME:
+    gw_ws_close(c, 1003, "text frames are not accepted");
+    break;
+  case WSLAY_CONNECTION_CLOSE:
+    /* wslay has queued the answering close frame, unless ours went
+     * first. */
+    c->flags |= F_CLOSE_RECEIVED;
+    if (!(c->flags & F_CLOSING)) {
+      c->flags |= F_CLOSING;
+      c->close_at = now_ms(c->gw) + CLOSE_WAIT_MS;
+      gw_conn_schedule(c);
+    }
+    break;
+  default:
+    break;
+  }
+}
+
+/*
+ * Feeds len bytes to wslay. The wslay context exists only while a frame
+ * or a fragmented message is partly received (or the connection is
+ * closing): an idle connection holds no frame buffers. Returns 0 or a
+ * negative code (c freed).
+ */
+int gw_ws_feed(imc_conn *c, const uint8_t *data, size_t len) {
+  imc_gateway *gw = c->gw;
+  if (len == 0)
+    return gw_conn_check(c);
+  if (c->ws == NULL) {
+    if (wslay_event_context_server_init(&c->ws, &gw->wscb, c) != 0) {
+      c->ws = NULL;
+      c->flags |= F_ABORT | F_NOMEM;
+      return gw_conn_check(c);
+    }
+    /* The envelope around a body may add a little to the message. */
+    wslay_event_config_set_max_recv_msg_length(c->ws,
+                                               gw->o.max_body + FRAME_OVERHEAD);
+  }
+  imc_ws_scan_feed(&c->scan, data, len);
+  c->in = data;
+  c->in_len = len;
+  int rv = wslay_event_recv(c->ws);
+  c->in = NULL;
+  c->in_len = 0;
+  if (rv == WSLAY_ERR_NOMEM) {
+    c->flags |= F_ABORT | F_NOMEM;
+  } else if (rv != 0 || !wslay_event_get_read_enabled(c->ws)) {
+    /* A protocol error or a close: wslay queued a close frame. */
+    c->flags |= F_READ_DONE;
+    if (!(c->flags & F_CLOSING)) {
+      c->flags |= F_CLOSING;
+      c->close_at = now_ms(gw) + CLOSE_WAIT_MS;
+      gw_conn_schedule(c);
+    }
+  }
+  if (!(c->flags & F_ABORT) && wslay_event_send(c->ws) != 0)
+    c->flags |= F_ABORT | F_NOMEM;
+  if (!(c->flags & (F_ABORT | F_CLOSING)) && imc_ws_scan_idle(&c->scan)) {
+    wslay_event_context_free(c->ws);
+    c->ws = NULL;
+  }
+  return gw_conn_check(c);
+}
+
+void gw_ws_callbacks_init(struct wslay_event_callbacks *cb) {
+  memset(cb, 0, sizeof(*cb));
+  cb->recv_callback = ws_recv_cb;
+  cb->send_callback = ws_send_cb;
+  cb->on_frame_recv_start_callback = ws_frame_start_cb;
+  cb->on_msg_recv_callback = ws_msg_cb;
+}

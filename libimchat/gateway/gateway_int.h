@@ -1,0 +1,356 @@
+/*
+ * Internals of the gateway role, shared by its files:
+ *
+ *   gateway.c       the gateway object: new/del, flush, timers, shutdown, stats
+ *   options.c       the options object and its setters
+ *   conn.c          connection lifecycle: dirty list, output queue, teardown,
+ *                   timers and heartbeats
+ *   users.c         per-user records: the user's connections, its device
+ *                   count and its send bucket, indexed by user id
+ *   http_request.c  request heads, routing, the host's HTTP handler
+ *   http_answer.c   complete HTTP answers and JSON errors
+ *   upgrade.c       GET /ws: upgrade, JWT authentication, key source
+ *   frames.c        client frames and the wslay glue
+ *   ws_output.c     frames queued to clients, close frames, Error frames
+ *   pending.c       sends and key lookups waiting for their completion
+ *   push.c          Deliver and DeliveryStatus pushes
+ *   reports.c       delivered/undelivered reports to the upstream, retries
+ *
+ * Functions shared between files carry the gw_ prefix; they are hidden
+ * from the library's exported symbols like everything not IMC_EXTERN.
+ */
+#ifndef IMCHAT_GATEWAY_INT_H
+#define IMCHAT_GATEWAY_INT_H
+
+#include <imchat/gateway.h>
+
+#include "util/alloc.h"
+#include "util/log.h"
+#include "util/buf.h"
+#include "util/hash.h"
+#include "util/msg.h"
+#include "protocol/http.h"
+#include "protocol/jwt.h"
+#include "protocol/pb.h"
+#include "util/timer.h"
+#include "util/vtbl.h"
+#include "protocol/wsframe.h"
+
+#include <wslay/wslay.h>
+
+#define HEAD_MAX 8192       /* request head limit (431 beyond) */
+#define MAX_HDRS 64         /* header lines per request */
+#define BAD_FRAMES_MAX 10   /* undecodable frames in a row before 1008 */
+#define CLOSE_WAIT_MS 5000  /* wait for the peer's close or drain */
+#define FRAME_OVERHEAD 1024 /* room for the fields around a body */
+#define IOV_BATCH 64
+#define REPLY_WAIT_MS 30000 /* the HTTP handler's time to answer */
+
+enum conn_state {
+  ST_HTTP,  /* reading the request head */
+  ST_AUTH,  /* waiting for the key source */
+  ST_WS,    /* upgraded */
+  ST_REPLY, /* an HTTP request is with the handler */
+  ST_DONE   /* HTTP answer queued; close once written */
+};
+
+enum conn_flag {
+  F_DIRTY = 1 << 0,          /* in gw->dirty: has output to write */
+  F_BLOCKED = 1 << 1,        /* transport said WOULDBLOCK */
+  F_REGISTERED = 1 << 2,     /* holds a registry entry */
+  F_ABORT = 1 << 3,          /* close the socket at the next check */
+  F_CLOSING = 1 << 4,        /* a close frame is queued */
+  F_NOMEM = 1 << 5,          /* aborted for want of memory */
+  F_CLOSE_RECEIVED = 1 << 6, /* the peer's close frame arrived */
+  F_READ_DONE = 1 << 7,      /* wslay stopped reading (protocol error) */
+  F_DISCARD = 1 << 8         /* we sent close: wslay's replies are dropped */
+};
+
+/* How a connection ends. */
+enum release_mode {
+  REL_CLOSE, /* tell the transport to close the socket */
+  REL_LOST,  /* the host lost the socket already */
+  REL_SILENT /* the gateway is being deleted: call nothing */
+};
+
+/* A pushed message waiting for its DeliverAck. Messages are shared by
+ * every connection they were pushed to. */
+typedef struct shmsg {
+  uint32_t refs;
+  imc_msg msg;
+  /* strings and body follow */
+} shmsg;
+
+/*
+ * A message pushed to one connection. While it waits for its DeliverAck it
+ * is on the connection's in-flight list (next only). Then the same record
+ * becomes the report to the upstream (delivered, or undelivered for the
+ * slow path) and moves to the gateway's report lists: so reporting never
+ * needs memory, and the gateway keeps its reference to the message until
+ * the upstream completed the report.
+ */
+enum report_kind { REP_DELIVERED, REP_UNDELIVERED };
+
+typedef struct push {
+  struct push *next, *prev; /* c->ifl_*, then gw->reports or gw->retry_* */
+  imc_gateway *gw;
+  shmsg *sm;
+  int64_t deadline; /* the ACK deadline; then the time of the next retry */
+  uint8_t kind;     /* enum report_kind, once a report */
+  uint32_t attempts;
+  char *device; /* points into user */
+  char user[];  /* "user\0device\0" of the connection it went to */
+} push;
+
+/*
+ * Work handed to a vtable that completes later and concerns one
+ * connection: a send with the upstream, a key lookup with the key source.
+ * Each connection keeps its own in a list; when the connection goes
+ * first, c becomes NULL and the completion only frees the record.
+ */
+enum pending_kind {
+  PEND_SEND, /* upstream.send: answer frame_id with SendAck or Error */
+  PEND_KEY   /* keysrc.lookup: c->head holds head_len bytes of head */
+};
+
+typedef struct pending {
+  imc_gateway *gw;
+  imc_conn *c;
+  struct pending *prev, *next; /* c->pend_*, oldest first, or gw->orphans */
+  uint8_t kind;
+  uint64_t frame_id; /* PEND_SEND */
+  int64_t deadline;  /* PEND_SEND: answer UNAVAILABLE after it */
+  size_t head_len;   /* PEND_KEY */
+} pending;
+
+/* The public handle of an HTTP request with the host's handler. A
+ * connection holds at most one; c becomes NULL when it goes first. */
+struct imc_http_reply {
+  imc_gateway *gw;
+  imc_conn *c;
+};
+
+/* A token bucket, in thousandths of a send. */
+typedef struct rate_bucket {
+  int64_t tokens;
+  int64_t at; /* time of the last refill */
+} rate_bucket;
+
+/*
+ * A user with upgraded connections on this gateway: the index entry,
+ * created at the first upgrade and freed with the last connection.
+ */
+typedef struct gw_user {
+  struct gw_user *next; /* bucket chain of gw->users */
+  imc_conn *conns;      /* this user's upgraded connections */
+  size_t n_conns;       /* counted against max_devices */
+  rate_bucket bucket;   /* shared by every device of the user */
+  char id[];
+} gw_user;
+
+struct imc_conn {
+  imc_gateway *gw;
+  void *ud;
+  imc_conn *prev, *next;   /* gw->conns */
+  imc_conn *dprev, *dnext; /* gw->dirty */
+  struct gw_user *u;       /* the user's record, once upgraded */
+  imc_conn *uprev, *unext; /* u->conns */
+  imc_timer timer;
+  uint64_t id;
+  uint8_t state;
+  uint8_t bad_frames;
+  uint16_t flags;
+  char *head; /* partial request head, when it spans reads */
+  size_t head_len;
+  wslay_event_context_ptr ws; /* only while a frame is partly received */
+  imc_ws_scan scan;
+  imc_bufq out;
+  const uint8_t *in; /* bytes being fed to wslay */
+  size_t in_len;
+  char *user;   /* "user\0device\0", one allocation */
+  char *device; /* points into user */
+  int64_t opened_at, last_rx, next_beat, close_at;
+  rate_bucket bucket; /* per-connection send rate */
+  push *ifl_head, *ifl_tail;
+  pending *pend_head, *pend_tail; /* oldest first */
+  imc_http_reply *reply;          /* while in ST_REPLY */
+};
+_Static_assert(F_DISCARD <= UINT16_MAX, "every conn_flag fits imc_conn.flags");
+
+struct imc_gateway_options {
+  imc_mem mem;
+  char *node_id;
+  uint8_t *secret;
+  size_t secret_len;
+  char *pem;
+  size_t pem_len;
+  char *issuer, *audience;
+  size_t max_body, max_outbound;
+  uint32_t heartbeat_ms, idle_ms, handshake_ms, lease_s, ack_ms;
+  uint32_t rate, burst;
+  uint32_t max_devices, user_rate, user_burst;
+  uint32_t send_ms;
+  imc_transport_vtbl transport;
+  void *transport_ud;
+  imc_registry_vtbl registry;
+  void *registry_ud;
+  imc_upstream_vtbl upstream;
+  void *upstream_ud;
+  imc_keysrc_vtbl keysrc;
+  void *keysrc_ud;
+  imc_http_handler_vtbl http;
+  void *http_ud;
+  imc_clock clock;
+  imc_logger log;
+};
+
+struct imc_gateway {
+  imc_mem mem;
+  imc_gateway_options o; /* strings owned by the gateway */
+  imc_jwt_key hs, pub;
+  imc_jwt_policy policy;
+  void *user_data;
+  imc_conn *conns;
+  imc_conn *dirty;
+  imc_theap timers;
+  gw_user **users; /* buckets by user id */
+  size_t users_cap, n_users;
+  uint64_t next_id;
+  int shutting_down;
+  /* Completions still owed to the gateway, for imc_gateway_pending. */
+  pending *orphans;              /* pending records whose connection went */
+  size_t n_pending;              /* pending records, orphans included */
+  push *reports;                 /* reports with the upstream */
+  push *retry_head, *retry_tail; /* failed reports, by retry time */
+  size_t n_reports;              /* both lists */
+  uint64_t stats[IMC_GW_STAT_COUNT_];
+  uint64_t errors[10]; /* Error frames by code */
+  ProtobufCAllocator pba;
+  struct wslay_event_callbacks wscb;
+};
+
+#define gw_log(gw, ...) imc_logf(&(gw)->o.log, __VA_ARGS__)
+
+/* Clears flags of c at the width of the field: a cast to a narrower
+ * type would wipe the high flags (F_DISCARD) as well. */
+static inline void flags_clear(imc_conn *c, unsigned flags) {
+  c->flags = (uint16_t)(c->flags & ~flags);
+}
+
+static inline int64_t now_ms(imc_gateway *gw) {
+  return imc_clock_now(&gw->o.clock);
+}
+
+static inline void stat_inc(imc_gateway *gw, imc_gateway_stat s) {
+  gw->stats[s]++;
+}
+
+/* users.c: the user index */
+/* The record of user id, or NULL if it has no connection here. */
+gw_user *gw_user_find(imc_gateway *gw, const char *id);
+/* Adds the upgraded c (c->user set) to its user's record, creating it.
+ * Returns 0 or IMC_ERR_NOMEM. */
+int gw_user_attach(imc_gateway *gw, imc_conn *c);
+/* Removes c from its user's record, freeing the record with its last
+ * connection. Nothing happens if c was never attached. */
+void gw_user_detach(imc_gateway *gw, imc_conn *c);
+
+/* conn.c: connections: dirty list, output, teardown, timers */
+void gw_dirty_add(imc_conn *c);
+void gw_dirty_remove(imc_conn *c);
+void gw_reg_done(void *ud, int status);
+imc_reg_entry gw_reg_entry(imc_conn *c);
+void gw_inflight_fail(imc_conn *c);
+/* Releases c. Un-ACKed pushes go back to the upstream first. */
+void gw_conn_free(imc_conn *c, enum release_mode mode);
+/* The timer is in the heap from conn_new on, so moving it never
+ * allocates. */
+void gw_conn_schedule(imc_conn *c);
+/*
+ * Closes c if it is finished: an abort, a close handshake that is done,
+ * or an HTTP answer that has been written. Returns 0 if c lives on, else
+ * IMC_ERR_CLOSED (c is freed).
+ */
+int gw_conn_check(imc_conn *c);
+int gw_queue_bytes(imc_conn *c, const void *data, size_t len);
+/* Writes what c has queued. Returns 0 or IMC_ERR_CLOSED (c freed). */
+int gw_conn_write(imc_conn *c);
+void gw_conn_timeout(imc_conn *c, int64_t now);
+
+/* http_answer.c: HTTP answers */
+/*
+ * Queues a complete HTTP answer and closes the connection once it is
+ * written. extra holds additional header lines, each ending in CRLF.
+ */
+int gw_http_answer(imc_conn *c, int status, const char *ctype,
+                   const char *extra, const char *body, size_t body_len);
+int gw_http_error(imc_conn *c, int status, const char *code,
+                  const char *message, const char *extra);
+
+/* ws_output.c: WebSocket output */
+/* Queues one unfragmented frame. A failure leaves the stream broken, so
+ * the connection is aborted. */
+int gw_ws_put(imc_conn *c, uint8_t opcode, const uint8_t *data, size_t len);
+/* Queues a close frame and gives the peer CLOSE_WAIT_MS to answer. */
+void gw_ws_close(imc_conn *c, uint16_t code, const char *reason);
+/* Queues one binary message on c. */
+int gw_ws_queue(imc_conn *c, const uint8_t *data, size_t len);
+int gw_send_frame(imc_conn *c, const Imchat__V1__ServerFrame *f);
+int gw_send_error(imc_conn *c, uint64_t id, int rv, const char *message);
+
+/* pending.c: completions that concern a connection */
+/* A record of kind for c, appended to its list; NULL without memory. */
+pending *gw_pending_new(imc_conn *c, enum pending_kind kind);
+/* Unlinks p from its connection (if it still has one) and frees it. */
+void gw_pending_free(pending *p);
+/* c is going: its records stay for their completions, without c. */
+void gw_pending_detach_all(imc_conn *c);
+/* Detaches p from its connection: its completion will only free it. */
+void gw_pending_orphan(pending *p);
+/* Frees the records still waiting (the gateway is going). */
+void gw_pending_free_orphans(imc_gateway *gw);
+
+/* reports.c: delivered/undelivered reports to the upstream */
+/* Hands p, unlinked from its connection, to the upstream as a report of
+ * kind; p is the gateway's until the report completed. */
+void gw_report(imc_gateway *gw, push *p, enum report_kind kind);
+/* Retries the failed reports due at now (all of them with now < 0). */
+void gw_reports_retry(imc_gateway *gw, int64_t now);
+/* The time of the next retry, or -1. */
+int64_t gw_reports_next(const imc_gateway *gw);
+/* Frees every report without calling anything (the gateway is going). */
+void gw_reports_free(imc_gateway *gw);
+/* Frees p and its reference to the message. */
+void gw_push_free(imc_gateway *gw, push *p);
+
+/* frames.c: client frames and the wslay glue */
+/* Fills cb with the gateway's wslay callbacks. */
+void gw_ws_callbacks_init(struct wslay_event_callbacks *cb);
+/*
+ * Feeds len bytes to wslay. The wslay context exists only while a frame
+ * or a fragmented message is partly received (or the connection is
+ * closing): an idle connection holds no frame buffers. Returns 0 or a
+ * negative code (c freed).
+ */
+int gw_ws_feed(imc_conn *c, const uint8_t *data, size_t len);
+
+/* upgrade.c: the WebSocket upgrade and JWT authentication */
+const imc_jwt_key *gw_pick_key(imc_gateway *gw, imc_jwt_alg alg);
+/* Keeps buf[0..len) in c->head while the key source works. */
+int gw_keep_head(imc_conn *c, const char *buf, size_t len);
+/*
+ * GET /ws: validates the upgrade, authenticates and switches protocols.
+ * buf[0..len) holds the request (head_len bytes of head, then the rest).
+ * fetched is the key from the key source on the second pass.
+ */
+int gw_handle_upgrade(imc_conn *c, const imc_http_req *req, const char *buf,
+                      size_t len, size_t head_len, const imc_jwt_key *fetched);
+
+/* http_request.c: plain HTTP requests */
+/* Request head bytes. Returns 0 or a negative code (c freed). */
+int gw_http_recv(imc_conn *c, const uint8_t *data, size_t len);
+
+/* push.c: pushes */
+void gw_shmsg_unref(imc_gateway *gw, shmsg *sm);
+
+#endif /* IMCHAT_GATEWAY_INT_H */

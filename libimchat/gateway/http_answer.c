@@ -1,0 +1,77 @@
+/*
+ * Complete HTTP answers (status line, headers, body), including the
+ * JSON error bodies of the protocol contract.
+ */
+#include "gateway/gateway_int.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char *status_text(int status) {
+  switch (status) {
+  case 200:
+    return "OK";
+  case 400:
+    return "Bad Request";
+  case 401:
+    return "Unauthorized";
+  case 403:
+    return "Forbidden";
+  case 404:
+    return "Not Found";
+  case 405:
+    return "Method Not Allowed";
+  case 409:
+    return "Conflict";
+  case 413:
+    return "Payload Too Large";
+  case 426:
+    return "Upgrade Required";
+  case 429:
+    return "Too Many Requests";
+  case 431:
+    return "Request Header Fields Too Large";
+  case 500:
+    return "Internal Server Error";
+  case 503:
+    return "Service Unavailable";
+  default:
+    return "Internal Server Error";
+  }
+}
+
+/*
+ * Queues a complete HTTP answer and closes the connection once it is
+ * written. extra holds additional header lines, each ending in CRLF.
+ */
+int gw_http_answer(imc_conn *c, int status, const char *ctype,
+                   const char *extra, const char *body, size_t body_len) {
+  char head[1024];
+  int n = snprintf(head, sizeof(head),
+                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
+                   "Content-Length: %zu\r\nCache-Control: no-store\r\n"
+                   "Connection: close\r\n%s\r\n",
+                   status, status_text(status), ctype, body_len,
+                   extra ? extra : "");
+  c->state = ST_DONE;
+  c->close_at = now_ms(c->gw) + CLOSE_WAIT_MS;
+  gw_conn_schedule(c);
+  if (status >= 400)
+    stat_inc(c->gw,
+             status == 401 ? IMC_GW_STAT_AUTH_FAILED : IMC_GW_STAT_HTTP_ERRORS);
+  if (gw_queue_bytes(c, head, (size_t)n) != 0 ||
+      gw_queue_bytes(c, body, body_len) != 0) {
+    c->flags |= F_ABORT | F_NOMEM;
+    return IMC_ERR_NOMEM;
+  }
+  return 0;
+}
+
+int gw_http_error(imc_conn *c, int status, const char *code,
+                  const char *message, const char *extra) {
+  char body[256];
+  int n = snprintf(body, sizeof(body),
+                   "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n", code,
+                   message);
+  return gw_http_answer(c, status, "application/json", extra, body, (size_t)n);
+}
