@@ -178,10 +178,14 @@ static const imc_http_handler_vtbl http_handler = {
 /*
  * Completions of the embedded queue and bus: deferred work, woken by its
  * own deadline (0 while a dispatch would complete something), so a queue
- * backlog drains with no other traffic. Rounds let a chain (publish,
- * persist, status) finish in one iteration; what the rounds leave keeps
- * the deadline at 0 and runs on the next iteration, after I/O.
+ * backlog drains with no other traffic. A few rounds let a chain
+ * (publish, persist, status) finish in one iteration; what they leave
+ * keeps the deadline at 0 and runs on the next iteration, after I/O. The
+ * cap bounds how long a draining backlog (a worker batch per round)
+ * holds up the sockets.
  */
+#define DISPATCH_ROUNDS 4
+
 static int64_t dispatch_due(void *ud) {
   app *a = ud;
   int64_t t = imc_sqlite_next_timeout_ms(a->db);
@@ -190,7 +194,7 @@ static int64_t dispatch_due(void *ud) {
 
 static void dispatch_run(void *ud) {
   app *a = ud;
-  for (int round = 0; round < 64; round++) {
+  for (int round = 0; round < DISPATCH_ROUNDS; round++) {
     int n = imc_sqlite_dispatch(a->db);
     int m = imc_membus_dispatch(a->bus);
     if (n < 0)
