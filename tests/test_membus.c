@@ -280,6 +280,57 @@ START_TEST(invalid_arguments) {
 }
 END_TEST
 
+/* The deferred polls' wakeup: 0 exactly while a dispatch would complete
+ * a poll. */
+static void repoll(void *p, int status, const imc_bus_record *recs, size_t n);
+
+typedef struct chain {
+  imc_membus *bus;
+  int calls, repolls;
+} chain;
+
+static void repoll(void *p, int status, const imc_bus_record *recs, size_t n) {
+  chain *c = p;
+  (void)recs;
+  ck_assert_int_eq(status, 0);
+  ck_assert_uint_eq(n, 1);
+  c->calls++;
+  if (c->repolls-- > 0)
+    ck_assert_int_eq(busv->poll(c->bus, "t", "g", 1, repoll, c), 0);
+}
+
+START_TEST(wakeup_deadline) {
+  test_mem tm;
+  test_mem_init(&tm);
+  imc_membus *bus;
+  ck_assert_int_eq(imc_membus_next_timeout_ms(NULL), -1);
+  ck_assert_int_eq(imc_membus_new(&bus, &tm.mem), 0);
+  ck_assert_int_eq(imc_membus_next_timeout_ms(bus), -1);
+  chain c = {bus, 0, 2};
+  ck_assert_int_eq(busv->poll(bus, "t", "g", 1, repoll, &c), 0);
+  ck_assert_int_eq(imc_membus_next_timeout_ms(bus), -1); /* nothing yet */
+  ck_assert_int_eq(publish(bus, "u", "x"), 0);
+  ck_assert_int_eq(imc_membus_next_timeout_ms(bus), -1); /* other topic */
+  ck_assert_int_eq(publish(bus, "t", "1"), 0);
+  ck_assert_int_eq(publish(bus, "t", "2"), 0);
+  ck_assert_int_eq(publish(bus, "t", "3"), 0);
+  ck_assert_int_eq(imc_membus_next_timeout_ms(bus), 0);
+  /* Each dispatch serves one round; the poll made by a completion waits
+   * for the next dispatch, and the deadline says so. */
+  ck_assert_int_eq(imc_membus_dispatch(bus), 1);
+  ck_assert_int_eq(c.calls, 1);
+  ck_assert_int_eq(imc_membus_next_timeout_ms(bus), 0);
+  ck_assert_int_eq(imc_membus_dispatch(bus), 1);
+  ck_assert_int_eq(imc_membus_next_timeout_ms(bus), 0);
+  ck_assert_int_eq(imc_membus_dispatch(bus), 1);
+  ck_assert_int_eq(c.calls, 3);
+  ck_assert_int_eq(imc_membus_next_timeout_ms(bus), -1); /* no poll */
+  ck_assert_int_eq(imc_membus_dispatch(bus), 0);
+  imc_membus_del(bus);
+  ck_assert_int_eq(tm.live, 0);
+}
+END_TEST
+
 START_TEST(del_completes_polls) {
   imc_membus *bus;
   ck_assert_int_eq(imc_membus_new(&bus, NULL), 0);
@@ -346,6 +397,7 @@ static Suite *membus_suite(void) {
   tcase_add_test(tc, commit_inside_completion_defers_free);
   tcase_add_test(tc, long_run_order);
   tcase_add_test(tc, dispatch_rules);
+  tcase_add_test(tc, wakeup_deadline);
   tcase_add_test(tc, invalid_arguments);
   tcase_add_test(tc, del_completes_polls);
   tcase_add_test(tc, allocation_failures);

@@ -638,6 +638,47 @@ START_TEST(poll_and_dispatch_rules) {
 }
 END_TEST
 
+/* The deferred polls' wakeup: 0 exactly while a dispatch has work, so a
+ * host that sleeps on -1 neither stalls nor spins. */
+START_TEST(wakeup_deadline) {
+  char path[384];
+  new_path(path, sizeof(path));
+  imc_sqlite *db;
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(NULL), -1);
+  ck_assert_int_eq(imc_sqlite_new(&db, path, NULL, NULL), 0);
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), -1);
+  publish(db, "t", "a");
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), -1); /* nobody polls */
+  res r = {0};
+  ck_assert_int_eq(busv->poll(db, "t", "g", 1, on_batch, &r), 0);
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), 0);
+  ck_assert_int_eq(imc_sqlite_dispatch(db), 1);
+  ck_assert_int_eq(r.calls, 1);
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), -1); /* no poll */
+  /* An idle poll: one dispatch finds the topic empty, then silence until
+   * a publish to its topic. */
+  ck_assert_int_eq(busv->poll(db, "t", "g", 1, on_batch, &r), 0);
+  ck_assert_int_eq(imc_sqlite_dispatch(db), 0);
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), -1);
+  publish(db, "other", "x");
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), -1);
+  publish(db, "t", "b");
+  publish(db, "t", "c");
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), 0);
+  ck_assert_int_eq(imc_sqlite_dispatch(db), 1);
+  ck_assert_int_eq(r.calls, 2);
+  /* A poll made right after (as a consumer does from its completion)
+   * with a record still waiting is due at once. */
+  ck_assert_int_eq(busv->poll(db, "t", "g", 1, on_batch, &r), 0);
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), 0);
+  ck_assert_int_eq(imc_sqlite_dispatch(db), 1);
+  ck_assert_int_eq(r.calls, 3);
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), -1);
+  imc_sqlite_del(db);
+  remove_db(path);
+}
+END_TEST
+
 START_TEST(queue_trimmed_when_all_groups_commit) {
   char path[384];
   new_path(path, sizeof(path));
@@ -701,6 +742,7 @@ static Suite *sqlite_suite(void) {
   tcase_add_test(tc, invalid_arguments);
   tcase_add_test(tc, purge_removes_rows);
   tcase_add_test(tc, poll_and_dispatch_rules);
+  tcase_add_test(tc, wakeup_deadline);
   tcase_add_test(tc, queue_trimmed_when_all_groups_commit);
   tcase_add_test(tc, del_completes_polls);
   suite_add_tcase(s, tc);

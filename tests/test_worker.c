@@ -9,6 +9,8 @@
  * committed offset is in the store and marked in the dedup map. The hook
  * recorder checks that every hook comes after the commit of its job.
  */
+#include <imchat/membus.h>
+#include <imchat/sqlite.h>
 #include <imchat/worker.h>
 
 #include "queue.pb-c.h"
@@ -18,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define T0 1700000000000LL /* wall clock at start, ms */
 #define MAXREC 1024
@@ -120,6 +123,11 @@ typedef struct mqueue {
   int fail_poll_sync, fail_poll_async;
   int fail_commit_sync, fail_commit_async;
   int async_commit;
+  unsigned revoked;  /* bit p: partition p has another owner */
+  int revoked_sync;  /* refuse in the call instead of the completion */
+  int revocations;   /* commits answered with IMC_ERR_REVOKED */
+  const char *topic; /* expected names; NULL: the defaults */
+  const char *group;
 } mqueue;
 
 typedef struct mstore {
@@ -233,10 +241,15 @@ static void mq_crash(void) {
     q.recs[i].delivered = 0;
 }
 
+static int names_ok(const char *topic, const char *group) {
+  return strcmp(topic, q.topic ? q.topic : "offline_msg") == 0 &&
+         strcmp(group, q.group ? q.group : "worker") == 0;
+}
+
 static int q_poll(void *ud, const char *topic, const char *group, size_t max,
                   imc_bus_batch_cb done, void *done_ud) {
   ck_assert_ptr_eq(ud, &q);
-  if (strcmp(topic, "offline_msg") != 0 || strcmp(group, "worker") != 0)
+  if (!names_ok(topic, group))
     q.bad_topic++;
   if (q.polling)
     return IMC_ERR_EXISTS;
@@ -307,12 +320,19 @@ static int q_commit(void *ud, const char *topic, const char *group,
   ck_assert_ptr_eq(ud, &q);
   ck_assert_int_ge(part, 0);
   ck_assert_int_lt(part, NPART);
-  if (strcmp(topic, "offline_msg") != 0 || strcmp(group, "worker") != 0)
+  if (!names_ok(topic, group))
     q.bad_topic++;
   q.commit_calls++;
   if (q.fail_commit_sync > 0) {
     q.fail_commit_sync--;
     return IMC_ERR_UNAVAILABLE;
+  }
+  if (q.revoked & (1u << part)) {
+    q.revocations++;
+    if (q.revoked_sync)
+      return IMC_ERR_REVOKED;
+    done(done_ud, IMC_ERR_REVOKED);
+    return 0;
   }
   later l = {L_COMMIT, done, NULL, done_ud, 0, 0, part, off};
   if (q.fail_commit_async > 0) {
@@ -354,9 +374,9 @@ static void q_add(int32_t part, const uint8_t *val, size_t len, mrec **out) {
     *out = r;
 }
 
-/* Queues a job for msg_id, as the router would. */
-static void add_job_part(int32_t part, const char *id, int history,
-                         const char *const *users, size_t n_users) {
+/* The OfflineJob record the router would queue for msg_id; free it. */
+static uint8_t *pack_job(const char *id, int history, const char *const *users,
+                         size_t n_users, size_t *len_out) {
   char body[100];
   snprintf(body, sizeof(body), "body:%s", id);
   Imchat__V1__Message m = IMCHAT__V1__MESSAGE__INIT;
@@ -379,6 +399,15 @@ static void add_job_part(int32_t part, const char *id, int history,
   size_t len = imchat__v1__offline_job__get_packed_size(&j);
   uint8_t *buf = malloc(len ? len : 1);
   imchat__v1__offline_job__pack(&j, buf);
+  *len_out = len;
+  return buf;
+}
+
+/* Queues a job for msg_id, as the router would. */
+static void add_job_part(int32_t part, const char *id, int history,
+                         const char *const *users, size_t n_users) {
+  size_t len;
+  uint8_t *buf = pack_job(id, history, users, n_users, &len);
   mrec *r;
   q_add(part, buf, len, &r);
   free(buf);
@@ -654,6 +683,8 @@ static void teardown(void) {
 typedef struct wcfg {
   uint32_t batch_max; /* 0: default */
   uint32_t retention_s, purge_interval_s;
+  const imc_bus_vtbl *queue; /* NULL: the mock queue */
+  void *queue_ud;
 } wcfg;
 
 static int try_worker(imc_worker **out, const wcfg *cfg) {
@@ -661,7 +692,11 @@ static int try_worker(imc_worker **out, const wcfg *cfg) {
   int rv = imc_worker_options_new(&o, &tm.mem);
   if (rv != 0)
     return rv;
-  ck_assert_int_eq(imc_worker_options_set_queue(o, &queue_vt, &q), 0);
+  if (cfg && cfg->queue)
+    ck_assert_int_eq(imc_worker_options_set_queue(o, cfg->queue, cfg->queue_ud),
+                     0);
+  else
+    ck_assert_int_eq(imc_worker_options_set_queue(o, &queue_vt, &q), 0);
   ck_assert_int_eq(imc_worker_options_set_store(o, &store_vt, &st), 0);
   ck_assert_int_eq(imc_worker_options_set_dedup(o, &dedup_vt, &dd), 0);
   ck_assert_int_eq(imc_worker_options_set_persisted(o, hook, &hk), 0);
@@ -1157,6 +1192,106 @@ START_TEST(test_partitions) {
 }
 END_TEST
 
+/* A rebalance took partition 1 while its batch was in hand: its commit
+ * completes with IMC_ERR_REVOKED and is not retried; partition 0 is
+ * committed; nothing counts as a failure. When the partition's records
+ * come back (to this worker as the new owner), the dedup set recognises
+ * them and nothing is appended twice. */
+static void check_revoked(int sync) {
+  add_job_part(0, "a1", 1, NULL, 0);
+  add_job_part(1, "b1", 1, NULL, 0);
+  add_job_part(0, "a2", 1, NULL, 0);
+  add_job_part(1, "b2", 1, NULL, 0);
+  q.revoked = 1u << 1;
+  q.revoked_sync = sync;
+  imc_worker *w = mk_worker(NULL);
+  ck_assert_int_eq(imc_worker_start(w), 0);
+  run();
+  ck_assert_int_eq(q.revocations, 1);
+  ck_assert_uint_eq(q.committed[0], 2);
+  ck_assert_uint_eq(q.committed[1], 0);
+  ck_assert_int_eq(st.appends, 1);
+  ck_assert_int_eq(hk.calls, 4); /* persisted all the same */
+  ck_assert_int_eq(imc_worker_healthy(w), 1);
+  ck_assert_uint_eq(imc_worker_stat_get(w, IMC_WK_STAT_FAILURES), 0);
+  ck_assert_uint_eq(imc_worker_stat_get(w, IMC_WK_STAT_REVOKED), 1);
+  ck_assert_uint_eq(imc_worker_stat_get(w, IMC_WK_STAT_BATCHES), 1);
+  /* No retry is scheduled: only the purge timer remains. */
+  ck_assert_int_gt(imc_worker_next_timeout_ms(w), 10000);
+  tick(w, 10000);
+  run();
+  ck_assert_int_eq(q.commit_calls, 2);
+  ck_assert_int_eq(q.revocations, 1);
+  ck_assert_uint_eq(imc_worker_pending(w), 1); /* the next poll */
+
+  /* The partition is assigned back: its uncommitted records come again. */
+  q.revoked = 0;
+  for (size_t i = 0; i < q.n; i++)
+    if (q.recs[i].part == 1)
+      q.recs[i].delivered = 0;
+  run();
+  ck_assert_uint_eq(q.committed[1], 2);
+  ck_assert_int_eq(st.appends, 1);
+  ck_assert_int_eq(st.reappends, 0);
+  ck_assert_uint_eq(imc_worker_stat_get(w, IMC_WK_STAT_DUPLICATES), 2);
+  ck_assert_int_eq(q.violations, 0);
+  del_worker(w);
+}
+
+START_TEST(test_commit_revoked) {
+  check_revoked(0);
+}
+END_TEST
+
+START_TEST(test_commit_revoked_sync) {
+  check_revoked(1);
+}
+END_TEST
+
+/* Topic and group come from the options. */
+START_TEST(test_topic_group) {
+  imc_worker_options *o = NULL;
+  ck_assert_int_eq(imc_worker_options_new(&o, &tm.mem), 0);
+  ck_assert_int_eq(imc_worker_options_set_topic(NULL, "t"),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_worker_options_set_topic(o, NULL),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_worker_options_set_topic(o, ""),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_worker_options_set_group(o, ""),
+                   IMC_ERR_INVALID_ARGUMENT);
+  char longname[200];
+  memset(longname, 'x', sizeof(longname) - 1);
+  longname[sizeof(longname) - 1] = '\0';
+  ck_assert_int_eq(imc_worker_options_set_group(o, longname),
+                   IMC_ERR_INVALID_ARGUMENT);
+  longname[128] = '\0';
+  ck_assert_int_eq(imc_worker_options_set_group(o, longname),
+                   IMC_ERR_INVALID_ARGUMENT);
+  longname[127] = '\0';
+  ck_assert_int_eq(imc_worker_options_set_group(o, longname), 0);
+  char topic[16] = "jobs-eu";
+  ck_assert_int_eq(imc_worker_options_set_topic(o, topic), 0);
+  ck_assert_int_eq(imc_worker_options_set_group(o, "persister"), 0);
+  memset(topic, 0, sizeof(topic)); /* copied */
+  ck_assert_int_eq(imc_worker_options_set_queue(o, &queue_vt, &q), 0);
+  ck_assert_int_eq(imc_worker_options_set_store(o, &store_vt, &st), 0);
+  ck_assert_int_eq(imc_worker_options_set_dedup(o, &dedup_vt, &dd), 0);
+  imc_worker *w = NULL;
+  ck_assert_int_eq(imc_worker_new(&w, o, &tm.mem), 0);
+  imc_worker_options_del(o);
+  q.topic = "jobs-eu";
+  q.group = "persister";
+  add_job("m1", 1, BOB, 1);
+  ck_assert_int_eq(imc_worker_start(w), 0);
+  run();
+  ck_assert_int_eq(q.bad_topic, 0);
+  ck_assert_int_eq(q.commits, 1);
+  ck_assert_int_eq(q.polls, 2);
+  del_worker(w);
+}
+END_TEST
+
 START_TEST(test_poll_fails) {
   q.fail_poll_sync = 1;
   imc_worker *w = mk_worker(NULL);
@@ -1465,6 +1600,145 @@ START_TEST(test_last_batch_ms) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------ */
+/* The host's wakeups: a backlog drains with no unrelated event         */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A host loop reduced to its timers, as hosts/common/loop.c runs them:
+ * each turn runs exactly what a next_timeout_ms says is due (0), one
+ * dispatch per turn and nothing else. When nothing is due the real loop
+ * would sleep (until the worker's purge timer, an hour away, or forever),
+ * and no other event ever comes here: the fake loop returns the number
+ * of turns it ran. Deferred work that did not announce itself is then
+ * left undone, which the callers' assertions catch.
+ */
+static int timers_only_loop(imc_worker *w, imc_sqlite *db, imc_membus *bus) {
+  for (int turn = 0; turn < 100000; turn++) {
+    int64_t tw = imc_worker_next_timeout_ms(w);
+    int64_t ts = db ? imc_sqlite_next_timeout_ms(db) : -1;
+    int64_t tb = bus ? imc_membus_next_timeout_ms(bus) : -1;
+    ck_assert_int_le(ts, 0); /* deferred work is due now or not at all */
+    ck_assert_int_le(tb, 0);
+    if (tw != 0 && ts != 0 && tb != 0)
+      return turn; /* the loop would sleep */
+    if (ts == 0)
+      ck_assert_int_ge(imc_sqlite_dispatch(db), 0);
+    if (tb == 0)
+      ck_assert_int_ge(imc_membus_dispatch(bus), 0);
+    if (tw == 0)
+      ck_assert_int_eq(imc_worker_on_timeout(w), 0);
+  }
+  ck_abort_msg("the loop never settles: a wakeup says 0 with nothing to do");
+  return -1;
+}
+
+static void noop_done(void *ud, int status) {
+  (void)ud;
+  ck_assert_int_eq(status, 0);
+}
+
+#define BACKLOG_JOBS 600
+#define BACKLOG_BATCH 2 /* 300 batches: far more than a loop turn's rounds */
+
+static void publish_backlog(const imc_bus_vtbl *vt, void *ud) {
+  char id[16];
+  for (int i = 0; i < BACKLOG_JOBS; i++) {
+    snprintf(id, sizeof(id), "m%04d", i);
+    size_t len;
+    uint8_t *buf = pack_job(id, 1, BOB, 1, &len);
+    ck_assert_int_eq(vt->publish(ud, "offline_msg", (const uint8_t *)"bob", 3,
+                                 buf, len, noop_done, NULL),
+                     0);
+    free(buf);
+  }
+}
+
+static void assert_backlog_persisted(imc_worker *w) {
+  ck_assert_int_eq(hk.calls, BACKLOG_JOBS);
+  ck_assert_uint_eq(st.n_hist, BACKLOG_JOBS);
+  ck_assert_uint_eq(st.n_inbox, BACKLOG_JOBS);
+  ck_assert_uint_eq(imc_worker_stat_get(w, IMC_WK_STAT_JOBS), BACKLOG_JOBS);
+  ck_assert_uint_eq(imc_worker_stat_get(w, IMC_WK_STAT_BATCHES),
+                    BACKLOG_JOBS / BACKLOG_BATCH);
+  ck_assert_int_eq(imc_worker_healthy(w), 1);
+  char id[16];
+  for (int i = 0; i < BACKLOG_JOBS; i += 97) {
+    snprintf(id, sizeof(id), "m%04d", i);
+    ck_assert(msg_stored(id) && entry_stored("bob", id));
+  }
+}
+
+/* The stall of an idle imchatd: the SQLite queue's polls completed only
+ * from a hook that ran after some other event. */
+START_TEST(test_backlog_sqlite_wakes_loop) {
+  char path[128];
+  snprintf(path, sizeof(path), "/tmp/imc-test-worker-%ld.sqlite",
+           (long)getpid());
+  unlink(path);
+  imc_sqlite *db = NULL;
+  ck_assert_int_eq(imc_sqlite_new(&db, path, &tc.clock, &tm.mem), 0);
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), -1);
+  publish_backlog(imc_sqlite_bus_vtbl(), db);
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), -1); /* nobody polls */
+  imc_worker *w = mk_worker(&(wcfg){.batch_max = BACKLOG_BATCH,
+                                    .queue = imc_sqlite_bus_vtbl(),
+                                    .queue_ud = db});
+  ck_assert_int_eq(imc_worker_start(w), 0);
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), 0);
+  ck_assert_int_ge(timers_only_loop(w, db, NULL), BACKLOG_JOBS / BACKLOG_BATCH);
+  assert_backlog_persisted(w);
+  /* Idle now: the worker's poll waits, and nothing asks to be woken. */
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), -1);
+  ck_assert_int_gt(imc_worker_next_timeout_ms(w), 0);
+  ck_assert_int_eq(imc_worker_stop(w), 0);
+  imc_sqlite_del(db);
+  imc_worker_del(w);
+
+  /* Everything was committed: a restart delivers nothing again. */
+  ck_assert_int_eq(imc_sqlite_new(&db, path, &tc.clock, &tm.mem), 0);
+  int calls = hk.calls;
+  w = mk_worker(&(wcfg){.batch_max = BACKLOG_BATCH,
+                        .queue = imc_sqlite_bus_vtbl(),
+                        .queue_ud = db});
+  ck_assert_int_eq(imc_worker_start(w), 0);
+  timers_only_loop(w, db, NULL);
+  ck_assert_int_eq(hk.calls, calls);
+  ck_assert_uint_eq(imc_worker_stat_get(w, IMC_WK_STAT_BATCHES), 0);
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), -1);
+  imc_worker_stop(w);
+  imc_sqlite_del(db);
+  del_worker(w);
+  unlink(path);
+  char side[160];
+  snprintf(side, sizeof(side), "%s-wal", path);
+  unlink(side);
+  snprintf(side, sizeof(side), "%s-shm", path);
+  unlink(side);
+}
+END_TEST
+
+/* The same through the in-process bus, whose polls are deferred too. */
+START_TEST(test_backlog_membus_wakes_loop) {
+  imc_membus *bus = NULL;
+  ck_assert_int_eq(imc_membus_new(&bus, &tm.mem), 0);
+  imc_worker *w = mk_worker(&(wcfg){
+      .batch_max = BACKLOG_BATCH, .queue = imc_membus_vtbl(), .queue_ud = bus});
+  ck_assert_int_eq(imc_worker_start(w), 0); /* the group joins first */
+  ck_assert_int_eq(imc_membus_next_timeout_ms(bus), -1);
+  publish_backlog(imc_membus_vtbl(), bus);
+  ck_assert_int_eq(imc_membus_next_timeout_ms(bus), 0);
+  ck_assert_int_ge(timers_only_loop(w, NULL, bus),
+                   BACKLOG_JOBS / BACKLOG_BATCH);
+  assert_backlog_persisted(w);
+  ck_assert_uint_eq(imc_membus_size(bus), 0); /* all committed */
+  ck_assert_int_eq(imc_membus_next_timeout_ms(bus), -1);
+  imc_worker_stop(w);
+  imc_membus_del(bus);
+  del_worker(w);
+}
+END_TEST
+
 /* Every allocation fails in turn. Each failure surfaces as IMC_ERR_NOMEM
  * from a constructor or as a retried step; a batch that could not even be
  * copied stops consumption, and a new worker over the same queue finishes
@@ -1538,6 +1812,7 @@ static Suite *worker_suite(void) {
   tcase_add_test(tc_core, test_duplicates);
   tcase_add_test(tc_core, test_bad_records);
   tcase_add_test(tc_core, test_partitions);
+  tcase_add_test(tc_core, test_topic_group);
   tcase_add_test(tc_core, test_sync_queue);
   tcase_add_test(tc_core, test_last_batch_ms);
   suite_add_tcase(s, tc_core);
@@ -1550,6 +1825,8 @@ static Suite *worker_suite(void) {
   tcase_add_test(tc_fail, test_dedup_get_fails);
   tcase_add_test(tc_fail, test_dedup_set_fails);
   tcase_add_test(tc_fail, test_commit_fails);
+  tcase_add_test(tc_fail, test_commit_revoked);
+  tcase_add_test(tc_fail, test_commit_revoked_sync);
   tcase_add_test(tc_fail, test_poll_fails);
   tcase_add_test(tc_fail, test_crash_before_commit);
   tcase_add_test(tc_fail, test_crash_before_marks);
@@ -1562,6 +1839,13 @@ static Suite *worker_suite(void) {
   tcase_add_test(tc_timers, test_stop_in_batch);
   tcase_add_test(tc_timers, test_stop_late_records);
   suite_add_tcase(s, tc_timers);
+
+  TCase *tc_wake = tcase_create("wakeups");
+  tcase_add_checked_fixture(tc_wake, setup, teardown);
+  tcase_add_test(tc_wake, test_backlog_sqlite_wakes_loop);
+  tcase_add_test(tc_wake, test_backlog_membus_wakes_loop);
+  tcase_set_timeout(tc_wake, 60);
+  suite_add_tcase(s, tc_wake);
 
   TCase *tc_mem = tcase_create("nomem");
   tcase_add_checked_fixture(tc_mem, setup, teardown);

@@ -61,8 +61,13 @@ int hloop_listen(hloop *l, const char *addr, char *bound, size_t boundcap);
 /*
  * A hook: after every batch of events the loop calls next_timeout_ms(ud):
  * 0 means due, so it calls run(ud); a positive value caps the next sleep;
- * -1 means nothing pending. A NULL next_timeout_ms runs the hook after
- * every batch. Hooks may add or remove hooks from run.
+ * -1 means nothing pending. Before it waits the loop asks again, and does
+ * not sleep while any hook says 0: deferred completions (e.g.
+ * imc_sqlite_next_timeout_ms, imc_membus_next_timeout_ms) belong here, so
+ * they run without another event to wake the loop. A NULL
+ * next_timeout_ms runs the hook after every batch but never wakes the
+ * loop: use it only for work that events alone create. Hooks may add or
+ * remove hooks from run.
  */
 typedef int64_t (*hloop_timeout_fn)(void *ud);
 typedef void (*hloop_run_fn)(void *ud);

@@ -181,12 +181,25 @@ static const imc_http_handler_vtbl http_handler = {
     sizeof(imc_http_handler_vtbl), http_handle};
 
 /*
- * Completions of the embedded queue and bus, after every batch of events.
- * Rounds let a chain (publish, persist, status) finish in one iteration.
+ * Completions of the embedded queue and bus: deferred work, woken by its
+ * own deadline (0 while a dispatch would complete something), so a queue
+ * backlog drains with no other traffic. A few rounds let a chain
+ * (publish, persist, status) finish in one iteration; what they leave
+ * keeps the deadline at 0 and runs on the next iteration, after I/O. The
+ * cap bounds how long a draining backlog (a worker batch per round)
+ * holds up the sockets.
  */
+#define DISPATCH_ROUNDS 4
+
+static int64_t dispatch_due(void *ud) {
+  app *a = ud;
+  int64_t t = imc_sqlite_next_timeout_ms(a->db);
+  return t == 0 ? 0 : imc_membus_next_timeout_ms(a->bus);
+}
+
 static void dispatch_run(void *ud) {
   app *a = ud;
-  for (int round = 0; round < 64; round++) {
+  for (int round = 0; round < DISPATCH_ROUNDS; round++) {
     int n = imc_sqlite_dispatch(a->db);
     int m = imc_membus_dispatch(a->bus);
     if (n < 0)
@@ -461,7 +474,7 @@ static int cmd_serve(const imchatd_config *cfg) {
   imc_api_set_group_changed(a.api, group_changed, &a);
   hloop_set_gateway(a.loop, a.gw);
   hloop_set_reload(a.loop, reload, &a);
-  if (hloop_add_hook(a.loop, NULL, dispatch_run, &a) < 0 ||
+  if (hloop_add_hook(a.loop, dispatch_due, dispatch_run, &a) < 0 ||
       hloop_add_hook(a.loop, router_due, router_run, &a) < 0 ||
       hloop_add_hook(a.loop, worker_due, worker_run, &a) < 0) {
     hlog_error("event loop: out of memory");

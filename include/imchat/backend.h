@@ -175,7 +175,22 @@ typedef struct imc_bus_vtbl {
   /*
    * Mark every record of the partition up to and including offset as
    * processed by group; uncommitted records are delivered again after a
-   * restart (at-least-once).
+   * restart (at-least-once). A batch may hold records of several
+   * partitions: the consumer commits the highest offset of each of them.
+   *
+   * Rebalancing. A bus that spreads a group's partitions over several
+   * consumers (Kafka) may take a partition from this consumer while it
+   * holds records of it. A commit of such a partition returns or
+   * completes with IMC_ERR_REVOKED: the commit was not made, and the
+   * records after the group's last commit go to the partition's new
+   * owner. The consumer must not retry that commit (it would fail again,
+   * or worse, move the new owner's offset) and drops what it still holds
+   * of the partition; work it already did for those records is done
+   * again by the new owner, so it must be idempotent (the worker's dedup
+   * set makes it so). Commits of the batch's other partitions are not
+   * affected. IMC_ERR_REVOKED is no failure of the bus: a consumer keeps
+   * polling and stays healthy. Buses with one consumer per group (the
+   * embedded ones) never revoke.
    */
   int (*commit)(void *ud, const char *topic, const char *group,
                 int32_t partition, uint64_t offset, imc_done_cb done,

@@ -46,6 +46,7 @@ typedef enum imc_error {
   IMC_ERR_BLOCKED = -515,          /* rejected by the content filter */
   IMC_ERR_IO = -516,               /* an I/O or storage operation failed */
   IMC_ERR_EXISTS = -517,           /* the key already exists */
+  IMC_ERR_REVOKED = -518,          /* bus: the partition has another owner */
   IMC_ERR_FATAL = -900,            /* threshold; not returned itself */
   IMC_ERR_CALLBACK_FAILURE = -901, /* a vtable call reported a fatal error */
   IMC_ERR_INTERNAL = -902          /* a broken invariant inside libimchat */

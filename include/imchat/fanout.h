@@ -12,7 +12,8 @@ extern "C" {
  * imc_fanout consumes the group bus (topic "group_msg", one consumer group
  * per gateway node so that every node sees every record) and pushes each
  * group message to the members connected to its gateway. Members come
- * from the store, cached for cache_ms.
+ * from the store, cached for cache_ms. Each batch is committed when it is
+ * pushed, at the highest offset of every partition it holds.
  */
 typedef struct imc_fanout imc_fanout;
 
@@ -30,6 +31,18 @@ IMC_EXTERN int imc_fanout_new(imc_fanout **out, imc_gateway *gw,
 IMC_EXTERN void imc_fanout_del(imc_fanout *f);
 IMC_EXTERN void imc_fanout_set_user_data(imc_fanout *f, void *ud);
 IMC_EXTERN void *imc_fanout_get_user_data(const imc_fanout *f);
+/*
+ * The bus topic (default "group_msg", where the router publishes group
+ * messages) and the consumer group (default "gw-<node id>"). The group
+ * must differ between gateway nodes, so that each sees every record, and
+ * stay the same across a node's restarts. Strings are copied. Call
+ * before imc_fanout_start(), or after imc_fanout_stop() once
+ * imc_fanout_pending() is 0. Each returns 0 or IMC_ERR_INVALID_ARGUMENT
+ * (f NULL, a NULL or empty name, a name of 128 bytes or more, the
+ * fan-out running or with operations pending).
+ */
+IMC_EXTERN int imc_fanout_set_topic(imc_fanout *f, const char *topic);
+IMC_EXTERN int imc_fanout_set_group(imc_fanout *f, const char *group);
 /* Starts polling. Returns 0 or the error of the bus's poll. */
 IMC_EXTERN int imc_fanout_start(imc_fanout *f);
 /* No new polls; the batch in hand is finished. */

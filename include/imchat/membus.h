@@ -12,7 +12,10 @@ extern "C" {
  * In-process bus: topics in memory, for group_msg fan-out inside one
  * process. Not durable. publish and commit complete before returning;
  * polls complete only from imc_membus_dispatch(), with the same rules as
- * imc_sqlite_dispatch(). Offsets start at 1 per topic, in partition 0.
+ * imc_sqlite_dispatch(): the host runs it whenever
+ * imc_membus_next_timeout_ms() is 0, and never sleeps while it is.
+ * Offsets start at 1 per topic, in partition 0. The bus has one consumer
+ * per group, so it never revokes a partition (no IMC_ERR_REVOKED).
  * A consumer group is known to a topic from its first poll or commit;
  * a record is freed once every known group has committed it, and a group
  * that joins later starts from the oldest record kept. At most
@@ -41,6 +44,14 @@ IMC_EXTERN const imc_bus_vtbl *imc_membus_vtbl(void);
  * IMC_ERR_NOMEM.
  */
 IMC_EXTERN int imc_membus_dispatch(imc_membus *bus);
+/*
+ * The wakeup of the deferred completions: 0 if imc_membus_dispatch()
+ * would complete a poll now (an outstanding poll has records after its
+ * position), -1 if nothing is ready (or bus is NULL). Never positive.
+ * Cheap: call it before every wait of the event loop; imc_membus_dispatch()
+ * is the "on timeout" action.
+ */
+IMC_EXTERN int64_t imc_membus_next_timeout_ms(const imc_membus *bus);
 /*
  * Bound the records kept over all topics. Lowering it below the current
  * count refuses publishes until consumers catch up. Returns 0 or

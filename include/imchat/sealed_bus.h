@@ -16,7 +16,11 @@ extern "C" {
  * an envelope is delivered as it is (queued before encryption was on); an
  * envelope that does not open is delivered as it is and counted, so its
  * consumer drops it as a bad record. The key file is as for the sealed
- * store.
+ * store. Everything else passes through unchanged: commit results
+ * (IMC_ERR_REVOKED included), and completion timing, since a poll
+ * completes when the inner bus completes it, so the host keeps running
+ * the inner backend's wakeup (e.g. imc_sqlite_next_timeout_ms() and
+ * imc_sqlite_dispatch()); the sealed bus defers nothing of its own.
  *
  * imc_sealed_bus_new returns 0, IMC_ERR_INVALID_ARGUMENT (NULL argument,
  * an inner vtable without publish, poll or commit, a malformed key

@@ -16,9 +16,13 @@ extern "C" {
  * a file; it is single-threaded and starts no threads.
  *
  * seq, dedup, store, publish and commit complete before returning. A poll
- * never completes inside the call, even if records are waiting: the host
- * calls imc_sqlite_dispatch() once per event-loop iteration, which
- * completes the polls that have records. A completion may call the
+ * never completes inside the call, even if records are waiting: it is
+ * deferred work, and the host runs it as a timer (curl multi's way):
+ * imc_sqlite_next_timeout_ms() says 0 while a poll can be completed and
+ * -1 while nothing is ready, and imc_sqlite_dispatch() is the "on
+ * timeout" action. The host must not sleep while the timeout is 0 (else
+ * a backlog waits for unrelated traffic) and need not call dispatch while
+ * it is -1 (nothing to do: no busy loop). A completion may call the
  * backend again, but must not delete it.
  *
  * Dedup TTLs run on the clock's wall time (NULL: the system clock); a
@@ -77,6 +81,18 @@ IMC_EXTERN const imc_bus_vtbl *imc_sqlite_bus_vtbl(void);
  * fails completes with the error and counts as a completion.
  */
 IMC_EXTERN int imc_sqlite_dispatch(imc_sqlite *db);
+/*
+ * The wakeup of the deferred completions: 0 if imc_sqlite_dispatch()
+ * has work now (an outstanding poll whose topic may have records, a
+ * poll made by a completion of the last dispatch included), -1 if
+ * nothing is pending (no poll, or every outstanding poll found its topic
+ * empty and no publish has happened since). Never positive: nothing is
+ * time-based. Also -1 for a NULL db or one whose imc_sqlite_new failed.
+ * Cheap (no query): call it before every wait of the event loop. A 0 may
+ * be followed by a dispatch that finds the topic empty after all (a
+ * record another group committed away, say); the timeout is then -1.
+ */
+IMC_EXTERN int64_t imc_sqlite_next_timeout_ms(const imc_sqlite *db);
 
 #ifdef __cplusplus
 }

@@ -5,9 +5,13 @@
  * it skips jobs the dedup set has already seen, writes the rest to the
  * store in one transaction, marks them in the dedup set, and only then
  * commits the queue: a crash at any point loses nothing, and a job seen by
- * the dedup set is not written twice. A failed step is retried with
- * backoff; nothing is committed until it succeeds. A periodic job purges
- * messages older than the retention.
+ * the dedup set is not written twice. A batch may span partitions: the
+ * worker commits the highest offset of each. A failed step is retried
+ * with backoff; nothing is committed until it succeeds. A commit that
+ * completes with IMC_ERR_REVOKED (a rebalance gave the partition to
+ * another worker, see imc_bus_vtbl) is not retried: the new owner gets
+ * the records again and finds them in the dedup set. A periodic job
+ * purges messages older than the retention.
  *
  * One worker belongs to one thread; it never blocks.
  */
@@ -71,6 +75,17 @@ IMC_EXTERN int imc_worker_options_set_purge_interval_s(imc_worker_options *opt,
 /* How long persisted jobs stay in the dedup set (default 7 days). */
 IMC_EXTERN int imc_worker_options_set_dedup_ttl_s(imc_worker_options *opt,
                                                   uint32_t s);
+/*
+ * The queue's topic (default "offline_msg", as the router publishes) and
+ * the worker's consumer group on it (default "worker"; every worker of a
+ * deployment shares it, so each job is persisted by one of them). The
+ * string is copied. Returns 0 or IMC_ERR_INVALID_ARGUMENT (NULL opt, a
+ * NULL or empty name, a name of 128 bytes or more).
+ */
+IMC_EXTERN int imc_worker_options_set_topic(imc_worker_options *opt,
+                                            const char *topic);
+IMC_EXTERN int imc_worker_options_set_group(imc_worker_options *opt,
+                                            const char *group);
 
 /*
  * Creates a worker. Returns 0, IMC_ERR_INVALID_ARGUMENT (a required
@@ -139,6 +154,7 @@ typedef enum imc_worker_stat {
   IMC_WK_STAT_LAST_BATCH,    /* gauge: jobs in the last batch */
   IMC_WK_STAT_LAST_BATCH_MS, /* gauge: poll-to-commit time of it */
   IMC_WK_STAT_PURGES,        /* retention runs */
+  IMC_WK_STAT_REVOKED,       /* commits refused: partition revoked */
   IMC_WK_STAT_COUNT_
 } imc_worker_stat;
 

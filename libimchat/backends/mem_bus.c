@@ -5,7 +5,8 @@
  * freed from the front once every known group has committed them.
  *
  * Polls complete only from imc_membus_dispatch(), never from poll or
- * publish, so callers are not re-entered.
+ * publish, so callers are not re-entered; imc_membus_next_timeout_ms()
+ * tells the host when a dispatch is due.
  */
 #include <imchat/membus.h>
 
@@ -290,6 +291,20 @@ int imc_membus_dispatch(imc_membus *bus) {
   }
   bus->dispatching = 0;
   return count;
+}
+
+int64_t imc_membus_next_timeout_ms(const imc_membus *bus) {
+  if (bus == NULL)
+    return -1;
+  for (size_t i = 0; i < bus->n_topics; i++) {
+    const mb_topic *t = bus->topics[i];
+    for (size_t j = 0; j < t->n_groups; j++) {
+      size_t first;
+      if (t->groups[j]->pending && available(t, t->groups[j], &first) > 0)
+        return 0;
+    }
+  }
+  return -1;
 }
 
 int imc_membus_new(imc_membus **out, const imc_mem *mem) {

@@ -16,7 +16,9 @@
  * publish, commit and the group registration of a first poll complete
  * before returning. A poll never completes inside the call, even when
  * records are waiting: imc_sqlite_dispatch() completes it, so a caller
- * is never re-entered from poll or publish. The wake-up after a publish
+ * is never re-entered from poll or publish. imc_sqlite_next_timeout_ms()
+ * tells the host when a dispatch is due, so deferred polls never wait
+ * for unrelated events. The wake-up after a publish
  * is in-memory, so one instance must own the file: records another
  * process appends are seen only by polls made after them.
  */
@@ -275,6 +277,18 @@ int imc_sqlite_dispatch(imc_sqlite *db) {
     count++;
   }
   return count;
+}
+
+int64_t imc_sqlite_next_timeout_ms(const imc_sqlite *db) {
+  if (db == NULL || db->db == NULL)
+    return -1;
+  /* dirty is set by a poll and by a publish to the topic, and cleared by
+   * a dispatch that finds nothing: the host is woken exactly while a
+   * dispatch may complete something. */
+  for (size_t i = 0; i < db->n_consumers; i++)
+    if (db->consumers[i]->pending && db->consumers[i]->dirty)
+      return 0;
+  return -1;
 }
 
 void imc_sq_queue_close(imc_sqlite *db, int status) {

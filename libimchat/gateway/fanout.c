@@ -1,7 +1,9 @@
 /*
  * Group fan-out on a gateway: records of the group bus are pushed to the
  * members of the group that are connected here. The sender's other
- * devices are members too; the sending device is skipped.
+ * devices are members too; the sending device is skipped. A batch is
+ * committed once all of it is pushed: the highest offset of each of its
+ * partitions.
  */
 #include <imchat/gateway.h>
 #include <imchat/fanout.h>
@@ -11,11 +13,19 @@
 #include "protocol/pb.h"
 #include "util/vtbl.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
-#define GROUP_TOPIC "group_msg"
+#define DEFAULT_TOPIC "group_msg"
 #define BATCH_MAX 128
+#define NAME_CAP 128 /* topic and group names: 1..127 bytes */
+
+/* The highest offset of one partition in the batch. */
+typedef struct cpoint {
+  int32_t partition;
+  uint64_t offset;
+} cpoint;
 
 struct imc_fanout {
   void *user_data;
@@ -26,14 +36,19 @@ struct imc_fanout {
   imc_clock clock;
   imc_members *members;
   ProtobufCAllocator pba;
-  char consumer[IMC_ID_MAX + 8];
+  char topic[NAME_CAP];
+  char consumer[NAME_CAP];
+  int group_set; /* consumer set by imc_fanout_set_group() */
   int running;
   size_t pending;
-  /* The batch in hand: decoded messages, worked through in order. */
+  /* The batch in hand: decoded messages, worked through in order, and
+   * the highest offset of each of its partitions (cps and msgs are one
+   * allocation). */
   Imchat__V1__Message **msgs;
   size_t n, next;
-  int32_t partition;
-  uint64_t offset;
+  cpoint *cps;
+  size_t n_cps;
+  size_t commits_left; /* of the batch's commits, plus one while issuing */
 };
 
 static void poll_next(imc_fanout *f);
@@ -45,13 +60,21 @@ static void batch_free(imc_fanout *f) {
       imchat__v1__message__free_unpacked(f->msgs[i], &f->pba);
   imc_free(&f->mem, f->msgs);
   f->msgs = NULL;
-  f->n = f->next = 0;
+  f->cps = NULL;
+  f->n = f->next = f->n_cps = 0;
 }
 
+/* One commit of the batch is done; the last one frees the batch and
+ * polls again. */
 static void committed(void *ud, int status) {
   imc_fanout *f = ud;
   f->pending--;
-  (void)status; /* a lost commit only means a record is pushed again */
+  /* A lost commit only means a record is pushed again; IMC_ERR_REVOKED
+   * (another consumer has the partition) likewise needs nothing. */
+  (void)status;
+  if (--f->commits_left > 0)
+    return;
+  batch_free(f);
   poll_next(f);
 }
 
@@ -83,14 +106,19 @@ static void work(imc_fanout *f) {
       members_done(f, rv, NULL, 0);
     return;
   }
-  int32_t partition = f->partition;
-  uint64_t offset = f->offset;
-  batch_free(f);
+  /* Every partition of the batch, not only the last record's. The guard
+   * count keeps a commit that completes at once from ending the batch
+   * while the others are being issued. */
+  f->commits_left = f->n_cps + 1;
   f->pending++;
-  int rv = f->bus.commit(f->bus_ud, GROUP_TOPIC, f->consumer, partition, offset,
-                         committed, f);
-  if (rv != 0)
-    committed(f, rv);
+  for (size_t i = 0; i < f->n_cps; i++) {
+    f->pending++;
+    int rv = f->bus.commit(f->bus_ud, f->topic, f->consumer,
+                           f->cps[i].partition, f->cps[i].offset, committed, f);
+    if (rv != 0)
+      committed(f, rv);
+  }
+  committed(f, 0);
 }
 
 static void polled(void *ud, int status, const imc_bus_record *recs, size_t n) {
@@ -105,16 +133,30 @@ static void polled(void *ud, int status, const imc_bus_record *recs, size_t n) {
     poll_next(f);
     return;
   }
-  f->msgs = imc_calloc(&f->mem, n, sizeof(*f->msgs));
+  if (n > SIZE_MAX / (sizeof(*f->msgs) + sizeof(*f->cps)))
+    f->msgs = NULL;
+  else
+    f->msgs = imc_calloc(&f->mem, n, sizeof(*f->msgs) + sizeof(*f->cps));
   if (f->msgs == NULL) {
     /* Nothing committed: the records come again after a restart. */
     poll_next(f);
     return;
   }
+  f->cps = (cpoint *)(void *)(f->msgs + n);
   f->n = n;
   f->next = 0;
-  f->partition = recs[n - 1].partition;
-  f->offset = recs[n - 1].offset;
+  f->n_cps = 0;
+  for (size_t i = 0; i < n; i++) {
+    size_t c = 0;
+    while (c < f->n_cps && f->cps[c].partition != recs[i].partition)
+      c++;
+    if (c == f->n_cps) {
+      f->cps[f->n_cps].partition = recs[i].partition;
+      f->cps[f->n_cps++].offset = recs[i].offset;
+    } else if (recs[i].offset > f->cps[c].offset) {
+      f->cps[c].offset = recs[i].offset;
+    }
+  }
   for (size_t i = 0; i < n; i++) {
     Imchat__V1__Message *pm =
         imchat__v1__message__unpack(&f->pba, recs[i].value_len, recs[i].value);
@@ -131,8 +173,7 @@ static void poll_next(imc_fanout *f) {
   if (!f->running)
     return;
   f->pending++;
-  int rv =
-      f->bus.poll(f->bus_ud, GROUP_TOPIC, f->consumer, BATCH_MAX, polled, f);
+  int rv = f->bus.poll(f->bus_ud, f->topic, f->consumer, BATCH_MAX, polled, f);
   if (rv != 0) {
     /* The bus refused: polling resumes at the next start. */
     f->pending--;
@@ -170,6 +211,7 @@ int imc_fanout_new(imc_fanout **out, imc_gateway *gw, const imc_bus_vtbl *bus,
     return rv;
   }
   imc_pb_allocator(&f->pba, &f->mem);
+  memcpy(f->topic, DEFAULT_TOPIC, sizeof(DEFAULT_TOPIC));
   *out = f;
   return 0;
 }
@@ -185,8 +227,32 @@ void imc_fanout_del(imc_fanout *f) {
 
 /* The consumer group is the node id: every gateway sees every record. */
 static void set_consumer(imc_fanout *f) {
-  snprintf(f->consumer, sizeof(f->consumer), "gw-%s",
-           imc_gateway_get_node_id(f->gw));
+  if (!f->group_set)
+    snprintf(f->consumer, sizeof(f->consumer), "gw-%s",
+             imc_gateway_get_node_id(f->gw));
+}
+
+/* Names change only while nothing runs: a poll and its commits use the
+ * same names. */
+static int set_name(imc_fanout *f, char *dst, const char *name) {
+  size_t n = name ? strlen(name) : 0;
+  if (f->running || f->pending > 0 || n == 0 || n >= NAME_CAP)
+    return IMC_ERR_INVALID_ARGUMENT;
+  memcpy(dst, name, n + 1);
+  return 0;
+}
+
+int imc_fanout_set_topic(imc_fanout *f, const char *topic) {
+  return f ? set_name(f, f->topic, topic) : IMC_ERR_INVALID_ARGUMENT;
+}
+
+int imc_fanout_set_group(imc_fanout *f, const char *group) {
+  if (f == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  int rv = set_name(f, f->consumer, group);
+  if (rv == 0)
+    f->group_set = 1;
+  return rv;
 }
 
 int imc_fanout_start(imc_fanout *f) {

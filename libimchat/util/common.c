@@ -45,6 +45,8 @@ const char *imc_strerror(int rv) {
     return "I/O error";
   case IMC_ERR_EXISTS:
     return "already exists";
+  case IMC_ERR_REVOKED:
+    return "partition revoked";
   case IMC_ERR_CALLBACK_FAILURE:
     return "callback failure";
   case IMC_ERR_INTERNAL:

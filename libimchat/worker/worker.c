@@ -21,8 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TOPIC "offline_msg"
-#define GROUP "worker"
+#define DEFAULT_TOPIC "offline_msg"
+#define DEFAULT_GROUP "worker"
+#define NAME_CAP 128 /* topic and group names: 1..127 bytes */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 10000
 #define BATCH_LIMIT 65536 /* upper bound of batch_max */
@@ -45,7 +46,7 @@ enum part_state {
   P_MARKED
 };
 
-enum commit_state { C_TODO, C_BUSY, C_DONE };
+enum commit_state { C_TODO, C_BUSY, C_DONE, C_REVOKED };
 
 /* A record as the queue delivered it; value points into the batch. */
 typedef struct rec {
@@ -105,6 +106,8 @@ struct imc_worker_options {
   imc_clock clock;
   imc_logger log;
   uint32_t batch_max, retention_s, purge_interval_s, dedup_ttl_s;
+  char topic[NAME_CAP];
+  char group[NAME_CAP];
 };
 
 struct imc_worker {
@@ -150,6 +153,8 @@ int imc_worker_options_new(imc_worker_options **out, const imc_mem *mem) {
   o->retention_s = 7 * 24 * 3600;
   o->purge_interval_s = 3600;
   o->dedup_ttl_s = 7 * 24 * 3600;
+  memcpy(o->topic, DEFAULT_TOPIC, sizeof(DEFAULT_TOPIC));
+  memcpy(o->group, DEFAULT_GROUP, sizeof(DEFAULT_GROUP));
   *out = o;
   return 0;
 }
@@ -228,6 +233,22 @@ int imc_worker_options_set_purge_interval_s(imc_worker_options *opt,
     return IMC_ERR_INVALID_ARGUMENT;
   opt->purge_interval_s = s;
   return 0;
+}
+
+static int set_name(char *dst, const char *name) {
+  size_t n = name ? strlen(name) : 0;
+  if (n == 0 || n >= NAME_CAP)
+    return IMC_ERR_INVALID_ARGUMENT;
+  memcpy(dst, name, n + 1);
+  return 0;
+}
+
+int imc_worker_options_set_topic(imc_worker_options *opt, const char *topic) {
+  return opt ? set_name(opt->topic, topic) : IMC_ERR_INVALID_ARGUMENT;
+}
+
+int imc_worker_options_set_group(imc_worker_options *opt, const char *group) {
+  return opt ? set_name(opt->group, group) : IMC_ERR_INVALID_ARGUMENT;
 }
 
 int imc_worker_options_set_dedup_ttl_s(imc_worker_options *opt, uint32_t s) {
@@ -399,8 +420,8 @@ static void poll_done(void *ud, int status, const imc_bus_record *recs,
 
 static void issue_poll(imc_worker *w) {
   w->polling = 1;
-  int rv = w->o.queue.poll(w->o.queue_ud, TOPIC, GROUP, w->o.batch_max,
-                           poll_done, w);
+  int rv = w->o.queue.poll(w->o.queue_ud, w->o.topic, w->o.group,
+                           w->o.batch_max, poll_done, w);
   if (rv < 0) {
     w->polling = 0;
     w->poll_rv = rv;
@@ -717,11 +738,26 @@ static void do_set(imc_worker *w, batch *b) {
 /* Commit and hooks                                                     */
 /* ------------------------------------------------------------------ */
 
+/* The partition went to another consumer of the group (a rebalance): its
+ * records are redelivered there, so the commit is not retried. The work
+ * done for them is idempotent (the dedup marks), and it is done: the jobs
+ * are reported like the others. */
+static void commit_revoked(imc_worker *w, cpoint *c) {
+  c->state = C_REVOKED;
+  w->stats[IMC_WK_STAT_REVOKED]++;
+  wk_log(w, IMC_LOG_INFO,
+         "worker: partition %d revoked before its commit of offset %llu; "
+         "its records go to the new owner",
+         (int)c->partition, (unsigned long long)c->offset);
+}
+
 static void commit_done(void *ud, int status) {
   cpoint *c = ud;
   imc_worker *w = c->w;
   w->ops--;
-  if (status < 0) {
+  if (status == IMC_ERR_REVOKED) {
+    commit_revoked(w, c);
+  } else if (status < 0) {
     c->state = C_TODO;
     step_fail(w, "queue commit", status);
   } else {
@@ -766,9 +802,12 @@ static void do_commit(imc_worker *w, batch *b) {
       continue;
     c->state = C_BUSY;
     w->ops++;
-    int rv = w->o.queue.commit(w->o.queue_ud, TOPIC, GROUP, c->partition,
-                               c->offset, commit_done, c);
-    if (rv < 0) {
+    int rv = w->o.queue.commit(w->o.queue_ud, w->o.topic, w->o.group,
+                               c->partition, c->offset, commit_done, c);
+    if (rv == IMC_ERR_REVOKED) {
+      w->ops--;
+      commit_revoked(w, c);
+    } else if (rv < 0) {
       w->ops--;
       c->state = C_TODO;
       step_fail(w, "queue commit", rv);

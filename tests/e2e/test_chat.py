@@ -1340,5 +1340,142 @@ class TestShutdown(ChatTest):
         self.assertEqual(ids(self.offline(srv2, "alice")), [])
 
 
+# ---------------------------------------------------------------------------
+# 13. An offline-queue backlog drains on an idle server
+# ---------------------------------------------------------------------------
+
+def _pb_varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _pb_bytes(field, data):
+    return _pb_varint(field << 3 | 2) + _pb_varint(len(data)) + data
+
+
+def offline_job(msg, inbox_users):
+    """An imchat.v1.OfflineJob (proto/imchat/v1/queue.proto) holding msg,
+    encoded by hand: only im.proto is compiled for the tests."""
+    job = _pb_bytes(1, msg.SerializeToString())
+    for u in inbox_users:
+        job += _pb_bytes(3, u.encode())
+    return job
+
+
+class _NoHealthz:
+    """Stands in for imctest.http_get while a server starts, so that start
+    waits only for the 'listening on' line and sends no request."""
+    status = 200
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+
+class TestIdleBacklog(ChatTest):
+    """The worker used to progress only when unrelated traffic woke the
+    loop: each event let it persist at most 64 batches, then epoll_wait
+    slept with the rest of the queue waiting. Here the queue holds more
+    than that when the server starts; the server is started without a
+    single request, and the test watches the database file itself, not
+    the server, so that nothing but the server's own wakeups can move the
+    worker on."""
+
+    JOBS = 20000  # 79 batches of 256
+    STALL_S = 10.0  # no commit for this long with records left: stalled
+    DRAIN_S = 240.0
+
+    def committed(self, path):
+        """(committed offset of the worker, records left) read from the
+        file; the connection is closed at once (a reader holding WAL
+        snapshots open would slow the server's checkpoints)."""
+        db = sqlite3.connect(path, timeout=10)
+        try:
+            row = db.execute("SELECT committed FROM queue_groups WHERE "
+                             "topic = 'offline_msg' AND grp = 'worker'"
+                             ).fetchone()
+            left = db.execute("SELECT count(*) FROM queue WHERE "
+                              "topic = 'offline_msg'").fetchone()[0]
+        finally:
+            db.close()
+        return (row[0] if row else 0), left
+
+    async def test_backlog_drains_without_traffic(self):
+        srv = self.server()
+        srv.stop()  # the schema exists; nothing is queued
+        path = os.path.join(srv.data_dir, "imchat.db")
+        now_ms = int(time.time() * 1000)
+        rows = []
+        for i in range(self.JOBS):
+            m = pb().Message(msg_id="bl-%05d" % i,
+                             conversation_id="p:alice:carol", seq=i + 1,
+                             from_user="alice", to_user="carol",
+                             body=b"backlog %d" % i,
+                             content_type="text/plain", sent_at_ms=now_ms,
+                             client_msg_id="bl-%d" % i,
+                             from_device="default")
+            rows.append((b"p:alice:carol", offline_job(m, ["carol"])))
+        db = sqlite3.connect(path)
+        with db:
+            db.executemany("INSERT INTO queue(topic, key, value) "
+                           "VALUES('offline_msg', ?, ?)", rows)
+        last = db.execute("SELECT max(off) FROM queue").fetchone()[0]
+        db.close()
+
+        # No request until the queue is drained, not even /healthz at
+        # start. Progress is read from the file once a second: the commits
+        # must keep coming with nobody talking to the server.
+        http_get = imctest.http_get
+        imctest.http_get = _NoHealthz()
+        try:
+            srv2 = self.server(data_dir=srv.data_dir,
+                               name="imchatd (backlog)")
+        finally:
+            imctest.http_get = http_get
+        start = time.monotonic()
+        seen, seen_at = self.committed(path)[0], start
+        while True:
+            off, left = self.committed(path)
+            now = time.monotonic()
+            if off >= last and left == 0:
+                break
+            if off != seen:
+                seen, seen_at = off, now
+            self.assertLess(now - seen_at, self.STALL_S,
+                            "worker stalled on an idle server: committed "
+                            "offset %d of %d, unchanged for %.0f s"
+                            % (off, last, now - seen_at))
+            self.assertLess(now - start, self.DRAIN_S,
+                            "backlog not drained in %.0f s (committed %d "
+                            "of %d)" % (self.DRAIN_S, off, last))
+            time.sleep(1.0)
+        srv2.check_alive("after the backlog")
+
+        # Every job is fetchable.
+        db = sqlite3.connect(path)
+        try:
+            n, top = db.execute("SELECT count(*), max(cursor) FROM inbox "
+                                "WHERE user_id = 'carol'").fetchone()
+        finally:
+            db.close()
+        self.assertEqual(n, self.JOBS)
+        p = self.offline(srv2, "carol", limit=100)
+        self.assertEqual(ids(p), ["bl-%05d" % i for i in range(100)])
+        self.assertTrue(p["has_more"])
+        p = self.offline(srv2, "carol", cursor=top - 3, limit=100)
+        self.assertEqual(ids(p), ["bl-%05d" % i for i in
+                                  range(self.JOBS - 3, self.JOBS)])
+        self.assertFalse(p["has_more"])
+        self.assertEqual(p["messages"][-1]["body"],
+                         base64.b64encode(b"backlog %d"
+                                          % (self.JOBS - 1)).decode())
+
+
 if __name__ == "__main__":
     imctest.main()

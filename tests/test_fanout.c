@@ -1,0 +1,315 @@
+/*
+ * Group fan-out driven through its public API: a mock group bus with
+ * several partitions, a mock store answering group membership, and a
+ * gateway with no connections (pushes are not the subject here).
+ */
+#include <imchat/fanout.h>
+#include <imchat/memreg.h>
+
+#include "im.pb-c.h"
+#include "testutil.h"
+
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define T0 1700000000000LL
+#define NPART 3
+#define MAXREC 64
+
+/* ------------------------------------------------------------------ */
+/* Mock bus                                                             */
+/* ------------------------------------------------------------------ */
+
+typedef struct mrec {
+  uint8_t *val;
+  size_t len;
+  int32_t part;
+  uint64_t off;
+} mrec;
+
+typedef struct mbus {
+  mrec recs[MAXREC];
+  size_t n, next; /* next: first record not yet delivered */
+  uint64_t next_off[NPART];
+  uint64_t committed[NPART];
+  int commit_calls[NPART];
+  int polls, polling, async_commit, revoke;
+  imc_bus_batch_cb cb;
+  void *cb_ud;
+  size_t max;
+  char topic[64], group[64]; /* names of the last poll */
+  int name_mismatch;         /* a commit named another topic or group */
+  /* held commit completions */
+  imc_done_cb held[NPART * 4];
+  void *held_ud[NPART * 4];
+  size_t n_held;
+} mbus;
+
+static mbus B;
+static test_mem tm;
+static test_clock tc;
+
+static int b_publish(void *ud, const char *topic, const uint8_t *key,
+                     size_t key_len, const uint8_t *value, size_t value_len,
+                     imc_done_cb done, void *done_ud) {
+  (void)ud, (void)topic, (void)key, (void)key_len, (void)value;
+  (void)value_len, (void)done, (void)done_ud;
+  return IMC_ERR_INTERNAL; /* the fan-out never publishes */
+}
+
+static int b_poll(void *ud, const char *topic, const char *group, size_t max,
+                  imc_bus_batch_cb done, void *done_ud) {
+  ck_assert_ptr_eq(ud, &B);
+  if (B.polling)
+    return IMC_ERR_EXISTS;
+  B.polls++;
+  B.polling = 1;
+  B.cb = done;
+  B.cb_ud = done_ud;
+  B.max = max;
+  snprintf(B.topic, sizeof(B.topic), "%s", topic);
+  snprintf(B.group, sizeof(B.group), "%s", group);
+  return 0;
+}
+
+static int b_commit(void *ud, const char *topic, const char *group,
+                    int32_t part, uint64_t off, imc_done_cb done,
+                    void *done_ud) {
+  ck_assert_ptr_eq(ud, &B);
+  ck_assert_int_ge(part, 0);
+  ck_assert_int_lt(part, NPART);
+  if (strcmp(topic, B.topic) != 0 || strcmp(group, B.group) != 0)
+    B.name_mismatch++;
+  B.commit_calls[part]++;
+  if (B.revoke)
+    return IMC_ERR_REVOKED;
+  if (off > B.committed[part])
+    B.committed[part] = off;
+  if (B.async_commit) {
+    ck_assert_uint_lt(B.n_held, NPART * 4);
+    B.held[B.n_held] = done;
+    B.held_ud[B.n_held++] = done_ud;
+    return 0;
+  }
+  done(done_ud, 0);
+  return 0;
+}
+
+static const imc_bus_vtbl bus_vt = {sizeof(imc_bus_vtbl), b_publish, b_poll,
+                                    b_commit};
+
+static void b_add(int32_t part, const char *group_id) {
+  ck_assert_uint_lt(B.n, MAXREC);
+  Imchat__V1__Message m = IMCHAT__V1__MESSAGE__INIT;
+  char id[32];
+  snprintf(id, sizeof(id), "m%zu", B.n);
+  m.msg_id = id;
+  m.conversation_id = "g:team";
+  m.seq = B.n + 1;
+  m.from_user = "alice";
+  m.group_id = (char *)group_id;
+  m.content_type = "text/plain";
+  mrec *r = &B.recs[B.n++];
+  r->len = imchat__v1__message__get_packed_size(&m);
+  r->val = malloc(r->len ? r->len : 1);
+  imchat__v1__message__pack(&m, r->val);
+  r->part = part;
+  r->off = ++B.next_off[part];
+}
+
+/* Completes the outstanding poll with every record not yet delivered. */
+static int b_dispatch(void) {
+  if (!B.polling || B.next == B.n)
+    return 0;
+  imc_bus_record recs[MAXREC];
+  size_t n = 0;
+  for (; B.next < B.n && n < B.max; B.next++, n++) {
+    const mrec *r = &B.recs[B.next];
+    recs[n] = (imc_bus_record){NULL, 0, r->val, r->len, r->part, r->off};
+  }
+  B.polling = 0;
+  B.cb(B.cb_ud, 0, recs, n);
+  return 1;
+}
+
+static void b_release(void) {
+  size_t n = B.n_held;
+  B.n_held = 0;
+  for (size_t i = 0; i < n; i++)
+    B.held[i](B.held_ud[i], 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* Mock store: group membership only                                    */
+/* ------------------------------------------------------------------ */
+
+static int member_lookups;
+
+static int s_members(void *ud, const char *group_id, imc_list_cb done,
+                     void *done_ud) {
+  (void)ud;
+  member_lookups++;
+  ck_assert_str_eq(group_id, "team");
+  const char *const items[] = {"nobody-here"};
+  done(done_ud, 0, items, 1);
+  return 0;
+}
+
+static const imc_store_vtbl store_vt = {
+    sizeof(imc_store_vtbl), NULL, NULL, NULL, NULL, NULL, NULL, s_members};
+
+/* ------------------------------------------------------------------ */
+/* Fixture                                                              */
+/* ------------------------------------------------------------------ */
+
+static imc_memreg *reg;
+static imc_gateway *gw;
+
+static void setup(void) {
+  memset(&B, 0, sizeof(B));
+  member_lookups = 0;
+  test_mem_init(&tm);
+  test_clock_init(&tc, T0);
+  ck_assert_int_eq(imc_memreg_new(&reg, &tc.clock, &tm.mem), 0);
+  imc_gateway_options *o = NULL;
+  ck_assert_int_eq(imc_gateway_options_new(&o, &tm.mem), 0);
+  ck_assert_int_eq(
+      imc_gateway_options_set_transport(o, &test_sock_transport, NULL), 0);
+  ck_assert_int_eq(imc_gateway_options_set_registry(o, imc_memreg_vtbl(), reg),
+                   0);
+  ck_assert_int_eq(imc_gateway_options_set_clock(o, &tc.clock), 0);
+  ck_assert_int_eq(
+      imc_gateway_options_set_jwt_secret(
+          o, (const uint8_t *)"0123456789abcdef0123456789abcdef", 32),
+      0);
+  ck_assert_int_eq(imc_gateway_options_set_node_id(o, "n1"), 0);
+  ck_assert_int_eq(imc_gateway_new(&gw, o, &tm.mem), 0);
+  imc_gateway_options_del(o);
+}
+
+static void teardown(void) {
+  for (size_t i = 0; i < B.n; i++)
+    free(B.recs[i].val);
+  imc_gateway_del(gw);
+  imc_memreg_del(reg);
+  ck_assert_int_eq(tm.live, 0);
+}
+
+static imc_fanout *mk_fanout(void) {
+  imc_fanout *f = NULL;
+  ck_assert_int_eq(imc_fanout_new(&f, gw, &bus_vt, &B, &store_vt, NULL,
+                                  &tc.clock, 1000, &tm.mem),
+                   0);
+  return f;
+}
+
+/* ------------------------------------------------------------------ */
+/* Tests                                                                */
+/* ------------------------------------------------------------------ */
+
+/* A batch spanning partitions commits the highest offset of each, not
+ * only the last record's partition; the next poll follows the commits. */
+START_TEST(test_commit_every_partition) {
+  b_add(0, "team"); /* p0 off 1 */
+  b_add(1, "team"); /* p1 off 1 */
+  b_add(0, "team"); /* p0 off 2 */
+  b_add(2, "team"); /* p2 off 1 */
+  b_add(1, "team"); /* p1 off 2 */
+  b_add(1, "team"); /* p1 off 3 */
+  b_add(0, "team"); /* p0 off 3: the last record */
+  B.async_commit = 1;
+  imc_fanout *f = mk_fanout();
+  ck_assert_int_eq(imc_fanout_start(f), 0);
+  ck_assert_str_eq(B.topic, "group_msg");
+  ck_assert_str_eq(B.group, "gw-n1");
+  ck_assert_int_eq(b_dispatch(), 1);
+  ck_assert_int_eq(member_lookups, 1); /* cached after the first */
+  for (int p = 0; p < NPART; p++)
+    ck_assert_int_eq(B.commit_calls[p], 1);
+  ck_assert_uint_eq(B.committed[0], 3);
+  ck_assert_uint_eq(B.committed[1], 3);
+  ck_assert_uint_eq(B.committed[2], 1);
+  ck_assert_int_eq(B.name_mismatch, 0);
+  /* No poll until every commit has completed. */
+  ck_assert_int_eq(B.polls, 1);
+  ck_assert_uint_eq(imc_fanout_pending(f), NPART);
+  b_release();
+  ck_assert_int_eq(B.polls, 2);
+  ck_assert_uint_eq(imc_fanout_pending(f), 1);
+
+  /* Synchronous commits, one partition. */
+  B.async_commit = 0;
+  b_add(2, "team");
+  ck_assert_int_eq(b_dispatch(), 1);
+  ck_assert_int_eq(B.commit_calls[2], 2);
+  ck_assert_int_eq(B.commit_calls[0], 1);
+  ck_assert_uint_eq(B.committed[2], 2);
+  ck_assert_int_eq(B.polls, 3);
+  imc_fanout_stop(f);
+  imc_fanout_del(f);
+}
+END_TEST
+
+/* A revoked partition is not retried: the fan-out polls on. */
+START_TEST(test_commit_revoked) {
+  b_add(0, "team");
+  b_add(1, "team");
+  B.revoke = 1;
+  imc_fanout *f = mk_fanout();
+  ck_assert_int_eq(imc_fanout_start(f), 0);
+  ck_assert_int_eq(b_dispatch(), 1);
+  ck_assert_int_eq(B.commit_calls[0], 1);
+  ck_assert_int_eq(B.commit_calls[1], 1);
+  ck_assert_int_eq(B.polls, 2);
+  ck_assert_uint_eq(imc_fanout_pending(f), 1);
+  imc_fanout_stop(f);
+  imc_fanout_del(f);
+}
+END_TEST
+
+START_TEST(test_topic_group) {
+  imc_fanout *f = mk_fanout();
+  ck_assert_int_eq(imc_fanout_set_topic(NULL, "t"), IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_fanout_set_topic(f, NULL), IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_fanout_set_topic(f, ""), IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_fanout_set_group(f, ""), IMC_ERR_INVALID_ARGUMENT);
+  char name[140];
+  memset(name, 'x', sizeof(name) - 1);
+  name[sizeof(name) - 1] = '\0';
+  ck_assert_int_eq(imc_fanout_set_group(f, name), IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_fanout_set_topic(f, "groups-eu"), 0);
+  ck_assert_int_eq(imc_fanout_set_group(f, "edge-7"), 0);
+  ck_assert_int_eq(imc_fanout_start(f), 0);
+  ck_assert_str_eq(B.topic, "groups-eu");
+  ck_assert_str_eq(B.group, "edge-7");
+  /* Not while running: the poll and its commits share the names. */
+  ck_assert_int_eq(imc_fanout_set_topic(f, "other"), IMC_ERR_INVALID_ARGUMENT);
+  b_add(1, "team");
+  ck_assert_int_eq(b_dispatch(), 1);
+  ck_assert_int_eq(B.commit_calls[1], 1);
+  ck_assert_int_eq(B.name_mismatch, 0);
+  imc_fanout_stop(f);
+  imc_fanout_del(f);
+}
+END_TEST
+
+static Suite *fanout_suite(void) {
+  Suite *s = suite_create("fanout");
+  TCase *tc_core = tcase_create("core");
+  tcase_add_checked_fixture(tc_core, setup, teardown);
+  tcase_add_test(tc_core, test_commit_every_partition);
+  tcase_add_test(tc_core, test_commit_revoked);
+  tcase_add_test(tc_core, test_topic_group);
+  suite_add_tcase(s, tc_core);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(fanout_suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
