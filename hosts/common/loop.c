@@ -690,15 +690,17 @@ static void check_stop(hloop *l, int64_t now) {
   if (!l->stopping)
     return;
   size_t left = l->gw ? imc_gateway_conn_count(l->gw) : 0;
-  if (left == 0 && l->lingering.head == NULL) {
+  /* Reports of un-ACKed pushes must reach the upstream before we go. */
+  size_t reports = l->gw ? imc_gateway_pending(l->gw) : 0;
+  if (left == 0 && reports == 0 && l->lingering.head == NULL) {
     l->done = 1;
   } else if (now >= l->stop_deadline) {
     size_t closing = 0;
     for (node *n = l->lingering.head; n; n = n->next)
       closing++;
-    hlog_warn("after %lld ms, %zu connections and %zu closing sockets are "
-              "still open; closing them",
-              (long long)l->grace_ms, left, closing);
+    hlog_warn("after %lld ms, %zu connections, %zu closing sockets and %zu "
+              "upstream operations are still open; closing them",
+              (long long)l->grace_ms, left, closing, reports);
     l->done = 1;
   }
 }
