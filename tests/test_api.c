@@ -11,6 +11,7 @@
 
 #include "im.pb-c.h"
 #include "protocol/json.h"
+#include "protocol/utf8.h"
 #include "testutil.h"
 
 #include <check.h>
@@ -664,12 +665,34 @@ static const char *const bad_params[] = {
     "/offline?cursor=0x10",
     "/offline?cursor=18446744073709551616",
     "/offline?cursor=%zz",
+    /* every query part must decode to UTF-8 without NUL */
+    "/offline?cursor=0&note=bad%ff%fe",
+    "/offline?note=m%00first",
+    "/offline?%c0%af=1",
+    "/offline?x=%ed%a0%80",
+    "/offline?x=%e2%82",
+    "/offline?x=%f4%90%80%80",
+    "/offline?x=%",
 };
 
 START_TEST(offline_bad_params) {
   ck_assert_int_eq(get(bad_params[_i], token_for("alice", 600)), 400);
   expect_error(400, "BAD_REQUEST");
   ck_assert_int_eq(H.st.inbox_calls, 0);
+}
+END_TEST
+
+/* A stored string that is not UTF-8 (written before validation existed,
+ * or by another writer) still yields a valid JSON page: U+FFFD. */
+START_TEST(offline_json_invalid_utf8_stored) {
+  one_message();
+  H.st.msgs[0].content_type = "bad\xff\xfe";
+  ck_assert_int_eq(get("/offline", token_for("alice", 600)), 200);
+  ck_assert(imc_utf8_valid(R.body, R.len));
+  ck_assert_ptr_nonnull(
+      strstr(R.body, "\"content_type\":\"bad\xef\xbf\xbd\xef\xbf\xbd\""));
+  imc_json_value doc;
+  ck_assert_int_eq(imc_json_parse(R.body, R.len, &doc), 0);
 }
 END_TEST
 
@@ -756,6 +779,10 @@ static const char *const bad_convs[] = {
     "/v1/conversations/p:alice:bob%00/messages",
     "/v1/conversations/p:alice:bob/messages?after_seq=x",
     "/v1/conversations/p:alice:bob/messages?limit=0",
+    "/v1/conversations/g:te%ffam/messages",
+    "/v1/conversations/p:alice:bob%ff%fe/messages",
+    "/v1/conversations/p:al%00ice:bob/messages",
+    "/v1/conversations/p:alice:bob/messages?after_seq=1&x=%ff",
 };
 
 START_TEST(history_bad_request) {
@@ -868,6 +895,10 @@ static const char *const bad_ids[] = {
     "a1234567890123456789012345678901234567890123456789012345678901234",
     "/v1/groups/team/members/%",
     "/v1/groups/%00/members/alice",
+    "/v1/groups/t%ffeam/members/alice",
+    "/v1/groups/team/members/bo%00b",
+    "/v1/groups/team/members/bad%ff%fe",
+    "/v1/groups/team/members/alice?x=%c3",
 };
 
 START_TEST(members_bad_ids) {
@@ -1396,6 +1427,7 @@ static Suite *api_suite(void) {
   tcase_add_test(t, offline_protobuf);
   tcase_add_loop_test(t, offline_bad_params, 0, N(bad_params));
   tcase_add_test(t, offline_params_ok);
+  tcase_add_test(t, offline_json_invalid_utf8_stored);
   tcase_add_test(t, offline_unauthenticated);
   suite_add_tcase(s, t);
 

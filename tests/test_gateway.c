@@ -1051,6 +1051,52 @@ static int send_text(uint64_t id, const char *to, const char *body) {
   return send_cf(&cf);
 }
 
+/* SPEC 3.1: a string field that is not UTF-8, or holds NUL, refuses the
+ * whole frame (protobuf-c itself would take it). */
+static const struct {
+  const char *s;
+  size_t len;
+} bad_strings[] = {
+#define BS(lit)                                                                \
+  { lit, sizeof(lit) - 1 }
+    /* id 6, send{client_msg_id "bad\xff\xfe", user_id "bob"} */
+    BS("\x08\x06\x52\x0c\x0a\x05"
+       "bad\xff\xfe\x12\x03"
+       "bob"),
+    /* client_msg_id "m\0first" */
+    BS("\x08\x06\x52\x0e\x0a\x07"
+       "m\0first\x12\x03"
+       "bob"),
+    /* user_id "bo\0b" */
+    BS("\x08\x06\x52\x0a\x0a\x02"
+       "c1\x12\x04"
+       "bo\0b"),
+    /* content_type, a surrogate */
+    BS("\x08\x06\x52\x0e\x0a\x02"
+       "c1\x12\x03"
+       "bob\x2a\x03\xed\xa0\x80"),
+    /* deliver_ack{msg_ids "\xc0\xaf"} */
+    BS("\x08\x06\x5a\x04\x0a\x02\xc0\xaf"),
+#undef BS
+};
+
+START_TEST(send_bad_strings_refused) {
+  reset_with(with_upstream);
+  h_connect("alice", NULL);
+  const uint8_t *in = (const uint8_t *)bad_strings[_i].s;
+  ck_assert_int_eq(send_ws(2, in, bad_strings[_i].len), 0);
+  expect_error(6, IMCHAT__V1__ERROR__CODE__BAD_REQUEST);
+  ck_assert_int_eq(H.m.sends, 0);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_BAD_FRAMES), 1);
+  /* Still up, and a good send goes through. */
+  send_text(4, "bob", "hi");
+  Imchat__V1__ServerFrame *f = next_sf();
+  ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_SEND_ACK);
+  imchat__v1__server_frame__free_unpacked(f, NULL);
+  ck_assert_int_eq(H.m.sends, 1);
+}
+END_TEST
+
 START_TEST(send_without_routing) {
   h_connect("alice", NULL);
   send_text(4, "bob", "hi");
@@ -1676,6 +1722,8 @@ static Suite *gateway_suite(void) {
   tcase_add_checked_fixture(t, h_setup, h_teardown);
   tcase_add_test(t, send_without_routing);
   tcase_add_test(t, send_ack);
+  tcase_add_loop_test(t, send_bad_strings_refused, 0,
+                      (int)(sizeof(bad_strings) / sizeof(bad_strings[0])));
   tcase_add_test(t, send_completion_after_close);
   tcase_add_test(t, rate_limit);
   tcase_add_test(t, deliver_and_ack);

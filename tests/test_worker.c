@@ -1410,6 +1410,34 @@ START_TEST(test_crash_before_marks) {
 }
 END_TEST
 
+/* Strings that are not UTF-8 or hold NUL make a record bad before it is
+ * decoded: protobuf-c would take them, and "bo\0b" would become "bo". */
+START_TEST(test_bad_string_records) {
+  /* Jobs that pass every other check. OfflineJob{message{msg_id "m\xff1",
+   * conversation_id "p:a:b"}, history} */
+  static const uint8_t bad_id[] = {0x0a, 0x0c, 0x0a, 0x03, 'm', 0xff,
+                                   '1',  0x12, 0x05, 'p',  ':', 'a',
+                                   ':',  'b',  0x10, 0x01};
+  /* OfflineJob{message{msg_id "m2", conversation_id "p:a:b"},
+   * inbox_users "bo\0b"} */
+  static const uint8_t nul_user[] = {0x0a, 0x0b, 0x0a, 0x02, 'm', '2', 0x12,
+                                     0x05, 'p',  ':',  'a',  ':', 'b', 0x1a,
+                                     0x04, 'b',  'o',  0x00, 'b'};
+  q_add(0, bad_id, sizeof(bad_id), NULL);
+  q_add(0, nul_user, sizeof(nul_user), NULL);
+  add_job("m5", 1, NULL, 0);
+  imc_worker *w = mk_worker(NULL);
+  ck_assert_int_eq(imc_worker_start(w), 0);
+  run();
+  ck_assert_uint_eq(imc_worker_stat_get(w, IMC_WK_STAT_BAD_RECORDS), 2);
+  ck_assert_int_eq(st.appends, 1);
+  ck_assert_uint_eq(st.last_msgs, 1);
+  ck_assert_uint_eq(st.n_inbox, 0);
+  ck_assert_uint_eq(q.committed[0], 3);
+  del_worker(w);
+}
+END_TEST
+
 START_TEST(test_bad_records) {
   const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff};
   q_add(0, junk, sizeof(junk), NULL);
@@ -1811,6 +1839,7 @@ static Suite *worker_suite(void) {
   tcase_add_test(tc_core, test_step_order);
   tcase_add_test(tc_core, test_duplicates);
   tcase_add_test(tc_core, test_bad_records);
+  tcase_add_test(tc_core, test_bad_string_records);
   tcase_add_test(tc_core, test_partitions);
   tcase_add_test(tc_core, test_topic_group);
   tcase_add_test(tc_core, test_sync_queue);

@@ -14,6 +14,7 @@
 #include "protocol/http.h"
 #include "protocol/jsonw.h"
 #include "protocol/pb.h"
+#include "protocol/utf8.h"
 #include "util/vtbl.h"
 
 #include <openssl/crypto.h>
@@ -344,6 +345,39 @@ static int query_u64(const char *query, const char *key, uint64_t def,
   return 0;
 }
 
+/*
+ * Every query key and value, read by a route or not, must percent-decode
+ * to UTF-8 without NUL (SPEC 3.1's rule for strings, applied to HTTP).
+ * Answers 400 (500 without memory) and returns 0 if not.
+ */
+static int query_clean(api_req *r, const char *query) {
+  size_t qlen = strlen(query);
+  if (qlen == 0)
+    return 1;
+  /* A decoded part is never longer than the raw query. */
+  char *buf = imc_malloc(&r->api->mem, qlen + 1);
+  if (buf == NULL) {
+    finish_oom(r);
+    return 0;
+  }
+  imc_span q = {query, qlen};
+  size_t pos = 0;
+  imc_span k, v;
+  int ok = 1;
+  while (ok && imc_query_next(q, &pos, &k, &v)) {
+    ssize_t n = imc_pct_decode(k, buf, qlen + 1);
+    ok = n >= 0 && imc_utf8_valid(buf, (size_t)n);
+    if (ok) {
+      n = imc_pct_decode(v, buf, qlen + 1);
+      ok = n >= 0 && imc_utf8_valid(buf, (size_t)n);
+    }
+  }
+  imc_free(&r->api->mem, buf);
+  if (!ok)
+    finish_error(r, 400, "query parts must be UTF-8 without NUL");
+  return ok;
+}
+
 /* Reads the paging parameters into r; answers 400 and returns 0 if they
  * are bad. */
 static int page_params(api_req *r, const char *query, const char *after_key) {
@@ -573,7 +607,7 @@ static void serve_history(api_req *r, const imc_http_request *hr,
   if (!need_user(r, hr))
     return;
   ssize_t n = imc_pct_decode(seg, r->conv, sizeof(r->conv));
-  if (n <= 0) {
+  if (n <= 0 || !imc_utf8_valid(r->conv, (size_t)n)) {
     finish_error(r, 400, "invalid conversation id");
     return;
   }
@@ -948,6 +982,8 @@ static int api_handle(void *ud, const imc_http_request *hr,
                  route == RT_MEMBER_ADD ? "use PUT or DELETE" : "use GET");
     return 1;
   }
+  if (!query_clean(r, hr->query))
+    return 1;
   switch (route) {
   case RT_OFFLINE:
     serve_offline(r, hr);

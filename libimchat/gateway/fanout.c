@@ -11,6 +11,7 @@
 #include "util/alloc.h"
 #include "router/members.h"
 #include "protocol/pb.h"
+#include "protocol/pbcheck.h"
 #include "util/vtbl.h"
 
 #include <stdint.h>
@@ -158,8 +159,13 @@ static void polled(void *ud, int status, const imc_bus_record *recs, size_t n) {
     }
   }
   for (size_t i = 0; i < n; i++) {
+    /* A record with bad strings is skipped like an undecodable one. */
     Imchat__V1__Message *pm =
-        imchat__v1__message__unpack(&f->pba, recs[i].value_len, recs[i].value);
+        imc_pb_check_strings(&imchat__v1__message__descriptor, recs[i].value,
+                             recs[i].value_len) != 0
+            ? NULL
+            : imchat__v1__message__unpack(&f->pba, recs[i].value_len,
+                                          recs[i].value);
     if (pm && pm->group_id[0] &&
         imc_id_valid(pm->group_id, strlen(pm->group_id)))
       f->msgs[i] = pm;

@@ -3,6 +3,7 @@
  * handlers of SendRequest, DeliverAck and Ping.
  */
 #include "gateway/gateway_int.h"
+#include "protocol/pbcheck.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -139,10 +140,17 @@ static void on_ping(imc_conn *c, uint64_t id, const Imchat__V1__Ping *ping) {
 
 static void on_binary(imc_conn *c, const uint8_t *data, size_t len) {
   imc_gateway *gw = c->gw;
+  /* protobuf-c checks neither UTF-8 nor NUL in strings (SPEC 3.1). */
+  int bad = imc_pb_check_strings(&imchat__v1__client_frame__descriptor, data,
+                                 len) != 0;
   Imchat__V1__ClientFrame *f =
-      imchat__v1__client_frame__unpack(&gw->pba, len, data);
+      bad ? NULL : imchat__v1__client_frame__unpack(&gw->pba, len, data);
   if (f == NULL || f->body_case == IMCHAT__V1__CLIENT_FRAME__BODY__NOT_SET) {
-    uint64_t id = f ? f->id : 0;
+    uint64_t id = 0;
+    if (f)
+      id = f->id;
+    else
+      imc_pb_peek_varint(data, len, 1, &id);
     if (f)
       imchat__v1__client_frame__free_unpacked(f, &gw->pba);
     stat_inc(gw, IMC_GW_STAT_BAD_FRAMES);
@@ -151,7 +159,10 @@ static void on_binary(imc_conn *c, const uint8_t *data, size_t len) {
       return;
     }
     gw_send_error(c, id, IMC_ERR_PROTO,
-                  f ? "frame has no body" : "malformed ClientFrame");
+                  f     ? "frame has no body"
+                  : bad ? "malformed ClientFrame or a string not UTF-8 "
+                          "without NUL"
+                        : "malformed ClientFrame");
     return;
   }
   c->bad_frames = 0;

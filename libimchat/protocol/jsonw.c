@@ -1,4 +1,5 @@
 #include "protocol/jsonw.h"
+#include "protocol/utf8.h"
 #include "util/alloc.h"
 
 #include <openssl/evp.h>
@@ -158,16 +159,36 @@ void imc_jsonw_array_end(imc_jsonw *w) {
   jw_close(w, ']');
 }
 
+/* U+FFFD, written for each maximal ill-formed subpart of the input. */
+static const char replacement[3] = {'\xef', '\xbf', '\xbd'};
+
 static void put_escaped(imc_wbuf *b, const char *s, size_t n) {
   static const char hex[] = "0123456789abcdef";
+  const uint8_t *u = (const uint8_t *)s;
   imc_wbuf_append(b, "\"", 1);
   size_t run = 0; /* bytes that need no escape, copied in one go */
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if (c >= 0x20 && c != '"' && c != '\\')
+  size_t i = 0;
+  while (i < n) {
+    unsigned char c = u[i];
+    if (c >= 0x80) {
+      size_t bad = 0;
+      size_t k = imc_utf8_next(u + i, n - i, &bad);
+      if (k > 0) {
+        i += k;
+        continue;
+      }
+      /* Raw invalid UTF-8 would make the whole document unreadable. */
+      imc_wbuf_append(b, s + run, i - run);
+      imc_wbuf_append(b, replacement, sizeof(replacement));
+      i += bad;
+      run = i;
       continue;
+    }
+    if (c >= 0x20 && c != '"' && c != '\\') {
+      i++;
+      continue;
+    }
     imc_wbuf_append(b, s + run, i - run);
-    run = i + 1;
     if (c == '"' || c == '\\') {
       char e[2] = {'\\', (char)c};
       imc_wbuf_append(b, e, 2);
@@ -175,6 +196,8 @@ static void put_escaped(imc_wbuf *b, const char *s, size_t n) {
       char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
       imc_wbuf_append(b, e, 6);
     }
+    i++;
+    run = i;
   }
   imc_wbuf_append(b, s + run, n - run);
   imc_wbuf_append(b, "\"", 1);

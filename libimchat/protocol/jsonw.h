@@ -60,8 +60,13 @@ void imc_jsonw_array_begin(imc_jsonw *w);
 void imc_jsonw_array_end(imc_jsonw *w);
 void imc_jsonw_key(imc_jsonw *w, const char *name);
 /*
- * Strings are escaped: quotes, backslashes and control characters (as
- * \u00XX); other bytes, UTF-8 included, pass through unchanged.
+ * Strings (and keys) are escaped: '"' and '\\' with a backslash, control
+ * characters U+0000-U+001F (NUL included, for string_n) as \u00XX. Valid
+ * UTF-8 passes through unchanged. Invalid UTF-8 is never written raw:
+ * each maximal ill-formed subpart (Unicode's "best practice") becomes one
+ * U+FFFD, so the output is always valid UTF-8 and valid JSON, and a
+ * reader sees where bytes were lost rather than a document it cannot
+ * parse at all.
  */
 void imc_jsonw_string(imc_jsonw *w, const char *s);
 void imc_jsonw_string_n(imc_jsonw *w, const char *s, size_t n);

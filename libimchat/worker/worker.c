@@ -14,6 +14,7 @@
 #include "util/alloc.h"
 #include "util/log.h"
 #include "protocol/pb.h"
+#include "protocol/pbcheck.h"
 #include "queue.pb-c.h"
 #include "util/vtbl.h"
 
@@ -557,6 +558,13 @@ static void do_decode(imc_worker *w, batch *b) {
     if (j->state != J_RAW)
       continue;
     const rec *r = &b->recs[i];
+    /* Strings go on as C strings and into JSON: refuse bad UTF-8, NUL. */
+    if (imc_pb_check_strings(&imchat__v1__offline_job__descriptor, r->value,
+                             r->len) != 0) {
+      j->state = J_BAD;
+      bad_record(w, r, "undecodable (bad UTF-8 or NUL in a string)");
+      continue;
+    }
     w->pb_nomem = 0;
     j->pb = imchat__v1__offline_job__unpack(&w->pba, r->len, r->value);
     if (j->pb == NULL) {

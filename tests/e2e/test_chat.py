@@ -1020,6 +1020,55 @@ class TestBadInput(ChatTest):
         self.assertEqual([base64.b64decode(m["body"]) for m in p["messages"]],
                          [b"x", b"fine"])
 
+    async def test_strings_must_be_utf8_without_nul(self):
+        # protobuf-c takes any bytes for a string field; the Python
+        # library refuses to write these, so the frames are built by hand.
+        srv = self.server()
+        alice = await self.client(srv, "alice")
+        E = pb().Error
+        cases = [
+            ("client_msg_id not UTF-8",
+             [(1, b"bad\xff\xfe"), (2, b"bob"), (4, b"x")]),
+            # Before the check both got the msg_id of "m": one was lost.
+            ("client_msg_id with NUL (1)",
+             [(1, b"m\x00first"), (2, b"bob"), (4, b"x")]),
+            ("client_msg_id with NUL (2)",
+             [(1, b"m\x00second"), (2, b"bob"), (4, b"x")]),
+            # Before the check this went to user "bo".
+            ("user_id with NUL", [(1, b"c-nul"), (2, b"bo\x00b"), (4, b"x")]),
+            ("group_id not UTF-8",
+             [(1, b"c-grp"), (3, b"te\xed\xa0\x80am"), (4, b"x")]),
+            ("content_type overlong",
+             [(1, b"c-ct"), (2, b"bob"), (4, b"x"), (5, b"text/\xc0\xaf")]),
+        ]
+        for name, fields in cases:
+            with self.subTest(case=name):
+                fid = alice.next_id
+                alice.next_id += 1
+                await alice.send_raw(raw_send_frame(fid, fields))
+                err = await alice.error(fid)
+                self.assertEqual(err.code, E.BAD_REQUEST, err)
+        # A DeliverAck with a bad msg_id is refused the same way.
+        fid = alice.next_id
+        alice.next_id += 1
+        await alice.send_raw(b"\x08" + bytes([fid]) +
+                             b"\x5a\x03\x0a\x01\xff")
+        err = await alice.error(fid)
+        self.assertEqual(err.code, E.BAD_REQUEST, err)
+        # Nothing was stored for anyone, and no counter moved.
+        for user in ("bob", "bo"):
+            self.assertEqual(self.offline(srv, user)["messages"], [], user)
+        # The connection still works: the next send is the first message.
+        a = await alice.sent(to="bob", body=b"fine")
+        self.assertEqual(a.seq, 1)
+        await alice.status(a.msg_id)
+        p = self.offline(srv, "bob")
+        self.assertEqual([base64.b64decode(m["body"]) for m in p["messages"]],
+                         [b"fine"])
+        self.assertEqual(self.offline(srv, "bo")["messages"], [])
+        pp = self.offline(srv, "bob", proto=True)
+        self.assertEqual([m.message.msg_id for m in pp.messages], [a.msg_id])
+
     async def test_body_too_large(self):
         srv = self.server("--max-body", "1024")
         alice = await self.client(srv, "alice")
