@@ -537,11 +537,15 @@ int imchatd_read_file(const char *path, char **out, size_t *len) {
         err = EFBIG;
         break;
       }
-      char *nb = realloc(buf, cap * 2);
+      /* Not realloc: the old block is wiped, as it may hold a secret. */
+      char *nb = malloc(cap * 2);
       if (nb == NULL) {
         err = ENOMEM;
         break;
       }
+      memcpy(nb, buf, n);
+      explicit_bzero(buf, cap);
+      free(buf);
       buf = nb;
       cap *= 2;
     }
@@ -562,6 +566,8 @@ int imchatd_read_file(const char *path, char **out, size_t *len) {
     n += (size_t)r;
   }
   close(fd);
+  if (buf != NULL)
+    explicit_bzero(buf, cap);
   free(buf);
   return -(err ? err : ENOMEM);
 }

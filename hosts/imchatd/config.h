@@ -71,8 +71,10 @@ int imchatd_config_secret(const imchatd_config *cfg, uint8_t **secret,
                           size_t *len, char **path, int *created);
 
 /*
- * Reads a whole (small) file into a NUL-terminated malloc'ed buffer.
- * Returns 0 or a negative errno.
+ * Reads a whole (small, up to 1 MiB) file into a NUL-terminated malloc'ed
+ * buffer. It grows by copying and wiping, so a secret read with it leaves
+ * no stray copies behind; the caller wipes the result. Returns 0 or a
+ * negative errno.
  */
 int imchatd_read_file(const char *path, char **out, size_t *len);
 
