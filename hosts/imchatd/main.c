@@ -404,7 +404,7 @@ static int make_api(app *a) {
   if (rv == 0)
     rv = imc_api_options_set_store(opt, a->store, a->store_ud);
   if (rv == 0)
-    rv = imc_api_options_set_router(opt, a->router);
+    rv = imc_api_options_set_groups(opt, imc_api_router_groups(), a->router);
   if (rv == 0 && a->cfg->admin_token)
     rv = imc_api_options_set_admin_token(opt, a->cfg->admin_token);
   if (rv == 0)
@@ -483,7 +483,12 @@ static int cmd_serve(const imchatd_config *cfg) {
     hlog_error("fan-out: %s", imc_strerror(rv));
     goto out;
   }
-  imc_api_attach(a.api, a.gw, a.worker);
+  const imc_metrics_source sources[] = {
+      {imc_api_gateway_source(), a.gw},
+      {imc_api_router_source(), a.router},
+      {imc_api_worker_source(), a.worker},
+  };
+  imc_api_set_sources(a.api, sources, sizeof(sources) / sizeof(sources[0]));
   imc_api_set_group_changed(a.api, group_changed, &a);
   hloop_set_gateway(a.loop, a.gw);
   hloop_set_reload(a.loop, reload, &a);
