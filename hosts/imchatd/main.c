@@ -238,13 +238,19 @@ static void reload_keys(app *a) {
   keys_free(text, len);
   if (rv != 0)
     hlog_warn("--key-file: %s; the previous keys stay", imc_strerror(rv));
+  else
+    hlog_info("--key-file: reloaded %s", a->cfg->key_file);
 }
 
 static void reload(void *ud) {
   app *a = ud;
   int rv;
-  if (a->cfg->filter_file && (rv = imc_router_reload_filter(a->router)) != 0)
-    hlog_warn("--filter-file: %s; the previous words stay", imc_strerror(rv));
+  if (a->cfg->filter_file) {
+    if ((rv = imc_router_reload_filter(a->router)) != 0)
+      hlog_warn("--filter-file: %s; the previous words stay", imc_strerror(rv));
+    else
+      hlog_info("--filter-file: reloaded %s", a->cfg->filter_file);
+  }
   if (a->sealed)
     reload_keys(a);
 }
