@@ -90,7 +90,7 @@ void imc_api_finish_oom(api_req *r) {
   imc_api_finish(r, 500, CT_JSON, imc_api_oom_body, imc_api_oom_body_len);
 }
 
-/* A failed store or router operation: NOMEM is ours, the rest is the
+/* A failed store or group operation: NOMEM is ours, the rest is the
  * backend's, which may recover. */
 void imc_api_finish_backend_error(api_req *r, int status) {
   if (status == IMC_ERR_NOMEM) {

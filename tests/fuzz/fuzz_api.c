@@ -5,6 +5,9 @@
  * token, and the Accept header JSON or protobuf, as the size says.
  */
 #include <imchat/imchat.h>
+#include <imchat/membus.h>
+#include <imchat/memreg.h>
+#include <imchat/sqlite.h>
 
 #include <stdio.h>
 #include <stdlib.h>
