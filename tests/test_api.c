@@ -7,6 +7,8 @@
  * just succeed.
  */
 #include <imchat/api.h>
+#include <imchat/router.h>
+#include <imchat/worker.h>
 #include <imchat/jwt.h>
 
 #include "im.pb-c.h"
@@ -15,6 +17,7 @@
 #include "testutil.h"
 
 #include <check.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -380,6 +383,22 @@ static imc_gateway *make_gateway(const imc_mem *mem, imc_api *api) {
   return gw;
 }
 
+/*
+ * The sources imchatd sets, in its order: the gateway and the worker if
+ * given, the router of the fixture if there is one.
+ */
+static int attach(imc_api *api, imc_gateway *gw, imc_worker *w) {
+  imc_metrics_source src[3];
+  size_t n = 0;
+  if (gw != NULL)
+    src[n++] = (imc_metrics_source){imc_api_gateway_source(), gw};
+  if (H.rt != NULL)
+    src[n++] = (imc_metrics_source){imc_api_router_source(), H.rt};
+  if (w != NULL)
+    src[n++] = (imc_metrics_source){imc_api_worker_source(), w};
+  return imc_api_set_sources(api, src, n);
+}
+
 static void h_setup_with(int flags) {
   memset(&H, 0, sizeof(H));
   test_clock_init(&H.tc, T0);
@@ -389,7 +408,9 @@ static void h_setup_with(int flags) {
   imc_api_options *o;
   ck_assert_int_eq(imc_api_options_new(&o, &H.tm.mem), 0);
   ck_assert_int_eq(imc_api_options_set_store(o, &store_vt, &H.st), 0);
-  ck_assert_int_eq(imc_api_options_set_router(o, H.rt), 0);
+  if (H.rt != NULL)
+    ck_assert_int_eq(
+        imc_api_options_set_groups(o, imc_api_router_groups(), H.rt), 0);
   if (!(flags & NO_ADMIN))
     ck_assert_int_eq(imc_api_options_set_admin_token(o, ADMIN), 0);
   ck_assert_int_eq(imc_api_options_set_clock(o, &H.tc.clock), 0);
@@ -398,7 +419,7 @@ static void h_setup_with(int flags) {
   imc_api_options_del(o);
   imc_api_set_group_changed(H.api, on_group_changed, &H);
   H.gw = make_gateway(&H.tm.mem, H.api);
-  ck_assert_int_eq(imc_api_attach(H.api, H.gw, NULL), 0);
+  ck_assert_int_eq(attach(H.api, H.gw, NULL), 0);
 }
 
 static void h_setup(void) {
@@ -1070,7 +1091,7 @@ START_TEST(metrics) {
   ck_assert_int_eq(imc_router_send(H.rt, &sr, send_done, &sent), 0);
   ck_assert_int_eq(sent, 1);
   imc_worker *w = make_worker();
-  ck_assert_int_eq(imc_api_attach(H.api, H.gw, w), 0);
+  ck_assert_int_eq(attach(H.api, H.gw, w), 0);
   get("/nope", NULL); /* one 404 for the gateway's counters */
 
   ck_assert_int_eq(get("/metrics", NULL), 200);
@@ -1134,12 +1155,82 @@ START_TEST(metrics) {
   ck_assert_ptr_null(strstr(p + 1, "# HELP imchat_router_routed_total"));
 
   /* Only what is attached appears. */
-  ck_assert_int_eq(imc_api_attach(H.api, NULL, NULL), 0);
+  ck_assert_int_eq(attach(H.api, NULL, NULL), 0);
   ck_assert_int_eq(get("/metrics", NULL), 200);
   ck_assert_ptr_null(strstr(R.body, "imchat_gateway_"));
   ck_assert_ptr_null(strstr(R.body, "imchat_worker_"));
   ck_assert_ptr_nonnull(strstr(R.body, "imchat_router_sends_total 1\n"));
   imc_worker_del(w);
+}
+END_TEST
+
+/* A source of another process's numbers, as a gateway whose router is
+ * remote would set: the writer's checks and escaping, and readiness. */
+static int remote_collect(void *ud, imc_metrics *m) {
+  int *calls = ud;
+  (*calls)++;
+  ck_assert_int_eq(imc_metrics_family(NULL, "x", IMC_METRIC_GAUGE, NULL),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_metrics_family(m, "1x", IMC_METRIC_GAUGE, NULL),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_metrics_family(m, "x", (imc_metric_type)7, NULL),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_metrics_sample(m, "x y", NULL, NULL, 1),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_metrics_sample(m, "x", "a:b", "v", 1),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_metrics_sample(m, "x", "a", NULL, 1),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_metrics_family(m, "remote:queue_jobs", IMC_METRIC_GAUGE,
+                                      "Jobs \\ queued\nremotely."),
+                   0);
+  ck_assert_int_eq(
+      imc_metrics_sample(m, "remote:queue_jobs", "q", "a\"b\\c\nd", 7), 0);
+  return 0;
+}
+
+static int remote_ready(void *ud, const char **component, const char **state) {
+  (void)ud;
+  *component = "router";
+  *state = "unreachable";
+  return 0;
+}
+
+static int failing_collect(void *ud, imc_metrics *m) {
+  (void)ud;
+  (void)m;
+  return IMC_ERR_UNAVAILABLE;
+}
+
+START_TEST(remote_source) {
+  int calls = 0;
+  imc_metrics_source_vtbl vt = {sizeof(vt), remote_collect, remote_ready};
+  imc_metrics_source src[] = {{&vt, &calls}};
+  ck_assert_int_eq(imc_api_set_sources(H.api, src, 1), 0);
+  vt.collect = NULL; /* the api keeps its own copy */
+  ck_assert_int_eq(get("/metrics", NULL), 200);
+  ck_assert_int_eq(calls, 1);
+  ck_assert_str_eq(R.body, "# HELP remote:queue_jobs Jobs \\\\ queued\\n"
+                           "remotely.\n"
+                           "# TYPE remote:queue_jobs gauge\n"
+                           "remote:queue_jobs{q=\"a\\\"b\\\\c\\nd\"} 7\n");
+  ck_assert_int_eq(get("/readyz", NULL), 503);
+  ck_assert_str_eq(R.body,
+                   "{\"status\":\"unavailable\",\"router\":\"unreachable\"}\n");
+
+  /* A struct_size that ends before ready: always ready. */
+  imc_metrics_source_vtbl old = {offsetof(imc_metrics_source_vtbl, ready),
+                                 remote_collect, remote_ready};
+  src[0].vt = &old;
+  ck_assert_int_eq(imc_api_set_sources(H.api, src, 1), 0);
+  ck_assert_int_eq(get("/readyz", NULL), 200);
+
+  /* A source that fails makes the page 503. */
+  imc_metrics_source_vtbl fail = {sizeof(fail), failing_collect, NULL};
+  src[0].vt = &fail;
+  ck_assert_int_eq(imc_api_set_sources(H.api, src, 1), 0);
+  ck_assert_int_eq(get("/metrics", NULL), 503);
+  ck_assert_int_eq(attach(H.api, H.gw, NULL), 0);
 }
 END_TEST
 
@@ -1156,7 +1247,7 @@ START_TEST(readyz) {
 
   /* A healthy worker keeps it ready; a failing one does not. */
   imc_worker *w = make_worker();
-  ck_assert_int_eq(imc_api_attach(H.api, H.gw, w), 0);
+  ck_assert_int_eq(attach(H.api, H.gw, w), 0);
   ck_assert_int_eq(get("/readyz", NULL), 200);
   poll_fail = 1;
   imc_worker_start(w);
@@ -1174,15 +1265,15 @@ START_TEST(readyz) {
   /* A gateway that is shutting down (another one serves the request). */
   imc_gateway *gw2 = make_gateway(&H.tm.mem, H.api);
   imc_gateway_shutdown(gw2);
-  ck_assert_int_eq(imc_api_attach(H.api, gw2, NULL), 0);
+  ck_assert_int_eq(attach(H.api, gw2, NULL), 0);
   ck_assert_int_eq(get("/readyz", NULL), 503);
   ck_assert_str_eq(
       R.body, "{\"status\":\"unavailable\",\"gateway\":\"shutting down\"}\n");
-  ck_assert_int_eq(imc_api_attach(H.api, gw2, w), 0);
+  ck_assert_int_eq(attach(H.api, gw2, w), 0);
   ck_assert_int_eq(get("/readyz", NULL), 503);
   ck_assert_str_eq(R.body, "{\"status\":\"unavailable\",\"gateway\":"
                            "\"shutting down\",\"worker\":\"failing\"}\n");
-  ck_assert_int_eq(imc_api_attach(H.api, H.gw, NULL), 0);
+  ck_assert_int_eq(attach(H.api, H.gw, NULL), 0);
   imc_gateway_del(gw2);
   imc_worker_del(w);
 }
@@ -1235,13 +1326,32 @@ START_TEST(options) {
   ck_assert_int_eq(imc_api_options_set_admin_token(o, ADMIN), 0);
   ck_assert_int_eq(imc_api_options_set_clock(o, NULL), 0);
   ck_assert_int_eq(imc_api_options_set_log(o, NULL, NULL, IMC_LOG_DEBUG), 0);
-  ck_assert_int_eq(imc_api_options_set_router(NULL, NULL),
+  ck_assert_int_eq(imc_api_options_set_groups(NULL, NULL, NULL),
                    IMC_ERR_INVALID_ARGUMENT);
+  imc_groups_vtbl half_groups = *imc_api_router_groups();
+  half_groups.members = NULL;
+  ck_assert_int_eq(imc_api_options_set_groups(o, &half_groups, NULL),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_api_options_set_groups(o, NULL, NULL), 0);
   ck_assert_int_eq(imc_api_new(&a, o, &tm.mem), 0);
   imc_api_options_del(o); /* the api keeps its own copy */
   imc_api_set_user_data(a, &tm);
   ck_assert_ptr_eq(imc_api_get_user_data(a), &tm);
-  ck_assert_int_eq(imc_api_attach(NULL, NULL, NULL), IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_api_set_sources(NULL, NULL, 0),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_api_set_sources(a, NULL, 1), IMC_ERR_INVALID_ARGUMENT);
+  imc_metrics_source many[IMC_API_SOURCES_MAX + 1];
+  for (size_t i = 0; i < IMC_API_SOURCES_MAX + 1; i++)
+    many[i] = (imc_metrics_source){imc_api_router_source(), NULL};
+  ck_assert_int_eq(imc_api_set_sources(a, many, IMC_API_SOURCES_MAX + 1),
+                   IMC_ERR_TOO_LARGE);
+  imc_metrics_source_vtbl no_collect = *imc_api_router_source();
+  no_collect.collect = NULL;
+  imc_metrics_source bad[] = {{&no_collect, NULL}, {NULL, NULL}};
+  ck_assert_int_eq(imc_api_set_sources(a, bad, 1), IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_api_set_sources(a, bad + 1, 1),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_api_set_sources(a, NULL, 0), 0);
   ck_assert_uint_eq(imc_api_pending(a), 0);
   ck_assert_uint_eq(imc_api_pending(NULL), 0);
   ck_assert(imc_api_handler_vtbl()->handle != NULL);
@@ -1315,7 +1425,7 @@ static int alloc_pass(test_mem *tm, int *nomem) {
   if (rv == 0)
     rv = imc_api_options_set_store(ao, &store_vt, &H.st);
   if (rv == 0)
-    rv = imc_api_options_set_router(ao, rt);
+    rv = imc_api_options_set_groups(ao, imc_api_router_groups(), rt);
   if (rv == 0)
     rv = imc_api_options_set_admin_token(ao, ADMIN);
   if (rv == 0)
@@ -1334,7 +1444,11 @@ static int alloc_pass(test_mem *tm, int *nomem) {
   if (rv == 0)
     rv = imc_gateway_new(&gw, go, &tm->mem);
   if (rv == 0)
-    rv = imc_api_attach(api, gw, NULL);
+    rv = imc_api_set_sources(
+        api,
+        (const imc_metrics_source[]){{imc_api_gateway_source(), gw},
+                                     {imc_api_router_source(), rt}},
+        2);
   if (rv == 0) {
     static const struct {
       const char *method, *target;
@@ -1475,6 +1589,7 @@ static Suite *api_suite(void) {
   tcase_add_checked_fixture(t, h_setup, h_teardown);
   tcase_add_test(t, metrics);
   tcase_add_test(t, readyz);
+  tcase_add_test(t, remote_source);
   suite_add_tcase(s, t);
 
   t = tcase_create("lifecycle");

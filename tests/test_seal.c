@@ -335,26 +335,11 @@ START_TEST(keyring_add) {
 }
 END_TEST
 
-/* Writes data to a new temporary file; returns its malloc'd path. */
-static char *write_tmp(const char *data) {
-  char *path = strdup("/tmp/imc_test_seal_XXXXXX");
-  int fd = mkstemp(path);
-  ck_assert_int_ge(fd, 0);
-  size_t len = strlen(data);
-  ck_assert_int_eq(write(fd, data, len), (ssize_t)len);
-  close(fd);
-  return path;
-}
-
 static int load(const char *data, imc_keyring **kr) {
-  char *path = write_tmp(data);
-  int rv = imc_keyring_load_file(kr, path, NULL);
-  unlink(path);
-  free(path);
-  return rv;
+  return imc_keyring_parse(kr, (const uint8_t *)data, strlen(data), NULL);
 }
 
-START_TEST(load_file) {
+START_TEST(parse_text) {
   char file[512];
   snprintf(file, sizeof(file),
            "# keys, newest first\r\n"
@@ -387,15 +372,16 @@ START_TEST(load_file) {
 }
 END_TEST
 
-START_TEST(load_file_errors) {
+START_TEST(parse_errors) {
   imc_keyring *kr = NULL;
-  ck_assert_int_eq(imc_keyring_load_file(&kr, "/nonexistent/imc/keys", NULL),
-                   IMC_ERR_IO);
-  ck_assert_int_eq(imc_keyring_load_file(&kr, "/tmp", NULL), IMC_ERR_IO);
-  ck_assert_int_eq(imc_keyring_load_file(NULL, "/tmp", NULL),
+  static const uint8_t text[] = "k1 0000";
+  ck_assert_int_eq(imc_keyring_parse(NULL, text, sizeof(text) - 1, NULL),
                    IMC_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(imc_keyring_load_file(&kr, NULL, NULL),
+  ck_assert_int_eq(imc_keyring_parse(&kr, NULL, 5, NULL),
                    IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_keyring_parse(&kr, NULL, 0, NULL),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_ptr_null(kr);
 
   char h63[64], h65[66], hg[65];
   memcpy(h63, hex_a, 63);
@@ -434,13 +420,13 @@ START_TEST(alloc_failures) {
     snprintf(line, sizeof(line), "key%d %s\n", i, i % 2 ? hex_a : hex_b);
     strcat(file, line);
   }
-  char *path = write_tmp(file);
   for (long k = 0;; k++) {
     test_mem tm;
     test_mem_init(&tm);
     tm.fail_at = k;
     imc_keyring *kr = NULL;
-    int rv = imc_keyring_load_file(&kr, path, &tm.mem);
+    int rv =
+        imc_keyring_parse(&kr, (const uint8_t *)file, strlen(file), &tm.mem);
     if (tm.count > k) {
       ck_assert_int_eq(rv, IMC_ERR_NOMEM);
       ck_assert_ptr_null(kr);
@@ -457,8 +443,6 @@ START_TEST(alloc_failures) {
     if (rv == 0)
       break;
   }
-  unlink(path);
-  free(path);
 
   /* a failed add changes nothing and can be retried */
   for (long k = 0;; k++) {
@@ -502,8 +486,8 @@ static Suite *seal_suite(void) {
   tcase_add_test(tc, rotation);
   tcase_add_test(tc, buffer_sizes);
   tcase_add_test(tc, keyring_add);
-  tcase_add_test(tc, load_file);
-  tcase_add_test(tc, load_file_errors);
+  tcase_add_test(tc, parse_text);
+  tcase_add_test(tc, parse_errors);
   tcase_add_test(tc, alloc_failures);
   suite_add_tcase(s, tc);
   return s;

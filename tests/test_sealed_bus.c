@@ -13,17 +13,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-static char keyfile[64];
+/* The key-file text the host would have read; set with write_keys. */
+static char keyfile[256];
+#define KEYS (const uint8_t *)keyfile, strlen(keyfile)
 
-/* Also used from main, where Check's assertions are not available. */
 static void write_keys(const char *text) {
-  FILE *f = fopen(keyfile, "w");
-  if (f == NULL || fputs(text, f) < 0 || fclose(f) != 0) {
-    perror(keyfile);
-    exit(EXIT_FAILURE);
-  }
+  snprintf(keyfile, sizeof(keyfile), "%s", text);
 }
 
 static const char *KEY_A =
@@ -45,7 +41,7 @@ static void *fx_create(void *ctx, const imc_clock *clock) {
   test_mem_init(&p->tm);
   ck_assert_int_eq(imc_membus_new(&p->inner, &p->tm.mem), 0);
   ck_assert_int_eq(imc_sealed_bus_new(&p->sealed, imc_membus_vtbl(), p->inner,
-                                      keyfile, &p->tm.mem),
+                                      KEYS, &p->tm.mem),
                    0);
   return p;
 }
@@ -165,8 +161,7 @@ START_TEST(plaintext_and_foreign_records) {
   write_keys(KEY_B);
   imc_sealed_bus *other;
   ck_assert_int_eq(
-      imc_sealed_bus_new(&other, imc_membus_vtbl(), p->inner, keyfile, NULL),
-      0);
+      imc_sealed_bus_new(&other, imc_membus_vtbl(), p->inner, KEYS, NULL), 0);
   sv->publish(other, "t", NULL, 0, (const uint8_t *)"from b", 6, ignore, NULL);
   imc_sealed_bus_del(other);
   write_keys(KEY_A);
@@ -181,11 +176,10 @@ START_TEST(plaintext_and_foreign_records) {
   char both[256];
   snprintf(both, sizeof(both), "%s%s", KEY_A, KEY_B);
   write_keys(both);
-  ck_assert_int_eq(imc_sealed_bus_reload(p->sealed), 0);
+  ck_assert_int_eq(imc_sealed_bus_set_keys(p->sealed, KEYS), 0);
   write_keys(KEY_B);
   ck_assert_int_eq(
-      imc_sealed_bus_new(&other, imc_membus_vtbl(), p->inner, keyfile, NULL),
-      0);
+      imc_sealed_bus_new(&other, imc_membus_vtbl(), p->inner, KEYS, NULL), 0);
   sv->publish(other, "t", NULL, 0, (const uint8_t *)"from b", 6, ignore, NULL);
   imc_sealed_bus_del(other);
   write_keys(KEY_A);
@@ -196,22 +190,21 @@ START_TEST(plaintext_and_foreign_records) {
 }
 END_TEST
 
-START_TEST(bad_key_files) {
+START_TEST(bad_key_texts) {
   imc_membus *inner;
   ck_assert_int_eq(imc_membus_new(&inner, NULL), 0);
   imc_sealed_bus *b;
-  ck_assert_int_eq(imc_sealed_bus_new(&b, imc_membus_vtbl(), inner,
-                                      "/nonexistent/keys", NULL),
-                   IMC_ERR_IO);
-  write_keys("not a key line\n");
   ck_assert_int_eq(
-      imc_sealed_bus_new(&b, imc_membus_vtbl(), inner, keyfile, NULL),
+      imc_sealed_bus_new(&b, imc_membus_vtbl(), inner, NULL, 0, NULL),
       IMC_ERR_INVALID_ARGUMENT);
+  write_keys("not a key line\n");
+  ck_assert_int_eq(imc_sealed_bus_new(&b, imc_membus_vtbl(), inner, KEYS, NULL),
+                   IMC_ERR_INVALID_ARGUMENT);
   write_keys(KEY_A);
-  ck_assert_int_eq(
-      imc_sealed_bus_new(&b, imc_membus_vtbl(), inner, keyfile, NULL), 0);
+  ck_assert_int_eq(imc_sealed_bus_new(&b, imc_membus_vtbl(), inner, KEYS, NULL),
+                   0);
   write_keys("garbage\n");
-  ck_assert_int_ne(imc_sealed_bus_reload(b), 0); /* old keys stay */
+  ck_assert_int_ne(imc_sealed_bus_set_keys(b, KEYS), 0); /* old keys stay */
   write_keys(KEY_A);
   imc_sealed_bus_del(b);
   imc_membus_del(inner);
@@ -227,7 +220,7 @@ START_TEST(alloc_failures) {
     imc_sealed_bus *b = NULL;
     int rv = imc_membus_new(&inner, &tm.mem);
     if (rv == 0)
-      rv = imc_sealed_bus_new(&b, imc_membus_vtbl(), inner, keyfile, &tm.mem);
+      rv = imc_sealed_bus_new(&b, imc_membus_vtbl(), inner, KEYS, &tm.mem);
     if (rv == 0) {
       got g;
       memset(&g, 0, sizeof(g));
@@ -251,13 +244,12 @@ START_TEST(alloc_failures) {
 END_TEST
 
 int main(void) {
-  snprintf(keyfile, sizeof(keyfile), "/tmp/imc-sealed-bus-%d", (int)getpid());
   write_keys(KEY_A);
   Suite *s = suite_create("sealed_bus");
   TCase *t = tcase_create("sealed_bus");
   tcase_add_test(t, ciphertext_underneath);
   tcase_add_test(t, plaintext_and_foreign_records);
-  tcase_add_test(t, bad_key_files);
+  tcase_add_test(t, bad_key_texts);
   tcase_add_test(t, alloc_failures);
   suite_add_tcase(s, t);
   SRunner *sr = srunner_create(s);
@@ -265,6 +257,5 @@ int main(void) {
   srunner_run_all(sr, CK_NORMAL);
   int failed = srunner_ntests_failed(sr);
   srunner_free(sr);
-  unlink(keyfile);
   return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

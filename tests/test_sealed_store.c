@@ -29,6 +29,8 @@
 #define KEYS_C "kc " HEX_C "\n"
 #define CONV "p:alice:bob"
 #define MAXN 16
+/* A key text as the arguments of imc_sealed_store_new and _set_keys. */
+#define TEXT(t) (const uint8_t *)(t), strlen(t)
 
 static char tmpdir[256];
 static int file_counter;
@@ -36,13 +38,6 @@ static int file_counter;
 static void new_path(char *out, size_t size, const char *what) {
   snprintf(out, size, "%s/%s-%ld-%d", tmpdir, what, (long)getpid(),
            file_counter++);
-}
-
-static void write_file(const char *path, const char *text) {
-  FILE *fp = fopen(path, "w");
-  ck_assert_ptr_nonnull(fp);
-  ck_assert_int_eq(fputs(text, fp) >= 0, 1);
-  ck_assert_int_eq(fclose(fp), 0);
 }
 
 static void remove_db(const char *path) {
@@ -328,7 +323,7 @@ static void shim_del(shim *sh) {
 
 typedef struct fx {
   char db_path[384];
-  char key_path[384];
+  char keys[512]; /* the key-file text the host would have read */
   int async;
   const imc_clock *clock;
   imc_sqlite *db;
@@ -357,7 +352,7 @@ static void *fx_inner_ud(fx *f) {
 static void fx_open_sealed(fx *f) {
   test_mem_init(&f->tm);
   int rv = imc_sealed_store_new(&f->s, fx_inner_vtbl(f), fx_inner_ud(f),
-                                f->key_path, &f->tm.mem);
+                                TEXT(f->keys), &f->tm.mem);
   ck_assert_msg(rv == 0, "imc_sealed_store_new: %s", imc_strerror(rv));
 }
 
@@ -366,8 +361,7 @@ static void fx_init(fx *f, const char *keys, int async,
   memset(f, 0, sizeof(*f));
   f->clock = clock;
   new_path(f->db_path, sizeof(f->db_path), "db");
-  new_path(f->key_path, sizeof(f->key_path), "keys");
-  write_file(f->key_path, keys);
+  snprintf(f->keys, sizeof(f->keys), "%s", keys);
   f->async = async;
   fx_open_inner(f);
   fx_open_sealed(f);
@@ -391,7 +385,6 @@ static void fx_fini(fx *f) {
   fx_close_sealed(f);
   fx_close_inner(f);
   remove_db(f->db_path);
-  unlink(f->key_path);
 }
 
 /*
@@ -642,7 +635,7 @@ START_TEST(ciphertext_at_rest) {
 
   /* The envelope opens with the key alone, bound to its msg_id. */
   imc_keyring *kr;
-  ck_assert_int_eq(imc_keyring_load_file(&kr, f.key_path, NULL), 0);
+  ck_assert_int_eq(imc_keyring_parse(&kr, TEXT(f.keys), NULL), 0);
   uint8_t out[64];
   size_t outlen;
   ck_assert_int_eq(imc_open(kr, g.bodies[0], g.lens[0], out, sizeof(out),
@@ -701,8 +694,7 @@ START_TEST(rotation) {
   ck_assert_str_eq(stored_key_id(&f, 0, id), "ka");
 
   /* B seals from now on; A still opens the old row. */
-  write_file(f.key_path, KEYS_BA);
-  ck_assert_int_eq(imc_sealed_store_reload(f.s), 0);
+  ck_assert_int_eq(imc_sealed_store_set_keys(f.s, TEXT(KEYS_BA)), 0);
   imc_msg m2 = mk("m2", 2, "new", 3);
   const imc_msg *b2[] = {&m2};
   ck_assert_int_eq(append(&f, b2, 1, NULL, 0), 0);
@@ -716,19 +708,18 @@ START_TEST(rotation) {
   got_free(&g);
 
   /* A bad file is refused and the keys in use stay. */
-  write_file(f.key_path, "kb nothex\n");
-  ck_assert_int_eq(imc_sealed_store_reload(f.s), IMC_ERR_INVALID_ARGUMENT);
-  write_file(f.key_path, "# no keys\n");
-  ck_assert_int_eq(imc_sealed_store_reload(f.s), IMC_ERR_INVALID_ARGUMENT);
-  unlink(f.key_path);
-  ck_assert_int_eq(imc_sealed_store_reload(f.s), IMC_ERR_IO);
+  ck_assert_int_eq(imc_sealed_store_set_keys(f.s, TEXT("kb nothex\n")),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_sealed_store_set_keys(f.s, TEXT("# no keys\n")),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_sealed_store_set_keys(f.s, NULL, 0),
+                   IMC_ERR_INVALID_ARGUMENT);
   ck_assert_int_eq(history(&f, &g), 0);
   ck_assert_uint_eq(g.n, 2);
   got_free(&g);
 
   /* Dropping A too early: the old row is lost to readers, loudly. */
-  write_file(f.key_path, KEYS_B);
-  ck_assert_int_eq(imc_sealed_store_reload(f.s), 0);
+  ck_assert_int_eq(imc_sealed_store_set_keys(f.s, TEXT(KEYS_B)), 0);
   ck_assert_int_eq(history(&f, &g), IMC_ERR_IO);
   ck_assert_uint_eq(g.n, 0);
   ck_assert_uint_eq(imc_sealed_store_failures(f.s), 1);
@@ -744,7 +735,7 @@ START_TEST(unknown_key) {
   ck_assert_int_eq(append(&f, NULL, 0, e, 1), 0);
   /* The same database, opened with a file that lacks kc. */
   fx_close_sealed(&f);
-  write_file(f.key_path, KEYS_A);
+  snprintf(f.keys, sizeof(f.keys), "%s", KEYS_A);
   fx_open_sealed(&f);
   got g;
   ck_assert_int_eq(history(&f, &g), IMC_ERR_IO);
@@ -832,8 +823,7 @@ START_TEST(async_completions) {
   long live = f.tm.live;
   ck_assert_int_ge(live, 3); /* the two fetch contexts, at least */
   /* A reload while fetches are in flight is fine. */
-  write_file(f.key_path, KEYS_BA);
-  ck_assert_int_eq(imc_sealed_store_reload(f.s), 0);
+  ck_assert_int_eq(imc_sealed_store_set_keys(f.s, TEXT(KEYS_BA)), 0);
   ck_assert_int_eq(shim_dispatch(f.sh), 4);
   ck_assert_int_eq(a1.calls + a2.calls + h1.calls + h2.calls, 4);
   ck_assert_int_eq(a1.status | a2.status | h1.status | h2.status, 0);
@@ -906,32 +896,31 @@ START_TEST(bad_arguments) {
   imc_sealed_store *s = NULL;
   test_mem tm;
   test_mem_init(&tm);
-  ck_assert_int_eq(imc_sealed_store_new(NULL, raw, f.db, f.key_path, &tm.mem),
+  ck_assert_int_eq(imc_sealed_store_new(NULL, raw, f.db, TEXT(f.keys), &tm.mem),
                    IMC_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(imc_sealed_store_new(&s, NULL, f.db, f.key_path, &tm.mem),
+  ck_assert_int_eq(imc_sealed_store_new(&s, NULL, f.db, TEXT(f.keys), &tm.mem),
                    IMC_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(imc_sealed_store_new(&s, raw, f.db, NULL, &tm.mem),
+  ck_assert_int_eq(imc_sealed_store_new(&s, raw, f.db, NULL, 0, &tm.mem),
                    IMC_ERR_INVALID_ARGUMENT);
   /* A vtable from an older build that ends before the fetches. */
   imc_store_vtbl short_v = *raw;
   short_v.struct_size = offsetof(imc_store_vtbl, fetch_inbox);
   ck_assert_int_eq(
-      imc_sealed_store_new(&s, &short_v, f.db, f.key_path, &tm.mem),
+      imc_sealed_store_new(&s, &short_v, f.db, TEXT(f.keys), &tm.mem),
       IMC_ERR_INVALID_ARGUMENT);
-  char path[384];
-  new_path(path, sizeof(path), "missing");
-  ck_assert_int_eq(imc_sealed_store_new(&s, raw, f.db, path, &tm.mem),
-                   IMC_ERR_IO);
-  write_file(path, "ka " HEX_A "\nka " HEX_B "\n");
-  ck_assert_int_eq(imc_sealed_store_new(&s, raw, f.db, path, &tm.mem),
+  ck_assert_int_eq(imc_sealed_store_new(&s, raw, f.db, TEXT(""), &tm.mem),
                    IMC_ERR_INVALID_ARGUMENT);
-  write_file(path, "ka " HEX_A "00\n");
-  ck_assert_int_eq(imc_sealed_store_new(&s, raw, f.db, path, &tm.mem),
+  ck_assert_int_eq(imc_sealed_store_new(&s, raw, f.db,
+                                        TEXT("ka " HEX_A "\nka " HEX_B "\n"),
+                                        &tm.mem),
                    IMC_ERR_INVALID_ARGUMENT);
-  unlink(path);
+  ck_assert_int_eq(
+      imc_sealed_store_new(&s, raw, f.db, TEXT("ka " HEX_A "00\n"), &tm.mem),
+      IMC_ERR_INVALID_ARGUMENT);
   ck_assert_ptr_null(s);
   ck_assert_int_eq(tm.live, 0);
-  ck_assert_int_eq(imc_sealed_store_reload(NULL), IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_sealed_store_set_keys(NULL, TEXT(KEYS_A)),
+                   IMC_ERR_INVALID_ARGUMENT);
   ck_assert_uint_eq(imc_sealed_store_failures(NULL), 0);
   imc_sealed_store_del(NULL);
 
@@ -998,13 +987,12 @@ START_TEST(alloc_failures) {
     test_mem_init(&f.tm);
     f.tm.fail_at = fail;
     int rv = imc_sealed_store_new(&f.s, fx_inner_vtbl(&f), fx_inner_ud(&f),
-                                  f.key_path, &f.tm.mem);
+                                  TEXT(f.keys), &f.tm.mem);
     if (rv < 0) {
       ck_assert_int_eq(rv, IMC_ERR_NOMEM);
       ck_assert_int_eq(f.tm.live, 0);
       fx_close_inner(&f);
       remove_db(f.db_path);
-      unlink(f.key_path);
       continue;
     }
     rv = append(&f, msgs, 2, e, 3);
@@ -1024,7 +1012,7 @@ START_TEST(alloc_failures) {
       }
     }
     got_free(&g);
-    rv = imc_sealed_store_reload(f.s);
+    rv = imc_sealed_store_set_keys(f.s, TEXT(f.keys));
     ck_assert(rv == 0 || rv == IMC_ERR_NOMEM);
     rv = inbox(&f, "carol", &g);
     ck_assert(rv == 0 || rv == IMC_ERR_NOMEM);

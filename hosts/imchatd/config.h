@@ -1,10 +1,13 @@
 /*
- * imchatd configuration: command line (getopt_long) over an optional INI
- * file ([imchatd] section, keys named like the long flags), plus the JWT
- * secret file kept in the data directory.
+ * imchatd configuration: command line (getopt_long, config.c) over an
+ * optional INI file ([imchatd] section, keys named like the long flags,
+ * ini.c), the --help text (usage.c), plus the JWT secret file kept in the
+ * data directory (secret.c). Files are read with hosts/common/files.h.
  */
 #ifndef IMCHATD_CONFIG_H
 #define IMCHATD_CONFIG_H
+
+#include "files.h"
 
 #include <imchat/common.h>
 
@@ -70,11 +73,5 @@ void imchatd_config_free(imchatd_config *cfg);
  */
 int imchatd_config_secret(const imchatd_config *cfg, uint8_t **secret,
                           size_t *len, char **path, int *created);
-
-/*
- * Reads a whole (small) file into a NUL-terminated malloc'ed buffer.
- * Returns 0 or a negative errno.
- */
-int imchatd_read_file(const char *path, char **out, size_t *len);
 
 #endif

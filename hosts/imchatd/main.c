@@ -229,14 +229,48 @@ static void group_changed(void *ud, const char *group_id) {
   imc_fanout_invalidate(((app *)ud)->fanout, group_id);
 }
 
+/* Frees the text of the key file, wiping it first. */
+static void keys_free(char *text, size_t len) {
+  if (text == NULL)
+    return;
+  explicit_bzero(text, len);
+  free(text);
+}
+
+/*
+ * Reads --key-file again and hands its text to the sealed store and
+ * queue (the library reads no files). On failure the keys in use stay.
+ */
+static void reload_keys(app *a) {
+  char *text;
+  size_t len;
+  int rv = imchatd_read_file(a->cfg->key_file, &text, &len);
+  if (rv < 0) {
+    hlog_warn("--key-file: cannot read '%s': %s; the previous keys stay",
+              a->cfg->key_file, strerror(-rv));
+    return;
+  }
+  const uint8_t *keys = (const uint8_t *)text;
+  if ((rv = imc_sealed_store_set_keys(a->sealed, keys, len)) == 0)
+    rv = imc_sealed_bus_set_keys(a->sealed_queue, keys, len);
+  keys_free(text, len);
+  if (rv != 0)
+    hlog_warn("--key-file: %s; the previous keys stay", imc_strerror(rv));
+  else
+    hlog_info("--key-file: reloaded %s", a->cfg->key_file);
+}
+
 static void reload(void *ud) {
   app *a = ud;
   int rv;
-  if (a->cfg->filter_file && (rv = imc_router_reload_filter(a->router)) != 0)
-    hlog_warn("--filter-file: %s; the previous words stay", imc_strerror(rv));
-  if (a->sealed && ((rv = imc_sealed_store_reload(a->sealed)) != 0 ||
-                    (rv = imc_sealed_bus_reload(a->sealed_queue)) != 0))
-    hlog_warn("--key-file: %s; the previous keys stay", imc_strerror(rv));
+  if (a->cfg->filter_file) {
+    if ((rv = imc_router_reload_filter(a->router)) != 0)
+      hlog_warn("--filter-file: %s; the previous words stay", imc_strerror(rv));
+    else
+      hlog_info("--filter-file: reloaded %s", a->cfg->filter_file);
+  }
+  if (a->sealed)
+    reload_keys(a);
 }
 
 /* The SQLite database, and the store and offline queue in front of it:
@@ -262,11 +296,21 @@ static int open_store(app *a) {
   a->queue = imc_sqlite_bus_vtbl();
   a->queue_ud = a->db;
   if (cfg->key_file) {
-    rv = imc_sealed_store_new(&a->sealed, a->store, a->store_ud, cfg->key_file,
+    char *text;
+    size_t len;
+    rv = imchatd_read_file(cfg->key_file, &text, &len);
+    if (rv < 0) {
+      hlog_error("--key-file: cannot read '%s': %s", cfg->key_file,
+                 strerror(-rv));
+      return IMCHATD_EXIT_USAGE;
+    }
+    const uint8_t *keys = (const uint8_t *)text;
+    rv = imc_sealed_store_new(&a->sealed, a->store, a->store_ud, keys, len,
                               NULL);
     if (rv == 0)
-      rv = imc_sealed_bus_new(&a->sealed_queue, a->queue, a->queue_ud,
-                              cfg->key_file, NULL);
+      rv = imc_sealed_bus_new(&a->sealed_queue, a->queue, a->queue_ud, keys,
+                              len, NULL);
+    keys_free(text, len);
     if (rv != 0) {
       hlog_error("--key-file: cannot load '%s': %s", cfg->key_file,
                  imc_strerror(rv));
@@ -391,7 +435,7 @@ static int make_api(app *a) {
   if (rv == 0)
     rv = imc_api_options_set_store(opt, a->store, a->store_ud);
   if (rv == 0)
-    rv = imc_api_options_set_router(opt, a->router);
+    rv = imc_api_options_set_groups(opt, imc_api_router_groups(), a->router);
   if (rv == 0 && a->cfg->admin_token)
     rv = imc_api_options_set_admin_token(opt, a->cfg->admin_token);
   if (rv == 0)
@@ -470,7 +514,12 @@ static int cmd_serve(const imchatd_config *cfg) {
     hlog_error("fan-out: %s", imc_strerror(rv));
     goto out;
   }
-  imc_api_attach(a.api, a.gw, a.worker);
+  const imc_metrics_source sources[] = {
+      {imc_api_gateway_source(), a.gw},
+      {imc_api_router_source(), a.router},
+      {imc_api_worker_source(), a.worker},
+  };
+  imc_api_set_sources(a.api, sources, sizeof(sources) / sizeof(sources[0]));
   imc_api_set_group_changed(a.api, group_changed, &a);
   hloop_set_gateway(a.loop, a.gw);
   hloop_set_reload(a.loop, reload, &a);

@@ -4,12 +4,8 @@
 
 #include "util/alloc.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -117,63 +113,6 @@ int imc_keyring_add(imc_keyring *kr, const char *key_id,
   return 0;
 }
 
-/* Releases buf[0..cap) after wiping it. */
-static void wipe_free(const imc_mem *mem, uint8_t *buf, size_t cap) {
-  if (buf != NULL)
-    OPENSSL_cleanse(buf, cap);
-  imc_free(mem, buf);
-}
-
-/*
- * Reads the whole file at path into a buffer from mem (capacity in
- * *outcap, for wiping). Grows by copying so that no unwiped copy of the
- * key material is left behind by realloc.
- */
-static int read_secret_file(const imc_mem *mem, const char *path, uint8_t **out,
-                            size_t *outlen, size_t *outcap) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return IMC_ERR_IO;
-  struct stat st;
-  size_t cap = 4096, len = 0;
-  if (fstat(fd, &st) == 0 && st.st_size > 0 &&
-      (uintmax_t)st.st_size < SIZE_MAX / 2)
-    cap = (size_t)st.st_size + 1; /* +1 to see EOF without growing */
-  uint8_t *buf = imc_malloc(mem, cap);
-  int rv = buf == NULL ? IMC_ERR_NOMEM : 0;
-  while (rv == 0) {
-    if (len == cap) {
-      uint8_t *nb = cap > SIZE_MAX / 2 ? NULL : imc_malloc(mem, cap * 2);
-      if (nb == NULL) {
-        rv = IMC_ERR_NOMEM;
-        break;
-      }
-      memcpy(nb, buf, len);
-      wipe_free(mem, buf, cap);
-      buf = nb;
-      cap *= 2;
-    }
-    ssize_t r = read(fd, buf + len, cap - len);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r < 0)
-      rv = IMC_ERR_IO;
-    else if (r == 0)
-      break;
-    else
-      len += (size_t)r;
-  }
-  close(fd);
-  if (rv != 0) {
-    wipe_free(mem, buf, cap);
-    return rv;
-  }
-  *out = buf;
-  *outlen = len;
-  *outcap = cap;
-  return 0;
-}
-
 static int is_blank(uint8_t c) {
   return c == ' ' || c == '\t' || c == '\r';
 }
@@ -210,23 +149,14 @@ static int parse_key_line(imc_keyring *kr, const uint8_t *p, size_t n) {
   return rv;
 }
 
-int imc_keyring_load_file(imc_keyring **out, const char *path,
-                          const imc_mem *mem) {
-  if (out == NULL || path == NULL)
+int imc_keyring_parse(imc_keyring **out, const uint8_t *buf, size_t len,
+                      const imc_mem *mem) {
+  if (out == NULL || (buf == NULL && len > 0))
     return IMC_ERR_INVALID_ARGUMENT;
-  if (mem == NULL)
-    mem = imc_mem_default();
-  uint8_t *buf;
-  size_t len, cap;
-  int rv = read_secret_file(mem, path, &buf, &len, &cap);
+  imc_keyring *kr;
+  int rv = imc_keyring_new(&kr, mem);
   if (rv != 0)
     return rv;
-  imc_keyring *kr;
-  rv = imc_keyring_new(&kr, mem);
-  if (rv != 0) {
-    wipe_free(mem, buf, cap);
-    return rv;
-  }
   size_t pos = 0;
   while (rv == 0 && pos < len) {
     const uint8_t *nl = memchr(buf + pos, '\n', len - pos);
@@ -241,7 +171,6 @@ int imc_keyring_load_file(imc_keyring **out, const char *path,
       continue;
     rv = parse_key_line(kr, buf + a, b - a);
   }
-  wipe_free(mem, buf, cap);
   if (rv == 0 && kr->n == 0)
     rv = IMC_ERR_INVALID_ARGUMENT;
   if (rv != 0) {
@@ -385,32 +314,41 @@ int imc_open(const imc_keyring *kr, const uint8_t *in, size_t len, uint8_t *out,
   return 0;
 }
 
-int imc_keyfile_open(imc_keyfile *kf, const char *path, const imc_mem *mem) {
-  kf->kr = NULL;
-  kf->path = imc_strdup(mem, path);
-  if (kf->path == NULL)
+int imc_sealer_new(void **out, size_t size, const uint8_t *keys, size_t len,
+                   const imc_mem *mem) {
+  if (out == NULL || keys == NULL || size < sizeof(imc_sealer))
+    return IMC_ERR_INVALID_ARGUMENT;
+  if (mem == NULL)
+    mem = imc_mem_default();
+  imc_sealer *s = imc_calloc(mem, 1, size);
+  if (s == NULL)
     return IMC_ERR_NOMEM;
-  int rv = imc_keyring_load_file(&kf->kr, path, mem);
-  if (rv < 0) {
-    imc_free(mem, kf->path);
-    kf->path = NULL;
-  }
-  return rv;
-}
-
-int imc_keyfile_reload(imc_keyfile *kf, const imc_mem *mem) {
-  imc_keyring *kr;
-  int rv = imc_keyring_load_file(&kr, kf->path, mem);
-  if (rv < 0)
+  s->mem = *mem;
+  int rv = imc_keyring_parse(&s->kr, keys, len, mem);
+  if (rv != 0) {
+    imc_free(mem, s);
     return rv;
-  imc_keyring_del(kf->kr);
-  kf->kr = kr;
+  }
+  *out = s;
   return 0;
 }
 
-void imc_keyfile_close(imc_keyfile *kf, const imc_mem *mem) {
-  imc_keyring_del(kf->kr);
-  imc_free(mem, kf->path);
-  kf->kr = NULL;
-  kf->path = NULL;
+int imc_sealer_set_keys(imc_sealer *s, const uint8_t *keys, size_t len) {
+  if (s == NULL || keys == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  imc_keyring *kr;
+  int rv = imc_keyring_parse(&kr, keys, len, &s->mem);
+  if (rv != 0)
+    return rv;
+  imc_keyring_del(s->kr);
+  s->kr = kr;
+  return 0;
+}
+
+void imc_sealer_del(imc_sealer *s) {
+  if (s == NULL)
+    return;
+  imc_keyring_del(s->kr);
+  imc_mem m = s->mem;
+  imc_free(&m, s);
 }

@@ -46,37 +46,53 @@ int imc_keyring_add(imc_keyring *kr, const char *key_id,
                     const uint8_t key[IMC_SEAL_KEY_LEN]);
 
 /*
- * Creates a keyring in *out from the file at path: one key per line,
- * "KEY_ID HEX64" (id and 64 hex digits separated by spaces or tabs),
- * blank lines and lines starting with '#' skipped, CRLF tolerated. The
- * first key seals. The file's bytes are wiped from memory after parsing.
- * Returns 0; IMC_ERR_IO if the file cannot be read;
- * IMC_ERR_INVALID_ARGUMENT for a malformed line, a duplicate id, a file
+ * Creates a keyring in *out from the key-file text keys[0..len): one key
+ * per line, "KEY_ID HEX64" (id and 64 hex digits separated by spaces or
+ * tabs), blank lines and lines starting with '#' skipped, CRLF tolerated.
+ * The first key seals. keys is only read (the caller wipes it); no copy
+ * of a key outlives the call except in the keyring. Returns 0;
+ * IMC_ERR_INVALID_ARGUMENT for a malformed line, a duplicate id, a text
  * without keys or a NULL pointer; IMC_ERR_NOMEM; IMC_ERR_UNAVAILABLE as
  * for imc_keyring_new. On error *out is untouched.
  */
-int imc_keyring_load_file(imc_keyring **out, const char *path,
-                          const imc_mem *mem);
+int imc_keyring_parse(imc_keyring **out, const uint8_t *keys, size_t len,
+                      const imc_mem *mem);
 
 /* Wipes the key bytes and frees kr. NULL is a no-op. */
 void imc_keyring_del(imc_keyring *kr);
 
-/* A keyring and the file it is read from, reloadable (e.g. on SIGHUP). */
-typedef struct imc_keyfile {
-  char *path;
+/*
+ * The state both sealing decorators (sealed_store.c, sealed_bus.c) share,
+ * as the first member of their objects: the allocator, the keyring in
+ * use and a count of what failed to open.
+ */
+typedef struct imc_sealer {
+  void *user_data;
+  imc_mem mem; /* copied from the constructor's mem */
   imc_keyring *kr;
-} imc_keyfile;
+  uint64_t failures;
+} imc_sealer;
 
 /*
- * Loads path into kf. Returns 0 or an error of imc_keyring_load_file
- * (kf is left empty then).
+ * Allocates a zeroed object of size bytes (>= sizeof(imc_sealer)) that
+ * begins with an imc_sealer, with the keys parsed from keys[0..len) as by
+ * imc_keyring_parse; mem NULL means malloc. Free it with imc_sealer_del.
+ * Returns 0; IMC_ERR_INVALID_ARGUMENT (out or keys NULL, size too small,
+ * or a bad key text); IMC_ERR_NOMEM; IMC_ERR_UNAVAILABLE (no AES-256-GCM
+ * in libcrypto). On error *out is untouched.
  */
-int imc_keyfile_open(imc_keyfile *kf, const char *path, const imc_mem *mem);
+int imc_sealer_new(void **out, size_t size, const uint8_t *keys, size_t len,
+                   const imc_mem *mem);
 
-/* Reads the file again; on failure the keys in use stay. */
-int imc_keyfile_reload(imc_keyfile *kf, const imc_mem *mem);
+/*
+ * Replaces the keys of s with those of keys[0..len). Returns 0 or, keeping
+ * the keys in use, an error of imc_keyring_parse (IMC_ERR_INVALID_ARGUMENT
+ * also for s NULL).
+ */
+int imc_sealer_set_keys(imc_sealer *s, const uint8_t *keys, size_t len);
 
-void imc_keyfile_close(imc_keyfile *kf, const imc_mem *mem);
+/* Wipes the keys and frees the object s begins. NULL is a no-op. */
+void imc_sealer_del(imc_sealer *s);
 
 /* The number of keys in kr. */
 size_t imc_keyring_size(const imc_keyring *kr);

@@ -23,75 +23,61 @@
 #include <openssl/crypto.h>
 
 struct imc_sealed_bus {
-  void *user_data;
-  imc_mem mem;
+  imc_sealer base; /* first: allocator, keyring, failures to open */
   imc_bus_vtbl inner;
   void *inner_ud;
-  imc_keyfile keys;
-  uint64_t failures;
 };
 
 int imc_sealed_bus_new(imc_sealed_bus **out, const imc_bus_vtbl *inner,
-                       void *inner_ud, const char *keyfile,
+                       void *inner_ud, const uint8_t *keys, size_t len,
                        const imc_mem *mem) {
-  if (out == NULL || inner == NULL || keyfile == NULL)
+  if (out == NULL || inner == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
-  if (mem == NULL)
-    mem = imc_mem_default();
-  imc_sealed_bus *b = imc_calloc(mem, 1, sizeof(*b));
-  if (b == NULL)
-    return IMC_ERR_NOMEM;
-  b->mem = *mem;
-  imc_vtbl_copy(&b->inner, sizeof(b->inner), inner, inner->struct_size);
-  b->inner_ud = inner_ud;
-  if (b->inner.publish == NULL || b->inner.poll == NULL ||
-      b->inner.commit == NULL) {
-    imc_free(mem, b);
+  imc_bus_vtbl v;
+  imc_vtbl_copy(&v, sizeof(v), inner, inner->struct_size);
+  if (v.publish == NULL || v.poll == NULL || v.commit == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
-  }
-  int rv = imc_keyfile_open(&b->keys, keyfile, mem);
-  if (rv != 0) {
-    imc_free(mem, b);
+  void *obj;
+  int rv = imc_sealer_new(&obj, sizeof(imc_sealed_bus), keys, len, mem);
+  if (rv != 0)
     return rv;
-  }
+  imc_sealed_bus *b = obj;
+  b->inner = v;
+  b->inner_ud = inner_ud;
   *out = b;
   return 0;
 }
 
-int imc_sealed_bus_reload(imc_sealed_bus *b) {
-  if (b == NULL)
-    return IMC_ERR_INVALID_ARGUMENT;
-  return imc_keyfile_reload(&b->keys, &b->mem);
+int imc_sealed_bus_set_keys(imc_sealed_bus *b, const uint8_t *keys,
+                            size_t len) {
+  return imc_sealer_set_keys(b ? &b->base : NULL, keys, len);
 }
 
 void imc_sealed_bus_del(imc_sealed_bus *b) {
-  if (b == NULL)
-    return;
-  imc_keyfile_close(&b->keys, &b->mem);
-  imc_mem m = b->mem;
-  imc_free(&m, b);
+  if (b != NULL)
+    imc_sealer_del(&b->base);
 }
 
 uint64_t imc_sealed_bus_failures(const imc_sealed_bus *b) {
-  return b ? b->failures : 0;
+  return b ? b->base.failures : 0;
 }
 
 static int sealed_publish(void *ud, const char *topic, const uint8_t *key,
                           size_t key_len, const uint8_t *value,
                           size_t value_len, imc_done_cb done, void *done_ud) {
   imc_sealed_bus *b = ud;
-  size_t cap = value_len + imc_seal_overhead(b->keys.kr);
-  uint8_t *sealed = imc_malloc(&b->mem, cap);
+  size_t cap = value_len + imc_seal_overhead(b->base.kr);
+  uint8_t *sealed = imc_malloc(&b->base.mem, cap);
   if (sealed == NULL)
     return IMC_ERR_NOMEM;
   size_t len;
-  int rv = imc_seal(b->keys.kr, value, value_len, sealed, cap, &len,
+  int rv = imc_seal(b->base.kr, value, value_len, sealed, cap, &len,
                     (const uint8_t *)topic, strlen(topic));
   /* The inner bus copies what it keeps: the envelope is borrowed. */
   if (rv == 0)
     rv = b->inner.publish(b->inner_ud, topic, key, key_len, sealed, len, done,
                           done_ud);
-  imc_free(&b->mem, sealed);
+  imc_free(&b->base.mem, sealed);
   return rv;
 }
 
@@ -113,8 +99,8 @@ static void on_poll(void *ud, int status, const imc_bus_record *recs,
   if (status == 0 && n > 0) {
     for (size_t i = 0; i < n; i++)
       total += recs[i].value_len;
-    out = imc_calloc(&b->mem, n, sizeof(*out));
-    plain = imc_malloc(&b->mem, total ? total : 1);
+    out = imc_calloc(&b->base.mem, n, sizeof(*out));
+    plain = imc_malloc(&b->base.mem, total ? total : 1);
     if (out == NULL || plain == NULL)
       status = IMC_ERR_NOMEM;
     size_t off = 0;
@@ -125,12 +111,12 @@ static void on_poll(void *ud, int status, const imc_bus_record *recs,
         continue; /* not an envelope: queued before encryption */
       size_t len;
       int rv =
-          imc_open(b->keys.kr, recs[i].value, recs[i].value_len, plain + off,
+          imc_open(b->base.kr, recs[i].value, recs[i].value_len, plain + off,
                    total - off, &len, (const uint8_t *)p->topic, p->topic_len);
       if (rv == IMC_ERR_NOMEM) {
         status = rv;
       } else if (rv != 0) {
-        b->failures++;
+        b->base.failures++;
       } else {
         out[i].value = plain + off;
         out[i].value_len = len;
@@ -141,16 +127,16 @@ static void on_poll(void *ud, int status, const imc_bus_record *recs,
   p->done(p->done_ud, status, status == 0 ? out : NULL, status == 0 ? n : 0);
   if (plain != NULL)
     OPENSSL_cleanse(plain, total);
-  imc_free(&b->mem, out);
-  imc_free(&b->mem, plain);
-  imc_free(&b->mem, p);
+  imc_free(&b->base.mem, out);
+  imc_free(&b->base.mem, plain);
+  imc_free(&b->base.mem, p);
 }
 
 static int sealed_poll(void *ud, const char *topic, const char *group,
                        size_t max, imc_bus_batch_cb done, void *done_ud) {
   imc_sealed_bus *b = ud;
   size_t tl = strlen(topic);
-  poll_ctx *p = imc_malloc(&b->mem, sizeof(*p) + tl + 1);
+  poll_ctx *p = imc_malloc(&b->base.mem, sizeof(*p) + tl + 1);
   if (p == NULL)
     return IMC_ERR_NOMEM;
   p->b = b;
@@ -160,7 +146,7 @@ static int sealed_poll(void *ud, const char *topic, const char *group,
   memcpy(p->topic, topic, tl + 1);
   int rv = b->inner.poll(b->inner_ud, topic, group, max, on_poll, p);
   if (rv != 0)
-    imc_free(&b->mem, p);
+    imc_free(&b->base.mem, p);
   return rv;
 }
 
@@ -180,9 +166,9 @@ const imc_bus_vtbl *imc_sealed_bus_vtbl(void) {
 }
 
 void imc_sealed_bus_set_user_data(imc_sealed_bus *b, void *ud) {
-  b->user_data = ud;
+  b->base.user_data = ud;
 }
 
 void *imc_sealed_bus_get_user_data(const imc_sealed_bus *b) {
-  return b->user_data;
+  return b->base.user_data;
 }

@@ -11,9 +11,9 @@
  * the call has returned. purge and the group operations do not touch
  * bodies and are forwarded as they are.
  *
- * The key file is only read by new and reload; the keyring in use when a
- * completion runs opens the page, so a reload between a fetch and its
- * completion is harmless.
+ * The keys come from the host as key-file text (new and set_keys); the
+ * keyring in use when a completion runs opens the page, so new keys
+ * between a fetch and its completion are harmless.
  */
 #include "util/alloc.h"
 #include "backends/seal.h"
@@ -27,12 +27,9 @@
 #include <openssl/crypto.h>
 
 struct imc_sealed_store {
-  void *user_data;
-  imc_mem mem;
+  imc_sealer base;      /* first: allocator, keyring, failures to open */
   imc_store_vtbl inner; /* copied: members past its struct_size are NULL */
   void *inner_ud;
-  imc_keyfile keys;
-  uint64_t failures; /* bodies that failed to open */
 };
 
 /* ------------------------------------------------------------------ */
@@ -40,12 +37,10 @@ struct imc_sealed_store {
 /* ------------------------------------------------------------------ */
 
 int imc_sealed_store_new(imc_sealed_store **out, const imc_store_vtbl *inner,
-                         void *inner_ud, const char *keyfile,
+                         void *inner_ud, const uint8_t *keys, size_t len,
                          const imc_mem *mem) {
-  if (out == NULL || inner == NULL || keyfile == NULL)
+  if (out == NULL || inner == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
-  if (mem == NULL)
-    mem = imc_mem_default();
   imc_store_vtbl v;
   imc_vtbl_copy(&v, sizeof(v), inner, inner->struct_size);
   /* Every member is checked here so that no call has to report an absent
@@ -54,36 +49,29 @@ int imc_sealed_store_new(imc_sealed_store **out, const imc_store_vtbl *inner,
       v.purge == NULL || v.group_add == NULL || v.group_remove == NULL ||
       v.group_members == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
-  imc_sealed_store *s = imc_calloc(mem, 1, sizeof(*s));
-  if (s == NULL)
-    return IMC_ERR_NOMEM;
-  s->mem = *mem;
+  void *obj;
+  int rv = imc_sealer_new(&obj, sizeof(imc_sealed_store), keys, len, mem);
+  if (rv != 0)
+    return rv;
+  imc_sealed_store *s = obj;
   s->inner = v;
   s->inner_ud = inner_ud;
-  int rv = imc_keyfile_open(&s->keys, keyfile, mem);
-  if (rv != 0) {
-    imc_free(mem, s);
-    return rv;
-  }
   *out = s;
   return 0;
 }
 
-int imc_sealed_store_reload(imc_sealed_store *s) {
-  if (s == NULL)
-    return IMC_ERR_INVALID_ARGUMENT;
-  return imc_keyfile_reload(&s->keys, &s->mem);
+int imc_sealed_store_set_keys(imc_sealed_store *s, const uint8_t *keys,
+                              size_t len) {
+  return imc_sealer_set_keys(s ? &s->base : NULL, keys, len);
 }
 
 void imc_sealed_store_del(imc_sealed_store *s) {
-  if (s == NULL)
-    return;
-  imc_keyfile_close(&s->keys, &s->mem);
-  imc_free(&s->mem, s);
+  if (s != NULL)
+    imc_sealer_del(&s->base);
 }
 
 uint64_t imc_sealed_store_failures(const imc_sealed_store *s) {
-  return s == NULL ? 0 : s->failures;
+  return s == NULL ? 0 : s->base.failures;
 }
 
 /* ------------------------------------------------------------------ */
@@ -127,14 +115,14 @@ static int seal_slots(imc_sealed_store *s, slot *slots, size_t n,
       slots[d++] = slots[i];
   *n_distinct = d;
 
-  size_t over = imc_seal_overhead(s->keys.kr), total = 0;
+  size_t over = imc_seal_overhead(s->base.kr), total = 0;
   for (size_t i = 0; i < d; i++) {
     size_t len = slots[i].orig->body_len;
     if (len > SIZE_MAX - over || len + over > SIZE_MAX - total)
       return IMC_ERR_TOO_LARGE;
     total += len + over;
   }
-  *buf = imc_malloc(&s->mem, total);
+  *buf = imc_malloc(&s->base.mem, total);
   if (*buf == NULL)
     return IMC_ERR_NOMEM;
   size_t off = 0;
@@ -142,7 +130,7 @@ static int seal_slots(imc_sealed_store *s, slot *slots, size_t n,
     const imc_msg *m = slots[i].orig;
     size_t cap = m->body_len + over, len;
     /* The msg_id as AAD ties the body to its row. */
-    int rv = imc_seal(s->keys.kr, m->body, m->body_len, *buf + off, cap, &len,
+    int rv = imc_seal(s->base.kr, m->body, m->body_len, *buf + off, cap, &len,
                       (const uint8_t *)m->msg_id, strlen(m->msg_id));
     if (rv < 0)
       return rv;
@@ -175,7 +163,7 @@ static int sealed_append(void *ud, const imc_msg *const *msgs, size_t n_msgs,
   if (n_msgs > SIZE_MAX / per || n_entries > SIZE_MAX / per - n_msgs)
     return IMC_ERR_TOO_LARGE;
   size_t n_refs = n_msgs + n_entries;
-  slot *slots = imc_malloc(&s->mem, n_refs * per);
+  slot *slots = imc_malloc(&s->base.mem, n_refs * per);
   if (slots == NULL)
     return IMC_ERR_NOMEM;
   imc_inbox_entry *sealed_entries = (imc_inbox_entry *)(slots + n_refs);
@@ -198,15 +186,15 @@ static int sealed_append(void *ud, const imc_msg *const *msgs, size_t n_msgs,
       sealed_entries[i].msg = sealed_of(slots, n_distinct, entries[i].msg);
     }
     /* mem is copied: an inline completion may delete s. */
-    imc_mem mem = s->mem;
+    imc_mem mem = s->base.mem;
     rv = s->inner.append(s->inner_ud, sealed_msgs, n_msgs, sealed_entries,
                          n_entries, done, done_ud);
     imc_free(&mem, buf);
     imc_free(&mem, slots);
     return rv;
   }
-  imc_free(&s->mem, buf);
-  imc_free(&s->mem, slots);
+  imc_free(&s->base.mem, buf);
+  imc_free(&s->base.mem, slots);
   return rv;
 }
 
@@ -258,7 +246,7 @@ static int open_page(imc_sealed_store *s, const imc_msg *const *msgs, size_t n,
       cap += msgs[i]->body_len;
   if (n > (SIZE_MAX - cap) / per)
     return IMC_ERR_NOMEM;
-  pg->copies = imc_malloc(&s->mem, n * per + cap);
+  pg->copies = imc_malloc(&s->base.mem, n * per + cap);
   if (pg->copies == NULL)
     return IMC_ERR_NOMEM;
   pg->msgs = (const imc_msg **)(pg->copies + n);
@@ -274,10 +262,10 @@ static int open_page(imc_sealed_store *s, const imc_msg *const *msgs, size_t n,
       continue;
     uint8_t *out = pg->pt + pg->pt_len;
     size_t len;
-    rv = imc_open(s->keys.kr, m->body, m->body_len, out, cap - pg->pt_len, &len,
+    rv = imc_open(s->base.kr, m->body, m->body_len, out, cap - pg->pt_len, &len,
                   (const uint8_t *)m->msg_id, strlen(m->msg_id));
     if (rv == IMC_ERR_NOT_FOUND || rv == IMC_ERR_PROTO) {
-      s->failures++; /* unknown key, tampered or moved row */
+      s->base.failures++; /* unknown key, tampered or moved row */
       rv = IMC_ERR_IO;
     } else if (rv < 0 && rv != IMC_ERR_NOMEM && rv != IMC_ERR_UNAVAILABLE) {
       rv = IMC_ERR_IO;
@@ -289,7 +277,7 @@ static int open_page(imc_sealed_store *s, const imc_msg *const *msgs, size_t n,
   }
   if (rv < 0) {
     OPENSSL_cleanse(pg->pt, pg->pt_len);
-    imc_free(&s->mem, pg->copies);
+    imc_free(&s->base.mem, pg->copies);
   }
   return rv;
 }
@@ -299,7 +287,7 @@ static void on_fetch(void *done_ud, int status, const imc_msg *const *msgs,
   fetch_ctx c = *(fetch_ctx *)done_ud;
   imc_sealed_store *s = c.s;
   /* Copied: the caller's completion may delete s. */
-  imc_mem mem = s->mem;
+  imc_mem mem = s->base.mem;
   imc_free(&mem, done_ud);
   if (status < 0 || n == 0) {
     c.done(c.done_ud, status, msgs, cursors, n, has_more);
@@ -320,7 +308,7 @@ static void on_fetch(void *done_ud, int status, const imc_msg *const *msgs,
 /* Allocates the context of one fetch, or NULL. */
 static fetch_ctx *fetch_ctx_new(imc_sealed_store *s, imc_fetch_cb done,
                                 void *done_ud) {
-  fetch_ctx *c = imc_malloc(&s->mem, sizeof(*c));
+  fetch_ctx *c = imc_malloc(&s->base.mem, sizeof(*c));
   if (c != NULL) {
     c->s = s;
     c->done = done;
@@ -338,7 +326,7 @@ static int sealed_fetch_inbox(void *ud, const char *user_id, uint64_t after,
   fetch_ctx *c = fetch_ctx_new(s, done, done_ud);
   if (c == NULL)
     return IMC_ERR_NOMEM;
-  imc_mem mem = s->mem;
+  imc_mem mem = s->base.mem;
   int rv =
       s->inner.fetch_inbox(s->inner_ud, user_id, after, limit, on_fetch, c);
   if (rv < 0)
@@ -355,7 +343,7 @@ static int sealed_fetch_history(void *ud, const char *conversation_id,
   fetch_ctx *c = fetch_ctx_new(s, done, done_ud);
   if (c == NULL)
     return IMC_ERR_NOMEM;
-  imc_mem mem = s->mem;
+  imc_mem mem = s->base.mem;
   int rv = s->inner.fetch_history(s->inner_ud, conversation_id, after_seq,
                                   limit, on_fetch, c);
   if (rv < 0)
@@ -408,9 +396,9 @@ const imc_store_vtbl *imc_sealed_store_vtbl(void) {
 }
 
 void imc_sealed_store_set_user_data(imc_sealed_store *s, void *ud) {
-  s->user_data = ud;
+  s->base.user_data = ud;
 }
 
 void *imc_sealed_store_get_user_data(const imc_sealed_store *s) {
-  return s->user_data;
+  return s->base.user_data;
 }

@@ -281,6 +281,7 @@ class Server:
         self.proc = None
         self.port = None
         self._lines = []
+        self._seen = 0  # stderr lines read so far (_lines keeps the tail)
         self._lock = threading.Lock()
         self._reader = None
 
@@ -335,6 +336,7 @@ class Server:
             line = raw.decode("utf-8", "replace").rstrip("\n")
             with self._lock:
                 self._lines.append(line)
+                self._seen += 1
                 if len(self._lines) > 5000:
                     del self._lines[:1000]
             if self.port is None:
@@ -349,6 +351,39 @@ class Server:
             lines = self._lines[-tail:]
         return ("--- %s stderr (last %d lines) ---\n%s\n--- end ---"
                 % (self.name, len(lines), "\n".join(lines)))
+
+    def log_mark(self):
+        """The position after the stderr lines read so far, for wait_log."""
+        with self._lock:
+            return self._seen
+
+    def wait_log(self, pattern, after=0, timeout=IO_TIMEOUT):
+        """The first stderr line past the mark `after` that matches the
+        regular expression pattern; fails with the stderr after timeout
+        seconds or if the server dies."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                first = self._seen - len(self._lines)  # index of _lines[0]
+                for line in self._lines[max(after - first, 0):]:
+                    if rx.search(line):
+                        return line
+            self._check_running("while waiting for a log line /%s/"
+                                % pattern)
+            if time.monotonic() > deadline:
+                raise AssertionError("%s did not log a line matching /%s/ "
+                                     "within %.0f s\n%s"
+                                     % (self.name, pattern, timeout,
+                                        self.stderr_text()))
+            time.sleep(0.02)
+
+    def sighup(self, pattern, timeout=IO_TIMEOUT):
+        """Sends SIGHUP and waits for the reload's log line (pattern);
+        returns the line."""
+        mark = self.log_mark()
+        os.kill(self.proc.pid, signal.SIGHUP)
+        return self.wait_log(pattern, after=mark, timeout=timeout)
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None

@@ -5,6 +5,9 @@
  * token, and the Accept header JSON or protobuf, as the size says.
  */
 #include <imchat/imchat.h>
+#include <imchat/membus.h>
+#include <imchat/memreg.h>
+#include <imchat/sqlite.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +65,7 @@ static const imc_gwlink_vtbl gwlink = {sizeof(imc_gwlink_vtbl), l_deliver,
                                        l_status};
 
 static imc_api *api;
+static imc_router *router; /* both live for the whole run */
 
 static void appended(void *ud, int status) {
   (void)ud;
@@ -74,7 +78,6 @@ static void setup(void) {
   imc_sqlite *db;
   imc_memreg *reg;
   imc_membus *bus;
-  imc_router *router;
   imc_router_options *ro;
   imc_api_options *ao;
   if (imc_sqlite_new(&db, ":memory:", NULL, NULL) != 0 ||
@@ -93,7 +96,7 @@ static void setup(void) {
     abort();
   imc_router_options_del(ro);
   imc_api_options_set_store(ao, imc_sqlite_store_vtbl(), db);
-  imc_api_options_set_router(ao, router);
+  imc_api_options_set_groups(ao, imc_api_router_groups(), router);
   imc_api_options_set_admin_token(ao, "admin");
   if (imc_api_new(&api, ao, NULL) != 0)
     abort();
@@ -124,7 +127,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   imc_gateway_options_del(opt);
   if (rv != 0)
     return 0;
-  imc_api_attach(api, gw, NULL);
+  const imc_metrics_source sources[] = {{imc_api_gateway_source(), gw},
+                                        {imc_api_router_source(), router}};
+  imc_api_set_sources(api, sources, 2);
   imc_conn *c;
   if (imc_gateway_conn_new(gw, &c, NULL) == 0) {
     char req[8192];
@@ -138,7 +143,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     imc_gateway_conn_recv(gw, c, (const uint8_t *)req, n);
     imc_gateway_flush(gw);
   }
-  imc_api_attach(api, NULL, NULL);
+  imc_api_set_sources(api, NULL, 0);
   imc_gateway_del(gw);
   return 0;
 }
