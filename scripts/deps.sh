@@ -21,6 +21,8 @@ IMC_DEB_TEST_PACKAGES=(
   python3 python3-websockets python3-protobuf protobuf-compiler openssl
   # style check and fuzzing
   clang-format clang libclang-rt-14-dev
+  # the benchmark's smoke test (tests/bench) runs against a real broker
+  mosquitto
 )
 
 # Prints the packages of "$@" that are not installed.
