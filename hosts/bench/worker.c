@@ -103,7 +103,6 @@ struct worker {
   bench_result *r;
   uint64_t gmax;
   uint64_t *g_intended, *g_last, *g_cnt;
-  conn *dirty[1];
   conn **dirty_list;
   int n_dirty;
   uint64_t rng;
@@ -116,7 +115,9 @@ struct worker {
   uint64_t inflight; /* pairs, offline: sent and not yet received */
 };
 
-enum { P_CONNECT, P_WAIT_GO, P_RUN, P_WAIT_TOTAL, P_DRAIN, P_DONE };
+/* Worker phases: connect, wait for GO, run, drain (waiting for the run's
+ * total and the messages in flight), done. */
+enum { P_CONNECT, P_WAIT_GO, P_RUN, P_DRAIN, P_DONE };
 
 /* ------------------------------------------------------------------ */
 
@@ -1139,12 +1140,11 @@ static void loop(worker *w) {
       if (started && o->mode == M_OPEN)
         open_loop_send(w, now);
       if (now >= w->t_end) {
-        w->phase = P_WAIT_TOTAL;
+        w->phase = P_DRAIN;
         w->t_drain_end = now + (uint64_t)(o->drain_s * 1e9);
         ctl_send(w, CTL_SENT, o->scenario == S_GROUP ? w->k : w->r->sent, 0);
       }
       break;
-    case P_WAIT_TOTAL:
     case P_DRAIN:
       if (w->have_total && drain_done(w))
         w->phase = P_DONE;

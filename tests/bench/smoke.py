@@ -100,8 +100,10 @@ def main():
                         "--inflight", "2", "--duration", "2")
         assert doc["delivered"] > 0, doc
         assert doc["connect"]["ok"] == 8, doc
+        # From three loopback source addresses, as large runs do.
         doc = run_bench("imchat idle", *common, "--scenario", "idle",
-                        "--connections", "6", "--duration", "1")
+                        "--connections", "6", "--duration", "1",
+                        "--src-addrs", "3")
         assert doc["connect"]["ok"] == 6, doc
         assert doc["server"]["rss_kb_connected"] > 0, doc
         srv.check_alive()
