@@ -39,7 +39,7 @@ if [ "$quick" -eq 1 ]; then
 else
   rounds=${IMC_BENCH_ROUNDS:-2}
   dur=${IMC_BENCH_DURATION:-10}
-  sweep_dur=5
+  sweep_dur=4
 fi
 idle_conns=${IMC_BENCH_IDLE_CONNS:-5000}
 pairs_conns=${IMC_BENCH_PAIRS_CONNS:-2000}
@@ -47,7 +47,7 @@ group_members=${IMC_BENCH_GROUP_MEMBERS:-1000}
 group_rate=${IMC_BENCH_GROUP_RATE:-10}
 offline_senders=${IMC_BENCH_OFFLINE_SENDERS:-200}
 sweep_conns=${IMC_BENCH_SWEEP_CONNS:-200}
-read -r -a sweep_rates <<<"${IMC_BENCH_SWEEP_RATES:-1000 2000 4000 8000 16000}"
+read -r -a sweep_rates <<<"${IMC_BENCH_SWEEP_RATES:-250 500 1000 2000 4000 8000}"
 out_doc=${IMC_BENCH_OUT:-doc}
 
 # shellcheck source=scripts/deps.sh
@@ -193,7 +193,7 @@ CONF
   fi
 }
 
-commands_log=$bench_tmp/commands.txt
+commands_log=$results/commands.txt
 : >"$commands_log"
 
 # run_one TARGET LABEL BENCH-ARGS...: a fresh server, one imchat-bench run.
@@ -266,7 +266,7 @@ done
 # Report
 # --------------------------------------------------------------------------
 mkdir -p "$out_doc/bench"
-machine=$bench_tmp/machine.txt
+machine=$results/machine.txt
 {
   echo "nproc: $(nproc)"
   echo "cpu: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"

@@ -250,10 +250,16 @@ def main():
       "accurate to 0.1 %%. Throughput counts deliveries received during "
       "the measured window.\n"
       "- RSS per connection is (server RSS with every connection "
-      "authenticated − RSS before connecting) / connections.\n"
+      "authenticated − RSS before connecting) / connections: user-space "
+      "memory only (the kernel's socket buffers are not in RSS).\n"
       "- imchatd runs with `--rate-limit 1000000 --rate-burst 1000000` so "
       "that the per-connection send limit (100/s by default) does not cap "
       "the load; everything else is at its defaults.\n"
+      "- Read throughput next to the server's CPU: a server that stops "
+      "keeping up while using well under one core is waiting (on the disk, "
+      "a lock or a queue), not computing. In open-loop runs compare "
+      "delivered/s with the offered rate: the difference is what the "
+      "server did not deliver within the run and its drain time.\n"
       "- Errors counted over all runs: %d (see `errors` in each JSON).\n"
       % errors)
 
