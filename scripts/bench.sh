@@ -11,9 +11,11 @@
 # imchat-bench (hosts/bench). Every process started here is stopped by
 # pid when the script ends, also on failure. The JSON and CSV of every run
 # stay in build-release/bench-results/. Environment overrides:
-# IMC_BENCH_ROUNDS, IMC_BENCH_DURATION, IMC_BENCH_IDLE_CONNS,
-# IMC_BENCH_PAIRS_CONNS, IMC_BENCH_GROUP_MEMBERS, IMC_BENCH_GROUP_RATE,
-# IMC_BENCH_SWEEP_RATES, IMC_BENCH_OUT (default doc).
+# IMC_BENCH_ROUNDS, IMC_BENCH_DURATION, IMC_BENCH_IDLE_CONNS (5000),
+# IMC_BENCH_PAIRS_CONNS (2000), IMC_BENCH_GROUP_MEMBERS (1000),
+# IMC_BENCH_GROUP_RATE (10/s), IMC_BENCH_OFFLINE_SENDERS (200),
+# IMC_BENCH_SWEEP_CONNS (200), IMC_BENCH_SWEEP_RATES ("250 ... 8000"),
+# IMC_BENCH_OUT (where benchmarks.md goes; default doc).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -22,7 +24,7 @@ for a in "$@"; do
   case $a in
   --quick) quick=1 ;;
   -h | --help)
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
