@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Sourced by scripts/run.sh and scripts/test.sh: installs the Debian packages
-# the build needs (and test.sh those of the tests), only those missing.
+# Sourced by scripts/run.sh, scripts/test.sh and scripts/bench.sh: installs
+# the Debian packages the build needs (test.sh those of the tests, bench.sh
+# those of the benchmarks), only those missing.
 #
 # The package lists live here and nowhere else. Add a backend's packages
 # (server, client library) when the code starts using it.
@@ -21,6 +22,14 @@ IMC_DEB_TEST_PACKAGES=(
   python3 python3-websockets python3-protobuf protobuf-compiler openssl
   # style check and fuzzing
   clang-format clang libclang-rt-14-dev
+  # the benchmark's smoke test (tests/bench) runs against a real broker
+  mosquitto
+)
+
+# What scripts/bench.sh needs on top: the broker imchatd is compared with
+# and the plotter of doc/bench/*.png.
+IMC_DEB_BENCH_PACKAGES=(
+  mosquitto gnuplot-nox
 )
 
 # Prints the packages of "$@" that are not installed.

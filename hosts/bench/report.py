@@ -1,0 +1,374 @@
+"""Writes doc/benchmarks.md and doc/bench/*.png from the JSON documents
+and CSV series of a scripts/bench.sh run (standard library + gnuplot)."""
+
+import argparse
+import csv
+import glob
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+TARGETS = ["imchat", "mqtt-ws", "mqtt-tcp"]
+NAMES = {"imchat": "imchatd (WS+protobuf)", "mqtt-ws": "mosquitto (MQTT/WS)",
+         "mqtt-tcp": "mosquitto (MQTT/TCP)"}
+
+
+def load(results):
+    runs = {}
+    for p in sorted(glob.glob(os.path.join(results, "*.json"))):
+        with open(p) as f:
+            doc = json.load(f)
+        runs[doc["label"]] = doc
+    return runs
+
+
+def get(doc, path):
+    v = doc
+    for k in path.split("."):
+        v = v.get(k) if isinstance(v, dict) else None
+        if v is None:
+            return None
+    return v
+
+
+def rounds_of(runs, scenario, target):
+    out = []
+    for label, doc in runs.items():
+        m = re.match(r"%s-%s-r(\d+)$" % (scenario, re.escape(target)), label)
+        if m:
+            out.append((int(m.group(1)), doc))
+    return [d for _, d in sorted(out, key=lambda x: x[0])]
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "–"
+    if abs(v) >= 100:
+        s = "{:,.0f}".format(v)
+    elif abs(v) >= 10:
+        s = "{:.1f}".format(v)
+    else:
+        s = "{:.2f}".format(v)
+    return s + unit
+
+
+def cell(docs, path, unit=""):
+    vals = [get(d, path) for d in docs]
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None, "–"
+    med = statistics.median(vals)
+    s = fmt(med, unit)
+    if len(vals) > 1:
+        s += " (" + " / ".join(fmt(v) for v in vals) + ")"
+    return med, s
+
+
+def table(runs, scenario, rows, targets=TARGETS):
+    cols = [t for t in targets if rounds_of(runs, scenario, t)]
+    if not cols:
+        return "No runs.\n"
+    head = "| metric | " + " | ".join(NAMES[t] for t in cols)
+    sep = "|---|" + "---|" * len(cols)
+    ratio = "mqtt-ws" in cols and "imchat" in cols and len(cols) > 1
+    if ratio:
+        head += " | imchatd / mosquitto-WS"
+        sep += "---|"
+    lines = [head + " |", sep]
+    for title, path, unit, better in rows:
+        vals, cells = {}, []
+        for t in cols:
+            v, s = cell(rounds_of(runs, scenario, t), path, unit)
+            vals[t] = v
+            cells.append(s)
+        line = "| %s | %s" % (title, " | ".join(cells))
+        if ratio:
+            a, b = vals.get("imchat"), vals.get("mqtt-ws")
+            r = "–" if not a or not b else "%.2f×" % (a / b)
+            if r != "–" and better:
+                r += " (%s)" % better
+            line += " | " + r
+        lines.append(line + " |")
+    return "\n".join(lines) + "\n"
+
+
+def gnuplot(script):
+    r = subprocess.run(["gnuplot"], input=script, text=True,
+                       capture_output=True)
+    if r.returncode != 0:
+        sys.stderr.write(r.stderr)
+        raise SystemExit("report: gnuplot failed")
+
+
+def plots(runs, results, out):
+    pngdir = os.path.join(out, "bench")
+    os.makedirs(pngdir, exist_ok=True)
+    data = os.path.join(results, "plot")
+    os.makedirs(data, exist_ok=True)
+    made = []
+    # Sweep: delivered/s and latency against offered load.
+    series = {}
+    for label, doc in runs.items():
+        m = re.match(r"sweep-(.+)-(\d+)$", label)
+        if m:
+            series.setdefault(m.group(1), []).append(
+                (int(m.group(2)), doc["delivered_per_s"],
+                 doc["latency_us"]["deliver"]["p50"] / 1e3,
+                 doc["latency_us"]["deliver"]["p99"] / 1e3,
+                 doc["latency_us"]["deliver"]["p999"] / 1e3))
+    ts = [t for t in TARGETS if t in series]
+    if ts:
+        for t in ts:
+            with open(os.path.join(data, "sweep-%s.dat" % t), "w") as f:
+                for row in sorted(series[t]):
+                    f.write("%d %.1f %.3f %.3f %.3f\n" % row)
+        maxrate = max(r[0] for t in ts for r in series[t])
+        plot = ", ".join(
+            "'%s/sweep-%s.dat' using 1:2 with linespoints lw 2 title '%s'"
+            % (data, t, NAMES[t]) for t in ts)
+        gnuplot("""set terminal pngcairo size 900,560 font ',10'
+set output '%s/sweep-throughput.png'
+set title 'Open loop, 1:1 pairs: delivered/s vs offered load'
+set xlabel 'offered load (messages/s)'
+set ylabel 'delivered (messages/s)'
+set key top left
+set grid
+set xrange [0:%d]
+set yrange [0:%d]
+plot x with lines dt 2 lc rgb 'gray' title 'offered', %s
+""" % (pngdir, maxrate * 1.05, maxrate * 1.1, plot))
+        made.append("sweep-throughput.png")
+        plot = ", ".join(
+            "'%s/sweep-%s.dat' using 1:%d with linespoints lw 2 dt %d "
+            "lc %d title '%s %s'" % (data, t, col, dt, i + 1, NAMES[t], pn)
+            for i, t in enumerate(ts)
+            for col, dt, pn in ((3, 1, 'p50'), (4, 2, 'p99')))
+        gnuplot("""set terminal pngcairo size 900,560 font ',10'
+set output '%s/sweep-latency.png'
+set title 'Open loop, 1:1 pairs: send-to-deliver latency vs offered load'
+set xlabel 'offered load (messages/s)'
+set ylabel 'latency (ms, log scale)'
+set logscale y
+set key top left
+set grid
+plot %s
+""" % (pngdir, plot))
+        made.append("sweep-latency.png")
+    # Latency distributions of the closed-loop pairs and the group runs.
+    for scen, hist, title in (
+            ("pairs", "deliver_us", "1:1 pairs (closed loop)"),
+            ("group", "deliver_us", "group, every delivery"),
+            ("group", "last_member_us", "group, last member")):
+        got = []
+        for t in TARGETS:
+            p = os.path.join(results, "csv", "%s-%s-r1-latency.csv"
+                             % (scen, t))
+            if not os.path.exists(p):
+                continue
+            with open(p) as f:
+                rows = list(csv.DictReader(f))
+            dat = os.path.join(data, "%s-%s-%s.dat" % (scen, t, hist))
+            with open(dat, "w") as f:
+                for r in rows:
+                    pc = float(r["percentile"])
+                    if pc >= 100 or float(r[hist]) <= 0:
+                        continue
+                    f.write("%g %.3f\n" % (100.0 / (100.0 - pc),
+                                           float(r[hist]) / 1e3))
+            got.append((t, dat))
+        if not got:
+            continue
+        name = "%s-%s.png" % (scen, hist.replace("_us", ""))
+        plot = ", ".join("'%s' using 1:2 with linespoints lw 2 title '%s'"
+                         % (dat, NAMES[t]) for t, dat in got)
+        gnuplot("""set terminal pngcairo size 900,560 font ',10'
+set output '%s/%s'
+set title 'Latency by percentile: %s (round 1)'
+set xlabel 'percentile'
+set ylabel 'latency (ms, log scale)'
+set logscale xy
+set xtics ('0%%%%' 1, '50%%%%' 2, '90%%%%' 10, '99%%%%' 100, '99.9%%%%' 1000, '99.99%%%%' 10000, '99.999%%%%' 100000)
+set key top left
+set grid
+plot %s
+""" % (pngdir, name, title, plot))
+        made.append(name)
+    return made
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--machine", required=True)
+    ap.add_argument("--commands", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--duration", default="10")
+    ap.add_argument("--quick", default="0")
+    a = ap.parse_args()
+    runs = load(a.results)
+    made = plots(runs, a.results, a.out)
+    with open(a.machine) as f:
+        machine = f.read().strip()
+    with open(a.commands) as f:
+        commands = f.read().strip()
+
+    errors = sum(d.get("errors", 0) for d in runs.values())
+    md = []
+    w = md.append
+    w("# Benchmarks: imchatd and mosquitto on one machine\n")
+    w("Generated by `scripts/bench.sh%s` (imchat-bench, `hosts/bench/`). "
+      "Every figure is the median of %d round(s) of %s s; the values of "
+      "each round follow in parentheses. Servers and load generator share "
+      "the machine and talk over loopback.\n"
+      % (" --quick" if a.quick == "1" else "", a.rounds, a.duration))
+    w("## Machine\n")
+    w("```\n%s\n```\n" % machine)
+    w("## Notes\n")
+    w("- **Noisy figures.** This run shared the 2 cores with other "
+      "engineers' compilations and test runs (see the load average above), "
+      "and the server, the broker and the load generator also share them. "
+      "Treat differences under ~30 %% as noise; a run on a quiet machine "
+      "will replace these figures.\n"
+      "- What is compared: imchatd speaks WebSocket + protobuf with JWT "
+      "authentication, assigns a per-conversation sequence number, "
+      "deduplicates, appends every message to its conversation's history "
+      "in SQLite and tracks delivery acknowledgements; mosquitto "
+      "(persistence off) forwards MQTT QoS 1 publishes from memory. "
+      "MQTT over WebSocket is the closest transport to imchat's; MQTT over "
+      "TCP is shown for reference.\n"
+      "- Mapping: a 1:1 message is an MQTT publish to the topic `u/<user>` "
+      "the peer subscribed to; a group is one topic `g/<group>`; SendAck "
+      "corresponds to PUBACK. The offline scenario has no MQTT counterpart "
+      "here (the broker runs without persistence) and is imchatd only.\n"
+      "- Latency is measured from the *intended* send time in open-loop "
+      "runs (no coordinated omission) and from the actual send time in "
+      "closed-loop runs; percentiles come from a log-linear histogram "
+      "accurate to 0.1 %%. Throughput counts deliveries received during "
+      "the measured window.\n"
+      "- RSS per connection is (server RSS with every connection "
+      "authenticated − RSS before connecting) / connections: user-space "
+      "memory only (the kernel's socket buffers are not in RSS).\n"
+      "- imchatd runs with `--rate-limit 1000000 --rate-burst 1000000` so "
+      "that the per-connection send limit (100/s by default) does not cap "
+      "the load; everything else is at its defaults.\n"
+      "- Read throughput next to the server's CPU: a server that stops "
+      "keeping up while using well under one core is waiting (on the disk, "
+      "a lock or a queue), not computing. In open-loop runs compare "
+      "delivered/s with the offered rate: the difference is what the "
+      "server did not deliver within the run and its drain time.\n"
+      "- Errors counted over all runs: %d (see `errors` in each JSON).\n"
+      % errors)
+
+    w("## Idle connections\n")
+    w(table(runs, "idle", [
+        ("connections held", "connect.ok", "", None),
+        ("time to connect all (s)", "connect.seconds", "", "lower is better"),
+        ("server RSS per connection (bytes)", "server.rss_bytes_per_conn", "",
+         "lower is better"),
+    ]))
+    w(table(runs, "idle", [
+        ("connect + authenticate p50 (µs)", "latency_us.connect.p50", "",
+         "lower is better"),
+        ("connect + authenticate p99 (µs)", "latency_us.connect.p99", "",
+         "lower is better"),
+        ("server RSS, all connected (KiB)", "server.rss_kb_connected", "",
+         "lower is better"),
+    ]))
+    w("## 1:1 pairs, closed loop\n")
+    w("Each pair keeps one message in flight: a delivery to one side "
+      "triggers that side's next message to the other.\n")
+    w(table(runs, "pairs", [
+        ("connections", "connections", "", None),
+        ("delivered/s", "delivered_per_s", "", "higher is better"),
+        ("send→deliver p50 (µs)", "latency_us.deliver.p50", "",
+         "lower is better"),
+        ("send→deliver p90 (µs)", "latency_us.deliver.p90", "", None),
+        ("send→deliver p99 (µs)", "latency_us.deliver.p99", "",
+         "lower is better"),
+        ("send→deliver p99.9 (µs)", "latency_us.deliver.p999", "", None),
+        ("send→deliver max (µs)", "latency_us.deliver.max", "", None),
+        ("SendAck / PUBACK p50 (µs)", "latency_us.send_ack.p50", "", None),
+        ("server CPU (% of one core)", "server.cpu_pct", "", None),
+        ("server RSS max (KiB)", "server.rss_kb_max", "", None),
+    ]))
+    w("![latency by percentile](bench/pairs-deliver.png)\n")
+    w("## Group fan-out, open loop\n")
+    w("One group; member 0 sends at a fixed rate, every other member "
+      "receives every message (deliveries/s = rate × (members − 1)).\n")
+    w(table(runs, "group", [
+        ("members", "members", "", None),
+        ("messages sent", "sent", "", None),
+        ("deliveries/s", "delivered_per_s", "", "higher is better"),
+        ("deliveries expected", "expected", "", None),
+        ("deliveries received", "delivered", "", None),
+        ("per-delivery p50 (µs)", "latency_us.deliver.p50", "",
+         "lower is better"),
+        ("per-delivery p99 (µs)", "latency_us.deliver.p99", "",
+         "lower is better"),
+        ("last member p50 (µs)", "latency_us.last_member.p50", "",
+         "lower is better"),
+        ("last member p99 (µs)", "latency_us.last_member.p99", "", None),
+        ("SendAck / PUBACK p50 (µs)", "latency_us.send_ack.p50", "", None),
+        ("server CPU (% of one core)", "server.cpu_pct", "", None),
+    ]))
+    w("![group latency](bench/group-deliver.png)\n")
+    w("![group last member](bench/group-last_member.png)\n")
+    w("## Offline inbox (imchatd only)\n")
+    w("Senders message users that are not connected (closed loop, 4 in "
+      "flight per sender, until `DeliveryStatus STORED`); then every "
+      "recipient pages through `GET /offline` (protobuf, 1000 per page).\n")
+    w(table(runs, "offline", [
+        ("senders", "connections", "", None),
+        ("stored/s", "offline.stored_per_s", "", None),
+        ("send→STORED p50 (µs)", "latency_us.status.p50", "", None),
+        ("send→STORED p99 (µs)", "latency_us.status.p99", "", None),
+        ("messages fetched", "offline.fetched", "", None),
+        ("fetched/s", "offline.fetched_per_s", "", None),
+        ("server CPU (% of one core)", "server.cpu_pct", "", None),
+    ], targets=["imchat"]))
+    w("## Open-loop sweep (1:1 pairs)\n")
+    w("A fixed total rate spread over the pairs; latency from the intended "
+      "send time, so a server that falls behind shows its queueing.\n")
+    sweep = {}
+    for label, doc in runs.items():
+        m = re.match(r"sweep-(.+)-(\d+)$", label)
+        if m:
+            sweep.setdefault(int(m.group(2)), {})[m.group(1)] = doc
+    if sweep:
+        ts = [t for t in TARGETS if any(t in v for v in sweep.values())]
+        w("| offered/s | " + " | ".join(
+            "%s delivered/s | p50 / p99 (ms)" % NAMES[t] for t in ts) + " |")
+        w("|---|" + "---|---|" * len(ts))
+        for rate in sorted(sweep):
+            row = ["%d" % rate]
+            for t in ts:
+                d = sweep[rate].get(t)
+                if not d:
+                    row += ["–", "–"]
+                    continue
+                lat = d["latency_us"]["deliver"]
+                row += [fmt(d["delivered_per_s"]), "%s / %s" % (
+                    fmt(lat["p50"] / 1e3), fmt(lat["p99"] / 1e3))]
+            w("| " + " | ".join(row) + " |")
+        w("")
+    for p in made:
+        if p.startswith("sweep"):
+            w("![%s](bench/%s)\n" % (p[:-4], p))
+    w("## Commands\n")
+    w("Each run starts a fresh server (imchatd: `imchatd --listen "
+      "127.0.0.1:0 --data-dir $TMP/... --jwt-secret-file $TMP/jwt.secret "
+      "--admin-token $ADMIN_TOKEN --rate-limit 1000000 --rate-burst "
+      "1000000`; mosquitto: `mosquitto -c $TMP/mosquitto.conf` with a TCP "
+      "and a `protocol websockets` listener on loopback, "
+      "`allow_anonymous true`, `persistence false`), then:\n")
+    w("```\n%s\n```\n" % commands)
+    with open(os.path.join(a.out, "benchmarks.md"), "w") as f:
+        f.write("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
