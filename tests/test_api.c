@@ -516,7 +516,9 @@ static void one_message(void) {
                "text/plain; \"x\"",
                T0,
                "c\"1\\\n\x01\xc3\xa9",
-               "phone"};
+               "phone",
+               "",
+               0};
   H.st.msgs[0] = m;
   H.st.cursors[0] = 5;
   H.st.n = 1;
@@ -558,9 +560,10 @@ START_TEST(offline_json) {
 END_TEST
 
 START_TEST(offline_many_and_has_more) {
-  imc_msg a = {"m-1", "g:team", 1, "bob", "", "team", NULL, 0, "", 1, "", ""};
+  imc_msg a = {"m-1", "g:team", 1, "bob", "", "team", NULL,
+               0,     "",       1, "",    "", "",     0};
   imc_msg b = {"m-2", "g:team", 2, "bob", "", "team", (const uint8_t *)"abc",
-               3,     "",       2, "",    ""};
+               3,     "",       2, "",    "", "",     0};
   H.st.msgs[0] = a;
   H.st.msgs[1] = b;
   H.st.cursors[0] = 10;

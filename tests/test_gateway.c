@@ -1050,7 +1050,7 @@ END_TEST
 static imc_msg test_msg(const char *id) {
   imc_msg m = {
       id, "p:alice:bob", 3,  "bob", "alice", "", (const uint8_t *)"hey",
-      3,  "text/plain",  T0, "c-9", "phone"};
+      3,  "text/plain",  T0, "c-9", "phone", "", 0};
   return m;
 }
 

@@ -579,10 +579,20 @@ END_TEST
 
 static imc_msg last_msg(void) {
   Imchat__V1__Message *pm = job(0)->message;
-  imc_msg m = {pm->msg_id,     pm->conversation_id, pm->seq,
-               pm->from_user,  pm->to_user,         pm->group_id,
-               pm->body.data,  pm->body.len,        pm->content_type,
-               pm->sent_at_ms, pm->client_msg_id,   pm->from_device};
+  imc_msg m = {.msg_id = pm->msg_id,
+               .conversation_id = pm->conversation_id,
+               .seq = pm->seq,
+               .from_user = pm->from_user,
+               .to_user = pm->to_user,
+               .group_id = pm->group_id,
+               .body = pm->body.data,
+               .body_len = pm->body.len,
+               .content_type = pm->content_type,
+               .sent_at_ms = pm->sent_at_ms,
+               .client_msg_id = pm->client_msg_id,
+               .from_device = pm->from_device,
+               .from_node = job(0)->from_node,
+               .from_conn_id = job(0)->from_conn_id};
   return m;
 }
 
@@ -604,6 +614,41 @@ START_TEST(delivered_status_once) {
   ck_assert_int_eq(M.n_statuses, 1);
   /* The sender's own other device ACKing is not a delivery. */
   ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_DELIVERED), 1);
+}
+END_TEST
+
+/* The message says where the sender sent from: its status needs no
+ * registry lookup, even when the registry would say otherwise. */
+START_TEST(status_goes_to_from_node) {
+  add_entry("alice", "phone", "n9");
+  send1("alice", "bob", "c1");
+  ck_assert_str_eq(job(0)->from_node, "n1");
+  ck_assert_uint_eq(job(0)->from_conn_id, 1);
+  imc_msg m = last_msg();
+  int lookups = M.n_lookups;
+  imc_router_delivered(R, &m, "bob", "phone");
+  settle();
+  ck_assert_int_eq(M.n_lookups, lookups);
+  ck_assert_int_eq(M.n_statuses, 1);
+  ck_assert_str_eq(M.statuses[0], "n1 alice phone DELIVERED bob");
+}
+END_TEST
+
+/* A message that lost its node (from_node ""): the registry finds it. */
+START_TEST(status_falls_back_to_lookup) {
+  add_entry("alice", "phone", "n9");
+  add_entry("alice", "laptop", "n8");
+  send1("alice", "bob", "c1");
+  imc_msg m = last_msg();
+  m.from_node = "";
+  m.from_conn_id = 0;
+  int lookups = M.n_lookups;
+  const char *users[] = {"bob"};
+  imc_router_persisted(R, &m, 1, users, 1);
+  settle();
+  ck_assert_int_eq(M.n_lookups, lookups + 1);
+  ck_assert_int_eq(M.n_statuses, 1);
+  ck_assert_str_eq(M.statuses[0], "n9 alice phone STORED bob");
 }
 END_TEST
 
@@ -927,9 +972,20 @@ START_TEST(alloc_failures) {
       settle();
       if (rv == 0) {
         ck_assert_int_eq(A.calls, 1);
-        imc_msg m = {
-            "m1", "p:alice:bob", 1,  "alice", "bob",  "", (const uint8_t *)"x",
-            1,    "text/plain",  T0, "c1",    "phone"};
+        imc_msg m = {.msg_id = "m1",
+                     .conversation_id = "p:alice:bob",
+                     .seq = 1,
+                     .from_user = "alice",
+                     .to_user = "bob",
+                     .group_id = "",
+                     .body = (const uint8_t *)"x",
+                     .body_len = 1,
+                     .content_type = "text/plain",
+                     .sent_at_ms = T0,
+                     .client_msg_id = "c1",
+                     .from_device = "phone",
+                     .from_node = "n1",
+                     .from_conn_id = 1};
         imc_router_undelivered(R, &m, "bob");
         settle();
         imc_router_delivered(R, &m, "bob", "phone");
@@ -1076,6 +1132,8 @@ static Suite *router_suite(void) {
     tcase_add_test(t, resend_dedup);
     tcase_add_test(t, message_to_self);
     tcase_add_test(t, delivered_status_once);
+    tcase_add_test(t, status_goes_to_from_node);
+    tcase_add_test(t, status_falls_back_to_lookup);
     tcase_add_test(t, own_device_ack_is_not_delivery);
     tcase_add_test(t, stored_status_offline);
     tcase_add_test(t, history_only_is_not_stored);

@@ -59,6 +59,13 @@ typedef struct imc_msg {
   int64_t sent_at_ms;
   const char *client_msg_id;
   const char *from_device;
+  /*
+   * Routing metadata, not part of the wire Message: the gateway node and
+   * connection the sender sent from, so its DeliveryStatus needs no
+   * registry lookup. "" / 0 when unknown.
+   */
+  const char *from_node;
+  uint64_t from_conn_id;
 } imc_msg;
 
 /* ------------------------------------------------------------------ */

@@ -49,6 +49,8 @@ void imc_msg_from_pb(imc_msg *m, const Imchat__V1__Message *pm) {
   m->sent_at_ms = pm->sent_at_ms;
   m->client_msg_id = pm->client_msg_id;
   m->from_device = pm->from_device;
+  m->from_node = ""; /* not on the wire */
+  m->from_conn_id = 0;
 }
 
 int imc_pb_pack_server_frame(const Imchat__V1__ServerFrame *f,

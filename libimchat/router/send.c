@@ -27,6 +27,7 @@
 #define PENDING_TTL_S 60 /* a claim whose send never finished */
 #define CLIENT_ID_MAX 128
 #define CONTENT_TYPE_MAX 128
+#define NODE_ID_MAX 255
 
 /* A recipient of a send: its online nodes, once looked up. */
 typedef struct target {
@@ -512,14 +513,20 @@ int imc_router_send(imc_router *r, const imc_send_req *req, imc_send_cb done,
   const char *to = req->to_user ? req->to_user : "";
   const char *group = req->group_id ? req->group_id : "";
   const char *ct = req->content_type ? req->content_type : "";
-  size_t lens[6] = {strlen(req->from_user),
+  /* The sender's node rides along for its DeliveryStatus; one that could
+   * not be passed on safely is dropped (the status then looks it up). */
+  const char *node = req->node_id ? req->node_id : "";
+  if (!valid_text(node, NODE_ID_MAX, 0))
+    node = "";
+  size_t lens[7] = {strlen(req->from_user),
                     strlen(to),
                     strlen(group),
                     strlen(ct),
                     strlen(req->client_msg_id),
-                    strlen(req->from_device)};
+                    strlen(req->from_device),
+                    strlen(node)};
   size_t total = req->body_len;
-  for (int i = 0; i < 6; i++)
+  for (int i = 0; i < 7; i++)
     total += lens[i] + 1;
   char *blk = imc_malloc(&r->mem, total);
   if (blk == NULL) {
@@ -527,17 +534,19 @@ int imc_router_send(imc_router *r, const imc_send_req *req, imc_send_cb done,
     return IMC_ERR_NOMEM;
   }
   op->blk = blk;
-  const char *src[6] = {req->from_user,  to, group, ct, req->client_msg_id,
-                        req->from_device};
-  const char **dst[6] = {&op->msg.from_user,     &op->msg.to_user,
+  const char *src[7] = {req->from_user,   to,  group, ct, req->client_msg_id,
+                        req->from_device, node};
+  const char **dst[7] = {&op->msg.from_user,     &op->msg.to_user,
                          &op->msg.group_id,      &op->msg.content_type,
-                         &op->msg.client_msg_id, &op->msg.from_device};
+                         &op->msg.client_msg_id, &op->msg.from_device,
+                         &op->msg.from_node};
   char *p = blk;
-  for (int i = 0; i < 6; i++) {
+  for (int i = 0; i < 7; i++) {
     memcpy(p, src[i], lens[i] + 1);
     *dst[i] = p;
     p += lens[i] + 1;
   }
+  op->msg.from_conn_id = node[0] ? req->conn_id : 0;
   if (req->body_len)
     memcpy(p, req->body, req->body_len);
   op->msg.body = (const uint8_t *)p;

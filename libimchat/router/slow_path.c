@@ -19,6 +19,8 @@ int imc_rt_pack_job(imc_router *r, const imc_msg *m, int history,
   job.history = history != 0;
   job.n_inbox_users = n;
   job.inbox_users = (char **)users;
+  job.from_node = (char *)(m->from_node ? m->from_node : "");
+  job.from_conn_id = m->from_conn_id;
   size_t len = imchat__v1__offline_job__get_packed_size(&job);
   uint8_t *buf = imc_malloc(&r->mem, len ? len : 1);
   if (buf == NULL)

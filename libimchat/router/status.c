@@ -102,6 +102,18 @@ void imc_rt_send_status(imc_router *r, const imc_msg *m,
     return;
   r->stats[state == IMC_DELIVERED ? IMC_RT_STAT_DELIVERED
                                   : IMC_RT_STAT_STORED]++;
+  /* The message knows the node the sender sent it from: no registry
+   * round trip. A message from a path that lost it (a gateway reporting
+   * over gRPC, say) falls back to looking the sender up. */
+  if (m->from_node != NULL && m->from_node[0] != '\0') {
+    r->pending++;
+    int rv = r->o.gwlink.status(r->o.gwlink_ud, m->from_node, m->from_user,
+                                m->from_device, m->msg_id, m->client_msg_id,
+                                state, recipient, status_sent, r);
+    if (rv != 0)
+      status_sent(r, rv);
+    return;
+  }
   statusop *op = imc_malloc(&r->mem, sizeof(*op));
   imc_msg *copy = op ? imc_msg_dup(&r->mem, m) : NULL;
   if (copy == NULL) {

@@ -4,12 +4,13 @@
 
 #include <string.h>
 
-#define N_STRINGS 8
+#define N_STRINGS 9
 
 static void strings_of(const imc_msg *m, const char *s[N_STRINGS]) {
   const char *v[N_STRINGS] = {
-      m->msg_id,   m->conversation_id, m->from_user,     m->to_user,
-      m->group_id, m->content_type,    m->client_msg_id, m->from_device};
+      m->msg_id,        m->conversation_id, m->from_user,
+      m->to_user,       m->group_id,        m->content_type,
+      m->client_msg_id, m->from_device,     m->from_node};
   for (int i = 0; i < N_STRINGS; i++)
     s[i] = v[i] ? v[i] : "";
 }
@@ -27,10 +28,10 @@ void imc_msg_copy(imc_msg *dst, char *buf, const imc_msg *m) {
   const char *s[N_STRINGS];
   strings_of(m, s);
   *dst = *m;
-  const char **d[N_STRINGS] = {&dst->msg_id,        &dst->conversation_id,
-                               &dst->from_user,     &dst->to_user,
-                               &dst->group_id,      &dst->content_type,
-                               &dst->client_msg_id, &dst->from_device};
+  const char **d[N_STRINGS] = {
+      &dst->msg_id,        &dst->conversation_id, &dst->from_user,
+      &dst->to_user,       &dst->group_id,        &dst->content_type,
+      &dst->client_msg_id, &dst->from_device,     &dst->from_node};
   for (int i = 0; i < N_STRINGS; i++) {
     size_t l = strlen(s[i]) + 1;
     memcpy(buf, s[i], l);

@@ -556,6 +556,8 @@ static void do_decode(imc_worker *w, batch *b) {
       continue;
     }
     imc_msg_from_pb(&j->msg, j->pb->message);
+    j->msg.from_node = j->pb->from_node; /* routing metadata of the job */
+    j->msg.from_conn_id = j->pb->from_conn_id;
     j->state = J_OK;
     b->n_ok++;
   }
