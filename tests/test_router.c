@@ -9,6 +9,7 @@
 #include "testutil.h"
 
 #include <check.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -459,16 +460,17 @@ static void answered(void *ud, int status, const imc_send_result *res,
 static int send_full(const char *from, const char *device, const char *to,
                      const char *group, const char *cmid, const char *body,
                      const char *ctype) {
-  imc_send_req q = {from,
-                    device,
-                    "n1",
-                    1,
-                    cmid,
-                    to ? to : "",
-                    group ? group : "",
-                    (const uint8_t *)body,
-                    strlen(body),
-                    ctype};
+  imc_send_req q = {.struct_size = sizeof(q),
+                    .from_user = from,
+                    .from_device = device,
+                    .node_id = "n1",
+                    .conn_id = 1,
+                    .client_msg_id = cmid,
+                    .to_user = to ? to : "",
+                    .group_id = group ? group : "",
+                    .body = (const uint8_t *)body,
+                    .body_len = strlen(body),
+                    .content_type = ctype};
   memset(&A, 0, sizeof(A));
   ck_assert_int_eq(imc_router_send(R, &q, answered, NULL), 0);
   settle();
@@ -579,7 +581,8 @@ END_TEST
 
 static imc_msg last_msg(void) {
   Imchat__V1__Message *pm = job(0)->message;
-  imc_msg m = {.msg_id = pm->msg_id,
+  imc_msg m = {.struct_size = sizeof(m),
+               .msg_id = pm->msg_id,
                .conversation_id = pm->conversation_id,
                .seq = pm->seq,
                .from_user = pm->from_user,
@@ -649,6 +652,45 @@ START_TEST(status_falls_back_to_lookup) {
   ck_assert_int_eq(M.n_lookups, lookups + 1);
   ck_assert_int_eq(M.n_statuses, 1);
   ck_assert_str_eq(M.statuses[0], "n9 alice phone STORED bob");
+}
+END_TEST
+
+/* Callers built against an older header: members past their
+ * struct_size are absent. */
+START_TEST(struct_size_respected) {
+  imc_send_req q = {.struct_size = sizeof(q),
+                    .from_user = "alice",
+                    .from_device = "phone",
+                    .node_id = "n1",
+                    .conn_id = 7,
+                    .client_msg_id = "c1",
+                    .to_user = "bob",
+                    .group_id = "",
+                    .body = (const uint8_t *)"hi",
+                    .body_len = 2,
+                    .content_type = "text/plain"};
+  /* No struct_size: no sender. */
+  q.struct_size = 0;
+  ck_assert_int_eq(imc_router_send(R, &q, answered, NULL),
+                   IMC_ERR_INVALID_ARGUMENT);
+  /* Everything up to content_type, nothing after. */
+  q.struct_size = (uint32_t)offsetof(imc_send_req, content_type);
+  memset(&A, 0, sizeof(A));
+  ck_assert_int_eq(imc_router_send(R, &q, answered, NULL), 0);
+  settle();
+  ck_assert_int_eq(A.status, 0);
+  ck_assert_str_eq(job(0)->message->content_type, "");
+  ck_assert_str_eq(job(0)->from_node, "n1");
+  /* A message from before from_node: the status looks the sender up. */
+  add_entry("alice", "phone", "n9");
+  imc_msg m = last_msg();
+  m.struct_size = (uint32_t)offsetof(imc_msg, from_node);
+  int lookups = M.n_lookups;
+  imc_router_delivered(R, &m, "bob", "phone");
+  settle();
+  ck_assert_int_eq(M.n_lookups, lookups + 1);
+  ck_assert_int_eq(M.n_statuses, 1);
+  ck_assert_str_eq(M.statuses[0], "n9 alice phone DELIVERED bob");
 }
 END_TEST
 
@@ -960,9 +1002,17 @@ START_TEST(alloc_failures) {
       M.n_jobs = M.n_delivers = M.n_statuses = M.n_reg = 0;
       M.n_dedup = M.n_seq = 0;
       add_entry("bob", "phone", "n1");
-      imc_send_req q = {"alice", "phone",     "n1", 1,
-                        "c1",    "bob",       "",   (const uint8_t *)"x",
-                        1,       "text/plain"};
+      imc_send_req q = {.struct_size = sizeof(q),
+                        .from_user = "alice",
+                        .from_device = "phone",
+                        .node_id = "n1",
+                        .conn_id = 1,
+                        .client_msg_id = "c1",
+                        .to_user = "bob",
+                        .group_id = "",
+                        .body = (const uint8_t *)"x",
+                        .body_len = 1,
+                        .content_type = "text/plain"};
       char cmid[32];
       snprintf(cmid, sizeof(cmid), "c%ld", i);
       q.client_msg_id = cmid;
@@ -972,7 +1022,8 @@ START_TEST(alloc_failures) {
       settle();
       if (rv == 0) {
         ck_assert_int_eq(A.calls, 1);
-        imc_msg m = {.msg_id = "m1",
+        imc_msg m = {.struct_size = sizeof(m),
+                     .msg_id = "m1",
                      .conversation_id = "p:alice:bob",
                      .seq = 1,
                      .from_user = "alice",
@@ -1046,9 +1097,17 @@ START_TEST(many_sends_in_flight) {
   for (int i = 0; i < N; i++) {
     char cmid[16];
     snprintf(cmid, sizeof(cmid), "m%d", i);
-    imc_send_req q = {from[i % 4], "phone",     "n1", 1,
-                      cmid,        to[i % 4],   "",   (const uint8_t *)"hi",
-                      2,           "text/plain"};
+    imc_send_req q = {.struct_size = sizeof(q),
+                      .from_user = from[i % 4],
+                      .from_device = "phone",
+                      .node_id = "n1",
+                      .conn_id = 1,
+                      .client_msg_id = cmid,
+                      .to_user = to[i % 4],
+                      .group_id = "",
+                      .body = (const uint8_t *)"hi",
+                      .body_len = 2,
+                      .content_type = "text/plain"};
     ck_assert_int_eq(imc_router_send(R, &q, answered_into, &ans[i]), 0);
   }
   if (M.deferred)
@@ -1097,9 +1156,17 @@ END_TEST
 START_TEST(group_add_during_members_load) {
   members3();
   M.deferred = 1;
-  imc_send_req q = {"dave", "x",         "n1",   1,
-                    "c1",   "",          "team", (const uint8_t *)"hi",
-                    2,      "text/plain"};
+  imc_send_req q = {.struct_size = sizeof(q),
+                    .from_user = "dave",
+                    .from_device = "x",
+                    .node_id = "n1",
+                    .conn_id = 1,
+                    .client_msg_id = "c1",
+                    .to_user = "",
+                    .group_id = "team",
+                    .body = (const uint8_t *)"hi",
+                    .body_len = 2,
+                    .content_type = "text/plain"};
   answer first = {0}, second = {0};
   ck_assert_int_eq(imc_router_send(R, &q, answered_into, &first), 0);
   ck_assert_int_eq(M.n_comps, 1); /* the members load, without dave */
@@ -1134,6 +1201,7 @@ static Suite *router_suite(void) {
     tcase_add_test(t, delivered_status_once);
     tcase_add_test(t, status_goes_to_from_node);
     tcase_add_test(t, status_falls_back_to_lookup);
+    tcase_add_test(t, struct_size_respected);
     tcase_add_test(t, own_device_ack_is_not_delivery);
     tcase_add_test(t, stored_status_offline);
     tcase_add_test(t, history_only_is_not_stored);

@@ -125,11 +125,13 @@ IMC_EXTERN void imc_router_set_user_data(imc_router *r, void *ud);
 IMC_EXTERN void *imc_router_get_user_data(const imc_router *r);
 
 /*
- * Routes one message. done runs once with the SendAck fields or an error:
+ * Routes one message; req->struct_size must be set (see imc_send_req).
+ * done runs once with the SendAck fields or an error:
  * IMC_ERR_INVALID_ARGUMENT (bad ids), IMC_ERR_TOO_LARGE, IMC_ERR_FORBIDDEN
  * (not a member of the group), IMC_ERR_BLOCKED (filter), IMC_ERR_UNAVAILABLE
  * (a backend failed; the client may resend). Returns 0 or
- * IMC_ERR_INVALID_ARGUMENT / IMC_ERR_NOMEM (done is not called then).
+ * IMC_ERR_INVALID_ARGUMENT (no sender: NULL strings, or a struct_size
+ * that does not cover them) / IMC_ERR_NOMEM (done is not called then).
  */
 IMC_EXTERN int imc_router_send(imc_router *r, const imc_send_req *req,
                                imc_send_cb done, void *done_ud);

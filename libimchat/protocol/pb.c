@@ -37,6 +37,7 @@ void imc_pb_from_msg(Imchat__V1__Message *pm, const imc_msg *m) {
 }
 
 void imc_msg_from_pb(imc_msg *m, const Imchat__V1__Message *pm) {
+  m->struct_size = sizeof(*m);
   m->msg_id = pm->msg_id;
   m->conversation_id = pm->conversation_id;
   m->seq = pm->seq;

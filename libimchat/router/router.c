@@ -7,6 +7,8 @@
 
 #include <imchat/worker.h>
 
+#include "util/msg.h"
+
 #include <openssl/rand.h>
 
 #include <string.h>
@@ -24,6 +26,8 @@ void imc_router_delivered(imc_router *r, const imc_msg *msg,
                           const char *user_id, const char *device_id) {
   if (r == NULL || msg == NULL || user_id == NULL)
     return;
+  imc_msg view; /* members past the caller's struct_size read as absent */
+  msg = imc_msg_view(&view, msg);
   (void)device_id;
   if (!imc_rt_is_group(msg) && strcmp(user_id, msg->to_user) == 0)
     imc_rt_send_status(r, msg, IMC_DELIVERED, user_id);
@@ -33,6 +37,8 @@ void imc_router_undelivered(imc_router *r, const imc_msg *msg,
                             const char *user_id) {
   if (r == NULL || msg == NULL || user_id == NULL)
     return;
+  imc_msg view;
+  msg = imc_msg_view(&view, msg);
   /* The sender's other devices catch up from the history, not the inbox. */
   if (strcmp(user_id, msg->from_user) == 0 &&
       (imc_rt_is_group(msg) || strcmp(user_id, msg->to_user) != 0))
@@ -45,6 +51,8 @@ void imc_router_persisted(void *router, const imc_msg *msg, int history,
   imc_router *r = router;
   if (r == NULL || msg == NULL)
     return;
+  imc_msg view;
+  msg = imc_msg_view(&view, msg);
   if (imc_rt_is_group(msg)) {
     if (history)
       imc_rt_send_status(r, msg, IMC_STORED, "");

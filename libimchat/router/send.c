@@ -19,6 +19,7 @@
 #include "router/router_int.h"
 
 #include "queue.pb-c.h"
+#include "util/vtbl.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -491,10 +492,15 @@ static void new_msg_id(imc_router *r, int64_t wall, char out[33]) {
            ++r->counter & UINT64_C(0xffffffffffff));
 }
 
-int imc_router_send(imc_router *r, const imc_send_req *req, imc_send_cb done,
-                    void *done_ud) {
-  if (r == NULL || req == NULL || done == NULL || req->from_user == NULL ||
-      req->from_device == NULL)
+int imc_router_send(imc_router *r, const imc_send_req *caller_req,
+                    imc_send_cb done, void *done_ud) {
+  if (r == NULL || caller_req == NULL || done == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  /* Members past the caller's struct_size are absent (NULL / 0). */
+  imc_send_req view;
+  imc_vtbl_copy(&view, sizeof(view), caller_req, caller_req->struct_size);
+  const imc_send_req *req = &view;
+  if (req->from_user == NULL || req->from_device == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
   const char *why = NULL;
   int rv = validate(r, req, &why);
@@ -509,6 +515,7 @@ int imc_router_send(imc_router *r, const imc_send_req *req, imc_send_cb done,
   op->r = r;
   op->done = done;
   op->done_ud = done_ud;
+  op->msg.struct_size = sizeof(op->msg);
   /* The strings of the request, in one block owned by op. */
   const char *to = req->to_user ? req->to_user : "";
   const char *group = req->group_id ? req->group_id : "";

@@ -1,6 +1,7 @@
 #include "util/msg.h"
 
 #include "util/alloc.h"
+#include "util/vtbl.h"
 
 #include <string.h>
 
@@ -15,7 +16,27 @@ static void strings_of(const imc_msg *m, const char *s[N_STRINGS]) {
     s[i] = v[i] ? v[i] : "";
 }
 
+const imc_msg *imc_msg_view(imc_msg *view, const imc_msg *m) {
+  if (m == NULL)
+    return NULL;
+  imc_vtbl_copy(view, sizeof(*view), m, m->struct_size);
+  view->struct_size = sizeof(*view);
+  const char *s[N_STRINGS];
+  strings_of(view, s);
+  const char **d[N_STRINGS] = {
+      &view->msg_id,        &view->conversation_id, &view->from_user,
+      &view->to_user,       &view->group_id,        &view->content_type,
+      &view->client_msg_id, &view->from_device,     &view->from_node};
+  for (int i = 0; i < N_STRINGS; i++)
+    *d[i] = s[i];
+  if (view->body == NULL)
+    view->body_len = 0;
+  return view;
+}
+
 size_t imc_msg_data_size(const imc_msg *m) {
+  imc_msg v;
+  m = imc_msg_view(&v, m);
   const char *s[N_STRINGS];
   strings_of(m, s);
   size_t n = m->body_len;
@@ -25,6 +46,8 @@ size_t imc_msg_data_size(const imc_msg *m) {
 }
 
 void imc_msg_copy(imc_msg *dst, char *buf, const imc_msg *m) {
+  imc_msg v;
+  m = imc_msg_view(&v, m);
   const char *s[N_STRINGS];
   strings_of(m, s);
   *dst = *m;
