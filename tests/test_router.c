@@ -63,6 +63,7 @@ typedef struct mock {
   int n_reg;
   int lookup_fail;
   int n_lookups;
+  int lookups_out, max_lookups_out; /* deferred lookups not yet answered */
   /* seq */
   char seq_keys[16][160];
   uint64_t seq_vals[16];
@@ -102,6 +103,8 @@ static void fire(comp *c) {
     c->cb.done(c->ud, c->status);
     break;
   case C_LOOKUP:
+    if (M.deferred)
+      M.lookups_out--;
     c->cb.lookup(c->ud, c->status, c->entries, c->n);
     break;
   case C_SEQ:
@@ -180,6 +183,8 @@ static int r_lookup(void *ud, const char *user, imc_lookup_cb done,
                     void *done_ud) {
   (void)ud;
   M.n_lookups++;
+  if (M.deferred && ++M.lookups_out > M.max_lookups_out)
+    M.max_lookups_out = M.lookups_out;
   comp c = {.kind = C_LOOKUP, .cb.lookup = done, .ud = done_ud};
   if (M.lookup_fail) {
     c.status = IMC_ERR_UNAVAILABLE;
@@ -1153,6 +1158,24 @@ END_TEST
  * may have read the old list, so a send after the add must not be
  * answered from it.
  */
+/* A group send looks every other member up at once. */
+START_TEST(group_lookups_all_at_once) {
+  static const char *const users[] = {"alice", "bob",  "carol",
+                                      "dave",  "erin", "frank"};
+  int n = 0;
+  for (int i = 0; i < 6; i++)
+    imc_router_group_add(R, "big", users[i], done_ok, &n);
+  settle();
+  add_entry("erin", "phone", "n2");
+  ck_assert_int_eq(
+      send_full("alice", "phone", NULL, "big", "c1", "hi", "text/plain"), 0);
+  ck_assert_int_eq(M.n_lookups, 5);
+  if (M.deferred)
+    ck_assert_int_eq(M.max_lookups_out, 5);
+  ck_assert_uint_eq(job(0)->n_inbox_users, 4); /* all but erin */
+}
+END_TEST
+
 START_TEST(group_add_during_members_load) {
   members3();
   M.deferred = 1;
@@ -1226,6 +1249,7 @@ static Suite *router_suite(void) {
     tcase_add_test(t, group_offline_member);
     tcase_add_test(t, group_membership_cache_invalidated);
     tcase_add_test(t, group_add_during_members_load);
+    tcase_add_test(t, group_lookups_all_at_once);
     suite_add_tcase(s, t);
 
     t = tcase_create(m ? "filter deferred" : "filter");

@@ -32,10 +32,10 @@
 
 /* A recipient of a send: its online nodes, once looked up. */
 typedef struct target {
+  struct sendop *op;
   char *user;
   char **nodes; /* distinct node ids with a device of user */
   size_t n_nodes;
-  int looked_up;
 } target;
 
 typedef struct sendop {
@@ -240,22 +240,16 @@ static void lookups_done(sendop *op) {
     queued(op, rv);
 }
 
-typedef struct lookupctx {
-  sendop *op;
-  size_t index;
-} lookupctx;
-
-static void lookup_done(void *ud, int status, const imc_reg_entry *e,
-                        size_t n) {
-  lookupctx *lc = ud;
-  sendop *op = lc->op;
+/*
+ * Records where t's devices are. A failed lookup leaves t with no node:
+ * with its whereabouts unknown, the inbox is the safe choice. Kept apart
+ * from the completion so that a batched registry lookup can feed it too.
+ */
+static void take_entries(sendop *op, target *t, int status,
+                         const imc_reg_entry *e, size_t n) {
   imc_router *r = op->r;
-  size_t index = lc->index;
-  target *t = &op->targets[index];
-  imc_free(&r->mem, lc);
-  r->pending--;
+  int is_sender = (size_t)(t - op->targets) == op->sender;
   if (status != 0) {
-    /* Unknown whereabouts: the inbox is the safe choice. */
     imc_rt_backend_error(r, "registry: lookup", status);
     n = 0;
   }
@@ -266,7 +260,7 @@ static void lookup_done(void *ud, int status, const imc_reg_entry *e,
     for (size_t j = 0; j < t->n_nodes; j++)
       dup |= strcmp(t->nodes[j], e[i].node_id) == 0;
     /* A device that is the sender itself needs no push. */
-    if (index == op->sender && strcmp(e[i].device_id, op->msg.from_device) == 0)
+    if (is_sender && strcmp(e[i].device_id, op->msg.from_device) == 0)
       dup = 1;
     if (dup)
       continue;
@@ -274,29 +268,41 @@ static void lookup_done(void *ud, int status, const imc_reg_entry *e,
     if (node)
       t->nodes[t->n_nodes++] = node;
   }
+}
+
+/* One lookup (or, later, one batch) is in; the last one moves on. */
+static void lookup_finished(sendop *op) {
   if (--op->waits == 0)
     lookups_done(op);
 }
 
+static void lookup_done(void *ud, int status, const imc_reg_entry *e,
+                        size_t n) {
+  target *t = ud;
+  sendop *op = t->op;
+  op->r->pending--;
+  take_entries(op, t, status, e, n);
+  lookup_finished(op);
+}
+
+/*
+ * Issues every recipient's lookup at once (a group's members included),
+ * with one counter for them all; the target is each lookup's context, so
+ * this allocates nothing. With a batched registry lookup this becomes one
+ * call whose entries are spread over the targets by user_id.
+ */
 static void start_lookups(sendop *op) {
   imc_router *r = op->r;
-  op->waits = op->n_targets + 1;
+  op->waits = op->n_targets + 1; /* held until every lookup is issued */
   for (size_t i = 0; i < op->n_targets; i++) {
-    lookupctx *lc = imc_malloc(&r->mem, sizeof(*lc));
-    if (lc == NULL) {
-      op->waits--;
-      continue;
-    }
-    lc->op = op;
-    lc->index = i;
+    target *t = &op->targets[i];
+    t->op = op;
     r->pending++;
-    int rv = r->o.registry.lookup(r->o.registry_ud, op->targets[i].user,
-                                  lookup_done, lc);
+    int rv = r->o.registry.lookup(r->o.registry_ud, t->user, lookup_done, t);
     if (rv != 0)
-      lookup_done(lc, rv, NULL, 0);
+      lookup_done(t, rv, NULL, 0);
   }
-  if (--op->waits == 0)
-    lookups_done(op);
+  lookup_finished(op);
 }
 
 static void seq_done(void *ud, int status, uint64_t seq) {
