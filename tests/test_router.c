@@ -385,7 +385,6 @@ static const imc_gwlink_vtbl gwlink = {sizeof(imc_gwlink_vtbl), l_deliver,
 
 static test_mem TM;
 static imc_router *R;
-static char filter_path[64];
 
 static void router_make(const char *filter_words, imc_filter_action action) {
   imc_router_options *o;
@@ -399,14 +398,11 @@ static void router_make(const char *filter_words, imc_filter_action action) {
   imc_router_options_set_gwlink(o, &gwlink, NULL);
   imc_router_options_set_clock(o, &M.tc.clock);
   imc_router_options_set_max_body(o, 1000);
-  if (filter_words) {
-    snprintf(filter_path, sizeof(filter_path), "/tmp/imc-words-%d",
-             (int)getpid());
-    FILE *f = fopen(filter_path, "w");
-    fputs(filter_words, f);
-    fclose(f);
-    ck_assert_int_eq(imc_router_options_set_filter(o, filter_path, action), 0);
-  }
+  if (filter_words)
+    ck_assert_int_eq(
+        imc_router_options_set_filter(o, (const uint8_t *)filter_words,
+                                      strlen(filter_words), action),
+        0);
   ck_assert_int_eq(imc_router_new(&R, o, &TM.mem), 0);
   imc_router_options_del(o);
 }
@@ -435,9 +431,6 @@ static void teardown(void) {
   imc_router_del(R);
   for (int i = 0; i < M.n_jobs; i++)
     imchat__v1__offline_job__free_unpacked(M.jobs[i], NULL);
-  if (filter_path[0])
-    unlink(filter_path);
-  filter_path[0] = '\0';
   ck_assert_int_eq(TM.live, 0);
 }
 
@@ -923,6 +916,20 @@ END_TEST
 
 static const char *words = "# blocked words\nbadword\n敏感\n";
 
+START_TEST(filter_not_configured) {
+  ck_assert_int_eq(imc_router_set_filter_words(R, (const uint8_t *)"x\n", 2),
+                   IMC_ERR_NOT_FOUND);
+  imc_router_options *o;
+  ck_assert_int_eq(imc_router_options_new(&o, &TM.mem), 0);
+  ck_assert_int_eq(imc_router_options_set_filter(o, (const uint8_t *)"\xff", 1,
+                                                 IMC_FILTER_REJECT),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_router_options_set_filter(o, (const uint8_t *)"x", 1, 0),
+                   IMC_ERR_INVALID_ARGUMENT);
+  imc_router_options_del(o);
+}
+END_TEST
+
 START_TEST(filter_reject) {
   imc_router_del(R);
   router_make(words, IMC_FILTER_REJECT);
@@ -960,21 +967,28 @@ END_TEST
 START_TEST(filter_reload) {
   imc_router_del(R);
   router_make(words, IMC_FILTER_REJECT);
-  FILE *f = fopen(filter_path, "w");
-  fputs("newword\n", f);
-  fclose(f);
-  ck_assert_int_eq(imc_router_reload_filter(R), 0);
+  static const char fresh[] = "newword\n";
+  ck_assert_int_eq(
+      imc_router_set_filter_words(R, (const uint8_t *)fresh, strlen(fresh)), 0);
   ck_assert_int_eq(
       send_full("alice", "p", "bob", NULL, "c1", "badword", "text/plain"), 0);
   ck_assert_int_eq(
       send_full("alice", "p", "bob", NULL, "c2", "newword", "text/plain"),
       IMC_ERR_BLOCKED);
-  unlink(filter_path);
-  ck_assert_int_ne(imc_router_reload_filter(R), 0);
-  /* The old list stays. */
+  /* A list that is not UTF-8 is refused; the old list stays. */
+  static const char bad[] = "good\nbad\xff\n";
+  ck_assert_int_eq(
+      imc_router_set_filter_words(R, (const uint8_t *)bad, strlen(bad)),
+      IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_router_set_filter_words(R, NULL, 3),
+                   IMC_ERR_INVALID_ARGUMENT);
   ck_assert_int_eq(
       send_full("alice", "p", "bob", NULL, "c3", "newword", "text/plain"),
       IMC_ERR_BLOCKED);
+  /* An empty list blocks nothing. */
+  ck_assert_int_eq(imc_router_set_filter_words(R, NULL, 0), 0);
+  ck_assert_int_eq(
+      send_full("alice", "p", "bob", NULL, "c4", "newword", "text/plain"), 0);
 }
 END_TEST
 
@@ -1257,6 +1271,7 @@ static Suite *router_suite(void) {
     tcase_add_test(t, filter_reject);
     tcase_add_test(t, filter_mask);
     tcase_add_test(t, filter_reload);
+    tcase_add_test(t, filter_not_configured);
     suite_add_tcase(s, t);
   }
   return s;

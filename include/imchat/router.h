@@ -96,25 +96,31 @@ IMC_EXTERN int imc_router_options_set_dedup_ttl_s(imc_router_options *opt,
 IMC_EXTERN int imc_router_options_set_group_cache_ms(imc_router_options *opt,
                                                      uint32_t ms);
 /*
- * Sensitive words: one UTF-8 word per line of path ('#' comments). Applies
- * to bodies whose content_type starts with "text/". Returns 0,
- * IMC_ERR_IO (unreadable), IMC_ERR_INVALID_ARGUMENT or IMC_ERR_NOMEM.
+ * Sensitive words: the len bytes at words (copied; the host reads them
+ * from wherever it keeps them, the library does no file I/O) are the text
+ * of a word list, one UTF-8 word per line; blank lines and lines starting
+ * with '#' are skipped. Applies to bodies whose content_type starts with
+ * "text/". Returns 0, IMC_ERR_INVALID_ARGUMENT (a line is not UTF-8, words
+ * is NULL with len > 0, or a bad action), IMC_ERR_TOO_LARGE or
+ * IMC_ERR_NOMEM; on error the options are unchanged.
  */
 IMC_EXTERN int imc_router_options_set_filter(imc_router_options *opt,
-                                             const char *path,
+                                             const uint8_t *words, size_t len,
                                              imc_filter_action action);
 
 /*
- * Re-reads the filter file (e.g. on SIGHUP). On failure the previous word
- * list stays in force. Returns 0, IMC_ERR_NOT_FOUND (no filter
- * configured), IMC_ERR_IO, IMC_ERR_INVALID_ARGUMENT or IMC_ERR_NOMEM.
+ * Replaces the word list (e.g. on SIGHUP) with the len bytes at words
+ * (borrowed), in the format of imc_router_options_set_filter, keeping
+ * its action. On failure the previous word list stays in force. Returns
+ * 0, IMC_ERR_NOT_FOUND (no filter was configured),
+ * IMC_ERR_INVALID_ARGUMENT, IMC_ERR_TOO_LARGE or IMC_ERR_NOMEM.
  */
-IMC_EXTERN int imc_router_reload_filter(imc_router *r);
+IMC_EXTERN int imc_router_set_filter_words(imc_router *r, const uint8_t *words,
+                                           size_t len);
 
 /*
  * Creates a router. Returns 0, IMC_ERR_INVALID_ARGUMENT (a required
- * vtable is missing, or the filter file cannot be loaded), IMC_ERR_IO or
- * IMC_ERR_NOMEM.
+ * vtable is missing) or IMC_ERR_NOMEM.
  */
 IMC_EXTERN int imc_router_new(imc_router **out, const imc_router_options *opt,
                               const imc_mem *mem);

@@ -3,6 +3,8 @@
 
 #include "util/vtbl.h"
 
+#include <string.h>
+
 int imc_router_options_new(imc_router_options **out, const imc_mem *mem) {
   if (out == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
@@ -25,7 +27,7 @@ void imc_router_options_del(imc_router_options *o) {
   if (o == NULL)
     return;
   imc_mem m = o->mem;
-  imc_free(&m, o->filter_path);
+  imc_free(&m, o->filter_words);
   imc_free(&m, o);
 }
 
@@ -79,21 +81,26 @@ int imc_router_options_set_group_cache_ms(imc_router_options *o, uint32_t ms) {
   return 0;
 }
 
-int imc_router_options_set_filter(imc_router_options *o, const char *path,
-                                  imc_filter_action action) {
-  if (o == NULL || path == NULL ||
+int imc_router_options_set_filter(imc_router_options *o, const uint8_t *words,
+                                  size_t len, imc_filter_action action) {
+  if (o == NULL || (words == NULL && len > 0) ||
       (action != IMC_FILTER_REJECT && action != IMC_FILTER_MASK))
     return IMC_ERR_INVALID_ARGUMENT;
+  /* Built once here so that a bad list is refused now, not at
+   * imc_router_new. */
   imc_filter *f;
-  int rv = imc_filter_load_file(&f, path, &o->mem);
+  int rv = imc_filter_from_words(&f, words, len, &o->mem);
   if (rv != 0)
     return rv;
   imc_filter_del(f);
-  char *p = imc_strdup(&o->mem, path);
-  if (p == NULL)
+  uint8_t *copy = imc_malloc(&o->mem, len ? len : 1);
+  if (copy == NULL)
     return IMC_ERR_NOMEM;
-  imc_free(&o->mem, o->filter_path);
-  o->filter_path = p;
+  if (len)
+    memcpy(copy, words, len);
+  imc_free(&o->mem, o->filter_words);
+  o->filter_words = copy;
+  o->filter_len = len;
   o->filter_action = action;
   return 0;
 }

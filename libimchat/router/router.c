@@ -88,26 +88,22 @@ const imc_upstream_vtbl *imc_router_upstream_vtbl(void) {
 /* Life cycle                                                           */
 /* ------------------------------------------------------------------ */
 
-static int load_filter(imc_router *r, imc_filter **out) {
-  return imc_filter_load_file(out, r->o.filter_path, &r->mem);
-}
-
-int imc_router_reload_filter(imc_router *r) {
-  if (r == NULL)
+int imc_router_set_filter_words(imc_router *r, const uint8_t *words,
+                                size_t len) {
+  if (r == NULL || (words == NULL && len > 0))
     return IMC_ERR_INVALID_ARGUMENT;
-  if (r->o.filter_path == NULL)
-    return IMC_ERR_NOT_FOUND;
+  if (r->filter == NULL)
+    return IMC_ERR_NOT_FOUND; /* no action configured to apply it with */
   imc_filter *f;
-  int rv = load_filter(r, &f);
+  int rv = imc_filter_from_words(&f, words, len, &r->mem);
   if (rv != 0) {
-    rt_log(r, IMC_LOG_WARN, "filter %s: %s; keeping the old list",
-           r->o.filter_path, imc_strerror(rv));
+    rt_log(r, IMC_LOG_WARN, "content filter: %s; keeping the old list",
+           imc_strerror(rv));
     return rv;
   }
   imc_filter_del(r->filter);
   r->filter = f;
-  rt_log(r, IMC_LOG_INFO, "filter %s: %zu words", r->o.filter_path,
-         imc_filter_size(f));
+  rt_log(r, IMC_LOG_INFO, "content filter: %zu words", imc_filter_size(f));
   return 0;
 }
 
@@ -127,11 +123,15 @@ int imc_router_new(imc_router **out, const imc_router_options *opt,
     return IMC_ERR_NOMEM;
   r->mem = *mem;
   r->o = *opt;
-  r->o.filter_path = NULL;
+  r->o.filter_words = NULL; /* the options' copy; r->filter is built */
+  r->o.filter_len = 0;
   int rv = 0;
-  if (opt->filter_path) {
-    r->o.filter_path = imc_strdup(mem, opt->filter_path);
-    rv = r->o.filter_path ? load_filter(r, &r->filter) : IMC_ERR_NOMEM;
+  if (opt->filter_words) {
+    rv = imc_filter_from_words(&r->filter, opt->filter_words, opt->filter_len,
+                               mem);
+    if (rv == 0)
+      rt_log(r, IMC_LOG_INFO, "content filter: %zu words",
+             imc_filter_size(r->filter));
   }
   if (rv == 0)
     rv = imc_members_new(&r->members, mem, &r->o.store, r->o.store_ud,
@@ -154,7 +154,6 @@ void imc_router_del(imc_router *r) {
   imc_filter_del(r->filter);
   imc_rt_retries_free(r);
   imc_rt_seen_free(r);
-  imc_free(&r->mem, r->o.filter_path);
   imc_mem m = r->mem;
   imc_free(&m, r);
 }

@@ -44,7 +44,8 @@ struct imc_router_options {
   imc_logger log;
   size_t max_body;
   uint32_t dedup_ttl_s, group_cache_ms;
-  char *filter_path;
+  uint8_t *filter_words; /* the word list's text; NULL: no filter */
+  size_t filter_len;
   imc_filter_action filter_action;
 };
 
