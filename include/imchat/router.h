@@ -142,7 +142,11 @@ IMC_EXTERN void *imc_router_get_user_data(const imc_router *r);
 IMC_EXTERN int imc_router_send(imc_router *r, const imc_send_req *req,
                                imc_send_cb done, void *done_ud);
 
-/* A device of user_id acknowledged msg. */
+/*
+ * A device of user_id acknowledged msg. The sender's DELIVERED status
+ * goes to msg->from_node, or, when that is "", to wherever the registry
+ * has the sending device.
+ */
 IMC_EXTERN void imc_router_delivered(imc_router *r, const imc_msg *msg,
                                      const char *user_id,
                                      const char *device_id);
