@@ -133,7 +133,8 @@ static int echo_send(void *ud, const imc_send_req *req, imc_send_cb done,
 
   /* Push it to every device of the sender (skip none). The gateway copies
    * the message and waits for each device's DeliverAck. */
-  imc_msg m = {.msg_id = msg_id,
+  imc_msg m = {.struct_size = sizeof(m),
+               .msg_id = msg_id,
                .conversation_id = conversation,
                .seq = n,
                .from_user = "echo",

@@ -383,6 +383,7 @@ END_TEST
 static imc_msg mk(const char *id, const char *conv, uint64_t seq, int64_t sent,
                   const char *body) {
   imc_msg m = {
+      .struct_size = sizeof(m),
       .msg_id = id,
       .conversation_id = conv,
       .seq = seq,

@@ -527,18 +527,19 @@ static void expect_error(int status, const char *code) {
 /* A message with every field set and strings that need escaping. */
 static void one_message(void) {
   static const uint8_t body[] = {'h', 'i', 0x00, 0xff};
-  imc_msg m = {"m-1",
-               "p:alice:bob",
-               7,
-               "alice",
-               "bob",
-               "",
-               body,
-               sizeof(body),
-               "text/plain; \"x\"",
-               T0,
-               "c\"1\\\n\x01\xc3\xa9",
-               "phone"};
+  imc_msg m = {.struct_size = sizeof(imc_msg),
+               .msg_id = "m-1",
+               .conversation_id = "p:alice:bob",
+               .seq = 7,
+               .from_user = "alice",
+               .to_user = "bob",
+               .group_id = "",
+               .body = body,
+               .body_len = sizeof(body),
+               .content_type = "text/plain; \"x\"",
+               .sent_at_ms = T0,
+               .client_msg_id = "c\"1\\\n\x01\xc3\xa9",
+               .from_device = "phone"};
   H.st.msgs[0] = m;
   H.st.cursors[0] = 5;
   H.st.n = 1;
@@ -580,9 +581,32 @@ START_TEST(offline_json) {
 END_TEST
 
 START_TEST(offline_many_and_has_more) {
-  imc_msg a = {"m-1", "g:team", 1, "bob", "", "team", NULL, 0, "", 1, "", ""};
-  imc_msg b = {"m-2", "g:team", 2, "bob", "", "team", (const uint8_t *)"abc",
-               3,     "",       2, "",    ""};
+  imc_msg a = {.struct_size = sizeof(imc_msg),
+               .msg_id = "m-1",
+               .conversation_id = "g:team",
+               .seq = 1,
+               .from_user = "bob",
+               .to_user = "",
+               .group_id = "team",
+               .body = NULL,
+               .body_len = 0,
+               .content_type = "",
+               .sent_at_ms = 1,
+               .client_msg_id = "",
+               .from_device = ""};
+  imc_msg b = {.struct_size = sizeof(imc_msg),
+               .msg_id = "m-2",
+               .conversation_id = "g:team",
+               .seq = 2,
+               .from_user = "bob",
+               .to_user = "",
+               .group_id = "team",
+               .body = (const uint8_t *)"abc",
+               .body_len = 3,
+               .content_type = "",
+               .sent_at_ms = 2,
+               .client_msg_id = "",
+               .from_device = ""};
   H.st.msgs[0] = a;
   H.st.msgs[1] = b;
   H.st.cursors[0] = 10;
@@ -1085,9 +1109,17 @@ static int has_line(const char *line) {
 
 START_TEST(metrics) {
   int sent = 0;
-  imc_send_req sr = {"alice", "phone",     "gw-1", 1,
-                     "c-1",   "bob",       "",     (const uint8_t *)"x",
-                     1,       "text/plain"};
+  imc_send_req sr = {.struct_size = sizeof(sr),
+                     .from_user = "alice",
+                     .from_device = "phone",
+                     .node_id = "gw-1",
+                     .conn_id = 1,
+                     .client_msg_id = "c-1",
+                     .to_user = "bob",
+                     .group_id = "",
+                     .body = (const uint8_t *)"x",
+                     .body_len = 1,
+                     .content_type = "text/plain"};
   ck_assert_int_eq(imc_router_send(H.rt, &sr, send_done, &sent), 0);
   ck_assert_int_eq(sent, 1);
   imc_worker *w = make_worker();

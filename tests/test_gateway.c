@@ -1152,9 +1152,19 @@ START_TEST(rate_limit) {
 END_TEST
 
 static imc_msg test_msg(const char *id) {
-  imc_msg m = {
-      id, "p:alice:bob", 3,  "bob", "alice", "", (const uint8_t *)"hey",
-      3,  "text/plain",  T0, "c-9", "phone"};
+  imc_msg m = {.struct_size = sizeof(imc_msg),
+               .msg_id = id,
+               .conversation_id = "p:alice:bob",
+               .seq = 3,
+               .from_user = "bob",
+               .to_user = "alice",
+               .group_id = "",
+               .body = (const uint8_t *)"hey",
+               .body_len = 3,
+               .content_type = "text/plain",
+               .sent_at_ms = T0,
+               .client_msg_id = "c-9",
+               .from_device = "phone"};
   return m;
 }
 

@@ -9,6 +9,7 @@
 #include "testutil.h"
 
 #include <check.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,29 +22,65 @@
 /* ------------------------------------------------------------------ */
 
 #define MAX_ENTRIES 16
-#define MAX_RECS 64
+#define MAX_RECS 128
+#define MAX_COMPS 1024
+
+/*
+ * A completion a mock owes the router. In deferred mode the mocks do
+ * their work when called (as a server does when the request arrives) but
+ * queue the reply; settle() runs the queue in a seeded shuffled order, as
+ * replies from Redis, etcd and Kafka connections arrive.
+ */
+typedef enum { C_DONE, C_LOOKUP, C_SEQ, C_DEDUP, C_LIST, C_COUNT } comp_kind;
+
+typedef struct comp {
+  comp_kind kind;
+  union {
+    imc_done_cb done;
+    imc_lookup_cb lookup;
+    imc_seq_cb seq;
+    imc_dedup_cb dedup;
+    imc_list_cb list;
+    imc_count_cb count;
+  } cb;
+  void *ud;
+  int status, found, count;
+  uint64_t seq;
+  imc_reg_entry entries[MAX_ENTRIES]; /* strings live in the mock */
+  const char *items[16];
+  size_t n;
+  char value[128];
+} comp;
 
 typedef struct mock {
   test_clock tc;
+  int deferred;
+  uint64_t rng;
+  comp *comps[MAX_COMPS];
+  int n_comps;
   imc_reg_entry reg[MAX_ENTRIES];
   char reg_strs[MAX_ENTRIES][3][80];
   int n_reg;
   int lookup_fail;
+  int n_lookups;
+  int lookups_out, max_lookups_out; /* deferred lookups not yet answered */
   /* seq */
   char seq_keys[16][160];
   uint64_t seq_vals[16];
   int n_seq;
   int seq_fail;
   /* dedup: key, value, expiry */
-  char dk[32][200];
-  char dv[32][128];
-  int64_t dexp[32];
+  char dk[MAX_RECS][200];
+  char dv[MAX_RECS][128];
+  int64_t dexp[MAX_RECS];
   int n_dedup;
   int dedup_fail;
   /* store: group members */
   char members[16][80];
   char member_group[16][80];
   int n_members;
+  /* the topics the router must publish to */
+  const char *offline_topic, *group_topic;
   /* queue */
   Imchat__V1__OfflineJob *jobs[MAX_RECS];
   char job_keys[MAX_RECS][160];
@@ -62,6 +99,77 @@ typedef struct mock {
 
 static mock M;
 
+static void fire(comp *c) {
+  switch (c->kind) {
+  case C_DONE:
+    c->cb.done(c->ud, c->status);
+    break;
+  case C_LOOKUP:
+    if (M.deferred)
+      M.lookups_out--;
+    c->cb.lookup(c->ud, c->status, c->entries, c->n);
+    break;
+  case C_SEQ:
+    c->cb.seq(c->ud, c->status, c->seq);
+    break;
+  case C_DEDUP:
+    c->cb.dedup(c->ud, c->status, c->found, (const uint8_t *)c->value,
+                strlen(c->value));
+    break;
+  case C_LIST:
+    c->cb.list(c->ud, c->status, c->items, c->n);
+    break;
+  case C_COUNT:
+    c->cb.count(c->ud, c->status, c->count);
+    break;
+  }
+}
+
+/* Runs c now (synchronous mode) or queues it (deferred mode). */
+static void complete(const comp *c) {
+  if (!M.deferred) {
+    comp copy = *c;
+    fire(&copy);
+    return;
+  }
+  ck_assert_int_lt(M.n_comps, MAX_COMPS);
+  comp *q = malloc(sizeof(*q));
+  ck_assert_ptr_nonnull(q);
+  *q = *c;
+  M.comps[M.n_comps++] = q;
+}
+
+/* Runs the i-th queued completion (in the order they were queued). */
+static void fire_at(int i) {
+  ck_assert_int_lt(i, M.n_comps);
+  comp *c = M.comps[i];
+  memmove(&M.comps[i], &M.comps[i + 1],
+          (size_t)(M.n_comps - i - 1) * sizeof(comp *));
+  M.n_comps--;
+  fire(c);
+  free(c);
+}
+
+/* xorshift64: reproducible from the seed set in setup. */
+static uint64_t rng_next(void) {
+  M.rng ^= M.rng << 13;
+  M.rng ^= M.rng >> 7;
+  M.rng ^= M.rng << 17;
+  return M.rng;
+}
+
+/* Runs every queued completion, and those they cause, in shuffled order.
+ */
+static void settle(void) {
+  while (M.n_comps > 0)
+    fire_at((int)(rng_next() % (uint64_t)M.n_comps));
+}
+
+static void complete_done(imc_done_cb done, void *ud, int status) {
+  comp c = {.kind = C_DONE, .cb.done = done, .ud = ud, .status = status};
+  complete(&c);
+}
+
 static void add_entry(const char *user, const char *device, const char *node) {
   int i = M.n_reg++;
   snprintf(M.reg_strs[i][0], 80, "%s", user);
@@ -76,16 +184,19 @@ static void add_entry(const char *user, const char *device, const char *node) {
 static int r_lookup(void *ud, const char *user, imc_lookup_cb done,
                     void *done_ud) {
   (void)ud;
+  M.n_lookups++;
+  if (M.deferred && ++M.lookups_out > M.max_lookups_out)
+    M.max_lookups_out = M.lookups_out;
+  comp c = {.kind = C_LOOKUP, .cb.lookup = done, .ud = done_ud};
   if (M.lookup_fail) {
-    done(done_ud, IMC_ERR_UNAVAILABLE, NULL, 0);
+    c.status = IMC_ERR_UNAVAILABLE;
+    complete(&c);
     return 0;
   }
-  imc_reg_entry out[MAX_ENTRIES];
-  size_t n = 0;
   for (int i = 0; i < M.n_reg; i++)
     if (strcmp(M.reg[i].user_id, user) == 0)
-      out[n++] = M.reg[i];
-  done(done_ud, 0, out, n);
+      c.entries[c.n++] = M.reg[i];
+  complete(&c);
   return 0;
 }
 
@@ -98,14 +209,18 @@ static int s_next(void *ud, const char *key, imc_seq_cb done, void *done_ud) {
     M.seq_fail--;
     return IMC_ERR_UNAVAILABLE;
   }
+  comp c = {.kind = C_SEQ, .cb.seq = done, .ud = done_ud};
   for (int i = 0; i < M.n_seq; i++)
     if (strcmp(M.seq_keys[i], key) == 0) {
-      done(done_ud, 0, ++M.seq_vals[i]);
+      c.seq = ++M.seq_vals[i];
+      complete(&c);
       return 0;
     }
+  ck_assert_int_lt(M.n_seq, 16);
   snprintf(M.seq_keys[M.n_seq], 160, "%s", key);
   M.seq_vals[M.n_seq] = 1;
-  done(done_ud, 0, M.seq_vals[M.n_seq++]);
+  c.seq = M.seq_vals[M.n_seq++];
+  complete(&c);
   return 0;
 }
 
@@ -118,40 +233,45 @@ static int d_find(const char *key) {
   return -1;
 }
 
+static void d_store(const char *key, const uint8_t *v, size_t vl,
+                    uint32_t ttl) {
+  int i = -1;
+  for (int j = 0; j < M.n_dedup; j++)
+    if (strcmp(M.dk[j], key) == 0)
+      i = j;
+  if (i < 0) {
+    ck_assert_int_lt(M.n_dedup, MAX_RECS);
+    i = M.n_dedup++;
+  }
+  snprintf(M.dk[i], 200, "%s", key);
+  snprintf(M.dv[i], 128, "%.*s", (int)vl, (const char *)v);
+  M.dexp[i] = M.tc.now + (int64_t)ttl * 1000;
+}
+
 static int d_set(void *ud, const char *key, const uint8_t *v, size_t vl,
                  uint32_t ttl, imc_done_cb done, void *done_ud) {
   (void)ud;
   if (M.dedup_fail)
     return IMC_ERR_UNAVAILABLE;
-  int i = -1;
-  for (int j = 0; j < M.n_dedup; j++)
-    if (strcmp(M.dk[j], key) == 0)
-      i = j;
-  if (i < 0)
-    i = M.n_dedup++;
-  snprintf(M.dk[i], 200, "%s", key);
-  snprintf(M.dv[i], 128, "%.*s", (int)vl, (const char *)v);
-  M.dexp[i] = M.tc.now + (int64_t)ttl * 1000;
-  done(done_ud, 0);
+  d_store(key, v, vl, ttl);
+  complete_done(done, done_ud, 0);
   return 0;
-}
-
-static void d_set_done(void *ud, int status) {
-  (void)ud;
-  (void)status;
 }
 
 static int d_tas(void *ud, const char *key, const uint8_t *v, size_t vl,
                  uint32_t ttl, imc_dedup_cb done, void *done_ud) {
+  (void)ud;
   if (M.dedup_fail)
     return IMC_ERR_UNAVAILABLE;
+  comp c = {.kind = C_DEDUP, .cb.dedup = done, .ud = done_ud};
   int i = d_find(key);
   if (i >= 0) {
-    done(done_ud, 0, 1, (const uint8_t *)M.dv[i], strlen(M.dv[i]));
-    return 0;
+    c.found = 1;
+    snprintf(c.value, sizeof(c.value), "%s", M.dv[i]);
+  } else {
+    d_store(key, v, vl, ttl);
   }
-  d_set(ud, key, v, vl, ttl, d_set_done, NULL);
-  done(done_ud, 0, 0, NULL, 0);
+  complete(&c);
   return 0;
 }
 
@@ -161,12 +281,11 @@ static const imc_dedup_vtbl dedup = {sizeof(imc_dedup_vtbl), d_tas, d_set,
 static int g_members(void *ud, const char *group, imc_list_cb done,
                      void *done_ud) {
   (void)ud;
-  const char *items[16];
-  size_t n = 0;
+  comp c = {.kind = C_LIST, .cb.list = done, .ud = done_ud};
   for (int i = 0; i < M.n_members; i++)
     if (strcmp(M.member_group[i], group) == 0)
-      items[n++] = M.members[i];
-  done(done_ud, 0, items, n);
+      c.items[c.n++] = M.members[i];
+  complete(&c);
   return 0;
 }
 
@@ -175,7 +294,7 @@ static int g_add(void *ud, const char *group, const char *user,
   (void)ud;
   snprintf(M.member_group[M.n_members], 80, "%s", group);
   snprintf(M.members[M.n_members++], 80, "%s", user);
-  done(done_ud, 0);
+  complete_done(done, done_ud, 0);
   return 0;
 }
 
@@ -186,7 +305,7 @@ static int g_remove(void *ud, const char *group, const char *user,
     if (strcmp(M.member_group[i], group) == 0 &&
         strcmp(M.members[i], user) == 0)
       M.member_group[i][0] = '\0';
-  done(done_ud, 0);
+  complete_done(done, done_ud, 0);
   return 0;
 }
 
@@ -197,17 +316,18 @@ static int q_publish(void *ud, const char *topic, const uint8_t *key, size_t kl,
                      const uint8_t *v, size_t vl, imc_done_cb done,
                      void *done_ud) {
   (void)ud;
-  ck_assert_str_eq(topic, "offline_msg");
+  ck_assert_str_eq(topic, M.offline_topic);
   if (M.queue_fail) {
     M.queue_fail--;
-    done(done_ud, IMC_ERR_IO);
+    complete_done(done, done_ud, IMC_ERR_IO);
     return 0;
   }
+  ck_assert_int_lt(M.n_jobs, MAX_RECS);
   Imchat__V1__OfflineJob *job = imchat__v1__offline_job__unpack(NULL, vl, v);
   ck_assert_ptr_nonnull(job);
   snprintf(M.job_keys[M.n_jobs], 160, "%.*s", (int)kl, (const char *)key);
   M.jobs[M.n_jobs++] = job;
-  done(done_ud, 0);
+  complete_done(done, done_ud, 0);
   return 0;
 }
 
@@ -217,12 +337,13 @@ static int gb_publish(void *ud, const char *topic, const uint8_t *key,
                       size_t kl, const uint8_t *v, size_t vl, imc_done_cb done,
                       void *done_ud) {
   (void)ud;
-  ck_assert_str_eq(topic, "group_msg");
+  ck_assert_str_eq(topic, M.group_topic);
   Imchat__V1__Message *m = imchat__v1__message__unpack(NULL, vl, v);
   ck_assert_ptr_nonnull(m);
   imchat__v1__message__free_unpacked(m, NULL);
+  ck_assert_int_lt(M.n_group, MAX_RECS);
   snprintf(M.group_keys[M.n_group++], 80, "%.*s", (int)kl, (const char *)key);
-  done(done_ud, 0);
+  complete_done(done, done_ud, 0);
   return 0;
 }
 
@@ -234,9 +355,12 @@ static int l_deliver(void *ud, const char *node, const char *user,
                      void *done_ud) {
   (void)ud;
   (void)msg;
+  ck_assert_int_lt(M.n_delivers, MAX_RECS);
   snprintf(M.delivers[M.n_delivers++], 200, "%s %s %s", node, user,
            skip ? skip : "-");
-  done(done_ud, 0, M.deliver_count);
+  comp c = {.kind = C_COUNT, .cb.count = done, .ud = done_ud};
+  c.count = M.deliver_count;
+  complete(&c);
   return 0;
 }
 
@@ -250,7 +374,7 @@ static int l_status(void *ud, const char *node, const char *user,
   snprintf(M.statuses[M.n_statuses++], 200, "%s %s %s %s %s", node, user,
            device, state == IMC_DELIVERED ? "DELIVERED" : "STORED",
            recipient[0] ? recipient : "-");
-  done(done_ud, 0);
+  complete_done(done, done_ud, 0);
   return 0;
 }
 
@@ -263,7 +387,6 @@ static const imc_gwlink_vtbl gwlink = {sizeof(imc_gwlink_vtbl), l_deliver,
 
 static test_mem TM;
 static imc_router *R;
-static char filter_path[64];
 
 static void router_make(const char *filter_words, imc_filter_action action) {
   imc_router_options *o;
@@ -277,14 +400,11 @@ static void router_make(const char *filter_words, imc_filter_action action) {
   imc_router_options_set_gwlink(o, &gwlink, NULL);
   imc_router_options_set_clock(o, &M.tc.clock);
   imc_router_options_set_max_body(o, 1000);
-  if (filter_words) {
-    snprintf(filter_path, sizeof(filter_path), "/tmp/imc-words-%d",
-             (int)getpid());
-    FILE *f = fopen(filter_path, "w");
-    fputs(filter_words, f);
-    fclose(f);
-    ck_assert_int_eq(imc_router_options_set_filter(o, filter_path, action), 0);
-  }
+  if (filter_words)
+    ck_assert_int_eq(
+        imc_router_options_set_filter(o, (const uint8_t *)filter_words,
+                                      strlen(filter_words), action),
+        0);
   ck_assert_int_eq(imc_router_new(&R, o, &TM.mem), 0);
   imc_router_options_del(o);
 }
@@ -294,17 +414,27 @@ static void setup(void) {
   test_clock_init(&M.tc, T0);
   test_mem_init(&TM);
   M.deliver_count = 1;
+  M.offline_topic = "offline_msg";
+  M.group_topic = "group_msg";
+  const char *seed = getenv("IMC_TEST_SEED");
+  M.rng = seed ? strtoull(seed, NULL, 0) : 0x9e3779b97f4a7c15u;
+  if (M.rng == 0)
+    M.rng = 1;
   router_make(NULL, 0);
 }
 
+/* The same cases with every backend completing later, out of order. */
+static void setup_deferred(void) {
+  setup();
+  M.deferred = 1;
+}
+
 static void teardown(void) {
+  settle();
   ck_assert_uint_eq(imc_router_pending(R), 0);
   imc_router_del(R);
   for (int i = 0; i < M.n_jobs; i++)
     imchat__v1__offline_job__free_unpacked(M.jobs[i], NULL);
-  if (filter_path[0])
-    unlink(filter_path);
-  filter_path[0] = '\0';
   ck_assert_int_eq(TM.live, 0);
 }
 
@@ -332,18 +462,20 @@ static void answered(void *ud, int status, const imc_send_result *res,
 static int send_full(const char *from, const char *device, const char *to,
                      const char *group, const char *cmid, const char *body,
                      const char *ctype) {
-  imc_send_req q = {from,
-                    device,
-                    "n1",
-                    1,
-                    cmid,
-                    to ? to : "",
-                    group ? group : "",
-                    (const uint8_t *)body,
-                    strlen(body),
-                    ctype};
+  imc_send_req q = {.struct_size = sizeof(q),
+                    .from_user = from,
+                    .from_device = device,
+                    .node_id = "n1",
+                    .conn_id = 1,
+                    .client_msg_id = cmid,
+                    .to_user = to ? to : "",
+                    .group_id = group ? group : "",
+                    .body = (const uint8_t *)body,
+                    .body_len = strlen(body),
+                    .content_type = ctype};
   memset(&A, 0, sizeof(A));
   ck_assert_int_eq(imc_router_send(R, &q, answered, NULL), 0);
+  settle();
   ck_assert_int_eq(A.calls, 1);
   return A.status;
 }
@@ -451,10 +583,21 @@ END_TEST
 
 static imc_msg last_msg(void) {
   Imchat__V1__Message *pm = job(0)->message;
-  imc_msg m = {pm->msg_id,     pm->conversation_id, pm->seq,
-               pm->from_user,  pm->to_user,         pm->group_id,
-               pm->body.data,  pm->body.len,        pm->content_type,
-               pm->sent_at_ms, pm->client_msg_id,   pm->from_device};
+  imc_msg m = {.struct_size = sizeof(m),
+               .msg_id = pm->msg_id,
+               .conversation_id = pm->conversation_id,
+               .seq = pm->seq,
+               .from_user = pm->from_user,
+               .to_user = pm->to_user,
+               .group_id = pm->group_id,
+               .body = pm->body.data,
+               .body_len = pm->body.len,
+               .content_type = pm->content_type,
+               .sent_at_ms = pm->sent_at_ms,
+               .client_msg_id = pm->client_msg_id,
+               .from_device = pm->from_device,
+               .from_node = job(0)->from_node,
+               .from_conn_id = job(0)->from_conn_id};
   return m;
 }
 
@@ -464,15 +607,92 @@ START_TEST(delivered_status_once) {
   send1("alice", "bob", "c1");
   imc_msg m = last_msg();
   imc_router_delivered(R, &m, "bob", "phone");
+  settle();
   ck_assert_int_eq(M.n_statuses, 1);
   ck_assert_str_eq(M.statuses[0], "n1 alice phone DELIVERED bob");
   /* A second device's ACK, a later STORED: still one status. */
   imc_router_delivered(R, &m, "bob", "laptop");
+  settle();
   const char *users[] = {"bob"};
   imc_router_persisted(R, &m, 0, users, 1);
+  settle();
   ck_assert_int_eq(M.n_statuses, 1);
   /* The sender's own other device ACKing is not a delivery. */
   ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_DELIVERED), 1);
+}
+END_TEST
+
+/* The message says where the sender sent from: its status needs no
+ * registry lookup, even when the registry would say otherwise. */
+START_TEST(status_goes_to_from_node) {
+  add_entry("alice", "phone", "n9");
+  send1("alice", "bob", "c1");
+  ck_assert_str_eq(job(0)->from_node, "n1");
+  ck_assert_uint_eq(job(0)->from_conn_id, 1);
+  imc_msg m = last_msg();
+  int lookups = M.n_lookups;
+  imc_router_delivered(R, &m, "bob", "phone");
+  settle();
+  ck_assert_int_eq(M.n_lookups, lookups);
+  ck_assert_int_eq(M.n_statuses, 1);
+  ck_assert_str_eq(M.statuses[0], "n1 alice phone DELIVERED bob");
+}
+END_TEST
+
+/* A message that lost its node (from_node ""): the registry finds it. */
+START_TEST(status_falls_back_to_lookup) {
+  add_entry("alice", "phone", "n9");
+  add_entry("alice", "laptop", "n8");
+  send1("alice", "bob", "c1");
+  imc_msg m = last_msg();
+  m.from_node = "";
+  m.from_conn_id = 0;
+  int lookups = M.n_lookups;
+  const char *users[] = {"bob"};
+  imc_router_persisted(R, &m, 1, users, 1);
+  settle();
+  ck_assert_int_eq(M.n_lookups, lookups + 1);
+  ck_assert_int_eq(M.n_statuses, 1);
+  ck_assert_str_eq(M.statuses[0], "n9 alice phone STORED bob");
+}
+END_TEST
+
+/* Callers built against an older header: members past their
+ * struct_size are absent. */
+START_TEST(struct_size_respected) {
+  imc_send_req q = {.struct_size = sizeof(q),
+                    .from_user = "alice",
+                    .from_device = "phone",
+                    .node_id = "n1",
+                    .conn_id = 7,
+                    .client_msg_id = "c1",
+                    .to_user = "bob",
+                    .group_id = "",
+                    .body = (const uint8_t *)"hi",
+                    .body_len = 2,
+                    .content_type = "text/plain"};
+  /* No struct_size: no sender. */
+  q.struct_size = 0;
+  ck_assert_int_eq(imc_router_send(R, &q, answered, NULL),
+                   IMC_ERR_INVALID_ARGUMENT);
+  /* Everything up to content_type, nothing after. */
+  q.struct_size = (uint32_t)offsetof(imc_send_req, content_type);
+  memset(&A, 0, sizeof(A));
+  ck_assert_int_eq(imc_router_send(R, &q, answered, NULL), 0);
+  settle();
+  ck_assert_int_eq(A.status, 0);
+  ck_assert_str_eq(job(0)->message->content_type, "");
+  ck_assert_str_eq(job(0)->from_node, "n1");
+  /* A message from before from_node: the status looks the sender up. */
+  add_entry("alice", "phone", "n9");
+  imc_msg m = last_msg();
+  m.struct_size = (uint32_t)offsetof(imc_msg, from_node);
+  int lookups = M.n_lookups;
+  imc_router_delivered(R, &m, "bob", "phone");
+  settle();
+  ck_assert_int_eq(M.n_lookups, lookups + 1);
+  ck_assert_int_eq(M.n_statuses, 1);
+  ck_assert_str_eq(M.statuses[0], "n9 alice phone DELIVERED bob");
 }
 END_TEST
 
@@ -481,6 +701,7 @@ START_TEST(own_device_ack_is_not_delivery) {
   send1("alice", "bob", "c1");
   imc_msg m = last_msg();
   imc_router_delivered(R, &m, "alice", "laptop");
+  settle();
   ck_assert_int_eq(M.n_statuses, 0);
 }
 END_TEST
@@ -491,6 +712,7 @@ START_TEST(stored_status_offline) {
   imc_msg m = last_msg();
   const char *users[] = {"bob"};
   imc_router_persisted(R, &m, 1, users, 1);
+  settle();
   ck_assert_int_eq(M.n_statuses, 1);
   ck_assert_str_eq(M.statuses[0], "n1 alice phone STORED bob");
 }
@@ -502,6 +724,7 @@ START_TEST(history_only_is_not_stored) {
   send1("alice", "bob", "c1");
   imc_msg m = last_msg();
   imc_router_persisted(R, &m, 1, NULL, 0);
+  settle();
   ck_assert_int_eq(M.n_statuses, 0);
 }
 END_TEST
@@ -511,6 +734,7 @@ START_TEST(undelivered_goes_to_inbox) {
   send1("alice", "bob", "c1");
   imc_msg m = last_msg();
   imc_router_undelivered(R, &m, "bob");
+  settle();
   ck_assert_int_eq(M.n_jobs, 2);
   ck_assert(!job(1)->history);
   ck_assert_str_eq(job(1)->inbox_users[0], "bob");
@@ -524,6 +748,7 @@ START_TEST(undelivered_retried_until_queued) {
   imc_msg m = last_msg();
   M.queue_fail = 3;
   imc_router_undelivered(R, &m, "bob");
+  settle();
   ck_assert_int_eq(M.n_jobs, 1);
   ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_RETRY_QUEUE), 1);
   for (int i = 0; i < 10 && M.n_jobs == 1; i++) {
@@ -531,6 +756,7 @@ START_TEST(undelivered_retried_until_queued) {
     ck_assert_int_ge(t, 0);
     test_clock_advance(&M.tc, t);
     imc_router_on_timeout(R);
+    settle();
   }
   ck_assert_int_eq(M.n_jobs, 2);
   ck_assert_int_eq(imc_router_next_timeout_ms(R), -1);
@@ -623,8 +849,11 @@ static void done_ok(void *ud, int status) {
 static void members3(void) {
   int n = 0;
   imc_router_group_add(R, "team", "alice", done_ok, &n);
+  settle();
   imc_router_group_add(R, "team", "bob", done_ok, &n);
+  settle();
   imc_router_group_add(R, "team", "carol", done_ok, &n);
+  settle();
   ck_assert_int_eq(n, 3);
 }
 
@@ -657,11 +886,56 @@ START_TEST(group_offline_member) {
   /* STORED once the history has it, with no user. */
   imc_msg m = last_msg();
   imc_router_persisted(R, &m, 1, (const char *[]){"carol"}, 1);
+  settle();
   ck_assert_int_eq(M.n_statuses, 1);
   ck_assert_str_eq(M.statuses[0], "n1 alice phone STORED -");
   /* A member's ACK is no DELIVERED for a group. */
   imc_router_delivered(R, &m, "bob", "phone");
+  settle();
   ck_assert_int_eq(M.n_statuses, 1);
+}
+END_TEST
+
+START_TEST(topics_configurable) {
+  imc_router_options *o;
+  ck_assert_int_eq(imc_router_options_new(&o, &TM.mem), 0);
+  ck_assert_int_eq(imc_router_options_set_topics(o, "", "g"),
+                   IMC_ERR_INVALID_ARGUMENT);
+  char longname[200];
+  memset(longname, 'x', sizeof(longname) - 1);
+  longname[sizeof(longname) - 1] = '\0';
+  ck_assert_int_eq(imc_router_options_set_topics(o, "o", longname),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_router_options_set_topics(NULL, "o", "g"),
+                   IMC_ERR_INVALID_ARGUMENT);
+  imc_router_options_del(o);
+
+  /* A router on other topics publishes jobs and group records there. */
+  imc_router_del(R);
+  ck_assert_int_eq(imc_router_options_new(&o, &TM.mem), 0);
+  imc_router_options_set_registry(o, &registry, NULL);
+  imc_router_options_set_seq(o, &seqv, NULL);
+  imc_router_options_set_dedup(o, &dedup, NULL);
+  imc_router_options_set_store(o, &store, NULL);
+  imc_router_options_set_queue(o, &queue, NULL);
+  imc_router_options_set_group_bus(o, &group_bus, NULL);
+  imc_router_options_set_gwlink(o, &gwlink, NULL);
+  imc_router_options_set_clock(o, &M.tc.clock);
+  ck_assert_int_eq(
+      imc_router_options_set_topics(o, "tenant1.offline", "tenant1.groups"), 0);
+  ck_assert_int_eq(imc_router_new(&R, o, &TM.mem), 0);
+  imc_router_options_del(o);
+  M.offline_topic = "tenant1.offline";
+  M.group_topic = "tenant1.groups";
+  members3();
+  add_entry("bob", "phone", "n2");
+  ck_assert_int_eq(
+      send_full("alice", "phone", NULL, "team", "c1", "hi", "text/plain"), 0);
+  ck_assert_int_eq(
+      send_full("alice", "phone", "carol", NULL, "c2", "hi", "text/plain"), 0);
+  settle();
+  ck_assert_int_eq(M.n_jobs, 2);
+  ck_assert_int_eq(M.n_group, 1);
 }
 END_TEST
 
@@ -672,9 +946,11 @@ START_TEST(group_membership_cache_invalidated) {
       IMC_ERR_FORBIDDEN);
   int n = 0;
   imc_router_group_add(R, "team", "dave", done_ok, &n);
+  settle();
   ck_assert_int_eq(
       send_full("dave", "x", NULL, "team", "c2", "hi", "text/plain"), 0);
   imc_router_group_remove(R, "team", "dave", done_ok, &n);
+  settle();
   ck_assert_int_eq(
       send_full("dave", "x", NULL, "team", "c3", "hi", "text/plain"),
       IMC_ERR_FORBIDDEN);
@@ -686,6 +962,20 @@ END_TEST
 /* ------------------------------------------------------------------ */
 
 static const char *words = "# blocked words\nbadword\n敏感\n";
+
+START_TEST(filter_not_configured) {
+  ck_assert_int_eq(imc_router_set_filter_words(R, (const uint8_t *)"x\n", 2),
+                   IMC_ERR_NOT_FOUND);
+  imc_router_options *o;
+  ck_assert_int_eq(imc_router_options_new(&o, &TM.mem), 0);
+  ck_assert_int_eq(imc_router_options_set_filter(o, (const uint8_t *)"\xff", 1,
+                                                 IMC_FILTER_REJECT),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_router_options_set_filter(o, (const uint8_t *)"x", 1, 0),
+                   IMC_ERR_INVALID_ARGUMENT);
+  imc_router_options_del(o);
+}
+END_TEST
 
 START_TEST(filter_reject) {
   imc_router_del(R);
@@ -724,21 +1014,28 @@ END_TEST
 START_TEST(filter_reload) {
   imc_router_del(R);
   router_make(words, IMC_FILTER_REJECT);
-  FILE *f = fopen(filter_path, "w");
-  fputs("newword\n", f);
-  fclose(f);
-  ck_assert_int_eq(imc_router_reload_filter(R), 0);
+  static const char fresh[] = "newword\n";
+  ck_assert_int_eq(
+      imc_router_set_filter_words(R, (const uint8_t *)fresh, strlen(fresh)), 0);
   ck_assert_int_eq(
       send_full("alice", "p", "bob", NULL, "c1", "badword", "text/plain"), 0);
   ck_assert_int_eq(
       send_full("alice", "p", "bob", NULL, "c2", "newword", "text/plain"),
       IMC_ERR_BLOCKED);
-  unlink(filter_path);
-  ck_assert_int_ne(imc_router_reload_filter(R), 0);
-  /* The old list stays. */
+  /* A list that is not UTF-8 is refused; the old list stays. */
+  static const char bad[] = "good\nbad\xff\n";
+  ck_assert_int_eq(
+      imc_router_set_filter_words(R, (const uint8_t *)bad, strlen(bad)),
+      IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_router_set_filter_words(R, NULL, 3),
+                   IMC_ERR_INVALID_ARGUMENT);
   ck_assert_int_eq(
       send_full("alice", "p", "bob", NULL, "c3", "newword", "text/plain"),
       IMC_ERR_BLOCKED);
+  /* An empty list blocks nothing. */
+  ck_assert_int_eq(imc_router_set_filter_words(R, NULL, 0), 0);
+  ck_assert_int_eq(
+      send_full("alice", "p", "bob", NULL, "c4", "newword", "text/plain"), 0);
 }
 END_TEST
 
@@ -771,22 +1068,45 @@ START_TEST(alloc_failures) {
       M.n_jobs = M.n_delivers = M.n_statuses = M.n_reg = 0;
       M.n_dedup = M.n_seq = 0;
       add_entry("bob", "phone", "n1");
-      imc_send_req q = {"alice", "phone",     "n1", 1,
-                        "c1",    "bob",       "",   (const uint8_t *)"x",
-                        1,       "text/plain"};
+      imc_send_req q = {.struct_size = sizeof(q),
+                        .from_user = "alice",
+                        .from_device = "phone",
+                        .node_id = "n1",
+                        .conn_id = 1,
+                        .client_msg_id = "c1",
+                        .to_user = "bob",
+                        .group_id = "",
+                        .body = (const uint8_t *)"x",
+                        .body_len = 1,
+                        .content_type = "text/plain"};
       char cmid[32];
       snprintf(cmid, sizeof(cmid), "c%ld", i);
       q.client_msg_id = cmid;
       memset(&A, 0, sizeof(A));
       rv = imc_router_send(R, &q, answered, NULL);
       ck_assert(rv == 0 || rv == IMC_ERR_NOMEM);
+      settle();
       if (rv == 0) {
         ck_assert_int_eq(A.calls, 1);
-        imc_msg m = {
-            "m1", "p:alice:bob", 1,  "alice", "bob",  "", (const uint8_t *)"x",
-            1,    "text/plain",  T0, "c1",    "phone"};
+        imc_msg m = {.struct_size = sizeof(m),
+                     .msg_id = "m1",
+                     .conversation_id = "p:alice:bob",
+                     .seq = 1,
+                     .from_user = "alice",
+                     .to_user = "bob",
+                     .group_id = "",
+                     .body = (const uint8_t *)"x",
+                     .body_len = 1,
+                     .content_type = "text/plain",
+                     .sent_at_ms = T0,
+                     .client_msg_id = "c1",
+                     .from_device = "phone",
+                     .from_node = "n1",
+                     .from_conn_id = 1};
         imc_router_undelivered(R, &m, "bob");
+        settle();
         imc_router_delivered(R, &m, "bob", "phone");
+        settle();
       }
       ck_assert_uint_eq(imc_router_pending(R), 0);
       imc_router_del(R);
@@ -805,47 +1125,203 @@ START_TEST(alloc_failures) {
 }
 END_TEST
 
+/* Many sends in flight at once, their backend calls completing in any
+ * order: each is answered once, with its own msg_id, and the seqs of a
+ * conversation run 1, 2, 3... with neither gap nor repeat. */
+typedef struct answer {
+  int calls, status;
+  char msg_id[64], conv[200];
+  uint64_t seq;
+} answer;
+
+static void answered_into(void *ud, int status, const imc_send_result *res,
+                          const char *message) {
+  (void)message;
+  answer *a = ud;
+  a->calls++;
+  a->status = status;
+  if (status == 0) {
+    snprintf(a->msg_id, sizeof(a->msg_id), "%s", res->msg_id);
+    snprintf(a->conv, sizeof(a->conv), "%s", res->conversation_id);
+    a->seq = res->seq;
+  }
+}
+
+static int cmp_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+START_TEST(many_sends_in_flight) {
+  enum { N = 60 };
+  static answer ans[N];
+  memset(ans, 0, sizeof(ans));
+  add_entry("bob", "phone", "n2");
+  add_entry("alice", "phone", "n1");
+  static const char *const from[] = {"alice", "carol", "alice", "bob"};
+  static const char *const to[] = {"bob", "bob", "dave", "alice"};
+  for (int i = 0; i < N; i++) {
+    char cmid[16];
+    snprintf(cmid, sizeof(cmid), "m%d", i);
+    imc_send_req q = {.struct_size = sizeof(q),
+                      .from_user = from[i % 4],
+                      .from_device = "phone",
+                      .node_id = "n1",
+                      .conn_id = 1,
+                      .client_msg_id = cmid,
+                      .to_user = to[i % 4],
+                      .group_id = "",
+                      .body = (const uint8_t *)"hi",
+                      .body_len = 2,
+                      .content_type = "text/plain"};
+    ck_assert_int_eq(imc_router_send(R, &q, answered_into, &ans[i]), 0);
+  }
+  if (M.deferred)
+    ck_assert_int_gt(M.n_comps, N / 2); /* really in flight together */
+  settle();
+  ck_assert_uint_eq(imc_router_pending(R), 0);
+  static const char *const convs[] = {"p:alice:bob", "p:bob:carol",
+                                      "p:alice:dave"};
+  for (int c = 0; c < 3; c++) {
+    uint64_t seqs[N];
+    size_t n = 0;
+    for (int i = 0; i < N; i++) {
+      ck_assert_int_eq(ans[i].calls, 1);
+      ck_assert_int_eq(ans[i].status, 0);
+      if (strcmp(ans[i].conv, convs[c]) == 0)
+        seqs[n++] = ans[i].seq;
+    }
+    ck_assert_uint_gt(n, 0);
+    qsort(seqs, n, sizeof(seqs[0]), cmp_u64);
+    for (size_t k = 0; k < n; k++)
+      ck_assert_uint_eq(seqs[k], k + 1);
+  }
+  for (int i = 0; i < N; i++)
+    for (int j = i + 1; j < N; j++)
+      ck_assert_str_ne(ans[i].msg_id, ans[j].msg_id);
+  /* Every acknowledged message is in the queue with what its answer said. */
+  ck_assert_int_eq(M.n_jobs, N);
+  for (int i = 0; i < N; i++) {
+    int found = 0;
+    for (int j = 0; j < M.n_jobs; j++)
+      if (strcmp(job(j)->message->msg_id, ans[i].msg_id) == 0) {
+        found++;
+        ck_assert_uint_eq(job(j)->message->seq, ans[i].seq);
+        ck_assert_str_eq(M.job_keys[j], ans[i].conv);
+      }
+    ck_assert_int_eq(found, 1);
+  }
+}
+END_TEST
+
+/*
+ * A member added while the group's members are being loaded: the load
+ * may have read the old list, so a send after the add must not be
+ * answered from it.
+ */
+/* A group send looks every other member up at once. */
+START_TEST(group_lookups_all_at_once) {
+  static const char *const users[] = {"alice", "bob",  "carol",
+                                      "dave",  "erin", "frank"};
+  int n = 0;
+  for (int i = 0; i < 6; i++)
+    imc_router_group_add(R, "big", users[i], done_ok, &n);
+  settle();
+  add_entry("erin", "phone", "n2");
+  ck_assert_int_eq(
+      send_full("alice", "phone", NULL, "big", "c1", "hi", "text/plain"), 0);
+  ck_assert_int_eq(M.n_lookups, 5);
+  if (M.deferred)
+    ck_assert_int_eq(M.max_lookups_out, 5);
+  ck_assert_uint_eq(job(0)->n_inbox_users, 4); /* all but erin */
+}
+END_TEST
+
+START_TEST(group_add_during_members_load) {
+  members3();
+  M.deferred = 1;
+  imc_send_req q = {.struct_size = sizeof(q),
+                    .from_user = "dave",
+                    .from_device = "x",
+                    .node_id = "n1",
+                    .conn_id = 1,
+                    .client_msg_id = "c1",
+                    .to_user = "",
+                    .group_id = "team",
+                    .body = (const uint8_t *)"hi",
+                    .body_len = 2,
+                    .content_type = "text/plain"};
+  answer first = {0}, second = {0};
+  ck_assert_int_eq(imc_router_send(R, &q, answered_into, &first), 0);
+  ck_assert_int_eq(M.n_comps, 1); /* the members load, without dave */
+  int n = 0;
+  ck_assert_int_eq(imc_router_group_add(R, "team", "dave", done_ok, &n), 0);
+  fire_at(1); /* the add completes first */
+  ck_assert_int_eq(n, 1);
+  q.client_msg_id = "c2";
+  ck_assert_int_eq(imc_router_send(R, &q, answered_into, &second), 0);
+  settle();
+  ck_assert_int_eq(first.calls, 1);
+  ck_assert_int_eq(first.status, IMC_ERR_FORBIDDEN); /* raced the add */
+  ck_assert_int_eq(second.calls, 1);
+  ck_assert_int_eq(second.status, 0);
+}
+END_TEST
+
 static Suite *router_suite(void) {
   Suite *s = suite_create("router");
-  TCase *t = tcase_create("direct");
-  tcase_add_checked_fixture(t, setup, teardown);
-  tcase_add_test(t, offline_recipient);
-  tcase_add_test(t, seq_per_conversation);
-  tcase_add_test(t, online_recipient_devices);
-  tcase_add_test(t, stale_registry_falls_back);
-  tcase_add_test(t, resend_dedup);
-  tcase_add_test(t, message_to_self);
-  tcase_add_test(t, delivered_status_once);
-  tcase_add_test(t, own_device_ack_is_not_delivery);
-  tcase_add_test(t, stored_status_offline);
-  tcase_add_test(t, history_only_is_not_stored);
-  tcase_add_test(t, undelivered_goes_to_inbox);
-  tcase_add_test(t, undelivered_retried_until_queued);
-  suite_add_tcase(s, t);
+  /* Every case runs twice: backends completing at once, then later and
+   * out of order. */
+  void (*const setups[2])(void) = {setup, setup_deferred};
+  for (int m = 0; m < 2; m++) {
+    TCase *t = tcase_create(m ? "direct deferred" : "direct");
+    tcase_add_checked_fixture(t, setups[m], teardown);
+    tcase_add_test(t, offline_recipient);
+    tcase_add_test(t, seq_per_conversation);
+    tcase_add_test(t, online_recipient_devices);
+    tcase_add_test(t, stale_registry_falls_back);
+    tcase_add_test(t, resend_dedup);
+    tcase_add_test(t, message_to_self);
+    tcase_add_test(t, delivered_status_once);
+    tcase_add_test(t, status_goes_to_from_node);
+    tcase_add_test(t, status_falls_back_to_lookup);
+    tcase_add_test(t, struct_size_respected);
+    tcase_add_test(t, own_device_ack_is_not_delivery);
+    tcase_add_test(t, stored_status_offline);
+    tcase_add_test(t, history_only_is_not_stored);
+    tcase_add_test(t, undelivered_goes_to_inbox);
+    tcase_add_test(t, undelivered_retried_until_queued);
+    tcase_add_test(t, many_sends_in_flight);
+    suite_add_tcase(s, t);
 
-  t = tcase_create("failures");
-  tcase_add_checked_fixture(t, setup, teardown);
-  tcase_add_test(t, invalid_requests);
-  tcase_add_test(t, seq_failure_then_resend);
-  tcase_add_test(t, queue_failure_no_ack);
-  tcase_add_test(t, in_flight_duplicate);
-  tcase_add_test(t, dedup_and_registry_failures);
-  tcase_add_test(t, alloc_failures);
-  suite_add_tcase(s, t);
+    t = tcase_create(m ? "failures deferred" : "failures");
+    tcase_add_checked_fixture(t, setups[m], teardown);
+    tcase_add_test(t, invalid_requests);
+    tcase_add_test(t, seq_failure_then_resend);
+    tcase_add_test(t, queue_failure_no_ack);
+    tcase_add_test(t, in_flight_duplicate);
+    tcase_add_test(t, dedup_and_registry_failures);
+    tcase_add_test(t, alloc_failures);
+    suite_add_tcase(s, t);
 
-  t = tcase_create("groups");
-  tcase_add_checked_fixture(t, setup, teardown);
-  tcase_add_test(t, group_forbidden_for_non_member);
-  tcase_add_test(t, group_offline_member);
-  tcase_add_test(t, group_membership_cache_invalidated);
-  suite_add_tcase(s, t);
+    t = tcase_create(m ? "groups deferred" : "groups");
+    tcase_add_checked_fixture(t, setups[m], teardown);
+    tcase_add_test(t, group_forbidden_for_non_member);
+    tcase_add_test(t, group_offline_member);
+    tcase_add_test(t, topics_configurable);
+    tcase_add_test(t, group_membership_cache_invalidated);
+    tcase_add_test(t, group_add_during_members_load);
+    tcase_add_test(t, group_lookups_all_at_once);
+    suite_add_tcase(s, t);
 
-  t = tcase_create("filter");
-  tcase_add_checked_fixture(t, setup, teardown);
-  tcase_add_test(t, filter_reject);
-  tcase_add_test(t, filter_mask);
-  tcase_add_test(t, filter_reload);
-  suite_add_tcase(s, t);
+    t = tcase_create(m ? "filter deferred" : "filter");
+    tcase_add_checked_fixture(t, setups[m], teardown);
+    tcase_add_test(t, filter_reject);
+    tcase_add_test(t, filter_mask);
+    tcase_add_test(t, filter_reload);
+    tcase_add_test(t, filter_not_configured);
+    suite_add_tcase(s, t);
+  }
   return s;
 }
 

@@ -459,6 +459,7 @@ static void got_free(got *g) {
 
 static imc_msg mk(const char *id, uint64_t seq, const void *body, size_t len) {
   imc_msg m = {
+      .struct_size = sizeof(m),
       .msg_id = id,
       .conversation_id = CONV,
       .seq = seq,

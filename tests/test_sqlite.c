@@ -166,7 +166,8 @@ static const imc_bus_vtbl *busv;
 
 static imc_msg msg(const char *id, const char *conv, uint64_t seq,
                    int64_t sent) {
-  imc_msg m = {.msg_id = id,
+  imc_msg m = {.struct_size = sizeof(m),
+               .msg_id = id,
                .conversation_id = conv,
                .seq = seq,
                .from_user = "alice",

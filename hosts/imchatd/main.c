@@ -264,10 +264,20 @@ static void reload(void *ud) {
   app *a = ud;
   int rv;
   if (a->cfg->filter_file) {
-    if ((rv = imc_router_reload_filter(a->router)) != 0)
-      hlog_warn("--filter-file: %s; the previous words stay", imc_strerror(rv));
-    else
-      hlog_info("--filter-file: reloaded %s", a->cfg->filter_file);
+    char *words;
+    size_t n;
+    if ((rv = imchatd_read_file(a->cfg->filter_file, &words, &n)) < 0) {
+      hlog_warn("--filter-file: cannot read '%s': %s; the previous words stay",
+                a->cfg->filter_file, strerror(-rv));
+    } else {
+      rv = imc_router_set_filter_words(a->router, (const uint8_t *)words, n);
+      free(words);
+      if (rv != 0)
+        hlog_warn("--filter-file: %s; the previous words stay",
+                  imc_strerror(rv));
+      else
+        hlog_info("--filter-file: reloaded %s", a->cfg->filter_file);
+    }
   }
   if (a->sealed)
     reload_keys(a);
@@ -385,12 +395,17 @@ static int make_router(app *a) {
     rv = imc_router_options_set_max_body(opt, cfg->max_body);
   }
   if (rv == 0 && cfg->filter_file) {
-    rv = imc_router_options_set_filter(opt, cfg->filter_file,
-                                       cfg->filter_mask ? IMC_FILTER_MASK
-                                                        : IMC_FILTER_REJECT);
+    char *words = NULL;
+    size_t n = 0;
+    int err = imchatd_read_file(cfg->filter_file, &words, &n);
+    rv = err < 0 ? IMC_ERR_IO
+                 : imc_router_options_set_filter(
+                       opt, (const uint8_t *)words, n,
+                       cfg->filter_mask ? IMC_FILTER_MASK : IMC_FILTER_REJECT);
+    free(words);
     if (rv != 0) {
       hlog_error("--filter-file: cannot load '%s': %s", cfg->filter_file,
-                 imc_strerror(rv));
+                 err < 0 ? strerror(-err) : imc_strerror(rv));
       imc_router_options_del(opt);
       return IMCHATD_EXIT_USAGE;
     }

@@ -43,10 +43,31 @@ extern "C" {
 /* ------------------------------------------------------------------ */
 
 /*
+ * 1 if the struct at p, whose first member is struct_size, holds member:
+ * how a reader checks for a member added after the oldest version it
+ * accepts.
+ */
+#define IMC_HAS_MEMBER(p, type, member)                                        \
+  ((p)->struct_size >=                                                         \
+   offsetof(type, member) + sizeof(((const type *)0)->member))
+
+/*
  * A routed message, as stored and delivered. Strings are NUL-terminated;
- * absent strings are "" (never NULL). Mirrors imchat.v1.Message.
+ * absent strings are "" (NULL is read as ""). Mirrors imchat.v1.Message.
+ *
+ * The struct grows with the proto, only at the end. Whoever fills one
+ * sets struct_size to sizeof(imc_msg) as compiled, preferably with a
+ * designated initialiser:
+ *   imc_msg m = {.struct_size = sizeof(m), .msg_id = id, ...};
+ * libimchat reads members past a caller's struct_size as absent ("" / 0),
+ * so a program built against an older header keeps working; one that
+ * leaves struct_size 0 passes a message with nothing in it. Messages the
+ * library hands out carry its own sizeof; a reader built against a newer
+ * header checks IMC_HAS_MEMBER before reading a member the library may
+ * not have.
  */
 typedef struct imc_msg {
+  uint32_t struct_size; /* sizeof(imc_msg) at the builder's compile time */
   const char *msg_id;
   const char *conversation_id;
   uint64_t seq;
@@ -59,6 +80,13 @@ typedef struct imc_msg {
   int64_t sent_at_ms;
   const char *client_msg_id;
   const char *from_device;
+  /*
+   * Routing metadata, not part of the wire Message: the gateway node and
+   * connection the sender sent from, so its DeliveryStatus needs no
+   * registry lookup. "" / 0 when unknown.
+   */
+  const char *from_node;
+  uint64_t from_conn_id;
 } imc_msg;
 
 /* ------------------------------------------------------------------ */

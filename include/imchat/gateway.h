@@ -42,6 +42,14 @@ typedef struct imc_conn imc_conn;
 
 /* A SendRequest of an authenticated client. */
 typedef struct imc_send_req {
+  /*
+   * sizeof(imc_send_req) as the builder compiled it. The struct grows only
+   * at the end; members past a caller's struct_size are read as absent
+   * ("" / 0), so set it with a designated initialiser:
+   *   imc_send_req q = {.struct_size = sizeof(q), .from_user = u, ...};
+   * A request with struct_size 0 has no sender and is refused.
+   */
+  uint32_t struct_size;
   const char *from_user;
   const char *from_device;
   const char *node_id;

@@ -81,6 +81,16 @@ IMC_EXTERN int imc_router_options_set_group_bus(imc_router_options *opt,
 IMC_EXTERN int imc_router_options_set_gwlink(imc_router_options *opt,
                                              const imc_gwlink_vtbl *vt,
                                              void *ud);
+/*
+ * The topics the router publishes to: the durable offline queue (default
+ * "offline_msg", which the worker consumes) and the group bus (default
+ * "group_msg", which every gateway's fan-out consumes). Both are copied.
+ * Returns 0 or IMC_ERR_INVALID_ARGUMENT (NULL opt, a NULL or empty name, a
+ * name of 128 bytes or more; nothing changes then).
+ */
+IMC_EXTERN int imc_router_options_set_topics(imc_router_options *opt,
+                                             const char *offline_topic,
+                                             const char *group_topic);
 IMC_EXTERN int imc_router_options_set_clock(imc_router_options *opt,
                                             const imc_clock *clock);
 IMC_EXTERN int imc_router_options_set_log(imc_router_options *opt,
@@ -96,25 +106,31 @@ IMC_EXTERN int imc_router_options_set_dedup_ttl_s(imc_router_options *opt,
 IMC_EXTERN int imc_router_options_set_group_cache_ms(imc_router_options *opt,
                                                      uint32_t ms);
 /*
- * Sensitive words: one UTF-8 word per line of path ('#' comments). Applies
- * to bodies whose content_type starts with "text/". Returns 0,
- * IMC_ERR_IO (unreadable), IMC_ERR_INVALID_ARGUMENT or IMC_ERR_NOMEM.
+ * Sensitive words: the len bytes at words (copied; the host reads them
+ * from wherever it keeps them, the library does no file I/O) are the text
+ * of a word list, one UTF-8 word per line; blank lines and lines starting
+ * with '#' are skipped. Applies to bodies whose content_type starts with
+ * "text/". Returns 0, IMC_ERR_INVALID_ARGUMENT (a line is not UTF-8, words
+ * is NULL with len > 0, or a bad action), IMC_ERR_TOO_LARGE or
+ * IMC_ERR_NOMEM; on error the options are unchanged.
  */
 IMC_EXTERN int imc_router_options_set_filter(imc_router_options *opt,
-                                             const char *path,
+                                             const uint8_t *words, size_t len,
                                              imc_filter_action action);
 
 /*
- * Re-reads the filter file (e.g. on SIGHUP). On failure the previous word
- * list stays in force. Returns 0, IMC_ERR_NOT_FOUND (no filter
- * configured), IMC_ERR_IO, IMC_ERR_INVALID_ARGUMENT or IMC_ERR_NOMEM.
+ * Replaces the word list (e.g. on SIGHUP) with the len bytes at words
+ * (borrowed), in the format of imc_router_options_set_filter, keeping
+ * its action. On failure the previous word list stays in force. Returns
+ * 0, IMC_ERR_NOT_FOUND (no filter was configured),
+ * IMC_ERR_INVALID_ARGUMENT, IMC_ERR_TOO_LARGE or IMC_ERR_NOMEM.
  */
-IMC_EXTERN int imc_router_reload_filter(imc_router *r);
+IMC_EXTERN int imc_router_set_filter_words(imc_router *r, const uint8_t *words,
+                                           size_t len);
 
 /*
  * Creates a router. Returns 0, IMC_ERR_INVALID_ARGUMENT (a required
- * vtable is missing, or the filter file cannot be loaded), IMC_ERR_IO or
- * IMC_ERR_NOMEM.
+ * vtable is missing) or IMC_ERR_NOMEM.
  */
 IMC_EXTERN int imc_router_new(imc_router **out, const imc_router_options *opt,
                               const imc_mem *mem);
@@ -125,16 +141,22 @@ IMC_EXTERN void imc_router_set_user_data(imc_router *r, void *ud);
 IMC_EXTERN void *imc_router_get_user_data(const imc_router *r);
 
 /*
- * Routes one message. done runs once with the SendAck fields or an error:
+ * Routes one message; req->struct_size must be set (see imc_send_req).
+ * done runs once with the SendAck fields or an error:
  * IMC_ERR_INVALID_ARGUMENT (bad ids), IMC_ERR_TOO_LARGE, IMC_ERR_FORBIDDEN
  * (not a member of the group), IMC_ERR_BLOCKED (filter), IMC_ERR_UNAVAILABLE
  * (a backend failed; the client may resend). Returns 0 or
- * IMC_ERR_INVALID_ARGUMENT / IMC_ERR_NOMEM (done is not called then).
+ * IMC_ERR_INVALID_ARGUMENT (no sender: NULL strings, or a struct_size
+ * that does not cover them) / IMC_ERR_NOMEM (done is not called then).
  */
 IMC_EXTERN int imc_router_send(imc_router *r, const imc_send_req *req,
                                imc_send_cb done, void *done_ud);
 
-/* A device of user_id acknowledged msg. */
+/*
+ * A device of user_id acknowledged msg. The sender's DELIVERED status
+ * goes to msg->from_node, or, when that is "", to wherever the registry
+ * has the sending device.
+ */
 IMC_EXTERN void imc_router_delivered(imc_router *r, const imc_msg *msg,
                                      const char *user_id,
                                      const char *device_id);

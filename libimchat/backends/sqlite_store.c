@@ -151,6 +151,9 @@ static imc_msg *copy_row(imc_sqlite *db, sqlite3_stmt *st) {
   m->sent_at_ms = sqlite3_column_int64(st, COL_SENT);
   m->client_msg_id = put(&p, c[COL_CMID].p, c[COL_CMID].n);
   m->from_device = put(&p, c[COL_DEVICE].p, c[COL_DEVICE].n);
+  m->struct_size = sizeof(*m);
+  m->from_node = ""; /* routing metadata: not stored */
+  m->from_conn_id = 0;
   return m;
 }
 

@@ -9,6 +9,7 @@
 #include <imchat/fanout.h>
 
 #include "util/alloc.h"
+#include "util/busname.h"
 #include "router/members.h"
 #include "protocol/pb.h"
 #include "protocol/pbcheck.h"
@@ -20,7 +21,6 @@
 
 #define DEFAULT_TOPIC "group_msg"
 #define BATCH_MAX 128
-#define NAME_CAP 128 /* topic and group names: 1..127 bytes */
 
 /* The highest offset of one partition in the batch. */
 typedef struct cpoint {
@@ -37,8 +37,8 @@ struct imc_fanout {
   imc_clock clock;
   imc_members *members;
   ProtobufCAllocator pba;
-  char topic[NAME_CAP];
-  char consumer[NAME_CAP];
+  char topic[IMC_BUS_NAME_CAP];
+  char consumer[IMC_BUS_NAME_CAP];
   int group_set; /* consumer set by imc_fanout_set_group() */
   int running;
   size_t pending;
@@ -241,11 +241,9 @@ static void set_consumer(imc_fanout *f) {
 /* Names change only while nothing runs: a poll and its commits use the
  * same names. */
 static int set_name(imc_fanout *f, char *dst, const char *name) {
-  size_t n = name ? strlen(name) : 0;
-  if (f->running || f->pending > 0 || n == 0 || n >= NAME_CAP)
+  if (f->running || f->pending > 0)
     return IMC_ERR_INVALID_ARGUMENT;
-  memcpy(dst, name, n + 1);
-  return 0;
+  return imc_bus_name_set(dst, name);
 }
 
 int imc_fanout_set_topic(imc_fanout *f, const char *topic) {

@@ -79,6 +79,7 @@ static void on_send(imc_conn *c, uint64_t id,
     return;
   }
   imc_send_req req;
+  req.struct_size = sizeof(req);
   req.from_user = c->user;
   req.from_device = c->device;
   req.node_id = gw->o.node_id;

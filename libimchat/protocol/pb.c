@@ -37,6 +37,7 @@ void imc_pb_from_msg(Imchat__V1__Message *pm, const imc_msg *m) {
 }
 
 void imc_msg_from_pb(imc_msg *m, const Imchat__V1__Message *pm) {
+  m->struct_size = sizeof(*m);
   m->msg_id = pm->msg_id;
   m->conversation_id = pm->conversation_id;
   m->seq = pm->seq;
@@ -49,6 +50,8 @@ void imc_msg_from_pb(imc_msg *m, const Imchat__V1__Message *pm) {
   m->sent_at_ms = pm->sent_at_ms;
   m->client_msg_id = pm->client_msg_id;
   m->from_device = pm->from_device;
+  m->from_node = ""; /* not on the wire */
+  m->from_conn_id = 0;
 }
 
 int imc_pb_pack_server_frame(const Imchat__V1__ServerFrame *f,

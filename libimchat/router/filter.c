@@ -3,13 +3,9 @@
 
 #include "util/alloc.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #define NO_STATE UINT32_MAX
 
@@ -379,65 +375,21 @@ int imc_filter_mask(const imc_filter *f, const uint8_t *text, size_t len,
   return count > INT_MAX ? INT_MAX : (int)count;
 }
 
-/* Reads the whole file at path into a buffer from mem. */
-static int read_file(const imc_mem *mem, const char *path, uint8_t **out,
-                     size_t *outlen) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return IMC_ERR_IO;
-  struct stat st;
-  size_t cap = 4096, len = 0;
-  if (fstat(fd, &st) == 0 && st.st_size > 0 &&
-      (uintmax_t)st.st_size < SIZE_MAX - 1)
-    cap = (size_t)st.st_size + 1; /* +1 to see EOF without growing */
-  uint8_t *buf = imc_malloc(mem, cap);
-  int rv = buf == NULL ? IMC_ERR_NOMEM : 0;
-  while (rv == 0) {
-    if (len == cap)
-      rv = grow(mem, (void **)&buf, &cap, cap + 1, 1);
-    if (rv != 0)
-      break;
-    ssize_t r = read(fd, buf + len, cap - len);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r < 0)
-      rv = IMC_ERR_IO;
-    else if (r == 0)
-      break;
-    else
-      len += (size_t)r;
-  }
-  close(fd);
-  if (rv != 0) {
-    imc_free(mem, buf);
-    return rv;
-  }
-  *out = buf;
-  *outlen = len;
-  return 0;
-}
-
 static int is_blank(uint8_t c) {
   return c == ' ' || c == '\t' || c == '\r';
 }
 
-int imc_filter_load_file(imc_filter **out, const char *path,
-                         const imc_mem *mem) {
-  if (out == NULL || path == NULL)
+int imc_filter_from_words(imc_filter **out, const uint8_t *words, size_t len,
+                          const imc_mem *mem) {
+  if (out == NULL || (words == NULL && len > 0))
     return IMC_ERR_INVALID_ARGUMENT;
   if (mem == NULL)
     mem = imc_mem_default();
-  uint8_t *buf;
-  size_t len;
-  int rv = read_file(mem, path, &buf, &len);
+  const uint8_t *buf = words;
+  imc_filter *f;
+  int rv = imc_filter_new(&f, mem);
   if (rv != 0)
     return rv;
-  imc_filter *f;
-  rv = imc_filter_new(&f, mem);
-  if (rv != 0) {
-    imc_free(mem, buf);
-    return rv;
-  }
   size_t pos = 0;
   if (len >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0)
     pos = 3;
@@ -454,7 +406,6 @@ int imc_filter_load_file(imc_filter **out, const char *path,
       continue;
     rv = imc_filter_add(f, (const char *)buf + a, b - a);
   }
-  imc_free(mem, buf);
   if (rv == 0)
     rv = imc_filter_build(f);
   if (rv != 0) {

@@ -42,15 +42,16 @@ int imc_filter_add(imc_filter *f, const char *word, size_t len);
 int imc_filter_build(imc_filter *f);
 
 /*
- * Creates a built filter in *out from the file at path: one UTF-8 word
- * per line; blank lines and lines starting with '#' are skipped; spaces
- * and tabs around a word, CRLF line ends and a leading UTF-8 BOM are
- * ignored. Returns 0; IMC_ERR_IO if the file cannot be read;
- * IMC_ERR_INVALID_ARGUMENT if a line is not valid UTF-8 (or out/path is
- * NULL); IMC_ERR_TOO_LARGE; IMC_ERR_NOMEM. On error *out is untouched.
+ * Creates a built filter in *out from the len bytes at words (borrowed;
+ * the text of a word list, not NUL-terminated): one UTF-8 word per line;
+ * blank lines and lines starting with '#' are skipped; spaces and tabs
+ * around a word, CRLF line ends and a leading UTF-8 BOM are ignored.
+ * Returns 0; IMC_ERR_INVALID_ARGUMENT if a line is not valid UTF-8 (or
+ * out is NULL, or words is NULL with len > 0); IMC_ERR_TOO_LARGE;
+ * IMC_ERR_NOMEM. On error *out is untouched.
  */
-int imc_filter_load_file(imc_filter **out, const char *path,
-                         const imc_mem *mem);
+int imc_filter_from_words(imc_filter **out, const uint8_t *words, size_t len,
+                          const imc_mem *mem);
 
 /* Frees f and everything it owns. NULL is a no-op. */
 void imc_filter_del(imc_filter *f);

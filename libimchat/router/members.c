@@ -18,7 +18,8 @@ typedef struct entry {
   size_t n;
   int64_t expires;
   int loading; /* a store call is in flight */
-  int stale;   /* invalidated while loading: do not keep the result */
+  int stale;   /* invalidated while loading: already unlinked, and the
+                  result is not kept */
   waiter *waiters;
   char group[];
 } entry;
@@ -137,7 +138,7 @@ static void loaded(void *ud, int status, const char *const *items, size_t n) {
     e->expires = imc_clock_now(mc->clock) + mc->ttl_ms;
   }
   int keep = status == 0 && !e->stale;
-  if (!keep)
+  if (!keep && !e->stale)
     unlink_entry(mc, e);
   /* Waiters may call back into the cache; e stays valid until freed. */
   while (w) {
@@ -212,7 +213,10 @@ void imc_members_invalidate(imc_members *mc, const char *group) {
   if (e == NULL)
     return;
   if (e->loading) {
+    /* The load in flight may have read the old list: later lookups must
+     * not join it, so it leaves the table and serves only its waiters. */
     e->stale = 1;
+    unlink_entry(mc, e);
     return;
   }
   unlink_entry(mc, e);

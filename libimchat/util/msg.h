@@ -4,6 +4,13 @@
 
 #include <imchat/backend.h>
 
+/*
+ * m as this build of the library sees it: members past m->struct_size
+ * absent (0), NULL strings "", struct_size our own sizeof. The strings
+ * still point into m. Returns view, or NULL when m is NULL.
+ */
+const imc_msg *imc_msg_view(imc_msg *view, const imc_msg *m);
+
 /* Bytes the strings and body of m take in a copy (NULL strings count as
  * ""). */
 size_t imc_msg_data_size(const imc_msg *m);

@@ -12,6 +12,7 @@
 #include <imchat/worker.h>
 
 #include "util/alloc.h"
+#include "util/busname.h"
 #include "util/log.h"
 #include "protocol/pb.h"
 #include "protocol/pbcheck.h"
@@ -24,7 +25,6 @@
 
 #define DEFAULT_TOPIC "offline_msg"
 #define DEFAULT_GROUP "worker"
-#define NAME_CAP 128 /* topic and group names: 1..127 bytes */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 10000
 #define BATCH_LIMIT 65536 /* upper bound of batch_max */
@@ -107,8 +107,8 @@ struct imc_worker_options {
   imc_clock clock;
   imc_logger log;
   uint32_t batch_max, retention_s, purge_interval_s, dedup_ttl_s;
-  char topic[NAME_CAP];
-  char group[NAME_CAP];
+  char topic[IMC_BUS_NAME_CAP];
+  char group[IMC_BUS_NAME_CAP];
 };
 
 struct imc_worker {
@@ -236,20 +236,12 @@ int imc_worker_options_set_purge_interval_s(imc_worker_options *opt,
   return 0;
 }
 
-static int set_name(char *dst, const char *name) {
-  size_t n = name ? strlen(name) : 0;
-  if (n == 0 || n >= NAME_CAP)
-    return IMC_ERR_INVALID_ARGUMENT;
-  memcpy(dst, name, n + 1);
-  return 0;
-}
-
 int imc_worker_options_set_topic(imc_worker_options *opt, const char *topic) {
-  return opt ? set_name(opt->topic, topic) : IMC_ERR_INVALID_ARGUMENT;
+  return opt ? imc_bus_name_set(opt->topic, topic) : IMC_ERR_INVALID_ARGUMENT;
 }
 
 int imc_worker_options_set_group(imc_worker_options *opt, const char *group) {
-  return opt ? set_name(opt->group, group) : IMC_ERR_INVALID_ARGUMENT;
+  return opt ? imc_bus_name_set(opt->group, group) : IMC_ERR_INVALID_ARGUMENT;
 }
 
 int imc_worker_options_set_dedup_ttl_s(imc_worker_options *opt, uint32_t s) {
@@ -585,6 +577,8 @@ static void do_decode(imc_worker *w, batch *b) {
       continue;
     }
     imc_msg_from_pb(&j->msg, j->pb->message);
+    j->msg.from_node = j->pb->from_node; /* routing metadata of the job */
+    j->msg.from_conn_id = j->pb->from_conn_id;
     j->state = J_OK;
     b->n_ok++;
   }

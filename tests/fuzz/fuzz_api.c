@@ -102,9 +102,19 @@ static void setup(void) {
     abort();
   imc_api_options_del(ao);
   /* Something to read: a message in history and in alice's inbox. */
-  imc_msg m = {
-      "m1", "p:alice:bob", 1, "bob", "alice", "", (const uint8_t *)"hi",
-      2,    "text/plain",  1, "c1",  "phone"};
+  imc_msg m = {.struct_size = sizeof(imc_msg),
+               .msg_id = "m1",
+               .conversation_id = "p:alice:bob",
+               .seq = 1,
+               .from_user = "bob",
+               .to_user = "alice",
+               .group_id = "",
+               .body = (const uint8_t *)"hi",
+               .body_len = 2,
+               .content_type = "text/plain",
+               .sent_at_ms = 1,
+               .client_msg_id = "c1",
+               .from_device = "phone"};
   const imc_msg *msgs[] = {&m};
   imc_inbox_entry entry = {"alice", &m};
   imc_sqlite_store_vtbl()->append(db, msgs, 1, &entry, 1, appended, NULL);

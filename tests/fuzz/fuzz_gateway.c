@@ -81,18 +81,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     imc_gateway_flush(gw);
   }
   if (rv == 0 && !closed) {
-    imc_msg m = {"m1",
-                 "p:alice:bob",
-                 1,
-                 "bob",
-                 "alice",
-                 "",
-                 (const uint8_t *)"x",
-                 1,
-                 "",
-                 1,
-                 "c",
-                 "d"};
+    imc_msg m = {.struct_size = sizeof(imc_msg),
+                 .msg_id = "m1",
+                 .conversation_id = "p:alice:bob",
+                 .seq = 1,
+                 .from_user = "bob",
+                 .to_user = "alice",
+                 .group_id = "",
+                 .body = (const uint8_t *)"x",
+                 .body_len = 1,
+                 .content_type = "",
+                 .sent_at_ms = 1,
+                 .client_msg_id = "c",
+                 .from_device = "d"};
     imc_gateway_deliver(gw, "alice", NULL, &m);
     imc_gateway_flush(gw);
   }

@@ -1,0 +1,136 @@
+/*
+ * The router's insides, shared by its files:
+ *   options.c    options and their setters
+ *   send.c       the send pipeline up to the SendAck and the fast path
+ *   slow_path.c  the offline queue, with a retry list for refused jobs
+ *   status.c     DeliveryStatus to the sender, once per message
+ *   groups.c     group membership through the store
+ *   router.c     life cycle, timers, stats, reports from gateways/worker
+ */
+#ifndef IMC_ROUTER_INT_H
+#define IMC_ROUTER_INT_H
+
+#include <imchat/router.h>
+
+#include "router/filter.h"
+#include "router/members.h"
+#include "util/alloc.h"
+#include "util/busname.h"
+#include "util/log.h"
+#include "protocol/pb.h"
+
+#define STATUS_MEMORY_MS 600000 /* statuses are sent once per message */
+#define RETRY_MIN_MS 100
+#define RETRY_MAX_MS 10000
+
+struct imc_router_options {
+  imc_mem mem;
+  imc_registry_vtbl registry;
+  void *registry_ud;
+  imc_seq_vtbl seq;
+  void *seq_ud;
+  imc_dedup_vtbl dedup;
+  void *dedup_ud;
+  imc_store_vtbl store;
+  void *store_ud;
+  imc_bus_vtbl queue;
+  void *queue_ud;
+  imc_bus_vtbl group_bus;
+  void *group_bus_ud;
+  imc_gwlink_vtbl gwlink;
+  void *gwlink_ud;
+  imc_clock clock;
+  imc_logger log;
+  size_t max_body;
+  uint32_t dedup_ttl_s, group_cache_ms;
+  char offline_topic[IMC_BUS_NAME_CAP]; /* the offline queue's topic */
+  char group_topic[IMC_BUS_NAME_CAP];   /* the group bus's topic */
+  uint8_t *filter_words; /* the word list's text; NULL: no filter */
+  size_t filter_len;
+  imc_filter_action filter_action;
+};
+
+/*
+ * A job on its way to the offline queue without an answer waiting on it.
+ * If the queue refuses it, it joins the retry list.
+ */
+typedef struct qrec {
+  struct qrec *next;
+  imc_router *r;
+  size_t len, key_len;
+  uint8_t data[]; /* key, then the packed job */
+} qrec;
+
+/* A message that already had its DeliveryStatus. */
+typedef struct seen {
+  struct seen *next;  /* bucket */
+  struct seen *older; /* expiry order: newest first */
+  struct seen *newer;
+  int64_t expires;
+  char msg_id[];
+} seen;
+
+#define SEEN_BUCKETS 1024
+
+struct imc_router {
+  imc_mem mem;
+  imc_router_options o;
+  imc_filter *filter;
+  imc_members *members;
+  void *user_data;
+  uint64_t stats[IMC_RT_STAT_COUNT_];
+  size_t pending;
+  uint32_t instance;
+  uint64_t counter;
+  ProtobufCAllocator pba;
+  qrec *retries, *retries_tail;
+  int64_t retry_at;
+  uint32_t retry_ms;
+  seen *seen_buckets[SEEN_BUCKETS];
+  seen *seen_newest, *seen_oldest;
+};
+
+#define rt_log(r, ...) imc_logf(&(r)->o.log, __VA_ARGS__)
+
+static inline int64_t imc_rt_now_ms(imc_router *r) {
+  return imc_clock_now(&r->o.clock);
+}
+
+static inline int imc_rt_is_group(const imc_msg *m) {
+  return m->group_id != NULL && m->group_id[0] != '\0';
+}
+
+/* Counts and logs a failed backend operation. (router.c) */
+void imc_rt_backend_error(imc_router *r, const char *what, int status);
+
+/* Packs an OfflineJob into *out (imc_free it). Returns 0 or
+ * IMC_ERR_NOMEM. (slow_path.c) */
+int imc_rt_pack_job(imc_router *r, const imc_msg *m, int history,
+                    const char *const *users, size_t n, uint8_t **out,
+                    size_t *out_len);
+
+/*
+ * Queues m for the inboxes of users (and its history if history != 0)
+ * without an answer waiting on it: failures are retried until the queue
+ * takes it. (slow_path.c)
+ */
+void imc_rt_slow_path(imc_router *r, const imc_msg *m, int history,
+                      const char *const *users, size_t n);
+
+/* Publishes the job at the head of the retry list. (slow_path.c) */
+void imc_rt_retry_publish(imc_router *r);
+
+/* Frees the retry list. (slow_path.c) */
+void imc_rt_retries_free(imc_router *r);
+
+/* Sends the sender's device its one DeliveryStatus for m. (status.c) */
+void imc_rt_send_status(imc_router *r, const imc_msg *m,
+                        imc_delivery_state state, const char *recipient);
+
+/* Forgets statuses older than STATUS_MEMORY_MS. (status.c) */
+void imc_rt_seen_expire(imc_router *r, int64_t now);
+
+/* Frees the memory of sent statuses. (status.c) */
+void imc_rt_seen_free(imc_router *r);
+
+#endif /* IMC_ROUTER_INT_H */
