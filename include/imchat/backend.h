@@ -129,12 +129,15 @@ typedef struct imc_transport_vtbl {
  *  - lease_grant once, register_conn every connection on the lease id;
  *  - lease_keepalive once per interval, well inside the TTL (a third of
  *    it: 30 s for 90 s);
- *  - when lease_keepalive or register_conn completes with
- *    IMC_ERR_NOT_FOUND, the lease and every entry on it are gone (it
- *    expired while the node was cut off, or the registry restarted
- *    empty): grant a new lease and register every live connection on it
- *    again. Any other error leaves the lease's fate unknown: keep the
- *    lease and try again at the next interval;
+ *  - when lease_keepalive completes with IMC_ERR_NOT_FOUND, the lease
+ *    and every entry on it are gone (it expired while the node was cut
+ *    off, or the registry restarted empty): grant a new lease and
+ *    register every live connection on it again. register_conn's
+ *    NOT_FOUND means the same; a holder may leave it to its next
+ *    keepalive. Any other error leaves the lease's fate unknown: keep the
+ *    lease and try again at the next interval. Only one grant or
+ *    keepalive should be outstanding, so an answer cannot concern an
+ *    older lease;
  *  - lease_revoke on an orderly shutdown, to drop every entry at once.
  */
 
@@ -144,8 +147,8 @@ typedef struct imc_transport_vtbl {
  * libimchat and a separately built backend in both directions, so a
  * member may be appended later (a reader ignores members past
  * struct_size, and treats absent ones as unset). Writers set it to
- * sizeof(imc_reg_entry); backends reject entries whose struct_size is
- * smaller than the first four members.
+ * sizeof(imc_reg_entry); backends reject (IMC_ERR_INVALID_ARGUMENT)
+ * entries whose struct_size does not reach past conn_id.
  */
 typedef struct imc_reg_entry {
   uint32_t struct_size;
