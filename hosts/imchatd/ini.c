@@ -43,7 +43,8 @@ static int on_ini_key(void *user, const char *section, const char *name,
       break;
     }
   }
-  if (id < O_LISTEN || id > O_LOG_LEVEL) {
+  /* --dev-login is a flag only: a config file must not turn it on. */
+  if (id < O_LISTEN || id > O_WEB_ROOT) {
     snprintf(ctx->err, sizeof(ctx->err), "unknown key '%s'", name);
     return 0;
   }
