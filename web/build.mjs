@@ -43,7 +43,7 @@ fs.mkdirSync(path.join(work, 'assets'), { recursive: true });
 const gen = path.join(work, 'im_pb.js');
 execFileSync(process.execPath, [
   path.join(here, 'node_modules', 'protobufjs-cli', 'bin', 'pbjs'),
-  '-t', 'static-module', '-w', 'es6', '--no-comments', '--no-verify',
+  '-t', 'static-module', '-w', 'es6', '--keep-case', '--no-comments', '--no-verify',
   '--no-convert', '--no-delimited', '--force-number', '-o', gen, protoFile,
 ], { stdio: 'inherit' });
 
