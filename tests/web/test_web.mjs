@@ -78,6 +78,9 @@ class Server {
     this.proc.kill('SIGTERM');
     const { code } = await this.exited;
     if (code !== 0) throw new Error(`imchatd exited with ${code}:\n${this.log}`);
+    if (/AddressSanitizer|LeakSanitizer|runtime error:/.test(this.log)) {
+      throw new Error(`imchatd printed a sanitizer report:\n${this.log}`);
+    }
   }
 
   get base() { return `http://${this.listen}`; }
