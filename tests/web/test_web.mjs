@@ -121,8 +121,11 @@ async function newUser(browser, name, server, viewport = { width: 1100, height: 
   return u;
 }
 
-async function openPage(u, server) {
+// Opens the page and signs in; with refuseSocket the page's WebSocket
+// connections are refused (it stays offline).
+async function openPage(u, server, { refuseSocket = false } = {}) {
   const page = await u.ctx.newPage();
+  if (refuseSocket) await page.routeWebSocket(/\/ws/, (ws) => ws.close());
   page.on('console', (msg) => {
     const t = msg.text();
     // The socket failing while imchatd restarts is expected; nothing else is.
@@ -134,8 +137,12 @@ async function openPage(u, server) {
   await page.goto(`${server.base}/`);
   await page.fill('#dev-user', u.name);
   await page.press('#dev-user', 'Enter');
-  await online(page);
   u.page = page;
+  if (refuseSocket) {
+    await page.waitForSelector('#chat:not([hidden])', { timeout: WAIT });
+    return page;
+  }
+  await online(page);
   return page;
 }
 
@@ -203,9 +210,18 @@ async function main() {
     await send(alice, 'Hello Bob!');
     await waitState(alice, 'Hello Bob!', 'delivered');
     await bob.page.waitForSelector('[data-conv="p:alice:bob"] .unread[data-unread="1"]', { timeout: WAIT });
-    await bob.page.click('[data-conv="p:alice:bob"]');
+    // Keyboard only: Tab from the "open" field to the conversation, Enter
+    // opens it (and puts the focus in the message field), type, Enter.
+    await bob.page.focus('#open-input');
+    for (let i = 0; i < 5; i++) {
+      await bob.page.keyboard.press('Tab');
+      if (await bob.page.evaluate(() => document.activeElement?.dataset?.conv) === 'p:alice:bob') break;
+    }
+    await bob.page.keyboard.press('Enter');
     await waitBodies(bob, ['Hello Bob!']);
-    await send(bob, 'Hi Alice, how are you?');
+    await bob.page.waitForSelector('#composer-input:focus');
+    await bob.page.keyboard.type('Hi Alice, how are you?');
+    await bob.page.keyboard.press('Enter');
     await waitState(bob, 'Hi Alice, how are you?', 'delivered');
     await waitBodies(alice, ['Hello Bob!', 'Hi Alice, how are you?']);
 
@@ -219,6 +235,19 @@ async function main() {
     await bob.page.waitForSelector('[data-conv="p:alice:bob"] .unread[data-unread="2"]', { timeout: WAIT });
     await bob.page.click('[data-conv="p:alice:bob"]');
     await waitBodies(bob, ['Hello Bob!', 'Hi Alice, how are you?', 'Are you there?', 'Call me when you are back.']);
+    step('a send queued while the socket is refused survives a new page');
+    await alice.page.close();
+    await openPage(alice, server, { refuseSocket: true });
+    await alice.page.click('[data-conv="p:alice:bob"]');
+    await send(alice, 'Written while offline');
+    await waitState(alice, 'Written while offline', 'sending');
+    await alice.page.close();
+    await openPage(alice, server);
+    await alice.page.click('[data-conv="p:alice:bob"]');
+    await waitState(alice, 'Written while offline', 'delivered');
+    const oneToOne = ['Hello Bob!', 'Hi Alice, how are you?', 'Are you there?', 'Call me when you are back.', 'Written while offline'];
+    await waitBodies(bob, oneToOne);
+    await waitBodies(alice, oneToOne);
     await shot(alice, 'alice-1to1');
     await shot(bob, 'bob-1to1');
 

@@ -31,6 +31,7 @@ export class Client extends EventTarget {
     this.state = 'offline';
     this.nextId = 1;
     this.waiting = new Map(); // frame id -> client_msg_id
+    this.timers = new Map(); // client_msg_id -> resend timer
     this.acks = [];
     this.backoff = BACKOFF_MIN_MS;
     this.timer = null;
@@ -113,7 +114,8 @@ export class Client extends EventTarget {
   stopTimers() {
     clearInterval(this.pingTimer);
     clearTimeout(this.pongTimer);
-    for (const p of this.store.pending) clearTimeout(p._timer);
+    for (const t of this.timers.values()) clearTimeout(t);
+    this.timers.clear();
   }
 
   raw(frame) {
@@ -143,7 +145,7 @@ export class Client extends EventTarget {
           msg_id: a.msg_id, seq: Number(a.seq), conversation_id: a.conversation_id,
           sent_at_ms: Number(a.sent_at_ms),
         });
-        if (p) clearTimeout(p._timer);
+        this.clearTimer(a.client_msg_id);
         this.store.setState(a.msg_id, 'sent');
         this.emit('ack', { client_msg_id: a.client_msg_id, msg_id: a.msg_id, seq: Number(a.seq),
           conversation_id: a.conversation_id, sent_at_ms: Number(a.sent_at_ms) });
@@ -152,6 +154,7 @@ export class Client extends EventTarget {
       case 'status': {
         const s = f.status;
         const state = s.state === DeliveryState.DELIVERED ? 'delivered' : 'stored';
+        this.clearTimer(s.client_msg_id);
         this.store.setState(s.msg_id, state);
         this.store.removePending(s.client_msg_id);
         this.emit('status', { msg_id: s.msg_id, client_msg_id: s.client_msg_id, state });
@@ -169,12 +172,13 @@ export class Client extends EventTarget {
         this.waiting.delete(Number(f.id));
         const e = f.error;
         if (cmid && FINAL_ERRORS.has(e.code)) {
+          this.clearTimer(cmid);
           this.store.removePending(cmid);
           this.emit('failed', { client_msg_id: cmid, code: e.code, message: e.message });
         } else if (cmid) {
           // UNAVAILABLE, RATE_LIMITED, INTERNAL: try again shortly.
-          const p = this.store.pending.find((x) => x.client_msg_id === cmid);
-          if (p) { clearTimeout(p._timer); p._timer = setTimeout(() => this.sendPending(p), 1000); }
+          this.clearTimer(cmid);
+          this.timers.set(cmid, setTimeout(() => this.resend(cmid), 1000));
         } else {
           this.emit('error', { code: e.code, message: e.message });
         }
@@ -213,8 +217,20 @@ export class Client extends EventTarget {
     return p;
   }
 
+  clearTimer(cmid) {
+    clearTimeout(this.timers.get(cmid));
+    this.timers.delete(cmid);
+  }
+
+  // Sends the pending message cmid again, if it is still unconfirmed.
+  resend(cmid) {
+    this.timers.delete(cmid);
+    const p = this.store.findPending(cmid);
+    if (p && !p.msg_id) this.sendPending(p);
+  }
+
   sendPending(p) {
-    clearTimeout(p._timer);
+    this.clearTimer(p.client_msg_id);
     const id = this.raw({
       send: {
         client_msg_id: p.client_msg_id,
@@ -226,9 +242,7 @@ export class Client extends EventTarget {
     if (!id) return;
     this.waiting.set(id, p.client_msg_id);
     // No SendAck in time: send again (the server deduplicates).
-    p._timer = setTimeout(() => {
-      if (this.store.pending.includes(p) && !p.msg_id) this.sendPending(p);
-    }, SEND_WAIT_MS);
+    this.timers.set(p.client_msg_id, setTimeout(() => this.resend(p.client_msg_id), SEND_WAIT_MS));
   }
 
   flushPending() {

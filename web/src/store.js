@@ -8,66 +8,75 @@ export class Store {
   constructor(user, storage = window.localStorage) {
     this.key = `imchat:v1:${user}`;
     this.storage = storage;
+    this.load();
+  }
+
+  // Every change reads the stored state first and writes it back at once:
+  // another tab of the same user may have changed it meanwhile.
+  load() {
     let s = null;
     try {
-      s = JSON.parse(storage.getItem(this.key) || 'null');
+      s = JSON.parse(this.storage.getItem(this.key) || 'null');
     } catch {
       s = null;
     }
-    this.s = {
-      cursor: 0,
-      convs: {},
-      pending: [],
-      states: {},
-      ...(s || {}),
-    };
+    this.s = { cursor: 0, convs: {}, pending: [], states: {}, ...(s || {}) };
+    return this.s;
   }
 
-  save() {
+  change(fn) {
+    this.load();
+    const r = fn(this.s);
     const states = Object.entries(this.s.states);
     if (states.length > MAX_STATES) {
       this.s.states = Object.fromEntries(states.slice(states.length - MAX_STATES));
     }
     this.storage.setItem(this.key, JSON.stringify(this.s));
+    return r;
   }
 
-  get cursor() { return this.s.cursor; }
-  set cursor(v) { if (v > this.s.cursor) { this.s.cursor = v; this.save(); } }
+  get cursor() { return this.load().cursor; }
+  set cursor(v) { if (v > this.cursor) this.change((s) => { s.cursor = Math.max(s.cursor, v); }); }
 
   conv(id) {
-    if (!this.s.convs[id]) {
-      this.s.convs[id] = { readSeq: 0, touched: Date.now() };
-      this.save();
-    }
-    return this.s.convs[id];
+    const c = this.load().convs[id];
+    if (c) return c;
+    return this.change((s) => {
+      s.convs[id] = s.convs[id] || { readSeq: 0, touched: Date.now() };
+      return s.convs[id];
+    });
   }
-  convIds() { return Object.keys(this.s.convs); }
+  convIds() { return Object.keys(this.load().convs); }
   markRead(id, seq) {
-    const c = this.conv(id);
-    if (seq > c.readSeq) { c.readSeq = seq; this.save(); }
+    if (seq <= this.conv(id).readSeq) return;
+    this.change((s) => { s.convs[id].readSeq = Math.max(s.convs[id].readSeq, seq); });
   }
-  touch(id) { this.conv(id).touched = Date.now(); this.save(); }
+  touch(id) {
+    this.conv(id);
+    this.change((s) => { s.convs[id].touched = Date.now(); });
+  }
 
-  get pending() { return this.s.pending; }
-  addPending(p) { this.s.pending.push(p); this.save(); }
+  get pending() { return this.load().pending; }
+  findPending(cmid) { return this.pending.find((x) => x.client_msg_id === cmid); }
+  addPending(p) { this.change((s) => { s.pending.push(p); }); }
   updatePending(cmid, fields) {
-    const p = this.s.pending.find((x) => x.client_msg_id === cmid);
-    if (p) { Object.assign(p, fields); this.save(); }
-    return p;
+    return this.change((s) => {
+      const p = s.pending.find((x) => x.client_msg_id === cmid);
+      if (p) Object.assign(p, fields);
+      return p;
+    });
   }
   removePending(cmid) {
-    const n = this.s.pending.length;
-    this.s.pending = this.s.pending.filter((x) => x.client_msg_id !== cmid);
-    if (this.s.pending.length !== n) this.save();
+    if (!this.findPending(cmid)) return;
+    this.change((s) => { s.pending = s.pending.filter((x) => x.client_msg_id !== cmid); });
   }
 
-  state(msgId) { return this.s.states[msgId]; }
+  state(msgId) { return this.load().states[msgId]; }
   setState(msgId, state) {
     const rank = { sent: 1, stored: 2, delivered: 3 };
-    const old = this.s.states[msgId];
+    const old = this.state(msgId);
     if (old && rank[old] >= rank[state]) return false;
-    this.s.states[msgId] = state;
-    this.save();
+    this.change((s) => { s.states[msgId] = state; });
     return true;
   }
 }
