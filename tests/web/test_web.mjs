@@ -203,6 +203,23 @@ async function main() {
       throw new Error(`index.html headers: ${[...r.headers].join('; ')}`);
     }
 
+    step('a token in the query signs in and leaves the address bar');
+    const login = await fetch(`${server.base}/dev/login`, {
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ user: 'dave' }),
+    });
+    const { token } = await login.json();
+    const daveCtx = await browser.newContext();
+    const dave = await daveCtx.newPage();
+    await dave.goto(`${server.base}/?token=${encodeURIComponent(token)}`);
+    await online(dave);
+    if (dave.url().includes('token=')) throw new Error(`the token stayed in the URL: ${dave.url()}`);
+    if (!(await dave.textContent('#me')).includes('dave')) throw new Error('dave is not shown as signed in');
+    // A token the server refuses (bad signature): back to the sign-in form.
+    const forged = `${token.slice(0, token.lastIndexOf('.'))}.AAAA`;
+    await dave.goto(`${server.base}/?token=${encodeURIComponent(forged)}`);
+    await dave.waitForSelector('#signin:not([hidden]) #signin-error:text-matches("refused the token")', { timeout: WAIT });
+    await daveCtx.close();
+
     step('alice -> bob: delivered');
     const alice = await newUser(browser, 'alice', server);
     const bob = await newUser(browser, 'bob', server);
