@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the tree with -Werror and ASan/UBSan in build-test/ and runs every
-# test (unit and end-to-end), plus a clang-format check of the C sources.
+# test (unit, end-to-end, and the web page in Chromium after npm ci), plus
+# a clang-format check of the C sources.
 # Extra arguments go to `meson test`, e.g. scripts/test.sh --suite e2e
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
