@@ -56,6 +56,10 @@ class Server {
       this.listen = m[1];
       await this.waitLog(/web page: open http:/);
       return this;
+    }).catch((e) => {
+      // Never leave a half-started server behind.
+      if (this.proc.exitCode === null) this.proc.kill('SIGKILL');
+      throw e;
     });
   }
 
