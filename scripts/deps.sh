@@ -14,8 +14,16 @@ IMC_DEB_PACKAGES=(
   libsqlite3-dev libinih-dev
 )
 
+# The web page (web/): node and npm build it. NodeSource's nodejs bundles
+# npm; a nodejs or npm command already on PATH counts as installed.
+IMC_DEB_WEB_PACKAGES=(
+  nodejs npm
+)
+
 # What scripts/test.sh needs on top.
 IMC_DEB_TEST_PACKAGES=(
+  # the web page's browser test (tests/web, playwright-core from npm)
+  chromium nodejs npm
   # unit tests
   check libsubunit-dev
   # end-to-end tests (run with /usr/bin/python3)
@@ -36,6 +44,10 @@ IMC_DEB_BENCH_PACKAGES=(
 imc_missing_packages() {
   local p st
   for p in "$@"; do
+    case $p in
+      nodejs) command -v node >/dev/null 2>&1 && continue ;;
+      npm) command -v npm >/dev/null 2>&1 && continue ;;
+    esac
     st=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
     [ "$st" = installed ] || printf '%s\n' "$p"
   done

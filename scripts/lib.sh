@@ -44,3 +44,27 @@ imc_stop_pids() {
     wait "$pid" 2>/dev/null || true
   done
 }
+
+# imc_web_deps: installs web/node_modules from web/package-lock.json
+# ("npm ci") unless it is already up to date. Fails when npm is missing.
+imc_web_deps() {
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "web: npm is missing (install nodejs and npm: scripts/deps.sh)" >&2
+    return 1
+  fi
+  local stamp=web/node_modules/.package-lock.json
+  if [ -f "$stamp" ] && [ "$stamp" -nt web/package-lock.json ]; then
+    return 0
+  fi
+  echo "web: npm ci (web/node_modules)" >&2
+  imc_quiet npm ci --prefix web --no-audit --no-fund
+}
+
+# imc_enable_web DIR: makes sure the build directory DIR builds the web
+# page (-Dweb=enabled), whatever it was configured with before.
+imc_enable_web() {
+  local dir=$1
+  if ! meson configure "$dir" 2>/dev/null | grep -Eq '^[[:space:]]*web[[:space:]]+enabled'; then
+    imc_quiet meson configure "$dir" -Dweb=enabled
+  fi
+}

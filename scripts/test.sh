@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the tree with -Werror and ASan/UBSan in build-test/ and runs every
-# test (unit and end-to-end), plus a clang-format check of the C sources.
+# test (unit, end-to-end, and the web page in Chromium after npm ci), plus
+# a clang-format check of the C sources.
 # Extra arguments go to `meson test`, e.g. scripts/test.sh --suite e2e
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -10,6 +11,9 @@ source scripts/deps.sh
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 imc_install_deps "${IMC_DEB_TEST_PACKAGES[@]}"
+# The web page and its browser test need web/node_modules: npm ci (fails,
+# rather than skipping the suite, when npm is missing).
+imc_web_deps
 
 # --------------------------------------------------------------------------
 # Processes this script starts (test servers) and their cleanup: only the
@@ -69,7 +73,8 @@ fi
 # Build and test
 # --------------------------------------------------------------------------
 imc_setup_build build-test -Dwerror=true -Db_sanitize=address,undefined \
-  -Db_lundef=false
+  -Db_lundef=false -Dweb=enabled
+imc_enable_web build-test
 imc_quiet ninja -C build-test --quiet
 
 rc=0

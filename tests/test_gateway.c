@@ -680,6 +680,80 @@ START_TEST(healthz) {
 }
 END_TEST
 
+/* An HTTP handler that answers with what it was given: the body's
+ * length and bytes, the Content-Type, and its own Cache-Control. */
+static int echo_handle(void *ud, const imc_http_request *req,
+                       imc_http_reply *reply) {
+  (void)ud;
+  char out[256];
+  int n = snprintf(out, sizeof(out), "%zu|%.*s|%s", req->body_len,
+                   (int)req->body_len, req->body ? (const char *)req->body : "",
+                   req->content_type);
+  ck_assert(req->body_len == 0 ? req->body == NULL : req->body != NULL);
+  imc_http_reply_send(reply, 200, "text/plain", "Cache-Control: max-age=60\r\n",
+                      (const uint8_t *)out, (size_t)n);
+  return 1;
+}
+
+static void with_echo(imc_gateway_options *o) {
+  static const imc_http_handler_vtbl vt = {sizeof(imc_http_handler_vtbl),
+                                           echo_handle};
+  ck_assert_int_eq(imc_gateway_options_set_http_handler(o, &vt, NULL), 0);
+}
+
+START_TEST(http_body_read_whole) {
+  h_teardown();
+  h_setup_with(with_echo);
+  static const char req[] = "POST /x HTTP/1.1\r\nContent-Type: application/json"
+                            "\r\nContent-Length: 11\r\n\r\n{\"a\":\"bcd\"}";
+  /* Byte by byte: nothing reaches the handler before the last byte. */
+  for (size_t i = 0; i + 1 < sizeof(req) - 1; i++) {
+    ck_assert_int_eq(h_recv(req + i, 1), 0);
+    ck_assert_uint_eq(H.m.sock.len, 0);
+  }
+  ck_assert_int_eq(h_recv(req + sizeof(req) - 2, 1), 0);
+  char head[1024];
+  char *body;
+  ck_assert_int_eq(read_http(head, sizeof(head), &body), 200);
+  ck_assert_ptr_nonnull(strstr(head, "Cache-Control: max-age=60\r\n"));
+  ck_assert_ptr_null(strstr(head, "no-store"));
+  static const char want[] = "11|{\"a\":\"bcd\"}|application/json";
+  ck_assert_uint_eq(H.m.sock.len - (size_t)(body - (char *)H.m.sock.out),
+                    sizeof(want) - 1);
+  ck_assert_int_eq(memcmp(body, want, sizeof(want) - 1), 0);
+}
+END_TEST
+
+START_TEST(http_no_body) {
+  h_teardown();
+  h_setup_with(with_echo);
+  ck_assert_int_eq(h_recv_str("GET /x HTTP/1.1\r\n\r\n"), 0);
+  char head[1024];
+  char *body;
+  ck_assert_int_eq(read_http(head, sizeof(head), &body), 200);
+  ck_assert_int_eq(strncmp(body, "0||", 3), 0);
+}
+END_TEST
+
+START_TEST(http_body_refused) {
+  expect_http_error("POST /x HTTP/1.1\r\nContent-Length: 16385\r\n\r\n", 413,
+                    NULL);
+}
+END_TEST
+
+START_TEST(http_body_chunked) {
+  expect_http_error("POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    "0\r\n\r\n",
+                    411, NULL);
+}
+END_TEST
+
+START_TEST(http_body_bad_length) {
+  expect_http_error("POST /x HTTP/1.1\r\nContent-Length: 1x\r\n\r\n", 400,
+                    NULL);
+}
+END_TEST
+
 START_TEST(handshake_timeout) {
   ck_assert_int_eq(h_recv_str("GET /ws HTTP/1.1\r\n"), 0);
   h_advance(9999);
@@ -1956,6 +2030,11 @@ static Suite *gateway_suite(void) {
   tcase_add_test(t, missing_key);
   tcase_add_test(t, no_upgrade_header);
   tcase_add_test(t, http10_upgrade);
+  tcase_add_test(t, http_body_read_whole);
+  tcase_add_test(t, http_no_body);
+  tcase_add_test(t, http_body_refused);
+  tcase_add_test(t, http_body_chunked);
+  tcase_add_test(t, http_body_bad_length);
   tcase_add_test(t, malformed_request);
   tcase_add_test(t, unknown_path);
   tcase_add_test(t, post_ws);

@@ -41,6 +41,8 @@ const struct option imchatd_long_opts[] = {
     {"max-devices", required_argument, NULL, O_MAX_DEVICES},
     {"retention-days", required_argument, NULL, O_RETENTION_DAYS},
     {"log-level", required_argument, NULL, O_LOG_LEVEL},
+    {"web-root", required_argument, NULL, O_WEB_ROOT},
+    {"dev-login", no_argument, NULL, O_DEV_LOGIN},
     {"device", required_argument, NULL, O_DEVICE},
     {"ttl", required_argument, NULL, O_TTL},
     {"help", no_argument, NULL, 'h'},
@@ -181,6 +183,11 @@ int imchatd_apply(imchatd_config *cfg, int id, const char *v, char *why,
       snprintf(why, cap, "'%s' is not one of error, warn, info, debug", v);
       return -1;
     }
+    return 0;
+  case O_WEB_ROOT:
+    return set_str(&cfg->web_root, v, why, cap);
+  case O_DEV_LOGIN: /* a flag only: the INI file does not know it */
+    cfg->dev_login = 1;
     return 0;
   case O_DEVICE:
     if (!imc_id_valid(v, strlen(v))) {
@@ -350,7 +357,7 @@ void imchatd_config_free(imchatd_config *cfg) {
       &cfg->jwt_secret,  &cfg->jwt_secret_file, &cfg->jwt_public_key,
       &cfg->jwt_issuer,  &cfg->jwt_audience,    &cfg->admin_token,
       &cfg->node_id,     &cfg->token_user,      &cfg->token_device,
-      &cfg->filter_file, &cfg->key_file};
+      &cfg->filter_file, &cfg->key_file,        &cfg->web_root};
   for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
     free(*strs[i]);
     *strs[i] = NULL;

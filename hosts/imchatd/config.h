@@ -47,6 +47,8 @@ typedef struct imchatd_config {
   uint32_t retention_days;
   imc_log_level log_level;
   int data_dir_flag; /* --data-dir was given, for the connect hint */
+  char *web_root;    /* --web-root; NULL: the built or installed page */
+  int dev_login;     /* --dev-login: POST /dev/login hands out tokens */
   /* imchatd token */
   char *token_user;
   char *token_device;

@@ -47,6 +47,8 @@ enum {
   O_MAX_DEVICES,
   O_RETENTION_DAYS,
   O_LOG_LEVEL,
+  O_WEB_ROOT,
+  O_DEV_LOGIN,
   O_DEVICE,
   O_TTL,
 };

@@ -43,7 +43,13 @@ static int on_ini_key(void *user, const char *section, const char *name,
       break;
     }
   }
-  if (id < O_LISTEN || id > O_LOG_LEVEL) {
+  /* --dev-login is a flag only: a config file must not turn it on. */
+  if (id == O_DEV_LOGIN) {
+    snprintf(ctx->err, sizeof(ctx->err),
+             "dev-login is a command-line flag only (--dev-login)");
+    return 0;
+  }
+  if (id < O_LISTEN || id > O_WEB_ROOT) {
     snprintf(ctx->err, sizeof(ctx->err), "unknown key '%s'", name);
     return 0;
   }

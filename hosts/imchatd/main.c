@@ -5,8 +5,10 @@
  * epoll loop.
  */
 #include "config.h"
+#include "dev_login.h"
 #include "log.h"
 #include "loop.h"
+#include "static.h"
 
 #include <imchat/imchat.h>
 #include <imchat/memreg.h>
@@ -18,13 +20,16 @@
 #include <imchat/local_link.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #define TOKEN_MAX 4096
+#define DEV_LOGIN_TTL_S 86400
 
 /* Fails with the flag's name: a setter refuses only bad values. */
 static int check(int rv, const char *flag) {
@@ -145,6 +150,10 @@ typedef struct app {
   imc_worker *worker;
   imc_fanout *fanout;
   imc_api *api;
+  devlogin *dev;                     /* --dev-login */
+  hstatic *web;                      /* the web page */
+  const imc_http_handler_vtbl *http; /* first of web, dev login, api */
+  void *http_ud;
 } app;
 
 /* The gateway's upstream: the router, which is created after it. */
@@ -170,11 +179,12 @@ static int up_undelivered(void *ud, const imc_msg *msg, const char *user,
 static const imc_upstream_vtbl upstream = {sizeof(imc_upstream_vtbl), up_send,
                                            up_delivered, up_undelivered};
 
-/* The gateway's HTTP handler: the API, also created after it. */
+/* The gateway's HTTP handler: the chain of the web page, the dev login
+ * and the API, which are created after it. */
 static int http_handle(void *ud, const imc_http_request *req,
                        imc_http_reply *reply) {
   app *a = ud;
-  return imc_api_handler_vtbl()->handle(a->api, req, reply);
+  return a->http->handle(a->http_ud, req, reply);
 }
 
 static const imc_http_handler_vtbl http_handler = {
@@ -466,6 +476,109 @@ static int make_api(app *a) {
   return 0;
 }
 
+/* 1 if this executable lives in the build tree it was built in. */
+static int run_from_build_tree(void) {
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n <= 0)
+    return 0;
+  exe[n] = '\0';
+  char *root = realpath(IMCHATD_BUILD_ROOT, NULL);
+  if (root == NULL)
+    return 0;
+  size_t len = strlen(root);
+  int inside = strncmp(exe, root, len) == 0 && exe[len] == '/';
+  free(root);
+  return inside;
+}
+
+/*
+ * The web page: --web-root, else the copy built in the build tree when
+ * this imchatd runs from there, else the installed one; without any, /
+ * is not served. Chains the handlers: web page, dev login, API.
+ */
+static int make_http(app *a) {
+  const imchatd_config *cfg = a->cfg;
+  a->http = imc_api_handler_vtbl();
+  a->http_ud = a->api;
+  int rv;
+  if (cfg->dev_login) {
+    uint8_t *secret;
+    size_t len;
+    char *path;
+    int created;
+    if ((rv = imchatd_config_secret(cfg, &secret, &len, &path, &created)) != 0)
+      return rv;
+    free(path);
+    if (secret == NULL) {
+      hlog_error("--dev-login: needs an HS256 secret (--jwt-secret, "
+                 "--jwt-secret-file or the data directory's); this "
+                 "configuration only verifies --jwt-public-key tokens");
+      return IMCHATD_EXIT_USAGE;
+    }
+    rv = devlogin_new(&a->dev, secret, len, cfg->jwt_issuer, cfg->jwt_audience,
+                      DEV_LOGIN_TTL_S, a->http, a->http_ud);
+    explicit_bzero(secret, len);
+    free(secret);
+    if (rv < 0) {
+      hlog_error("--dev-login: %s", strerror(-rv));
+      return IMCHATD_EXIT_FAIL;
+    }
+    a->http = devlogin_vtbl();
+    a->http_ud = a->dev;
+  }
+  const char *root = cfg->web_root;
+  if (root == NULL) {
+    struct stat st;
+    if (run_from_build_tree())
+      root = IMCHATD_WEB_BUILD_DIR;
+    else if (stat(IMCHATD_WEB_INSTALL_DIR "/index.html", &st) == 0)
+      root = IMCHATD_WEB_INSTALL_DIR;
+    if (root && stat(root, &st) < 0) {
+      hlog_info("web page: not built (%s is missing: run 'npm ci' and the "
+                "build, see README); / is not served",
+                root);
+      return 0;
+    }
+    if (root == NULL) {
+      hlog_info("web page: none installed (%s); / is not served",
+                IMCHATD_WEB_INSTALL_DIR);
+      return 0;
+    }
+  }
+  if ((rv = hstatic_new(&a->web, root, a->http, a->http_ud)) < 0) {
+    hlog_error("--web-root: '%s': %s", root, strerror(-rv));
+    return cfg->web_root ? IMCHATD_EXIT_USAGE : IMCHATD_EXIT_FAIL;
+  }
+  a->http = hstatic_vtbl();
+  a->http_ud = a->web;
+  hlog_info("web page: %s", hstatic_root(a->web));
+  return 0;
+}
+
+/* --dev-login only on loopback, and loudly. */
+static int check_dev_login(const imchatd_config *cfg) {
+  if (!cfg->dev_login)
+    return 0;
+  char host[256];
+  uint16_t port;
+  const char *why;
+  if (hloop_split_addr(cfg->listen, host, sizeof(host), &port, &why) < 0 ||
+      !devlogin_host_is_loopback(host)) {
+    hlog_error("--dev-login: refused: it hands a token to anyone who asks, "
+               "and --listen %s is not a loopback address (127.0.0.0/8, "
+               "[::1], localhost)",
+               cfg->listen);
+    return IMCHATD_EXIT_USAGE;
+  }
+  hlog_warn("********************************************************");
+  hlog_warn("--dev-login is ON: POST /dev/login gives a token for ANY "
+            "user to anyone who can reach %s. For development only.",
+            cfg->listen);
+  hlog_warn("********************************************************");
+  return 0;
+}
+
 /* Lets the worker persist what is queued (un-ACKed pushes included). */
 static void drain(app *a) {
   imc_worker_stop(a->worker);
@@ -491,6 +604,8 @@ static void app_free(app *a) {
   imc_router_del(a->router);
   imc_api_del(a->api);
   imc_gateway_del(a->gw);
+  hstatic_del(a->web);
+  devlogin_del(a->dev);
   imc_sealed_store_del(a->sealed);
   imc_sealed_bus_del(a->sealed_queue);
   imc_memreg_del(a->reg);
@@ -519,9 +634,10 @@ static int cmd_serve(const imchatd_config *cfg) {
     hlog_error("setup: %s", imc_strerror(rv));
     goto out;
   }
-  if ((code = open_store(&a)) != 0 || (code = make_gateway(&a)) != 0 ||
-      (code = make_router(&a)) != 0 || (code = make_worker(&a)) != 0 ||
-      (code = make_api(&a)) != 0)
+  if ((code = check_dev_login(cfg)) != 0 || (code = open_store(&a)) != 0 ||
+      (code = make_gateway(&a)) != 0 || (code = make_router(&a)) != 0 ||
+      (code = make_worker(&a)) != 0 || (code = make_api(&a)) != 0 ||
+      (code = make_http(&a)) != 0)
     goto out;
   code = IMCHATD_EXIT_FAIL;
   if ((rv = imc_fanout_new(&a.fanout, a.gw, imc_membus_vtbl(), a.bus, a.store,
@@ -555,6 +671,12 @@ static int cmd_serve(const imchatd_config *cfg) {
     goto out; /* logged */
   hlog_info("listening on %s", bound);
   log_connect_hint(cfg, bound);
+  if (a.web) {
+    if (strncmp(bound, "0.0.0.0:", 8) == 0)
+      hlog_info("web page: open http://127.0.0.1:%s/", bound + 8);
+    else
+      hlog_info("web page: open http://%s/", bound);
+  }
 
   if ((rv = hloop_run(a.loop)) < 0)
     goto out;

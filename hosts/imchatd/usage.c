@@ -59,7 +59,17 @@ static const char usage_text[] =
     "  --retention-days DAYS   keep stored messages this long (default 7)\n"
     "  --node-id ID            this node's name in the registry and in\n"
     "                          Welcome (default " DEFAULT_NODE_ID ")\n"
-    "  --log-level LEVEL       error, warn, info or debug (default info)\n"
+    "  --log-level LEVEL       error, warn, info or debug (default info)\n";
+
+/* Split in two: C99 promises string literals of 4095 bytes only. */
+static const char usage_text2[] =
+    "  --web-root DIR          serve the web chat page from DIR at / and\n"
+    "                          /assets/ (default: the page built in the\n"
+    "                          build tree when run from there, else the\n"
+    "                          installed " IMCHATD_WEB_INSTALL_DIR ")\n"
+    "  --dev-login             DEVELOPMENT ONLY: POST /dev/login {\"user\":\n"
+    "                          \"ID\"} returns a token for any user; refused\n"
+    "                          unless --listen is a loopback address\n"
     "  -h, --help              print this help and exit\n"
     "  -V, --version           print the version and exit\n"
     "\n"
@@ -75,4 +85,5 @@ static const char usage_text[] =
 
 void imchatd_usage(void) {
   fputs(usage_text, stdout);
+  fputs(usage_text2, stdout);
 }

@@ -133,7 +133,20 @@ typedef struct imc_http_request {
   const char *bearer;
   const char *user_id;
   const char *device_id; /* the token's did claim, or "" */
+  /*
+   * The request body (Content-Length bytes, at most IMC_HTTP_BODY_MAX;
+   * chunked bodies are refused with 411 before the handler sees them).
+   * body is NULL when body_len is 0. Added at the end: a handler built
+   * against an older header never reads them.
+   */
+  const uint8_t *body;
+  size_t body_len;
+  const char *content_type; /* the Content-Type header, "" if none */
 } imc_http_request;
+
+/* Largest request body the gateway reads for the HTTP handler; a larger
+ * Content-Length is answered with 413. */
+#define IMC_HTTP_BODY_MAX 16384
 
 typedef struct imc_http_handler_vtbl {
   uint32_t struct_size;
@@ -148,7 +161,9 @@ typedef struct imc_http_handler_vtbl {
 /*
  * Answers a request taken by the handler and releases reply; call it
  * exactly once per reply. headers holds extra header lines, each ending
- * in CRLF, or is NULL. The connection closes after the answer. Returns 0,
+ * in CRLF, or is NULL; when they include a Cache-Control line it replaces
+ * the default "Cache-Control: no-store". The connection closes after the
+ * answer. Returns 0,
  * IMC_ERR_CLOSED (the client went away meanwhile; nothing is sent) or
  * IMC_ERR_NOMEM (the connection is closed).
  */

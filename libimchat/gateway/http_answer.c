@@ -6,11 +6,14 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 static const char *status_text(int status) {
   switch (status) {
   case 200:
     return "OK";
+  case 304:
+    return "Not Modified";
   case 400:
     return "Bad Request";
   case 401:
@@ -23,8 +26,12 @@ static const char *status_text(int status) {
     return "Method Not Allowed";
   case 409:
     return "Conflict";
+  case 411:
+    return "Length Required";
   case 413:
     return "Payload Too Large";
+  case 415:
+    return "Unsupported Media Type";
   case 426:
     return "Upgrade Required";
   case 429:
@@ -40,19 +47,32 @@ static const char *status_text(int status) {
   }
 }
 
+/* 1 if the header lines in extra include a Cache-Control line. */
+static int has_cache_control(const char *extra) {
+  static const char name[] = "cache-control:";
+  for (const char *l = extra; l && *l;) {
+    if (strncasecmp(l, name, sizeof(name) - 1) == 0)
+      return 1;
+    const char *nl = strchr(l, '\n');
+    l = nl ? nl + 1 : NULL;
+  }
+  return 0;
+}
+
 /*
  * Queues a complete HTTP answer and closes the connection once it is
- * written. extra holds additional header lines, each ending in CRLF.
+ * written. extra holds additional header lines, each ending in CRLF; a
+ * Cache-Control line among them replaces the default no-store.
  */
 int gw_http_answer(imc_conn *c, int status, const char *ctype,
                    const char *extra, const char *body, size_t body_len) {
-  char head[1024];
-  int n = snprintf(head, sizeof(head),
-                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
-                   "Content-Length: %zu\r\nCache-Control: no-store\r\n"
-                   "Connection: close\r\n%s\r\n",
-                   status, status_text(status), ctype, body_len,
-                   extra ? extra : "");
+  char head[512];
+  int n =
+      snprintf(head, sizeof(head),
+               "HTTP/1.1 %d %s\r\nContent-Type: %.200s\r\n"
+               "Content-Length: %zu\r\n%sConnection: close\r\n",
+               status, status_text(status), ctype, body_len,
+               has_cache_control(extra) ? "" : "Cache-Control: no-store\r\n");
   c->state = ST_DONE;
   c->close_at = now_ms(c->gw) + CLOSE_WAIT_MS;
   gw_conn_schedule(c);
@@ -60,6 +80,8 @@ int gw_http_answer(imc_conn *c, int status, const char *ctype,
     stat_inc(c->gw,
              status == 401 ? IMC_GW_STAT_AUTH_FAILED : IMC_GW_STAT_HTTP_ERRORS);
   if (gw_queue_bytes(c, head, (size_t)n) != 0 ||
+      gw_queue_bytes(c, extra ? extra : "", extra ? strlen(extra) : 0) != 0 ||
+      gw_queue_bytes(c, "\r\n", 2) != 0 ||
       gw_queue_bytes(c, body, body_len) != 0) {
     c->flags |= F_ABORT | F_NOMEM;
     return IMC_ERR_NOMEM;

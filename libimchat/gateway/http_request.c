@@ -23,23 +23,30 @@ static void reply_release(imc_http_reply *r) {
   imc_free(&r->gw->mem, r);
 }
 
-/* Hands a plain HTTP request to the handler. Returns 1 if it took it. */
-static int gw_http_handle(imc_conn *c, const imc_http_req *req) {
+/* Hands a plain HTTP request (body[0..body_len) after the head) to the
+ * handler. Returns 1 if it took it. */
+static int gw_http_handle(imc_conn *c, const imc_http_req *req,
+                          const char *body, size_t body_len) {
   imc_gateway *gw = c->gw;
   if (gw->o.http.handle == NULL)
     return 0;
-  char method[16], path[2048], query[2048], accept[256];
+  char method[16], path[2048], query[2048], accept[256], ctype[256];
   char bearer[IMC_JWT_MAX_LEN + 1];
   const imc_http_hdr *acc = imc_http_find(req, "Accept");
+  const imc_http_hdr *ct = imc_http_find(req, "Content-Type");
   if (!span_str(req->method, method, sizeof(method)) ||
       !span_str(req->path, path, sizeof(path)) ||
       !span_str(req->query, query, sizeof(query)) ||
-      !span_str(acc ? acc->value : (imc_span){"", 0}, accept, sizeof(accept))) {
-    gw_http_error(c, 400, "BAD_REQUEST", "request line or Accept too long",
-                  NULL);
+      !span_str(acc ? acc->value : (imc_span){"", 0}, accept, sizeof(accept)) ||
+      !span_str(ct ? ct->value : (imc_span){"", 0}, ctype, sizeof(ctype))) {
+    gw_http_error(c, 400, "BAD_REQUEST",
+                  "request line, Accept or Content-Type too long", NULL);
     return 1;
   }
-  imc_http_request hr = {method, path, query, accept, NULL, NULL, ""};
+  imc_http_request hr = {
+      method,   path, query, accept,
+      NULL,     NULL, "",    body_len ? (const uint8_t *)body : NULL,
+      body_len, ctype};
   imc_jwt_claims cl;
   const imc_http_hdr *auth = imc_http_find(req, "Authorization");
   if (auth && auth->value.len > 7 &&
@@ -90,8 +97,43 @@ int imc_http_reply_send(imc_http_reply *reply, int status,
   return rv;
 }
 
+/*
+ * The length of the body that follows a request head: 0 (none), the
+ * Content-Length, or -1 after answering an error (a bad or too large
+ * Content-Length, a chunked body).
+ */
+static long long body_length(imc_conn *c, const imc_http_req *req) {
+  const imc_http_hdr *te = imc_http_find(req, "Transfer-Encoding");
+  if (te != NULL) {
+    gw_http_error(c, 411, "LENGTH_REQUIRED",
+                  "send the body with a Content-Length", NULL);
+    return -1;
+  }
+  const imc_http_hdr *cl = imc_http_find(req, "Content-Length");
+  if (cl == NULL)
+    return 0;
+  unsigned long long v = 0;
+  if (cl->value.len == 0 || cl->value.len > 19)
+    goto bad;
+  for (size_t i = 0; i < cl->value.len; i++) {
+    char d = cl->value.p[i];
+    if (d < '0' || d > '9')
+      goto bad;
+    v = v * 10 + (unsigned)(d - '0');
+  }
+  if (v > IMC_HTTP_BODY_MAX) {
+    gw_http_error(c, 413, "TOO_LARGE", "request body too large", NULL);
+    return -1;
+  }
+  return (long long)v;
+bad:
+  gw_http_error(c, 400, "BAD_REQUEST", "bad Content-Length", NULL);
+  return -1;
+}
+
+/* buf[0..len) holds the head (head_len bytes) and at least the body. */
 static int handle_request(imc_conn *c, const imc_http_req *req, const char *buf,
-                          size_t len, size_t head_len) {
+                          size_t len, size_t head_len, size_t body_len) {
   if (imc_span_ieq(req->path, "/ws"))
     return gw_handle_upgrade(c, req, buf, len, head_len, NULL);
   if (imc_span_ieq(req->path, "/healthz")) {
@@ -102,7 +144,7 @@ static int handle_request(imc_conn *c, const imc_http_req *req, const char *buf,
                      16);
     return gw_conn_check(c);
   }
-  if (gw_http_handle(c, req))
+  if (gw_http_handle(c, req, buf + head_len, body_len))
     return gw_conn_check(c);
   gw_http_error(c, 404, "NOT_FOUND", "no such resource", NULL);
   return gw_conn_check(c);
@@ -143,5 +185,18 @@ int gw_http_recv(imc_conn *c, const uint8_t *data, size_t len) {
     gw_http_error(c, 400, "BAD_REQUEST", "malformed request", NULL);
     return gw_conn_check(c);
   }
-  return handle_request(c, &req, buf, blen, (size_t)n);
+  if (imc_span_ieq(req.path, "/ws"))
+    return handle_request(c, &req, buf, blen, (size_t)n, 0);
+  /* A body is read whole before the handler sees the request. */
+  long long body = body_length(c, &req);
+  if (body < 0)
+    return gw_conn_check(c);
+  if (blen - (size_t)n < (size_t)body) {
+    if (c->head == NULL && gw_keep_head(c, buf, blen) != 0) {
+      c->flags |= F_ABORT | F_NOMEM;
+      return gw_conn_check(c);
+    }
+    return 0;
+  }
+  return handle_request(c, &req, buf, blen, (size_t)n, (size_t)body);
 }
