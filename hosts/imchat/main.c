@@ -10,6 +10,7 @@
 #include "protocol/json.h"
 #include "protocol/jsonw.h"
 #include "protocol/utf8.h"
+#include "util/alloc.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -248,7 +249,7 @@ static void print_msg(app *a, const imc_msg *m, uint32_t flags) {
   if (a->json) {
     imc_wbuf b;
     imc_jsonw w;
-    imc_wbuf_init(&b, NULL);
+    imc_wbuf_init(&b, imc_mem_default());
     imc_jsonw_init(&w, &b);
     imc_jsonw_object_begin(&w);
     imc_jsonw_kv_string(&w, "msg_id", m->msg_id);
