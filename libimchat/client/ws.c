@@ -229,8 +229,13 @@ static void feed_wslay(imc_client *c, const uint8_t *data, size_t len) {
   c->in_len = len;
   c->in_wslay = 1;
   int rv = wslay_event_recv(c->ws);
-  if (rv == 0 && c->drop_reason == 0 && wslay_event_want_write(c->ws))
-    rv = wslay_event_send(c->ws);
+  /* Answers wslay queued (pongs, the reply to a close frame) and our
+   * frames queued from callbacks; a dropping connection still says them. */
+  if (wslay_event_want_write(c->ws)) {
+    int sv = wslay_event_send(c->ws);
+    if (rv == 0 && c->drop_reason == 0)
+      rv = sv;
+  }
   c->in_wslay = 0;
   c->in = NULL;
   c->in_len = 0;

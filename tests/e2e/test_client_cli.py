@@ -8,6 +8,7 @@ Run: IMCHATD=build/hosts/imchatd IMCHAT_CLI=build/hosts/imchat \
      IMC_PROTO_DIR=proto/imchat/v1 /usr/bin/python3 tests/e2e/test_client_cli.py
 """
 
+import base64
 import json
 import os
 import re
@@ -270,7 +271,7 @@ class ClientCliTest(unittest.TestCase):
         r = self.run_cli("dave", "flush")
         self.assertEqual(r.returncode, 0, r.stderr)
         hist = self.history("dave", "p:dave:erin")
-        bodies = sorted(imctest.base64.b64decode(m["body"]) for m in hist)
+        bodies = sorted(base64.b64decode(m["body"]) for m in hist)
         self.assertEqual(bodies, [b"one", b"two"])  # the server deduplicated
         # 4. The recipient's SDK surfaces each exactly once.
         r, msgs = self.listen_json("erin", "--count", "2", "--timeout", "20")
