@@ -721,6 +721,72 @@ static void count_msg(void *ud, const imc_msg *m) {
   (*(int *)ud)++;
 }
 
+START_TEST(gap_repaired_from_history) {
+  peer a, b;
+  peer_open(&a, "alice");
+  go_online(&a);
+  for (int i = 1; i <= 3; i++) {
+    char text[16];
+    snprintf(text, sizeof(text), "old%d", i);
+    ck_assert_int_eq(send_text(&a, "bob", text, NULL), 0);
+  }
+  pump(&a);
+  ck_assert_int_eq(a.statuses, 3);
+  peer_open(&b, "bob");
+  go_online(&b);
+  ck_assert_int_eq(send_text(&a, "bob", "new", NULL), 0);
+  pump2(&a, &b);
+  ck_assert_int_eq(b.n_seen, 1);
+  ck_assert_uint_eq(b.seen_seq[0], 4);
+  ck_assert_uint_eq(b.seen_flags[0], IMC_CLIENT_MSG_GAP);
+  ck_assert_uint_eq(b.seen_last[0], 0);
+  /* The host repairs from last_seq: the history page feeds the inbox. */
+  const uint8_t *req;
+  size_t len;
+  ck_assert_int_eq(imc_client_history_request(b.c, "p:alice:bob",
+                                              b.seen_last[0], &req, &len),
+                   0);
+  uint8_t *ans;
+  size_t alen = http(req, len, &ans);
+  uint64_t next = 0;
+  ck_assert_int_eq(
+      imc_client_history_response(b.c, ans, alen, NULL, NULL, &next), 0);
+  free(ans);
+  ck_assert_uint_eq(next, 4);
+  ck_assert_int_eq(b.n_seen, 4); /* old1..old3, not "new" again */
+  for (int i = 1; i <= 3; i++) {
+    char text[16];
+    snprintf(text, sizeof(text), "old%d", i);
+    ck_assert_str_eq(b.seen_body[i], text);
+    ck_assert_uint_eq(b.seen_flags[i], IMC_CLIENT_MSG_HISTORY);
+  }
+  /* The offline sync finds them all seen. */
+  ck_assert_int_eq(sync_all(&b), 1);
+  ck_assert_int_eq(b.n_seen, 4);
+  peer_close(&a);
+  peer_close(&b);
+}
+END_TEST
+
+/* Refused for good: the send leaves the outbox with an error. */
+START_TEST(send_refused) {
+  peer a;
+  peer_open(&a, "alice");
+  go_online(&a);
+  char cmid[IMC_CLIENT_MSG_ID_LEN + 1];
+  ck_assert_int_eq(imc_client_send(a.c, NULL, "nogroup", (const uint8_t *)"x",
+                                   1, NULL, cmid),
+                   0);
+  pump(&a);
+  ck_assert_int_eq(a.send_errors, 1);
+  ck_assert_int_eq(a.last_error, IMC_ERR_FORBIDDEN);
+  ck_assert_uint_eq(imc_client_outbox_size(a.c), 0);
+  advance(&a, NULL, 60000);
+  ck_assert_int_eq(a.sends, 1);
+  peer_close(&a);
+}
+END_TEST
+
 START_TEST(offline_pages) {
   peer a, b;
   peer_open(&a, "alice");
@@ -1011,6 +1077,8 @@ static Suite *client_suite(void) {
   tcase_add_test(tc, resend_after_timeout);
   tcase_add_test(tc, inbox_dedup_and_gap);
   tcase_add_test(tc, offline_pages);
+  tcase_add_test(tc, gap_repaired_from_history);
+  tcase_add_test(tc, send_refused);
   tcase_add_test(tc, outbox_survives_reopen);
   tcase_add_test(tc, heartbeat_and_backoff);
   tcase_add_test(tc, bad_arguments);
