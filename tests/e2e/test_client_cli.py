@@ -238,6 +238,46 @@ class ClientCliTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0)
         self.assertIn("exit codes", r.stdout)
 
+    def test_two_terminal_chat(self):
+        procs = {}
+        lines = {"frank": [], "gina": []}
+
+        def reader(name, f):
+            for raw in f:
+                lines[name].append(raw.rstrip("\n"))
+
+        for me, peer in (("frank", "gina"), ("gina", "frank")):
+            p = subprocess.Popen(self.args(me, "chat", peer),
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True,
+                                 env=self.env())
+            procs[me] = p
+            threading.Thread(target=reader, args=(me, p.stdout),
+                             daemon=True).start()
+        try:
+            procs["frank"].stdin.write("hello gina\n")
+            procs["frank"].stdin.flush()
+            wait_for(lambda: "frank: hello gina" in lines["gina"],
+                     "gina to see frank's line")
+            wait_for(lambda: any(x.startswith("  (") and "gina" in x
+                                 for x in lines["frank"]),
+                     "frank's delivery tick")
+            procs["gina"].stdin.write("hi frank\n")
+            procs["gina"].stdin.flush()
+            wait_for(lambda: "gina: hi frank" in lines["frank"],
+                     "frank to see gina's reply")
+            wait_for(lambda: "  (delivered to frank)" in lines["gina"],
+                     "gina's delivered tick")
+        finally:
+            for p in procs.values():
+                p.stdin.close()
+        for name, p in procs.items():
+            self.assertEqual(p.wait(IO_TIMEOUT), 0, name)
+            err = p.stderr.read()
+            self.assertIsNone(_SANITIZER_RE.search(err), err)
+        self.assertEqual(lines["gina"].count("frank: hello gina"), 1)
+        self.assertEqual(lines["frank"].count("gina: hi frank"), 1)
+
     def test_killed_sender_delivers_exactly_once(self):
         # 1. The send never reaches the server: kill -9 while connecting.
         hole = BlackHole()
