@@ -1034,7 +1034,12 @@ START_TEST(failing_allocations) {
     int ok = imc_client_start(a.c) == 0;
     pump(&a);
     ok = ok && imc_client_get_state(a.c) == IMC_CLIENT_ONLINE;
-    rv = send_text(&a, "bob", "x", NULL);
+    /* A recipient per run, so the history page read below stays one
+     * message long. */
+    char to[32], conv[48];
+    snprintf(to, sizeof(to), "u%ld", fail_at);
+    snprintf(conv, sizeof(conv), "p:alice:%s", to);
+    rv = send_text(&a, to, "x", NULL);
     ck_assert(rv == 0 || rv == IMC_ERR_NOMEM);
     ok = ok && rv == 0;
     pump(&a);
@@ -1050,6 +1055,19 @@ START_TEST(failing_allocations) {
         free(ans);
         /* protobuf-c reports a failed allocation as a bad page */
         ck_assert(rv == 0 || rv == IMC_ERR_NOMEM || rv == IMC_ERR_PROTO);
+      }
+      ok = ok && rv == 0;
+      rv = imc_client_history_request(a.c, conv, 0, &req, &len);
+      ck_assert(rv == 0 || rv == IMC_ERR_NOMEM);
+      if (rv == 0) {
+        uint8_t *ans;
+        size_t alen = http(req, len, &ans);
+        int count = 0;
+        rv = imc_client_history_response(a.c, ans, alen, count_msg, &count,
+                                         NULL);
+        free(ans);
+        ck_assert(rv == 0 || rv == IMC_ERR_PROTO);
+        ck_assert(rv != 0 || !ok || count == 1);
       }
       ok = ok && rv == 0;
     } else {

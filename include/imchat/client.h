@@ -23,8 +23,6 @@
 #include <imchat/backend.h>
 #include <imchat/gateway.h> /* imc_delivery_state */
 
-#include <sys/types.h>
-
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -169,9 +167,8 @@ IMC_EXTERN int imc_client_options_set_log(imc_client_options *opt,
 /*
  * Opens the store and creates a client in state STOPPED. Returns 0;
  * IMC_ERR_INVALID_ARGUMENT (out or opt NULL, no store path, no token);
- * IMC_ERR_NOMEM; or IMC_ERR_IO (the store cannot be opened or is not an
- * imchat client store; imc_client_errmsg-like detail goes to the log).
- * *out is NULL on error.
+ * IMC_ERR_NOMEM; or IMC_ERR_IO (the store cannot be opened, created or
+ * used; the reason goes to the log hook). *out is NULL on error.
  */
 IMC_EXTERN int imc_client_new(imc_client **out, const imc_client_options *opt,
                               const imc_mem *mem);
@@ -295,9 +292,13 @@ IMC_EXTERN int imc_client_sync_request(imc_client *c, const uint8_t **req,
  * messages are surfaced through the message callback, in seq order per
  * conversation, flag IMC_CLIENT_MSG_OFFLINE; the cursor is stored.
  * Returns 1 (more pages: request the next), 0 (done: want_sync is 0
- * now), IMC_ERR_INCOMPLETE (feed more bytes), IMC_ERR_AUTH (401),
- * IMC_ERR_PROTO (not an HTTP answer, or a bad page), IMC_ERR_UNAVAILABLE
- * (another status), IMC_ERR_NOMEM or IMC_ERR_IO (the store failed).
+ * now), IMC_ERR_INVALID_ARGUMENT (c NULL, or data NULL with len > 0),
+ * IMC_ERR_INCOMPLETE (feed more bytes), IMC_ERR_AUTH (401),
+ * IMC_ERR_FORBIDDEN (403), IMC_ERR_PROTO (not an HTTP answer, another
+ * 4xx, or a bad page; protobuf-c reports a failed allocation of the page
+ * this way too), IMC_ERR_UNAVAILABLE (a 5xx or other status),
+ * IMC_ERR_NOMEM, or IMC_ERR_IO / IMC_ERR_UNAVAILABLE (the store failed;
+ * the cursor is unchanged and the page can be fed again).
  */
 IMC_EXTERN int imc_client_sync_response(imc_client *c, const uint8_t *data,
                                         size_t len);
