@@ -90,8 +90,10 @@ static void cb_message(void *ud, const imc_msg *m, uint32_t flags,
   peer *p = ud;
   ck_assert_int_lt(p->n_seen, MAX_SEEN);
   snprintf(p->seen[p->n_seen], 40, "%s", m->msg_id);
-  snprintf(p->seen_body[p->n_seen], 64, "%.*s", (int)m->body_len,
-           (const char *)m->body);
+  size_t n = m->body_len < 63 ? m->body_len : 63;
+  if (n)
+    memcpy(p->seen_body[p->n_seen], m->body, n);
+  p->seen_body[p->n_seen][n] = '\0';
   p->seen_flags[p->n_seen] = flags;
   p->seen_seq[p->n_seen] = m->seq;
   p->seen_last[p->n_seen] = last_seq;
@@ -716,6 +718,29 @@ START_TEST(inbox_dedup_and_gap) {
 }
 END_TEST
 
+/* The same sync, asking the gateway for JSON pages instead. */
+static int sync_all_json(peer *p) {
+  int pages = 0, rv;
+  do {
+    const uint8_t *req;
+    size_t len;
+    ck_assert_int_eq(imc_client_sync_request(p->c, &req, &len), 0);
+    char *r = strndup((const char *)req, len);
+    char *acc = strstr(r, "application/x-protobuf");
+    ck_assert_ptr_nonnull(acc);
+    memcpy(acc, "application/json      ", 22); /* same length */
+    uint8_t *ans;
+    size_t alen = http((const uint8_t *)r, len, &ans);
+    free(r);
+    ck_assert_ptr_nonnull(strstr((const char *)ans, "application/json"));
+    rv = imc_client_sync_response(p->c, ans, alen);
+    free(ans);
+    ck_assert_int_ge(rv, 0);
+    pages++;
+  } while (rv == 1);
+  return pages;
+}
+
 static void count_msg(void *ud, const imc_msg *m) {
   (void)m;
   (*(int *)ud)++;
@@ -840,6 +865,39 @@ START_TEST(offline_pages) {
   ck_assert_int_eq(b.n_seen, 0); /* a viewer records nothing */
   ck_assert_int_eq(imc_client_history_request(b.c, "bad", 0, &req, &len),
                    IMC_ERR_INVALID_ARGUMENT);
+  peer_close(&a);
+  peer_close(&b);
+}
+END_TEST
+
+START_TEST(offline_pages_json) {
+  peer a, b;
+  peer_open(&a, "alice");
+  go_online(&a);
+  static const uint8_t bin[] = {'h', 'i', 0x00, 0xff, '"', '\\'};
+  ck_assert_int_eq(
+      imc_client_send(a.c, "bob", NULL, bin, sizeof(bin), "app/bin", NULL), 0);
+  ck_assert_int_eq(send_text(&a, "bob", "caf\xc3\xa9 \"q\"", NULL), 0);
+  ck_assert_int_eq(send_text(&a, "bob", "three", NULL), 0);
+  pump(&a);
+  memset(&b, 0, sizeof(b));
+  b.user = "bob";
+  b.auto_connect = 1;
+  imc_client_options *o = peer_options(&b, NULL);
+  ck_assert_int_eq(imc_client_options_set_page_limit(o, 2), 0);
+  ck_assert_int_eq(imc_client_new(&b.c, o, NULL), 0);
+  imc_client_options_del(o);
+  go_online(&b);
+  ck_assert_int_eq(sync_all_json(&b), 2);
+  ck_assert_int_eq(imc_client_want_sync(b.c), 0);
+  ck_assert_int_eq(b.n_seen, 3);
+  ck_assert(memcmp(b.seen_body[0], "hi\0\xff\"\\", 6) == 0);
+  ck_assert_str_eq(b.seen_body[1], "caf\xc3\xa9 \"q\"");
+  ck_assert_str_eq(b.seen_body[2], "three");
+  ck_assert_uint_eq(b.seen_seq[2], 3);
+  /* JSON and protobuf pages share the cursor. */
+  ck_assert_int_eq(sync_all(&b), 1);
+  ck_assert_int_eq(b.n_seen, 3);
   peer_close(&a);
   peer_close(&b);
 }
@@ -1095,6 +1153,7 @@ static Suite *client_suite(void) {
   tcase_add_test(tc, resend_after_timeout);
   tcase_add_test(tc, inbox_dedup_and_gap);
   tcase_add_test(tc, offline_pages);
+  tcase_add_test(tc, offline_pages_json);
   tcase_add_test(tc, gap_repaired_from_history);
   tcase_add_test(tc, send_refused);
   tcase_add_test(tc, outbox_survives_reopen);

@@ -288,9 +288,11 @@ IMC_EXTERN int imc_client_sync_request(imc_client *c, const uint8_t **req,
                                        size_t *len);
 
 /*
- * The answer (all bytes received so far) to the last sync request. New
- * messages are surfaced through the message callback, in seq order per
- * conversation, flag IMC_CLIENT_MSG_OFFLINE; the cursor is stored.
+ * The answer (all bytes received so far) to the last sync request: a
+ * protobuf OfflinePage, or its JSON form when the answer's Content-Type is
+ * application/json. New messages are surfaced through the message
+ * callback, in seq order per conversation, flag IMC_CLIENT_MSG_OFFLINE;
+ * the cursor is stored.
  * Returns 1 (more pages: request the next), 0 (done: want_sync is 0
  * now), IMC_ERR_INVALID_ARGUMENT (c NULL, or data NULL with len > 0),
  * IMC_ERR_INCOMPLETE (feed more bytes), IMC_ERR_AUTH (401),

@@ -156,6 +156,11 @@ int cl_inbox_take(imc_client *c, const imc_msg *msg, uint32_t flags);
 int cl_inbox_mark(imc_client *c, const char *msg_id, const char *conv,
                   uint64_t seq);
 
+/* json_page.c: a JSON page as an OfflinePage (free with free_unpacked).
+ * Returns 0, IMC_ERR_PROTO or IMC_ERR_NOMEM. */
+int cl_json_page(imc_client *c, const uint8_t *body, size_t len,
+                 Imchat__V1__OfflinePage **out);
+
 /* http.c */
 /*
  * Parses an HTTP/1.x answer in data: *status, and the body span. Returns

@@ -85,6 +85,12 @@ static int read_page(imc_client *c, const uint8_t *data, size_t len,
     cl_log(c, IMC_LOG_WARN, "client: HTTP answer %d", status);
     return status >= 400 && status < 500 ? IMC_ERR_PROTO : IMC_ERR_UNAVAILABLE;
   }
+  const char *ct;
+  size_t ctl;
+  if (cl_http_header(data, cl_http_head_len(data, len), "Content-Type", &ct,
+                     &ctl) &&
+      ctl >= 16 && memcmp(ct, "application/json", 16) == 0)
+    return cl_json_page(c, body, bl, out);
   if (imc_pb_check_strings(&imchat__v1__offline_page__descriptor, body, bl) !=
       0)
     return IMC_ERR_PROTO;
