@@ -69,18 +69,7 @@ bench_tmp=$(mktemp -d -t imchat-bench.XXXXXX)
 
 # shellcheck disable=SC2317  # invoked by the trap
 bench_cleanup() {
-  local pid i
-  for pid in "${bench_pids[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${bench_pids[@]}"; do
-    for ((i = 0; i < 100; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  imc_stop_pids "${bench_pids[@]}"
   rm -rf "$bench_tmp"
 }
 trap bench_cleanup EXIT
@@ -89,14 +78,8 @@ trap 'exit 143' TERM
 
 # Stops the server of pid $1 (SIGTERM, then SIGKILL after 10 s).
 stop_pid() {
-  local pid=$1 i
-  kill "$pid" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+  local pid=$1 p
+  imc_stop_pids "$pid"
   local -a keep=()
   for p in "${bench_pids[@]}"; do
     [ "$p" = "$pid" ] || keep+=("$p")

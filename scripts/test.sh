@@ -30,18 +30,7 @@ imc_spawn() {
 
 # shellcheck disable=SC2317  # invoked by the trap
 imc_cleanup() {
-  local pid i
-  for pid in "${imc_pids[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${imc_pids[@]}"; do
-    for ((i = 0; i < 100; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  imc_stop_pids "${imc_pids[@]}"
   rm -rf "$imc_tmp"
 }
 trap imc_cleanup EXIT

@@ -10,6 +10,7 @@
 
 #include "testutil.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1295,110 +1296,181 @@ END_TEST
 /* Registry                                                             */
 /* ------------------------------------------------------------------ */
 
-#define MAX_REG 8
+/*
+ * Only what etcd v3 also does: leases may be rounded up to a minimum
+ * TTL and expire a little late, so TTLs are a few seconds and checks
+ * leave slack either side; ids are opaque; watch events may arrive later
+ * than the call that caused them.
+ */
+
+#define MAX_REG 16
+#define MAX_USERS 8
+#define ENTRY_MIN_SIZE (offsetof(imc_reg_entry, conn_id) + sizeof(uint64_t))
 
 typedef struct lookup_res {
   int calls;
   int status;
-  size_t n;
+  size_t n_users, n; /* users answered, entries in all */
+  size_t offsets[MAX_USERS + 1];
   char user[MAX_REG][80], device[MAX_REG][80], node[MAX_REG][80];
   uint64_t conn[MAX_REG];
 } lookup_res;
 
-static void on_lookup(void *p, int status, const imc_reg_entry *e, size_t n) {
+static void on_lookup_many(void *p, int status, const imc_reg_entry *const *e,
+                           const size_t *offsets, size_t n_users) {
   lookup_res *r = p;
   r->calls++;
   r->status = status;
-  r->n = n;
-  for (size_t i = 0; i < n && i < MAX_REG; i++) {
-    snprintf(r->user[i], 80, "%s", e[i].user_id);
-    snprintf(r->device[i], 80, "%s", e[i].device_id);
-    snprintf(r->node[i], 80, "%s", e[i].node_id);
-    r->conn[i] = e[i].conn_id;
+  if (status != 0) {
+    ck_assert_ptr_null(e);
+    ck_assert_ptr_null(offsets);
+    return;
+  }
+  ck_assert_ptr_nonnull(offsets);
+  ck_assert_uint_le(n_users, MAX_USERS);
+  ck_assert_uint_eq(offsets[0], 0);
+  r->n_users = n_users;
+  r->n = offsets[n_users];
+  ck_assert_uint_le(r->n, MAX_REG);
+  for (size_t i = 0; i <= n_users; i++) {
+    r->offsets[i] = offsets[i];
+    if (i > 0)
+      ck_assert_uint_ge(offsets[i], offsets[i - 1]);
+  }
+  for (size_t i = 0; i < r->n; i++) {
+    ck_assert_uint_ge(e[i]->struct_size, ENTRY_MIN_SIZE);
+    snprintf(r->user[i], 80, "%s", e[i]->user_id);
+    snprintf(r->device[i], 80, "%s", e[i]->device_id);
+    snprintf(r->node[i], 80, "%s", e[i]->node_id);
+    r->conn[i] = e[i]->conn_id;
   }
 }
 
-static void reg_put(const char *user, const char *device, const char *node,
-                    uint64_t conn, uint32_t ttl) {
-  imc_reg_entry e = {user, device, node, conn};
-  done_res r = {0};
-  int rv = finish(cf->registry->register_conn(ud, &e, ttl, on_done, &r),
-                  &r.calls, &r.status);
-  ck_assert_int_eq(rv, 0);
+typedef struct lease_res {
+  int calls;
+  int status;
+  uint64_t id;
+} lease_res;
+
+static void on_lease(void *p, int status, uint64_t id) {
+  lease_res *r = p;
+  r->calls++;
+  r->status = status;
+  r->id = id;
 }
 
-static void reg_renew(const char *user, const char *device, const char *node,
-                      uint64_t conn, uint32_t ttl) {
-  imc_reg_entry e = {user, device, node, conn};
-  done_res r = {0};
-  int rv = finish(cf->registry->renew(ud, &e, ttl, on_done, &r), &r.calls,
-                  &r.status);
+static uint64_t lease_new(const char *node, uint32_t ttl) {
+  lease_res r = {0};
+  int rv = finish(cf->registry->lease_grant(ud, node, ttl, on_lease, &r),
+                  &r.calls, &r.status);
   ck_assert_int_eq(rv, 0);
+  ck_assert_uint_ne(r.id, 0);
+  return r.id;
+}
+
+static int lease_keep(uint64_t id) {
+  done_res r = {0};
+  return finish(cf->registry->lease_keepalive(ud, id, on_done, &r), &r.calls,
+                &r.status);
+}
+
+static int lease_end(uint64_t id) {
+  done_res r = {0};
+  return finish(cf->registry->lease_revoke(ud, id, on_done, &r), &r.calls,
+                &r.status);
+}
+
+static int reg_put(uint64_t lease, const char *user, const char *device,
+                   const char *node, uint64_t conn) {
+  imc_reg_entry e = {sizeof(e), user, device, node, conn};
+  done_res r = {0};
+  return finish(cf->registry->register_conn(ud, lease, &e, on_done, &r),
+                &r.calls, &r.status);
 }
 
 static void reg_del(const char *user, const char *device, const char *node,
                     uint64_t conn) {
-  imc_reg_entry e = {user, device, node, conn};
+  imc_reg_entry e = {sizeof(e), user, device, node, conn};
   done_res r = {0};
   int rv = finish(cf->registry->unregister(ud, &e, on_done, &r), &r.calls,
                   &r.status);
   ck_assert_int_eq(rv, 0);
 }
 
-static void reg_lookup(const char *user, lookup_res *r) {
+static void reg_lookup_many(const char *const *users, size_t n, lookup_res *r) {
   memset(r, 0, sizeof(*r));
-  int rv = finish(cf->registry->lookup(ud, user, on_lookup, r), &r->calls,
-                  &r->status);
+  int rv = finish(cf->registry->lookup_many(ud, users, n, on_lookup_many, r),
+                  &r->calls, &r->status);
   ck_assert_int_eq(rv, 0);
+  ck_assert_uint_eq(r->n_users, n);
 }
 
-/* Index of device in r, or -1. */
-static int reg_find(const lookup_res *r, const char *device) {
-  for (size_t i = 0; i < r->n; i++)
-    if (strcmp(r->device[i], device) == 0)
-      return (int)i;
+static void reg_lookup(const char *user, lookup_res *r) {
+  reg_lookup_many(&user, 1, r);
+}
+
+/* Index of device among the entries of user i in r, or -1. */
+static int reg_find(const lookup_res *r, size_t i, const char *device) {
+  for (size_t k = r->offsets[i]; k < r->offsets[i + 1]; k++)
+    if (strcmp(r->device[k], device) == 0)
+      return (int)k;
   return -1;
 }
 
-/* Lets leases run out: the fake clock, or real time for real servers. */
-static void reg_wait(int seconds) {
+/* Lets time pass: the fake clock, or real time for real servers. */
+static void reg_sleep_ms(int ms) {
   if (cf->real_clock)
-    sleep_ms(seconds * 1000 + 1500);
+    sleep_ms(ms);
   else
-    test_clock_advance(&tclock, (int64_t)seconds * 1000 + 1);
+    test_clock_advance(&tclock, ms);
 }
 
 START_TEST(registry_vtable_complete) {
   fx_open(_i);
   const imc_registry_vtbl *v = cf->registry;
   ck_assert_uint_ge(v->struct_size, sizeof(imc_registry_vtbl));
-  ck_assert(v->register_conn != NULL && v->renew != NULL &&
-            v->unregister != NULL && v->lookup != NULL && v->watch != NULL);
+  ck_assert(v->lease_grant != NULL && v->lease_keepalive != NULL &&
+            v->lease_revoke != NULL && v->register_conn != NULL &&
+            v->unregister != NULL && v->lookup_many != NULL &&
+            v->watch != NULL && v->watch_cancel != NULL);
   fx_close();
 }
 END_TEST
 
-START_TEST(registry_register_lookup) {
+START_TEST(registry_register_lookup_many) {
   fx_open(_i);
   lookup_res r;
   reg_lookup("alice", &r);
   ck_assert_uint_eq(r.n, 0);
-  reg_put("alice", "phone", "gw-1", 7, 60);
-  reg_put("alice", "laptop", "gw-2", 8, 60);
-  reg_put("bob", "phone", "gw-1", 9, 60);
-  reg_lookup("alice", &r);
-  ck_assert_uint_eq(r.n, 2);
-  int i = reg_find(&r, "phone");
+  uint64_t l1 = lease_new("gw-1", 60), l2 = lease_new("gw-2", 60);
+  ck_assert_uint_ne(l1, l2);
+  ck_assert_int_eq(reg_put(l1, "alice", "phone", "gw-1", 7), 0);
+  ck_assert_int_eq(reg_put(l2, "alice", "laptop", "gw-2", 8), 0);
+  ck_assert_int_eq(reg_put(l1, "bob", "phone", "gw-1", 9), 0);
+
+  const char *users[] = {"alice", "carol", "bob", "alice", "al"};
+  reg_lookup_many(users, 5, &r);
+  ck_assert_uint_eq(r.offsets[1] - r.offsets[0], 2);
+  ck_assert_uint_eq(r.offsets[2] - r.offsets[1], 0);
+  ck_assert_uint_eq(r.offsets[3] - r.offsets[2], 1);
+  ck_assert_uint_eq(r.offsets[4] - r.offsets[3], 2); /* ids may repeat */
+  ck_assert_uint_eq(r.offsets[5] - r.offsets[4], 0); /* not a prefix match */
+  int i = reg_find(&r, 0, "phone");
   ck_assert_int_ge(i, 0);
   ck_assert_str_eq(r.user[i], "alice");
   ck_assert_str_eq(r.node[i], "gw-1");
   ck_assert_uint_eq(r.conn[i], 7);
-  i = reg_find(&r, "laptop");
+  i = reg_find(&r, 0, "laptop");
   ck_assert_int_ge(i, 0);
   ck_assert_str_eq(r.node[i], "gw-2");
-  reg_lookup("bob", &r);
-  ck_assert_uint_eq(r.n, 1);
-  reg_lookup("al", &r); /* no prefix matches */
+  ck_assert_uint_eq(r.conn[i], 8);
+  i = reg_find(&r, 2, "phone");
+  ck_assert_int_ge(i, 0);
+  ck_assert_str_eq(r.user[i], "bob");
+  ck_assert_uint_eq(r.conn[i], 9);
+  ck_assert_int_ge(reg_find(&r, 3, "laptop"), 0);
+
+  reg_lookup_many(NULL, 0, &r); /* an empty batch completes too */
   ck_assert_uint_eq(r.n, 0);
   fx_close();
 }
@@ -1407,14 +1479,18 @@ END_TEST
 START_TEST(registry_reconnect_replaces) {
   fx_open(_i);
   lookup_res r;
-  reg_put("alice", "phone", "gw-1", 1, 60);
-  reg_put("alice", "phone", "gw-2", 2, 60);
+  uint64_t l1 = lease_new("gw-1", 60), l2 = lease_new("gw-2", 60);
+  ck_assert_int_eq(reg_put(l1, "alice", "phone", "gw-1", 1), 0);
+  ck_assert_int_eq(reg_put(l2, "alice", "phone", "gw-2", 2), 0);
   reg_lookup("alice", &r);
   ck_assert_uint_eq(r.n, 1);
   ck_assert_str_eq(r.node[0], "gw-2");
   ck_assert_uint_eq(r.conn[0], 2);
-  /* The old connection's cleanup must not remove the new entry. */
+  /* The old connection's cleanup must not remove the new entry, nor
+   * must the end of the old node's lease. */
   reg_del("alice", "phone", "gw-1", 1);
+  reg_del("alice", "phone", "gw-1", 2); /* same conn id, other node */
+  ck_assert_int_eq(lease_end(l1), 0);
   reg_lookup("alice", &r);
   ck_assert_uint_eq(r.n, 1);
   reg_del("alice", "phone", "gw-2", 2);
@@ -1426,55 +1502,156 @@ START_TEST(registry_reconnect_replaces) {
 }
 END_TEST
 
-START_TEST(registry_lease_expiry_and_renew) {
+START_TEST(registry_lease_expiry_and_keepalive) {
   fx_open(_i);
   lookup_res r;
-  reg_put("alice", "phone", "gw-1", 1, 3);
-  reg_put("alice", "laptop", "gw-1", 2, 3);
-  reg_renew("alice", "laptop", "gw-1", 2, 30);
-  reg_wait(3);
-  reg_lookup("alice", &r);
+  uint64_t l1 = lease_new("gw-1", 5), l2 = lease_new("gw-2", 5);
+  ck_assert_int_eq(reg_put(l1, "alice", "phone", "gw-1", 1), 0);
+  ck_assert_int_eq(reg_put(l1, "bob", "phone", "gw-1", 2), 0);
+  ck_assert_int_eq(reg_put(l2, "alice", "laptop", "gw-2", 3), 0);
+  reg_sleep_ms(3000);
+  ck_assert_int_eq(lease_keep(l2), 0);
+  reg_sleep_ms(3500); /* l1 ran out 1.5 s ago; l2 has 1.5 s left */
+  const char *users[] = {"alice", "bob"};
+  reg_lookup_many(users, 2, &r);
   ck_assert_uint_eq(r.n, 1);
   ck_assert_str_eq(r.device[0], "laptop");
+  ck_assert_uint_eq(r.offsets[2] - r.offsets[1], 0);
+  /* The holder of l1 learns that it is gone, and nothing can be put on
+   * it any more. */
+  ck_assert_int_eq(lease_keep(l1), IMC_ERR_NOT_FOUND);
+  ck_assert_int_eq(reg_put(l1, "bob", "phone", "gw-1", 4), IMC_ERR_NOT_FOUND);
+  reg_lookup("bob", &r);
+  ck_assert_uint_eq(r.n, 0);
+  /* A new lease takes the entries again. */
+  uint64_t l3 = lease_new("gw-1", 60);
+  ck_assert_uint_ne(l3, l1);
+  ck_assert_int_eq(reg_put(l3, "bob", "phone", "gw-1", 4), 0);
+  reg_lookup("bob", &r);
+  ck_assert_uint_eq(r.n, 1);
+  fx_close();
+}
+END_TEST
+
+START_TEST(registry_lease_revoke) {
+  fx_open(_i);
+  lookup_res r;
+  uint64_t l1 = lease_new("gw-1", 60), l2 = lease_new("gw-2", 60);
+  ck_assert_int_eq(reg_put(l1, "alice", "phone", "gw-1", 1), 0);
+  ck_assert_int_eq(reg_put(l1, "bob", "phone", "gw-1", 2), 0);
+  ck_assert_int_eq(reg_put(l2, "bob", "web", "gw-2", 3), 0);
+  ck_assert_int_eq(lease_end(l1), 0);
+  const char *users[] = {"alice", "bob"};
+  reg_lookup_many(users, 2, &r);
+  ck_assert_uint_eq(r.n, 1);
+  ck_assert_str_eq(r.device[0], "web");
+  ck_assert_int_eq(lease_end(l1), IMC_ERR_NOT_FOUND);
+  ck_assert_int_eq(lease_keep(l1), IMC_ERR_NOT_FOUND);
+  ck_assert_int_eq(lease_keep(l2), 0);
   fx_close();
 }
 END_TEST
 
 typedef struct watch_res {
-  int puts, deletes;
-  char last_key[160];
+  int puts, deletes, resyncs;
+  char last_key[160], last_value[80];
 } watch_res;
 
 static void on_watch(void *p, imc_watch_event_type type, const char *key,
                      const uint8_t *value, size_t len) {
   watch_res *w = p;
-  (void)value;
-  (void)len;
+  if (type == IMC_WATCH_RESYNC) {
+    w->resyncs++;
+    return;
+  }
   if (type == IMC_WATCH_PUT)
     w->puts++;
   else
     w->deletes++;
   snprintf(w->last_key, sizeof(w->last_key), "%s", key);
+  snprintf(w->last_value, sizeof(w->last_value), "%.*s", (int)len,
+           value ? (const char *)value : "");
+}
+
+/* Runs the loop until *counter reaches want (or the wait times out). */
+static void wait_count(const int *counter, int want) {
+  int64_t deadline = mono_ms() + WAIT_MS;
+  while (*counter < want && mono_ms() < deadline && cf->dispatch)
+    ck_assert_int_ge(cf->dispatch(cf->ctx, ud), 0);
 }
 
 START_TEST(registry_watch) {
   fx_open(_i);
   watch_res w = {0};
-  ck_assert_int_eq(cf->registry->watch(ud, "alice/", on_watch, &w), 0);
-  reg_put("bob", "phone", "gw-1", 1, 60);
-  reg_put("alice", "phone", "gw-1", 2, 60);
-  int64_t deadline = mono_ms() + WAIT_MS;
-  while (w.puts == 0 && mono_ms() < deadline && cf->dispatch)
-    cf->dispatch(cf->ctx, ud);
+  uint64_t wid = 0;
+  ck_assert_int_eq(cf->registry->watch(ud, "alice/", on_watch, &w, &wid), 0);
+  ck_assert_uint_ne(wid, 0);
+  uint64_t l1 = lease_new("gw-1", 60);
+  ck_assert_int_eq(reg_put(l1, "bob", "phone", "gw-1", 1), 0);
+  ck_assert_int_eq(reg_put(l1, "alice", "phone", "gw-1", 2), 0);
+  wait_count(&w.puts, 1);
   ck_assert_int_eq(w.puts, 1);
   ck_assert_str_eq(w.last_key, "alice/phone");
+  ck_assert_str_eq(w.last_value, "gw-1");
   reg_del("alice", "phone", "gw-1", 2);
-  deadline = mono_ms() + WAIT_MS;
-  while (w.deletes == 0 && mono_ms() < deadline && cf->dispatch)
-    cf->dispatch(cf->ctx, ud);
+  wait_count(&w.deletes, 1);
   ck_assert_int_eq(w.deletes, 1);
   ck_assert_str_eq(w.last_key, "alice/phone");
-  ck_assert_int_eq(w.puts, 1); /* bob's entry is outside the prefix */
+  /* The end of a lease deletes its entries. */
+  ck_assert_int_eq(reg_put(l1, "alice", "web", "gw-1", 3), 0);
+  ck_assert_int_eq(lease_end(l1), 0);
+  wait_count(&w.deletes, 2);
+  ck_assert_int_eq(w.deletes, 2);
+  ck_assert_str_eq(w.last_key, "alice/web");
+  ck_assert_int_eq(w.puts, 2); /* bob's entry is outside the prefix */
+  fx_close();
+}
+END_TEST
+
+START_TEST(registry_watch_cancel) {
+  fx_open(_i);
+  watch_res a = {0}, b = {0};
+  uint64_t ida = 0, idb = 0;
+  ck_assert_int_eq(cf->registry->watch(ud, "", on_watch, &a, &ida), 0);
+  ck_assert_int_eq(cf->registry->watch(ud, NULL, on_watch, &b, &idb), 0);
+  ck_assert_uint_ne(ida, idb);
+  uint64_t l1 = lease_new("gw-1", 60);
+  ck_assert_int_eq(reg_put(l1, "alice", "phone", "gw-1", 1), 0);
+  wait_count(&a.puts, 1);
+  wait_count(&b.puts, 1);
+  ck_assert_int_eq(cf->registry->watch_cancel(ud, ida), 0);
+  ck_assert_int_eq(reg_put(l1, "bob", "phone", "gw-1", 2), 0);
+  wait_count(&b.puts, 2);
+  ck_assert_int_eq(b.puts, 2);
+  settle();
+  ck_assert_int_eq(a.puts, 1);
+  ck_assert_int_eq(cf->registry->watch_cancel(ud, ida), IMC_ERR_NOT_FOUND);
+  ck_assert_int_eq(cf->registry->watch_cancel(ud, idb), 0);
+  fx_close();
+}
+END_TEST
+
+/* The registry forgets everything: leases are NOT_FOUND, watches resync. */
+START_TEST(registry_lost_state) {
+  fx_open(_i);
+  watch_res w = {0};
+  uint64_t wid = 0;
+  ck_assert_int_eq(cf->registry->watch(ud, "", on_watch, &w, &wid), 0);
+  uint64_t l1 = lease_new("gw-1", 60);
+  ck_assert_int_eq(reg_put(l1, "alice", "phone", "gw-1", 1), 0);
+  cf->lose_state(cf->ctx, ud);
+  wait_count(&w.resyncs, 1);
+  ck_assert_int_ge(w.resyncs, 1);
+  ck_assert_int_eq(lease_keep(l1), IMC_ERR_NOT_FOUND);
+  lookup_res r;
+  reg_lookup("alice", &r);
+  ck_assert_uint_eq(r.n, 0);
+  /* What a gateway does next: a new lease, every connection again. */
+  uint64_t l2 = lease_new("gw-1", 60);
+  ck_assert_int_eq(reg_put(l2, "alice", "phone", "gw-1", 1), 0);
+  reg_lookup("alice", &r);
+  ck_assert_uint_eq(r.n, 1);
+  ck_assert_int_eq(cf->registry->watch_cancel(ud, wid), 0);
   fx_close();
 }
 END_TEST
@@ -1503,10 +1680,14 @@ Suite *conformance_registry_suite(const conformance_factory *f) {
   TCase *tc;
   Suite *s = new_suite(f, i, 4, "registry", &tc);
   ADD(tc, registry_vtable_complete, i);
-  ADD(tc, registry_register_lookup, i);
+  ADD(tc, registry_register_lookup_many, i);
   ADD(tc, registry_reconnect_replaces, i);
-  ADD(tc, registry_lease_expiry_and_renew, i);
+  ADD(tc, registry_lease_expiry_and_keepalive, i);
+  ADD(tc, registry_lease_revoke, i);
   ADD(tc, registry_watch, i);
+  ADD(tc, registry_watch_cancel, i);
+  if (f->lose_state)
+    ADD(tc, registry_lost_state, i);
   return s;
 }
 

@@ -48,6 +48,13 @@ typedef struct conformance_factory {
   const imc_store_vtbl *store;
   const imc_bus_vtbl *bus;
   const imc_registry_vtbl *registry;
+  /*
+   * Optional (registry): make the backend lose every lease and entry, as
+   * a server restarted empty, and break its watch streams, so that
+   * keepalives find NOT_FOUND and every watch gets IMC_WATCH_RESYNC.
+   * NULL skips that test.
+   */
+  void (*lose_state)(void *ctx, void *ud);
   /* Nonzero if keys expire by the backend's own clock: TTL tests sleep. */
   int real_clock;
 } conformance_factory;

@@ -26,8 +26,17 @@
 typedef struct mock {
   test_sock sock; /* the client's socket */
   /* registry calls */
-  int reg, renew, unreg;
-  char reg_user[80], reg_device[80], reg_node[80];
+  int grants, keepalives, revokes, reg, unreg;
+  uint64_t lease;     /* the live lease; 0: none */
+  uint64_t reg_lease; /* the lease of the last register */
+  int keepalive_lost; /* the lease is gone before the next keepalive */
+  int grant_fail;     /* answer grants with IMC_ERR_UNAVAILABLE */
+  int hold;           /* keep the next grant's or keepalive's answer */
+  imc_lease_cb held_grant;
+  imc_done_cb held_keepalive;
+  void *held_ud;
+  int in_flight, max_in_flight; /* grants and keepalives not answered */
+  char reg_user[80], reg_device[80], reg_node[80], grant_node[80];
   uint32_t reg_ttl;
   /* upstream calls */
   int sends, delivered, undelivered;
@@ -46,25 +55,96 @@ typedef struct mock {
   void *key_ud;
 } mock;
 
-static int r_register(void *ud, const imc_reg_entry *e, uint32_t ttl,
-                      imc_done_cb done, void *done_ud) {
+/* A grant or keepalive went out; with hold set, its answer waits. */
+static int lease_call_out(mock *m) {
+  if (++m->in_flight > m->max_in_flight)
+    m->max_in_flight = m->in_flight;
+  return m->hold;
+}
+
+static int r_grant(void *ud, const char *node, uint32_t ttl, imc_lease_cb done,
+                   void *done_ud) {
   mock *m = ud;
-  m->reg++;
-  snprintf(m->reg_user, sizeof(m->reg_user), "%s", e->user_id);
-  snprintf(m->reg_device, sizeof(m->reg_device), "%s", e->device_id);
-  snprintf(m->reg_node, sizeof(m->reg_node), "%s", e->node_id);
+  m->grants++;
+  int hold = lease_call_out(m);
+  if (m->grant_fail) {
+    m->in_flight--;
+    done(done_ud, IMC_ERR_UNAVAILABLE, 0);
+    return 0;
+  }
+  m->lease = 100 + (uint64_t)m->grants;
   m->reg_ttl = ttl;
-  done(done_ud, 0);
+  snprintf(m->grant_node, sizeof(m->grant_node), "%s", node);
+  if (hold) {
+    m->hold = 0;
+    m->held_grant = done;
+    m->held_ud = done_ud;
+    return 0;
+  }
+  m->in_flight--;
+  done(done_ud, 0, m->lease);
   return 0;
 }
 
-static int r_renew(void *ud, const imc_reg_entry *e, uint32_t ttl,
-                   imc_done_cb done, void *done_ud) {
+/* Answers the grant kept by hold. */
+static void release_grant(mock *m) {
+  ck_assert(m->held_grant != NULL);
+  imc_lease_cb cb = m->held_grant;
+  m->held_grant = NULL;
+  m->in_flight--;
+  cb(m->held_ud, 0, m->lease);
+}
+
+static int r_keepalive(void *ud, uint64_t lease, imc_done_cb done,
+                       void *done_ud) {
   mock *m = ud;
-  (void)e;
-  (void)ttl;
-  m->renew++;
-  done(done_ud, 0);
+  ck_assert_uint_ne(lease, 0);
+  m->keepalives++;
+  int hold = lease_call_out(m);
+  if (m->keepalive_lost) {
+    m->keepalive_lost = 0;
+    m->lease = 0;
+  }
+  if (hold) {
+    m->hold = 0;
+    m->held_keepalive = done;
+    m->held_ud = done_ud;
+    return 0;
+  }
+  m->in_flight--;
+  done(done_ud, lease == m->lease ? 0 : IMC_ERR_NOT_FOUND);
+  return 0;
+}
+
+/* Answers the keepalive kept by hold with status. */
+static void release_keepalive(mock *m, int status) {
+  ck_assert(m->held_keepalive != NULL);
+  imc_done_cb cb = m->held_keepalive;
+  m->held_keepalive = NULL;
+  m->in_flight--;
+  cb(m->held_ud, status);
+}
+
+static int r_revoke(void *ud, uint64_t lease, imc_done_cb done, void *done_ud) {
+  mock *m = ud;
+  ck_assert_uint_ne(lease, 0);
+  m->revokes++;
+  int found = lease == m->lease;
+  m->lease = 0;
+  done(done_ud, found ? 0 : IMC_ERR_NOT_FOUND);
+  return 0;
+}
+
+static int r_register(void *ud, uint64_t lease, const imc_reg_entry *e,
+                      imc_done_cb done, void *done_ud) {
+  mock *m = ud;
+  ck_assert_uint_eq(e->struct_size, sizeof(imc_reg_entry));
+  m->reg++;
+  m->reg_lease = lease;
+  snprintf(m->reg_user, sizeof(m->reg_user), "%s", e->user_id);
+  snprintf(m->reg_device, sizeof(m->reg_device), "%s", e->device_id);
+  snprintf(m->reg_node, sizeof(m->reg_node), "%s", e->node_id);
+  done(done_ud, lease == m->lease ? 0 : IMC_ERR_NOT_FOUND);
   return 0;
 }
 
@@ -77,8 +157,13 @@ static int r_unregister(void *ud, const imc_reg_entry *e, imc_done_cb done,
   return 0;
 }
 
-static const imc_registry_vtbl registry = {
-    sizeof(imc_registry_vtbl), r_register, r_renew, r_unregister, NULL, NULL};
+static const imc_registry_vtbl registry = {.struct_size =
+                                               sizeof(imc_registry_vtbl),
+                                           .lease_grant = r_grant,
+                                           .lease_keepalive = r_keepalive,
+                                           .lease_revoke = r_revoke,
+                                           .register_conn = r_register,
+                                           .unregister = r_unregister};
 
 static int u_send(void *ud, const imc_send_req *req, imc_send_cb done,
                   void *done_ud) {
@@ -428,7 +513,11 @@ START_TEST(upgrade_ok) {
   ck_assert_uint_eq(f->welcome->heartbeat_s, 30);
   ck_assert_int_eq(f->welcome->server_time_ms, T0);
   imchat__v1__server_frame__free_unpacked(f, NULL);
-  /* Registered with a 90 s lease. */
+  /* Registered on the node's 90 s lease. */
+  ck_assert_int_eq(H.m.grants, 1);
+  ck_assert_str_eq(H.m.grant_node, "gw-1");
+  ck_assert_uint_ne(H.m.lease, 0);
+  ck_assert_uint_eq(H.m.reg_lease, H.m.lease);
   ck_assert_int_eq(H.m.reg, 1);
   ck_assert_str_eq(H.m.reg_user, "alice");
   ck_assert_str_eq(H.m.reg_device, "default");
@@ -981,14 +1070,14 @@ START_TEST(heartbeat) {
   h_advance(30000);
   ck_assert_int_eq(next_ws(), 1);
   ck_assert_int_eq(F.opcode, 9);
-  ck_assert_int_eq(H.m.renew, 1);
+  ck_assert_int_eq(H.m.keepalives, 1);
   /* The client answers: alive past 90 s from the start. */
   size_t n = ws_frame(wbuf, 1, 10, 0, NULL, 0, 1);
   h_recv(wbuf, n);
   h_advance(30000);
-  ck_assert_int_eq(H.m.renew, 2);
+  ck_assert_int_eq(H.m.keepalives, 2);
   h_advance(30000);
-  ck_assert_int_eq(H.m.renew, 3);
+  ck_assert_int_eq(H.m.keepalives, 3);
   ck_assert_int_eq(H.m.sock.closed, 0);
   /* Then silence: 90 s after the pong, closed with 1001. */
   h_advance(30000);
@@ -1303,6 +1392,13 @@ START_TEST(shutdown_1001) {
   ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_DELIVER);
   imchat__v1__server_frame__free_unpacked(f, NULL);
   expect_close(1001);
+  /* The node's entries go at once, with its lease: no unregister each. */
+  ck_assert_int_eq(H.m.revokes, 1);
+  ck_assert_uint_eq(H.m.lease, 0);
+  h_advance(5000);
+  ck_assert_uint_eq(imc_gateway_conn_count(H.gw), 0);
+  ck_assert_int_eq(H.m.unreg, 0);
+  ck_assert_int_eq(H.m.revokes, 1);
 }
 END_TEST
 
@@ -1556,6 +1652,187 @@ START_TEST(many_devices_one_user) {
 END_TEST
 
 /* ------------------------------------------------------------------ */
+/* The node's registry lease                                            */
+/* ------------------------------------------------------------------ */
+
+/* Renewal costs one keepalive per node and interval, whatever the number
+ * of connections. */
+START_TEST(lease_one_keepalive_per_node) {
+  peer other;
+  h_connect("alice", NULL);
+  ck_assert_int_eq(peer_connect(&other, "bob", "d1"), 101);
+  ck_assert_int_eq(H.m.grants, 1);
+  ck_assert_int_eq(H.m.reg, 2);
+  ck_assert_uint_eq(H.m.reg_lease, H.m.lease);
+  ck_assert_int_eq(H.m.keepalives, 0);
+  for (int i = 1; i <= 3; i++) {
+    h_advance(30000);
+    ck_assert_int_eq(H.m.keepalives, i);
+  }
+  ck_assert_int_eq(H.m.grants, 1);
+  ck_assert_int_eq(H.m.reg, 2);
+  ck_assert_int_eq(H.m.max_in_flight, 1);
+  peer_free(&other);
+}
+END_TEST
+
+/* The lease ran out while the node was cut off: a new lease, and every
+ * connection registered again on it. */
+START_TEST(lease_lost_registers_again) {
+  peer other;
+  h_connect("alice", NULL);
+  ck_assert_int_eq(peer_connect(&other, "bob", "d1"), 101);
+  uint64_t first = H.m.lease;
+  H.m.keepalive_lost = 1;
+  h_advance(30000);
+  ck_assert_int_eq(H.m.keepalives, 1);
+  ck_assert_int_eq(H.m.grants, 2);
+  ck_assert_uint_ne(H.m.lease, first);
+  ck_assert_int_eq(H.m.reg, 4);
+  ck_assert_uint_eq(H.m.reg_lease, H.m.lease);
+  /* Then the new lease is kept alive as usual. */
+  h_advance(30000);
+  ck_assert_int_eq(H.m.keepalives, 2);
+  ck_assert_int_eq(H.m.grants, 2);
+  ck_assert_int_eq(H.m.reg, 4);
+  /* A connection closed since is not registered again. */
+  imc_gateway_conn_closed(H.gw, H.c);
+  H.c = NULL;
+  ck_assert_int_eq(H.m.unreg, 1);
+  H.m.keepalive_lost = 1;
+  h_advance(30000);
+  ck_assert_int_eq(H.m.grants, 3);
+  ck_assert_int_eq(H.m.reg, 5);
+  ck_assert_str_eq(H.m.reg_user, "bob");
+  ck_assert_uint_eq(H.m.reg_lease, H.m.lease);
+  peer_free(&other);
+}
+END_TEST
+
+/* The registry is down at the first upgrade: the grant is tried again
+ * at each interval, and then the connection is registered. */
+START_TEST(lease_grant_retried) {
+  H.m.grant_fail = 1;
+  h_connect("alice", NULL);
+  ck_assert_int_eq(H.m.grants, 1);
+  ck_assert_int_eq(H.m.reg, 0);
+  h_advance(30000);
+  ck_assert_int_eq(H.m.grants, 2);
+  ck_assert_int_eq(H.m.keepalives, 0);
+  H.m.grant_fail = 0;
+  h_advance(30000);
+  ck_assert_int_eq(H.m.grants, 3);
+  ck_assert_int_eq(H.m.reg, 1);
+  ck_assert_uint_eq(H.m.reg_lease, H.m.lease);
+  h_advance(30000);
+  ck_assert_int_eq(H.m.keepalives, 1);
+  ck_assert_int_eq(H.m.grants, 3);
+  /* The connection going unregisters it; the unregistered never did. */
+  imc_gateway_conn_closed(H.gw, H.c);
+  H.c = NULL;
+  ck_assert_int_eq(H.m.unreg, 1);
+}
+END_TEST
+
+/* The client answers a ping: it stays past the idle timeout. */
+static void h_pong(void) {
+  size_t n = ws_frame(wbuf, 1, 10, 0, NULL, 0, 1);
+  h_recv(wbuf, n);
+}
+
+/* A keepalive the registry has not answered yet: no second one, however
+ * many intervals pass, and it counts as pending. */
+START_TEST(lease_one_call_in_flight) {
+  h_connect("alice", NULL);
+  H.m.hold = 1;
+  h_advance(30000);
+  ck_assert_int_eq(H.m.keepalives, 1);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 1);
+  for (int i = 0; i < 3; i++) {
+    h_pong();
+    h_advance(30000);
+  }
+  ck_assert_int_eq(H.m.keepalives, 1);
+  /* The late answer says the lease is gone: granted and registered
+   * again at once. */
+  H.m.lease = 0;
+  release_keepalive(&H.m, IMC_ERR_NOT_FOUND);
+  ck_assert_int_eq(H.m.grants, 2);
+  ck_assert_int_eq(H.m.reg, 2);
+  ck_assert_uint_eq(H.m.reg_lease, H.m.lease);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+  /* An unknown outcome keeps the lease; the next interval tries again. */
+  H.m.hold = 1;
+  h_pong();
+  h_advance(30000);
+  ck_assert_int_eq(H.m.keepalives, 2);
+  release_keepalive(&H.m, IMC_ERR_UNAVAILABLE);
+  ck_assert_int_eq(H.m.grants, 2);
+  h_pong();
+  h_advance(30000);
+  ck_assert_int_eq(H.m.keepalives, 3);
+  ck_assert_int_eq(H.m.grants, 2);
+  ck_assert_int_eq(H.m.reg, 2);
+  ck_assert_int_eq(H.m.max_in_flight, 1);
+  ck_assert_int_eq(H.m.in_flight, 0);
+  ck_assert_int_eq(H.m.sock.closed, 0);
+}
+END_TEST
+
+/* Connections upgraded while the grant is out wait for it; one granted
+ * after shutdown began is revoked on arrival. */
+START_TEST(lease_grant_in_flight) {
+  peer other;
+  H.m.hold = 1;
+  h_connect("alice", NULL);
+  ck_assert_int_eq(peer_connect(&other, "bob", "d1"), 101);
+  ck_assert_int_eq(H.m.grants, 1);
+  ck_assert_int_eq(H.m.reg, 0);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 1);
+  release_grant(&H.m);
+  ck_assert_int_eq(H.m.reg, 2);
+  ck_assert_uint_eq(H.m.reg_lease, H.m.lease);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+  peer_free(&other);
+  /* A grant held at shutdown. */
+  reset_with(NULL);
+  H.m.hold = 1;
+  h_connect("carol", NULL);
+  imc_gateway_shutdown(H.gw);
+  ck_assert_int_eq(H.m.revokes, 0);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 1);
+  release_grant(&H.m);
+  ck_assert_int_eq(H.m.revokes, 1);
+  ck_assert_uint_eq(H.m.lease, 0);
+  ck_assert_int_eq(H.m.reg, 0);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+  /* No keepalive after shutdown. */
+  h_advance(30000);
+  ck_assert_int_eq(H.m.keepalives, 0);
+}
+END_TEST
+
+/* Without connections and without a lease the timer stops; the next
+ * upgrade starts it again. */
+START_TEST(lease_timer_idle) {
+  H.m.grant_fail = 1;
+  h_connect("alice", NULL);
+  imc_gateway_conn_closed(H.gw, H.c);
+  ck_assert_int_eq(imc_gateway_next_timeout_ms(H.gw), 30000);
+  h_advance(30000);
+  ck_assert_int_eq(H.m.grants, 1); /* nobody to register: no grant */
+  ck_assert_int_eq(imc_gateway_next_timeout_ms(H.gw), -1);
+  H.m.grant_fail = 0;
+  ck_assert_int_eq(imc_gateway_conn_new(H.gw, &H.c, &H.m.sock), 0);
+  h_connect("alice", NULL);
+  ck_assert_int_eq(H.m.grants, 2);
+  ck_assert_int_eq(H.m.reg, 1);
+  h_advance(30000);
+  ck_assert_int_eq(H.m.keepalives, 1);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
 /* Allocation failures                                                  */
 /* ------------------------------------------------------------------ */
 
@@ -1726,6 +2003,16 @@ static Suite *gateway_suite(void) {
   tcase_add_test(t, heartbeat);
   tcase_add_test(t, silent_client_dropped);
   tcase_add_test(t, conn_lost_unregisters);
+  suite_add_tcase(s, t);
+
+  t = tcase_create("lease");
+  tcase_add_checked_fixture(t, h_setup, h_teardown);
+  tcase_add_test(t, lease_one_keepalive_per_node);
+  tcase_add_test(t, lease_lost_registers_again);
+  tcase_add_test(t, lease_grant_retried);
+  tcase_add_test(t, lease_one_call_in_flight);
+  tcase_add_test(t, lease_grant_in_flight);
+  tcase_add_test(t, lease_timer_idle);
   suite_add_tcase(s, t);
 
   t = tcase_create("delivery");

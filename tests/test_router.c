@@ -22,6 +22,7 @@
 /* ------------------------------------------------------------------ */
 
 #define MAX_ENTRIES 16
+#define MAX_USERS 16 /* users in one lookup_many */
 #define MAX_RECS 128
 #define MAX_COMPS 1024
 
@@ -37,7 +38,7 @@ typedef struct comp {
   comp_kind kind;
   union {
     imc_done_cb done;
-    imc_lookup_cb lookup;
+    imc_lookup_many_cb lookup;
     imc_seq_cb seq;
     imc_dedup_cb dedup;
     imc_list_cb list;
@@ -47,6 +48,7 @@ typedef struct comp {
   int status, found, count;
   uint64_t seq;
   imc_reg_entry entries[MAX_ENTRIES]; /* strings live in the mock */
+  size_t offsets[MAX_USERS + 1];      /* C_LOOKUP: n users' entries */
   const char *items[16];
   size_t n;
   char value[128];
@@ -61,8 +63,11 @@ typedef struct mock {
   imc_reg_entry reg[MAX_ENTRIES];
   char reg_strs[MAX_ENTRIES][3][80];
   int n_reg;
-  int lookup_fail;
-  int n_lookups;
+  int lookup_fail; /* 1: complete with UNAVAILABLE; 2: refuse the call */
+  int n_lookups;   /* lookup_many calls: registry round trips */
+  int n_looked_up; /* users asked for, over every call */
+  char last_batch[MAX_USERS][80]; /* the users of the last call */
+  size_t last_batch_n;
   int lookups_out, max_lookups_out; /* deferred lookups not yet answered */
   /* seq */
   char seq_keys[16][160];
@@ -104,11 +109,19 @@ static void fire(comp *c) {
   case C_DONE:
     c->cb.done(c->ud, c->status);
     break;
-  case C_LOOKUP:
+  case C_LOOKUP: {
     if (M.deferred)
       M.lookups_out--;
-    c->cb.lookup(c->ud, c->status, c->entries, c->n);
+    /* Handed out by pointer, as a backend with its own entry size does. */
+    const imc_reg_entry *ptrs[MAX_ENTRIES];
+    for (size_t i = 0; c->status == 0 && i < c->offsets[c->n]; i++)
+      ptrs[i] = &c->entries[i];
+    if (c->status != 0)
+      c->cb.lookup(c->ud, c->status, NULL, NULL, 0);
+    else
+      c->cb.lookup(c->ud, 0, ptrs, c->offsets, c->n);
     break;
+  }
   case C_SEQ:
     c->cb.seq(c->ud, c->status, c->seq);
     break;
@@ -171,37 +184,59 @@ static void complete_done(imc_done_cb done, void *ud, int status) {
 }
 
 static void add_entry(const char *user, const char *device, const char *node) {
+  ck_assert_int_lt(M.n_reg, MAX_ENTRIES);
   int i = M.n_reg++;
   snprintf(M.reg_strs[i][0], 80, "%s", user);
   snprintf(M.reg_strs[i][1], 80, "%s", device);
   snprintf(M.reg_strs[i][2], 80, "%s", node);
+  M.reg[i].struct_size = sizeof(M.reg[i]);
   M.reg[i].user_id = M.reg_strs[i][0];
   M.reg[i].device_id = M.reg_strs[i][1];
   M.reg[i].node_id = M.reg_strs[i][2];
   M.reg[i].conn_id = (uint64_t)i + 1;
 }
 
-static int r_lookup(void *ud, const char *user, imc_lookup_cb done,
-                    void *done_ud) {
+/* Reads the whole batch when called (users is only valid during the
+ * call); the answer may come later. */
+static int r_lookup_many(void *ud, const char *const *users, size_t n,
+                         imc_lookup_many_cb done, void *done_ud) {
   (void)ud;
+  ck_assert(done != NULL);
+  ck_assert_uint_le(n, MAX_USERS);
+  ck_assert(n == 0 || users != NULL);
   M.n_lookups++;
+  M.n_looked_up += (int)n;
+  M.last_batch_n = n;
+  for (size_t u = 0; u < n; u++) {
+    ck_assert_ptr_nonnull(users[u]);
+    snprintf(M.last_batch[u], sizeof(M.last_batch[u]), "%s", users[u]);
+  }
+  if (M.lookup_fail == 2)
+    return IMC_ERR_UNAVAILABLE; /* refused: done is not called */
   if (M.deferred && ++M.lookups_out > M.max_lookups_out)
     M.max_lookups_out = M.lookups_out;
-  comp c = {.kind = C_LOOKUP, .cb.lookup = done, .ud = done_ud};
+  comp c = {.kind = C_LOOKUP, .cb.lookup = done, .ud = done_ud, .n = n};
   if (M.lookup_fail) {
     c.status = IMC_ERR_UNAVAILABLE;
     complete(&c);
     return 0;
   }
-  for (int i = 0; i < M.n_reg; i++)
-    if (strcmp(M.reg[i].user_id, user) == 0)
-      c.entries[c.n++] = M.reg[i];
+  size_t k = 0;
+  for (size_t u = 0; u < n; u++) {
+    c.offsets[u] = k;
+    for (int i = 0; i < M.n_reg; i++)
+      if (strcmp(M.reg[i].user_id, users[u]) == 0) {
+        ck_assert_uint_lt(k, MAX_ENTRIES);
+        c.entries[k++] = M.reg[i];
+      }
+  }
+  c.offsets[n] = k;
   complete(&c);
   return 0;
 }
 
 static const imc_registry_vtbl registry = {
-    sizeof(imc_registry_vtbl), NULL, NULL, NULL, r_lookup, NULL};
+    .struct_size = sizeof(imc_registry_vtbl), .lookup_many = r_lookup_many};
 
 static int s_next(void *ud, const char *key, imc_seq_cb done, void *done_ud) {
   (void)ud;
@@ -539,6 +574,11 @@ START_TEST(online_recipient_devices) {
   ck_assert_str_eq(M.delivers[0], "n1 bob -");
   ck_assert_str_eq(M.delivers[1], "n2 bob -");
   ck_assert_str_eq(M.delivers[2], "n3 alice phone");
+  /* Recipient and sender in one registry round trip. */
+  ck_assert_int_eq(M.n_lookups, 1);
+  ck_assert_uint_eq(M.last_batch_n, 2);
+  ck_assert_str_eq(M.last_batch[0], "bob");
+  ck_assert_str_eq(M.last_batch[1], "alice");
 }
 END_TEST
 
@@ -578,6 +618,9 @@ START_TEST(message_to_self) {
   ck_assert_str_eq(A.conv, "p:alice:alice");
   ck_assert_int_eq(M.n_delivers, 1);
   ck_assert_str_eq(M.delivers[0], "n1 alice phone");
+  /* The sender is the recipient: asked for once. */
+  ck_assert_int_eq(M.n_lookups, 1);
+  ck_assert_uint_eq(M.last_batch_n, 1);
 }
 END_TEST
 
@@ -831,9 +874,19 @@ START_TEST(dedup_and_registry_failures) {
   ck_assert_int_eq(send1("alice", "bob", "c1"), IMC_ERR_UNAVAILABLE);
   M.dedup_fail = 0;
   /* An unknown location is treated as offline: the inbox is safe. */
+  add_entry("bob", "phone", "n1");
   M.lookup_fail = 1;
   ck_assert_int_eq(send1("alice", "bob", "c2"), 0);
+  ck_assert_uint_eq(job(0)->n_inbox_users, 1);
   ck_assert_str_eq(job(0)->inbox_users[0], "bob");
+  ck_assert_int_eq(M.n_delivers, 0);
+  /* So is a lookup the registry refused outright. */
+  M.lookup_fail = 2;
+  ck_assert_int_eq(send1("alice", "bob", "c3"), 0);
+  ck_assert_uint_eq(job(1)->n_inbox_users, 1);
+  ck_assert_str_eq(job(1)->inbox_users[0], "bob");
+  ck_assert_int_eq(M.n_delivers, 0);
+  ck_assert_int_eq(M.n_lookups, 2);
 }
 END_TEST
 
@@ -879,6 +932,8 @@ START_TEST(group_offline_member) {
   ck_assert(job(0)->history);
   ck_assert_uint_eq(job(0)->n_inbox_users, 1);
   ck_assert_str_eq(job(0)->inbox_users[0], "carol");
+  /* Every other member in one registry round trip. */
+  ck_assert_int_eq(M.n_lookups, 1);
   /* Published once, keyed by the group; no per-user pushes. */
   ck_assert_int_eq(M.n_group, 1);
   ck_assert_str_eq(M.group_keys[0], "team");
@@ -1214,12 +1269,8 @@ START_TEST(many_sends_in_flight) {
 }
 END_TEST
 
-/*
- * A member added while the group's members are being loaded: the load
- * may have read the old list, so a send after the add must not be
- * answered from it.
- */
-/* A group send looks every other member up at once. */
+/* A group send looks every other member up at once: one lookup_many
+ * call for them all, never one per member. */
 START_TEST(group_lookups_all_at_once) {
   static const char *const users[] = {"alice", "bob",  "carol",
                                       "dave",  "erin", "frank"};
@@ -1230,12 +1281,50 @@ START_TEST(group_lookups_all_at_once) {
   add_entry("erin", "phone", "n2");
   ck_assert_int_eq(
       send_full("alice", "phone", NULL, "big", "c1", "hi", "text/plain"), 0);
-  ck_assert_int_eq(M.n_lookups, 5);
+  ck_assert_int_eq(M.n_lookups, 1);
+  ck_assert_int_eq(M.n_looked_up, 5);
+  ck_assert_uint_eq(M.last_batch_n, 5);
+  for (size_t i = 0; i < 5; i++) /* every member but the sender */
+    ck_assert_str_eq(M.last_batch[i], users[i + 1]);
   if (M.deferred)
-    ck_assert_int_eq(M.max_lookups_out, 5);
+    ck_assert_int_eq(M.max_lookups_out, 1);
   ck_assert_uint_eq(job(0)->n_inbox_users, 4); /* all but erin */
 }
 END_TEST
+
+/* A group send whose one batched lookup fails: every member but the
+ * sender goes to the offline queue, whatever the registry holds. */
+START_TEST(group_registry_failure) {
+  int n = 0;
+  static const char *const users[] = {"alice", "bob", "carol", "dave"};
+  for (int i = 0; i < 4; i++)
+    imc_router_group_add(R, "team", users[i], done_ok, &n);
+  settle();
+  add_entry("bob", "phone", "n2");
+  add_entry("carol", "phone", "n3");
+  for (int mode = 1; mode <= 2; mode++) {
+    M.lookup_fail = mode;
+    char cmid[8];
+    snprintf(cmid, sizeof(cmid), "c%d", mode);
+    ck_assert_int_eq(
+        send_full("alice", "phone", NULL, "team", cmid, "hi", "text/plain"), 0);
+    Imchat__V1__OfflineJob *j = job(mode - 1);
+    ck_assert(j->history);
+    ck_assert_uint_eq(j->n_inbox_users, 3);
+    ck_assert_str_eq(j->inbox_users[0], "bob");
+    ck_assert_str_eq(j->inbox_users[1], "carol");
+    ck_assert_str_eq(j->inbox_users[2], "dave");
+  }
+  ck_assert_int_eq(M.n_lookups, 2);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_SLOW_PATH), 6);
+}
+END_TEST
+
+/*
+ * A member added while the group's members are being loaded: the load
+ * may have read the old list, so a send after the add must not be
+ * answered from it.
+ */
 
 START_TEST(group_add_during_members_load) {
   members3();
@@ -1312,6 +1401,7 @@ static Suite *router_suite(void) {
     tcase_add_test(t, group_membership_cache_invalidated);
     tcase_add_test(t, group_add_during_members_load);
     tcase_add_test(t, group_lookups_all_at_once);
+    tcase_add_test(t, group_registry_failure);
     suite_add_tcase(s, t);
 
     t = tcase_create(m ? "filter deferred" : "filter");

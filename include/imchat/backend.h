@@ -114,54 +114,162 @@ typedef struct imc_transport_vtbl {
 /* Registry: where each connected device lives                          */
 /* ------------------------------------------------------------------ */
 
-/* One connected device: user_id is on node_id as device_id. */
+/*
+ * The model (etcd v3's): each gateway node holds ONE lease and attaches
+ * the entries of its connections to it. Keeping the lease alive keeps
+ * every attached entry; when the lease ends (expiry, revoke, a registry
+ * that lost its state) all its entries go with it. Renewal therefore
+ * costs one call per node per interval, not one per connection.
+ *
+ * Entries are keyed "<user_id>/<device_id>" (relative to the backend's
+ * own namespace, e.g. an etcd key prefix); a device has at most one
+ * entry, and registering it again replaces the old one.
+ *
+ * What the lease holder (the gateway) must do:
+ *  - lease_grant once, register_conn every connection on the lease id;
+ *  - lease_keepalive once per interval, well inside the TTL (a third of
+ *    it: 30 s for 90 s);
+ *  - when lease_keepalive completes with IMC_ERR_NOT_FOUND, the lease
+ *    and every entry on it are gone (it expired while the node was cut
+ *    off, or the registry restarted empty): grant a new lease and
+ *    register every live connection on it again. register_conn's
+ *    NOT_FOUND means the same; a holder may leave it to its next
+ *    keepalive. Any other error leaves the lease's fate unknown: keep the
+ *    lease and try again at the next interval. Only one grant or
+ *    keepalive should be outstanding, so an answer cannot concern an
+ *    older lease;
+ *  - lease_revoke on an orderly shutdown, to drop every entry at once.
+ */
+
+/*
+ * One connected device: user_id is on node_id as device_id. struct_size
+ * comes first, as in the vtables: the entry crosses the boundary between
+ * libimchat and a separately built backend in both directions, so a
+ * member may be appended later (a reader ignores members past
+ * struct_size, and treats absent ones as unset). Writers set it to
+ * sizeof(imc_reg_entry); backends reject (IMC_ERR_INVALID_ARGUMENT)
+ * entries whose struct_size does not reach past conn_id.
+ */
 typedef struct imc_reg_entry {
+  uint32_t struct_size;
   const char *user_id;
   const char *device_id;
   const char *node_id;
   uint64_t conn_id; /* unique on node_id; lets a device reconnect safely */
 } imc_reg_entry;
 
-/* Result of a lookup: every live entry of the user (n may be 0). */
-typedef void (*imc_lookup_cb)(void *done_ud, int status,
-                              const imc_reg_entry *entries, size_t n);
+/* Completion of lease_grant: lease_id is nonzero when status is 0. */
+typedef void (*imc_lease_cb)(void *done_ud, int status, uint64_t lease_id);
+
+/*
+ * Completion of lookup_many for n_users users. On status 0, the live
+ * entries of user_ids[i] are entries[offsets[i]] .. entries[offsets[i+1]
+ * - 1] (offsets has n_users + 1 elements, offsets[0] is 0); a user with
+ * no online device has none. Entries are pointers, so their struct_size
+ * may differ from the reader's. On failure entries and offsets are NULL.
+ * Everything is valid only during the call.
+ */
+typedef void (*imc_lookup_many_cb)(void *done_ud, int status,
+                                   const imc_reg_entry *const *entries,
+                                   const size_t *offsets, size_t n_users);
 
 typedef enum imc_watch_event_type {
-  IMC_WATCH_PUT = 1,
-  IMC_WATCH_DELETE = 2
+  IMC_WATCH_PUT = 1,    /* key was added or replaced; value: node_id */
+  IMC_WATCH_DELETE = 2, /* key was removed (unregister, lease end) */
+  /*
+   * Events were lost (etcd compacted past the watch's revision, the
+   * stream broke, the registry restarted): drop every cache derived from
+   * this prefix. key is NULL and value NULL; later events follow as
+   * usual.
+   */
+  IMC_WATCH_RESYNC = 3
 } imc_watch_event_type;
 
-/* A change under a watched key prefix. */
+/*
+ * A change under a watched key prefix. key is "<user_id>/<device_id>";
+ * value (PUT only, not NUL-terminated) the node_id. Valid only during
+ * the call. The callback may call into the registry, watch_cancel of its
+ * own watch included.
+ */
 typedef void (*imc_watch_cb)(void *cb_ud, imc_watch_event_type type,
                              const char *key, const uint8_t *value,
                              size_t value_len);
 
 typedef struct imc_registry_vtbl {
   uint32_t struct_size;
-  /* Add or replace the entry, alive for ttl_s seconds unless renewed. */
-  int (*register_conn)(void *ud, const imc_reg_entry *e, uint32_t ttl_s,
+  /*
+   * Grant a lease of ttl_s seconds (ttl_s > 0) for node_id (a valid id,
+   * see imc_id_valid; a backend may record it, e.g. as a key on the
+   * lease). The backend may round ttl_s up to its minimum. Returns 0, or
+   * IMC_ERR_INVALID_ARGUMENT / IMC_ERR_NOMEM (done is not called).
+   * Completes with (0, nonzero lease_id) or (IMC_ERR_UNAVAILABLE or
+   * another negative code, 0).
+   */
+  int (*lease_grant)(void *ud, const char *node_id, uint32_t ttl_s,
+                     imc_lease_cb done, void *done_ud);
+  /*
+   * Restart lease_id's TTL from now. Returns 0 or IMC_ERR_INVALID_ARGUMENT
+   * (lease_id 0, done NULL) / IMC_ERR_NOMEM. Completes with 0; with
+   * IMC_ERR_NOT_FOUND when the lease is gone (expired, revoked, never
+   * granted here, the registry lost its state) and with it every entry
+   * that was attached: the holder grants a new lease and registers again
+   * (see above); with IMC_ERR_UNAVAILABLE (or another code) when the
+   * outcome is unknown: the lease may still be alive.
+   */
+  int (*lease_keepalive)(void *ud, uint64_t lease_id, imc_done_cb done,
+                         void *done_ud);
+  /*
+   * End lease_id now, removing every entry attached to it (each a DELETE
+   * to watchers). Returns 0 or IMC_ERR_INVALID_ARGUMENT / IMC_ERR_NOMEM.
+   * Completes with 0, IMC_ERR_NOT_FOUND if the lease was already gone,
+   * or IMC_ERR_UNAVAILABLE (unknown; it expires by its TTL anyway).
+   */
+  int (*lease_revoke)(void *ud, uint64_t lease_id, imc_done_cb done,
+                      void *done_ud);
+  /*
+   * Add the entry of (e->user_id, e->device_id), attached to lease_id,
+   * replacing any entry of that device (whatever lease it was on). All
+   * of e's strings are valid ids. Returns 0 or IMC_ERR_INVALID_ARGUMENT
+   * (bad entry, lease_id 0, done NULL) / IMC_ERR_NOMEM. Completes with 0;
+   * with IMC_ERR_NOT_FOUND when lease_id is gone (nothing was written:
+   * re-grant as for lease_keepalive); or IMC_ERR_UNAVAILABLE (unknown).
+   */
+  int (*register_conn)(void *ud, uint64_t lease_id, const imc_reg_entry *e,
                        imc_done_cb done, void *done_ud);
   /*
-   * Extend the entry's life by ttl_s from now. Completes with
-   * IMC_ERR_NOT_FOUND if the entry of e->conn_id is gone (expired or
-   * replaced).
-   */
-  int (*renew)(void *ud, const imc_reg_entry *e, uint32_t ttl_s,
-               imc_done_cb done, void *done_ud);
-  /*
-   * Remove the entry if it still belongs to e->conn_id (a device that
-   * reconnected keeps its new entry). Completes with 0 either way.
+   * Remove the entry of (e->user_id, e->device_id) if it still belongs to
+   * e->conn_id on e->node_id (a device that reconnected keeps its new
+   * entry). Returns 0 or IMC_ERR_INVALID_ARGUMENT / IMC_ERR_NOMEM.
+   * Completes with 0 whether or not an entry was removed, or with
+   * IMC_ERR_UNAVAILABLE (the entry then lives until its lease ends).
    */
   int (*unregister)(void *ud, const imc_reg_entry *e, imc_done_cb done,
                     void *done_ud);
-  /* Every live entry of user_id. */
-  int (*lookup)(void *ud, const char *user_id, imc_lookup_cb done,
-                void *done_ud);
   /*
-   * Call cb for every later change of a key under prefix, until the
-   * backend is deleted. Used to invalidate caches.
+   * The live entries of each of user_ids[0 .. n-1] in one round trip (see
+   * imc_lookup_many_cb); n may be 0 and ids may repeat. Returns 0 or
+   * IMC_ERR_INVALID_ARGUMENT (a NULL id, user_ids NULL with n > 0, done
+   * NULL) / IMC_ERR_NOMEM. Completes with 0 or IMC_ERR_UNAVAILABLE /
+   * IMC_ERR_NOMEM (whereabouts unknown).
    */
-  int (*watch)(void *ud, const char *prefix, imc_watch_cb cb, void *cb_ud);
+  int (*lookup_many)(void *ud, const char *const *user_ids, size_t n,
+                     imc_lookup_many_cb done, void *done_ud);
+  /*
+   * Call cb for every later change of a key starting with prefix (NULL
+   * or "" for all), until watch_cancel or the backend is deleted. Sets
+   * *watch_id (nonzero, unique in this backend) and returns 0, or returns
+   * IMC_ERR_INVALID_ARGUMENT (cb or watch_id NULL) / IMC_ERR_NOMEM. A
+   * backend whose stream to the server breaks reconnects on its own and
+   * reports IMC_WATCH_RESYNC. Used to invalidate caches.
+   */
+  int (*watch)(void *ud, const char *prefix, imc_watch_cb cb, void *cb_ud,
+               uint64_t *watch_id);
+  /*
+   * Stop watch_id: cb is not called for it again once this returns (also
+   * when called from that cb). Returns 0 or IMC_ERR_NOT_FOUND (unknown or
+   * already cancelled id).
+   */
+  int (*watch_cancel)(void *ud, uint64_t watch_id);
 } imc_registry_vtbl;
 
 /* ------------------------------------------------------------------ */

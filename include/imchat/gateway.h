@@ -212,7 +212,11 @@ IMC_EXTERN int imc_gateway_options_set_idle_timeout_ms(imc_gateway_options *opt,
 IMC_EXTERN int
 imc_gateway_options_set_handshake_timeout_ms(imc_gateway_options *opt,
                                              uint32_t ms);
-/* Registry lease (default 90 s), renewed every heartbeat. */
+/*
+ * TTL of the node's registry lease (default 90 s). The gateway holds one
+ * lease for all its connections and keeps it alive once per heartbeat
+ * interval; shutdown revokes it.
+ */
 IMC_EXTERN int imc_gateway_options_set_lease_ttl_s(imc_gateway_options *opt,
                                                    uint32_t s);
 /* Time a pushed message waits for its DeliverAck (default 10000). */
@@ -298,7 +302,8 @@ IMC_EXTERN int imc_gateway_new(imc_gateway **out,
  * un-ACKed pushes are dropped, so call imc_gateway_shutdown first to hand
  * them back, and wait until imc_gateway_pending() is 0. Operations still
  * pending are freed too: their completions must not be called afterwards
- * (delete the upstream and key source first, or let them drop theirs).
+ * (delete the upstream, registry and key source first, or let them drop
+ * theirs).
  */
 IMC_EXTERN void imc_gateway_del(imc_gateway *gw);
 
@@ -356,9 +361,11 @@ IMC_EXTERN int64_t imc_gateway_next_timeout_ms(imc_gateway *gw);
 IMC_EXTERN int imc_gateway_on_timeout(imc_gateway *gw);
 
 /*
- * Graceful shutdown: refuse new connections, hand un-ACKed pushes to the
- * upstream's undelivered, try failed undelivered reports again at once,
- * and close every WebSocket with 1001 (plain HTTP connections at once).
+ * Graceful shutdown: refuse new connections, revoke the node's registry
+ * lease (which removes every entry of the node at once), hand un-ACKed
+ * pushes to the upstream's undelivered, try failed undelivered reports
+ * again at once, and close every WebSocket with 1001 (plain HTTP
+ * connections at once).
  * The host keeps flushing and running the timers until
  * imc_gateway_conn_count() and imc_gateway_pending() are 0 or its
  * patience ends. Returns 0, or IMC_ERR_INVALID_ARGUMENT if gw is NULL.
@@ -370,8 +377,10 @@ IMC_EXTERN const char *imc_gateway_get_node_id(const imc_gateway *gw);
 
 /*
  * Operations the gateway still waits for: sends and key lookups not yet
- * completed (their connection may be gone), and delivered/undelivered
- * reports with the upstream or waiting for a retry. 0 for a NULL gw.
+ * completed (their connection may be gone), delivered/undelivered
+ * reports with the upstream or waiting for a retry, and calls on the
+ * node's registry lease (grant, keepalive, the revoke of shutdown). 0 for
+ * a NULL gw.
  */
 IMC_EXTERN size_t imc_gateway_pending(const imc_gateway *gw);
 

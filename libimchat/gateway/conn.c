@@ -50,7 +50,7 @@ void gw_reg_done(void *ud, int status) {
 }
 
 imc_reg_entry gw_reg_entry(imc_conn *c) {
-  imc_reg_entry e = {c->user, c->device, c->gw->o.node_id, c->id};
+  imc_reg_entry e = {sizeof(e), c->user, c->device, c->gw->o.node_id, c->id};
   return e;
 }
 
@@ -247,14 +247,8 @@ void gw_conn_timeout(imc_conn *c, int64_t now) {
     gw_inflight_fail(c);
     gw_ws_close(c, 1001, "idle timeout");
   } else if (now >= c->next_beat) {
+    /* The registry entry lives with the node's lease (lease.c). */
     gw_ws_put(c, IMC_WS_PING, NULL, 0);
-    if ((c->flags & F_REGISTERED) && gw->o.registry.renew) {
-      imc_reg_entry e = gw_reg_entry(c);
-      if (gw->o.registry.renew(gw->o.registry_ud, &e, gw->o.lease_s,
-                               gw_reg_done, gw) != 0)
-        gw_log(gw, IMC_LOG_WARN, "registry: renew of %s/%s failed", c->user,
-               c->device);
-    }
     while (c->next_beat <= now)
       c->next_beat += gw->o.heartbeat_ms;
   }

@@ -30,6 +30,7 @@ int imc_gateway_new(imc_gateway **out, const imc_gateway_options *opt,
   if (gw == NULL)
     return IMC_ERR_NOMEM;
   gw->mem = *mem;
+  imc_timer_init(&gw->lease_timer);
   gw->o = *opt;
   gw->o.mem = *mem;
   gw->o.secret = NULL;
@@ -120,6 +121,10 @@ int imc_gateway_on_timeout(imc_gateway *gw) {
     imc_timer *t = imc_theap_top(&gw->timers);
     if (t == NULL || t->at > now)
       break;
+    if (t == &gw->lease_timer) {
+      gw_lease_timeout(gw);
+      continue;
+    }
     imc_conn *c = (imc_conn *)(void *)((char *)t - offsetof(imc_conn, timer));
     gw_conn_timeout(c, now);
   }
@@ -131,6 +136,9 @@ int imc_gateway_shutdown(imc_gateway *gw) {
   if (gw == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
   gw->shutting_down = 1;
+  /* Every entry of the node goes at once with its lease; the connections
+   * closing below need no unregister each. */
+  gw_lease_release(gw);
   imc_conn *c = gw->conns;
   while (c) {
     imc_conn *next = c->next;
@@ -154,7 +162,7 @@ const char *imc_gateway_get_node_id(const imc_gateway *gw) {
 }
 
 size_t imc_gateway_pending(const imc_gateway *gw) {
-  return gw ? gw->n_pending + gw->n_reports : 0;
+  return gw ? gw->n_pending + gw->n_reports + gw->lease_ops : 0;
 }
 
 size_t imc_gateway_conn_count(const imc_gateway *gw) {

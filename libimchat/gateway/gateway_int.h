@@ -15,6 +15,8 @@
  *   pending.c       sends and key lookups waiting for their completion
  *   push.c          Deliver and DeliveryStatus pushes
  *   reports.c       delivered/undelivered reports to the upstream, retries
+ *   lease.c         the node's registry lease: grant, one keepalive per
+ *                   interval, registration of every connection, revoke
  *
  * Functions shared between files carry the gw_ prefix; they are hidden
  * from the library's exported symbols like everything not IMC_EXTERN.
@@ -57,7 +59,7 @@ enum conn_state {
 enum conn_flag {
   F_DIRTY = 1 << 0,          /* in gw->dirty: has output to write */
   F_BLOCKED = 1 << 1,        /* transport said WOULDBLOCK */
-  F_REGISTERED = 1 << 2,     /* holds a registry entry */
+  F_REGISTERED = 1 << 2,     /* has an entry on the node's lease */
   F_ABORT = 1 << 3,          /* close the socket at the next check */
   F_CLOSING = 1 << 4,        /* a close frame is queued */
   F_NOMEM = 1 << 5,          /* aborted for want of memory */
@@ -223,6 +225,11 @@ struct imc_gateway {
   push *reports;                 /* reports with the upstream */
   push *retry_head, *retry_tail; /* failed reports, by retry time */
   size_t n_reports;              /* both lists */
+  /* The node's registry lease (lease.c). */
+  uint64_t lease_id;     /* 0: none held */
+  int lease_busy;        /* a grant or keepalive is outstanding */
+  size_t lease_ops;      /* lease calls still owed a completion */
+  imc_timer lease_timer; /* the next keepalive */
   uint64_t stats[IMC_GW_STAT_COUNT_];
   uint64_t errors[10]; /* Error frames by code */
   ProtobufCAllocator pba;
@@ -349,6 +356,16 @@ int gw_handle_upgrade(imc_conn *c, const imc_http_req *req, const char *buf,
 /* http_request.c: plain HTTP requests */
 /* Request head bytes. Returns 0 or a negative code (c freed). */
 int gw_http_recv(imc_conn *c, const uint8_t *data, size_t len);
+
+/* lease.c: the node's registry lease */
+/* Puts the upgraded c in the registry on the node's lease, granting the
+ * lease first if there is none (c is registered once it is granted). */
+void gw_lease_attach(imc_conn *c);
+/* The lease timer is due: the interval's one keepalive, or a new grant
+ * after a failed one. */
+void gw_lease_timeout(imc_gateway *gw);
+/* Shutdown: revokes the lease, and with it every entry of the node. */
+void gw_lease_release(imc_gateway *gw);
 
 /* push.c: pushes */
 void gw_shmsg_unref(imc_gateway *gw, shmsg *sm);

@@ -58,15 +58,7 @@ static int upgrade(imc_conn *c, imc_span ws_key, const char *user,
   c->bucket.at = now;
   if (send_welcome(c) != 0)
     goto nomem;
-  if (gw->o.registry.register_conn) {
-    imc_reg_entry e = gw_reg_entry(c);
-    if (gw->o.registry.register_conn(gw->o.registry_ud, &e, gw->o.lease_s,
-                                     gw_reg_done, gw) == 0)
-      c->flags |= F_REGISTERED;
-    else
-      gw_log(gw, IMC_LOG_WARN, "registry: register of %s/%s failed", user,
-             device);
-  }
+  gw_lease_attach(c);
   gw_log(gw, IMC_LOG_DEBUG, "conn %llu: %s/%s connected",
          (unsigned long long)c->id, user, device);
   gw_conn_schedule(c);

@@ -20,7 +20,7 @@ gw_user *gw_user_find(imc_gateway *gw, const char *id) {
   return NULL;
 }
 
-/* Doubles the buckets when chains grow long; a failed allocation only
+/* Quadruples the buckets when chains grow long; a failed allocation only
  * leaves them longer. */
 static void grow(imc_gateway *gw) {
   size_t cap = gw->users_cap * 4;

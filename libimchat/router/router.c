@@ -115,7 +115,7 @@ int imc_router_set_filter_words(imc_router *r, const uint8_t *words,
 
 int imc_router_new(imc_router **out, const imc_router_options *opt,
                    const imc_mem *mem) {
-  if (out == NULL || opt == NULL || opt->registry.lookup == NULL ||
+  if (out == NULL || opt == NULL || opt->registry.lookup_many == NULL ||
       opt->seq.next == NULL || opt->dedup.test_and_set == NULL ||
       opt->dedup.set == NULL || opt->store.group_members == NULL ||
       opt->store.group_add == NULL || opt->store.group_remove == NULL ||

@@ -7,7 +7,8 @@
  *   members (groups)  - the sender must be a member
  *   dedup             - (from_user, client_msg_id) claimed as "pending"
  *   seq               - next seq of the conversation
- *   registry lookups  - which recipients have an online device
+ *   registry lookup   - which recipients have an online device, all of
+ *                       them in one batched lookup_many
  *   queue             - one durable OfflineJob: history + the inboxes of
  *                       recipients with no online device
  *   dedup             - the claim becomes "ok <msg_id> <seq> <sent_at>"
@@ -34,7 +35,6 @@
 
 /* A recipient of a send: its online nodes, once looked up. */
 typedef struct target {
-  struct sendop *op;
   char *user;
   char **nodes; /* distinct node ids with a device of user */
   size_t n_nodes;
@@ -212,7 +212,7 @@ static void queued(void *ud, int status) {
   fast_path(op);
 }
 
-/* Every lookup is in: queue history and the offline inboxes. */
+/* The lookup is in: queue history and the offline inboxes. */
 static void lookups_done(sendop *op) {
   imc_router *r = op->r;
   const char **offline =
@@ -245,68 +245,78 @@ static void lookups_done(sendop *op) {
 }
 
 /*
- * Records where t's devices are. A failed lookup leaves t with no node:
- * with its whereabouts unknown, the inbox is the safe choice. Kept apart
- * from the completion so that a batched registry lookup can feed it too.
+ * Records where t's devices are, from its n registry entries e[0..n-1]
+ * (pointers: an entry's struct_size may differ from ours, but always
+ * reaches past conn_id). A target given no entries has no node, and its
+ * inbox gets the message.
  */
-static void take_entries(sendop *op, target *t, int status,
-                         const imc_reg_entry *e, size_t n) {
+static void take_entries(sendop *op, target *t, const imc_reg_entry *const *e,
+                         size_t n) {
   imc_router *r = op->r;
   int is_sender = (size_t)(t - op->targets) == op->sender;
-  if (status != 0) {
-    imc_rt_backend_error(r, "registry: lookup", status);
-    n = 0;
-  }
   if (n > 0)
     t->nodes = imc_calloc(&r->mem, n, sizeof(char *));
   for (size_t i = 0; t->nodes && i < n; i++) {
     int dup = 0;
     for (size_t j = 0; j < t->n_nodes; j++)
-      dup |= strcmp(t->nodes[j], e[i].node_id) == 0;
+      dup |= strcmp(t->nodes[j], e[i]->node_id) == 0;
     /* A device that is the sender itself needs no push. */
-    if (is_sender && strcmp(e[i].device_id, op->msg.from_device) == 0)
+    if (is_sender && strcmp(e[i]->device_id, op->msg.from_device) == 0)
       dup = 1;
     if (dup)
       continue;
-    char *node = imc_strdup(&r->mem, e[i].node_id);
+    char *node = imc_strdup(&r->mem, e[i]->node_id);
     if (node)
       t->nodes[t->n_nodes++] = node;
   }
 }
 
-/* One lookup (or, later, one batch) is in; the last one moves on. */
-static void lookup_finished(sendop *op) {
-  if (--op->waits == 0)
-    lookups_done(op);
-}
-
-static void lookup_done(void *ud, int status, const imc_reg_entry *e,
-                        size_t n) {
-  target *t = ud;
-  sendop *op = t->op;
-  op->r->pending--;
-  take_entries(op, t, status, e, n);
-  lookup_finished(op);
+/*
+ * The batch is in: target i's entries are e[offsets[i] .. offsets[i+1]).
+ * A failed batch leaves every target without a node: with their
+ * whereabouts unknown, the inboxes are the safe choice.
+ */
+static void lookup_done(void *ud, int status, const imc_reg_entry *const *e,
+                        const size_t *offsets, size_t n_users) {
+  sendop *op = ud;
+  imc_router *r = op->r;
+  r->pending--;
+  if (status == 0 && offsets == NULL && n_users > 0)
+    status = IMC_ERR_UNAVAILABLE; /* a registry that broke its contract */
+  if (status != 0) {
+    imc_rt_backend_error(r, "registry: lookup_many", status);
+  } else {
+    for (size_t i = 0; i < n_users && i < op->n_targets; i++)
+      if (offsets[i + 1] > offsets[i])
+        take_entries(op, &op->targets[i], e + offsets[i],
+                     offsets[i + 1] - offsets[i]);
+  }
+  lookups_done(op);
 }
 
 /*
- * Issues every recipient's lookup at once (a group's members included),
- * with one counter for them all; the target is each lookup's context, so
- * this allocates nothing. With a batched registry lookup this becomes one
- * call whose entries are spread over the targets by user_id.
+ * Asks the registry where every recipient is (a group's members
+ * included) in one batched lookup; target i is the batch's user i.
  */
 static void start_lookups(sendop *op) {
   imc_router *r = op->r;
-  op->waits = op->n_targets + 1; /* held until every lookup is issued */
-  for (size_t i = 0; i < op->n_targets; i++) {
-    target *t = &op->targets[i];
-    t->op = op;
-    r->pending++;
-    int rv = r->o.registry.lookup(r->o.registry_ud, t->user, lookup_done, t);
-    if (rv != 0)
-      lookup_done(t, rv, NULL, 0);
+  if (op->n_targets == 0) { /* a group of one: nobody to look up */
+    lookups_done(op);
+    return;
   }
-  lookup_finished(op);
+  const char **users = imc_malloc(&r->mem, op->n_targets * sizeof(char *));
+  r->pending++;
+  if (users == NULL) {
+    lookup_done(op, IMC_ERR_NOMEM, NULL, NULL, 0);
+    return;
+  }
+  for (size_t i = 0; i < op->n_targets; i++)
+    users[i] = op->targets[i].user;
+  int rv = r->o.registry.lookup_many(r->o.registry_ud, users, op->n_targets,
+                                     lookup_done, op);
+  imc_free(&r->mem, users);
+  if (rv != 0)
+    lookup_done(op, rv, NULL, NULL, 0);
 }
 
 static void seq_done(void *ud, int status, uint64_t seq) {

@@ -74,18 +74,22 @@ static void status_sent(void *ud, int status) {
     imc_rt_backend_error(r, "gateway link: status", status);
 }
 
-static void status_lookup_done(void *ud, int status, const imc_reg_entry *e,
-                               size_t n) {
+/* The fallback's lookup of the sender is in: its sending device gets the
+ * status on every node that has it. */
+static void status_lookup_done(void *ud, int status,
+                               const imc_reg_entry *const *e,
+                               const size_t *offsets, size_t n_users) {
   statusop *op = ud;
   imc_router *r = op->r;
   r->pending--;
   if (status != 0)
-    imc_rt_backend_error(r, "registry: lookup", status);
-  for (size_t i = 0; status == 0 && i < n; i++) {
-    if (strcmp(e[i].device_id, op->msg->from_device) != 0)
+    imc_rt_backend_error(r, "registry: lookup_many", status);
+  size_t n = status == 0 && n_users == 1 && offsets ? offsets[1] : 0;
+  for (size_t i = 0; i < n; i++) {
+    if (strcmp(e[i]->device_id, op->msg->from_device) != 0)
       continue;
     r->pending++;
-    int rv = r->o.gwlink.status(r->o.gwlink_ud, e[i].node_id,
+    int rv = r->o.gwlink.status(r->o.gwlink_ud, e[i]->node_id,
                                 op->msg->from_user, op->msg->from_device,
                                 op->msg->msg_id, op->msg->client_msg_id,
                                 op->state, op->recipient, status_sent, r);
@@ -126,10 +130,11 @@ void imc_rt_send_status(imc_router *r, const imc_msg *m,
   op->msg = copy;
   snprintf(op->recipient, sizeof(op->recipient), "%s", recipient);
   r->pending++;
-  int rv = r->o.registry.lookup(r->o.registry_ud, m->from_user,
-                                status_lookup_done, op);
+  const char *user = copy->from_user;
+  int rv = r->o.registry.lookup_many(r->o.registry_ud, &user, 1,
+                                     status_lookup_done, op);
   if (rv != 0)
-    status_lookup_done(op, rv, NULL, 0);
+    status_lookup_done(op, rv, NULL, NULL, 0);
 }
 
 void imc_rt_seen_free(imc_router *r) {
