@@ -47,6 +47,11 @@ Web chat page: open $page
 To connect, get a token:  $token_cmd
 then open ws://HOST:PORT/ws (HOST:PORT from the "listening on" line below)
 with "Authorization: Bearer <token>" or ws://HOST:PORT/ws?token=<token>.
+
+To chat with the imchat CLI, in two more terminals (add
+--server ws://HOST:PORT/ws if not on 127.0.0.1:8082):
+  alice:  build/hosts/imchat --token "\$(${token_cmd})" chat bob
+  bob:    build/hosts/imchat --token "\$(${token_cmd/ alice/ bob})" chat alice
 MSG
 fi
 

@@ -17,5 +17,6 @@
 #include <imchat/membus.h>
 #include <imchat/sealed_store.h>
 #include <imchat/sealed_bus.h>
+#include <imchat/client.h>
 
 #endif /* IMCHAT_IMCHAT_H */
