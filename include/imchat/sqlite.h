@@ -64,11 +64,10 @@ extern "C" {
  * goes back. imc_sqlite_del() gives the unused rest back, so a clean
  * restart continues without a gap.
  *
- * Immediate mode: a poll
- * never completes inside the call, even if records are waiting: it is
- * deferred work, and the host runs it as a timer (curl multi's way):
- * imc_sqlite_next_timeout_ms() says 0 while a poll can be completed and
- * -1 while nothing is ready, and imc_sqlite_dispatch() is the "on
+ * Immediate mode: a poll never completes inside the call, even if
+ * records are waiting: it is deferred work, and the host runs it as a timer
+ * (curl multi's way): imc_sqlite_next_timeout_ms() says 0 while a poll can be
+ * completed and -1 while nothing is ready, and imc_sqlite_dispatch() is the "on
  * timeout" action. The host must not sleep while the timeout is 0 (else
  * a backlog waits for unrelated traffic) and need not call dispatch while
  * it is -1 (nothing to do: no busy loop). A completion may call the
@@ -87,9 +86,10 @@ extern "C" {
  * imc_sqlite_next_timeout_ms() is 0 while operations wait to be
  * submitted, a poll needs a read, or completions wait to be dispatched;
  * -1 otherwise (a submitted batch that has not run yet is the host's
- * business: it knows it handed it over). No operation waits for company:
- * the latency a batch adds is the rest of the loop turn plus the batch
- * ahead of it; under load the batches grow by themselves.
+ * business: it knows it handed it over). No operation waits for company
+ * (there is no batching timer): the latency a batch adds is the rest of
+ * the loop turn plus the batch ahead of it; under load the batches grow
+ * by themselves, up to the bound.
  *
  * Besides the codes of each vtable, operations may return
  * IMC_ERR_INVALID_ARGUMENT (NULL or empty ids, limit or max 0, partition
