@@ -1223,6 +1223,75 @@ START_TEST(dedup_drop_by_value) {
 }
 END_TEST
 
+/* Group commit: an op that cannot be made fails with IMC_ERR_NOMEM and
+ * never completes; one whose results cannot be copied completes once
+ * with the error; nothing leaks. */
+START_TEST(gc_allocation_failures) {
+  test_mem_init(&ctx.tm);
+  ctx.clock = NULL;
+  new_path(ctx.path, sizeof(ctx.path));
+  imc_sqlite *db = open_db(&ctx);
+  ck_assert_int_eq(imc_sqlite_set_group_commit(db, 64), 0);
+  imc_msg m = msg("m1", "p:a:b", 1, 1);
+  m.body = (const uint8_t *)"body";
+  m.body_len = 4;
+  imc_inbox_entry e = {"bob", &m};
+  const imc_msg *mp = &m;
+  res r = {0};
+  ck_assert_int_eq(storev->append(db, &mp, 1, &e, 1, on_done, &r), 0);
+  ck_assert_int_eq(
+      dedupv->set(db, "k", (const uint8_t *)"v", 1, 60, on_done, &r), 0);
+  while (r.calls < 2)
+    ck_assert_int_ge(sync_turn(db), 0);
+  for (int op = 0; op < 5; op++) {
+    int ok = 0;
+    for (long k = 0; k < 60 && !ok; k++) {
+      memset(&r, 0, sizeof(r));
+      ctx.tm.fail_at = ctx.tm.count + k;
+      int rv;
+      switch (op) {
+      case 0:
+        rv = storev->fetch_inbox(db, "bob", 0, 10, on_page, &r);
+        break;
+      case 1:
+        rv = dedupv->get(db, "k", on_dedup, &r);
+        break;
+      case 2:
+        rv = storev->append(db, &mp, 1, &e, 1, on_done, &r);
+        break;
+      case 3:
+        rv = seqv->next(db, k % 2 ? "s1" : "s2", on_seq, &r);
+        break;
+      default:
+        rv = busv->publish(db, "t", NULL, 0, (const uint8_t *)"x", 1, on_done,
+                           &r);
+        break;
+      }
+      if (rv != 0) {
+        ck_assert_int_eq(rv, IMC_ERR_NOMEM);
+        ck_assert_int_eq(r.calls, 0);
+        continue;
+      }
+      for (int i = 0; i < 10 && r.calls == 0; i++)
+        sync_turn(db); /* a failed allocation here just retries */
+      ctx.tm.fail_at = -1;
+      for (int i = 0; i < 10 && r.calls == 0; i++)
+        ck_assert_int_ge(sync_turn(db), 0);
+      ck_assert_int_eq(r.calls, 1);
+      ck_assert(r.status == 0 || r.status == IMC_ERR_NOMEM);
+      ok = r.status == 0;
+    }
+    ctx.tm.fail_at = -1;
+    ck_assert_msg(ok, "operation %d never succeeded", op);
+    ck_assert_int_eq(sync_turn(db), 0); /* nothing completes twice */
+    ck_assert_int_eq(r.calls, 1);
+  }
+  imc_sqlite_del(db);
+  ck_assert_int_eq(ctx.tm.live, 0);
+  remove_db(ctx.path);
+}
+END_TEST
+
 static Suite *sqlite_suite(void) {
   Suite *s = suite_create("sqlite");
   TCase *tc = tcase_create("sqlite");
@@ -1247,6 +1316,7 @@ static Suite *sqlite_suite(void) {
   tcase_add_test(tc, gc_queued_during_batch_goes_next);
   tcase_add_test(tc, gc_del_completes_queued);
   tcase_add_test(tc, gc_storage_thread);
+  tcase_add_test(tc, gc_allocation_failures);
   tcase_add_test(tc, seq_never_reused_after_crash);
   tcase_add_test(tc, seq_waits_for_reservation);
   tcase_add_test(tc, dedup_drop_by_value);
