@@ -53,7 +53,10 @@ extern "C" {
  * imc_sqlite_next_timeout_ms() is then 0. A host without a storage thread
  * calls imc_sqlite_run_batch() on the loop thread after submitting (the
  * synchronous form: tests, simple embedders). Stop the storage thread
- * (join it) before imc_sqlite_del().
+ * (join it) before imc_sqlite_del(). imc_sqlite_run_batch() allocates
+ * (the results of reads) from db's imc_mem, and the loop thread frees
+ * them: with a storage thread, the allocator must be thread-safe (malloc,
+ * the default, is). The clock is read on the loop thread only.
  *
  * Sequence numbers are served from memory: the file holds a high-water
  * mark per counter, raised a block at a time (imc_sqlite_set_seq_block(),
