@@ -9,6 +9,7 @@
 #include "log.h"
 #include "loop.h"
 #include "static.h"
+#include "storage.h"
 
 #include <imchat/imchat.h>
 #include <imchat/memreg.h>
@@ -138,6 +139,7 @@ typedef struct app {
   hloop *loop;
   imc_memreg *reg;
   imc_sqlite *db;
+  hstorage *storage; /* runs db's group commits on a storage thread */
   imc_sealed_store *sealed;
   imc_sealed_bus *sealed_queue;
   imc_membus *bus;
@@ -200,6 +202,9 @@ static const imc_http_handler_vtbl http_handler = {
  * holds up the sockets.
  */
 #define DISPATCH_ROUNDS 4
+
+/* Operations per SQLite transaction at most (whole loop turns). */
+#define STORAGE_BATCH_OPS 1024
 
 static int64_t dispatch_due(void *ud) {
   app *a = ud;
@@ -311,6 +316,17 @@ static int open_store(app *a) {
     return IMCHATD_EXIT_FAIL;
   }
   hlog_info("store: %s", path);
+  /* This process owns the file alone: a send claim still "pending" was
+   * left by a predecessor that died mid-send. None of them was
+   * acknowledged (the claim becomes "ok" in the transaction that queues
+   * the message), so the resend is routed as the first send. */
+  rv = imc_sqlite_dedup_drop(a->db, (const uint8_t *)"pending", 7);
+  if (rv < 0) {
+    hlog_error("store %s: %s", path, imc_sqlite_errmsg(a->db));
+    return IMCHATD_EXIT_FAIL;
+  }
+  if (rv > 0)
+    hlog_info("store: settled %d send claims left by the last run", rv);
   a->store = imc_sqlite_store_vtbl();
   a->store_ud = a->db;
   a->queue = imc_sqlite_bus_vtbl();
@@ -579,17 +595,24 @@ static int check_dev_login(const imchatd_config *cfg) {
   return 0;
 }
 
-/* Lets the worker persist what is queued (un-ACKed pushes included). */
+/*
+ * Lets the worker persist what is queued (un-ACKed pushes included). The
+ * storage thread is joined first; the batches then run here, one per
+ * round.
+ */
 static void drain(app *a) {
   imc_worker_stop(a->worker);
   imc_fanout_stop(a->fanout);
+  hstorage_stop(a->storage);
   for (int i = 0; i < 1000 && (imc_worker_pending(a->worker) > 0 ||
                                imc_router_pending(a->router) > 0);
        i++) {
     dispatch_run(a);
     imc_router_on_timeout(a->router);
     imc_worker_on_timeout(a->worker);
+    hstorage_flush(a->storage);
   }
+  dispatch_run(a);
 }
 
 static void app_free(app *a) {
@@ -598,6 +621,7 @@ static void app_free(app *a) {
   imc_worker_stop(a->worker);
   imc_fanout_stop(a->fanout);
   imc_membus_del(a->bus);
+  hstorage_del(a->storage); /* joins the storage thread */
   imc_sqlite_del(a->db);
   imc_fanout_del(a->fanout);
   imc_worker_del(a->worker);
@@ -658,6 +682,11 @@ static int cmd_serve(const imchatd_config *cfg) {
       hloop_add_hook(a.loop, router_due, router_run, &a) < 0 ||
       hloop_add_hook(a.loop, worker_due, worker_run, &a) < 0) {
     hlog_error("event loop: out of memory");
+    goto out;
+  }
+  /* Last: its end-of-turn hook submits what the hooks above queued. */
+  if ((rv = hstorage_new(&a.storage, a.loop, a.db, STORAGE_BATCH_OPS, 1)) < 0) {
+    hlog_error("storage thread: %s", strerror(-rv));
     goto out;
   }
   if ((rv = imc_worker_start(a.worker)) != 0 ||

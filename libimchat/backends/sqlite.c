@@ -2,9 +2,11 @@
  * SQLite embedded backends: opening the database, its schema, the
  * prepared statements and the helpers the vtables share.
  *
- * One imc_sqlite owns one connection. Everything it does runs on the
- * caller's thread, inside the call, except the completion of bus polls,
- * which imc_sqlite_dispatch() makes (see sqlite_queue.c).
+ * One imc_sqlite owns one connection. In immediate mode everything it
+ * does runs on the caller's thread, inside the call, except the
+ * completion of bus polls, which imc_sqlite_dispatch() makes (see
+ * sqlite_queue.c). With group commit, statements run only inside
+ * imc_sqlite_run_batch() (see sqlite_batch.c).
  */
 #include "backends/sqlite_int.h"
 
@@ -61,16 +63,26 @@ static const char *const stmt_sql[SQ_COUNT] = {
     [SQ_BEGIN] = "BEGIN IMMEDIATE",
     [SQ_COMMIT] = "COMMIT",
     [SQ_ROLLBACK] = "ROLLBACK",
-    /* One statement, so one implicit transaction: the increment and the
-     * value returned cannot be separated by a crash. */
-    [SQ_SEQ_NEXT] = "INSERT INTO seq(key, value) VALUES(?1, 1)"
-                    " ON CONFLICT(key) DO UPDATE SET value = value + 1"
-                    " RETURNING value",
+    /* Each op of a batch runs in a savepoint: a failing op undoes only
+     * its own statements. */
+    [SQ_SAVEPOINT] = "SAVEPOINT op",
+    [SQ_RELEASE] = "RELEASE op",
+    [SQ_ROLLBACK_TO] = "ROLLBACK TO op",
+    /* seq.value is the high-water mark: every value up to it may have
+     * been handed out. A reservation raises it by a block; the values
+     * of the block are handed out from memory once it is committed. */
+    [SQ_SEQ_RESERVE] = "INSERT INTO seq(key, value) VALUES(?1, ?2)"
+                       " ON CONFLICT(key) DO UPDATE SET value = value + ?2"
+                       " RETURNING value",
+    /* At a clean close: give back the unused part of a block. */
+    [SQ_SEQ_LOWER] = "UPDATE seq SET value = ?2 WHERE key = ?1 AND value = ?3",
     [SQ_DEDUP_GET] = "SELECT value FROM dedup WHERE key = ?1"
                      " AND expires_at > ?2",
     [SQ_DEDUP_PUT] = "INSERT OR REPLACE INTO dedup(key, value, expires_at)"
                      " VALUES(?1, ?2, ?3)",
     [SQ_DEDUP_PRUNE] = "DELETE FROM dedup WHERE expires_at <= ?1",
+    [SQ_DEDUP_DROP] = "DELETE FROM dedup"
+                      " WHERE substr(value, 1, length(?1)) = ?1",
     /* Conflict target msg_id only: a different message claiming a taken
      * (conversation, seq) is an error, not silently dropped. */
     [SQ_MSG_INSERT] = "INSERT INTO messages(msg_id, conversation_id, seq,"
@@ -116,7 +128,7 @@ int imc_sq_fail(imc_sqlite *db, int rc, const char *what) {
   const char *why = sqlite3_errstr(rc);
   if (db->db && (sqlite3_errcode(db->db) & 0xff) == (rc & 0xff))
     why = sqlite3_errmsg(db->db);
-  snprintf(db->errmsg, sizeof(db->errmsg), "%s: %s", what, why);
+  snprintf(db->errbuf, sizeof(db->errmsg), "%s: %s", what, why);
   switch (rc & 0xff) {
   case SQLITE_NOMEM:
     return IMC_ERR_NOMEM;
@@ -282,6 +294,14 @@ int imc_sqlite_new(imc_sqlite **out, const char *path, const imc_clock *clock,
     return IMC_ERR_NOMEM;
   db->mem = *mem;
   db->clock = clock ? *clock : *imc_clock_default();
+  db->errbuf = db->errmsg;
+  db->seq_block = IMC_SQLITE_SEQ_BLOCK_DEFAULT;
+  db->max_ops = IMC_SQLITE_BATCH_DEFAULT;
+  if (pthread_mutex_init(&db->mu, NULL) != 0) {
+    imc_free(mem, db);
+    return IMC_ERR_NOMEM;
+  }
+  db->mu_init = 1;
 
   int rc = sqlite3_open_v2(
       path, &db->db,
@@ -293,6 +313,7 @@ int imc_sqlite_new(imc_sqlite **out, const char *path, const imc_clock *clock,
   }
   close_conn(db);
   if (rv == IMC_ERR_NOMEM) {
+    pthread_mutex_destroy(&db->mu);
     imc_free(mem, db);
     return rv;
   }
@@ -304,14 +325,27 @@ int imc_sqlite_new(imc_sqlite **out, const char *path, const imc_clock *clock,
 void imc_sqlite_del(imc_sqlite *db) {
   if (db == NULL)
     return;
+  imc_sq_batch_close(db);
   imc_sq_queue_close(db, IMC_ERR_CLOSED);
+  if (db->db)
+    imc_sq_seq_close(db);
   close_conn(db);
+  if (db->mu_init)
+    pthread_mutex_destroy(&db->mu);
   imc_mem m = db->mem;
   imc_free(&m, db);
 }
 
 const char *imc_sqlite_errmsg(imc_sqlite *db) {
-  return db ? db->errmsg : "no database";
+  if (db == NULL)
+    return "no database";
+  if (db->group) {
+    /* The storage thread writes its own buffer; take a copy. */
+    pthread_mutex_lock(&db->mu);
+    memcpy(db->errmsg, db->shared_errmsg, sizeof(db->errmsg));
+    pthread_mutex_unlock(&db->mu);
+  }
+  return db->errmsg;
 }
 
 void imc_sqlite_set_user_data(imc_sqlite *db, void *ud) {

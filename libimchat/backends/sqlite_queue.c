@@ -13,10 +13,14 @@
  * so after a restart every uncommitted record is delivered again
  * (at-least-once).
  *
- * publish, commit and the group registration of a first poll complete
- * before returning. A poll never completes inside the call, even when
- * records are waiting: imc_sqlite_dispatch() completes it, so a caller
- * is never re-entered from poll or publish. imc_sqlite_next_timeout_ms()
+ * In immediate mode publish, commit and the group registration of a
+ * first poll complete before returning. With group commit they are ops
+ * of a batch like the rest (sqlite_batch.c), and so is the read behind
+ * a poll: imc_sqlite_submit() queues a read op for every outstanding
+ * poll whose topic may have records, after the ops of the turn, so the
+ * read sees what the same batch published. A poll never completes inside the
+ * call, even when records are waiting: imc_sqlite_dispatch() completes it, so a
+ * caller is never re-entered from poll or publish. imc_sqlite_next_timeout_ms()
  * tells the host when a dispatch is due, so deferred polls never wait
  * for unrelated events. The wake-up after a publish
  * is in-memory, so one instance must own the file: records another
@@ -102,15 +106,17 @@ static int q_poll(void *ud, const char *topic, const char *group, size_t max,
   if (c && c->pending)
     return IMC_ERR_EXISTS; /* one outstanding poll per (topic, group) */
   if (c == NULL) {
-    uint64_t committed;
+    uint64_t committed = 0;
     if ((c = consumer_new(db, topic, group)) == NULL)
       return IMC_ERR_NOMEM;
-    if ((rv = join(db, topic, group, &committed)) < 0 ||
+    /* With group commit the first read op joins the group. */
+    if ((!db->group && (rv = join(db, topic, group, &committed)) < 0) ||
         (rv = consumer_insert(db, c)) < 0) {
       imc_free(&db->mem, c);
       return rv;
     }
     c->pos = committed;
+    c->joined = !db->group;
   }
   c->pending = 1;
   c->dirty = 1;
@@ -120,6 +126,33 @@ static int q_poll(void *ud, const char *topic, const char *group, size_t max,
   c->done_ud = done_ud;
   return 0;
 }
+
+typedef struct publish_op {
+  imc_sq_op base;
+  imc_done_cb done;
+  void *done_ud;
+  size_t key_len, value_len;
+  char topic[]; /* then the key, then the value */
+} publish_op;
+
+static int publish_exec(imc_sqlite *db, imc_sq_op *o) {
+  publish_op *op = (publish_op *)o;
+  const uint8_t *key = (const uint8_t *)op->topic + strlen(op->topic) + 1;
+  sqlite3_stmt *st = imc_sq_get(db, SQ_Q_PUBLISH);
+  imc_sq_text(db, st, 1, op->topic);
+  imc_sq_blob(db, st, 2, key, op->key_len);
+  imc_sq_blob(db, st, 3, key + op->key_len, op->value_len);
+  return imc_sq_run(db, st, "publish");
+}
+
+static int publish_complete(imc_sqlite *db, imc_sq_op *o) {
+  publish_op *op = (publish_op *)o;
+  op->done(op->done_ud, op->base.status);
+  return 1;
+}
+
+static const imc_sq_op_type publish_type = {
+    .write = 1, .exec = publish_exec, .complete = publish_complete};
 
 static int q_publish(void *ud, const char *topic, const uint8_t *key,
                      size_t key_len, const uint8_t *value, size_t value_len,
@@ -131,18 +164,31 @@ static int q_publish(void *ud, const char *topic, const uint8_t *key,
   if (topic == NULL || *topic == '\0' || (key == NULL && key_len) ||
       (value == NULL && value_len) || done == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
-  sqlite3_stmt *st = imc_sq_get(db, SQ_Q_PUBLISH);
-  imc_sq_text(db, st, 1, topic);
-  imc_sq_blob(db, st, 2, key, key_len);
-  imc_sq_blob(db, st, 3, value, value_len);
-  /* The INSERT is its own transaction: durable once it returns. */
-  if ((rv = imc_sq_run(db, st, "publish")) < 0)
-    return rv;
+  size_t tl = strlen(topic) + 1;
+  publish_op *op =
+      imc_calloc(&db->mem, 1, sizeof(*op) + tl + key_len + value_len);
+  if (op == NULL)
+    return IMC_ERR_NOMEM;
+  op->base.type = &publish_type;
+  op->done = done;
+  op->done_ud = done_ud;
+  op->key_len = key_len;
+  op->value_len = value_len;
+  memcpy(op->topic, topic, tl);
+  if (key_len)
+    memcpy(op->topic + tl, key, key_len);
+  if (value_len)
+    memcpy(op->topic + tl + key_len, value, value_len);
+  /* Wake the topic's polls first: the completion may poll. A publish
+   * that fails costs them one empty read. */
   for (size_t i = 0; i < db->n_consumers; i++)
-    if (strcmp(db->consumers[i]->topic, topic) == 0)
+    if (strcmp(db->consumers[i]->topic, topic) == 0) {
       db->consumers[i]->dirty = 1;
-  done(done_ud, 0);
-  return 0;
+      db->consumers[i]->pubs++;
+    }
+  /* Durable once it completes: immediate mode before returning, group
+   * commit after the batch's commit. */
+  return imc_sq_submit_op(db, &op->base);
 }
 
 static int commit_and_trim(imc_sqlite *db, const char *topic, const char *group,
@@ -160,6 +206,34 @@ static int commit_and_trim(imc_sqlite *db, const char *topic, const char *group,
   return rv;
 }
 
+typedef struct commit_op {
+  imc_sq_op base;
+  imc_done_cb done;
+  void *done_ud;
+  uint64_t offset;
+  const char *group;
+  char topic[]; /* then the group */
+} commit_op;
+
+static int commit_exec(imc_sqlite *db, imc_sq_op *o) {
+  commit_op *op = (commit_op *)o;
+  return commit_and_trim(db, op->topic, op->group, op->offset);
+}
+
+static int commit_complete(imc_sqlite *db, imc_sq_op *o) {
+  commit_op *op = (commit_op *)o;
+  if (op->base.status == 0) {
+    imc_sq_consumer *c = consumer_find(db, op->topic, op->group);
+    if (c && c->pos < op->offset)
+      c->pos = op->offset;
+  }
+  op->done(op->done_ud, op->base.status);
+  return 1;
+}
+
+static const imc_sq_op_type commit_type = {
+    .write = 1, .exec = commit_exec, .complete = commit_complete};
+
 static int q_commit(void *ud, const char *topic, const char *group,
                     int32_t partition, uint64_t offset, imc_done_cb done,
                     void *done_ud) {
@@ -170,20 +244,18 @@ static int q_commit(void *ud, const char *topic, const char *group,
   if (topic == NULL || *topic == '\0' || group == NULL || *group == '\0' ||
       partition != 0 || offset > (uint64_t)INT64_MAX || done == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
-  if ((rv = imc_sq_begin(db)) < 0)
-    return rv;
-  rv = commit_and_trim(db, topic, group, offset);
-  if (rv == 0)
-    rv = imc_sq_commit(db);
-  else
-    imc_sq_rollback(db);
-  if (rv < 0)
-    return rv;
-  imc_sq_consumer *c = consumer_find(db, topic, group);
-  if (c && c->pos < offset)
-    c->pos = offset;
-  done(done_ud, 0);
-  return 0;
+  size_t tl = strlen(topic) + 1, gl = strlen(group) + 1;
+  commit_op *op = imc_calloc(&db->mem, 1, sizeof(*op) + tl + gl);
+  if (op == NULL)
+    return IMC_ERR_NOMEM;
+  op->base.type = &commit_type;
+  op->done = done;
+  op->done_ud = done_ud;
+  op->offset = offset;
+  memcpy(op->topic, topic, tl);
+  memcpy(op->topic + tl, group, gl);
+  op->group = op->topic + tl;
+  return imc_sq_submit_op(db, &op->base);
 }
 
 /* ------------------------------------------------------------------ */
@@ -256,6 +328,8 @@ int imc_sqlite_dispatch(imc_sqlite *db) {
   int rv = imc_sq_usable(db);
   if (rv < 0)
     return rv;
+  if (db->group)
+    return imc_sq_batch_dispatch(db);
   uint64_t gen = db->gen++;
   int count = 0;
   /* Completions may add consumers (realloc): index, never cache. */
@@ -282,6 +356,8 @@ int imc_sqlite_dispatch(imc_sqlite *db) {
 int64_t imc_sqlite_next_timeout_ms(const imc_sqlite *db) {
   if (db == NULL || db->db == NULL)
     return -1;
+  if (db->group)
+    return imc_sq_batch_timeout(db);
   /* dirty is set by a poll and by a publish to the topic, and cleared by
    * a dispatch that finds nothing: the host is woken exactly while a
    * dispatch may complete something. */
@@ -289,6 +365,102 @@ int64_t imc_sqlite_next_timeout_ms(const imc_sqlite *db) {
     if (db->consumers[i]->pending && db->consumers[i]->dirty)
       return 0;
   return -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Group commit: reads as ops of the batch                              */
+/* ------------------------------------------------------------------ */
+
+typedef struct read_op {
+  imc_sq_op base;
+  int join;       /* register the group and start from its commit */
+  uint64_t pos;   /* read after this offset (unless join) */
+  uint64_t start; /* the offset read after */
+  uint64_t pubs;  /* the consumer's publish count when queued */
+  size_t max;
+  batch b;
+  const char *group;
+  char topic[]; /* then the group */
+} read_op;
+
+static int read_exec(imc_sqlite *db, imc_sq_op *o) {
+  read_op *op = (read_op *)o;
+  op->start = op->pos;
+  int rv = 0;
+  if (op->join && (rv = join(db, op->topic, op->group, &op->start)) < 0)
+    return rv;
+  imc_sq_consumer c = {.topic = op->topic, .pos = op->start, .max = op->max};
+  return batch_read(db, &c, &op->b);
+}
+
+static int read_complete(imc_sqlite *db, imc_sq_op *o) {
+  read_op *op = (read_op *)o;
+  imc_sq_consumer *c = consumer_find(db, op->topic, op->group);
+  if (c == NULL)
+    return 0;
+  c->reading = 0;
+  if (!c->pending)
+    return 0;
+  int st = op->base.status;
+  if (st == 0 && op->join) {
+    c->joined = 1;
+    if (c->pos < op->start)
+      c->pos = op->start;
+  }
+  if (st == 0 && op->b.n == 0) {
+    if (c->pubs == op->pubs)
+      c->dirty = 0; /* until the next publish to the topic */
+    return 0;
+  }
+  if (st == 0)
+    c->pos = op->b.recs[op->b.n - 1].offset;
+  c->pending = 0;
+  c->done(c->done_ud, st, st == 0 ? op->b.recs : NULL, st == 0 ? op->b.n : 0);
+  return 1;
+}
+
+static void read_release(imc_sqlite *db, imc_sq_op *o) {
+  batch_free(db, &((read_op *)o)->b);
+}
+
+/* A write: the first read of a group registers it. */
+static const imc_sq_op_type read_type = {.write = 1,
+                                         .exec = read_exec,
+                                         .complete = read_complete,
+                                         .release = read_release};
+
+int imc_sq_reads_due(const imc_sqlite *db) {
+  for (size_t i = 0; i < db->n_consumers; i++) {
+    const imc_sq_consumer *c = db->consumers[i];
+    if (c->pending && c->dirty && !c->reading)
+      return 1;
+  }
+  return 0;
+}
+
+int imc_sq_queue_reads(imc_sqlite *db) {
+  for (size_t i = 0; i < db->n_consumers; i++) {
+    imc_sq_consumer *c = db->consumers[i];
+    if (!c->pending || !c->dirty || c->reading)
+      continue;
+    size_t tl = strlen(c->topic) + 1, gl = strlen(c->group) + 1;
+    read_op *op = imc_calloc(&db->mem, 1, sizeof(*op) + tl + gl);
+    if (op == NULL)
+      return IMC_ERR_NOMEM;
+    op->base.type = &read_type;
+    op->join = !c->joined;
+    op->pos = c->pos;
+    op->pubs = c->pubs;
+    op->max = c->max;
+    memcpy(op->topic, c->topic, tl);
+    memcpy(op->topic + tl, c->group, gl);
+    op->group = op->topic + tl;
+    int rv = imc_sq_submit_op(db, &op->base);
+    if (rv < 0)
+      return rv;
+    c->reading = 1;
+  }
+  return 0;
 }
 
 void imc_sq_queue_close(imc_sqlite *db, int status) {

@@ -1,8 +1,11 @@
 /*
  * SQLite embedded backends: the store (history, offline inboxes, group
- * membership). Every operation completes before returning. Results are
- * copied out of SQLite before the completion runs, because the
- * completion may call back into the store and reset the statement.
+ * membership). Each call becomes an op (sqlite_batch.c) holding copies
+ * of its arguments: immediate mode completes it before returning, group
+ * commit after its batch commits. Results are copied out of SQLite
+ * before the completion runs, because the completion may call back into
+ * the store and reset the statement (and, with group commit, the
+ * statement belongs to the storage thread).
  */
 #include "backends/sqlite_int.h"
 
@@ -57,6 +60,116 @@ static int append_all(imc_sqlite *db, const imc_msg *const *msgs, size_t n_msgs,
   return rv;
 }
 
+/* A copy of m's stored members in one allocation. */
+static imc_msg *msg_copy(imc_sqlite *db, const imc_msg *m) {
+  const char *s[8] = {m->msg_id,        m->conversation_id, m->from_user,
+                      m->to_user,       m->group_id,        m->content_type,
+                      m->client_msg_id, m->from_device};
+  size_t l[8], need = sizeof(imc_msg) + m->body_len + 1;
+  for (int i = 0; i < 8; i++) {
+    l[i] = s[i] ? strlen(s[i]) : 0;
+    need += l[i] + 1;
+  }
+  imc_msg *c = imc_malloc(&db->mem, need);
+  if (c == NULL)
+    return NULL;
+  *c = (imc_msg){.struct_size = sizeof(imc_msg),
+                 .seq = m->seq,
+                 .body_len = m->body_len,
+                 .sent_at_ms = m->sent_at_ms,
+                 .from_node = ""};
+  char *p = (char *)(c + 1);
+  const char **d[8] = {&c->msg_id,        &c->conversation_id, &c->from_user,
+                       &c->to_user,       &c->group_id,        &c->content_type,
+                       &c->client_msg_id, &c->from_device};
+  for (int i = 0; i < 8; i++) {
+    if (l[i])
+      memcpy(p, s[i], l[i]);
+    p[l[i]] = '\0';
+    *d[i] = p;
+    p += l[i] + 1;
+  }
+  if (m->body_len)
+    memcpy(p, m->body, m->body_len);
+  c->body = (const uint8_t *)p;
+  return c;
+}
+
+typedef struct append_op {
+  imc_sq_op base;
+  imc_done_cb done;
+  void *done_ud;
+  imc_msg **msgs; /* n_msgs copies, then the entries' own copies */
+  size_t n_msgs, n_copies;
+  imc_inbox_entry *entries;
+  size_t n_entries;
+  char **users;
+} append_op;
+
+static int append_exec(imc_sqlite *db, imc_sq_op *o) {
+  append_op *op = (append_op *)o;
+  return append_all(db, (const imc_msg *const *)op->msgs, op->n_msgs,
+                    op->entries, op->n_entries);
+}
+
+static int append_complete(imc_sqlite *db, imc_sq_op *o) {
+  append_op *op = (append_op *)o;
+  op->done(op->done_ud, op->base.status);
+  return 1;
+}
+
+static void append_release(imc_sqlite *db, imc_sq_op *o) {
+  append_op *op = (append_op *)o;
+  for (size_t i = 0; op->msgs && i < op->n_copies; i++)
+    imc_free(&db->mem, op->msgs[i]);
+  for (size_t i = 0; op->users && i < op->n_entries; i++)
+    imc_free(&db->mem, op->users[i]);
+  imc_free(&db->mem, op->msgs);
+  imc_free(&db->mem, op->users);
+  imc_free(&db->mem, op->entries);
+}
+
+static const imc_sq_op_type append_type = {.write = 1,
+                                           .exec = append_exec,
+                                           .complete = append_complete,
+                                           .release = append_release};
+
+/* Copies the arguments: the messages, and each distinct message of the
+ * entries (consecutive entries of a fan-out share one). */
+static int append_fill(imc_sqlite *db, append_op *op,
+                       const imc_msg *const *msgs, size_t n_msgs,
+                       const imc_inbox_entry *entries, size_t n_entries) {
+  size_t cap = n_msgs + n_entries;
+  op->msgs = imc_calloc(&db->mem, cap ? cap : 1, sizeof(*op->msgs));
+  op->entries =
+      imc_calloc(&db->mem, n_entries ? n_entries : 1, sizeof(*op->entries));
+  op->users = imc_calloc(&db->mem, n_entries ? n_entries : 1, sizeof(char *));
+  if (op->msgs == NULL || op->entries == NULL || op->users == NULL)
+    return IMC_ERR_NOMEM;
+  for (size_t i = 0; i < n_msgs; i++) {
+    if ((op->msgs[i] = msg_copy(db, msgs[i])) == NULL)
+      return IMC_ERR_NOMEM;
+    op->n_copies++;
+  }
+  op->n_msgs = n_msgs;
+  const imc_msg *last = NULL;
+  for (size_t i = 0; i < n_entries; i++) {
+    const imc_msg *m = entries[i].msg;
+    if (last == NULL || m != last) {
+      if ((op->msgs[op->n_copies] = msg_copy(db, m)) == NULL)
+        return IMC_ERR_NOMEM;
+      op->n_copies++;
+      last = m;
+    }
+    if ((op->users[i] = imc_strdup(&db->mem, entries[i].user_id)) == NULL)
+      return IMC_ERR_NOMEM;
+    op->n_entries = i + 1;
+    op->entries[i].user_id = op->users[i];
+    op->entries[i].msg = op->msgs[op->n_copies - 1];
+  }
+  return 0;
+}
+
 static int store_append(void *ud, const imc_msg *const *msgs, size_t n_msgs,
                         const imc_inbox_entry *entries, size_t n_entries,
                         imc_done_cb done, void *done_ud) {
@@ -74,18 +187,17 @@ static int store_append(void *ud, const imc_msg *const *msgs, size_t n_msgs,
     if (entries[i].user_id == NULL || *entries[i].user_id == '\0' ||
         !msg_valid(entries[i].msg))
       return IMC_ERR_INVALID_ARGUMENT;
-
-  if ((rv = imc_sq_begin(db)) < 0)
+  append_op *op = imc_calloc(&db->mem, 1, sizeof(*op));
+  if (op == NULL)
+    return IMC_ERR_NOMEM;
+  op->base.type = &append_type;
+  op->done = done;
+  op->done_ud = done_ud;
+  if ((rv = append_fill(db, op, msgs, n_msgs, entries, n_entries)) < 0) {
+    imc_sq_op_free(db, &op->base);
     return rv;
-  rv = append_all(db, msgs, n_msgs, entries, n_entries);
-  if (rv == 0)
-    rv = imc_sq_commit(db);
-  else
-    imc_sq_rollback(db);
-  if (rv < 0)
-    return rv;
-  done(done_ud, 0);
-  return 0;
+  }
+  return imc_sq_submit_op(db, &op->base);
 }
 
 /* ------------------------------------------------------------------ */
@@ -206,6 +318,49 @@ static int page_read(imc_sqlite *db, sqlite3_stmt *st, uint32_t limit, page *pg,
   return rc == SQLITE_DONE ? 0 : imc_sq_fail(db, rc, what);
 }
 
+typedef struct fetch_op {
+  imc_sq_op base;
+  imc_sq_stmt which;
+  uint64_t after;
+  uint32_t limit;
+  imc_fetch_cb done;
+  void *done_ud;
+  const char *what;
+  page pg;
+  char key[];
+} fetch_op;
+
+static int fetch_exec(imc_sqlite *db, imc_sq_op *o) {
+  fetch_op *op = (fetch_op *)o;
+  sqlite3_stmt *st = imc_sq_get(db, op->which);
+  imc_sq_text(db, st, 1, op->key);
+  /* Nothing lies above INT64_MAX: clamp instead of wrapping negative. */
+  imc_sq_int(db, st, 2, op->after > INT64_MAX ? INT64_MAX : (int64_t)op->after);
+  imc_sq_int(db, st, 3, (int64_t)op->limit + 1);
+  int rv = page_read(db, st, op->limit, &op->pg, op->what);
+  sqlite3_reset(st);
+  return rv;
+}
+
+static int fetch_complete(imc_sqlite *db, imc_sq_op *o) {
+  fetch_op *op = (fetch_op *)o;
+  if (op->base.status < 0)
+    op->done(op->done_ud, op->base.status, NULL, NULL, 0, 0);
+  else
+    op->done(op->done_ud, 0, op->pg.msgs, op->pg.cursors, op->pg.n,
+             op->pg.has_more);
+  return 1;
+}
+
+static void fetch_release(imc_sqlite *db, imc_sq_op *o) {
+  page_free(db, &((fetch_op *)o)->pg);
+}
+
+static const imc_sq_op_type fetch_type = {.write = 0,
+                                          .exec = fetch_exec,
+                                          .complete = fetch_complete,
+                                          .release = fetch_release};
+
 static int fetch(imc_sqlite *db, imc_sq_stmt which, const char *key,
                  uint64_t after, uint32_t limit, imc_fetch_cb done,
                  void *done_ud, const char *what) {
@@ -214,18 +369,19 @@ static int fetch(imc_sqlite *db, imc_sq_stmt which, const char *key,
     return rv;
   if (key == NULL || *key == '\0' || limit == 0 || done == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
-  sqlite3_stmt *st = imc_sq_get(db, which);
-  imc_sq_text(db, st, 1, key);
-  /* Nothing lies above INT64_MAX: clamp instead of wrapping negative. */
-  imc_sq_int(db, st, 2, after > INT64_MAX ? INT64_MAX : (int64_t)after);
-  imc_sq_int(db, st, 3, (int64_t)limit + 1);
-  page pg = {0};
-  rv = page_read(db, st, limit, &pg, what);
-  sqlite3_reset(st);
-  if (rv == 0)
-    done(done_ud, 0, pg.msgs, pg.cursors, pg.n, pg.has_more);
-  page_free(db, &pg);
-  return rv;
+  size_t kl = strlen(key) + 1;
+  fetch_op *op = imc_calloc(&db->mem, 1, sizeof(*op) + kl);
+  if (op == NULL)
+    return IMC_ERR_NOMEM;
+  op->base.type = &fetch_type;
+  op->which = which;
+  op->after = after;
+  op->limit = limit;
+  op->done = done;
+  op->done_ud = done_ud;
+  op->what = what;
+  memcpy(op->key, key, kl);
+  return imc_sq_submit_op(db, &op->base);
 }
 
 static int store_fetch_inbox(void *ud, const char *user_id, uint64_t after,
@@ -245,24 +401,42 @@ static int store_fetch_history(void *ud, const char *conversation_id,
 /* Retention                                                            */
 /* ------------------------------------------------------------------ */
 
-static int purge_all(imc_sqlite *db, int64_t before_ms) {
+typedef struct purge_op {
+  imc_sq_op base;
+  int64_t before_ms;
+  int64_t now;
+  imc_done_cb done;
+  void *done_ud;
+} purge_op;
+
+static int purge_exec(imc_sqlite *db, imc_sq_op *o) {
+  purge_op *op = (purge_op *)o;
   sqlite3_stmt *st = imc_sq_get(db, SQ_PURGE_INBOX);
-  imc_sq_int(db, st, 1, before_ms);
+  imc_sq_int(db, st, 1, op->before_ms);
   int rv = imc_sq_run(db, st, "purge inbox");
   if (rv == 0) {
     st = imc_sq_get(db, SQ_PURGE_MSGS);
-    imc_sq_int(db, st, 1, before_ms);
+    imc_sq_int(db, st, 1, op->before_ms);
     rv = imc_sq_run(db, st, "purge messages");
   }
   /* The dedup set shares the file; its expired rows go at the same
    * time so the host needs one retention timer, not two. */
   if (rv == 0) {
     st = imc_sq_get(db, SQ_DEDUP_PRUNE);
-    imc_sq_int(db, st, 1, imc_clock_wall(&db->clock));
+    imc_sq_int(db, st, 1, op->now);
     rv = imc_sq_run(db, st, "purge dedup");
   }
   return rv;
 }
+
+static int purge_complete(imc_sqlite *db, imc_sq_op *o) {
+  purge_op *op = (purge_op *)o;
+  op->done(op->done_ud, op->base.status);
+  return 1;
+}
+
+static const imc_sq_op_type purge_type = {
+    .write = 1, .exec = purge_exec, .complete = purge_complete};
 
 static int store_purge(void *ud, int64_t before_ms, imc_done_cb done,
                        void *done_ud) {
@@ -272,22 +446,46 @@ static int store_purge(void *ud, int64_t before_ms, imc_done_cb done,
     return rv;
   if (done == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
-  if ((rv = imc_sq_begin(db)) < 0)
-    return rv;
-  rv = purge_all(db, before_ms);
-  if (rv == 0)
-    rv = imc_sq_commit(db);
-  else
-    imc_sq_rollback(db);
-  if (rv < 0)
-    return rv;
-  done(done_ud, 0);
-  return 0;
+  purge_op *op = imc_calloc(&db->mem, 1, sizeof(*op));
+  if (op == NULL)
+    return IMC_ERR_NOMEM;
+  op->base.type = &purge_type;
+  op->before_ms = before_ms;
+  op->now = imc_clock_wall(&db->clock);
+  op->done = done;
+  op->done_ud = done_ud;
+  return imc_sq_submit_op(db, &op->base);
 }
 
 /* ------------------------------------------------------------------ */
 /* Group membership                                                     */
 /* ------------------------------------------------------------------ */
+
+typedef struct group_op {
+  imc_sq_op base;
+  imc_done_cb done;
+  void *done_ud;
+  imc_sq_stmt which;
+  const char *user;
+  char group[];
+} group_op;
+
+static int group_exec(imc_sqlite *db, imc_sq_op *o) {
+  group_op *op = (group_op *)o;
+  sqlite3_stmt *st = imc_sq_get(db, op->which);
+  imc_sq_text(db, st, 1, op->group);
+  imc_sq_text(db, st, 2, op->user);
+  return imc_sq_run(db, st, "change group");
+}
+
+static int group_complete(imc_sqlite *db, imc_sq_op *o) {
+  group_op *op = (group_op *)o;
+  op->done(op->done_ud, op->base.status);
+  return 1;
+}
+
+static const imc_sq_op_type group_type = {
+    .write = 1, .exec = group_exec, .complete = group_complete};
 
 static int group_change(void *ud, imc_sq_stmt which, const char *group_id,
                         const char *user_id, imc_done_cb done, void *done_ud) {
@@ -298,13 +496,18 @@ static int group_change(void *ud, imc_sq_stmt which, const char *group_id,
   if (group_id == NULL || *group_id == '\0' || user_id == NULL ||
       *user_id == '\0' || done == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
-  sqlite3_stmt *st = imc_sq_get(db, which);
-  imc_sq_text(db, st, 1, group_id);
-  imc_sq_text(db, st, 2, user_id);
-  if ((rv = imc_sq_run(db, st, "change group")) < 0)
-    return rv;
-  done(done_ud, 0);
-  return 0;
+  size_t gl = strlen(group_id) + 1, ul = strlen(user_id) + 1;
+  group_op *op = imc_calloc(&db->mem, 1, sizeof(*op) + gl + ul);
+  if (op == NULL)
+    return IMC_ERR_NOMEM;
+  op->base.type = &group_type;
+  op->which = which;
+  op->done = done;
+  op->done_ud = done_ud;
+  memcpy(op->group, group_id, gl);
+  memcpy(op->group + gl, user_id, ul);
+  op->user = op->group + gl;
+  return imc_sq_submit_op(db, &op->base);
 }
 
 static int store_group_add(void *ud, const char *group_id, const char *user_id,
@@ -350,6 +553,41 @@ static int strlist_read(imc_sqlite *db, sqlite3_stmt *st, strlist *l) {
   return rc == SQLITE_DONE ? 0 : imc_sq_fail(db, rc, "list group");
 }
 
+typedef struct members_op {
+  imc_sq_op base;
+  imc_list_cb done;
+  void *done_ud;
+  strlist l;
+  char group[];
+} members_op;
+
+static int members_exec(imc_sqlite *db, imc_sq_op *o) {
+  members_op *op = (members_op *)o;
+  sqlite3_stmt *st = imc_sq_get(db, SQ_GROUP_LIST);
+  imc_sq_text(db, st, 1, op->group);
+  int rv = strlist_read(db, st, &op->l);
+  sqlite3_reset(st);
+  return rv;
+}
+
+static int members_complete(imc_sqlite *db, imc_sq_op *o) {
+  members_op *op = (members_op *)o;
+  if (op->base.status < 0)
+    op->done(op->done_ud, op->base.status, NULL, 0);
+  else
+    op->done(op->done_ud, 0, (const char *const *)op->l.items, op->l.n);
+  return 1;
+}
+
+static void members_release(imc_sqlite *db, imc_sq_op *o) {
+  strlist_free(db, &((members_op *)o)->l);
+}
+
+static const imc_sq_op_type members_type = {.write = 0,
+                                            .exec = members_exec,
+                                            .complete = members_complete,
+                                            .release = members_release};
+
 static int store_group_members(void *ud, const char *group_id, imc_list_cb done,
                                void *done_ud) {
   imc_sqlite *db = ud;
@@ -358,15 +596,15 @@ static int store_group_members(void *ud, const char *group_id, imc_list_cb done,
     return rv;
   if (group_id == NULL || *group_id == '\0' || done == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
-  sqlite3_stmt *st = imc_sq_get(db, SQ_GROUP_LIST);
-  imc_sq_text(db, st, 1, group_id);
-  strlist l = {0};
-  rv = strlist_read(db, st, &l);
-  sqlite3_reset(st);
-  if (rv == 0)
-    done(done_ud, 0, (const char *const *)l.items, l.n);
-  strlist_free(db, &l);
-  return rv;
+  size_t gl = strlen(group_id) + 1;
+  members_op *op = imc_calloc(&db->mem, 1, sizeof(*op) + gl);
+  if (op == NULL)
+    return IMC_ERR_NOMEM;
+  op->base.type = &members_type;
+  op->done = done;
+  op->done_ud = done_ud;
+  memcpy(op->group, group_id, gl);
+  return imc_sq_submit_op(db, &op->base);
 }
 
 static const imc_store_vtbl store_vtbl = {

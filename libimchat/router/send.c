@@ -9,13 +9,27 @@
  *   seq               - next seq of the conversation
  *   registry lookup   - which recipients have an online device, all of
  *                       them in one batched lookup_many
- *   queue             - one durable OfflineJob: history + the inboxes of
- *                       recipients with no online device
- *   dedup             - the claim becomes "ok <msg_id> <seq> <sent_at>"
+ *   queue + dedup     - together, in one turn: one durable OfflineJob
+ *                       (history + the inboxes of recipients with no
+ *                       online device), and the claim becomes
+ *                       "ok <msg_id> <seq> <sent_at>"
  *   SendAck, then the fast path: pushes through the gateway link (1:1)
  *   or one record on the group bus (groups)
- * The SendAck comes only after the job is durable, so an acknowledged
- * message is never lost; a resend finds "ok" and gets the same answer.
+ * The SendAck comes only after both are durable, so an acknowledged
+ * message is never lost and a resend finds "ok" and gets the same
+ * answer. Issued in the same turn, the job and its "ok" share one
+ * transaction in a backend that commits a turn's operations together
+ * (SQLite group commit): a crash leaves both or neither, never a queued
+ * message whose claim is still "pending". If either fails, the claim is
+ * released (TTL 1 s) and the sender gets UNAVAILABLE.
+ *
+ * A claim is "pending <instance>", the router instance that made it
+ * (hex). A host that owns its dedup set alone (imchatd) deletes the
+ * pending claims at start: their instance is dead, and none of them
+ * belongs to a queued message. In a cluster the rule is the same with
+ * liveness from leases: a claim whose instance holds no live lease is
+ * treated as absent; until the router is told liveness, a claim of
+ * another instance is honoured until its TTL (PENDING_TTL_S).
  */
 #include "router/router_int.h"
 
@@ -52,6 +66,7 @@ typedef struct sendop {
   size_t waits;  /* callbacks outstanding */
   int delivered; /* pushes that reached a device of the recipient */
   int answered;
+  int stored_status; /* first failure of the job or its "ok" record */
   char msg_id[33];
   char conv[2 * IMC_ID_MAX + 4];
   char *blk;     /* the request's strings and body */
@@ -192,6 +207,34 @@ static void fast_path(sendop *op) {
   op_release(op);
 }
 
+/* The claim's value: "pending <instance>". */
+static void claim_value(imc_router *r, char out[24]) {
+  snprintf(out, 24, "pending %08" PRIx32, r->instance);
+}
+
+/* Lets a resend try again soon rather than after PENDING_TTL_S. */
+static void release_claim(sendop *op) {
+  char value[24];
+  claim_value(op->r, value);
+  dedup_put(op->r, op->key, value, 1);
+}
+
+/* The job or its "ok" record is durable (or failed); after both, the
+ * SendAck or the failure. */
+static void stored_step(sendop *op, int status) {
+  if (status != 0 && op->stored_status == 0)
+    op->stored_status = status;
+  if (--op->waits > 0)
+    return;
+  if (op->stored_status != 0) {
+    release_claim(op);
+    op_fail(op, IMC_ERR_UNAVAILABLE, "message store unavailable; resend");
+    return;
+  }
+  op_answer(op);
+  fast_path(op);
+}
+
 static void queued(void *ud, int status) {
   sendop *op = ud;
   imc_router *r = op->r;
@@ -199,17 +242,46 @@ static void queued(void *ud, int status) {
   if (status != 0) {
     r->stats[IMC_RT_STAT_QUEUE_ERRORS]++;
     imc_rt_backend_error(r, "offline queue: publish", status);
-    /* Let a resend try again soon rather than after PENDING_TTL_S. */
-    dedup_put(r, op->key, "pending", 1);
-    op_fail(op, IMC_ERR_UNAVAILABLE, "message store unavailable; resend");
+  }
+  stored_step(op, status);
+}
+
+static void ok_recorded(void *ud, int status) {
+  sendop *op = ud;
+  imc_router *r = op->r;
+  r->pending--;
+  if (status != 0)
+    imc_rt_backend_error(r, "dedup: set", status);
+  stored_step(op, status);
+}
+
+/*
+ * Publishes the job and, in the same turn, records the claim as "ok":
+ * both must be durable before the SendAck. A publish refused at once
+ * issues no record.
+ */
+static void publish_job(sendop *op, const uint8_t *job, size_t job_len) {
+  imc_router *r = op->r;
+  op->waits = 2;
+  op->stored_status = 0;
+  r->pending++;
+  int rv = r->o.queue.publish(r->o.queue_ud, r->o.offline_topic,
+                              (const uint8_t *)op->msg.conversation_id,
+                              strlen(op->msg.conversation_id), job, job_len,
+                              queued, op);
+  if (rv != 0) {
+    op->waits = 1; /* no record to wait for */
+    queued(op, rv);
     return;
   }
   char value[96];
   snprintf(value, sizeof(value), "ok %s %" PRIu64 " %" PRId64, op->msg.msg_id,
            op->msg.seq, op->msg.sent_at_ms);
-  dedup_put(r, op->key, value, r->o.dedup_ttl_s);
-  op_answer(op);
-  fast_path(op);
+  r->pending++;
+  rv = r->o.dedup.set(r->o.dedup_ud, op->key, (const uint8_t *)value,
+                      strlen(value), r->o.dedup_ttl_s, ok_recorded, op);
+  if (rv != 0)
+    ok_recorded(op, rv);
 }
 
 /* The lookup is in: queue history and the offline inboxes. */
@@ -234,14 +306,8 @@ static void lookups_done(sendop *op) {
     return;
   }
   r->stats[IMC_RT_STAT_SLOW_PATH] += n;
-  r->pending++;
-  rv = r->o.queue.publish(r->o.queue_ud, r->o.offline_topic,
-                          (const uint8_t *)op->msg.conversation_id,
-                          strlen(op->msg.conversation_id), job, job_len, queued,
-                          op);
+  publish_job(op, job, job_len);
   imc_free(&r->mem, job);
-  if (rv != 0)
-    queued(op, rv);
 }
 
 /*
@@ -324,7 +390,7 @@ static void seq_done(void *ud, int status, uint64_t seq) {
   op->r->pending--;
   if (status != 0) {
     imc_rt_backend_error(op->r, "seq: next", status);
-    dedup_put(op->r, op->key, "pending", 1);
+    release_claim(op);
     op_fail(op, IMC_ERR_UNAVAILABLE, "sequence service unavailable; resend");
     return;
   }
@@ -379,10 +445,12 @@ static void tas_done(void *ud, int status, int found, const uint8_t *value,
 
 static void claim(sendop *op) {
   imc_router *r = op->r;
+  char value[24];
+  claim_value(r, value);
   r->pending++;
-  int rv = r->o.dedup.test_and_set(r->o.dedup_ud, op->key,
-                                   (const uint8_t *)"pending", 7, PENDING_TTL_S,
-                                   tas_done, op);
+  int rv =
+      r->o.dedup.test_and_set(r->o.dedup_ud, op->key, (const uint8_t *)value,
+                              strlen(value), PENDING_TTL_S, tas_done, op);
   if (rv != 0)
     tas_done(op, rv, 0, NULL, 0);
 }
