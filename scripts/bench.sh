@@ -129,7 +129,8 @@ start_imchatd() {
   mkdir -p "$d"
   "$imchatd" --listen 127.0.0.1:0 --data-dir "$d" \
     --jwt-secret-file "$secret_file" --admin-token "$admin_token" \
-    --rate-limit 1000000 --rate-burst 1000000 >"$d/log" 2>&1 &
+    --rate-limit 1000000 --rate-burst 1000000 \
+    --user-rate-limit 1000000 --user-rate-burst 1000000 >"$d/log" 2>&1 &
   srv_pid=$!
   bench_pids+=("$srv_pid")
   srv_port=

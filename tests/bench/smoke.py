@@ -90,7 +90,9 @@ def main():
     if not BENCH or not os.access(BENCH, os.X_OK):
         sys.exit("smoke: IMC_BENCH is not an executable")
     srv = imctest.Server("--admin-token", ADMIN, "--rate-limit", "100000",
-                         "--rate-burst", "100000").start()
+                         "--rate-burst", "100000",
+                         "--user-rate-limit", "100000",
+                         "--user-rate-burst", "100000").start()
     try:
         common = ["--target", "imchat", "--port", str(srv.port),
                   "--jwt-secret", srv.secret, "--server-pid",
