@@ -104,6 +104,8 @@ int64_t imc_gateway_next_timeout_ms(imc_gateway *gw) {
   if (gw == NULL)
     return -1;
   imc_timer *t = imc_theap_top(&gw->timers);
+  if (gw_flow_due(gw))
+    return 0;
   int64_t at = gw_reports_next(gw);
   if (t != NULL && (at < 0 || t->at < at))
     at = t->at;
@@ -129,6 +131,7 @@ int imc_gateway_on_timeout(imc_gateway *gw) {
     gw_conn_timeout(c, now);
   }
   gw_reports_retry(gw, now);
+  gw_flow_run(gw);
   return 0;
 }
 

@@ -48,6 +48,7 @@ int imc_gateway_deliver(imc_gateway *gw, const char *user_id,
       Imchat__V1__ServerFrame f = IMCHAT__V1__SERVER_FRAME__INIT;
       f.body_case = IMCHAT__V1__SERVER_FRAME__BODY_DELIVER;
       f.deliver = &d;
+      stat_inc(gw, IMC_GW_STAT_DELIVER_ENCODES);
       sm = shmsg_new(gw, msg);
       if (sm == NULL ||
           imc_pb_pack_server_frame(&f, &gw->mem, &frame, &frame_len) != 0) {

@@ -97,14 +97,29 @@ static Imchat__V1__Error__Code err_code(int rv) {
   }
 }
 
-int gw_send_error(imc_conn *c, uint64_t id, int rv, const char *message) {
+int gw_pack_error(imc_gateway *gw, uint64_t id, int rv, const char *message,
+                  uint8_t **out, size_t *len) {
   Imchat__V1__Error e = IMCHAT__V1__ERROR__INIT;
   e.code = err_code(rv);
-  c->gw->errors[e.code]++;
+  gw->errors[e.code]++;
   e.message = (char *)(message ? message : imc_strerror(rv));
   Imchat__V1__ServerFrame f = IMCHAT__V1__SERVER_FRAME__INIT;
   f.id = id;
   f.body_case = IMCHAT__V1__SERVER_FRAME__BODY_ERROR;
   f.error = &e;
-  return gw_send_frame(c, &f);
+  if (imc_pb_pack_server_frame(&f, &gw->mem, out, len) != 0) {
+    *out = NULL;
+    return IMC_ERR_NOMEM;
+  }
+  return 0;
+}
+
+int gw_send_error(imc_conn *c, uint64_t id, int rv, const char *message) {
+  uint8_t *buf;
+  size_t len;
+  if (gw_pack_error(c->gw, id, rv, message, &buf, &len) != 0)
+    return IMC_ERR_NOMEM;
+  int q = gw_ws_queue(c, buf, len);
+  imc_free(&c->gw->mem, buf);
+  return q;
 }
