@@ -50,6 +50,7 @@
 #define FRAME_OVERHEAD 1024 /* room for the fields around a body */
 #define IOV_BATCH 64
 #define REPLY_WAIT_MS 30000   /* the HTTP handler's time to answer */
+#define FANOUT_TURN 512       /* group members pushed per loop turn */
 #define HELD_MAX (256 * 1024) /* input kept while a connection is paused */
 #define BUSY_MESSAGE "server busy; retry after 100 ms"
 
@@ -122,6 +123,8 @@ enum pending_kind {
   PEND_SEND, /* upstream.send: answer frame_id with SendAck or Error */
   PEND_KEY   /* keysrc.lookup: c->head holds head_len bytes of head */
 };
+
+typedef struct gw_fanjob gw_fanjob; /* push.c */
 
 typedef struct pending {
   imc_gateway *gw;
@@ -255,6 +258,7 @@ struct imc_gateway {
    * admission, and paused connections that may be read again. */
   imc_conn *waitq_head, *waitq_tail;
   imc_conn *resumeq_head, *resumeq_tail;
+  gw_fanjob *fanjobs, *fanjobs_tail; /* group pushes still to do */
   uint64_t stats[IMC_GW_STAT_COUNT_];
   uint64_t errors[10]; /* Error frames by code */
   ProtobufCAllocator pba;
@@ -327,6 +331,9 @@ int gw_ws_put(imc_conn *c, uint8_t opcode, const uint8_t *data, size_t len);
 void gw_ws_close(imc_conn *c, uint16_t code, const char *reason);
 /* Queues one binary message on c. */
 int gw_ws_queue(imc_conn *c, const uint8_t *data, size_t len);
+/* Queues a complete frame (header included) by reference. Same returns
+ * as gw_ws_queue. */
+int gw_ws_queue_shared(imc_conn *c, imc_shared *frame);
 int gw_send_frame(imc_conn *c, const Imchat__V1__ServerFrame *f);
 int gw_send_error(imc_conn *c, uint64_t id, int rv, const char *message);
 /* Encodes the Error frame of gw_send_error into *out (imc_free it) and
@@ -435,5 +442,17 @@ void gw_start_send(imc_conn *c, uint64_t id, const Imchat__V1__SendRequest *s);
 
 /* push.c: pushes */
 void gw_shmsg_unref(imc_gateway *gw, shmsg *sm);
+/*
+ * Pushes msg, a group message, to the connections of users[0..n) here
+ * (the sender's device excepted): one encoded Deliver shared by all of
+ * them, FANOUT_TURN members per loop turn (the first turn at once).
+ * Users and msg are copied. Returns 0 or IMC_ERR_NOMEM (nothing pushed).
+ */
+int gw_deliver_group(imc_gateway *gw, const char *const *users, size_t n,
+                     const imc_msg *msg);
+/* Pushes the next FANOUT_TURN members of the waiting group messages. */
+void gw_fanjobs_run(imc_gateway *gw);
+/* Drops the waiting group pushes (the gateway is going). */
+void gw_fanjobs_free(imc_gateway *gw);
 
 #endif /* IMCHAT_GATEWAY_INT_H */
