@@ -1292,6 +1292,36 @@ START_TEST(deliver_and_ack) {
 }
 END_TEST
 
+/* Acks come in batches, in push order or not: each is matched once. */
+START_TEST(ack_batches) {
+  reset_with(with_upstream);
+  h_connect("alice", NULL);
+  char ids[5][8];
+  for (int i = 0; i < 5; i++) {
+    snprintf(ids[i], sizeof(ids[i]), "m-%d", i);
+    imc_msg m = test_msg(ids[i]);
+    ck_assert_int_eq(imc_gateway_deliver(H.gw, "alice", NULL, &m), 1);
+  }
+  char *in_order[] = {ids[0], ids[1], ids[2]};
+  char *out_of_order[] = {ids[4], "unknown", ids[3], ids[3]};
+  Imchat__V1__DeliverAck a = IMCHAT__V1__DELIVER_ACK__INIT;
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_DELIVER_ACK;
+  cf.deliver_ack = &a;
+  a.n_msg_ids = 3;
+  a.msg_ids = in_order;
+  send_cf(&cf);
+  ck_assert_int_eq(H.m.delivered, 3);
+  a.n_msg_ids = 4;
+  a.msg_ids = out_of_order;
+  send_cf(&cf);
+  ck_assert_int_eq(H.m.delivered, 5);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_ACKS), 5);
+  h_advance(10000);
+  ck_assert_int_eq(H.m.undelivered, 0);
+}
+END_TEST
+
 START_TEST(ack_timeout_fallback) {
   reset_with(with_upstream);
   h_connect("alice", NULL);
@@ -2288,6 +2318,7 @@ static Suite *gateway_suite(void) {
   tcase_add_test(t, send_completion_after_close);
   tcase_add_test(t, rate_limit);
   tcase_add_test(t, deliver_and_ack);
+  tcase_add_test(t, ack_batches);
   tcase_add_test(t, ack_timeout_fallback);
   tcase_add_test(t, close_fallback_and_skip_device);
   tcase_add_test(t, del_with_pushes_in_flight);
