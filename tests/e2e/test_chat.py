@@ -758,10 +758,25 @@ class TestBackpressure(ChatTest):
             # as sanitizer builds keep freed memory in quarantine (up to
             # 256 MiB) and SQLite grows its cache with the inbox.
             self.assertLess(rss_kib() - rss_before, 1024 * 1024)
+            # Let the flood finish (a send cancelled mid-frame would break
+            # the stream) and read the flooder's answers, so that its
+            # closing handshake does not wait behind a full receive queue.
+            replies = 0
+
+            async def drain():
+                nonlocal replies
+                while replies < len(frames):
+                    f = await flooder._read(IO_TIMEOUT)
+                    if f is not None and f.id != 0:
+                        replies += 1
+
+            await asyncio.wait_for(asyncio.gather(task, drain()), 120)
+            self.assertEqual(replies, len(frames))
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
 
 class TestDedup(ChatTest):
