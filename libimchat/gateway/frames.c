@@ -385,7 +385,10 @@ int gw_ws_feed_now(imc_conn *c, const uint8_t *data, size_t len) {
       break;
   }
   c->feed_all = 0;
+  /* Input left unread by a pause waits for the resume; after a close or
+   * an error it is dropped. */
   if (c->in_len > 0 && rv == 0 && !(c->flags & F_ABORT) &&
+      wslay_event_get_read_enabled(c->ws) &&
       gw_flow_hold(c, c->in, c->in_len) != 0)
     c->flags |= F_ABORT | F_NOMEM;
   c->in = NULL;
