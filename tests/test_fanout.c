@@ -8,6 +8,7 @@
 #include <imchat/memreg.h>
 
 #include "im.pb-c.h"
+#include "testjwt.h"
 #include "testutil.h"
 
 #include <check.h>
@@ -147,12 +148,23 @@ static void b_release(void) {
 /* ------------------------------------------------------------------ */
 
 static int member_lookups;
+/* With big_group set, the group has these members. */
+#define BIG 1200
+static int big_group;
+static char big_names[BIG][16];
 
 static int s_members(void *ud, const char *group_id, imc_list_cb done,
                      void *done_ud) {
   (void)ud;
   member_lookups++;
   ck_assert_str_eq(group_id, "team");
+  if (big_group) {
+    static const char *items[BIG];
+    for (int i = 0; i < BIG; i++)
+      items[i] = big_names[i];
+    done(done_ud, 0, items, BIG);
+    return 0;
+  }
   const char *const items[] = {"nobody-here"};
   done(done_ud, 0, items, 1);
   return 0;
@@ -171,6 +183,7 @@ static imc_gateway *gw;
 static void setup(void) {
   memset(&B, 0, sizeof(B));
   member_lookups = 0;
+  big_group = 0;
   test_mem_init(&tm);
   test_clock_init(&tc, T0);
   ck_assert_int_eq(imc_memreg_new(&reg, &tc.clock, &tm.mem), 0);
@@ -250,6 +263,83 @@ START_TEST(test_commit_every_partition) {
   ck_assert_int_eq(B.polls, 3);
   imc_fanout_stop(f);
   imc_fanout_del(f);
+}
+END_TEST
+
+#define SECRET32 "0123456789abcdef0123456789abcdef"
+
+/* Connects user over s as a client would; c is the gateway's handle. */
+static void connect_user(test_sock *s, imc_conn **c, const char *user) {
+  char payload[256], tok[1024], req[2048];
+  snprintf(payload, sizeof(payload), "{\"sub\":\"%s\",\"exp\":%lld}", user,
+           (long long)(T0 / 1000 + 3600));
+  testjwt_make(tok, sizeof(tok), "{\"alg\":\"HS256\",\"typ\":\"JWT\"}", payload,
+               TJ_HS256, NULL, (const uint8_t *)SECRET32, 32);
+  snprintf(req, sizeof(req),
+           "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+           "Connection: Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           "Sec-WebSocket-Version: 13\r\n"
+           "Authorization: Bearer %s\r\n\r\n",
+           tok);
+  ck_assert_int_eq(imc_gateway_conn_new(gw, c, s), 0);
+  ck_assert_int_eq(
+      imc_gateway_conn_recv(gw, *c, (const uint8_t *)req, strlen(req)), 0);
+}
+
+/*
+ * A message to a large group is encoded once for every member here and
+ * queued by reference (no copy of the frame per member), and it is
+ * pushed over several loop turns: at most 512 members per turn, the next
+ * turn due at once.
+ */
+START_TEST(test_group_encoded_once_over_turns) {
+  static test_sock socks[BIG];
+  static imc_conn *conns[BIG];
+  memset(socks, 0, sizeof(socks));
+  big_group = 1;
+  for (int i = 0; i < BIG; i++) {
+    snprintf(big_names[i], sizeof(big_names[i]), "u%d", i);
+    connect_user(&socks[i], &conns[i], big_names[i]);
+  }
+  imc_gateway_flush(gw);
+  ck_assert_uint_eq(imc_gateway_stat_get(gw, IMC_GW_STAT_WEBSOCKETS), BIG);
+  static size_t welcomed[BIG];
+  for (int i = 0; i < BIG; i++)
+    welcomed[i] = socks[i].len;
+  b_add(0, "team");
+  imc_fanout *f = mk_fanout();
+  long allocs = tm.count;
+  ck_assert_int_eq(imc_fanout_start(f), 0);
+  ck_assert_int_eq(b_dispatch(), 1);
+  /* The first turn at once; the rest waits for the next turns. */
+  ck_assert_uint_eq(imc_gateway_stat_get(gw, IMC_GW_STAT_PUSHES), 512);
+  ck_assert_int_eq(imc_gateway_next_timeout_ms(gw), 0);
+  imc_gateway_on_timeout(gw);
+  ck_assert_uint_eq(imc_gateway_stat_get(gw, IMC_GW_STAT_PUSHES), 1024);
+  ck_assert_int_eq(imc_gateway_next_timeout_ms(gw), 0);
+  imc_gateway_on_timeout(gw);
+  ck_assert_uint_eq(imc_gateway_stat_get(gw, IMC_GW_STAT_PUSHES), BIG);
+  ck_assert_int_gt(imc_gateway_next_timeout_ms(gw), 0);
+  /* One encode; per member a push record and a queue reference. */
+  ck_assert_uint_eq(imc_gateway_stat_get(gw, IMC_GW_STAT_DELIVER_ENCODES), 1);
+  ck_assert_int_le(tm.count - allocs, 2 * BIG + 64);
+  imc_gateway_flush(gw);
+  /* Every member got the same bytes. */
+  size_t frame = socks[0].len - welcomed[0];
+  ck_assert_uint_gt(frame, 10);
+  for (int i = 1; i < BIG; i++) {
+    ck_assert_uint_eq(socks[i].len - welcomed[i], frame);
+    ck_assert_int_eq(
+        memcmp(socks[i].out + welcomed[i], socks[0].out + welcomed[0], frame),
+        0);
+  }
+  imc_fanout_stop(f);
+  imc_fanout_del(f);
+  for (int i = 0; i < BIG; i++)
+    imc_gateway_conn_closed(gw, conns[i]);
+  for (int i = 0; i < BIG; i++)
+    free(socks[i].out);
 }
 END_TEST
 
@@ -387,6 +477,7 @@ static Suite *fanout_suite(void) {
   Suite *s = suite_create("fanout");
   TCase *tc_core = tcase_create("core");
   tcase_add_checked_fixture(tc_core, setup, teardown);
+  tcase_add_test(tc_core, test_group_encoded_once_over_turns);
   tcase_add_test(tc_core, test_commit_every_partition);
   tcase_add_test(tc_core, test_commit_revoked);
   tcase_add_test(tc_core, test_topic_group);

@@ -50,6 +50,10 @@ typedef struct mock {
   imc_send_cb pending_cb;
   void *pending_ud;
   int async_send;
+  /* every send held with async_send, in order */
+  imc_send_cb held_cb[512];
+  void *held_cb_ud[512];
+  int n_held;
   /* key source */
   imc_key_cb key_cb;
   void *key_ud;
@@ -172,6 +176,10 @@ static int u_send(void *ud, const imc_send_req *req, imc_send_cb done,
   if (m->async_send) {
     m->pending_cb = done;
     m->pending_ud = done_ud;
+    if (m->n_held < 512) {
+      m->held_cb[m->n_held] = done;
+      m->held_cb_ud[m->n_held++] = done_ud;
+    }
     return 0;
   }
   imc_send_result r = {req->client_msg_id, "m-1", "p:a:b", 7, T0};
@@ -1358,6 +1366,36 @@ START_TEST(deliver_and_ack) {
 }
 END_TEST
 
+/* Acks come in batches, in push order or not: each is matched once. */
+START_TEST(ack_batches) {
+  reset_with(with_upstream);
+  h_connect("alice", NULL);
+  char ids[5][8];
+  for (int i = 0; i < 5; i++) {
+    snprintf(ids[i], sizeof(ids[i]), "m-%d", i);
+    imc_msg m = test_msg(ids[i]);
+    ck_assert_int_eq(imc_gateway_deliver(H.gw, "alice", NULL, &m), 1);
+  }
+  char *in_order[] = {ids[0], ids[1], ids[2]};
+  char *out_of_order[] = {ids[4], "unknown", ids[3], ids[3]};
+  Imchat__V1__DeliverAck a = IMCHAT__V1__DELIVER_ACK__INIT;
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_DELIVER_ACK;
+  cf.deliver_ack = &a;
+  a.n_msg_ids = 3;
+  a.msg_ids = in_order;
+  send_cf(&cf);
+  ck_assert_int_eq(H.m.delivered, 3);
+  a.n_msg_ids = 4;
+  a.msg_ids = out_of_order;
+  send_cf(&cf);
+  ck_assert_int_eq(H.m.delivered, 5);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_ACKS), 5);
+  h_advance(10000);
+  ck_assert_int_eq(H.m.undelivered, 0);
+}
+END_TEST
+
 START_TEST(ack_timeout_fallback) {
   reset_with(with_upstream);
   h_connect("alice", NULL);
@@ -2017,6 +2055,262 @@ static void keys_setup(void) {
   ec_pem = testjwt_pub_pem(ec_key);
 }
 
+/* ------------------------------------------------------------------ */
+/* Backpressure and the order of answers                                */
+/* ------------------------------------------------------------------ */
+
+/* A SendRequest frame with id as a client puts it on the wire. */
+static size_t send_frame_bytes(uint8_t *out, uint64_t id) {
+  char cm[32];
+  snprintf(cm, sizeof(cm), "cm-%llu", (unsigned long long)id);
+  Imchat__V1__SendRequest s = IMCHAT__V1__SEND_REQUEST__INIT;
+  s.client_msg_id = cm;
+  s.to_case = IMCHAT__V1__SEND_REQUEST__TO_USER_ID;
+  s.user_id = "bob";
+  s.body.data = (uint8_t *)"x";
+  s.body.len = 1;
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.id = id;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_SEND;
+  cf.send = &s;
+  uint8_t pb[256];
+  size_t n = imchat__v1__client_frame__pack(&cf, pb);
+  return ws_frame(out, 1, 2, 0, pb, n, 1);
+}
+
+/* Completes the i-th send the upstream holds: SendAck with seq i + 1, or
+ * an error. */
+static void complete_send(int i, int status) {
+  ck_assert_int_lt(i, H.m.n_held);
+  imc_send_result r = {"cm", "m", "p:alice:bob", (uint64_t)i + 1, T0};
+  H.m.held_cb[i](H.m.held_cb_ud[i], status, status ? NULL : &r,
+                 status ? "nope" : NULL);
+  imc_gateway_flush(H.gw);
+}
+
+/* The next frame must answer id: a SendAck, or an Error if is_error. */
+static void expect_answer(uint64_t id, int is_error) {
+  Imchat__V1__ServerFrame *f = next_sf();
+  ck_assert_ptr_nonnull(f);
+  ck_assert_uint_eq(f->id, id);
+  ck_assert_int_eq(f->body_case, is_error
+                                     ? IMCHAT__V1__SERVER_FRAME__BODY_ERROR
+                                     : IMCHAT__V1__SERVER_FRAME__BODY_SEND_ACK);
+  imchat__v1__server_frame__free_unpacked(f, NULL);
+}
+
+START_TEST(answers_in_request_order) {
+  reset_with(with_upstream);
+  H.m.async_send = 1;
+  h_connect("alice", NULL);
+  uint8_t buf[256];
+  for (uint64_t id = 1; id <= 3; id++)
+    ck_assert_int_eq(h_recv(buf, send_frame_bytes(buf, id)), 0);
+  ck_assert_int_eq(H.m.n_held, 3);
+  /* The upstream completes out of order: nothing overtakes send 1. */
+  complete_send(2, 0);
+  complete_send(1, IMC_ERR_UNAVAILABLE);
+  ck_assert_ptr_null(next_sf());
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 3);
+  complete_send(0, 0);
+  expect_answer(1, 0);
+  expect_answer(2, 1);
+  expect_answer(3, 0);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+  /* A refusal the gateway answers itself waits its turn too. */
+  ck_assert_int_eq(h_recv(buf, send_frame_bytes(buf, 4)), 0);
+  Imchat__V1__SendRequest s = IMCHAT__V1__SEND_REQUEST__INIT;
+  s.client_msg_id = "cm-5";
+  s.to_case = IMCHAT__V1__SEND_REQUEST__TO_USER_ID;
+  s.user_id = "bob";
+  static uint8_t big[70 * 1024];
+  s.body.data = big;
+  s.body.len = 64 * 1024 + 1;
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.id = 5;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_SEND;
+  cf.send = &s;
+  send_cf(&cf);
+  ck_assert_ptr_null(next_sf());
+  complete_send(3, 0);
+  expect_answer(4, 0);
+  expect_answer(5, 1);
+}
+END_TEST
+
+/* A timed-out send answers in its place; the later ones follow. */
+START_TEST(answer_order_after_send_timeout) {
+  reset_with(with_upstream);
+  H.m.async_send = 1;
+  h_connect("alice", NULL);
+  uint8_t buf[256];
+  ck_assert_int_eq(h_recv(buf, send_frame_bytes(buf, 1)), 0);
+  h_advance(1000);
+  ck_assert_int_eq(h_recv(buf, send_frame_bytes(buf, 2)), 0);
+  complete_send(1, 0);
+  ck_assert_ptr_null(next_sf());
+  h_advance(14000); /* send 1 times out */
+  expect_answer(1, 1);
+  expect_answer(2, 0);
+  complete_send(0, 0); /* late: ignored */
+  ck_assert_ptr_null(next_sf());
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+}
+END_TEST
+
+static void small_limits(imc_gateway_options *o) {
+  with_upstream(o);
+  ck_assert_int_eq(imc_gateway_options_set_rate_limit(o, 1000000, 1000000), 0);
+  ck_assert_int_eq(imc_gateway_options_set_user_rate_limit(o, 1000000, 1000000),
+                   0);
+  ck_assert_int_eq(imc_gateway_options_set_max_sends_in_flight(o, 4, 1000), 0);
+}
+
+START_TEST(paused_at_conn_limit) {
+  reset_with(small_limits);
+  H.m.async_send = 1;
+  h_connect("alice", NULL);
+  ck_assert_int_eq(imc_gateway_conn_want_read(H.gw, H.c), 1);
+  /* Ten sends in one read. */
+  static uint8_t buf[4096];
+  size_t n = 0;
+  for (uint64_t id = 1; id <= 10; id++)
+    n += send_frame_bytes(buf + n, id);
+  ck_assert_int_eq(h_recv(buf, n), 0);
+  ck_assert_int_eq(H.m.n_held, 4);
+  ck_assert_int_eq(imc_gateway_conn_want_read(H.gw, H.c), 0);
+  ck_assert_int_eq(H.m.sock.paused, 1);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_PAUSED), 1);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_SENDS_IN_FLIGHT), 4);
+  /* One answer brings it to the resume mark (3 of 4): it reads on at the
+   * next turn, from the input it kept, and pauses again at 4. */
+  complete_send(0, 0);
+  expect_answer(1, 0);
+  ck_assert_int_eq(imc_gateway_next_timeout_ms(H.gw), 0);
+  h_advance(0);
+  ck_assert_int_eq(H.m.n_held, 5);
+  ck_assert_int_eq(imc_gateway_conn_want_read(H.gw, H.c), 0);
+  for (int i = 1; i < 10; i++) {
+    complete_send(i, 0);
+    expect_answer((uint64_t)i + 1, 0);
+    h_advance(0);
+  }
+  ck_assert_int_eq(H.m.n_held, 10);
+  ck_assert_int_eq(imc_gateway_conn_want_read(H.gw, H.c), 1);
+  ck_assert_int_eq(H.m.sock.paused, 0);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_PAUSED), 0);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_SENDS_IN_FLIGHT), 0);
+  ck_assert_int_ge(H.m.sock.pauses, 2);
+}
+END_TEST
+
+static void gateway_limit(imc_gateway_options *o) {
+  small_limits(o);
+  ck_assert_int_eq(imc_gateway_options_set_max_sends_in_flight(o, 64, 2), 0);
+  ck_assert_int_eq(imc_gateway_options_set_admit_timeout_ms(o, 1000), 0);
+}
+
+START_TEST(gateway_limit_waits_then_busy) {
+  reset_with(gateway_limit);
+  H.m.async_send = 1;
+  h_connect("alice", NULL);
+  peer p;
+  ck_assert_int_eq(peer_connect(&p, "carol", NULL), 101);
+  uint8_t buf[256];
+  for (uint64_t id = 1; id <= 3; id++)
+    ck_assert_int_eq(h_recv(buf, send_frame_bytes(buf, id)), 0);
+  /* Send 3 finds the gateway full: it waits, its connection paused. */
+  ck_assert_int_eq(H.m.n_held, 2);
+  ck_assert_int_eq(imc_gateway_conn_want_read(H.gw, H.c), 0);
+  /* Another connection is served meanwhile: pings need no admission. */
+  size_t before = p.sock.len;
+  Imchat__V1__Ping ping = IMCHAT__V1__PING__INIT;
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.id = 77;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_PING;
+  cf.ping = &ping;
+  uint8_t pb[64];
+  size_t n =
+      ws_frame(wbuf, 1, 2, 0, pb, imchat__v1__client_frame__pack(&cf, pb), 1);
+  ck_assert_int_eq(imc_gateway_conn_recv(H.gw, p.c, wbuf, n), 0);
+  imc_gateway_flush(H.gw);
+  ck_assert_uint_gt(p.sock.len, before);
+  ck_assert_int_eq(imc_gateway_conn_want_read(H.gw, p.c), 1);
+  /* Room comes back: the waiting send is admitted at the next turn. */
+  complete_send(0, 0);
+  expect_answer(1, 0);
+  ck_assert_int_eq(imc_gateway_next_timeout_ms(H.gw), 0);
+  h_advance(0);
+  ck_assert_int_eq(H.m.n_held, 3);
+  ck_assert_int_eq(imc_gateway_conn_want_read(H.gw, H.c), 1);
+  /* Full again: send 4 waits past the admission timeout and is refused
+   * with a retry hint, after the answers of the sends before it. */
+  ck_assert_int_eq(h_recv(buf, send_frame_bytes(buf, 4)), 0);
+  ck_assert_int_eq(H.m.n_held, 3);
+  h_advance(999);
+  ck_assert_ptr_null(next_sf());
+  h_advance(1);
+  ck_assert_ptr_null(next_sf()); /* 2 and 3 are still with the upstream */
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_BUSY), 1);
+  complete_send(1, 0);
+  complete_send(2, 0);
+  expect_answer(2, 0);
+  expect_answer(3, 0);
+  Imchat__V1__ServerFrame *f = next_sf();
+  ck_assert_ptr_nonnull(f);
+  ck_assert_uint_eq(f->id, 4);
+  ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_ERROR);
+  ck_assert_int_eq(f->error->code, IMCHAT__V1__ERROR__CODE__UNAVAILABLE);
+  ck_assert_ptr_nonnull(strstr(f->error->message, "retry after"));
+  imchat__v1__server_frame__free_unpacked(f, NULL);
+  h_advance(0);
+  ck_assert_int_eq(imc_gateway_conn_want_read(H.gw, H.c), 1);
+  peer_free(&p);
+}
+END_TEST
+
+/* A client floods sends: a host that stops reading when told keeps the
+ * gateway's memory flat; one that reads on gets the connection closed
+ * before memory grows past a bound. */
+START_TEST(flood_memory_bounded) {
+  reset_with(small_limits);
+  H.m.async_send = 1;
+  h_connect("alice", NULL);
+  static uint8_t flood[400 * 1024];
+  size_t total = 0;
+  uint64_t id = 1;
+  while (total + 64 < sizeof(flood))
+    total += send_frame_bytes(flood + total, id++);
+  long base = H.tm.live;
+  size_t fed = 0;
+  while (fed < total && imc_gateway_conn_want_read(H.gw, H.c)) {
+    size_t n = total - fed < 4096 ? total - fed : 4096;
+    ck_assert_int_eq(h_recv(flood + fed, n), 0);
+    fed += n;
+  }
+  ck_assert_uint_lt(fed, total);
+  ck_assert_int_eq(H.m.n_held, 4);
+  ck_assert_int_le(H.tm.live - base, 16);
+  /* Reading on regardless: the kept input is bounded, then the
+   * connection is closed for having too many requests in flight. */
+  long peak = 0;
+  while (fed < total && H.m.sock.closed == 0 &&
+         !imc_gateway_conn_want_read(H.gw, H.c)) {
+    size_t n = total - fed < 4096 ? total - fed : 4096;
+    if (h_recv(flood + fed, n) != 0)
+      break;
+    fed += n;
+    if (H.tm.live - base > peak)
+      peak = H.tm.live - base;
+  }
+  ck_assert_int_le(H.m.n_held, 4);
+  ck_assert_int_le(peak, 64);
+  uint8_t *found =
+      memmem(H.m.sock.out, H.m.sock.len, "too many requests in flight", 27);
+  ck_assert_ptr_nonnull(found);
+}
+END_TEST
+
 static Suite *gateway_suite(void) {
   Suite *s = suite_create("gateway");
   TCase *t = tcase_create("handshake");
@@ -2103,6 +2397,7 @@ static Suite *gateway_suite(void) {
   tcase_add_test(t, send_completion_after_close);
   tcase_add_test(t, rate_limit);
   tcase_add_test(t, deliver_and_ack);
+  tcase_add_test(t, ack_batches);
   tcase_add_test(t, ack_timeout_fallback);
   tcase_add_test(t, close_fallback_and_skip_device);
   tcase_add_test(t, del_with_pushes_in_flight);
@@ -2117,6 +2412,11 @@ static Suite *gateway_suite(void) {
   tcase_add_test(t, max_devices_429);
   tcase_add_test(t, user_rate_shared_by_devices);
   tcase_add_test(t, many_devices_one_user);
+  tcase_add_test(t, answers_in_request_order);
+  tcase_add_test(t, answer_order_after_send_timeout);
+  tcase_add_test(t, paused_at_conn_limit);
+  tcase_add_test(t, gateway_limit_waits_then_busy);
+  tcase_add_test(t, flood_memory_bounded);
   suite_add_tcase(s, t);
 
   t = tcase_create("alloc");

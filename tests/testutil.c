@@ -102,5 +102,12 @@ static void sock_close(void *ud, void *conn_ud) {
   ((test_sock *)conn_ud)->closed++;
 }
 
-const imc_transport_vtbl test_sock_transport = {sizeof(imc_transport_vtbl),
-                                                sock_send, sock_close};
+static void sock_set_read(void *ud, void *conn_ud, int enabled) {
+  (void)ud;
+  test_sock *s = conn_ud;
+  s->paused = !enabled;
+  s->pauses += !enabled;
+}
+
+const imc_transport_vtbl test_sock_transport = {
+    sizeof(imc_transport_vtbl), sock_send, sock_close, sock_set_read};

@@ -35,6 +35,8 @@ typedef struct test_sock {
   size_t len, cap, pos;
   int closed; /* times the transport's close was called */
   int block;
+  int paused; /* the library paused reads (set_read 0), until set_read 1 */
+  int pauses; /* times it paused them */
 } test_sock;
 
 extern const imc_transport_vtbl test_sock_transport;

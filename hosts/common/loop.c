@@ -64,6 +64,7 @@ struct node {
   int out_armed;    /* EPOLLOUT is registered */
   int read_pending; /* on l->pending: stopped on the budget, not EAGAIN */
   int read_blocked; /* stopped reading until the socket is writable */
+  int read_paused;  /* the gateway paused reads (EPOLLIN removed) */
   imc_conn *c;      /* K_CONN while OPEN */
   hloop_fd_fn cb;   /* K_FD */
   void *ud;
@@ -206,6 +207,22 @@ static int epoll_set(hloop *l, int op, node *n, uint32_t events) {
   return epoll_ctl(l->epfd, op, n->fd, &ev) == 0 ? 0 : -errno;
 }
 
+/* The events of an open connection: no EPOLLIN while the gateway paused
+ * its reads (TCP flow control then holds the client back), EPOLLOUT
+ * while a write waits. */
+static uint32_t conn_events(const node *n) {
+  uint32_t ev = n->read_paused ? EPOLLET : CONN_EVENTS;
+  return n->out_armed ? ev | EPOLLOUT : ev;
+}
+
+static void pending_add(hloop *l, node *n) {
+  if (n->read_pending)
+    return;
+  n->read_pending = 1;
+  n->next_pending = l->pending;
+  l->pending = n;
+}
+
 /* ------------------------------------------------------------------ */
 /* Client connections                                                   */
 /* ------------------------------------------------------------------ */
@@ -228,6 +245,8 @@ static void conn_read(hloop *l, node *n, int force) {
   uint8_t buf[READ_BUF];
   size_t budget = READ_BUDGET;
   for (;;) {
+    if (n->read_paused && !force)
+      return; /* t_set_read puts it back on the pending list */
     if (n->out_armed && !force) {
       n->read_blocked = 1;
       return;
@@ -248,11 +267,7 @@ static void conn_read(hloop *l, node *n, int force) {
         return;
       }
       if ((size_t)r >= budget) {
-        if (!n->read_pending) { /* it may be there from a previous pass */
-          n->read_pending = 1;
-          n->next_pending = l->pending;
-          l->pending = n;
-        }
+        pending_add(l, n); /* it may be there from a previous pass */
         return;
       }
       budget -= (size_t)r;
@@ -338,9 +353,11 @@ static ssize_t t_send(void *ud, void *conn_ud, const struct iovec *iov,
       continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       if (!n->out_armed) {
-        if (epoll_set(l, EPOLL_CTL_MOD, n, CONN_EVENTS | EPOLLOUT) < 0)
-          return IMC_ERR_IO;
         n->out_armed = 1;
+        if (epoll_set(l, EPOLL_CTL_MOD, n, conn_events(n)) < 0) {
+          n->out_armed = 0;
+          return IMC_ERR_IO;
+        }
         hlog_debug("fd %d: socket buffer full; waiting for EPOLLOUT", n->fd);
       }
       return IMC_ERR_WOULDBLOCK;
@@ -371,10 +388,25 @@ static void t_close(void *ud, void *conn_ud) {
   list_push(&l->lingering, n);
 }
 
+/* The gateway pauses or resumes reading of a connection. */
+static void t_set_read(void *ud, void *conn_ud, int enabled) {
+  hloop *l = ud;
+  node *n = conn_ud;
+  if (n->state != S_OPEN || n->read_paused == !enabled)
+    return;
+  n->read_paused = !enabled;
+  if (epoll_set(l, EPOLL_CTL_MOD, n, conn_events(n)) < 0)
+    hlog_warn("fd %d: epoll_ctl: %s", n->fd, strerror(errno));
+  /* Edge-triggered: input that waited meanwhile raises no new event. */
+  if (enabled)
+    pending_add(l, n);
+}
+
 static const imc_transport_vtbl transport = {
     sizeof(imc_transport_vtbl),
     t_send,
     t_close,
+    t_set_read,
 };
 
 const imc_transport_vtbl *hloop_transport_vtbl(void) {
@@ -390,8 +422,9 @@ static void conn_event(hloop *l, node *n, uint32_t ev) {
     conn_read(l, n, (ev & (EPOLLHUP | EPOLLERR)) != 0);
   if (n->state == S_OPEN && (ev & EPOLLOUT) && n->out_armed) {
     /* Disarm first: the gateway re-arms through send if it blocks again. */
-    if (epoll_set(l, EPOLL_CTL_MOD, n, CONN_EVENTS) == 0)
-      n->out_armed = 0;
+    n->out_armed = 0;
+    if (epoll_set(l, EPOLL_CTL_MOD, n, conn_events(n)) != 0)
+      n->out_armed = 1;
     imc_gateway_conn_writable(l->gw, n->c);
     if (n->state == S_OPEN && !n->out_armed && n->read_blocked) {
       n->read_blocked = 0;

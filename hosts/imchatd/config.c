@@ -38,6 +38,8 @@ const struct option imchatd_long_opts[] = {
     {"rate-burst", required_argument, NULL, O_RATE_BURST},
     {"user-rate-limit", required_argument, NULL, O_USER_RATE_LIMIT},
     {"user-rate-burst", required_argument, NULL, O_USER_RATE_BURST},
+    {"max-sends-per-conn", required_argument, NULL, O_MAX_SENDS_PER_CONN},
+    {"max-sends", required_argument, NULL, O_MAX_SENDS},
     {"max-devices", required_argument, NULL, O_MAX_DEVICES},
     {"retention-days", required_argument, NULL, O_RETENTION_DAYS},
     {"log-level", required_argument, NULL, O_LOG_LEVEL},
@@ -159,6 +161,15 @@ int imchatd_apply(imchatd_config *cfg, int id, const char *v, char *why,
     }
     *(id == O_RATE_LIMIT ? &cfg->rate_limit : &cfg->rate_burst) = (uint32_t)x;
     return 0;
+  case O_MAX_SENDS_PER_CONN:
+  case O_MAX_SENDS:
+    if (parse_uint(v, 1, 1000000, &x) < 0) {
+      snprintf(why, cap, "'%s' is not a number from 1 to 1000000", v);
+      return -1;
+    }
+    *(id == O_MAX_SENDS ? &cfg->max_sends : &cfg->max_sends_per_conn) =
+        (uint32_t)x;
+    return 0;
   case O_USER_RATE_LIMIT:
   case O_USER_RATE_BURST:
   case O_MAX_DEVICES:
@@ -242,6 +253,8 @@ static void defaults(imchatd_config *cfg) {
   cfg->user_rate_limit = 200;
   cfg->user_rate_burst = 400;
   cfg->max_devices = 16;
+  cfg->max_sends_per_conn = 64;
+  cfg->max_sends = 8192;
   cfg->retention_days = 7;
 }
 

@@ -44,6 +44,7 @@ typedef struct imchatd_config {
   uint32_t ack_timeout_s, heartbeat_s, idle_timeout_s;
   uint32_t rate_limit, rate_burst;
   uint32_t user_rate_limit, user_rate_burst, max_devices;
+  uint32_t max_sends_per_conn, max_sends; /* sends in flight */
   uint32_t retention_days;
   imc_log_level log_level;
   int data_dir_flag; /* --data-dir was given, for the connect hint */

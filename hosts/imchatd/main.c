@@ -388,7 +388,10 @@ static int make_gateway(app *a) {
                        opt, cfg->user_rate_limit, cfg->user_rate_burst),
                    "--user-rate-limit")) != 0 ||
        (rv = check(imc_gateway_options_set_max_devices(opt, cfg->max_devices),
-                   "--max-devices")) != 0))
+                   "--max-devices")) != 0 ||
+       (rv = check(imc_gateway_options_set_max_sends_in_flight(
+                       opt, cfg->max_sends_per_conn, cfg->max_sends),
+                   "--max-sends")) != 0))
     code = rv;
   if (code == 0) {
     imc_gateway_options_set_transport(opt, hloop_transport_vtbl(), a->loop);

@@ -108,6 +108,15 @@ typedef struct imc_transport_vtbl {
    * The library's connection handle is invalid once this returns.
    */
   void (*close)(void *ud, void *conn_ud);
+  /*
+   * Optional (may be NULL or absent): the library wants reads of the
+   * connection paused (enabled 0) or resumed (enabled 1). While paused
+   * the host should not read the socket, so that TCP flow control holds
+   * the client back; imc_gateway_conn_want_read() tells the same at any
+   * time. A host that keeps reading anyway stays correct: the library
+   * keeps a bounded amount of input and refuses sends it cannot admit.
+   */
+  void (*set_read)(void *ud, void *conn_ud, int enabled);
 } imc_transport_vtbl;
 
 /* ------------------------------------------------------------------ */

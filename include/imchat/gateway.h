@@ -274,6 +274,30 @@ IMC_EXTERN int imc_gateway_options_set_send_timeout_ms(imc_gateway_options *opt,
                                                        uint32_t ms);
 
 /*
+ * Backpressure on sends. A connection has at most per_conn sends with the
+ * upstream at once (default 64) and the gateway at most total (default
+ * 8192). A connection at its limit stops being read (see
+ * imc_gateway_conn_want_read and the transport's set_read) until a quarter of
+ * its sends are answered: TCP flow control then holds the client
+ * back instead of the gateway queueing its requests. A send that finds
+ * the gateway's total reached waits, alone, for admission while its
+ * connection is paused; pings and acks of other connections go on.
+ * Returns 0 or IMC_ERR_INVALID_ARGUMENT (a zero value).
+ */
+IMC_EXTERN int
+imc_gateway_options_set_max_sends_in_flight(imc_gateway_options *opt,
+                                            uint32_t per_conn, uint32_t total);
+
+/*
+ * Time a send may wait for admission (default 1000). Past it the client
+ * gets Error UNAVAILABLE "server busy; retry after 100 ms" for that frame
+ * (as does a send that arrives while another one of its connection
+ * waits). Returns 0 or IMC_ERR_INVALID_ARGUMENT (0 ms).
+ */
+IMC_EXTERN int
+imc_gateway_options_set_admit_timeout_ms(imc_gateway_options *opt, uint32_t ms);
+
+/*
  * Vtables. The vtable itself is copied (up to its struct_size); ud is
  * borrowed and must outlive the gateway. transport is required.
  */
@@ -354,6 +378,16 @@ IMC_EXTERN int imc_gateway_conn_writable(imc_gateway *gw, imc_conn *c);
  * calling the transport; c is invalid afterwards.
  */
 IMC_EXTERN void imc_gateway_conn_closed(imc_gateway *gw, imc_conn *c);
+
+/*
+ * 1 if the host should read c, 0 while the gateway paused it
+ * (backpressure: too many sends in flight, see
+ * imc_gateway_options_set_max_sends_in_flight). Check it after each
+ * imc_gateway_conn_recv; the transport's set_read announces changes. 0
+ * for NULL arguments.
+ */
+IMC_EXTERN int imc_gateway_conn_want_read(const imc_gateway *gw,
+                                          const imc_conn *c);
 
 /* The host pointer given to imc_gateway_conn_new. */
 IMC_EXTERN void *imc_gateway_conn_get_user_data(const imc_conn *c);
@@ -448,6 +482,10 @@ typedef enum imc_gateway_stat {
   IMC_GW_STAT_UNDELIVERED,        /* pushes handed back for the slow path */
   IMC_GW_STAT_RATE_LIMITED,       /* sends refused by the rate limit */
   IMC_GW_STAT_OUTBOUND_BYTES,     /* gauge: bytes queued for writing */
+  IMC_GW_STAT_SENDS_IN_FLIGHT,    /* gauge: sends with the upstream */
+  IMC_GW_STAT_PAUSED,             /* gauge: connections not being read */
+  IMC_GW_STAT_BUSY,               /* sends refused: not admitted in time */
+  IMC_GW_STAT_DELIVER_ENCODES,    /* Deliver frames encoded */
   IMC_GW_STAT_COUNT_
 } imc_gateway_stat;
 

@@ -61,6 +61,16 @@ static const metric gw_metrics[] = {
      "Sends refused by the rate limit.", NULL, NULL},
     {IMC_GW_STAT_OUTBOUND_BYTES, "imchat_gateway_outbound_queued_bytes", GAUGE,
      "Bytes queued for writing.", NULL, NULL},
+    {IMC_GW_STAT_SENDS_IN_FLIGHT, "imchat_gateway_sends_in_flight", GAUGE,
+     "Sends with the router, answers waiting for an older one included.", NULL,
+     NULL},
+    {IMC_GW_STAT_PAUSED, "imchat_gateway_paused_connections", GAUGE,
+     "Connections not being read: too many sends in flight.", NULL, NULL},
+    {IMC_GW_STAT_BUSY, "imchat_gateway_busy_refusals_total", COUNTER,
+     "Sends refused with UNAVAILABLE: not admitted in time.", NULL, NULL},
+    {IMC_GW_STAT_DELIVER_ENCODES, "imchat_gateway_deliver_encodes_total",
+     COUNTER, "Deliver frames encoded (one per message and gateway call).",
+     NULL, NULL},
 };
 
 static const metric rt_metrics[] = {

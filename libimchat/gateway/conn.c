@@ -88,6 +88,7 @@ void gw_conn_free(imc_conn *c, enum release_mode mode) {
   }
   inflight_drop(c, mode != REL_SILENT);
   gw_pending_detach_all(c);
+  gw_flow_conn_free(c);
   if (c->reply)
     c->reply->c = NULL;
   gw_dirty_remove(c);
@@ -133,6 +134,8 @@ static int64_t conn_deadline(imc_conn *c) {
   if (c->pend_head && c->pend_head->kind == PEND_SEND &&
       c->pend_head->deadline < at)
     at = c->pend_head->deadline;
+  if (c->wait && c->wait_deadline < at)
+    at = c->wait_deadline;
   return at;
 }
 
@@ -239,7 +242,10 @@ void gw_conn_timeout(imc_conn *c, int64_t now) {
            (unsigned long long)c->id, c->user, c->device,
            (unsigned long long)id);
     gw_send_error(c, id, IMC_ERR_UNAVAILABLE, "routing timed out; resend");
+    gw_pending_drain(c); /* later sends answered meanwhile */
   }
+  if (c->wait && c->wait_deadline <= now)
+    gw_flow_wait_expired(c);
   if (now - c->last_rx >= gw->o.idle_ms) {
     stat_inc(gw, IMC_GW_STAT_IDLE_CLOSED);
     gw_log(gw, IMC_LOG_INFO, "conn %llu (%s/%s): idle, closing",

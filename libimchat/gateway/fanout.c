@@ -1,13 +1,16 @@
 /*
  * Group fan-out on a gateway: records of the group bus are pushed to the
  * members of the group that are connected here. The sender's other
- * devices are members too; the sending device is skipped. A batch is
- * committed once all of it is pushed: the highest offset of each of its
- * partitions.
+ * devices are members too; the sending device is skipped. Each message
+ * is encoded once for all its members here and pushed by the gateway
+ * over as many loop turns as its size needs (gw_deliver_group). A batch
+ * is committed once all of it is handed to the gateway: the highest
+ * offset of each of its partitions.
  */
 #include <imchat/gateway.h>
 #include <imchat/fanout.h>
 
+#include "gateway/gateway_int.h"
 #include "util/alloc.h"
 #include "util/busname.h"
 #include "router/members.h"
@@ -87,9 +90,12 @@ static void members_done(void *ud, int status, const char *const *items,
   if (status == 0) {
     imc_msg m;
     imc_msg_from_pb(&m, pm);
-    for (size_t i = 0; i < n; i++) {
-      int sender = strcmp(items[i], m.from_user) == 0;
-      imc_gateway_deliver(f->gw, items[i], sender ? m.from_device : NULL, &m);
+    /* One encoded Deliver for every member here, spread over turns. */
+    if (gw_deliver_group(f->gw, items, n, &m) != 0) {
+      for (size_t i = 0; i < n; i++) {
+        int sender = strcmp(items[i], m.from_user) == 0;
+        imc_gateway_deliver(f->gw, items[i], sender ? m.from_device : NULL, &m);
+      }
     }
   }
   work(f);

@@ -8,29 +8,66 @@
 #include <stdio.h>
 #include <string.h>
 
+/* The answer to a send, in request order (see pending.c). */
 static void send_done(void *ud, int status, const imc_send_result *res,
                       const char *message) {
   pending *p = ud;
   imc_conn *c = p->c;
-  uint64_t id = p->frame_id;
-  gw_pending_free(p);
-  if (c == NULL || c->state != ST_WS)
-    return;
-  if (status != 0) {
-    gw_send_error(c, id, status, message);
+  if (c == NULL || c->state != ST_WS) {
+    gw_pending_free(p);
     return;
   }
-  Imchat__V1__SendAck a = IMCHAT__V1__SEND_ACK__INIT;
-  a.msg_id = (char *)res->msg_id;
-  a.conversation_id = (char *)res->conversation_id;
-  a.seq = res->seq;
-  a.sent_at_ms = res->sent_at_ms;
-  a.client_msg_id = (char *)(res->client_msg_id ? res->client_msg_id : "");
-  Imchat__V1__ServerFrame f = IMCHAT__V1__SERVER_FRAME__INIT;
-  f.id = id;
-  f.body_case = IMCHAT__V1__SERVER_FRAME__BODY_SEND_ACK;
-  f.send_ack = &a;
-  gw_send_frame(c, &f);
+  uint8_t *buf = NULL;
+  size_t len = 0;
+  if (status != 0) {
+    gw_pack_error(c->gw, p->frame_id, status, message, &buf, &len);
+  } else {
+    Imchat__V1__SendAck a = IMCHAT__V1__SEND_ACK__INIT;
+    a.msg_id = (char *)res->msg_id;
+    a.conversation_id = (char *)res->conversation_id;
+    a.seq = res->seq;
+    a.sent_at_ms = res->sent_at_ms;
+    a.client_msg_id = (char *)(res->client_msg_id ? res->client_msg_id : "");
+    Imchat__V1__ServerFrame f = IMCHAT__V1__SERVER_FRAME__INIT;
+    f.id = p->frame_id;
+    f.body_case = IMCHAT__V1__SERVER_FRAME__BODY_SEND_ACK;
+    f.send_ack = &a;
+    if (imc_pb_pack_server_frame(&f, &c->gw->mem, &buf, &len) != 0)
+      buf = NULL;
+  }
+  /* Without memory for the answer the client resends after its own
+   * timeout, as for a lost frame. */
+  p->answered = 1;
+  p->answer = buf;
+  p->answer_len = buf ? len : 0;
+  gw_pending_drain(c);
+}
+
+/* Answers a send of c with an Error after the answers of its older
+ * sends, which may still be with the upstream. */
+void gw_send_error_ordered(imc_conn *c, uint64_t id, int rv,
+                           const char *message) {
+  if (c->pend_head == NULL) {
+    gw_send_error(c, id, rv, message);
+    return;
+  }
+  if (c->n_sends >= 2 * (uint64_t)c->gw->o.max_conn_sends) {
+    /* Only a host that reads on while paused gets here: order cannot be
+     * kept without holding unbounded answers. */
+    gw_ws_close(c, 1008, "too many requests in flight");
+    return;
+  }
+  pending *p = gw_pending_new(c, PEND_SEND);
+  if (p == NULL) {
+    gw_send_error(c, id, rv, message);
+    return;
+  }
+  p->frame_id = id;
+  p->deadline = INT64_MAX;
+  p->answered = 1;
+  if (gw_pack_error(c->gw, id, rv, message, &p->answer, &p->answer_len) != 0)
+    p->answer_len = 0;
+  gw_flow_admitted(c);
 }
 
 /* Refills b for the time since its last refill, up to burst sends. */
@@ -62,22 +99,9 @@ static int rate_take(imc_conn *c) {
   return 1;
 }
 
-static void on_send(imc_conn *c, uint64_t id,
-                    const Imchat__V1__SendRequest *s) {
+/* Hands an admitted send to the upstream. */
+void gw_start_send(imc_conn *c, uint64_t id, const Imchat__V1__SendRequest *s) {
   imc_gateway *gw = c->gw;
-  if (!rate_take(c)) {
-    stat_inc(gw, IMC_GW_STAT_RATE_LIMITED);
-    gw_send_error(c, id, IMC_ERR_RATE_LIMITED, "send rate limit exceeded");
-    return;
-  }
-  if (s->body.len > gw->o.max_body) {
-    gw_send_error(c, id, IMC_ERR_TOO_LARGE, "body exceeds the size limit");
-    return;
-  }
-  if (gw->o.upstream.send == NULL) {
-    gw_send_error(c, id, IMC_ERR_UNAVAILABLE, "routing is not available");
-    return;
-  }
   imc_send_req req;
   req.struct_size = sizeof(req);
   req.from_user = c->user;
@@ -94,23 +118,72 @@ static void on_send(imc_conn *c, uint64_t id,
   req.content_type = s->content_type;
   pending *p = gw_pending_new(c, PEND_SEND);
   if (p == NULL) {
-    gw_send_error(c, id, IMC_ERR_NOMEM, "out of memory");
+    gw_send_error_ordered(c, id, IMC_ERR_NOMEM, "out of memory");
     return;
   }
   p->frame_id = id;
   p->deadline = now_ms(gw) + gw->o.send_ms;
+  gw_flow_admitted(c);
   int rv = gw->o.upstream.send(gw->o.upstream_ud, &req, send_done, p);
   if (rv != 0) {
-    gw_pending_free(p);
-    gw_send_error(c, id, rv, NULL);
+    /* No completion will come: the record becomes the answer. */
+    send_done(p, rv, NULL, NULL);
     return;
   }
   gw_conn_schedule(c); /* the send's deadline may come first */
 }
 
+/* Returns 1 if it kept f (the send waits for admission). */
+static int on_send(imc_conn *c, Imchat__V1__ClientFrame *f) {
+  imc_gateway *gw = c->gw;
+  uint64_t id = f->id;
+  const Imchat__V1__SendRequest *s = f->send;
+  if (!rate_take(c)) {
+    stat_inc(gw, IMC_GW_STAT_RATE_LIMITED);
+    gw_send_error_ordered(c, id, IMC_ERR_RATE_LIMITED,
+                          "send rate limit exceeded");
+    return 0;
+  }
+  if (s->body.len > gw->o.max_body) {
+    gw_send_error_ordered(c, id, IMC_ERR_TOO_LARGE,
+                          "body exceeds the size limit");
+    return 0;
+  }
+  if (gw->o.upstream.send == NULL) {
+    gw_send_error_ordered(c, id, IMC_ERR_UNAVAILABLE,
+                          "routing is not available");
+    return 0;
+  }
+  if (!gw_flow_can_admit(c)) {
+    if (gw_flow_wait(c, f))
+      return 1;
+    stat_inc(gw, IMC_GW_STAT_BUSY);
+    gw_send_error_ordered(c, id, IMC_ERR_UNAVAILABLE, BUSY_MESSAGE);
+    return 0;
+  }
+  gw_start_send(c, id, s);
+  return 0;
+}
+
+/*
+ * Acks mostly come in push order: each id is matched against the head of
+ * the in-flight list first, which makes a batch of in-order acks O(1)
+ * each; an id that is not at the head (out of order, or unknown) costs a
+ * walk of the list.
+ */
 static void on_deliver_ack(imc_conn *c, const Imchat__V1__DeliverAck *a) {
   imc_gateway *gw = c->gw;
   for (size_t i = 0; i < a->n_msg_ids; i++) {
+    push *h = c->ifl_head;
+    if (h && strcmp(h->sm->msg.msg_id, a->msg_ids[i]) == 0) {
+      c->ifl_head = h->next;
+      if (c->ifl_head == NULL)
+        c->ifl_tail = NULL;
+      h->next = NULL;
+      stat_inc(gw, IMC_GW_STAT_ACKS);
+      gw_report(gw, h, REP_DELIVERED);
+      continue;
+    }
     push **pp = &c->ifl_head;
     push *prev = NULL;
     for (; *pp; prev = *pp, pp = &(*pp)->next) {
@@ -170,7 +243,8 @@ static void on_binary(imc_conn *c, const uint8_t *data, size_t len) {
   stat_inc(gw, IMC_GW_STAT_FRAMES_IN);
   switch (f->body_case) {
   case IMCHAT__V1__CLIENT_FRAME__BODY_SEND:
-    on_send(c, f->id, f->send);
+    if (on_send(c, f))
+      return; /* f waits for admission on c */
     break;
   case IMCHAT__V1__CLIENT_FRAME__BODY_DELIVER_ACK:
     on_deliver_ack(c, f->deliver_ack);
@@ -187,11 +261,17 @@ static void on_binary(imc_conn *c, const uint8_t *data, size_t len) {
 static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
                           int flags, void *ud) {
   imc_conn *c = ud;
-  if (c->in_len == 0) {
+  /* A paused connection stops between frames; the rest of the input is
+   * kept for when it resumes (flow.c). */
+  if (c->in_len == 0 || ((c->flags & F_PAUSED) && !(c->flags & F_CLOSING) &&
+                         !c->feed_all && imc_ws_scan_at_boundary(&c->scan))) {
     wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
     return -1;
   }
-  size_t n = len < c->in_len ? len : c->in_len;
+  /* At most one frame at a time, so that wslay holds no further frames
+   * when the connection pauses. */
+  size_t n =
+      imc_ws_scan_frame(&c->scan, c->in, len < c->in_len ? len : c->in_len);
   memcpy(buf, c->in, n);
   c->in += n;
   c->in_len -= n;
@@ -256,6 +336,32 @@ int gw_ws_feed(imc_conn *c, const uint8_t *data, size_t len) {
   imc_gateway *gw = c->gw;
   if (len == 0)
     return gw_conn_check(c);
+  if (c->held != NULL || ((c->flags & F_PAUSED) && !(c->flags & F_CLOSING))) {
+    /* Behind kept input, or paused: keep this too, up to HELD_MAX. Past
+     * it (a host that reads on while paused) everything is fed, and sends
+     * that cannot be admitted are refused busy. */
+    if (gw_flow_hold(c, data, len) != 0) {
+      c->flags |= F_ABORT | F_NOMEM;
+      return gw_conn_check(c);
+    }
+    if ((c->flags & F_PAUSED) && !(c->flags & F_CLOSING) &&
+        c->held_len <= HELD_MAX)
+      return gw_conn_check(c);
+    uint8_t *buf = c->held;
+    size_t n = c->held_len;
+    c->held = NULL;
+    c->held_len = 0;
+    c->feed_all = n > HELD_MAX;
+    int rv = gw_ws_feed_now(c, buf, n);
+    imc_free(&gw->mem, buf);
+    return rv;
+  }
+  return gw_ws_feed_now(c, data, len);
+}
+
+/* Feeds data to wslay now; what a pause leaves unread is kept. */
+int gw_ws_feed_now(imc_conn *c, const uint8_t *data, size_t len) {
+  imc_gateway *gw = c->gw;
   if (c->ws == NULL) {
     if (wslay_event_context_server_init(&c->ws, &gw->wscb, c) != 0) {
       c->ws = NULL;
@@ -266,10 +372,25 @@ int gw_ws_feed(imc_conn *c, const uint8_t *data, size_t len) {
     wslay_event_config_set_max_recv_msg_length(c->ws,
                                                gw->o.max_body + FRAME_OVERHEAD);
   }
-  imc_ws_scan_feed(&c->scan, data, len);
   c->in = data;
   c->in_len = len;
-  int rv = wslay_event_recv(c->ws);
+  int rv = 0;
+  for (;;) {
+    size_t before = c->in_len;
+    rv = wslay_event_recv(c->ws);
+    /* wslay stops early only at a pause or an error; go on otherwise. */
+    if (rv != 0 || c->in_len == 0 || c->in_len == before ||
+        !wslay_event_get_read_enabled(c->ws) ||
+        (c->flags & (F_ABORT | F_PAUSED)))
+      break;
+  }
+  c->feed_all = 0;
+  /* Input left unread by a pause waits for the resume; after a close or
+   * an error it is dropped. */
+  if (c->in_len > 0 && rv == 0 && !(c->flags & F_ABORT) &&
+      wslay_event_get_read_enabled(c->ws) &&
+      gw_flow_hold(c, c->in, c->in_len) != 0)
+    c->flags |= F_ABORT | F_NOMEM;
   c->in = NULL;
   c->in_len = 0;
   if (rv == WSLAY_ERR_NOMEM) {

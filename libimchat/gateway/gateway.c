@@ -65,6 +65,7 @@ void imc_gateway_del(imc_gateway *gw) {
   while (gw->conns)
     gw_conn_free(gw->conns, REL_SILENT);
   gw_reports_free(gw);
+  gw_fanjobs_free(gw);
   gw_pending_free_orphans(gw);
   imc_theap_free(&gw->timers, &gw->mem);
   imc_jwt_key_clear(&gw->hs, &gw->mem);
@@ -104,6 +105,8 @@ int64_t imc_gateway_next_timeout_ms(imc_gateway *gw) {
   if (gw == NULL)
     return -1;
   imc_timer *t = imc_theap_top(&gw->timers);
+  if (gw_flow_due(gw) || gw->fanjobs)
+    return 0;
   int64_t at = gw_reports_next(gw);
   if (t != NULL && (at < 0 || t->at < at))
     at = t->at;
@@ -129,6 +132,8 @@ int imc_gateway_on_timeout(imc_gateway *gw) {
     gw_conn_timeout(c, now);
   }
   gw_reports_retry(gw, now);
+  gw_fanjobs_run(gw);
+  gw_flow_run(gw);
   return 0;
 }
 
@@ -136,6 +141,7 @@ int imc_gateway_shutdown(imc_gateway *gw) {
   if (gw == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
   gw->shutting_down = 1;
+  gw_fanjobs_free(gw); /* every connection closes below */
   /* Every entry of the node goes at once with its lease; the connections
    * closing below need no unregister each. */
   gw_lease_release(gw);

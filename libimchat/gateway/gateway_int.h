@@ -12,7 +12,10 @@
  *   upgrade.c       GET /ws: upgrade, JWT authentication, key source
  *   frames.c        client frames and the wslay glue
  *   ws_output.c     frames queued to clients, close frames, Error frames
- *   pending.c       sends and key lookups waiting for their completion
+ *   pending.c       sends and key lookups waiting for their completion,
+ *                   and answers held so that they leave in request order
+ *   flow.c          backpressure: admission of sends, paused reads, the
+ *                   input kept while paused, resuming
  *   push.c          Deliver and DeliveryStatus pushes
  *   reports.c       delivered/undelivered reports to the upstream, retries
  *   lease.c         the node's registry lease: grant, one keepalive per
@@ -46,7 +49,10 @@
 #define CLOSE_WAIT_MS 5000  /* wait for the peer's close or drain */
 #define FRAME_OVERHEAD 1024 /* room for the fields around a body */
 #define IOV_BATCH 64
-#define REPLY_WAIT_MS 30000 /* the HTTP handler's time to answer */
+#define REPLY_WAIT_MS 30000   /* the HTTP handler's time to answer */
+#define FANOUT_TURN 512       /* group members pushed per loop turn */
+#define HELD_MAX (256 * 1024) /* input kept while a connection is paused */
+#define BUSY_MESSAGE "server busy; retry after 100 ms"
 
 enum conn_state {
   ST_HTTP,  /* reading the request head */
@@ -65,7 +71,10 @@ enum conn_flag {
   F_NOMEM = 1 << 5,          /* aborted for want of memory */
   F_CLOSE_RECEIVED = 1 << 6, /* the peer's close frame arrived */
   F_READ_DONE = 1 << 7,      /* wslay stopped reading (protocol error) */
-  F_DISCARD = 1 << 8         /* we sent close: wslay's replies are dropped */
+  F_DISCARD = 1 << 8,        /* we sent close: wslay's replies are dropped */
+  F_PAUSED = 1 << 9,         /* reads paused: too many sends in flight */
+  F_WAITQ = 1 << 10,         /* on gw->waitq: a send waits for admission */
+  F_RESUME = 1 << 11         /* on gw->resumeq: may be read again */
 };
 
 /* How a connection ends. */
@@ -115,14 +124,19 @@ enum pending_kind {
   PEND_KEY   /* keysrc.lookup: c->head holds head_len bytes of head */
 };
 
+typedef struct gw_fanjob gw_fanjob; /* push.c */
+
 typedef struct pending {
   imc_gateway *gw;
   imc_conn *c;
   struct pending *prev, *next; /* c->pend_*, oldest first, or gw->orphans */
   uint8_t kind;
+  uint8_t answered;  /* PEND_SEND: completed; answer waits for older ones */
   uint64_t frame_id; /* PEND_SEND */
   int64_t deadline;  /* PEND_SEND: answer UNAVAILABLE after it */
   size_t head_len;   /* PEND_KEY */
+  uint8_t *answer;   /* PEND_SEND, answered: the encoded ServerFrame */
+  size_t answer_len;
 } pending;
 
 /* The public handle of an HTTP request with the host's handler. A
@@ -176,8 +190,17 @@ struct imc_conn {
   push *ifl_head, *ifl_tail;
   pending *pend_head, *pend_tail; /* oldest first */
   imc_http_reply *reply;          /* while in ST_REPLY */
+  /* Backpressure (flow.c). */
+  uint32_t n_sends; /* PEND_SEND records on pend_* */
+  uint8_t *held;    /* input not fed to wslay while paused */
+  size_t held_len;
+  Imchat__V1__ClientFrame *wait; /* a send waiting for admission */
+  int64_t wait_deadline;         /* ... answered busy after it */
+  int feed_all;                  /* feed past a pause (HELD_MAX hit) */
+  imc_conn *wq_prev, *wq_next;   /* gw->waitq */
+  imc_conn *rs_prev, *rs_next;   /* gw->resumeq */
 };
-_Static_assert(F_DISCARD <= UINT16_MAX, "every conn_flag fits imc_conn.flags");
+_Static_assert(F_RESUME <= UINT16_MAX, "every conn_flag fits imc_conn.flags");
 
 struct imc_gateway_options {
   imc_mem mem;
@@ -192,6 +215,7 @@ struct imc_gateway_options {
   uint32_t rate, burst;
   uint32_t max_devices, user_rate, user_burst;
   uint32_t send_ms;
+  uint32_t max_conn_sends, max_sends, admit_ms;
   imc_transport_vtbl transport;
   void *transport_ud;
   imc_registry_vtbl registry;
@@ -230,6 +254,11 @@ struct imc_gateway {
   int lease_busy;        /* a grant or keepalive is outstanding */
   size_t lease_ops;      /* lease calls still owed a completion */
   imc_timer lease_timer; /* the next keepalive */
+  /* Backpressure (flow.c): connections with a send waiting for
+   * admission, and paused connections that may be read again. */
+  imc_conn *waitq_head, *waitq_tail;
+  imc_conn *resumeq_head, *resumeq_tail;
+  gw_fanjob *fanjobs, *fanjobs_tail; /* group pushes still to do */
   uint64_t stats[IMC_GW_STAT_COUNT_];
   uint64_t errors[10]; /* Error frames by code */
   ProtobufCAllocator pba;
@@ -302,8 +331,15 @@ int gw_ws_put(imc_conn *c, uint8_t opcode, const uint8_t *data, size_t len);
 void gw_ws_close(imc_conn *c, uint16_t code, const char *reason);
 /* Queues one binary message on c. */
 int gw_ws_queue(imc_conn *c, const uint8_t *data, size_t len);
+/* Queues a complete frame (header included) by reference. Same returns
+ * as gw_ws_queue. */
+int gw_ws_queue_shared(imc_conn *c, imc_shared *frame);
 int gw_send_frame(imc_conn *c, const Imchat__V1__ServerFrame *f);
 int gw_send_error(imc_conn *c, uint64_t id, int rv, const char *message);
+/* Encodes the Error frame of gw_send_error into *out (imc_free it) and
+ * counts it. Returns 0 or IMC_ERR_NOMEM. */
+int gw_pack_error(imc_gateway *gw, uint64_t id, int rv, const char *message,
+                  uint8_t **out, size_t *len);
 
 /* pending.c: completions that concern a connection */
 /* A record of kind for c, appended to its list; NULL without memory. */
@@ -340,6 +376,9 @@ void gw_ws_callbacks_init(struct wslay_event_callbacks *cb);
  * negative code (c freed).
  */
 int gw_ws_feed(imc_conn *c, const uint8_t *data, size_t len);
+/* Feeds data to wslay at once, ahead of any kept input; the part a pause
+ * leaves unread is kept. Same returns. */
+int gw_ws_feed_now(imc_conn *c, const uint8_t *data, size_t len);
 
 /* upgrade.c: the WebSocket upgrade and JWT authentication */
 const imc_jwt_key *gw_pick_key(imc_gateway *gw, imc_jwt_alg alg);
@@ -367,7 +406,53 @@ void gw_lease_timeout(imc_gateway *gw);
 /* Shutdown: revokes the lease, and with it every entry of the node. */
 void gw_lease_release(imc_gateway *gw);
 
+/* pending.c: answers in request order */
+/* Sends the answers of c that no older send holds back. */
+void gw_pending_drain(imc_conn *c);
+
+/* flow.c: backpressure */
+/* 1 if c may hand one more send to the upstream now. */
+int gw_flow_can_admit(const imc_conn *c);
+/* A send was admitted on c: pauses c at its limit. */
+void gw_flow_admitted(imc_conn *c);
+/* c's sends dropped (an answer left, or a record went): c may resume. */
+void gw_flow_conn_room(imc_conn *c);
+/* f, a SendRequest frame that could not be admitted, waits on c (which
+ * pauses). Returns 1 if c took f, 0 if c already has one waiting (the
+ * caller answers busy). */
+int gw_flow_wait(imc_conn *c, Imchat__V1__ClientFrame *f);
+/* 1 while gw_flow_run has work (admissions or resumes). */
+int gw_flow_due(const imc_gateway *gw);
+/* Admits waiting sends while there is room, then resumes reading of the
+ * connections that may read again, feeding them the input they kept. */
+void gw_flow_run(imc_gateway *gw);
+/* The waiting send of c is past its deadline: answers it busy. */
+void gw_flow_wait_expired(imc_conn *c);
+/* c is going: leaves the lists, frees what it kept. */
+void gw_flow_conn_free(imc_conn *c);
+/* Keeps input of a paused c; returns 0 or IMC_ERR_NOMEM. */
+int gw_flow_hold(imc_conn *c, const uint8_t *data, size_t len);
+
+/* frames.c: admits a parsed send (from the wait slot, too) */
+/* Answers a send of c with an Error after the answers of its older
+ * sends, which may still be with the upstream. */
+void gw_send_error_ordered(imc_conn *c, uint64_t id, int rv,
+                           const char *message);
+void gw_start_send(imc_conn *c, uint64_t id, const Imchat__V1__SendRequest *s);
+
 /* push.c: pushes */
 void gw_shmsg_unref(imc_gateway *gw, shmsg *sm);
+/*
+ * Pushes msg, a group message, to the connections of users[0..n) here
+ * (the sender's device excepted): one encoded Deliver shared by all of
+ * them, FANOUT_TURN members per loop turn (the first turn at once).
+ * Users and msg are copied. Returns 0 or IMC_ERR_NOMEM (nothing pushed).
+ */
+int gw_deliver_group(imc_gateway *gw, const char *const *users, size_t n,
+                     const imc_msg *msg);
+/* Pushes the next FANOUT_TURN members of the waiting group messages. */
+void gw_fanjobs_run(imc_gateway *gw);
+/* Drops the waiting group pushes (the gateway is going). */
+void gw_fanjobs_free(imc_gateway *gw);
 
 #endif /* IMCHAT_GATEWAY_INT_H */

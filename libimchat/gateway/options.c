@@ -26,6 +26,9 @@ int imc_gateway_options_new(imc_gateway_options **out, const imc_mem *mem) {
   o->burst = 200;
   o->max_devices = 16;
   o->send_ms = 15000;
+  o->max_conn_sends = 64;
+  o->max_sends = 8192;
+  o->admit_ms = 1000;
   o->user_rate = 200;
   o->user_burst = 400;
   o->clock = *imc_clock_default();
@@ -191,6 +194,24 @@ int imc_gateway_options_set_send_timeout_ms(imc_gateway_options *o,
   if (o == NULL || ms == 0)
     return IMC_ERR_INVALID_ARGUMENT;
   o->send_ms = ms;
+  return 0;
+}
+
+int imc_gateway_options_set_max_sends_in_flight(imc_gateway_options *o,
+                                                uint32_t per_conn,
+                                                uint32_t total) {
+  if (o == NULL || per_conn == 0 || total == 0)
+    return IMC_ERR_INVALID_ARGUMENT;
+  o->max_conn_sends = per_conn;
+  o->max_sends = total;
+  return 0;
+}
+
+int imc_gateway_options_set_admit_timeout_ms(imc_gateway_options *o,
+                                             uint32_t ms) {
+  if (o == NULL || ms == 0)
+    return IMC_ERR_INVALID_ARGUMENT;
+  o->admit_ms = ms;
   return 0;
 }
 

@@ -39,14 +39,9 @@ void gw_ws_close(imc_conn *c, uint16_t code, const char *reason) {
   gw_conn_schedule(c);
 }
 
-/* Queues one binary message on c. */
-int gw_ws_queue(imc_conn *c, const uint8_t *data, size_t len) {
+/* A frame was queued on c: closes c if its queue is over the limit. */
+static int queued_frame(imc_conn *c) {
   imc_gateway *gw = c->gw;
-  if (c->state != ST_WS || (c->flags & (F_CLOSING | F_ABORT)))
-    return IMC_ERR_CLOSED;
-  int rv = gw_ws_put(c, IMC_WS_BINARY, data, len);
-  if (rv != 0)
-    return rv;
   stat_inc(gw, IMC_GW_STAT_FRAMES_OUT);
   if (c->out.len > gw->o.max_outbound) {
     stat_inc(gw, IMC_GW_STAT_SLOW_CLOSED);
@@ -57,6 +52,30 @@ int gw_ws_queue(imc_conn *c, const uint8_t *data, size_t len) {
     return IMC_ERR_QUEUE_FULL;
   }
   return 0;
+}
+
+/* Queues one binary message on c. */
+int gw_ws_queue(imc_conn *c, const uint8_t *data, size_t len) {
+  if (c->state != ST_WS || (c->flags & (F_CLOSING | F_ABORT)))
+    return IMC_ERR_CLOSED;
+  int rv = gw_ws_put(c, IMC_WS_BINARY, data, len);
+  if (rv != 0)
+    return rv;
+  return queued_frame(c);
+}
+
+int gw_ws_queue_shared(imc_conn *c, imc_shared *frame) {
+  imc_gateway *gw = c->gw;
+  if (c->state != ST_WS || (c->flags & (F_CLOSING | F_ABORT)))
+    return IMC_ERR_CLOSED;
+  if (imc_bufq_append_shared(&c->out, &gw->mem, frame) != 0) {
+    c->flags |= F_ABORT | F_NOMEM;
+    gw_dirty_add(c);
+    return IMC_ERR_NOMEM;
+  }
+  gw->stats[IMC_GW_STAT_OUTBOUND_BYTES] += frame->len;
+  gw_dirty_add(c);
+  return queued_frame(c);
 }
 
 int gw_send_frame(imc_conn *c, const Imchat__V1__ServerFrame *f) {
@@ -97,14 +116,29 @@ static Imchat__V1__Error__Code err_code(int rv) {
   }
 }
 
-int gw_send_error(imc_conn *c, uint64_t id, int rv, const char *message) {
+int gw_pack_error(imc_gateway *gw, uint64_t id, int rv, const char *message,
+                  uint8_t **out, size_t *len) {
   Imchat__V1__Error e = IMCHAT__V1__ERROR__INIT;
   e.code = err_code(rv);
-  c->gw->errors[e.code]++;
+  gw->errors[e.code]++;
   e.message = (char *)(message ? message : imc_strerror(rv));
   Imchat__V1__ServerFrame f = IMCHAT__V1__SERVER_FRAME__INIT;
   f.id = id;
   f.body_case = IMCHAT__V1__SERVER_FRAME__BODY_ERROR;
   f.error = &e;
-  return gw_send_frame(c, &f);
+  if (imc_pb_pack_server_frame(&f, &gw->mem, out, len) != 0) {
+    *out = NULL;
+    return IMC_ERR_NOMEM;
+  }
+  return 0;
+}
+
+int gw_send_error(imc_conn *c, uint64_t id, int rv, const char *message) {
+  uint8_t *buf;
+  size_t len;
+  if (gw_pack_error(c->gw, id, rv, message, &buf, &len) != 0)
+    return IMC_ERR_NOMEM;
+  int q = gw_ws_queue(c, buf, len);
+  imc_free(&c->gw->mem, buf);
+  return q;
 }

@@ -34,17 +34,18 @@ static size_t header_len(const uint8_t *h) {
   return n;
 }
 
-void imc_ws_scan_feed(imc_ws_scan *s, const uint8_t *data, size_t len) {
-  while (len > 0) {
+size_t imc_ws_scan_frame(imc_ws_scan *s, const uint8_t *data, size_t len) {
+  size_t used = 0;
+  while (used < len) {
     if (s->left > 0) {
-      size_t n = s->left < len ? (size_t)s->left : len;
+      size_t n = s->left < len - used ? (size_t)s->left : len - used;
       s->left -= n;
-      data += n;
-      len -= n;
+      used += n;
+      if (s->left == 0)
+        break;
       continue;
     }
-    s->hdr[s->hlen++] = *data++;
-    len--;
+    s->hdr[s->hlen++] = data[used++];
     if (s->hlen < 2 || s->hlen < header_len(s->hdr))
       continue;
     uint64_t plen = s->hdr[1] & 0x7f;
@@ -62,7 +63,22 @@ void imc_ws_scan_feed(imc_ws_scan *s, const uint8_t *data, size_t len) {
       s->in_msg = !fin;
     s->left = plen;
     s->hlen = 0;
+    if (plen == 0)
+      break;
   }
+  return used;
+}
+
+void imc_ws_scan_feed(imc_ws_scan *s, const uint8_t *data, size_t len) {
+  while (len > 0) {
+    size_t n = imc_ws_scan_frame(s, data, len);
+    data += n;
+    len -= n;
+  }
+}
+
+int imc_ws_scan_at_boundary(const imc_ws_scan *s) {
+  return s->left == 0 && s->hlen == 0;
 }
 
 int imc_ws_scan_idle(const imc_ws_scan *s) {

@@ -41,6 +41,15 @@ typedef struct imc_ws_scan {
 void imc_ws_scan_feed(imc_ws_scan *s, const uint8_t *data, size_t len);
 
 /*
+ * Advances s over data[0..len) up to the end of the current frame and
+ * returns the bytes taken: len, or fewer when a frame ends inside them.
+ */
+size_t imc_ws_scan_frame(imc_ws_scan *s, const uint8_t *data, size_t len);
+
+/* 1 if the stream stands between two frames. */
+int imc_ws_scan_at_boundary(const imc_ws_scan *s);
+
+/*
  * 1 if the stream stands between whole messages: no frame and no
  * fragmented message is partly received.
  */

@@ -31,7 +31,7 @@ static void t_close(void *ud, void *conn_ud) {
 }
 
 static const imc_transport_vtbl transport = {sizeof(imc_transport_vtbl), t_send,
-                                             t_close};
+                                             t_close, NULL};
 
 static int l_deliver(void *ud, const char *node, const char *user,
                      const char *skip, const imc_msg *msg, imc_count_cb done,

@@ -27,7 +27,7 @@ static void t_close(void *ud, void *conn_ud) {
 }
 
 static const imc_transport_vtbl transport = {sizeof(imc_transport_vtbl), t_send,
-                                             t_close};
+                                             t_close, NULL};
 
 static int u_send(void *ud, const imc_send_req *req, imc_send_cb done,
                   void *done_ud) {
