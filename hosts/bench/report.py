@@ -16,6 +16,30 @@ NAMES = {"imchat": "imchatd (WS+protobuf)", "mqtt-ws": "mosquitto (MQTT/WS)",
          "mqtt-tcp": "mosquitto (MQTT/TCP)"}
 
 
+def noise_note(machine):
+    """The first note: how far other work on the machine skews figures.
+
+    The load average at the start of the run (the "load:" line) above
+    about three quarters of the cores means other processes competed
+    for them."""
+    cores, load1 = 1, 0.0
+    for line in machine.splitlines():
+        key, _, val = line.partition(":")
+        if key == "nproc":
+            cores = int(val) or 1
+        elif key == "load":
+            load1 = float(val.split()[0])
+    if load1 > cores * 0.75:
+        return ("- **Noisy figures.** Other processes were busy on the "
+                "machine during this run (load average %.1f on %d cores, "
+                "above), besides the server, the broker and the load "
+                "generator, which share the cores too. Treat differences "
+                "under ~30 %% as noise.\n" % (load1, cores))
+    return ("- The server, the broker and the load generator share the %d "
+            "cores; nothing else was busy (load average %.1f at the "
+            "start).\n" % (cores, load1))
+
+
 def load(results):
     runs = {}
     for p in sorted(glob.glob(os.path.join(results, "*.json"))):
@@ -228,11 +252,7 @@ def main():
     w("## Machine\n")
     w("```\n%s\n```\n" % machine)
     w("## Notes\n")
-    w("- **Noisy figures.** This run shared the 2 cores with other "
-      "engineers' compilations and test runs (see the load average above), "
-      "and the server, the broker and the load generator also share them. "
-      "Treat differences under ~30 %% as noise; a run on a quiet machine "
-      "will replace these figures.\n"
+    w(noise_note(machine) +
       "- What is compared: imchatd speaks WebSocket + protobuf with JWT "
       "authentication, assigns a per-conversation sequence number, "
       "deduplicates, appends every message to its conversation's history "
@@ -263,6 +283,14 @@ def main():
       "- Errors counted over all runs: %d (see `errors` in each JSON).\n"
       % errors)
 
+    history = os.path.join(a.out, "bench", "history.md")
+    if os.path.exists(history):
+        with open(history) as f:
+            text = f.read()
+        # The file's leading comment is for its editors, not the report.
+        if text.startswith("<!--"):
+            text = text[text.index("-->") + 3:]
+        w(text.strip() + "\n")
     w("## Idle connections\n")
     w(table(runs, "idle", [
         ("connections held", "connect.ok", "", None),
