@@ -7,6 +7,7 @@
 
 #include <imchat/client.h>
 
+#include "protocol/base64.h"
 #include "protocol/json.h"
 #include "protocol/jsonw.h"
 #include "protocol/utf8.h"
@@ -151,20 +152,6 @@ static int parse_url(const char *s, url *u) {
   return 0;
 }
 
-static int b64url_val(int ch) {
-  if (ch >= 'A' && ch <= 'Z')
-    return ch - 'A';
-  if (ch >= 'a' && ch <= 'z')
-    return ch - 'a' + 26;
-  if (ch >= '0' && ch <= '9')
-    return ch - '0' + 52;
-  if (ch == '-' || ch == '+')
-    return 62;
-  if (ch == '_' || ch == '/')
-    return 63;
-  return -1;
-}
-
 /* The token's sub claim (unverified: only to name the store). */
 static int token_subject(const char *tok, char *out, size_t cap) {
   const char *a = strchr(tok, '.');
@@ -172,23 +159,12 @@ static int token_subject(const char *tok, char *out, size_t cap) {
   if (b == NULL)
     return -1;
   size_t n = (size_t)(b - a - 1);
-  char *json = malloc(n + 1);
+  char *json = malloc(IMC_BASE64_DECODED_MAX(n));
+  size_t o = 0;
   if (json == NULL)
     return -1;
-  size_t o = 0;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (size_t i = 0; i < n; i++) {
-    int v = b64url_val((unsigned char)a[1 + i]);
-    if (v < 0)
-      break;
-    acc = acc << 6 | (uint32_t)v;
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      json[o++] = (char)(acc >> bits);
-    }
-  }
+  if (imc_base64_decode(a + 1, n, (uint8_t *)json, &o) != 0)
+    o = 0;
   imc_json_value doc, sub;
   int rv = -1;
   if (imc_json_parse(json, o, &doc) == 0 && doc.type == IMC_JSON_OBJECT &&

@@ -8,6 +8,7 @@
  * protobuf-c's shared default, which free_unpacked leaves alone.
  */
 #include "client/client_int.h"
+#include "protocol/base64.h"
 #include "protocol/json.h"
 #include "protocol/utf8.h"
 
@@ -15,43 +16,6 @@
 
 static void *pb_alloc(imc_client *c, size_t n) {
   return c->pba.alloc(c->pba.allocator_data, n ? n : 1);
-}
-
-static int b64val(int ch) {
-  if (ch >= 'A' && ch <= 'Z')
-    return ch - 'A';
-  if (ch >= 'a' && ch <= 'z')
-    return ch - 'a' + 26;
-  if (ch >= '0' && ch <= '9')
-    return ch - '0' + 52;
-  if (ch == '+' || ch == '-')
-    return 62;
-  if (ch == '/' || ch == '_')
-    return 63;
-  return -1;
-}
-
-/* Decodes base64 (padding optional) from s[0..n) into out; returns the
- * length or IMC_ERR_PROTO. out holds at least n * 3 / 4 + 3 bytes. */
-static int b64_decode(const char *s, size_t n, uint8_t *out, size_t *olen) {
-  uint32_t acc = 0;
-  int bits = 0;
-  size_t o = 0;
-  while (n > 0 && s[n - 1] == '=')
-    n--;
-  for (size_t i = 0; i < n; i++) {
-    int v = b64val((unsigned char)s[i]);
-    if (v < 0)
-      return IMC_ERR_PROTO;
-    acc = acc << 6 | (uint32_t)v;
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out[o++] = (uint8_t)(acc >> bits);
-    }
-  }
-  *olen = o;
-  return 0;
 }
 
 /* A string member into *slot (left at the default when absent or ""). */
@@ -116,7 +80,7 @@ static int get_message(imc_client *c, const imc_json_value *o,
   m->body.data = pb_alloc(c, b.len);
   if (m->body.data == NULL)
     return IMC_ERR_NOMEM;
-  return b64_decode(b.p + 1, b.len - 2, m->body.data, &m->body.len);
+  return imc_base64_decode(b.p + 1, b.len - 2, m->body.data, &m->body.len);
 }
 
 int cl_json_page(imc_client *c, const uint8_t *body, size_t len,
