@@ -1,6 +1,7 @@
 /* Sealing of stored bodies with AES-256-GCM, see seal.h. */
 #include "backends/seal.h"
 #include "util/hex.h"
+#include "util/lines.h"
 
 #include "util/alloc.h"
 
@@ -113,17 +114,13 @@ int imc_keyring_add(imc_keyring *kr, const char *key_id,
   return 0;
 }
 
-static int is_blank(uint8_t c) {
-  return c == ' ' || c == '\t' || c == '\r';
-}
-
 /* Parses one "KEY_ID HEX64" line, p[0..n) trimmed and non-empty. */
 static int parse_key_line(imc_keyring *kr, const uint8_t *p, size_t n) {
   size_t i = 0;
-  while (i < n && !is_blank(p[i]))
+  while (i < n && !imc_is_blank(p[i]))
     i++;
   size_t id_len = i;
-  while (i < n && is_blank(p[i]))
+  while (i < n && imc_is_blank(p[i]))
     i++;
   const uint8_t *hex = p + i;
   if (!id_valid(p, id_len) || n - i != 2 * IMC_SEAL_KEY_LEN)
@@ -157,20 +154,10 @@ int imc_keyring_parse(imc_keyring **out, const uint8_t *buf, size_t len,
   int rv = imc_keyring_new(&kr, mem);
   if (rv != 0)
     return rv;
-  size_t pos = 0;
-  while (rv == 0 && pos < len) {
-    const uint8_t *nl = memchr(buf + pos, '\n', len - pos);
-    size_t end = nl ? (size_t)(nl - buf) : len;
-    size_t a = pos, b = end;
-    pos = nl ? end + 1 : len;
-    while (a < b && is_blank(buf[a]))
-      a++;
-    while (b > a && is_blank(buf[b - 1]))
-      b--;
-    if (a == b || buf[a] == '#')
-      continue;
-    rv = parse_key_line(kr, buf + a, b - a);
-  }
+  size_t pos = 0, n;
+  const uint8_t *line;
+  while (rv == 0 && imc_next_line(buf, len, &pos, &line, &n))
+    rv = parse_key_line(kr, line, n);
   if (rv == 0 && kr->n == 0)
     rv = IMC_ERR_INVALID_ARGUMENT;
   if (rv != 0) {

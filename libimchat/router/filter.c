@@ -1,6 +1,8 @@
 /* Sensitive-word filter: Aho-Corasick over bytes, see filter.h. */
 #include "router/filter.h"
 
+#include "util/lines.h"
+
 #include "util/alloc.h"
 
 #include <limits.h>
@@ -375,10 +377,6 @@ int imc_filter_mask(const imc_filter *f, const uint8_t *text, size_t len,
   return count > INT_MAX ? INT_MAX : (int)count;
 }
 
-static int is_blank(uint8_t c) {
-  return c == ' ' || c == '\t' || c == '\r';
-}
-
 int imc_filter_from_words(imc_filter **out, const uint8_t *words, size_t len,
                           const imc_mem *mem) {
   if (out == NULL || (words == NULL && len > 0))
@@ -393,19 +391,10 @@ int imc_filter_from_words(imc_filter **out, const uint8_t *words, size_t len,
   size_t pos = 0;
   if (len >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0)
     pos = 3;
-  while (rv == 0 && pos < len) {
-    const uint8_t *nl = memchr(buf + pos, '\n', len - pos);
-    size_t end = nl ? (size_t)(nl - buf) : len;
-    size_t a = pos, b = end;
-    pos = nl ? end + 1 : len;
-    while (a < b && is_blank(buf[a]))
-      a++;
-    while (b > a && is_blank(buf[b - 1]))
-      b--;
-    if (a == b || buf[a] == '#')
-      continue;
-    rv = imc_filter_add(f, (const char *)buf + a, b - a);
-  }
+  size_t n;
+  const uint8_t *line;
+  while (rv == 0 && imc_next_line(buf, len, &pos, &line, &n))
+    rv = imc_filter_add(f, (const char *)line, n);
   if (rv == 0)
     rv = imc_filter_build(f);
   if (rv != 0) {
