@@ -741,7 +741,7 @@ class TestBackpressure(ChatTest):
         rss_before = rss_kib()
         task = asyncio.ensure_future(flood())
         try:
-            in_flight_max = 0
+            in_flight_max = paused_max = 0
             for i in range(5):
                 fid = 1000 + i
                 await send_frame(other.ws, imctest.ping_frame(fid))
@@ -752,7 +752,12 @@ class TestBackpressure(ChatTest):
                 self.assertEqual(m.status, 200, m)
                 in_flight_max = max(in_flight_max, prom_value(
                     m.body.decode(), "imchat_gateway_sends_in_flight"))
+                paused_max = max(paused_max, prom_value(
+                    m.body.decode(), "imchat_gateway_paused_connections"))
                 await asyncio.sleep(0.2)
+            # The limit engaged (the flooder was paused at some sample)
+            # and held: never more than 64 of its sends with the router.
+            self.assertGreaterEqual(paused_max, 1)
             self.assertLessEqual(in_flight_max, 64)
             # The real bound is the gauge above; RSS is checked loosely,
             # as sanitizer builds keep freed memory in quarantine (up to
