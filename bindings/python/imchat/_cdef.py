@@ -84,7 +84,8 @@ typedef struct imc_msg {
 
 typedef struct imc_transport_vtbl {
   uint32_t struct_size;
-  ssize_t (*send)(void *ud, void *conn_ud, const struct iovec *iov, int iovcnt);
+  ssize_t (*send)(void *ud, void *conn_ud, const struct iovec *iov,
+                  int iovcnt);
   void (*close)(void *ud, void *conn_ud);
   void (*set_read)(void *ud, void *conn_ud, int enabled);
 } imc_transport_vtbl;

@@ -184,7 +184,8 @@ class Client:
             host_hdr = "%s:%d" % (self._host if ":" not in self._host
                                   else "[%s]" % self._host, self._port)
             chk = errors.check
-            chk(lib.imc_client_options_set_store_path(opt, cstr(store, "store")))
+            chk(lib.imc_client_options_set_store_path(opt,
+                                                      cstr(store, "store")))
             chk(lib.imc_client_options_set_token(opt, cstr(token, "token")))
             chk(lib.imc_client_options_set_host(opt, cstr(host_hdr, "host")))
             chk(lib.imc_client_options_set_ws_path(opt,
@@ -452,6 +453,17 @@ class Client:
         def page_msg(ud, m):
             got.append(Message.from_c(m, lib.IMC_CLIENT_MSG_HISTORY))
 
+        self._history_pages(conversation_id, after_seq, page_msg)
+        return got
+
+    def repair_gap(self, conversation_id, after_seq):
+        """Reads the history after after_seq (a message's last_seq when it
+        has .gap) into the inbox: messages not surfaced before arrive like
+        pushed ones (on_message or messages()), with .history true. Same
+        errors as history()."""
+        self._history_pages(conversation_id, after_seq, ffi.NULL)
+
+    def _history_pages(self, conversation_id, after_seq, cb):
         req, n = ffi.new("const uint8_t **"), ffi.new("size_t *")
         nxt = ffi.new("uint64_t *")
         with self._use():
@@ -462,9 +474,9 @@ class Client:
                 answer = self._http(ffi.buffer(req[0], n[0])[:])
                 rv = errors.check(lib.imc_client_history_response(
                     self._c, ffi.from_buffer("uint8_t[]", answer),
-                    len(answer), page_msg, ffi.NULL, nxt))
-                if rv == 0:
-                    return got
+                    len(answer), cb, ffi.NULL, nxt))
+                if rv == 0 or self._exc is not None:
+                    return
                 after_seq = nxt[0]
 
     # -- callbacks (through _dispatch) ---------------------------------------

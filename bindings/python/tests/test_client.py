@@ -5,6 +5,7 @@ reconnecting to a restarted server, and the threading rules."""
 import http.client
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import unittest
@@ -114,7 +115,7 @@ class ClientTest(unittest.TestCase):
         carol = self.online("carol2", store=store)
         self.assertTrue(carol.run_until(lambda: not carol.sync_pending,
                                         IO_TIMEOUT))
-        self.assertEqual(list(carol._inbox), [])
+        self.assertEqual(list(carol.messages(timeout=0)), [])
 
     def test_history(self):
         # History is plain HTTP: alice needs no WebSocket to read it.
@@ -134,6 +135,14 @@ class ClientTest(unittest.TestCase):
             self.online("eve3").history("p:alice3:bob3")
         with self.assertRaises(errors.InvalidArgument):
             alice.history("not a conversation")
+
+        # Gap repair feeds the inbox, through the store's dedup.
+        alice.repair_gap("p:alice3:bob3", 1)
+        self.assertEqual([(m.seq, m.text, m.history)
+                          for m in alice.messages(timeout=0)],
+                         [(2, "h1", True), (3, "h2", True)])
+        alice.repair_gap("p:alice3:bob3", 0)
+        self.assertEqual([m.seq for m in alice.messages(timeout=0)], [1])
 
     # -- groups and refusals --------------------------------------------------
 
@@ -179,6 +188,23 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(errors.Closed):
             alice.send("bob5", "x")
 
+    def test_no_server(self):
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        states = []
+        c = imchat.Client("127.0.0.1:%d" % port, "t", backoff_ms=(10, 20),
+                          on_state=lambda s, e: states.append((s, e)))
+        self.addCleanup(c.close)
+        with self.assertRaises(TimeoutError):
+            c.connect(0.5)
+        waits = [e for s, e in states if s == State.WAITING]
+        self.assertTrue(waits)
+        self.assertTrue(all(isinstance(e, errors.Io) for e in waits), waits)
+        # It tried again after the backoff.
+        self.assertGreater(len([s for s, _ in states
+                                if s == State.CONNECTING]), 1)
+
     def test_refused_token(self):
         states = []
         c = imchat.Client(address(self.server),
@@ -193,7 +219,7 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(errors.Closed):
             c.start()
 
-    # -- callbacks -------------------------------------------------------------
+    # -- callbacks ------------------------------------------------------------
 
     def test_callbacks(self):
         got, statuses, acks, states = [], [], [], []
