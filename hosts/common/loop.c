@@ -48,7 +48,7 @@
 #define LINGER_MAX_BYTES (1 << 20)
 #define CONN_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLET)
 
-enum kind { K_LISTENER, K_CONN, K_SIGNAL, K_FD };
+enum kind { K_LISTENER, K_CONN, K_SIGNAL, K_FD, K_WATCH };
 enum state { S_OPEN, S_LINGER, S_DEAD };
 
 typedef struct node node;
@@ -61,12 +61,13 @@ struct node {
   enum kind kind;
   enum state state;
   int fd;
-  int out_armed;    /* EPOLLOUT is registered */
-  int read_pending; /* on l->pending: stopped on the budget, not EAGAIN */
-  int read_blocked; /* stopped reading until the socket is writable */
-  int read_paused;  /* the gateway paused reads (EPOLLIN removed) */
-  imc_conn *c;      /* K_CONN while OPEN */
-  hloop_fd_fn cb;   /* K_FD */
+  int out_armed;      /* EPOLLOUT is registered */
+  int read_pending;   /* on l->pending: stopped on the budget, not EAGAIN */
+  int read_blocked;   /* stopped reading until the socket is writable */
+  int read_paused;    /* the gateway paused reads (EPOLLIN removed) */
+  imc_conn *c;        /* K_CONN while OPEN */
+  hloop_fd_fn cb;     /* K_FD */
+  hloop_watch_fn wcb; /* K_WATCH */
   void *ud;
   int64_t linger_until;
   size_t linger_bytes;
@@ -171,7 +172,7 @@ static void node_kill(hloop *l, node *n) {
     return;
   list_remove(n);
   pending_remove(l, n);
-  if (n->kind == K_FD)
+  if (n->kind == K_FD || n->kind == K_WATCH)
     epoll_ctl(l->epfd, EPOLL_CTL_DEL, n->fd, NULL);
   else
     close(n->fd);
@@ -815,6 +816,34 @@ void hloop_del_fd(hloop *l, int fd) {
   }
 }
 
+int hloop_watch_add(hloop *l, int fd, uint32_t events, hloop_watch_fn cb,
+                    void *ud, hloop_watch **out) {
+  if (fd < 0 || cb == NULL)
+    return -EINVAL;
+  node *n = node_new(K_WATCH, fd);
+  if (n == NULL)
+    return -ENOMEM;
+  n->wcb = cb;
+  n->ud = ud;
+  int rv = epoll_set(l, EPOLL_CTL_ADD, n, events);
+  if (rv < 0) {
+    free(n);
+    return rv;
+  }
+  list_push(&l->others, n);
+  *out = (hloop_watch *)n;
+  return 0;
+}
+
+int hloop_watch_set(hloop *l, hloop_watch *w, uint32_t events) {
+  node *n = (node *)w;
+  return n->state == S_DEAD ? -EINVAL : epoll_set(l, EPOLL_CTL_MOD, n, events);
+}
+
+void hloop_watch_del(hloop *l, hloop_watch *w) {
+  node_kill(l, (node *)w);
+}
+
 /* ------------------------------------------------------------------ */
 /* The loop                                                             */
 /* ------------------------------------------------------------------ */
@@ -887,44 +916,63 @@ static void dispatch(hloop *l, node *n, uint32_t ev) {
   case K_FD:
     n->cb(n->ud);
     break;
+  case K_WATCH:
+    n->wcb(n->ud, n->fd, ev);
+    break;
   }
 }
 
-int hloop_run(hloop *l) {
+/* One turn: wait (at most cap_ms, -1: as long as the timers allow), then
+ * dispatch the events, the gateway's timers, the hooks and one flush. */
+static int turn(hloop *l, int64_t cap_ms) {
   struct epoll_event evs[MAX_EVENTS];
+  int64_t now = now_ms();
+  check_stop(l, now);
+  if (l->done)
+    return 0;
+  int64_t wait = next_timeout(l, now);
+  if (cap_ms >= 0 && (wait < 0 || wait > cap_ms))
+    wait = cap_ms;
+  int nev = epoll_wait(l->epfd, evs, MAX_EVENTS, (int)wait);
+  if (nev < 0) {
+    if (errno != EINTR) {
+      int err = errno;
+      hlog_error("epoll_wait: %s", strerror(err));
+      return -err;
+    }
+    nev = 0;
+  }
+  for (int i = 0; i < nev; i++)
+    dispatch(l, evs[i].data.ptr, evs[i].events);
+  run_pending_reads(l);
+  /* Gateway timers may hand work to the hooks' components (un-ACKed
+   * pushes to a router), and hooks may queue output: timers, then
+   * hooks, then one flush. */
+  if (l->gw && imc_gateway_next_timeout_ms(l->gw) == 0)
+    imc_gateway_on_timeout(l->gw);
+  run_hooks(l);
+  if (l->gw)
+    imc_gateway_flush(l->gw);
+  now = now_ms();
+  expire_lingering(l, now);
+  resume_accept(l, now);
+  reap(l);
+  return 0;
+}
+
+int hloop_run(hloop *l) {
   if (l->gw == NULL && l->listeners.head) {
     hlog_error("hloop_run: listening without a gateway");
     return -EINVAL;
   }
   while (!l->done) {
-    int64_t now = now_ms();
-    check_stop(l, now);
-    if (l->done)
-      break;
-    int nev = epoll_wait(l->epfd, evs, MAX_EVENTS, (int)next_timeout(l, now));
-    if (nev < 0) {
-      if (errno != EINTR) {
-        int err = errno;
-        hlog_error("epoll_wait: %s", strerror(err));
-        return -err;
-      }
-      nev = 0;
-    }
-    for (int i = 0; i < nev; i++)
-      dispatch(l, evs[i].data.ptr, evs[i].events);
-    run_pending_reads(l);
-    /* Gateway timers may hand work to the hooks' components (un-ACKed
-     * pushes to a router), and hooks may queue output: timers, then
-     * hooks, then one flush. */
-    if (l->gw && imc_gateway_next_timeout_ms(l->gw) == 0)
-      imc_gateway_on_timeout(l->gw);
-    run_hooks(l);
-    if (l->gw)
-      imc_gateway_flush(l->gw);
-    now = now_ms();
-    expire_lingering(l, now);
-    resume_accept(l, now);
-    reap(l);
+    int rv = turn(l, -1);
+    if (rv < 0)
+      return rv;
   }
   return 0;
+}
+
+int hloop_run_once(hloop *l, int64_t max_wait_ms) {
+  return turn(l, max_wait_ms < 0 ? 0 : max_wait_ms);
 }

@@ -85,6 +85,19 @@ int hloop_add_fd(hloop *l, int fd, hloop_fd_fn on_readable, void *ud);
 void hloop_del_fd(hloop *l, int fd);
 
 /*
+ * A general fd watch (the engines' loop adapter uses it): cb(ud, fd,
+ * revents) runs while fd is ready for events (EPOLLIN / EPOLLOUT,
+ * level-triggered). The loop does not own fd. hloop_watch_set changes the
+ * events; hloop_watch_del (safe from any callback) ends the watch.
+ */
+typedef struct hloop_watch hloop_watch;
+typedef void (*hloop_watch_fn)(void *ud, int fd, uint32_t revents);
+int hloop_watch_add(hloop *l, int fd, uint32_t events, hloop_watch_fn cb,
+                    void *ud, hloop_watch **out);
+int hloop_watch_set(hloop *l, hloop_watch *w, uint32_t events);
+void hloop_watch_del(hloop *l, hloop_watch *w);
+
+/*
  * SIGINT/SIGTERM → graceful stop; SIGHUP → the reload callback; SIGPIPE
  * ignored. Call before threads.
  */
@@ -101,5 +114,11 @@ void hloop_stop(hloop *l);
 
 /* Runs until stopped and drained (or the grace period ends). */
 int hloop_run(hloop *l);
+
+/*
+ * One turn of the loop, waiting at most max_wait_ms for an event: for
+ * programs that drive the loop themselves (tests of the engines).
+ */
+int hloop_run_once(hloop *l, int64_t max_wait_ms);
 
 #endif
