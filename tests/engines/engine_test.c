@@ -88,6 +88,14 @@ pid_t eng_spawn(char *const argv[], const char *log_path) {
   return pid;
 }
 
+int eng_wait(pid_t pid) {
+  int st;
+  while (waitpid(pid, &st, 0) < 0)
+    if (errno != EINTR)
+      return -1;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 void eng_kill(pid_t pid, int sig) {
   kill(pid, sig);
   int st;

@@ -48,6 +48,9 @@ uint16_t eng_free_port(void);
  * /dev/null if NULL. Returns the pid; aborts on failure. */
 pid_t eng_spawn(char *const argv[], const char *log_path);
 
+/* Waits for pid to exit; returns its exit status (-1 if killed). */
+int eng_wait(pid_t pid);
+
 /* Kills pid with sig (SIGTERM: graceful, SIGKILL: a crash) and reaps it. */
 void eng_kill(pid_t pid, int sig);
 
