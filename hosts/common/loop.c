@@ -22,12 +22,10 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -48,7 +46,7 @@
 #define LINGER_MAX_BYTES (1 << 20)
 #define CONN_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLET)
 
-enum kind { K_LISTENER, K_CONN, K_SIGNAL, K_FD, K_WATCH };
+enum kind { K_LISTENER, K_CONN, K_FD, K_WATCH };
 enum state { S_OPEN, S_LINGER, S_DEAD };
 
 typedef struct node node;
@@ -89,13 +87,11 @@ struct hloop {
   list conns;     /* OPEN client connections */
   list lingering; /* in order of linger_until */
   list listeners;
-  list others; /* the signalfd and fd watchers */
+  list others; /* fd watchers */
   node *pending;
   node *dead;
   hook *hooks;
   size_t nhooks, hooks_cap;
-  hloop_run_fn reload; /* on SIGHUP */
-  void *reload_ud;
   int hooks_busy;
   int accept_paused;
   int64_t accept_resume_at;
@@ -347,7 +343,10 @@ static ssize_t t_send(void *ud, void *conn_ud, const struct iovec *iov,
   if (iovcnt > IOV_MAX)
     iovcnt = IOV_MAX; /* a partial write is fine */
   for (;;) {
-    ssize_t w = writev(n->fd, iov, iovcnt);
+    /* MSG_NOSIGNAL: a peer gone raises no SIGPIPE in the embedder. */
+    struct msghdr mh = {.msg_iov = (struct iovec *)iov,
+                        .msg_iovlen = (size_t)iovcnt};
+    ssize_t w = sendmsg(n->fd, &mh, MSG_NOSIGNAL);
     if (w >= 0)
       return w;
     if (errno == EINTR)
@@ -363,7 +362,7 @@ static ssize_t t_send(void *ud, void *conn_ud, const struct iovec *iov,
       }
       return IMC_ERR_WOULDBLOCK;
     }
-    hlog_debug("fd %d: writev: %s", n->fd, strerror(errno));
+    hlog_debug("fd %d: sendmsg: %s", n->fd, strerror(errno));
     return IMC_ERR_IO;
   }
 }
@@ -655,57 +654,9 @@ void hloop_stop(hloop *l) {
   l->stop_requested = 1;
 }
 
-void hloop_set_reload(hloop *l, hloop_run_fn reload, void *ud) {
-  l->reload = reload;
-  l->reload_ud = ud;
-}
-
-static void signal_event(hloop *l, node *n) {
-  struct signalfd_siginfo si;
-  while (read(n->fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-    if (si.ssi_signo == SIGHUP) {
-      hlog_info("SIGHUP: reloading");
-      if (l->reload)
-        l->reload(l->reload_ud);
-      continue;
-    }
-    const char *name = si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM";
-    if (!l->stop_requested) {
-      hlog_info("%s: shutting down (grace %lld ms)", name,
-                (long long)l->grace_ms);
-      hloop_stop(l);
-    } else {
-      hlog_warn("%s during shutdown: stopping now", name);
-      l->done = 1;
-    }
-  }
-}
-
-int hloop_handle_signals(hloop *l) {
-  signal(SIGPIPE, SIG_IGN);
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGHUP);
-  if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
-    return -errno;
-  int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-  if (fd < 0)
-    return -errno;
-  node *n = node_new(K_SIGNAL, fd);
-  if (n == NULL) {
-    close(fd);
-    return -ENOMEM;
-  }
-  int rv = epoll_set(l, EPOLL_CTL_ADD, n, EPOLLIN);
-  if (rv < 0) {
-    close(fd);
-    free(n);
-    return rv;
-  }
-  list_push(&l->others, n);
-  return 0;
+void hloop_stop_now(hloop *l) {
+  l->stop_requested = 1;
+  l->done = 1;
 }
 
 static void begin_stop(hloop *l) {
@@ -909,9 +860,6 @@ static void dispatch(hloop *l, node *n, uint32_t ev) {
     break;
   case K_CONN:
     conn_event(l, n, ev);
-    break;
-  case K_SIGNAL:
-    signal_event(l, n);
     break;
   case K_FD:
     n->cb(n->ud);
