@@ -12,6 +12,8 @@ IMC_DEB_PACKAGES=(
   # libraries
   libwslay-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev
   libsqlite3-dev libinih-dev
+  # libimchat-engines (engines/): Redis, MariaDB, etcd (HTTP), Kafka
+  libhiredis-dev libmariadb-dev libcurl4-openssl-dev librdkafka-dev
 )
 
 # The web page (web/): node and npm build it. NodeSource's nodejs bundles
@@ -32,6 +34,8 @@ IMC_DEB_TEST_PACKAGES=(
   clang-format clang libclang-rt-14-dev
   # the benchmark's smoke test (tests/bench) runs against a real broker
   mosquitto
+  # the engines' suites run against real servers (scripts/servers.sh)
+  redis-server redis-tools mariadb-server mariadb-client etcd-server curl
   # the Python binding (bindings/python) and its tests
   python3-cffi
 )
