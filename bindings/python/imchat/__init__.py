@@ -16,14 +16,15 @@ from ._lib import ffi, lib, pystr
 from .client import Client
 from .errors import ImchatError
 from .keysrc import KeySource
+from .server import Server
 from .token import sign_token
 from .types import DeliveryState, Message, Refused, SendAck, State, Status
 
 # ffi and lib: the raw declarations of _cdef, for what the classes do not
 # wrap (e.g. handing a KeySource to an imc_gateway).
 __all__ = ["Client", "DeliveryState", "ImchatError", "KeySource", "Message",
-           "Refused", "SendAck", "State", "Status", "errors", "ffi", "lib",
-           "sign_token", "version"]
+           "Refused", "SendAck", "Server", "State", "Status", "errors", "ffi",
+           "lib", "sign_token", "version"]
 
 
 def version():

@@ -6,6 +6,9 @@ left out: it expands to nothing outside the library's own build), and every
 checks that against the headers as the C preprocessor sees them, so a
 declaration changed, or a member or error code added, in include/imchat/
 fails the test instead of drifting. Only what the binding uses is declared.
+
+HEADERS are libimchat's; SERVER_HEADERS those of libimchat-server, a
+separate library that only imchat.Server loads.
 """
 
 HEADERS = [
@@ -236,7 +239,24 @@ int imc_client_history_response(imc_client *c, const uint8_t *data,
 """),
 ]
 
+# Declared in libimchat-server.so (loaded on first use: _lib.server_lib).
+SERVER_HEADERS = [
+    ("imchat/server.h", """
+typedef struct imc_server imc_server;
+
+int imc_server_new(imc_server **out, int argc,
+                   const char *const *argv, char *err,
+                   size_t errcap);
+const char *imc_server_address(const imc_server *s);
+void imc_server_set_log(imc_server *s, imc_log_cb cb, void *ud);
+int imc_server_run(imc_server *s);
+void imc_server_stop(imc_server *s);
+void imc_server_reload(imc_server *s);
+void imc_server_del(imc_server *s);
+"""),
+]
+
 
 def source():
     """All blocks, in order, as one cdef string."""
-    return "\n".join(text for _, text in HEADERS)
+    return "\n".join(text for _, text in HEADERS + SERVER_HEADERS)

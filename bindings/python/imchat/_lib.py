@@ -2,10 +2,12 @@
 
 IMCHAT_LIB names the library file (the build tree's libimchat.so, as the
 tests set it); without it the system loader finds the installed
-libimchat.so.0 (LD_LIBRARY_PATH, ld.so.cache).
+libimchat.so.0 (LD_LIBRARY_PATH, ld.so.cache). IMCHAT_SERVER_LIB does the
+same for libimchat-server.so, which is loaded only when a Server is made.
 """
 
 import os
+import threading
 
 import cffi
 
@@ -15,17 +17,29 @@ ffi = cffi.FFI()
 ffi.cdef(_cdef.source())
 
 
-def _open():
-    path = os.environ.get("IMCHAT_LIB") or "libimchat.so.0"
+def _open(env, soname):
+    path = os.environ.get(env) or soname
     try:
         return ffi.dlopen(path)
     except OSError as e:
         raise ImportError(
-            "imchat: cannot load %s (%s); install libimchat or set IMCHAT_LIB "
-            "to the path of libimchat.so" % (path, e)) from e
+            "imchat: cannot load %s (%s); install it or set %s to the path "
+            "of the library" % (path, e, env)) from e
 
 
-lib = _open()
+lib = _open("IMCHAT_LIB", "libimchat.so.0")
+_server_lib = []
+_server_lib_lock = threading.Lock()
+
+
+def server_lib():
+    """libimchat-server (IMCHAT_SERVER_LIB, else libimchat-server.so.0),
+    loaded on first use: only imchat.Server needs it."""
+    with _server_lib_lock:
+        if not _server_lib:
+            _server_lib.append(_open("IMCHAT_SERVER_LIB",
+                                     "libimchat-server.so.0"))
+        return _server_lib[0]
 
 
 def cstr(s, what):

@@ -19,7 +19,7 @@ import support
 
 import imchat  # noqa: F401  (checks the cdef parses and the library loads)
 from imchat import _cdef
-from imchat._lib import ffi, lib
+from imchat._lib import ffi, lib, server_lib
 
 _TOKEN = re.compile(r"[A-Za-z_]\w*|0[xX][0-9A-Fa-f]+|\d+|\.\.\.|->|\S")
 
@@ -79,7 +79,7 @@ def find_decl(decl, toks, starts):
 class CdefMatchesHeaders(unittest.TestCase):
     def test_every_declaration_is_in_its_header(self):
         checked = 0
-        for header, text in _cdef.HEADERS:
+        for header, text in _cdef.HEADERS + _cdef.SERVER_HEADERS:
             decls, defines = split_block(text)
             toks = tokens(preprocess(header))
             starts = {}
@@ -123,11 +123,14 @@ class CdefMatchesHeaders(unittest.TestCase):
     def test_every_declared_function_is_exported(self):
         for name in dir(lib):
             if name.startswith("imc_"):
+                # server.h's functions are libimchat-server's.
+                which = server_lib() if name.startswith("imc_server_") \
+                    else lib
                 with self.subTest(function=name):
                     try:
-                        getattr(lib, name)
+                        getattr(which, name)
                     except AttributeError as e:
-                        self.fail("libimchat lacks %s: %s" % (name, e))
+                        self.fail("%s lacks %s: %s" % (which, name, e))
 
     def test_struct_sizes_are_the_compilers(self):
         # cffi lays the mirrored structs out like the C compiler does: the
