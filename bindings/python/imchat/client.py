@@ -387,10 +387,6 @@ class Client:
                 self._turn(left)
                 self._reraise()
 
-    def run(self, seconds):
-        """Drives the client for the given number of seconds."""
-        self.run_until(lambda: False, seconds)
-
     def messages(self, timeout=None):
         """Yields incoming messages (Message) as they arrive, driving the
         client meanwhile. Ends when timeout seconds pass without a message

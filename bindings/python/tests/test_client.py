@@ -166,6 +166,19 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(cm.exception.client_msg_id, cmid)
         self.assertEqual(eve.outbox_size, 0)
 
+    def test_statuses_iterator(self):
+        alice = self.online("alice10")
+        sent = [alice.send("bob10", "s%d" % i) for i in range(2)]
+        sent.append(alice.send(group="nobody10", body="anyone?"))
+        got = {o.client_msg_id: o for _, o in
+               zip(sent, alice.statuses(timeout=IO_TIMEOUT))}
+        self.assertEqual(set(got), set(sent))
+        for cmid in sent[:2]:
+            self.assertEqual((got[cmid].state, got[cmid].user_id),
+                             (DeliveryState.STORED, "bob10"))
+        self.assertIsInstance(got[sent[2]], imchat.Refused)
+        self.assertIsInstance(got[sent[2]].error, errors.Forbidden)
+
     def test_bad_arguments(self):
         alice = self.client("alice5")
         with self.assertRaises(errors.InvalidArgument):
@@ -222,7 +235,7 @@ class ClientTest(unittest.TestCase):
     # -- callbacks ------------------------------------------------------------
 
     def test_callbacks(self):
-        got, statuses, acks, states = [], [], [], []
+        got, statuses, acks, states, refusals = [], [], [], [], []
         bob = self.online("bob6")
 
         def on_message(msg):
@@ -232,12 +245,20 @@ class ClientTest(unittest.TestCase):
 
         alice = self.client("alice6", on_message=on_message,
                             on_status=statuses.append, on_ack=acks.append,
+                            on_refused=refusals.append,
                             on_state=lambda s, e: states.append(s))
         alice.connect(IO_TIMEOUT)
         self.assertEqual(states[:3], [State.CONNECTING, State.HANDSHAKE,
                                       State.ONLINE])
         with self.assertRaises(RuntimeError):
             next(alice.messages())  # on_message replaces the queue
+        with self.assertRaises(RuntimeError):
+            next(alice.statuses())  # and on_status that of statuses
+
+        cmid = alice.send(group="closed6", body="knock knock")
+        self.assertTrue(alice.run_until(lambda: refusals, IO_TIMEOUT))
+        self.assertEqual(refusals[0].client_msg_id, cmid)
+        self.assertIsInstance(refusals[0].error, errors.Forbidden)
 
         cmid = alice.send("bob6", "ping")
         self.assertEqual(next(bob.messages(timeout=IO_TIMEOUT)).text, "ping")

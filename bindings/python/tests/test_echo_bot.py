@@ -44,6 +44,8 @@ class Bot:
 
     def stop(self):
         """SIGTERM; returns (exit status, stderr)."""
+        if self.proc.stderr.closed:
+            return self.proc.returncode, ""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -53,7 +55,10 @@ class Bot:
             self.proc.wait()
             raise AssertionError("the bot ignored SIGTERM")
         self._reader.join(IO_TIMEOUT)
-        return rc, self.proc.stderr.read()
+        err = self.proc.stderr.read()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return rc, err
 
 
 class EchoBotTest(unittest.TestCase):

@@ -8,6 +8,7 @@ import tempfile
 import threading
 import unittest
 
+import support
 from support import IO_TIMEOUT
 
 import imchat
@@ -61,6 +62,28 @@ class ServerTest(unittest.TestCase):
         # thread, up to its last line.
         self.assertEqual(logs.records[-1].getMessage(), "stopped")
         self.assertNotEqual(logs.records[-1].thread, threading.get_ident())
+
+    def test_reload(self):
+        words = os.path.join(self.tmp, "words.txt")
+        with open(words, "w") as f:
+            f.write("spam\n")
+        with self.assertLogs("imchat.server", "INFO") as logs, \
+                self.server(filter_file=words) as srv, \
+                self.client(srv, "alice") as alice:
+            alice.connect(IO_TIMEOUT)
+            with self.assertRaises(errors.Blocked):
+                alice.wait_status(alice.send("bob", "spam"), IO_TIMEOUT)
+            with open(words, "w") as f:
+                f.write("eggs\n")
+            srv.reload()  # from this thread; the server's applies it
+            support.wait_for(lambda: any(
+                "reloaded" in r.getMessage() for r in logs.records),
+                "the reload")
+            with self.assertRaises(errors.Blocked):
+                alice.wait_status(alice.send("bob", "eggs"), IO_TIMEOUT)
+            self.assertEqual(alice.wait_status(alice.send("bob", "spam"),
+                                               IO_TIMEOUT).state,
+                             DeliveryState.STORED)
 
     def test_stop_from_another_thread(self):
         srv = self.server().start()
