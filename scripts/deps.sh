@@ -12,6 +12,8 @@ IMC_DEB_PACKAGES=(
   # libraries
   libwslay-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev
   libsqlite3-dev libinih-dev
+  # the imchat CLI's HTTP(S) pages
+  libcurl4-openssl-dev
 )
 
 # The web page (web/): node and npm build it. NodeSource's nodejs bundles
