@@ -16,6 +16,9 @@
  * Tokens are HS256 with $CHAT_SECRET (default "example-secret"); tokens for
  * alice and bob are printed. $CHAT_ADMIN_TOKEN enables the group admin API.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* accept4, memmem */
+#endif
 #include <imchat/imchat.h>
 
 #include <arpa/inet.h>
