@@ -12,8 +12,10 @@ IMC_DEB_PACKAGES=(
   # libraries
   libwslay-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev
   libsqlite3-dev libinih-dev
-  # libimchat-engines (engines/): Redis, MariaDB, etcd (HTTP), Kafka
-  libhiredis-dev libmariadb-dev libcurl4-openssl-dev librdkafka-dev
+  # the imchat CLI's HTTP(S) pages, and etcd's JSON API in the engines
+  libcurl4-openssl-dev
+  # libimchat-engines (engines/): Redis, MariaDB, Kafka
+  libhiredis-dev libmariadb-dev librdkafka-dev
 )
 
 # The web page (web/): node and npm build it. NodeSource's nodejs bundles

@@ -207,7 +207,7 @@ typedef struct receiver {
   peer *p;
   const char *addr;
   int rv;
-  char why[128];
+  char why[256];
 } receiver;
 
 static void *receive_main(void *ud) {
@@ -239,7 +239,7 @@ START_TEST(test_one_to_one) {
   ck_assert_int_eq(imc_client_send(alice.c, "bob", NULL, (const uint8_t *)text,
                                    strlen(text), NULL, NULL),
                    0);
-  char why[128];
+  char why[256];
   int rv = pump(&alice, addr, is_delivered, why, sizeof(why));
   ck_assert_int_eq(pthread_join(t, NULL), 0);
   ck_assert_msg(rv == HCLIENT_DONE, "alice: %d %s", rv, why);
