@@ -38,6 +38,8 @@ IMC_DEB_TEST_PACKAGES=(
   mosquitto
   # the engines' suites run against real servers (scripts/servers.sh)
   redis-server redis-tools mariadb-server mariadb-client etcd-server curl
+  # the Python binding (bindings/python) and its tests
+  python3-cffi
 )
 
 # What scripts/bench.sh needs on top: the broker imchatd is compared with
