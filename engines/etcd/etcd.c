@@ -202,24 +202,33 @@ static void on_probe_answer(imc_etcd *e, etcd_req *r, int status,
                             const imc_json_value *root) {
   (void)r;
   e->probe = NULL;
-  imc_json_value v;
-  /* GET /health: {"health":"true"}, or 503 without a leader. */
-  if (status == 0 && (imc_json_member(root, "health", &v) != 0 || v.len != 6 ||
-                      memcmp(v.p, "\"true\"", 6) != 0))
+  /* A member that knows no leader, or has an alarm raised (out of
+   * space, corruption), cannot serve writes. */
+  uint64_t leader = 0;
+  imc_json_value errs;
+  size_t pos = 0;
+  if (status == 0 &&
+      (ej_member_u64(root, "leader", &leader) < 0 || leader == 0 ||
+       (imc_json_member(root, "errors", &errs) == 0 &&
+        (errs.type != IMC_JSON_ARRAY ||
+         imc_json_array_next(&errs, &pos, NULL) != 0))))
     etcd_answered(e, 0);
 }
 
+/* Probes the cluster while it is down, and while healthy but idle (no
+ * other exchange for ETCD_PROBE_IDLE_MS): a member's status, which it
+ * answers locally (no raft round, no disk write). */
 static void on_probe_timer(void *ud) {
   imc_etcd *e = ud;
   e->probe_timer = NULL;
   int64_t now = etcd_now_ms();
   if (e->probe == NULL &&
       (e->health != 0 || now - e->last_answer_ms >= ETCD_PROBE_IDLE_MS)) {
-    etcd_req *r =
-        etcd_req_new(e, "/health", on_probe_answer, NULL, now + e->timeout_ms);
+    etcd_req *r = etcd_req_new(e, "/v3/maintenance/status", on_probe_answer,
+                               NULL, now + e->timeout_ms);
     if (r != NULL) {
-      r->get = 1;
       r->holdable = 0;
+      imc_wbuf_puts(&r->body, "{}");
       if (etcd_req_start(e, r) == 0)
         e->probe = r;
       else

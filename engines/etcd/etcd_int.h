@@ -70,7 +70,6 @@ struct etcd_req {
   etcd_xfer x;
   etcd_req *prev, *next; /* e->reqs while with libcurl, else e->held */
   const char *path;      /* "/v3/kv/txn"; static */
-  int get;               /* GET without a body (the health probe) */
   int holdable;          /* waits while a new watch is being created */
   int in_curl;
   int werr;         /* set by the write callback: IMC_ERR_NOMEM / TOO_LARGE */

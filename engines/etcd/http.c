@@ -5,7 +5,7 @@
  * one loop timer); the loop's callbacks hand readiness to
  * curl_multi_socket_action(), then etcd_process() runs what finished.
  *
- * Requests are POSTs of a JSON body (GET for the health probe). One that
+ * Requests are POSTs of a JSON body. One that
  * could not connect is sent again to the next endpoint while it has time
  * (nothing reached etcd, so any request may be repeated); any other
  * failure is reported. Each request carries the deadline of the
@@ -235,13 +235,9 @@ static int req_send(imc_etcd *e, etcd_req *r) {
   curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_write);
   curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
   curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)(left < 1 ? 1 : left));
-  if (r->get) {
-    curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
-  } else {
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, e->headers);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, r->body.p);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body.len);
-  }
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, e->headers);
+  curl_easy_setopt(h, CURLOPT_POSTFIELDS, r->body.p);
+  curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body.len);
   if (curl_multi_add_handle(e->multi, h) != CURLM_OK)
     return IMC_ERR_NOMEM;
   r->in_curl = 1;

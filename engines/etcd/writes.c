@@ -6,19 +6,21 @@
  * One transaction is in flight at a time. When there is none (at the
  * kick after a call, or when the last one is answered) the operations at
  * the head of the queue go out as ONE transaction, as many as:
- *  - are of one kind: puts on one lease (a put on a lease etcd does not
- *    know fails the whole transaction, which must then concern that
- *    lease alone) or unregisters;
+ *  - put on one lease, if they put (a put on a lease etcd does not know
+ *    fails the whole transaction, which must then concern one lease);
  *  - touch distinct keys (etcd refuses a transaction that writes a key
  *    twice);
  *  - fit in max_txn_ops.
  * So the batch grows with the load, with no timer: under a burst of
- * registrations after a node's restart each round trip carries up to
- * max_txn_ops of them.
+ * registrations after a node's restart, or connections coming and
+ * going, each round trip carries up to max_txn_ops of them.
  *
  * An unregister is a nested transaction: delete the key if its value is
  * still this node and connection, so the cleanup of an old connection
- * leaves the entry of the device's newer one alone.
+ * leaves the entry of the device's newer one alone. When a transaction
+ * fails because its lease is gone, its puts complete with
+ * IMC_ERR_NOT_FOUND and its unregisters, which did not happen either,
+ * go back to the head of the queue.
  *
  * Operations waiting in the queue past their deadline complete with
  * IMC_ERR_UNAVAILABLE; a transaction's libcurl timeout is its oldest
@@ -124,11 +126,43 @@ static void complete(imc_etcd *e, etcd_wop *list, int status) {
   }
 }
 
+/* Puts the unregisters of list back at the head of the queue, in their
+ * order; completes its puts with status. */
+static void requeue_unregisters(imc_etcd *e, etcd_wop *list, int status) {
+  etcd_wop *head = NULL, *last = NULL;
+  size_t n = 0;
+  while (list != NULL) {
+    etcd_wop *op = list;
+    list = op->next;
+    op->next = NULL;
+    if (!op->del) {
+      complete(e, op, status);
+      continue;
+    }
+    if (last != NULL)
+      last->next = op;
+    else
+      head = op;
+    last = op;
+    n++;
+  }
+  if (head == NULL)
+    return;
+  last->next = e->wq;
+  if (e->wq == NULL)
+    e->wq_tail = last;
+  e->wq = head;
+  e->wq_len += n;
+}
+
 static void on_batch(imc_etcd *e, etcd_req *r, int status,
                      const imc_json_value *root) {
   (void)root;
   e->w_flight = NULL;
-  complete(e, r->owner, status);
+  if (status == IMC_ERR_NOT_FOUND)
+    requeue_unregisters(e, r->owner, status);
+  else
+    complete(e, r->owner, status);
   etcd_writes_flush(e);
 }
 
@@ -189,10 +223,17 @@ static void send_batch(imc_etcd *e) {
   memset(e->wseen, 0, size * sizeof(e->wseen[0]));
 
   etcd_wop *head = pop(e), *tail = head;
+  uint64_t lease = head->lease; /* 0 for an unregister */
   seen(e, size, head);
   size_t n = 1;
-  while (n < max && e->wq != NULL && e->wq->del == head->del &&
-         e->wq->lease == head->lease && !seen(e, size, e->wq)) {
+  while (n < max && e->wq != NULL) {
+    etcd_wop *op = e->wq;
+    if (!op->del && lease != 0 && op->lease != lease)
+      break;
+    if (seen(e, size, op))
+      break;
+    if (!op->del)
+      lease = op->lease;
     tail->next = pop(e);
     tail = tail->next;
     n++;

@@ -415,6 +415,38 @@ START_TEST(writes_apply_in_call_order) {
 }
 END_TEST
 
+/* Writes of one turn share a transaction; a put on a lease that is gone
+ * fails alone (with NOT_FOUND), the unregisters and the puts on other
+ * leases made with it still happen. */
+START_TEST(a_gone_lease_fails_only_its_puts) {
+  uint64_t live = grant("gw-1", 60), gone = grant("gw-2", 60);
+  ck_assert_int_eq(put(live, "alice", "phone", "gw-1", 1), 0);
+  res rv = {0};
+  ck_assert_int_eq(wait_res(&rv, reg->lease_revoke(eng, gone, on_done, &rv)),
+                   0);
+  imc_reg_entry bob = {sizeof(bob), "bob", "phone", "gw-2", 2};
+  imc_reg_entry alice = {sizeof(alice), "alice", "phone", "gw-1", 1};
+  imc_reg_entry carol = {sizeof(carol), "carol", "web", "gw-1", 3};
+  res r[4] = {{0}};
+  ck_assert_int_eq(reg->register_conn(eng, gone, &bob, on_done, &r[0]), 0);
+  ck_assert_int_eq(reg->unregister(eng, &alice, on_done, &r[1]), 0);
+  ck_assert_int_eq(reg->register_conn(eng, live, &carol, on_done, &r[2]), 0);
+  ck_assert_int_eq(reg->unregister(eng, &bob, on_done, &r[3]), 0);
+  for (int i = 0; i < 4; i++)
+    ck_assert(eng_loop_until(&lp, &r[i].calls, WAIT_MS));
+  ck_assert_int_eq(r[0].status, IMC_ERR_NOT_FOUND);
+  ck_assert_int_eq(r[1].status, 0);
+  ck_assert_int_eq(r[2].status, 0);
+  ck_assert_int_eq(r[3].status, 0);
+  const char *users[] = {"alice", "bob", "carol"};
+  found f;
+  ck_assert_int_eq(lookup(users, 3, &f), 0);
+  ck_assert_uint_eq(f.per_user[0], 0);
+  ck_assert_uint_eq(f.per_user[1], 0);
+  ck_assert_uint_eq(f.per_user[2], 1);
+}
+END_TEST
+
 /* More operations than a transaction holds: writes and lookups span
  * several transactions and all complete. */
 START_TEST(batches_larger_than_a_transaction) {
@@ -826,6 +858,7 @@ static Suite *etcd_suite(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, health_follows_the_server);
   tcase_add_test(tc, writes_apply_in_call_order);
+  tcase_add_test(tc, a_gone_lease_fails_only_its_puts);
   tcase_add_test(tc, batches_larger_than_a_transaction);
   tcase_add_test(tc, unkept_lease_expires);
   tcase_add_test(tc, fails_over_to_the_next_endpoint);

@@ -45,9 +45,11 @@
  * know, IMC_ERR_NOMEM, IMC_ERR_PROTO for an answer it cannot read, or
  * another code for an error etcd reports. A request that cannot connect
  * to a member is tried on the next endpoint; later requests stay on the
- * member that answered. While the cluster is unreachable the engine
- * probes GET /health every second (every 3 s while healthy and idle), and
- * reconnects its watches when it answers.
+ * member that answered. The engine asks a member for its status
+ * (/v3/maintenance/status: answered locally, no raft round) every second
+ * while the cluster is unreachable or has no leader, and after 3 s
+ * without any other exchange while it is healthy; when the cluster
+ * answers again its watches reconnect at once.
  *
  * The host must have initialised libcurl (curl_global_init) before
  * creating an engine, as libcurl requires of every program that uses it.
@@ -119,8 +121,9 @@ IMC_EXTERN int imc_etcd_options_set_log(imc_etcd_options *opt, imc_log_cb cb,
  * Creates an engine from opt (which may be deleted afterwards) on loop
  * (borrowed: it must outlive the engine); mem NULL means malloc. It
  * connects lazily: the first request, or the first health probe, which
- * it sends at once. Returns 0, IMC_ERR_INVALID_ARGUMENT (out, loop or opt
- * NULL, no endpoints) or IMC_ERR_NOMEM (also when libcurl cannot start).
+ * it sends on the loop's next turn. Returns 0, IMC_ERR_INVALID_ARGUMENT (out,
+ * loop or opt NULL, no endpoints) or IMC_ERR_NOMEM (also when libcurl cannot
+ * start).
  */
 IMC_EXTERN int imc_etcd_new(imc_etcd **out, const imc_loop *loop,
                             const imc_etcd_options *opt, const imc_mem *mem);
@@ -142,10 +145,10 @@ IMC_EXTERN const imc_registry_vtbl *imc_etcd_registry_vtbl(void);
 
 /*
  * For a host's /readyz: 0 when the last exchange with the cluster (a
- * request, a watch stream or a health probe, at most a few seconds ago)
- * got an answer from a member that can serve; IMC_ERR_UNAVAILABLE when it
- * did not (no member reachable, or no leader), and before the first
- * answer; IMC_ERR_INVALID_ARGUMENT if e is NULL.
+ * request, a watch stream or a probe, at most a few seconds ago) got an
+ * answer from a member that can serve; IMC_ERR_UNAVAILABLE when it did
+ * not (no member reachable, no leader, an alarm raised), and before the
+ * first answer; IMC_ERR_INVALID_ARGUMENT if e is NULL.
  */
 IMC_EXTERN int imc_etcd_health(const imc_etcd *e);
 
