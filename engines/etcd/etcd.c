@@ -177,7 +177,7 @@ static void on_kick(void *ud) {
 void etcd_kick(imc_etcd *e) {
   if (e->kick_timer == NULL && !e->closing &&
       e->loop.vtbl->timer_add(e->loop.ud, 0, on_kick, e, &e->kick_timer) < 0)
-    e->kick_timer = NULL; /* the next kick or answer flushes */
+    e->kick_timer = NULL; /* the next kick, answer or probe flushes */
 }
 
 /* ------------------------------------------------------------------ */
@@ -235,6 +235,9 @@ static void on_probe_timer(void *ud) {
         etcd_req_free(e, r);
     }
   }
+  /* Work left waiting by a kick the loop could not arm. */
+  if (e->wq != NULL || e->rq != NULL || e->held != NULL)
+    etcd_kick(e);
   e->loop.vtbl->timer_add(
       e->loop.ud, e->health != 0 ? ETCD_PROBE_DOWN_MS : ETCD_PROBE_IDLE_MS,
       on_probe_timer, e, &e->probe_timer);

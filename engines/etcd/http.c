@@ -227,6 +227,7 @@ static int req_send(imc_etcd *e, etcd_req *r) {
   r->ep = e->cur_ep;
   r->sent++;
   r->x.err = 0;
+  r->werr = 0;
   r->resp.len = 0;
   int64_t left = r->deadline - etcd_now_ms();
   if (etcd_easy_setup(e, h, r->ep, r->path, left) < 0)
@@ -321,7 +322,8 @@ static void req_ended(imc_etcd *e, etcd_req *r, CURLcode cc) {
   if (cc == CURLE_OK) {
     long http = 0;
     curl_easy_getinfo(r->x.h, CURLINFO_RESPONSE_CODE, &http);
-    have_root = imc_json_parse(r->resp.p, r->resp.len, &root) == 0 &&
+    have_root = r->resp.len > 0 &&
+                imc_json_parse(r->resp.p, r->resp.len, &root) == 0 &&
                 root.type == IMC_JSON_OBJECT;
     status = ej_status(http, have_root ? &root : NULL);
   } else if (r->werr != 0) {
