@@ -53,6 +53,9 @@
  *
  * The host must have initialised libcurl (curl_global_init) before
  * creating an engine, as libcurl requires of every program that uses it.
+ * Host names in endpoints are resolved by libcurl (with its resolver
+ * thread, in Debian's build, which reports through a socket on the
+ * loop); endpoints given as IP addresses need no resolving.
  *
  * Like every libimchat object, an imc_etcd belongs to the thread that
  * runs its loop; completions and watch callbacks run from that loop,
