@@ -112,7 +112,7 @@ static long http(const char *url, const char *path, const char *body,
 }
 
 /* {"key": base64(k), "range_end": base64(k's prefix end)} */
-static void prefix_range_json(imc_wbuf *b, const char *k, const char *extra) {
+static void prefix_range_json(imc_wbuf *b, const char *k) {
   size_t n = strlen(k);
   char end[128];
   memcpy(end, k, n);
@@ -125,8 +125,6 @@ static void prefix_range_json(imc_wbuf *b, const char *k, const char *extra) {
   imc_jsonw_base64(&w, (const uint8_t *)k, n);
   imc_jsonw_key(&w, "range_end");
   imc_jsonw_base64(&w, (const uint8_t *)end, n);
-  if (extra != NULL)
-    imc_jsonw_kv_bool(&w, extra, 1);
   imc_jsonw_object_end(&w);
   imc_wbuf_append(b, "", 1);
 }
@@ -163,7 +161,7 @@ static void forget_prefix(const char *url) {
     }
   }
   imc_wbuf_free(&ans);
-  prefix_range_json(&body, prefix, NULL);
+  prefix_range_json(&body, prefix);
   ck_assert_int_eq(http(url, "/v3/kv/deleterange", body.p, &ans), 200);
   imc_wbuf_free(&ans);
   imc_wbuf_free(&body);
