@@ -178,8 +178,12 @@ static int up_undelivered(void *ud, const imc_msg *msg, const char *user,
   return 0;
 }
 
-static const imc_upstream_vtbl upstream = {sizeof(imc_upstream_vtbl), up_send,
-                                           up_delivered, up_undelivered};
+static const imc_upstream_vtbl upstream = {
+    .struct_size = sizeof(imc_upstream_vtbl),
+    .send = up_send,
+    .delivered = up_delivered,
+    .undelivered = up_undelivered,
+};
 
 /* The gateway's HTTP handler: the chain of the web page, the dev login
  * and the API, which are created after it. */

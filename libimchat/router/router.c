@@ -84,7 +84,11 @@ static int up_undelivered(void *ud, const imc_msg *msg, const char *user,
 }
 
 static const imc_upstream_vtbl upstream_vtbl = {
-    sizeof(imc_upstream_vtbl), up_send, up_delivered, up_undelivered};
+    .struct_size = sizeof(imc_upstream_vtbl),
+    .send = up_send,
+    .delivered = up_delivered,
+    .undelivered = up_undelivered,
+};
 
 const imc_upstream_vtbl *imc_router_upstream_vtbl(void) {
   return &upstream_vtbl;
