@@ -1,7 +1,8 @@
 /*
  * Delivery statuses: the sender's device gets one DeliveryStatus per
  * message; the "seen" cache (a hash of msg_ids in expiry order)
- * remembers which messages had theirs.
+ * remembers which messages had theirs, and which state it said, so that
+ * a resend answered from the dedup set can get it again.
  */
 #include "router/router_int.h"
 
@@ -34,19 +35,28 @@ void imc_rt_seen_expire(imc_router *r, int64_t now) {
   }
 }
 
-/* 1 if msg_id already had its status; otherwise records it. */
-static int seen_test_and_set(imc_router *r, const char *msg_id) {
-  int64_t now = imc_rt_now_ms(r);
-  imc_rt_seen_expire(r, now);
+static seen *seen_find(imc_router *r, const char *msg_id) {
   uint32_t b = imc_hash_str(msg_id) % SEEN_BUCKETS;
   for (seen *s = r->seen_buckets[b]; s; s = s->next)
     if (strcmp(s->msg_id, msg_id) == 0)
-      return 1;
+      return s;
+  return NULL;
+}
+
+/* 1 if msg_id already had its status; otherwise records it as state. */
+static int seen_test_and_set(imc_router *r, const char *msg_id,
+                             imc_delivery_state state) {
+  int64_t now = imc_rt_now_ms(r);
+  imc_rt_seen_expire(r, now);
+  if (seen_find(r, msg_id) != NULL)
+    return 1;
+  uint32_t b = imc_hash_str(msg_id) % SEEN_BUCKETS;
   size_t l = strlen(msg_id) + 1;
   seen *s = imc_malloc(&r->mem, sizeof(*s) + l);
   if (s == NULL)
     return 0; /* a repeated status is better than none */
   memcpy(s->msg_id, msg_id, l);
+  s->state = (uint8_t)state;
   s->expires = now + STATUS_MEMORY_MS;
   s->next = r->seen_buckets[b];
   r->seen_buckets[b] = s;
@@ -60,11 +70,21 @@ static int seen_test_and_set(imc_router *r, const char *msg_id) {
   return 0;
 }
 
+/* A status whose sender must be looked up first, with its own copy of
+ * the message. */
+typedef struct status_item {
+  imc_msg *msg;
+  imc_delivery_state state;
+  char recipient[IMC_ID_MAX + 1];
+} status_item;
+
+/* Statuses waiting for one lookup_many of their senders: item i is the
+ * batch's user i. */
 typedef struct statusop {
   imc_router *r;
-  imc_delivery_state state;
-  imc_msg *msg;
-  char recipient[IMC_ID_MAX + 1];
+  size_t n;
+  const char **users; /* in the same allocation, after items */
+  status_item items[];
 } statusop;
 
 static void status_sent(void *ud, int status) {
@@ -74,8 +94,24 @@ static void status_sent(void *ud, int status) {
     imc_rt_backend_error(r, "gateway link: status", status);
 }
 
-/* The fallback's lookup of the sender is in: its sending device gets the
- * status on every node that has it. */
+static void status_push(imc_router *r, const char *node, const imc_msg *m,
+                        imc_delivery_state state, const char *recipient) {
+  r->pending++;
+  int rv = r->o.gwlink.status(r->o.gwlink_ud, node, m->from_user,
+                              m->from_device, m->msg_id, m->client_msg_id,
+                              state, recipient, status_sent, r);
+  if (rv != 0)
+    status_sent(r, rv);
+}
+
+static void statusop_free(statusop *op) {
+  for (size_t i = 0; i < op->n; i++)
+    imc_free(&op->r->mem, op->items[i].msg);
+  imc_free(&op->r->mem, op);
+}
+
+/* The lookup of the senders is in: each sending device gets its status
+ * on every node that has it. */
 static void status_lookup_done(void *ud, int status,
                                const imc_reg_entry *const *e,
                                const size_t *offsets, size_t n_users) {
@@ -84,57 +120,130 @@ static void status_lookup_done(void *ud, int status,
   r->pending--;
   if (status != 0)
     imc_rt_backend_error(r, "registry: lookup_many", status);
-  size_t n = status == 0 && n_users == 1 && offsets ? offsets[1] : 0;
-  for (size_t i = 0; i < n; i++) {
-    if (strcmp(e[i]->device_id, op->msg->from_device) != 0)
-      continue;
-    r->pending++;
-    int rv = r->o.gwlink.status(r->o.gwlink_ud, e[i]->node_id,
-                                op->msg->from_user, op->msg->from_device,
-                                op->msg->msg_id, op->msg->client_msg_id,
-                                op->state, op->recipient, status_sent, r);
-    if (rv != 0)
-      status_sent(r, rv);
+  else if (offsets == NULL || n_users != op->n)
+    imc_rt_backend_error(r, "registry: lookup_many", IMC_ERR_UNAVAILABLE);
+  else
+    for (size_t u = 0; u < op->n; u++) {
+      const status_item *it = &op->items[u];
+      for (size_t i = offsets[u]; i < offsets[u + 1]; i++)
+        if (strcmp(e[i]->device_id, it->msg->from_device) == 0)
+          status_push(r, e[i]->node_id, it->msg, it->state, it->recipient);
+    }
+  statusop_free(op);
+}
+
+/* Room for up to cap statuses to look up; NULL without memory. */
+static statusop *statusop_new(imc_router *r, size_t cap) {
+  statusop *op = imc_malloc(
+      &r->mem, sizeof(*op) + cap * (sizeof(status_item) + sizeof(char *)));
+  if (op == NULL)
+    return NULL;
+  op->r = r;
+  op->n = 0;
+  op->users = (const char **)(void *)(op->items + cap);
+  return op;
+}
+
+/* Adds m's status to op. Returns 0 or IMC_ERR_NOMEM (m is left out). */
+static int statusop_add(statusop *op, const imc_msg *m,
+                        imc_delivery_state state, const char *recipient) {
+  imc_msg *copy = imc_msg_dup(&op->r->mem, m);
+  if (copy == NULL) {
+    rt_log(op->r, IMC_LOG_ERROR, "out of memory sending status of %s",
+           m->msg_id);
+    return IMC_ERR_NOMEM;
   }
-  imc_free(&r->mem, op->msg);
-  imc_free(&r->mem, op);
+  status_item *it = &op->items[op->n];
+  it->msg = copy;
+  it->state = state;
+  snprintf(it->recipient, sizeof(it->recipient), "%s", recipient);
+  op->users[op->n++] = copy->from_user;
+  return 0;
+}
+
+/* Asks the registry for every sender of op at once (ids may repeat). */
+static void statusop_lookup(statusop *op) {
+  imc_router *r = op->r;
+  if (op->n == 0) {
+    statusop_free(op);
+    return;
+  }
+  r->pending++;
+  int rv = r->o.registry.lookup_many(r->o.registry_ud, op->users, op->n,
+                                     status_lookup_done, op);
+  if (rv != 0)
+    status_lookup_done(op, rv, NULL, NULL, 0);
+}
+
+/*
+ * The message knows the node the sender sent it from: no registry round
+ * trip. A message from a path that lost it (a gateway reporting over
+ * gRPC, say) falls back to looking the sender up.
+ */
+static void status_route(imc_router *r, const imc_msg *m,
+                         imc_delivery_state state, const char *recipient) {
+  if (m->from_node != NULL && m->from_node[0] != '\0') {
+    status_push(r, m->from_node, m, state, recipient);
+    return;
+  }
+  statusop *op = statusop_new(r, 1);
+  if (op == NULL) {
+    rt_log(r, IMC_LOG_ERROR, "out of memory sending status of %s", m->msg_id);
+    return;
+  }
+  statusop_add(op, m, state, recipient);
+  statusop_lookup(op);
+}
+
+static void count_status(imc_router *r, imc_delivery_state state) {
+  r->stats[state == IMC_DELIVERED ? IMC_RT_STAT_DELIVERED
+                                  : IMC_RT_STAT_STORED]++;
 }
 
 void imc_rt_send_status(imc_router *r, const imc_msg *m,
                         imc_delivery_state state, const char *recipient) {
-  if (seen_test_and_set(r, m->msg_id))
+  if (seen_test_and_set(r, m->msg_id, state))
     return;
-  r->stats[state == IMC_DELIVERED ? IMC_RT_STAT_DELIVERED
-                                  : IMC_RT_STAT_STORED]++;
-  /* The message knows the node the sender sent it from: no registry
-   * round trip. A message from a path that lost it (a gateway reporting
-   * over gRPC, say) falls back to looking the sender up. */
-  if (m->from_node != NULL && m->from_node[0] != '\0') {
-    r->pending++;
-    int rv = r->o.gwlink.status(r->o.gwlink_ud, m->from_node, m->from_user,
-                                m->from_device, m->msg_id, m->client_msg_id,
-                                state, recipient, status_sent, r);
-    if (rv != 0)
-      status_sent(r, rv);
-    return;
+  count_status(r, state);
+  status_route(r, m, state, recipient);
+}
+
+void imc_rt_delivered_many(imc_router *r, const imc_delivery_ack *acks,
+                           size_t n) {
+  statusop *op = NULL; /* the batch's messages that lost their node */
+  for (size_t i = 0; i < n; i++) {
+    imc_msg view;
+    const imc_msg *m = imc_msg_view(&view, acks[i].msg);
+    if (m == NULL || acks[i].user_id == NULL || imc_rt_is_group(m) ||
+        strcmp(acks[i].user_id, m->to_user) != 0 ||
+        seen_test_and_set(r, m->msg_id, IMC_DELIVERED))
+      continue;
+    count_status(r, IMC_DELIVERED);
+    if (m->from_node[0] != '\0') {
+      status_push(r, m->from_node, m, IMC_DELIVERED, m->to_user);
+      continue;
+    }
+    if (op == NULL)
+      op = statusop_new(r, n - i);
+    if (op == NULL)
+      status_route(r, m, IMC_DELIVERED, m->to_user);
+    else
+      statusop_add(op, m, IMC_DELIVERED, m->to_user);
   }
-  statusop *op = imc_malloc(&r->mem, sizeof(*op));
-  imc_msg *copy = op ? imc_msg_dup(&r->mem, m) : NULL;
-  if (copy == NULL) {
-    imc_free(&r->mem, op);
-    rt_log(r, IMC_LOG_ERROR, "out of memory sending status of %s", m->msg_id);
-    return;
-  }
-  op->r = r;
-  op->state = state;
-  op->msg = copy;
-  snprintf(op->recipient, sizeof(op->recipient), "%s", recipient);
-  r->pending++;
-  const char *user = copy->from_user;
-  int rv = r->o.registry.lookup_many(r->o.registry_ud, &user, 1,
-                                     status_lookup_done, op);
-  if (rv != 0)
-    status_lookup_done(op, rv, NULL, NULL, 0);
+  if (op != NULL)
+    statusop_lookup(op);
+}
+
+int imc_rt_status_of(imc_router *r, const char *msg_id) {
+  imc_rt_seen_expire(r, imc_rt_now_ms(r));
+  const seen *s = seen_find(r, msg_id);
+  return s ? s->state : 0;
+}
+
+void imc_rt_resend_status(imc_router *r, const imc_msg *m,
+                          imc_delivery_state state) {
+  r->stats[IMC_RT_STAT_STATUS_REPEATS]++;
+  status_route(r, m, state, imc_rt_is_group(m) ? "" : m->to_user);
 }
 
 void imc_rt_seen_free(imc_router *r) {
