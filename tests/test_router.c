@@ -406,9 +406,11 @@ static int l_status(void *ud, const char *node, const char *user,
   (void)ud;
   (void)msg_id;
   (void)client_msg_id;
-  snprintf(M.statuses[M.n_statuses++], 200, "%s %s %s %s %s", node, user,
-           device, state == IMC_DELIVERED ? "DELIVERED" : "STORED",
-           recipient[0] ? recipient : "-");
+  if (M.n_statuses < MAX_RECS) /* counted beyond, not kept */
+    snprintf(M.statuses[M.n_statuses], 200, "%s %s %s %s %s", node, user,
+             device, state == IMC_DELIVERED ? "DELIVERED" : "STORED",
+             recipient[0] ? recipient : "-");
+  M.n_statuses++;
   complete_done(done, done_ud, 0);
   return 0;
 }
@@ -886,6 +888,38 @@ START_TEST(delivered_many_upstream) {
   ck_assert_int_eq(M.n_statuses, 1);
   ck_assert_str_eq(M.statuses[0], "n1 alice phone DELIVERED bob");
   ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_BACKEND_ERRORS), 1);
+}
+END_TEST
+
+/* Many messages with a status (more than the seen cache's first table
+ * holds): each is still found, once, until it is forgotten. */
+START_TEST(status_memory_grows) {
+  enum { N = 3000, BATCH = 500 };
+  static char ids[N][16];
+  static imc_msg msgs[N];
+  static imc_delivery_ack acks[N];
+  for (int i = 0; i < N; i++) {
+    snprintf(ids[i], sizeof(ids[i]), "s%d", i);
+    msgs[i] = msg_from(ids[i], "alice", "phone", "n1", "bob");
+    acks[i] = (imc_delivery_ack){&msgs[i], "bob", "phone"};
+  }
+  for (int round = 0; round < 2; round++)
+    for (int i = 0; i < N; i += BATCH) {
+      imc_router_delivered_many(R, acks + i, BATCH);
+      settle();
+    }
+  ck_assert_int_eq(M.n_statuses, N);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_DELIVERED), N);
+  /* Remembered until STATUS_MEMORY_MS has passed, then forgotten. */
+  test_clock_advance(&M.tc, 600000 - 1);
+  imc_router_delivered_many(R, acks + N - 1, 1);
+  settle();
+  ck_assert_int_eq(M.n_statuses, N);
+  test_clock_advance(&M.tc, 1);
+  ck_assert_int_eq(imc_router_on_timeout(R), 0);
+  imc_router_delivered_many(R, acks, BATCH);
+  settle();
+  ck_assert_int_eq(M.n_statuses, N + BATCH);
 }
 END_TEST
 
@@ -1585,6 +1619,7 @@ static Suite *router_suite(void) {
     tcase_add_test(t, status_falls_back_to_lookup);
     tcase_add_test(t, delivered_many_one_lookup);
     tcase_add_test(t, delivered_many_upstream);
+    tcase_add_test(t, status_memory_grows);
     tcase_add_test(t, resend_gets_status_again);
     tcase_add_test(t, resend_gets_stored_again);
     tcase_add_test(t, resend_before_status_or_after_memory);

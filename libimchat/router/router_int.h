@@ -68,11 +68,15 @@ typedef struct seen {
   struct seen *older; /* expiry order: newest first */
   struct seen *newer;
   int64_t expires;
+  uint64_t hash; /* of msg_id */
   uint8_t state; /* the imc_delivery_state it said */
   char msg_id[];
 } seen;
 
-#define SEEN_BUCKETS 1024
+/* Buckets of the seen cache at first; the table doubles whenever it holds
+ * as many entries as buckets (one a second per message sent, kept for
+ * STATUS_MEMORY_MS, so millions under load). */
+#define SEEN_BUCKETS_MIN 1024
 
 struct imc_router {
   imc_mem mem;
@@ -88,7 +92,8 @@ struct imc_router {
   qrec *retries, *retries_tail;
   int64_t retry_at;
   uint32_t retry_ms;
-  seen *seen_buckets[SEEN_BUCKETS];
+  seen **seen_buckets; /* seen_nbuckets, a power of two; NULL until used */
+  size_t seen_nbuckets, seen_count;
   seen *seen_newest, *seen_oldest;
 };
 

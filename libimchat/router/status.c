@@ -12,8 +12,12 @@
 #include <stdio.h>
 #include <string.h>
 
+static seen **seen_bucket(imc_router *r, uint64_t hash) {
+  return &r->seen_buckets[hash & (r->seen_nbuckets - 1)];
+}
+
 static void seen_unlink(imc_router *r, seen *s) {
-  seen **pp = &r->seen_buckets[imc_hash_str(s->msg_id) % SEEN_BUCKETS];
+  seen **pp = seen_bucket(r, s->hash);
   while (*pp != s)
     pp = &(*pp)->next;
   *pp = s->next;
@@ -25,6 +29,7 @@ static void seen_unlink(imc_router *r, seen *s) {
     s->older->newer = s->newer;
   else
     r->seen_oldest = s->newer;
+  r->seen_count--;
 }
 
 void imc_rt_seen_expire(imc_router *r, int64_t now) {
@@ -36,11 +41,35 @@ void imc_rt_seen_expire(imc_router *r, int64_t now) {
 }
 
 static seen *seen_find(imc_router *r, const char *msg_id) {
-  uint32_t b = imc_hash_str(msg_id) % SEEN_BUCKETS;
-  for (seen *s = r->seen_buckets[b]; s; s = s->next)
-    if (strcmp(s->msg_id, msg_id) == 0)
+  if (r->seen_buckets == NULL)
+    return NULL;
+  uint64_t h = imc_hash_str(msg_id);
+  for (seen *s = *seen_bucket(r, h); s; s = s->next)
+    if (s->hash == h && strcmp(s->msg_id, msg_id) == 0)
       return s;
   return NULL;
+}
+
+/* Makes room for one more entry: the first table, or one twice as large
+ * once the entries reach the buckets. Returns 0, or IMC_ERR_NOMEM when
+ * there is no table at all (a full table that cannot grow still works,
+ * with longer chains). */
+static int seen_reserve(imc_router *r) {
+  if (r->seen_buckets != NULL && r->seen_count < r->seen_nbuckets)
+    return 0;
+  size_t n = r->seen_buckets ? r->seen_nbuckets * 2 : SEEN_BUCKETS_MIN;
+  seen **t = imc_calloc(&r->mem, n, sizeof(*t));
+  if (t == NULL)
+    return r->seen_buckets ? 0 : IMC_ERR_NOMEM;
+  for (seen *s = r->seen_newest; s; s = s->older) {
+    seen **b = &t[s->hash & (n - 1)];
+    s->next = *b;
+    *b = s;
+  }
+  imc_free(&r->mem, r->seen_buckets);
+  r->seen_buckets = t;
+  r->seen_nbuckets = n;
+  return 0;
 }
 
 /* 1 if msg_id already had its status; otherwise records it as state. */
@@ -50,16 +79,17 @@ static int seen_test_and_set(imc_router *r, const char *msg_id,
   imc_rt_seen_expire(r, now);
   if (seen_find(r, msg_id) != NULL)
     return 1;
-  uint32_t b = imc_hash_str(msg_id) % SEEN_BUCKETS;
   size_t l = strlen(msg_id) + 1;
-  seen *s = imc_malloc(&r->mem, sizeof(*s) + l);
+  seen *s = seen_reserve(r) == 0 ? imc_malloc(&r->mem, sizeof(*s) + l) : NULL;
   if (s == NULL)
     return 0; /* a repeated status is better than none */
   memcpy(s->msg_id, msg_id, l);
+  s->hash = imc_hash_str(msg_id);
   s->state = (uint8_t)state;
   s->expires = now + STATUS_MEMORY_MS;
-  s->next = r->seen_buckets[b];
-  r->seen_buckets[b] = s;
+  seen **b = seen_bucket(r, s->hash);
+  s->next = *b;
+  *b = s;
   s->newer = NULL;
   s->older = r->seen_newest;
   if (r->seen_newest)
@@ -67,6 +97,7 @@ static int seen_test_and_set(imc_router *r, const char *msg_id,
   else
     r->seen_oldest = s;
   r->seen_newest = s;
+  r->seen_count++;
   return 0;
 }
 
@@ -253,4 +284,7 @@ void imc_rt_seen_free(imc_router *r) {
     imc_free(&r->mem, s);
   }
   r->seen_newest = NULL;
+  imc_free(&r->mem, r->seen_buckets);
+  r->seen_buckets = NULL;
+  r->seen_nbuckets = r->seen_count = 0;
 }
