@@ -161,6 +161,16 @@ IMC_EXTERN void imc_router_delivered(imc_router *r, const imc_msg *msg,
                                      const char *user_id,
                                      const char *device_id);
 
+/*
+ * imc_router_delivered for n acks at once (the upstream's
+ * delivered_many): the messages that lost their node (from_node "") have
+ * their senders looked up in one lookup_many. acks may be NULL when n is
+ * 0; items with a NULL msg or user_id are skipped.
+ */
+IMC_EXTERN void imc_router_delivered_many(imc_router *r,
+                                          const imc_delivery_ack *acks,
+                                          size_t n);
+
 /* A push of msg to user_id was not acknowledged: slow path. */
 IMC_EXTERN void imc_router_undelivered(imc_router *r, const imc_msg *msg,
                                        const char *user_id);
@@ -218,6 +228,7 @@ typedef enum imc_router_stat {
   IMC_RT_STAT_BACKEND_ERRORS, /* failed backend operations */
   IMC_RT_STAT_QUEUE_ERRORS,   /* failed offline-queue publishes */
   IMC_RT_STAT_RETRY_QUEUE,    /* gauge: jobs waiting to be queued again */
+  IMC_RT_STAT_STATUS_REPEATS, /* statuses sent again for a resend */
   IMC_RT_STAT_COUNT_
 } imc_router_stat;
 
