@@ -109,8 +109,12 @@ static void sub_pause(kafka_sub *s, int pause) {
     err = pause ? rd_kafka_pause_partitions(s->c->rk, l)
                 : rd_kafka_resume_partitions(s->c->rk, l);
   rd_kafka_topic_partition_list_destroy(l);
-  if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
-    s->paused = (uint8_t)pause;
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+    return;
+  if (s->paused != pause)
+    kafka_log(s->c->k, IMC_LOG_DEBUG, "kafka: group %s: %s %s (%zu held)",
+              s->c->group, pause ? "paused" : "resumed", s->full, s->count);
+  s->paused = (uint8_t)pause;
 }
 
 /* ------------------------------------------------------------------ */
@@ -339,8 +343,10 @@ void kafka_cons_pump(kafka_cons *c) {
     if (m->err) {
       if (m->err == RD_KAFKA_RESP_ERR__FATAL)
         c->fatal = 1;
-      kafka_log(c->k, IMC_LOG_WARN, "kafka: group %s: %s", c->group,
-                rd_kafka_message_errstr(m));
+      /* The end of a partition (enable.partition.eof) is no error. */
+      if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+        kafka_log(c->k, IMC_LOG_WARN, "kafka: group %s: %s", c->group,
+                  rd_kafka_message_errstr(m));
       rd_kafka_message_destroy(m);
       continue;
     }

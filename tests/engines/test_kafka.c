@@ -537,6 +537,44 @@ START_TEST(fatal_producer_is_replaced) {
 }
 END_TEST
 
+/* A topic whose records wait unpolled past the engine's bound is paused
+ * and resumed as polls drain it: every record comes once, in order. */
+START_TEST(held_records_pause_without_loss) {
+  enum { N = 6000 };
+  imc_kafka *k = engine_open(&lp, mk.boot, "", 10000);
+  ck_assert_int_eq(publish(&lp, k, "t", "k", "0"), 0);
+  rec got[64];
+  collect(&lp, k, "t", "g", 1, got);
+  /* No poll is outstanding while these go out and are fetched. */
+  done_st d[N - 1];
+  memset(d, 0, sizeof(d));
+  char v[16];
+  for (int i = 1; i < N; i++) {
+    snprintf(v, sizeof(v), "%d", i);
+    ck_assert_int_eq(imc_kafka_bus_vtbl()->publish(
+                         k, "t", (const uint8_t *)"k", 1, (const uint8_t *)v,
+                         strlen(v), on_done, &d[i - 1]),
+                     0);
+  }
+  for (int i = 0; i < N - 1; i++) {
+    ck_assert(eng_loop_until(&lp, &d[i].calls, WAIT_MS));
+    ck_assert_int_eq(d[i].status, 0);
+  }
+  int next = 1;
+  uint64_t last = got[0].offset;
+  while (next < N) {
+    size_t want = N - next < 64 ? (size_t)(N - next) : 64;
+    collect(&lp, k, "t", "g", want, got);
+    for (size_t i = 0; i < want; i++, next++) {
+      ck_assert_int_eq(atoi(got[i].value), next);
+      ck_assert_uint_eq(got[i].offset, last + 1);
+      last = got[i].offset;
+    }
+  }
+  imc_kafka_del(k);
+}
+END_TEST
+
 static imc_kafka *reentered;
 static int reenter_rv;
 
@@ -661,6 +699,7 @@ int main(void) {
   tcase_add_test(tc, commit_fails_while_down);
   tcase_add_test(tc, rebalance_revokes_a_moved_partition);
   tcase_add_test(tc, fatal_producer_is_replaced);
+  tcase_add_test(tc, held_records_pause_without_loss);
   tcase_add_test(tc, del_completes_pending_with_closed);
   tcase_add_test(tc, arguments_are_checked);
   suite_add_tcase(s, tc);
