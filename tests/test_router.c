@@ -57,6 +57,7 @@ typedef struct comp {
 typedef struct mock {
   test_clock tc;
   int deferred;
+  size_t status_max; /* router_make: the status memory's bound, 0: default */
   uint64_t rng;
   comp *comps[MAX_COMPS];
   int n_comps;
@@ -437,6 +438,9 @@ static void router_make(const char *filter_words, imc_filter_action action) {
   imc_router_options_set_gwlink(o, &gwlink, NULL);
   imc_router_options_set_clock(o, &M.tc.clock);
   imc_router_options_set_max_body(o, 1000);
+  if (M.status_max)
+    ck_assert_int_eq(
+        imc_router_options_set_status_memory(o, 600000, M.status_max), 0);
   if (filter_words)
     ck_assert_int_eq(
         imc_router_options_set_filter(o, (const uint8_t *)filter_words,
@@ -653,8 +657,9 @@ START_TEST(message_to_self) {
 }
 END_TEST
 
-static imc_msg last_msg(void) {
-  Imchat__V1__Message *pm = job(0)->message;
+/* The message of job i. */
+static imc_msg job_msg(int i) {
+  Imchat__V1__Message *pm = job(i)->message;
   imc_msg m = {.struct_size = sizeof(m),
                .msg_id = pm->msg_id,
                .conversation_id = pm->conversation_id,
@@ -668,9 +673,13 @@ static imc_msg last_msg(void) {
                .sent_at_ms = pm->sent_at_ms,
                .client_msg_id = pm->client_msg_id,
                .from_device = pm->from_device,
-               .from_node = job(0)->from_node,
-               .from_conn_id = job(0)->from_conn_id};
+               .from_node = job(i)->from_node,
+               .from_conn_id = job(i)->from_conn_id};
   return m;
+}
+
+static imc_msg last_msg(void) {
+  return job_msg(0);
 }
 
 /* A resend answered from the dedup set gets the status the first
@@ -749,6 +758,37 @@ START_TEST(resend_before_status_or_after_memory) {
   ck_assert_str_eq(A.msg_id, m.msg_id);
   ck_assert_int_eq(M.n_statuses, 1);
   ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_STATUS_REPEATS), 0);
+}
+END_TEST
+
+/* The status memory is bounded: past its size the oldest statuses are
+ * forgotten, so a resend of that message gets its SendAck only. */
+START_TEST(status_memory_is_bounded) {
+  imc_router_del(R);
+  M.status_max = 2;
+  router_make(NULL, 0);
+  add_entry("bob", "phone", "n2");
+  const char *ids[] = {"c1", "c2", "c3"};
+  for (int i = 0; i < 3; i++) {
+    ck_assert_int_eq(send1("alice", "bob", ids[i]), 0);
+    imc_msg m = job_msg(i);
+    imc_router_delivered(R, &m, "bob", "phone");
+    settle();
+  }
+  ck_assert_int_eq(M.n_statuses, 3);
+  ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
+  ck_assert_int_eq(M.n_statuses, 3); /* c1 was forgotten */
+  ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c3"), 0);
+  ck_assert_int_eq(M.n_statuses, 4);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_STATUS_REPEATS), 1);
+
+  imc_router_options *o;
+  ck_assert_int_eq(imc_router_options_new(&o, &TM.mem), 0);
+  ck_assert_int_eq(imc_router_options_set_status_memory(o, 0, 1),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_router_options_set_status_memory(o, 1, 0),
+                   IMC_ERR_INVALID_ARGUMENT);
+  imc_router_options_del(o);
 }
 END_TEST
 
@@ -1623,6 +1663,7 @@ static Suite *router_suite(void) {
     tcase_add_test(t, resend_gets_status_again);
     tcase_add_test(t, resend_gets_stored_again);
     tcase_add_test(t, resend_before_status_or_after_memory);
+    tcase_add_test(t, status_memory_is_bounded);
     tcase_add_test(t, struct_size_respected);
     tcase_add_test(t, own_device_ack_is_not_delivery);
     tcase_add_test(t, stored_status_offline);

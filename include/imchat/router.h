@@ -106,6 +106,17 @@ IMC_EXTERN int imc_router_options_set_dedup_ttl_s(imc_router_options *opt,
 IMC_EXTERN int imc_router_options_set_group_cache_ms(imc_router_options *opt,
                                                      uint32_t ms);
 /*
+ * The statuses the router remembers, so that each message gets one
+ * DeliveryStatus and a resend answered from the dedup set gets it again:
+ * for ms (default 600000) and at most max_entries of them (default
+ * 1048576, about 100 MB; the oldest are forgotten first). A message
+ * whose status was forgotten may get it twice. Returns 0 or
+ * IMC_ERR_INVALID_ARGUMENT (ms or max_entries 0).
+ */
+IMC_EXTERN int imc_router_options_set_status_memory(imc_router_options *opt,
+                                                    uint32_t ms,
+                                                    size_t max_entries);
+/*
  * Sensitive words: the len bytes at words (copied; the host reads them
  * from wherever it keeps them, the library does no file I/O) are the text
  * of a word list, one UTF-8 word per line; blank lines and lines starting

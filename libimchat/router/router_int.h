@@ -20,7 +20,6 @@
 #include "util/log.h"
 #include "protocol/pb.h"
 
-#define STATUS_MEMORY_MS 600000 /* statuses are sent once per message */
 #define RETRY_MIN_MS 100
 #define RETRY_MAX_MS 10000
 
@@ -44,6 +43,8 @@ struct imc_router_options {
   imc_logger log;
   size_t max_body;
   uint32_t dedup_ttl_s, group_cache_ms;
+  uint32_t status_memory_ms; /* statuses are sent once per message ... */
+  size_t status_memory_max;  /* ... remembered this long, this many */
   char offline_topic[IMC_BUS_NAME_CAP]; /* the offline queue's topic */
   char group_topic[IMC_BUS_NAME_CAP];   /* the group bus's topic */
   uint8_t *filter_words; /* the word list's text; NULL: no filter */
@@ -75,7 +76,7 @@ typedef struct seen {
 
 /* Buckets of the seen cache at first; the table doubles whenever it holds
  * as many entries as buckets (one a second per message sent, kept for
- * STATUS_MEMORY_MS, so millions under load). */
+ * the status memory: up to a million entries). */
 #define SEEN_BUCKETS_MIN 1024
 
 struct imc_router {
@@ -140,7 +141,7 @@ void imc_rt_delivered_many(imc_router *r, const imc_delivery_ack *acks,
                            size_t n);
 
 /* The state of the status msg_id had (imc_delivery_state), or 0 if none
- * within STATUS_MEMORY_MS. (status.c) */
+ * within the status memory. (status.c) */
 int imc_rt_status_of(imc_router *r, const char *msg_id);
 
 /* Sends m's sender, again, the status m already had: m is a resend
@@ -149,7 +150,7 @@ int imc_rt_status_of(imc_router *r, const char *msg_id);
 void imc_rt_resend_status(imc_router *r, const imc_msg *m,
                           imc_delivery_state state);
 
-/* Forgets statuses older than STATUS_MEMORY_MS. (status.c) */
+/* Forgets statuses past the status memory. (status.c) */
 void imc_rt_seen_expire(imc_router *r, int64_t now);
 
 /* Frees the memory of sent statuses. (status.c) */

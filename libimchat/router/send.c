@@ -18,11 +18,12 @@
  * The SendAck comes only after both are durable, so an acknowledged
  * message is never lost and a resend finds "ok" and gets the same
  * answer, followed by the message's DeliveryStatus again if it had one
- * (status.c remembers it for STATUS_MEMORY_MS). Issued in the same turn, the
- * job and its "ok" share one transaction in a backend that commits a turn's
- * operations together (SQLite group commit): a crash leaves both or neither,
- * never a queued message whose claim is still "pending". If either fails, the
- * claim is released (TTL 1 s) and the sender gets UNAVAILABLE.
+ * (status.c remembers it: imc_router_options_set_status_memory). Issued in the
+ * same turn, the job and its "ok" share one transaction in a backend that
+ * commits a turn's operations together (SQLite group commit): a crash leaves
+ * both or neither, never a queued message whose claim is still "pending". If
+ * either fails, the claim is released (TTL 1 s) and the sender gets
+ * UNAVAILABLE.
  *
  * A claim is "pending <instance>", the router instance that made it
  * (hex). A host that owns its dedup set alone (imchatd) deletes the

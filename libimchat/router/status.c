@@ -79,6 +79,11 @@ static int seen_test_and_set(imc_router *r, const char *msg_id,
   imc_rt_seen_expire(r, now);
   if (seen_find(r, msg_id) != NULL)
     return 1;
+  while (r->seen_count >= r->o.status_memory_max) {
+    seen *old = r->seen_oldest;
+    seen_unlink(r, old);
+    imc_free(&r->mem, old);
+  }
   size_t l = strlen(msg_id) + 1;
   seen *s = seen_reserve(r) == 0 ? imc_malloc(&r->mem, sizeof(*s) + l) : NULL;
   if (s == NULL)
@@ -86,7 +91,7 @@ static int seen_test_and_set(imc_router *r, const char *msg_id,
   memcpy(s->msg_id, msg_id, l);
   s->hash = imc_hash_str(msg_id);
   s->state = (uint8_t)state;
-  s->expires = now + STATUS_MEMORY_MS;
+  s->expires = now + r->o.status_memory_ms;
   seen **b = seen_bucket(r, s->hash);
   s->next = *b;
   *b = s;
