@@ -12,10 +12,16 @@
  *
  * Appends and marks commute with the group changes, so only the group
  * changes keep their relative order; rows keep the order of their
- * operations, so inbox cursors follow arrival order. Only one batch is
- * in flight at a time: cursors (AUTO_INCREMENT ids) become visible in
- * the order they were handed out, so a reader's cursor never skips an
- * entry that commits later.
+ * operations, so inbox cursors follow arrival order.
+ *
+ * Inbox cursors are AUTO_INCREMENT ids: they must become visible in the
+ * order they were handed out, or a reader's cursor could pass an id that
+ * commits later. An engine has one batch in flight at a time; across
+ * processes (several workers writing one user's inbox), a batch that
+ * adds inbox entries holds a lock per database (GET_LOCK) from before
+ * its first insert until after its COMMIT. All of it is one round trip:
+ * the guard statement fails when the lock is not the session's (its
+ * wait timed out), and the server then runs nothing after it.
  *
  * The operations complete after COMMIT succeeded. If the connection
  * breaks, the whole batch goes back to the head of the queue and is sent
@@ -30,6 +36,13 @@
 #include <inttypes.h>
 
 enum { STEP_BATCH, STEP_ROLLBACK };
+
+#define INBOX_LOCK "CONCAT('imchat.inbox.', MD5(DATABASE()))"
+/* Two rows, so ER_SUBQUERY_NO_1_ROW, unless this session holds the lock
+ * (a SET, since DO discards the error). */
+#define INBOX_LOCK_GUARD                                                       \
+  "SET @imc_inbox_lock = (SELECT 1 UNION ALL SELECT 2 FROM DUAL"               \
+  " WHERE NOT (IS_USED_LOCK(" INBOX_LOCK ") <=> CONNECTION_ID()))"
 
 static mdb_op *take_batch(imc_mariadb *db) {
   mdb_queue *q = &db->wq;
@@ -174,14 +187,25 @@ void mdb_batch_start(mdb_conn *c) {
   c->job = MDB_JOB_WRITE;
   c->ops = list;
   c->step = STEP_BATCH;
+  c->batch_locked = 0;
+  for (const mdb_op *op = list; op && !c->batch_locked; op = op->next)
+    c->batch_locked = op->kind == MDB_OP_APPEND && op->n_entries > 0;
   mdb_sql *s = &c->sql;
   mdb_sql_reset(s);
+  if (c->batch_locked) {
+    /* Wait for the lock within the operations' timeout (in seconds). */
+    int64_t wait_s = db->o.op_timeout_ms / 1000;
+    mdb_sql_addf(s, "DO GET_LOCK(" INBOX_LOCK ", %d);" INBOX_LOCK_GUARD ";",
+                 (int)(wait_s < 1 ? 1 : wait_s));
+  }
   mdb_sql_add(s, "START TRANSACTION");
   add_messages(s, c->my, list);
   add_entries(s, c->my, list);
   add_marks(s, c->my, list);
   add_groups(s, c->my, list);
   mdb_sql_add(s, ";COMMIT");
+  if (c->batch_locked)
+    mdb_sql_add(s, ";DO RELEASE_LOCK(" INBOX_LOCK ")");
   if (s->oom) {
     db->writing = 0;
     mdb_conn_release(c);
@@ -204,7 +228,12 @@ void mdb_batch_step_done(mdb_conn *c, unsigned err, const char *msg) {
     mdb_log(db, IMC_LOG_WARN, "mariadb: a write batch of %zu failed: %s", n,
             msg);
     c->step = STEP_ROLLBACK;
-    mdb_conn_query(c, "ROLLBACK", 8);
+    if (c->batch_locked) {
+      static const char sql[] = "ROLLBACK;DO RELEASE_LOCK(" INBOX_LOCK ")";
+      mdb_conn_query(c, sql, sizeof(sql) - 1);
+    } else {
+      mdb_conn_query(c, "ROLLBACK", 8);
+    }
     return;
   }
   mdb_op *list = c->ops;

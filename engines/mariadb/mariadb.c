@@ -14,6 +14,8 @@
 #include <errmsg.h>
 #include <mysqld_error.h>
 
+#define SCHEMA_RETRY_MS 5000
+
 /* ------------------------------------------------------------------ */
 /* Memory, time, log                                                    */
 /* ------------------------------------------------------------------ */
@@ -116,8 +118,9 @@ int mdb_err_is_conn(unsigned err) {
 }
 
 int mdb_err_is_retry(unsigned err) {
+  /* ER_SUBQUERY_NO_1_ROW: the inbox lock guard (batch.c) */
   return err == ER_LOCK_DEADLOCK || err == ER_LOCK_WAIT_TIMEOUT ||
-         err == ER_QUERY_INTERRUPTED;
+         err == ER_QUERY_INTERRUPTED || err == ER_SUBQUERY_NO_1_ROW;
 }
 
 int mdb_status_of(unsigned err) {
@@ -349,9 +352,12 @@ static void on_schema_timer(void *ud) {
 void mdb_schema_failed(imc_mariadb *db, int status) {
   db->schema = MDB_SCHEMA_FAILED;
   db->schema_err = status;
+  /* Someone may migrate meanwhile: check again, without flooding the log. */
+  int64_t wait = db->o.max_backoff_ms < SCHEMA_RETRY_MS ? SCHEMA_RETRY_MS
+                                                        : db->o.max_backoff_ms;
   if (db->schema_timer == NULL &&
-      db->loop.vtbl->timer_add(db->loop.ud, db->o.max_backoff_ms,
-                               on_schema_timer, db, &db->schema_timer) < 0)
+      db->loop.vtbl->timer_add(db->loop.ud, wait, on_schema_timer, db,
+                               &db->schema_timer) < 0)
     db->schema_timer = NULL;
   if (status != IMC_ERR_UNAVAILABLE) {
     mdb_op *w = db->waiters.head;
@@ -595,15 +601,13 @@ int imc_mariadb_migrate(imc_mariadb *db, imc_done_cb done, void *done_ud) {
     return IMC_ERR_NOMEM;
   op->cb.done = done;
   op->cb_ud = done_ud;
-  if (!db->apply) {
-    db->apply = 1;
-    if (db->schema == MDB_SCHEMA_FAILED) {
-      /* Check again now, applying this time. */
-      if (db->schema_timer)
-        db->loop.vtbl->timer_del(db->loop.ud, db->schema_timer);
-      db->schema_timer = NULL;
-      db->schema = MDB_SCHEMA_UNKNOWN;
-    }
+  db->apply = 1;
+  if (db->schema == MDB_SCHEMA_FAILED) {
+    /* Check again now (applying, this time), not at the next retry. */
+    if (db->schema_timer)
+      db->loop.vtbl->timer_del(db->loop.ud, db->schema_timer);
+    db->schema_timer = NULL;
+    db->schema = MDB_SCHEMA_UNKNOWN;
   }
   return mdb_submit(db, op);
 }

@@ -202,6 +202,7 @@ typedef struct mdb_conn {
   mdb_op *ops; /* its operations, in order */
   int step;
   unsigned err;         /* the server error a job is cleaning up after */
+  int batch_locked;     /* write job: the batch takes the inbox lock */
   int schema_version;   /* schema job: the version the database is at */
   int schema_locked;    /* schema job: GET_LOCK answered 1 */
   char schema_msg[256]; /* schema job: the error being cleaned up after */

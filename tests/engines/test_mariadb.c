@@ -623,6 +623,43 @@ START_TEST(a_blocked_read_does_not_stall_writes) {
 }
 END_TEST
 
+/* Inbox writes of other processes wait for the inbox lock, and a batch
+ * that cannot get it commits nothing. */
+START_TEST(inbox_writes_hold_the_inbox_lock) {
+  MYSQL *adm = admin_shared(T_db);
+  imc_mariadb *db = engine(&(cfg){.op_timeout_ms = 2500});
+  ck_assert(wait_health(&T, db, 0, WAIT_MS));
+  ck_assert_int_eq(admin_int(adm, "SELECT GET_LOCK(CONCAT('imchat.inbox.',"
+                                  " MD5(DATABASE())), 0)"),
+                   1);
+  imc_msg m1 = mk("m1", "p:alice:bob", 1, 1000, "x");
+  imc_inbox_entry e1 = {"bob", &m1};
+  const imc_msg *mp = &m1;
+  res r = {0};
+  ck_assert_int_eq(S()->append(db, &mp, 1, &e1, 1, on_done, &r), 0);
+  int64_t end = eng_now_ms() + 700;
+  while (eng_now_ms() < end)
+    eng_loop_turn(&T, 20);
+  ck_assert_int_eq(r.calls, 0);
+  admin_exec(adm, "DO RELEASE_LOCK(CONCAT('imchat.inbox.', MD5(DATABASE())))");
+  ck_assert_int_eq(finish(&T, 0, &r), 0);
+
+  /* Held for longer than the lock wait (2 s) and the op timeout: the
+   * append fails and nothing of it is written. */
+  ck_assert_int_eq(admin_int(adm, "SELECT GET_LOCK(CONCAT('imchat.inbox.',"
+                                  " MD5(DATABASE())), 0)"),
+                   1);
+  imc_msg m2 = mk("m2", "p:alice:bob", 2, 1000, "y");
+  ck_assert_int_eq(append1(&T, db, &m2, "bob"), IMC_ERR_UNAVAILABLE);
+  ck_assert_int_eq(
+      admin_int(adm, "SELECT COUNT(*) FROM messages WHERE msg_id = 'm2'"), 0);
+  admin_exec(adm, "DO RELEASE_LOCK(CONCAT('imchat.inbox.', MD5(DATABASE())))");
+  ck_assert_int_eq(append1(&T, db, &m2, "bob"), 0);
+  mysql_close(adm);
+  imc_mariadb_del(db);
+}
+END_TEST
+
 START_TEST(del_completes_pending_with_closed) {
   imc_mariadb *db = engine(NULL);
   res r[3] = {{0}};
@@ -1008,6 +1045,7 @@ static Suite *engine_suite(void) {
   tcase_add_test(tc, group_changes_keep_their_order);
   tcase_add_test(tc, purge_in_chunks);
   tcase_add_test(tc, a_blocked_read_does_not_stall_writes);
+  tcase_add_test(tc, inbox_writes_hold_the_inbox_lock);
   tcase_add_test(tc, del_completes_pending_with_closed);
   tcase_add_test(tc, migrations_apply_once);
   tcase_add_test(tc, migrate_only_when_asked);

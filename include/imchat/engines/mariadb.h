@@ -25,11 +25,14 @@
  * (a message, an inbox entry, a membership is never written twice, and a
  * mark never goes down). A batch that fails for any other reason is rolled
  * back and each of its operations runs again alone, so one bad operation
- * fails alone. Inbox cursors are AUTO_INCREMENT ids, handed out in commit
- * order because write batches never overlap; reads run on their own
- * connection, each in its own snapshot. A purge deletes in chunks of
- * imc_mariadb_opts_set_purge_chunk() messages, one transaction each, and
- * lets waiting writes in between chunks.
+ * fails alone. Inbox cursors are AUTO_INCREMENT ids, which must become
+ * visible in the order they are handed out (or a reader's cursor could
+ * pass an entry that commits later): an engine never overlaps its write
+ * batches, and a batch that adds inbox entries holds a lock per database
+ * until its COMMIT, so the processes sharing a database take turns.
+ * Reads run on their own connection, each in its own snapshot. A purge
+ * deletes in chunks of imc_mariadb_opts_set_purge_chunk() messages, one
+ * transaction each, and lets waiting writes in between chunks.
  *
  * Operation timeout. An operation that has not completed within
  * imc_mariadb_opts_set_op_timeout_ms() (5 s by default) completes with
