@@ -60,7 +60,6 @@ static mdb_op *take_batch(imc_mariadb *db) {
   q->head = last->next;
   if (q->head == NULL)
     q->tail = NULL;
-  q->n -= n;
   last->next = NULL;
   return list;
 }

@@ -16,7 +16,6 @@
  */
 #include "mariadb/mariadb_int.h"
 
-#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>

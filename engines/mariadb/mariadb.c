@@ -5,7 +5,6 @@
  */
 #include "mariadb/mariadb_int.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -214,32 +213,26 @@ void mdb_queue_push(mdb_queue *q, mdb_op *op) {
   else
     q->head = op;
   q->tail = op;
-  q->n++;
 }
 
 void mdb_queue_front(mdb_queue *q, mdb_op *list) {
   if (list == NULL)
     return;
   mdb_op *last = list;
-  size_t n = 1;
-  while (last->next) {
+  while (last->next)
     last = last->next;
-    n++;
-  }
   last->next = q->head;
   if (q->head == NULL)
     q->tail = last;
   q->head = list;
-  q->n += n;
 }
 
-static mdb_op *queue_pop(mdb_queue *q) {
+mdb_op *mdb_queue_pop(mdb_queue *q) {
   mdb_op *op = q->head;
   if (op) {
     q->head = op->next;
     if (q->head == NULL)
       q->tail = NULL;
-    q->n--;
     op->next = NULL;
   }
   return op;
@@ -249,7 +242,7 @@ static mdb_op *queue_pop(mdb_queue *q) {
  * in deadline order) onto *out. */
 static void queue_expire(mdb_queue *q, int64_t now, mdb_op ***out) {
   while (q->head && q->head->deadline <= now) {
-    mdb_op *op = queue_pop(q);
+    mdb_op *op = mdb_queue_pop(q);
     **out = op;
     *out = &op->next;
   }
@@ -362,7 +355,6 @@ void mdb_schema_failed(imc_mariadb *db, int status) {
   if (status != IMC_ERR_UNAVAILABLE) {
     mdb_op *w = db->waiters.head;
     db->waiters.head = db->waiters.tail = NULL;
-    db->waiters.n = 0;
     mdb_ops_finish(db, w, status);
   }
   mdb_kick(db);
@@ -387,7 +379,6 @@ static void pump(imc_mariadb *db) {
   if (db->schema == MDB_SCHEMA_READY) {
     mdb_op *w = db->waiters.head;
     db->waiters.head = db->waiters.tail = NULL;
-    db->waiters.n = 0;
     mdb_ops_finish(db, w, 0);
     unsigned max_reads = pool > 1 ? pool - 1 : 1;
     for (unsigned i = 0; i < pool; i++) {

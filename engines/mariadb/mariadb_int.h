@@ -127,7 +127,6 @@ struct mdb_op {
   /* Append: copies of the messages (each one allocation), then of the
    * entries' messages that are not among them. */
   imc_msg **msgs;
-  size_t n_msgs; /* the first n_msgs of msgs are to be appended */
   size_t n_copies;
   mdb_entry *entries;
   size_t n_entries;
@@ -238,7 +237,6 @@ void mdb_conn_close(mdb_conn *c);
 
 typedef struct mdb_queue {
   mdb_op *head, *tail;
-  size_t n;
 } mdb_queue;
 
 typedef enum mdb_schema_state {
@@ -293,6 +291,7 @@ void mdb_ops_finish(imc_mariadb *db, mdb_op *list, int status);
 /* Puts the list (in order) back at the head of q. */
 void mdb_queue_front(mdb_queue *q, mdb_op *list);
 void mdb_queue_push(mdb_queue *q, mdb_op *op);
+mdb_op *mdb_queue_pop(mdb_queue *q);
 
 /* Maps a server or client error number to IMC_ERR_*. */
 int mdb_status_of(unsigned err);

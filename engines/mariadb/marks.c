@@ -25,7 +25,6 @@ static int marks_get(void *ud, const char *key, imc_mark_cb done,
       mdb_op_free(db, op);
     return IMC_ERR_NOMEM;
   }
-  op->limit = 1;
   op->cb.mark = done;
   op->cb_ud = done_ud;
   return mdb_submit(db, op);

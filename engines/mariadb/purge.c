@@ -54,12 +54,7 @@ static void chunk_done(mdb_conn *c, unsigned failed, int status) {
 
 void mdb_purge_start(mdb_conn *c) {
   imc_mariadb *db = c->db;
-  mdb_op *op = db->wq.head;
-  db->wq.head = op->next;
-  if (db->wq.head == NULL)
-    db->wq.tail = NULL;
-  db->wq.n--;
-  op->next = NULL;
+  mdb_op *op = mdb_queue_pop(&db->wq);
   c->job = MDB_JOB_PURGE;
   c->ops = op;
   c->err = 0;

@@ -33,12 +33,7 @@ enum {
 
 void mdb_read_start(mdb_conn *c) {
   imc_mariadb *db = c->db;
-  mdb_op *op = db->rq.head;
-  db->rq.head = op->next;
-  if (db->rq.head == NULL)
-    db->rq.tail = NULL;
-  db->rq.n--;
-  op->next = NULL;
+  mdb_op *op = mdb_queue_pop(&db->rq);
   c->job = MDB_JOB_READ;
   c->ops = op;
   mdb_sql *s = &c->sql;

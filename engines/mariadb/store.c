@@ -95,7 +95,6 @@ static int append_fill(imc_mariadb *db, mdb_op *op, const imc_msg *const *msgs,
       return IMC_ERR_NOMEM;
     op->n_copies++;
   }
-  op->n_msgs = n_msgs;
   for (size_t i = 0; i < n_entries; i++) {
     const imc_msg *m = entries[i].msg;
     size_t idx = op->n_copies;
