@@ -497,7 +497,7 @@ int imc_mariadb_new(imc_mariadb **out, const imc_loop *loop,
     return IMC_ERR_NOMEM;
   db->mem = m;
   db->loop = *loop;
-  if (mdb_opts_copy(&db->o, opts) < 0) {
+  if (mdb_opts_copy(&db->o, opts, &m) < 0) {
     m.free(db, m.ud);
     return IMC_ERR_NOMEM;
   }
@@ -547,7 +547,7 @@ void imc_mariadb_del(imc_mariadb *db) {
   mdb_ops_finish(db, pending, IMC_ERR_CLOSED);
   for (unsigned i = 0; i < MDB_POOL_MAX; i++)
     mdb_sql_free(&db->conns[i].sql);
-  mdb_opts_clear(&db->o);
+  mdb_opts_clear(&db->o, &db->mem);
   imc_mem m = db->mem;
   m.free(db, m.ud);
 }

@@ -71,10 +71,11 @@ struct imc_mariadb_opts {
   void *log_ud;
 };
 
-/* Copies src into dst (strings duplicated with malloc). */
-int mdb_opts_copy(imc_mariadb_opts *dst, const imc_mariadb_opts *src);
-/* Frees what mdb_opts_copy allocated (wiping the password). */
-void mdb_opts_clear(imc_mariadb_opts *o);
+/* Copies src into dst, its strings allocated from mem. */
+int mdb_opts_copy(imc_mariadb_opts *dst, const imc_mariadb_opts *src,
+                  const imc_mem *mem);
+/* Frees dst's strings (wiping the password) into mem. */
+void mdb_opts_clear(imc_mariadb_opts *o, const imc_mem *mem);
 
 /* ------------------------------------------------------------------ */
 /* Operations                                                           */

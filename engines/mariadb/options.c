@@ -16,14 +16,15 @@ static char *dup_str(const char *s, size_t n) {
   return d;
 }
 
-/* Frees a secret after overwriting it. */
+/* Overwrites a secret before it is freed. */
+static void wipe(char *s) {
+  for (volatile char *p = s; p && *p; p++)
+    *p = '\0';
+}
+
 static void free_secret(char *s) {
-  if (s) {
-    volatile char *p = s;
-    while (*p)
-      *p++ = '\0';
-    free(s);
-  }
+  wipe(s);
+  free(s);
 }
 
 int imc_mariadb_opts_new(imc_mariadb_opts **out) {
@@ -45,31 +46,40 @@ int imc_mariadb_opts_new(imc_mariadb_opts **out) {
   return 0;
 }
 
-void mdb_opts_clear(imc_mariadb_opts *o) {
+void imc_mariadb_opts_del(imc_mariadb_opts *o) {
+  if (o == NULL)
+    return;
   free(o->host);
   free(o->dbname);
   free(o->user);
   free_secret(o->password);
-  o->host = o->dbname = o->user = o->password = NULL;
-}
-
-void imc_mariadb_opts_del(imc_mariadb_opts *o) {
-  if (o == NULL)
-    return;
-  mdb_opts_clear(o);
   free(o);
 }
 
-int mdb_opts_copy(imc_mariadb_opts *dst, const imc_mariadb_opts *src) {
+void mdb_opts_clear(imc_mariadb_opts *o, const imc_mem *mem) {
+  wipe(o->password);
+  char *s[4] = {o->host, o->dbname, o->user, o->password};
+  for (int i = 0; i < 4; i++)
+    if (s[i])
+      mem->free(s[i], mem->ud);
+  o->host = o->dbname = o->user = o->password = NULL;
+}
+
+int mdb_opts_copy(imc_mariadb_opts *dst, const imc_mariadb_opts *src,
+                  const imc_mem *mem) {
   *dst = *src;
   dst->host = dst->dbname = dst->user = dst->password = NULL;
   const char *s[4] = {src->host, src->dbname, src->user, src->password};
   char **d[4] = {&dst->host, &dst->dbname, &dst->user, &dst->password};
   for (int i = 0; i < 4; i++) {
-    if (s[i] && (*d[i] = dup_str(s[i], strlen(s[i]))) == NULL) {
-      mdb_opts_clear(dst);
+    if (s[i] == NULL)
+      continue;
+    size_t n = strlen(s[i]) + 1;
+    if ((*d[i] = mem->malloc(n, mem->ud)) == NULL) {
+      mdb_opts_clear(dst, mem);
       return IMC_ERR_NOMEM;
     }
+    memcpy(*d[i], s[i], n);
   }
   return 0;
 }

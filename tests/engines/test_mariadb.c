@@ -15,6 +15,7 @@
  */
 #include "conformance.h"
 #include "engine_test.h"
+#include "testutil.h"
 
 #include <imchat/engines/mariadb.h>
 
@@ -125,6 +126,7 @@ typedef struct cfg {
   int no_migrate;
   int64_t max_backoff_ms;
   const char *user, *password; /* NULL: from the environment */
+  const imc_mem *mem;
 } cfg;
 
 static void log_line(void *ud, imc_log_level level, const char *line) {
@@ -165,8 +167,9 @@ static imc_mariadb *engine_at(eng_loop *lp, const char *host, unsigned port,
                      0);
   ck_assert_int_eq(imc_mariadb_opts_set_log(o, log_line, NULL), 0);
   imc_mariadb *db = NULL;
-  ck_assert_int_eq(imc_mariadb_new(&db, lp->loop, o, NULL), 0);
+  int rv = imc_mariadb_new(&db, lp->loop, o, c->mem);
   imc_mariadb_opts_del(o);
+  ck_assert(rv == 0 || (rv == IMC_ERR_NOMEM && c->mem));
   return db;
 }
 
@@ -660,6 +663,43 @@ START_TEST(inbox_writes_hold_the_inbox_lock) {
 }
 END_TEST
 
+/* Each allocation of the engine fails in turn: every call returns
+ * IMC_ERR_NOMEM or completes once, and nothing leaks. */
+START_TEST(allocation_failures) {
+  imc_mariadb *db = engine(NULL);
+  ck_assert(wait_health(&T, db, 0, WAIT_MS)); /* the schema, once */
+  imc_mariadb_del(db);
+  imc_msg m = mk("m1", "p:alice:bob", 1, 1000, "body");
+  const imc_msg *mp = &m;
+  imc_inbox_entry e = {"bob", &m};
+  static res r[4];
+  for (long k = 0;; k++) {
+    test_mem tm;
+    test_mem_init(&tm);
+    tm.fail_at = k;
+    db = engine(&(cfg){.mem = &tm.mem});
+    if (db == NULL) {
+      ck_assert_int_eq(tm.live, 0);
+      continue;
+    }
+    memset(r, 0, sizeof(r));
+    int rv[4];
+    rv[0] = S()->append(db, &mp, 1, &e, 1, on_done, &r[0]);
+    rv[1] = S()->fetch_inbox(db, "bob", 0, 10, on_page, &r[1]);
+    rv[2] = M()->raise(db, "k", 5, on_done, &r[2]);
+    rv[3] = S()->group_members(db, "team", on_list, &r[3]);
+    for (int i = 0; i < 4; i++) {
+      int st = finish(&T, rv[i], &r[i]);
+      ck_assert_msg(st == 0 || st == IMC_ERR_NOMEM, "op %d: %d", i, st);
+    }
+    imc_mariadb_del(db);
+    ck_assert_int_eq(tm.live, 0);
+    if (tm.count <= k)
+      break; /* nothing failed: every allocation had its turn */
+  }
+}
+END_TEST
+
 START_TEST(del_completes_pending_with_closed) {
   imc_mariadb *db = engine(NULL);
   res r[3] = {{0}};
@@ -1064,6 +1104,7 @@ static Suite *engine_suite(void) {
   tcase_add_test(tc, purge_in_chunks);
   tcase_add_test(tc, a_blocked_read_does_not_stall_writes);
   tcase_add_test(tc, inbox_writes_hold_the_inbox_lock);
+  tcase_add_test(tc, allocation_failures);
   tcase_add_test(tc, del_completes_pending_with_closed);
   tcase_add_test(tc, migrations_apply_once);
   tcase_add_test(tc, migrate_only_when_asked);
