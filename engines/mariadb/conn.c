@@ -121,7 +121,7 @@ static void on_retry(void *ud) {
   mdb_kick(c->db);
 }
 
-/* After a failure: wait, then let mdb_pump connect again. */
+/* After a failure: wait, then let the pump connect again. */
 static void backoff(mdb_conn *c) {
   imc_mariadb *db = c->db;
   int64_t wait = c->backoff_ms;

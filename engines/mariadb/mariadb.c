@@ -249,13 +249,17 @@ static void queue_expire(mdb_queue *q, int64_t now, mdb_op ***out) {
 }
 
 int mdb_submit(imc_mariadb *db, mdb_op *op) {
+  int rv = mdb_kick(db);
+  if (rv < 0) {
+    mdb_op_free(db, op);
+    return rv;
+  }
   if (op->kind <= MDB_OP_PURGE)
     mdb_queue_push(&db->wq, op);
   else if (op->kind < MDB_OP_MIGRATE)
     mdb_queue_push(&db->rq, op);
   else
     mdb_queue_push(&db->waiters, op);
-  mdb_kick(db);
   return 0;
 }
 
@@ -271,11 +275,14 @@ static void on_kick(void *ud) {
   pump(db);
 }
 
-void mdb_kick(imc_mariadb *db) {
+int mdb_kick(imc_mariadb *db) {
   if (db->kick || db->closing)
-    return;
-  if (db->loop.vtbl->timer_add(db->loop.ud, 0, on_kick, db, &db->kick) < 0)
-    db->kick = NULL; /* the deadline timer still ends what waits */
+    return 0;
+  if (db->loop.vtbl->timer_add(db->loop.ud, 0, on_kick, db, &db->kick) < 0) {
+    db->kick = NULL;
+    return IMC_ERR_NOMEM;
+  }
+  return 0;
 }
 
 static void on_deadline(void *ud);

@@ -20,13 +20,13 @@
  *
  * Flow: a vtable call checks its arguments, copies them into an mdb_op
  * and queues it (writes on wq, reads on rq), then arms the kick timer.
- * The kick (next loop turn) runs mdb_pump(): it starts connections that
- * are down and gives each idle connection a job: the schema job first,
- * then a write batch (at most one in flight), then reads. A connection
- * runs its job's SQL steps and calls the job's handlers (mdb_job_*),
- * which complete the operations or queue them again. Everything that
- * changes the schedule arms the kick instead of calling mdb_pump() from
- * inside a connection's callbacks.
+ * The kick (next loop turn) runs pump() (mariadb.c): it starts the
+ * connections that are down and gives each idle connection a job: the
+ * schema job first, then a write batch (one in flight), then reads. A
+ * connection runs its job's SQL steps and calls the job's handlers
+ * (mdb_job_*), which complete the operations or queue them again.
+ * Everything that changes the schedule arms the kick instead of calling
+ * pump() from inside a connection's callbacks.
  */
 #ifndef IMC_ENGINES_MARIADB_INT_H
 #define IMC_ENGINES_MARIADB_INT_H
@@ -147,7 +147,7 @@ struct mdb_op {
 /* ------------------------------------------------------------------ */
 
 typedef enum mdb_conn_state {
-  MDB_CONN_DOWN,       /* no connection and no attempt: mdb_pump connects */
+  MDB_CONN_DOWN,       /* no connection and no attempt: the pump connects */
   MDB_CONN_CONNECTING, /* mysql_real_connect in progress */
   MDB_CONN_IDLE,       /* up, no job */
   MDB_CONN_BUSY,       /* up, running a job */
@@ -261,7 +261,7 @@ struct imc_mariadb {
   int apply;          /* apply migrations (else only check) */
   int schema_err;     /* FAILED: IMC_ERR_IO for a schema problem */
   void *schema_timer; /* FAILED: the next check */
-  void *kick;         /* next-turn timer that runs mdb_pump */
+  void *kick;         /* next-turn timer that runs the pump */
   void *deadline_timer;
   char errmsg[256];
 };
@@ -277,12 +277,17 @@ int64_t mdb_now_ms(void);
 void mdb_log(imc_mariadb *db, imc_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Arms the next-turn timer that runs mdb_pump(). */
-void mdb_kick(imc_mariadb *db);
+/*
+ * Arms the next-turn timer that runs the pump (a no-op while it is
+ * armed). Returns 0 or IMC_ERR_NOMEM; callers other than mdb_submit may
+ * ignore a failure: the deadline timer still ends what waits.
+ */
+int mdb_kick(imc_mariadb *db);
 
 /* A new op of kind with the engine's deadline (or NULL). */
 mdb_op *mdb_op_new(imc_mariadb *db, mdb_op_kind kind);
-/* Queues op (allocated by mdb_op_new) and kicks. Returns 0. */
+/* Queues op (allocated by mdb_op_new) and kicks. Returns 0, or
+ * IMC_ERR_NOMEM (op is freed). */
 int mdb_submit(imc_mariadb *db, mdb_op *op);
 /* Calls op's completion with status (its results if 0), then frees it. */
 void mdb_op_finish(imc_mariadb *db, mdb_op *op, int status);
