@@ -36,6 +36,7 @@
 
 static char g_host[64];
 static unsigned g_port;
+static char g_tmpdir[64];    /* main()'s, removed at the end */
 static char g_template[160]; /* a fault server's data directory, installed */
 
 /* ------------------------------------------------------------------ */
@@ -827,7 +828,7 @@ END_TEST
 #define F_DB "imchat_f"
 
 typedef struct srv {
-  char dir[128];
+  char dir[160];
   uint16_t port;
   pid_t pid;
 } srv;
@@ -911,9 +912,11 @@ static void srv_start(srv *s) {
   ck_assert_msg(eng_wait_port(s->port, 60000), "mariadbd did not start");
 }
 
-/* A server on a free port with a copy of the installed template. */
+/* A server on a free port with a copy of the installed template, in a
+ * directory under g_tmpdir (so nothing is left behind, even by a test
+ * that failed). */
 static void srv_new(srv *s) {
-  snprintf(s->dir, sizeof(s->dir), "/tmp/imc-mdb-fault-XXXXXX");
+  snprintf(s->dir, sizeof(s->dir), "%s/fault-XXXXXX", g_tmpdir);
   ck_assert_ptr_nonnull(mkdtemp(s->dir));
   char dst[200];
   snprintf(dst, sizeof(dst), "%s/d", s->dir);
@@ -1120,17 +1123,17 @@ static Suite *engine_suite(void) {
 }
 
 /* The fault servers' data directory, installed once for all of them. */
-static void install_template(char *tmpdir, size_t n) {
-  snprintf(tmpdir, n, "/tmp/imc-mdb-template-XXXXXX");
-  if (mkdtemp(tmpdir) == NULL) {
+static void install_template(void) {
+  snprintf(g_tmpdir, sizeof(g_tmpdir), "/tmp/imc-mdb-XXXXXX");
+  if (mkdtemp(g_tmpdir) == NULL) {
     perror("mkdtemp");
     exit(EXIT_FAILURE);
   }
-  if (install(tmpdir) < 0) {
+  if (install(g_tmpdir) < 0) {
     fprintf(stderr, "mariadb-install-db failed\n");
     exit(EXIT_FAILURE);
   }
-  snprintf(g_template, sizeof(g_template), "%s/d", tmpdir);
+  snprintf(g_template, sizeof(g_template), "%s/d", g_tmpdir);
 }
 
 int main(void) {
@@ -1145,15 +1148,14 @@ int main(void) {
   memcpy(g_host, addr, (size_t)(colon - addr));
   g_port = (unsigned)strtoul(colon + 1, NULL, 10);
   factory.store = imc_mariadb_store_vtbl();
-  char tmpdir[128];
-  install_template(tmpdir, sizeof(tmpdir));
+  install_template();
 
   SRunner *sr = srunner_create(conformance_store_suite(&factory));
   srunner_add_suite(sr, engine_suite());
   srunner_run_all(sr, CK_ENV);
   int failed = srunner_ntests_failed(sr);
   srunner_free(sr);
-  char *argv[] = {"rm", "-rf", tmpdir, NULL};
+  char *argv[] = {"rm", "-rf", g_tmpdir, NULL};
   run_ok(argv);
   return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
