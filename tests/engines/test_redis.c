@@ -4,11 +4,13 @@
  * IMC_TEST_REDIS), and fault cases on a server this suite starts, stops
  * and restarts itself: a restart that loses every counter, a counter
  * that goes back (a replica that lagged), a server that stops answering,
- * and a mark that cannot be raised.
+ * a mark that cannot be raised, and the marks kept by a real MariaDB
+ * (IMC_TEST_MARIADB) across restarts of Redis and of the process.
  */
 #include "conformance.h"
 #include "engine_test.h"
 
+#include <imchat/engines/mariadb.h>
 #include <imchat/engines/redis.h>
 
 #include <check.h>
@@ -211,6 +213,14 @@ static int next(imc_redis *r, const char *k, uint64_t *out) {
   return res.status;
 }
 
+/* Waits until the engine has seen its connection go. */
+static void wait_unhealthy(imc_redis *r) {
+  int64_t end = eng_now_ms() + 10000;
+  while (imc_redis_health(r) == 0 && eng_now_ms() < end)
+    eng_loop_turn(&loop, 20);
+  ck_assert_int_eq(imc_redis_health(r), IMC_ERR_UNAVAILABLE);
+}
+
 static void wait_healthy(imc_redis *r) {
   int64_t end = eng_now_ms() + 10000;
   while (imc_redis_health(r) != 0 && eng_now_ms() < end)
@@ -330,6 +340,68 @@ START_TEST(seq_without_marks_is_refused) {
 }
 END_TEST
 
+/* The marks of a real MariaDB engine: a Redis that restarts empty, and
+ * then a process that restarts too, continue above every value handed
+ * out. */
+static imc_mariadb *open_mariadb(void) {
+  imc_mariadb_opts *o;
+  ck_assert_int_eq(imc_mariadb_opts_new(&o), 0);
+  ck_assert_int_eq(imc_mariadb_opts_set_address(o, getenv("IMC_TEST_MARIADB")),
+                   0);
+  ck_assert_int_eq(imc_mariadb_opts_credentials_from_env(o), 0);
+  imc_mariadb *db = NULL;
+  ck_assert_int_eq(imc_mariadb_new(&db, loop.loop, o, NULL), 0);
+  imc_mariadb_opts_del(o);
+  return db;
+}
+
+static imc_redis *open_on_mariadb(imc_mariadb *db) {
+  imc_redis_options o = {.struct_size = sizeof(o),
+                         .port = own_port,
+                         .key_prefix = "mdb:",
+                         .reconnect_min_ms = 20,
+                         .reconnect_max_ms = 200,
+                         .marks = imc_mariadb_marks_vtbl(),
+                         .marks_ud = db,
+                         .seq_block = 10};
+  imc_redis *r = NULL;
+  ck_assert_int_eq(imc_redis_new(&r, loop.loop, &o), 0);
+  return r;
+}
+
+START_TEST(marks_in_mariadb_survive_redis_and_process_restarts) {
+  char counter[64];
+  snprintf(counter, sizeof(counter), "conv-%d-%lld", (int)getpid(),
+           (long long)eng_now_ms());
+  imc_mariadb *db = open_mariadb();
+  imc_redis *r = open_on_mariadb(db);
+  uint64_t v = 0;
+  for (int i = 1; i <= 15; i++) {
+    ck_assert_int_eq(next(r, counter, &v), 0);
+    ck_assert_uint_eq(v, (uint64_t)i);
+  }
+  eng_kill(own_pid, SIGKILL);
+  wait_unhealthy(r);
+  own_start(); /* empty */
+  wait_healthy(r);
+  ck_assert_int_eq(next(r, counter, &v), 0);
+  ck_assert_uint_gt(v, 15);
+  uint64_t top = v;
+  imc_redis_del(r);
+  imc_mariadb_del(db);
+
+  /* Both restarted: the process and, once more, Redis. */
+  eng_kill(own_pid, SIGKILL);
+  own_start();
+  db = open_mariadb();
+  r = open_on_mariadb(db);
+  ck_assert_int_eq(next(r, counter, &v), 0);
+  ck_assert_uint_gt(v, top);
+  imc_redis_del(r);
+  imc_mariadb_del(db);
+}
+END_TEST
+
 static Suite *fault_suite(void) {
   Suite *s = suite_create("redis/faults");
   TCase *tc = tcase_create("faults");
@@ -339,12 +411,14 @@ static Suite *fault_suite(void) {
   tcase_add_test(tc, a_server_that_stops_answering_fails_operations_in_time);
   tcase_add_test(tc, no_value_is_handed_out_without_its_mark);
   tcase_add_test(tc, seq_without_marks_is_refused);
+  tcase_add_test(tc, marks_in_mariadb_survive_redis_and_process_restarts);
   suite_add_tcase(s, tc);
   return s;
 }
 
 int main(void) {
   parse_addr(eng_env_or_skip("IMC_TEST_REDIS"));
+  eng_env_or_skip("IMC_TEST_MARIADB"); /* the durable marks */
   factory.seq = imc_redis_seq_vtbl();
   factory.dedup = imc_redis_dedup_vtbl();
   SRunner *sr = srunner_create(conformance_seq_suite(&factory));
