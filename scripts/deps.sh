@@ -32,6 +32,8 @@ IMC_DEB_TEST_PACKAGES=(
   clang-format clang libclang-rt-14-dev
   # the benchmark's smoke test (tests/bench) runs against a real broker
   mosquitto
+  # the Go binding's tests (bindings/go, examples/go_echo_bot)
+  golang-go
 )
 
 # What scripts/bench.sh needs on top: the broker imchatd is compared with

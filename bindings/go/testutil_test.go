@@ -1,0 +1,108 @@
+package imchat
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"imchat.local/imchat/imchattest"
+)
+
+const waitTimeout = 15 * time.Second
+
+// token signs a token for user with the server's secret.
+func token(t *testing.T, user string) string {
+	t.Helper()
+	tok, err := SignHS256([]byte(imchattest.Secret), Claims{User: user, Device: "go-test"})
+	if err != nil {
+		t.Fatalf("SignHS256: %v", err)
+	}
+	return tok
+}
+
+// testClient is a Client with the events it has read and not yet matched.
+type testClient struct {
+	*Client
+	t       *testing.T
+	name    string
+	backlog []Event
+}
+
+// connect creates a client of user with its store at store (a new
+// file in the test's directory if "") and closes it when the test ends.
+func connect(t *testing.T, s *imchattest.Server, user, store, tok string) *testClient {
+	t.Helper()
+	if store == "" {
+		store = t.TempDir() + "/" + user + ".db"
+	}
+	if tok == "" {
+		tok = token(t, user)
+	}
+	c, err := NewClient(Options{Addr: s.Addr, Token: tok, StorePath: store,
+		InitialBackoff: 100 * time.Millisecond, MaxBackoff: time.Second})
+	if err != nil {
+		t.Fatalf("NewClient(%s): %v", user, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &testClient{Client: c, t: t, name: user}
+}
+
+// waitFor returns the first event (already read or arriving within
+// waitTimeout) that match accepts; the others stay for later waits.
+func (c *testClient) waitFor(what string, match func(Event) bool) Event {
+	c.t.Helper()
+	for i, e := range c.backlog {
+		if match(e) {
+			c.backlog = append(c.backlog[:i], c.backlog[i+1:]...)
+			return e
+		}
+	}
+	timeout := time.After(waitTimeout)
+	for {
+		select {
+		case e, ok := <-c.Events():
+			if !ok {
+				c.t.Fatalf("%s: events closed while waiting for %s; unmatched: %s", c.name, what, describe(c.backlog))
+			}
+			if match(e) {
+				return e
+			}
+			c.backlog = append(c.backlog, e)
+		case <-timeout:
+			c.t.Fatalf("%s: no %s within %v; unmatched events: %s", c.name, what, waitTimeout, describe(c.backlog))
+		}
+	}
+}
+
+func (c *testClient) waitState(want State) *StateChange {
+	c.t.Helper()
+	return c.waitFor("state "+want.String(), func(e Event) bool {
+		s, ok := e.(*StateChange)
+		return ok && s.State == want
+	}).(*StateChange)
+}
+
+func (c *testClient) waitMessage(clientMsgID string) *Message {
+	c.t.Helper()
+	return c.waitFor("message "+clientMsgID, func(e Event) bool {
+		m, ok := e.(*Message)
+		return ok && m.ClientMsgID == clientMsgID
+	}).(*Message)
+}
+
+func (c *testClient) waitStatus(clientMsgID string) *DeliveryStatus {
+	c.t.Helper()
+	return c.waitFor("delivery status of "+clientMsgID, func(e Event) bool {
+		s, ok := e.(*DeliveryStatus)
+		return ok && s.ClientMsgID == clientMsgID
+	}).(*DeliveryStatus)
+}
+
+func describe(evs []Event) string {
+	parts := make([]string, len(evs))
+	for i, e := range evs {
+		parts[i] = fmt.Sprintf("%T%+v", e, e)
+	}
+	return "[" + strings.Join(parts, ", ") + "]"
+}
