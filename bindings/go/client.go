@@ -39,12 +39,14 @@ func NewClient(o Options) (*Client, error) {
 		l.h.Delete()
 		return nil, err
 	}
-	rv := C.imc_client_new(&l.c, opt, nil)
+	var c *C.imc_client
+	rv := C.imc_client_new(&c, opt, nil)
 	C.imc_client_options_del(opt)
 	if rv != 0 {
 		l.h.Delete()
 		return nil, fmt.Errorf("imchat: creating the client: %w", codeErr(rv))
 	}
+	l.c = c
 	go l.run()
 	return &Client{l: l}, nil
 }
@@ -87,7 +89,7 @@ func (c *Client) SendMessage(to, group string, body []byte, contentType string) 
 	return id, err
 }
 
-// State is the connection's current state.
+// State is the connection's current state (StateStopped after Close).
 func (c *Client) State() State {
 	st := StateStopped
 	c.do(func(l *loop) error {
@@ -107,7 +109,8 @@ func (c *Client) UserID() string {
 	return id
 }
 
-// OutboxSize is the number of sends not yet confirmed.
+// OutboxSize is the number of sends not yet confirmed (0 after Close; the
+// store keeps them for the next client on it).
 func (c *Client) OutboxSize() int {
 	n := 0
 	c.do(func(l *loop) error {

@@ -257,3 +257,51 @@ func TestClientArgumentErrors(t *testing.T) {
 		t.Errorf("SignHS256 of a bad user id: %v", err)
 	}
 }
+
+// The server goes away and comes back: the clients reconnect on their own,
+// and a send queued meanwhile goes out after the Welcome.
+func TestReconnectAfterServerRestart(t *testing.T) {
+	s := imchattest.Start(t)
+	alice := connect(t, s, "alice", "", "")
+	bob := connect(t, s, "bob", "", "")
+	alice.waitState(StateOnline)
+	bob.waitState(StateOnline)
+
+	s.Stop(t)
+	alice.waitState(StateWaiting)
+	bob.waitState(StateWaiting)
+	queued, err := alice.Send("carol", "sent while the server was down")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := alice.OutboxSize(); n != 1 {
+		t.Errorf("outbox holds %d while offline, want 1", n)
+	}
+
+	s.Restart(t)
+	alice.waitState(StateOnline)
+	bob.waitState(StateOnline)
+	if st := alice.waitStatus(queued); st.State != Stored || st.UserID != "carol" {
+		t.Errorf("status of the queued send: %+v, want STORED for carol", st)
+	}
+	if n := alice.OutboxSize(); n != 0 {
+		t.Errorf("outbox holds %d after STORED", n)
+	}
+	// bob is back online: a new message is pushed to him.
+	id, err := alice.Send("bob", "after the restart")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := bob.waitMessage(id); string(m.Body) != "after the restart" || m.Flags&FlagOffline != 0 {
+		t.Errorf("bob received %+v", m)
+	}
+	if st := alice.waitStatus(id); st.State != Delivered {
+		t.Errorf("status %+v, want DELIVERED", st)
+	}
+	// carol was never online: the offline sync of her first connection
+	// brings the queued message (STORED means it is in her inbox).
+	carol := connect(t, s, "carol", "", "")
+	if m := carol.waitMessage(queued); m.Flags&FlagOffline == 0 || m.From != "alice" {
+		t.Errorf("carol received %+v", m)
+	}
+}

@@ -200,7 +200,7 @@ func (l *loop) emit(e Event) {
 }
 
 func (l *loop) log(level LogLevel, line string) {
-	if l.opts.Log != nil {
+	if l.opts.Log != nil && level <= l.opts.LogLevel {
 		l.opts.Log(level, line)
 	}
 }
@@ -260,12 +260,13 @@ func (l *loop) onDialed(r dialResult) {
 // read moves what arrives on conn to the loop until an error (the loop
 // closing conn ends it too).
 func (l *loop) read(conn net.Conn, gen uint64) {
+	buf := make([]byte, readChunk)
 	for {
-		buf := make([]byte, readChunk)
 		n, err := conn.Read(buf)
 		if n > 0 {
+			data := append([]byte(nil), buf[:n]...)
 			select {
-			case l.rx <- rxChunk{gen: gen, data: buf[:n]}:
+			case l.rx <- rxChunk{gen: gen, data: data}:
 			case <-l.quit:
 				return
 			}
@@ -337,6 +338,7 @@ func (l *loop) startSync() {
 	}
 	req := C.GoBytes(unsafe.Pointer(p), C.int(n))
 	l.syncing = true
+	l.log(LogDebug, "imchat-go: offline sync: requesting a page")
 	go func() {
 		ctx, cancel := context.WithTimeout(l.ctx, syncTimeout)
 		defer cancel()
@@ -355,6 +357,7 @@ func (l *loop) onSynced(r syncResult) {
 		return
 	}
 	rv := C.imc_client_sync_response(l.c, bytesPtr(r.ans), C.size_t(len(r.ans)))
+	l.log(LogDebug, fmt.Sprintf("imchat-go: offline page of %d bytes: %d", len(r.ans), int(rv)))
 	if rv == C.IMC_ERR_INCOMPLETE {
 		rv = C.IMC_ERR_PROTO // the whole answer was read
 	}

@@ -3,6 +3,7 @@ package imchat
 import (
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,12 +22,32 @@ func token(t *testing.T, user string) string {
 	return tok
 }
 
-// testClient is a Client with the events it has read and not yet matched.
+// testClient is a Client with the events it has read and not yet matched,
+// and the library's log lines, shown when a wait fails.
 type testClient struct {
 	*Client
 	t       *testing.T
 	name    string
 	backlog []Event
+	log     *clientLog
+}
+
+// clientLog collects log lines; Options.Log runs on the client's goroutine.
+type clientLog struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *clientLog) add(level LogLevel, line string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, time.Now().Format("15:04:05.000 ")+line)
+}
+
+func (l *clientLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "\n")
 }
 
 // connect creates a client of user with its store at store (a new
@@ -39,13 +60,20 @@ func connect(t *testing.T, s *imchattest.Server, user, store, tok string) *testC
 	if tok == "" {
 		tok = token(t, user)
 	}
+	log := &clientLog{}
 	c, err := NewClient(Options{Addr: s.Addr, Token: tok, StorePath: store,
-		InitialBackoff: 100 * time.Millisecond, MaxBackoff: time.Second})
+		InitialBackoff: 100 * time.Millisecond, MaxBackoff: time.Second,
+		Log: log.add, LogLevel: LogDebug})
 	if err != nil {
 		t.Fatalf("NewClient(%s): %v", user, err)
 	}
-	t.Cleanup(func() { c.Close() })
-	return &testClient{Client: c, t: t, name: user}
+	t.Cleanup(func() {
+		c.Close()
+		if t.Failed() {
+			t.Logf("log of %s's client:\n%s", user, log)
+		}
+	})
+	return &testClient{Client: c, t: t, name: user, log: log}
 }
 
 // waitFor returns the first event (already read or arriving within

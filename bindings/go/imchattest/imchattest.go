@@ -32,41 +32,68 @@ var (
 	sanitizerRE = regexp.MustCompile(`ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:`)
 )
 
-// Server is a running imchatd.
+// Server is an imchatd process.
 type Server struct {
-	Addr string // 127.0.0.1:PORT
+	Addr    string // 127.0.0.1:PORT
+	bin     string
+	dataDir string
+	extra   []string
+
 	cmd  *exec.Cmd
+	eof  chan struct{} // closed when the process's stderr ends
 	mu   sync.Mutex
 	logs []string
-	eof  chan struct{}
 }
 
 // Start starts imchatd with Secret and AdminToken (and extra flags) and
-// stops it (SIGTERM) when the test ends, failing the test if it did not
-// exit cleanly or logged a sanitizer report.
+// stops it when the test ends. Stopping fails the test if the server did
+// not exit cleanly or logged a sanitizer report; a failed test shows the
+// server's log.
 func Start(t testing.TB, extra ...string) *Server {
 	t.Helper()
 	bin := os.Getenv("IMCHATD")
 	if bin == "" {
 		t.Fatal("IMCHATD is not set: run the tests through `meson test --suite go` (see bindings/go/README.md)")
 	}
-	s := &Server{eof: make(chan struct{})}
-	s.cmd = exec.Command(bin, "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(),
+	s := &Server{bin: bin, dataDir: t.TempDir(), extra: extra}
+	s.launch(t, "127.0.0.1:0")
+	t.Cleanup(func() {
+		s.Stop(t)
+		if t.Failed() {
+			t.Logf("imchatd's log:\n%s", s.Log())
+		}
+	})
+	return s
+}
+
+// Restart stops the server and starts it again on the same address and
+// data directory.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.Stop(t)
+	s.launch(t, s.Addr)
+}
+
+// launch starts the process and waits until /healthz answers.
+func (s *Server) launch(t testing.TB, listen string) {
+	t.Helper()
+	cmd := exec.Command(s.bin, "--listen", listen, "--data-dir", s.dataDir,
 		"--jwt-secret", Secret, "--admin-token", AdminToken,
 		"--node-id", "imchattest")
-	s.cmd.Args = append(s.cmd.Args, extra...)
+	cmd.Args = append(cmd.Args, s.extra...)
 	// If the test process dies, the kernel kills the server.
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stderr, err := s.cmd.StderrPipe()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", bin, err)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", s.bin, err)
 	}
+	s.cmd, s.eof = cmd, make(chan struct{})
 	addr := make(chan string, 1)
-	go func() {
-		defer close(s.eof)
+	go func(eof chan struct{}) {
+		defer close(eof)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			line := sc.Text()
@@ -80,8 +107,7 @@ func Start(t testing.TB, extra ...string) *Server {
 				}
 			}
 		}
-	}()
-	t.Cleanup(func() { s.stop(t) })
+	}(s.eof)
 	select {
 	case s.Addr = <-addr:
 	case <-s.eof:
@@ -95,7 +121,7 @@ func Start(t testing.TB, extra ...string) *Server {
 		if err == nil {
 			r.Body.Close()
 			if r.StatusCode == http.StatusOK {
-				return s
+				return
 			}
 		}
 		if time.Now().After(deadline) {
@@ -105,19 +131,26 @@ func Start(t testing.TB, extra ...string) *Server {
 	}
 }
 
-// Log is what the server wrote to stderr so far.
+// Log is what the server wrote to stderr so far (over restarts).
 func (s *Server) Log() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return strings.Join(s.logs, "\n")
 }
 
-func (s *Server) stop(t testing.TB) {
-	s.cmd.Process.Signal(syscall.SIGTERM)
+// Stop sends SIGTERM and waits for the exit; a no-op when stopped.
+func (s *Server) Stop(t testing.TB) {
+	t.Helper()
+	if s.cmd == nil {
+		return
+	}
+	cmd, eof := s.cmd, s.eof
+	s.cmd = nil
+	cmd.Process.Signal(syscall.SIGTERM)
 	exited := make(chan error, 1)
 	go func() {
-		<-s.eof
-		exited <- s.cmd.Wait()
+		<-eof
+		exited <- cmd.Wait()
 	}()
 	select {
 	case err := <-exited:
@@ -125,7 +158,7 @@ func (s *Server) stop(t testing.TB) {
 			t.Errorf("imchatd exited with %v:\n%s", err, s.Log())
 		}
 	case <-time.After(startTimeout):
-		s.cmd.Process.Kill()
+		cmd.Process.Kill()
 		<-exited
 		t.Errorf("imchatd did not stop within %v of SIGTERM", startTimeout)
 	}
