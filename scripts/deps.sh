@@ -12,6 +12,10 @@ IMC_DEB_PACKAGES=(
   # libraries
   libwslay-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev
   libsqlite3-dev libinih-dev
+  # the imchat CLI's HTTP(S) pages, and etcd's JSON API in the engines
+  libcurl4-openssl-dev
+  # libimchat-engines (engines/): Redis, MariaDB, Kafka
+  libhiredis-dev libmariadb-dev librdkafka-dev
 )
 
 # The web page (web/): node and npm build it. NodeSource's nodejs bundles
@@ -32,6 +36,10 @@ IMC_DEB_TEST_PACKAGES=(
   clang-format clang libclang-rt-14-dev
   # the benchmark's smoke test (tests/bench) runs against a real broker
   mosquitto
+  # the engines' suites run against real servers (scripts/servers.sh)
+  redis-server redis-tools mariadb-server mariadb-client etcd-server curl
+  # the Python binding (bindings/python) and its tests
+  python3-cffi
   # the Go binding's tests (bindings/go, examples/go_echo_bot)
   golang-go
 )

@@ -41,9 +41,10 @@ trap imc_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Backing servers for the integration tests start here, on loopback, each
-# with its data under "$imc_tmp": imc_spawn it, wait until it answers, and
-# export its address for the tests (e.g. IMC_TEST_REDIS=127.0.0.1:PORT).
+# Backing servers for the engines' suites (scripts/servers.sh) start after
+# the build, on loopback, each with its data under "$imc_tmp".
+# shellcheck source=scripts/servers.sh
+source scripts/servers.sh
 
 # --------------------------------------------------------------------------
 # Style: clang-format (configuration in .clang-format)
@@ -73,12 +74,22 @@ fi
 # Build and test
 # --------------------------------------------------------------------------
 imc_setup_build build-test -Dwerror=true -Db_sanitize=address,undefined \
-  -Db_lundef=false -Dweb=enabled
+  -Db_lundef=false -Dweb=enabled -Dengines=enabled
 imc_enable_web build-test
 imc_quiet ninja -C build-test --quiet
 
+imc_start_redis
+imc_start_mariadb
+imc_start_etcd
+imc_start_kafka build-test/tests/engines/kafka_mock
+
 rc=0
 meson test -C build-test --print-errorlogs "$@" || rc=$?
+# A skipped suite is no pass: every server a suite needs was started.
+if grep -q '"result": "SKIP"' build-test/meson-logs/testlog.json; then
+  echo "tests: some suites were skipped (see build-test/meson-logs/testlog.txt)" >&2
+  rc=1
+fi
 
 # --------------------------------------------------------------------------
 # Fuzzing: every libFuzzer target for IMC_FUZZ_SECONDS (default 10), from

@@ -1,4 +1,5 @@
 /* Compiles the public headers alone as strict C11. */
+#include <imchat/server.h> /* first: it stands alone */
 #include <imchat/imchat.h>
 
 int main(void) {

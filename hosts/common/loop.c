@@ -22,12 +22,10 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -48,7 +46,7 @@
 #define LINGER_MAX_BYTES (1 << 20)
 #define CONN_EVENTS (EPOLLIN | EPOLLRDHUP | EPOLLET)
 
-enum kind { K_LISTENER, K_CONN, K_SIGNAL, K_FD };
+enum kind { K_LISTENER, K_CONN, K_FD, K_WATCH };
 enum state { S_OPEN, S_LINGER, S_DEAD };
 
 typedef struct node node;
@@ -61,12 +59,13 @@ struct node {
   enum kind kind;
   enum state state;
   int fd;
-  int out_armed;    /* EPOLLOUT is registered */
-  int read_pending; /* on l->pending: stopped on the budget, not EAGAIN */
-  int read_blocked; /* stopped reading until the socket is writable */
-  int read_paused;  /* the gateway paused reads (EPOLLIN removed) */
-  imc_conn *c;      /* K_CONN while OPEN */
-  hloop_fd_fn cb;   /* K_FD */
+  int out_armed;      /* EPOLLOUT is registered */
+  int read_pending;   /* on l->pending: stopped on the budget, not EAGAIN */
+  int read_blocked;   /* stopped reading until the socket is writable */
+  int read_paused;    /* the gateway paused reads (EPOLLIN removed) */
+  imc_conn *c;        /* K_CONN while OPEN */
+  hloop_fd_fn cb;     /* K_FD */
+  hloop_watch_fn wcb; /* K_WATCH */
   void *ud;
   int64_t linger_until;
   size_t linger_bytes;
@@ -88,13 +87,11 @@ struct hloop {
   list conns;     /* OPEN client connections */
   list lingering; /* in order of linger_until */
   list listeners;
-  list others; /* the signalfd and fd watchers */
+  list others; /* fd watchers */
   node *pending;
   node *dead;
   hook *hooks;
   size_t nhooks, hooks_cap;
-  hloop_run_fn reload; /* on SIGHUP */
-  void *reload_ud;
   int hooks_busy;
   int accept_paused;
   int64_t accept_resume_at;
@@ -171,7 +168,7 @@ static void node_kill(hloop *l, node *n) {
     return;
   list_remove(n);
   pending_remove(l, n);
-  if (n->kind == K_FD)
+  if (n->kind == K_FD || n->kind == K_WATCH)
     epoll_ctl(l->epfd, EPOLL_CTL_DEL, n->fd, NULL);
   else
     close(n->fd);
@@ -346,7 +343,10 @@ static ssize_t t_send(void *ud, void *conn_ud, const struct iovec *iov,
   if (iovcnt > IOV_MAX)
     iovcnt = IOV_MAX; /* a partial write is fine */
   for (;;) {
-    ssize_t w = writev(n->fd, iov, iovcnt);
+    /* MSG_NOSIGNAL: a peer gone raises no SIGPIPE in the embedder. */
+    struct msghdr mh = {.msg_iov = (struct iovec *)iov,
+                        .msg_iovlen = (size_t)iovcnt};
+    ssize_t w = sendmsg(n->fd, &mh, MSG_NOSIGNAL);
     if (w >= 0)
       return w;
     if (errno == EINTR)
@@ -362,7 +362,7 @@ static ssize_t t_send(void *ud, void *conn_ud, const struct iovec *iov,
       }
       return IMC_ERR_WOULDBLOCK;
     }
-    hlog_debug("fd %d: writev: %s", n->fd, strerror(errno));
+    hlog_debug("fd %d: sendmsg: %s", n->fd, strerror(errno));
     return IMC_ERR_IO;
   }
 }
@@ -654,57 +654,9 @@ void hloop_stop(hloop *l) {
   l->stop_requested = 1;
 }
 
-void hloop_set_reload(hloop *l, hloop_run_fn reload, void *ud) {
-  l->reload = reload;
-  l->reload_ud = ud;
-}
-
-static void signal_event(hloop *l, node *n) {
-  struct signalfd_siginfo si;
-  while (read(n->fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-    if (si.ssi_signo == SIGHUP) {
-      hlog_info("SIGHUP: reloading");
-      if (l->reload)
-        l->reload(l->reload_ud);
-      continue;
-    }
-    const char *name = si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM";
-    if (!l->stop_requested) {
-      hlog_info("%s: shutting down (grace %lld ms)", name,
-                (long long)l->grace_ms);
-      hloop_stop(l);
-    } else {
-      hlog_warn("%s during shutdown: stopping now", name);
-      l->done = 1;
-    }
-  }
-}
-
-int hloop_handle_signals(hloop *l) {
-  signal(SIGPIPE, SIG_IGN);
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGHUP);
-  if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
-    return -errno;
-  int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-  if (fd < 0)
-    return -errno;
-  node *n = node_new(K_SIGNAL, fd);
-  if (n == NULL) {
-    close(fd);
-    return -ENOMEM;
-  }
-  int rv = epoll_set(l, EPOLL_CTL_ADD, n, EPOLLIN);
-  if (rv < 0) {
-    close(fd);
-    free(n);
-    return rv;
-  }
-  list_push(&l->others, n);
-  return 0;
+void hloop_stop_now(hloop *l) {
+  l->stop_requested = 1;
+  l->done = 1;
 }
 
 static void begin_stop(hloop *l) {
@@ -815,6 +767,34 @@ void hloop_del_fd(hloop *l, int fd) {
   }
 }
 
+int hloop_watch_add(hloop *l, int fd, uint32_t events, hloop_watch_fn cb,
+                    void *ud, hloop_watch **out) {
+  if (fd < 0 || cb == NULL)
+    return -EINVAL;
+  node *n = node_new(K_WATCH, fd);
+  if (n == NULL)
+    return -ENOMEM;
+  n->wcb = cb;
+  n->ud = ud;
+  int rv = epoll_set(l, EPOLL_CTL_ADD, n, events);
+  if (rv < 0) {
+    free(n);
+    return rv;
+  }
+  list_push(&l->others, n);
+  *out = (hloop_watch *)n;
+  return 0;
+}
+
+int hloop_watch_set(hloop *l, hloop_watch *w, uint32_t events) {
+  node *n = (node *)w;
+  return n->state == S_DEAD ? -EINVAL : epoll_set(l, EPOLL_CTL_MOD, n, events);
+}
+
+void hloop_watch_del(hloop *l, hloop_watch *w) {
+  node_kill(l, (node *)w);
+}
+
 /* ------------------------------------------------------------------ */
 /* The loop                                                             */
 /* ------------------------------------------------------------------ */
@@ -881,50 +861,66 @@ static void dispatch(hloop *l, node *n, uint32_t ev) {
   case K_CONN:
     conn_event(l, n, ev);
     break;
-  case K_SIGNAL:
-    signal_event(l, n);
-    break;
   case K_FD:
     n->cb(n->ud);
+    break;
+  case K_WATCH:
+    n->wcb(n->ud, n->fd, ev);
     break;
   }
 }
 
-int hloop_run(hloop *l) {
+/* One turn: wait (at most cap_ms, -1: as long as the timers allow), then
+ * dispatch the events, the gateway's timers, the hooks and one flush. */
+static int turn(hloop *l, int64_t cap_ms) {
   struct epoll_event evs[MAX_EVENTS];
+  int64_t now = now_ms();
+  check_stop(l, now);
+  if (l->done)
+    return 0;
+  int64_t wait = next_timeout(l, now);
+  if (cap_ms >= 0 && (wait < 0 || wait > cap_ms))
+    wait = cap_ms;
+  int nev = epoll_wait(l->epfd, evs, MAX_EVENTS, (int)wait);
+  if (nev < 0) {
+    if (errno != EINTR) {
+      int err = errno;
+      hlog_error("epoll_wait: %s", strerror(err));
+      return -err;
+    }
+    nev = 0;
+  }
+  for (int i = 0; i < nev; i++)
+    dispatch(l, evs[i].data.ptr, evs[i].events);
+  run_pending_reads(l);
+  /* Gateway timers may hand work to the hooks' components (un-ACKed
+   * pushes to a router), and hooks may queue output: timers, then
+   * hooks, then one flush. */
+  if (l->gw && imc_gateway_next_timeout_ms(l->gw) == 0)
+    imc_gateway_on_timeout(l->gw);
+  run_hooks(l);
+  if (l->gw)
+    imc_gateway_flush(l->gw);
+  now = now_ms();
+  expire_lingering(l, now);
+  resume_accept(l, now);
+  reap(l);
+  return 0;
+}
+
+int hloop_run(hloop *l) {
   if (l->gw == NULL && l->listeners.head) {
     hlog_error("hloop_run: listening without a gateway");
     return -EINVAL;
   }
   while (!l->done) {
-    int64_t now = now_ms();
-    check_stop(l, now);
-    if (l->done)
-      break;
-    int nev = epoll_wait(l->epfd, evs, MAX_EVENTS, (int)next_timeout(l, now));
-    if (nev < 0) {
-      if (errno != EINTR) {
-        int err = errno;
-        hlog_error("epoll_wait: %s", strerror(err));
-        return -err;
-      }
-      nev = 0;
-    }
-    for (int i = 0; i < nev; i++)
-      dispatch(l, evs[i].data.ptr, evs[i].events);
-    run_pending_reads(l);
-    /* Gateway timers may hand work to the hooks' components (un-ACKed
-     * pushes to a router), and hooks may queue output: timers, then
-     * hooks, then one flush. */
-    if (l->gw && imc_gateway_next_timeout_ms(l->gw) == 0)
-      imc_gateway_on_timeout(l->gw);
-    run_hooks(l);
-    if (l->gw)
-      imc_gateway_flush(l->gw);
-    now = now_ms();
-    expire_lingering(l, now);
-    resume_accept(l, now);
-    reap(l);
+    int rv = turn(l, -1);
+    if (rv < 0)
+      return rv;
   }
   return 0;
+}
+
+int hloop_run_once(hloop *l, int64_t max_wait_ms) {
+  return turn(l, max_wait_ms < 0 ? 0 : max_wait_ms);
 }

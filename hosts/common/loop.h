@@ -13,9 +13,10 @@
  *  - fd watchers: a callback when an fd is readable (e.g. the eventfd a
  *    worker thread signals).
  *
- * Signals: hloop_handle_signals() turns SIGINT/SIGTERM into a graceful
- * stop (imc_gateway_shutdown, then drain up to the grace period) and
- * ignores SIGPIPE. A second signal stops at once.
+ * Stopping: hloop_stop() begins a graceful stop (imc_gateway_shutdown,
+ * then drain up to the grace period); hloop_stop_now() ends it. The loop
+ * handles no signals; libimchat-server turns requests into these calls.
+ * Writes use MSG_NOSIGNAL, so a closed peer raises no SIGPIPE.
  *
  * Single-threaded, like the gateway it drives. Functions returning int
  * return 0 or a negative errno value.
@@ -85,21 +86,34 @@ int hloop_add_fd(hloop *l, int fd, hloop_fd_fn on_readable, void *ud);
 void hloop_del_fd(hloop *l, int fd);
 
 /*
- * SIGINT/SIGTERM → graceful stop; SIGHUP → the reload callback; SIGPIPE
- * ignored. Call before threads.
+ * A general fd watch (the engines' loop adapter uses it): cb(ud, fd,
+ * revents) runs while fd is ready for events (EPOLLIN / EPOLLOUT,
+ * level-triggered). The loop does not own fd. hloop_watch_set changes the
+ * events; hloop_watch_del (safe from any callback) ends the watch.
  */
-int hloop_handle_signals(hloop *l);
-
-/* What SIGHUP runs (e.g. re-reading word lists and keys). */
-void hloop_set_reload(hloop *l, hloop_run_fn reload, void *ud);
+typedef struct hloop_watch hloop_watch;
+typedef void (*hloop_watch_fn)(void *ud, int fd, uint32_t revents);
+int hloop_watch_add(hloop *l, int fd, uint32_t events, hloop_watch_fn cb,
+                    void *ud, hloop_watch **out);
+int hloop_watch_set(hloop *l, hloop_watch *w, uint32_t events);
+void hloop_watch_del(hloop *l, hloop_watch *w);
 
 /* How long a graceful stop waits for connections to go (default 5000). */
 void hloop_set_grace_ms(hloop *l, int64_t ms);
 
-/* Starts a graceful stop, as the first signal does. */
+/* Starts a graceful stop (loop thread). */
 void hloop_stop(hloop *l);
+
+/* Ends the run at the end of this iteration, connections still open. */
+void hloop_stop_now(hloop *l);
 
 /* Runs until stopped and drained (or the grace period ends). */
 int hloop_run(hloop *l);
+
+/*
+ * One turn of the loop, waiting at most max_wait_ms for an event: for
+ * programs that drive the loop themselves (tests of the engines).
+ */
+int hloop_run_once(hloop *l, int64_t max_wait_ms);
 
 #endif

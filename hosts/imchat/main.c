@@ -7,6 +7,8 @@
 
 #include <imchat/client.h>
 
+#include <curl/curl.h>
+
 #include "protocol/base64.h"
 #include "protocol/json.h"
 #include "protocol/jsonw.h"
@@ -29,7 +31,8 @@ enum {
   EXIT_USAGE = 2,   /* bad arguments or URL */
   EXIT_CONNECT = 3, /* cannot connect (refused, unreachable, unknown host) */
   EXIT_AUTH = 4,    /* 401: the token was refused */
-  EXIT_TIMEOUT = 5  /* --timeout elapsed first */
+  EXIT_TIMEOUT = 5, /* --timeout elapsed first */
+  EXIT_TLS = 6      /* TLS failed: certificate refused, bad handshake */
 };
 
 static void usage(FILE *f) {
@@ -50,9 +53,17 @@ static void usage(FILE *f) {
       "flush    send what the outbox still holds (from an earlier run)\n"
       "\n"
       "options:\n"
-      "  --server URL       gateway, ws://HOST:PORT[/ws] (default\n"
-      "                     ws://127.0.0.1:8082/ws; http:// and HOST:PORT "
-      "too)\n"
+      "  --server URL       gateway, ws://HOST:PORT[/ws] or, over TLS,\n"
+      "                     wss://HOST:PORT[/ws] (default "
+      "ws://127.0.0.1:8082/ws;\n"
+      "                     http://, https:// and HOST:PORT too); the\n"
+      "                     offline sync and history use http(s):// on the\n"
+      "                     same host and port\n"
+      "  --ca-file F        TLS: trust only the CAs in PEM file F (default:\n"
+      "                     the system's CAs)\n"
+      "  --insecure         TLS without checking the server's certificate:\n"
+      "                     for testing only, anyone on the path can read\n"
+      "                     and change the traffic\n"
       "  --token T          the JWT (default: $IMCHAT_TOKEN)\n"
       "  --token-file F     read the JWT from file F\n"
       "  --timeout S        give up after S seconds (default: send, flush and\n"
@@ -73,7 +84,10 @@ static void usage(FILE *f) {
       "  3  cannot connect (connection refused, unreachable, unknown host);\n"
       "     a message given to send stays in the outbox for the next run\n"
       "  4  unauthorized: the gateway refused the token (HTTP 401)\n"
-      "  5  timeout: --timeout elapsed before the command finished\n",
+      "  5  timeout: --timeout elapsed before the command finished\n"
+      "  6  TLS failed: the server's certificate did not verify (unknown\n"
+      "     CA, wrong host name, expired), the handshake failed (not a\n"
+      "     TLS server?), or --ca-file could not be read\n",
       f);
 }
 
@@ -93,22 +107,30 @@ __attribute__((format(printf, 1, 2))) static int die_usage(const char *fmt,
 /* ------------------------------------------------------------------ */
 
 typedef struct url {
+  int tls; /* wss:// or https:// */
   char host[256];
   char port[8];
   char path[256];
   char hostport[300]; /* for the Host header */
 } url;
 
-/* ws://HOST:PORT/PATH, http://HOST:PORT, HOST:PORT. Returns 0 or -1. */
+/*
+ * ws[s]://HOST:PORT/PATH, http[s]://HOST:PORT, HOST:PORT. The port
+ * defaults to 8082 (443 for TLS). Returns 0 or -1.
+ */
 static int parse_url(const char *s, url *u) {
+  static const char *const schemes[] = {"ws://", "http://", "wss://",
+                                        "https://"};
   const char *p = s;
-  if (strncmp(p, "wss://", 6) == 0 || strncmp(p, "https://", 8) == 0)
-    return -2;
-  if (strncmp(p, "ws://", 5) == 0)
-    p += 5;
-  else if (strncmp(p, "http://", 7) == 0)
-    p += 7;
-  else if (strstr(p, "://"))
+  for (int i = 0; i < 4; i++) {
+    size_t n = strlen(schemes[i]);
+    if (strncmp(p, schemes[i], n) == 0) {
+      u->tls = i >= 2;
+      p += n;
+      break;
+    }
+  }
+  if (strstr(p, "://"))
     return -1;
   const char *slash = strchr(p, '/');
   size_t hp = slash ? (size_t)(slash - p) : strlen(p);
@@ -140,7 +162,7 @@ static int parse_url(const char *s, url *u) {
   u->host[hl] = '\0';
   if (hl == 0)
     return -1;
-  const char *port = colon ? colon + 1 : "8082";
+  const char *port = colon ? colon + 1 : u->tls ? "443" : "8082";
   size_t pl = strlen(port);
   if (pl == 0 || pl > 5 || strspn(port, "0123456789") != pl ||
       atoi(port) == 0 || atoi(port) > 65535)
@@ -357,6 +379,14 @@ static void chat_input(void *ud) {
 static int run_result(int res, const hclient_opts *o, const url *u,
                       const char *pending) {
   switch (res) {
+  case HCLIENT_TLS:
+    fprintf(stderr, "imchat: TLS with %s:%s failed: %s%s%s\n", u->host, u->port,
+            o->error,
+            strstr(o->error, "verification failed")
+                ? "; trust the server's CA with --ca-file FILE"
+                : "",
+            pending ? pending : "");
+    return EXIT_TLS;
   case HCLIENT_DONE:
     return EXIT_OK;
   case HCLIENT_TIMEOUT:
@@ -387,7 +417,7 @@ static void print_history(void *ud, const imc_msg *m) {
   print_msg(a, m, 0);
 }
 
-static int cmd_history(app *a, const url *u, const char *conv,
+static int cmd_history(app *a, const url *u, hclient_opts *o, const char *conv,
                        int64_t timeout_ms) {
   uint64_t after = 0;
   for (;;) {
@@ -399,16 +429,13 @@ static int cmd_history(app *a, const url *u, const char *conv,
                        conv);
     uint8_t *ans;
     size_t alen;
-    hclient_opts o;
-    memset(&o, 0, sizeof(o));
-    rv = hclient_http(u->host, u->port, req, len, timeout_ms, &ans, &alen,
-                      o.error, sizeof(o.error));
+    rv = hclient_http(o, req, len, timeout_ms, &ans, &alen);
     if (rv != 0)
-      return run_result(rv, &o, u, NULL);
+      return run_result(rv, o, u, NULL);
     rv = imc_client_history_response(a->c, ans, alen, print_history, a, &after);
     free(ans);
     if (rv == IMC_ERR_AUTH)
-      return run_result(HCLIENT_AUTH, &o, u, NULL);
+      return run_result(HCLIENT_AUTH, o, u, NULL);
     if (rv == IMC_ERR_FORBIDDEN) {
       fprintf(stderr, "imchat: not a member of %s\n", conv);
       return EXIT_ERROR;
@@ -422,9 +449,91 @@ static int cmd_history(app *a, const url *u, const char *conv,
   }
 }
 
+/* Runs the command pos[0] (with its npos - 1 arguments); returns the exit
+   code. */
+static int run_command(app *a, const url *u, hclient_opts *o, const char *user,
+                       const char *group, const char *const *pos, int npos,
+                       int64_t tmo) {
+  const char *cmd = pos[0];
+  int rv, code;
+  if (strcmp(cmd, "send") == 0 || strcmp(cmd, "flush") == 0) {
+    int is_send = strcmp(cmd, "send") == 0;
+    const char *text = NULL;
+    if (is_send) {
+      if (group ? npos != 2 : npos != 3)
+        return die_usage("%s", "send needs USER TEXT or --group GROUP TEXT");
+      a->to = group ? NULL : pos[1];
+      a->group = group;
+      text = pos[npos - 1];
+      rv = imc_client_send(a->c, a->to, a->group, (const uint8_t *)text,
+                           strlen(text), NULL, a->cmid);
+      if (rv != 0) {
+        if (rv == IMC_ERR_INVALID_ARGUMENT)
+          return die_usage("'%s' is not a valid user or group id",
+                           group ? group : pos[1]);
+        fprintf(stderr, "imchat: cannot queue the message: %s\n",
+                imc_strerror(rv));
+        return EXIT_ERROR;
+      }
+    } else if (npos != 1) {
+      return die_usage("%s", "flush takes no arguments");
+    }
+    if (!is_send && imc_client_outbox_size(a->c) == 0)
+      return EXIT_OK;
+    o->done = send_finished;
+    o->timeout_ms = tmo >= 0 ? tmo : 30000;
+    int res = hclient_run(a->c, o);
+    code = run_result(res, o, u,
+                      "; the message stays in the outbox and goes out with "
+                      "the next imchat run");
+    if (code == EXIT_OK && a->send_done < 0)
+      code = EXIT_ERROR;
+  } else if (strcmp(cmd, "listen") == 0) {
+    if (npos != 1)
+      return die_usage("%s", "listen takes no arguments");
+    o->done = listen_finished;
+    o->timeout_ms = tmo;
+    int res = hclient_run(a->c, o);
+    /* Listening for a while without a --count is a success. */
+    if (res == HCLIENT_TIMEOUT && a->count == 0)
+      res = HCLIENT_DONE;
+    code = run_result(res, o, u, NULL);
+  } else if (strcmp(cmd, "chat") == 0) {
+    if (group ? npos != 1 : npos != 2)
+      return die_usage("%s", "chat needs USER or --group GROUP");
+    a->to = group ? NULL : pos[1];
+    a->group = group;
+    if (group)
+      snprintf(a->conv, sizeof(a->conv), "g:%s", group);
+    else if (strcmp(user, pos[1]) < 0)
+      snprintf(a->conv, sizeof(a->conv), "p:%s:%s", user, pos[1]);
+    else
+      snprintf(a->conv, sizeof(a->conv), "p:%s:%s", pos[1], user);
+    if (!imc_id_valid(pos[npos - 1], strlen(pos[npos - 1])))
+      return die_usage("'%s' is not a valid user or group id", pos[npos - 1]);
+    fprintf(stderr,
+            "imchat: chatting as %s in %s; type a line to send, "
+            "Ctrl-D to quit\n",
+            user, a->conv);
+    o->in_fd = 0;
+    o->on_input = chat_input;
+    o->done = chat_finished;
+    o->timeout_ms = tmo;
+    code = run_result(hclient_run(a->c, o), o, u, NULL);
+  } else if (strcmp(cmd, "history") == 0) {
+    if (npos != 2)
+      return die_usage("%s", "history needs a CONVERSATION");
+    code = cmd_history(a, u, o, pos[1], tmo >= 0 ? tmo : 30000);
+  } else {
+    return die_usage("unknown command '%s'", cmd);
+  }
+  return code;
+}
+
 int main(int argc, char **argv) {
   const char *server = "ws://127.0.0.1:8082/ws", *token_arg = NULL,
-             *token_file = NULL, *group = NULL;
+             *token_file = NULL, *group = NULL, *ca_file = NULL;
+  int insecure = 0;
   double timeout_s = -1;
   const char *pos[4];
   int npos = 0;
@@ -440,9 +549,12 @@ int main(int argc, char **argv) {
       a.json = 1;
     } else if (strcmp(s, "--verbose") == 0) {
       a.verbose = 1;
+    } else if (strcmp(s, "--insecure") == 0) {
+      insecure = 1;
     } else if (strcmp(s, "--server") == 0 || strcmp(s, "--token") == 0 ||
-               strcmp(s, "--token-file") == 0 || strcmp(s, "--group") == 0 ||
-               strcmp(s, "--timeout") == 0 || strcmp(s, "--count") == 0) {
+               strcmp(s, "--ca-file") == 0 || strcmp(s, "--token-file") == 0 ||
+               strcmp(s, "--group") == 0 || strcmp(s, "--timeout") == 0 ||
+               strcmp(s, "--count") == 0) {
       if (v == NULL)
         return die_usage("%s needs a value", s);
       i++;
@@ -454,6 +566,8 @@ int main(int argc, char **argv) {
         token_file = v;
       else if (strcmp(s, "--group") == 0)
         group = v;
+      else if (strcmp(s, "--ca-file") == 0)
+        ca_file = v;
       else {
         char *end;
         double d = strtod(v, &end);
@@ -474,17 +588,24 @@ int main(int argc, char **argv) {
   }
   if (npos == 0)
     return die_usage("%s", "no command given");
-  const char *cmd = pos[0];
   url u;
   memset(&u, 0, sizeof(u));
   int rv = parse_url(server, &u);
-  if (rv == -2)
-    return die_usage("%s: TLS (wss://, https://) is not supported by this "
-                     "client; use ws:// behind a TLS terminator",
-                     server);
   if (rv != 0)
-    return die_usage("bad --server URL '%s' (expected ws://HOST:PORT[/ws])",
+    return die_usage("bad --server URL '%s' (expected ws://HOST:PORT[/ws] or "
+                     "wss://HOST:PORT[/ws])",
                      server);
+  if ((ca_file || insecure) && !u.tls)
+    return die_usage("%s is for TLS servers (wss://, https://)",
+                     ca_file ? "--ca-file" : "--insecure");
+  if (ca_file && access(ca_file, R_OK) != 0) {
+    fprintf(stderr, "imchat: cannot read --ca-file %s: %s\n", ca_file,
+            strerror(errno));
+    return EXIT_USAGE;
+  }
+  if (insecure)
+    fprintf(stderr, "imchat: --insecure: the server's certificate is not "
+                    "checked; use this for testing only\n");
 
   char *token = NULL;
   if (token_arg)
@@ -556,100 +677,23 @@ int main(int argc, char **argv) {
     return EXIT_ERROR;
   }
 
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+    imc_client_del(a.c);
+    fprintf(stderr, "imchat: cannot initialise libcurl\n");
+    return EXIT_ERROR;
+  }
   hclient_opts o;
   memset(&o, 0, sizeof(o));
   o.host = u.host;
   o.port = u.port;
+  o.tls = u.tls;
+  o.ca_file = ca_file;
+  o.insecure = insecure;
   o.in_fd = -1;
   o.ud = &a;
-  int code;
   int64_t tmo = timeout_s >= 0 ? (int64_t)(timeout_s * 1000) : -1;
-  if (strcmp(cmd, "send") == 0 || strcmp(cmd, "flush") == 0) {
-    int is_send = strcmp(cmd, "send") == 0;
-    const char *text = NULL;
-    if (is_send) {
-      if (group ? npos != 2 : npos != 3) {
-        imc_client_del(a.c);
-        return die_usage("%s", "send needs USER TEXT or --group GROUP TEXT");
-      }
-      a.to = group ? NULL : pos[1];
-      a.group = group;
-      text = pos[npos - 1];
-      rv = imc_client_send(a.c, a.to, a.group, (const uint8_t *)text,
-                           strlen(text), NULL, a.cmid);
-      if (rv != 0) {
-        imc_client_del(a.c);
-        if (rv == IMC_ERR_INVALID_ARGUMENT)
-          return die_usage("'%s' is not a valid user or group id",
-                           group ? group : pos[1]);
-        fprintf(stderr, "imchat: cannot queue the message: %s\n",
-                imc_strerror(rv));
-        return EXIT_ERROR;
-      }
-    } else if (npos != 1) {
-      imc_client_del(a.c);
-      return die_usage("%s", "flush takes no arguments");
-    }
-    if (!is_send && imc_client_outbox_size(a.c) == 0) {
-      imc_client_del(a.c);
-      return EXIT_OK;
-    }
-    o.done = send_finished;
-    o.timeout_ms = tmo >= 0 ? tmo : 30000;
-    int res = hclient_run(a.c, &o);
-    code = run_result(res, &o, &u,
-                      "; the message stays in the outbox and goes out with "
-                      "the next imchat run");
-    if (code == EXIT_OK && a.send_done < 0)
-      code = EXIT_ERROR;
-  } else if (strcmp(cmd, "listen") == 0) {
-    if (npos != 1) {
-      imc_client_del(a.c);
-      return die_usage("%s", "listen takes no arguments");
-    }
-    o.done = listen_finished;
-    o.timeout_ms = tmo;
-    int res = hclient_run(a.c, &o);
-    /* Listening for a while without a --count is a success. */
-    if (res == HCLIENT_TIMEOUT && a.count == 0)
-      res = HCLIENT_DONE;
-    code = run_result(res, &o, &u, NULL);
-  } else if (strcmp(cmd, "chat") == 0) {
-    if (group ? npos != 1 : npos != 2) {
-      imc_client_del(a.c);
-      return die_usage("%s", "chat needs USER or --group GROUP");
-    }
-    a.to = group ? NULL : pos[1];
-    a.group = group;
-    if (group)
-      snprintf(a.conv, sizeof(a.conv), "g:%s", group);
-    else if (strcmp(user, pos[1]) < 0)
-      snprintf(a.conv, sizeof(a.conv), "p:%s:%s", user, pos[1]);
-    else
-      snprintf(a.conv, sizeof(a.conv), "p:%s:%s", pos[1], user);
-    if (!imc_id_valid(pos[npos - 1], strlen(pos[npos - 1]))) {
-      imc_client_del(a.c);
-      return die_usage("'%s' is not a valid user or group id", pos[npos - 1]);
-    }
-    fprintf(stderr,
-            "imchat: chatting as %s in %s; type a line to send, "
-            "Ctrl-D to quit\n",
-            user, a.conv);
-    o.in_fd = 0;
-    o.on_input = chat_input;
-    o.done = chat_finished;
-    o.timeout_ms = tmo;
-    code = run_result(hclient_run(a.c, &o), &o, &u, NULL);
-  } else if (strcmp(cmd, "history") == 0) {
-    if (npos != 2) {
-      imc_client_del(a.c);
-      return die_usage("%s", "history needs a CONVERSATION");
-    }
-    code = cmd_history(&a, &u, pos[1], tmo >= 0 ? tmo : 30000);
-  } else {
-    imc_client_del(a.c);
-    return die_usage("unknown command '%s'", cmd);
-  }
+  int code = run_command(&a, &u, &o, user, group, pos, npos, tmo);
   imc_client_del(a.c);
+  curl_global_cleanup();
   return code;
 }

@@ -8,8 +8,6 @@
 #include "log.h"
 #include "loop.h"
 
-#include <imchat/version.h>
-
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -222,19 +220,18 @@ int imchatd_apply(imchatd_config *cfg, int id, const char *v, char *why,
 
 /* ---- command line --------------------------------------------------- */
 
-/* Reports the option getopt stopped at; one line. */
-static void bad_option(int c, char **argv) {
+/* Describes the option getopt stopped at. */
+static void bad_option(int c, char **argv, char *err, size_t cap) {
   const char *arg = argv[optind - 1];
   if (c == ':' && optopt >= 256)
-    fprintf(stderr, "imchatd: --%s needs a value (see imchatd --help)\n",
-            imchatd_opt_name(optopt));
+    snprintf(err, cap, "--%s needs a value (see imchatd --help)",
+             imchatd_opt_name(optopt));
   else if (c == ':')
-    fprintf(stderr, "imchatd: %s needs a value (see imchatd --help)\n", arg);
+    snprintf(err, cap, "%s needs a value (see imchatd --help)", arg);
   else if (optopt > 0 && optopt < 256 && strncmp(arg, "--", 2) != 0)
-    fprintf(stderr, "imchatd: unknown option '-%c' (see imchatd --help)\n",
-            optopt);
+    snprintf(err, cap, "unknown option '-%c' (see imchatd --help)", optopt);
   else
-    fprintf(stderr, "imchatd: unknown option '%s' (see imchatd --help)\n", arg);
+    snprintf(err, cap, "unknown option '%s' (see imchatd --help)", arg);
 }
 
 static void defaults(imchatd_config *cfg) {
@@ -258,10 +255,11 @@ static void defaults(imchatd_config *cfg) {
   cfg->retention_days = 7;
 }
 
-int imchatd_config_load(imchatd_config *cfg, int argc, char **argv) {
+int imchatd_config_load(imchatd_config *cfg, int argc, char **argv, char *err,
+                        size_t errcap) {
   defaults(cfg);
   if (!cfg->listen || !cfg->data_dir || !cfg->node_id) {
-    fprintf(stderr, "imchatd: out of memory\n");
+    snprintf(err, errcap, "out of memory");
     return IMCHATD_EXIT_FAIL;
   }
   /* "imchatd token ...": parse the rest as if "token" were argv[0]. */
@@ -280,7 +278,7 @@ int imchatd_config_load(imchatd_config *cfg, int argc, char **argv) {
   while ((c = getopt_long(argc, argv, shortopts, imchatd_long_opts, NULL)) !=
          -1) {
     if (c == '?' || c == ':') {
-      bad_option(c, argv);
+      bad_option(c, argv, err, errcap);
       return IMCHATD_EXIT_USAGE;
     }
     if (c == 'h')
@@ -292,15 +290,12 @@ int imchatd_config_load(imchatd_config *cfg, int argc, char **argv) {
       cfg->config_file = strdup(optarg);
     }
   }
-  if (help) {
-    imchatd_usage();
-    return IMCHATD_EXIT_OK;
+  if (help || version) {
+    cfg->mode = help ? IMCHATD_HELP : IMCHATD_VERSION;
+    return -1;
   }
-  if (version) {
-    printf("imchatd %s (libimchat %s)\n", IMC_VERSION, imc_version());
-    return IMCHATD_EXIT_OK;
-  }
-  if (cfg->config_file && imchatd_load_ini(cfg, cfg->config_file) < 0)
+  if (cfg->config_file &&
+      imchatd_load_ini(cfg, cfg->config_file, err, errcap) < 0)
     return IMCHATD_EXIT_USAGE;
 
   int flag_secret = 0;
@@ -310,16 +305,17 @@ int imchatd_config_load(imchatd_config *cfg, int argc, char **argv) {
     if (c == O_CONFIG)
       continue;
     if ((c == O_DEVICE || c == O_TTL) && cfg->mode != IMCHATD_TOKEN) {
-      fprintf(stderr, "imchatd: --%s is only valid with 'imchatd token'\n",
-              imchatd_opt_name(c));
+      snprintf(err, errcap, "--%s is only valid with 'imchatd token'",
+               imchatd_opt_name(c));
       return IMCHATD_EXIT_USAGE;
     }
     /* A secret flag replaces both secret settings of the file. */
     if (c == O_JWT_SECRET || c == O_JWT_SECRET_FILE) {
       flag_secret |= c == O_JWT_SECRET ? 1 : 2;
       if (flag_secret == 3) {
-        fprintf(stderr, "imchatd: --jwt-secret and --jwt-secret-file "
-                        "exclude each other\n");
+        snprintf(err, errcap,
+                 "--jwt-secret and --jwt-secret-file "
+                 "exclude each other");
         return IMCHATD_EXIT_USAGE;
       }
       free(cfg->jwt_secret);
@@ -328,7 +324,7 @@ int imchatd_config_load(imchatd_config *cfg, int argc, char **argv) {
     }
     char why[384];
     if (imchatd_apply(cfg, c, optarg, why, sizeof(why)) < 0) {
-      fprintf(stderr, "imchatd: --%s: %s\n", imchatd_opt_name(c), why);
+      snprintf(err, errcap, "--%s: %s", imchatd_opt_name(c), why);
       return IMCHATD_EXIT_USAGE;
     }
     if (c == O_DATA_DIR)
@@ -338,27 +334,28 @@ int imchatd_config_load(imchatd_config *cfg, int argc, char **argv) {
   int npos = argc - optind;
   if (cfg->mode == IMCHATD_TOKEN) {
     if (npos == 0) {
-      fprintf(stderr, "imchatd: token: missing USER (imchatd token USER "
-                      "[--device D] [--ttl SECONDS])\n");
+      snprintf(err, errcap,
+               "token: missing USER (imchatd token USER "
+               "[--device D] [--ttl SECONDS])");
       return IMCHATD_EXIT_USAGE;
     }
     if (npos > 1) {
-      fprintf(stderr, "imchatd: token: unexpected argument '%s'\n",
-              argv[optind + 1]);
+      snprintf(err, errcap, "token: unexpected argument '%s'",
+               argv[optind + 1]);
       return IMCHATD_EXIT_USAGE;
     }
     const char *user = argv[optind];
     if (!imc_id_valid(user, strlen(user))) {
-      fprintf(stderr,
-              "imchatd: token: '%s' is not a user id (1-64 of "
-              "[A-Za-z0-9_.@-])\n",
-              user);
+      snprintf(err, errcap,
+               "token: '%s' is not a user id (1-64 of "
+               "[A-Za-z0-9_.@-])",
+               user);
       return IMCHATD_EXIT_USAGE;
     }
     cfg->token_user = strdup(user);
   } else if (npos > 0) {
-    fprintf(stderr, "imchatd: unexpected argument '%s' (see imchatd --help)\n",
-            argv[optind]);
+    snprintf(err, errcap, "unexpected argument '%s' (see imchatd --help)",
+             argv[optind]);
     return IMCHATD_EXIT_USAGE;
   }
   return -1;

@@ -21,7 +21,9 @@
 
 typedef enum imchatd_mode {
   IMCHATD_SERVE = 0,
-  IMCHATD_TOKEN, /* imchatd token USER: print a JWT */
+  IMCHATD_TOKEN,   /* imchatd token USER: print a JWT */
+  IMCHATD_HELP,    /* --help */
+  IMCHATD_VERSION, /* --version */
 } imchatd_mode;
 
 /* Every string is owned (malloc) and NULL when unset. */
@@ -57,12 +59,14 @@ typedef struct imchatd_config {
 } imchatd_config;
 
 /*
- * Fills cfg from the defaults, the --config file and argv (flags win).
- * Returns -1 to go on, or an exit code: IMCHATD_EXIT_OK after --help or
- * --version, IMCHATD_EXIT_USAGE after a one-line error on stderr. argv
- * may be permuted.
+ * Fills cfg from the defaults, the --config file and argv (flags win);
+ * --help and --version only set the mode. Returns -1 to go on, or an
+ * exit code (IMCHATD_EXIT_USAGE, IMCHATD_EXIT_FAIL) with a one-line
+ * reason in err. argv may be permuted. Not reentrant (getopt_long).
+ * Free cfg in either case.
  */
-int imchatd_config_load(imchatd_config *cfg, int argc, char **argv);
+int imchatd_config_load(imchatd_config *cfg, int argc, char **argv, char *err,
+                        size_t errcap);
 void imchatd_config_free(imchatd_config *cfg);
 
 /*

@@ -70,9 +70,10 @@ int imchatd_apply(imchatd_config *cfg, int id, const char *v, char *why,
 
 /*
  * Applies the [imchatd] section of the INI file at path (keys named like
- * the long options). Returns 0, or -1 after a one-line error on stderr.
+ * the long options). Returns 0, or -1 with a one-line reason in err.
  */
-int imchatd_load_ini(imchatd_config *cfg, const char *path);
+int imchatd_load_ini(imchatd_config *cfg, const char *path, char *err,
+                     size_t errcap);
 
 /* Writes the --help text to stdout. */
 void imchatd_usage(void);

@@ -63,26 +63,25 @@ static int on_ini_key(void *user, const char *section, const char *name,
   return 1;
 }
 
-int imchatd_load_ini(imchatd_config *cfg, const char *path) {
+int imchatd_load_ini(imchatd_config *cfg, const char *path, char *err,
+                     size_t errcap) {
   ini_ctx ctx;
   memset(&ctx, 0, sizeof(ctx));
   ctx.cfg = cfg;
   int rv = ini_parse(path, on_ini_key, &ctx);
   if (rv < 0) {
-    fprintf(stderr, "imchatd: --config: cannot read '%s'%s%s\n", path,
-            errno ? ": " : "", errno ? strerror(errno) : "");
+    snprintf(err, errcap, "--config: cannot read '%s'%s%s", path,
+             errno ? ": " : "", errno ? strerror(errno) : "");
     return -1;
   }
   if (rv > 0) {
-    fprintf(stderr, "imchatd: %s:%d: %s\n", path, rv,
-            ctx.err[0] ? ctx.err : "syntax error");
+    snprintf(err, errcap, "%s:%d: %s", path, rv,
+             ctx.err[0] ? ctx.err : "syntax error");
     return -1;
   }
   if (ctx.secret_keys == 3) {
-    fprintf(stderr,
-            "imchatd: %s: set jwt-secret or jwt-secret-file, not "
-            "both\n",
-            path);
+    snprintf(err, errcap, "%s: set jwt-secret or jwt-secret-file, not both",
+             path);
     return -1;
   }
   return 0;

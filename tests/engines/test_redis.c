@@ -1,0 +1,357 @@
+/*
+ * The Redis engine against a real redis-server: the seq and dedup
+ * conformance suites (the server scripts/test.sh started,
+ * IMC_TEST_REDIS), and fault cases on a server this suite starts, stops
+ * and restarts itself: a restart that loses every counter, a counter
+ * that goes back (a replica that lagged), a server that stops answering,
+ * and a mark that cannot be raised.
+ */
+#include "conformance.h"
+#include "engine_test.h"
+
+#include <imchat/engines/redis.h>
+
+#include <check.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------ */
+/* Marks kept in memory, standing for the MariaDB engine's table: they
+ * outlive every Redis restart of a test, as durable marks do.          */
+/* ------------------------------------------------------------------ */
+
+#define MAX_MARKS 64
+
+typedef struct test_marks {
+  char key[MAX_MARKS][64];
+  uint64_t value[MAX_MARKS];
+  int n;
+  int raises;
+  int fail; /* nonzero: every call fails with IMC_ERR_UNAVAILABLE */
+} test_marks;
+
+static uint64_t *mark_slot(test_marks *m, const char *key) {
+  for (int i = 0; i < m->n; i++)
+    if (strcmp(m->key[i], key) == 0)
+      return &m->value[i];
+  ck_assert_int_lt(m->n, MAX_MARKS);
+  snprintf(m->key[m->n], sizeof(m->key[0]), "%s", key);
+  m->value[m->n] = 0;
+  return &m->value[m->n++];
+}
+
+static int marks_get(void *ud, const char *key, imc_mark_cb done,
+                     void *done_ud) {
+  test_marks *m = ud;
+  if (m->fail)
+    return IMC_ERR_UNAVAILABLE;
+  done(done_ud, 0, *mark_slot(m, key));
+  return 0;
+}
+
+static int marks_raise(void *ud, const char *key, uint64_t value,
+                       imc_done_cb done, void *done_ud) {
+  test_marks *m = ud;
+  if (m->fail)
+    return IMC_ERR_UNAVAILABLE;
+  uint64_t *v = mark_slot(m, key);
+  if (value > *v)
+    *v = value;
+  m->raises++;
+  done(done_ud, 0);
+  return 0;
+}
+
+static const imc_marks_vtbl marks_vtbl = {
+    .struct_size = sizeof(imc_marks_vtbl),
+    .get = marks_get,
+    .raise = marks_raise,
+};
+
+/* ------------------------------------------------------------------ */
+/* Conformance against the shared server                                */
+/* ------------------------------------------------------------------ */
+
+static eng_loop loop;
+static test_marks marks;
+static char host[64];
+static uint16_t port;
+static int prefix_n;
+static char prefix[64];
+
+static void parse_addr(const char *addr) {
+  const char *colon = strrchr(addr, ':');
+  if (colon == NULL) {
+    fprintf(stderr, "IMC_TEST_REDIS: want HOST:PORT, got %s\n", addr);
+    exit(EXIT_FAILURE);
+  }
+  snprintf(host, sizeof(host), "%.*s", (int)(colon - addr), addr);
+  port = (uint16_t)atoi(colon + 1);
+}
+
+static imc_redis *open_engine(const char *h, uint16_t p, const char *pre,
+                              int64_t timeout_ms) {
+  imc_redis_options o = {.struct_size = sizeof(o),
+                         .host = h,
+                         .port = p,
+                         .key_prefix = pre,
+                         .op_timeout_ms = timeout_ms,
+                         .reconnect_min_ms = 20,
+                         .reconnect_max_ms = 200,
+                         .marks = &marks_vtbl,
+                         .marks_ud = &marks,
+                         .seq_block = 10};
+  imc_redis *r = NULL;
+  ck_assert_int_eq(imc_redis_new(&r, loop.loop, &o), 0);
+  return r;
+}
+
+static void *cf_create(void *ctx, const imc_clock *clock) {
+  (void)ctx;
+  (void)clock;
+  eng_loop_init(&loop);
+  memset(&marks, 0, sizeof(marks));
+  snprintf(prefix, sizeof(prefix), "imc-test:%d:%d:", (int)getpid(),
+           ++prefix_n);
+  return open_engine(host, port, prefix, 5000);
+}
+
+static void cf_destroy(void *ctx, void *ud) {
+  (void)ctx;
+  imc_redis_del(ud);
+  eng_loop_fini(&loop);
+}
+
+/* The same keys on a new connection, as after a process restart. */
+static void *cf_reopen(void *ctx, void *ud) {
+  (void)ctx;
+  imc_redis_del(ud);
+  return open_engine(host, port, prefix, 5000);
+}
+
+static int cf_dispatch(void *ctx, void *ud) {
+  (void)ctx;
+  (void)ud;
+  eng_loop_turn(&loop, 20);
+  return 0;
+}
+
+static conformance_factory factory = {
+    .name = "redis",
+    .create = cf_create,
+    .destroy = cf_destroy,
+    .reopen = cf_reopen,
+    .dispatch = cf_dispatch,
+    .real_clock = 1,
+};
+
+/* ------------------------------------------------------------------ */
+/* Fault cases on a server of our own                                   */
+/* ------------------------------------------------------------------ */
+
+static pid_t own_pid;
+static uint16_t own_port;
+static char own_dir[] = "/tmp/imc-redis-test.XXXXXX";
+
+static void own_start(void) {
+  char portstr[8];
+  snprintf(portstr, sizeof(portstr), "%u", own_port);
+  char *argv[] = {"redis-server", "--port", portstr, "--bind",
+                  "127.0.0.1",    "--save", "",      "--appendonly",
+                  "no",           "--dir",  own_dir, NULL};
+  own_pid = eng_spawn(argv, NULL);
+  ck_assert_msg(eng_wait_port(own_port, 10000), "redis-server did not start");
+}
+
+static void fault_setup(void) {
+  ck_assert_ptr_nonnull(mkdtemp(own_dir));
+  own_port = eng_free_port();
+  own_start();
+  eng_loop_init(&loop);
+  memset(&marks, 0, sizeof(marks));
+}
+
+static void fault_teardown(void) {
+  eng_loop_fini(&loop);
+  if (own_pid > 0)
+    eng_kill(own_pid, SIGKILL);
+  own_pid = 0;
+  rmdir(own_dir);
+  strcpy(own_dir, "/tmp/imc-redis-test.XXXXXX");
+}
+
+typedef struct seq_res {
+  int calls;
+  int status;
+  uint64_t seq;
+} seq_res;
+
+static void on_seq(void *p, int status, uint64_t seq) {
+  seq_res *r = p;
+  r->calls++;
+  r->status = status;
+  r->seq = seq;
+}
+
+/* next(key): the status, and the value in *out. */
+static int next(imc_redis *r, const char *k, uint64_t *out) {
+  seq_res res = {0};
+  int rv = imc_redis_seq_vtbl()->next(r, k, on_seq, &res);
+  if (rv < 0) {
+    ck_assert_int_eq(res.calls, 0);
+    return rv;
+  }
+  ck_assert_msg(eng_loop_until(&loop, &res.calls, 10000), "next hung");
+  ck_assert_int_eq(res.calls, 1);
+  *out = res.seq;
+  return res.status;
+}
+
+static void wait_healthy(imc_redis *r) {
+  int64_t end = eng_now_ms() + 10000;
+  while (imc_redis_health(r) != 0 && eng_now_ms() < end)
+    eng_loop_turn(&loop, 20);
+  ck_assert_int_eq(imc_redis_health(r), 0);
+}
+
+START_TEST(a_restart_that_loses_the_counters_never_goes_back) {
+  imc_redis *r = open_engine("127.0.0.1", own_port, "f:", 2000);
+  uint64_t v = 0, top = 0;
+  for (int i = 1; i <= 25; i++) {
+    ck_assert_int_eq(next(r, "conv", &v), 0);
+    ck_assert_uint_eq(v, (uint64_t)i);
+    top = v;
+  }
+  ck_assert_int_ge(marks.raises, 1);
+
+  eng_kill(own_pid, SIGKILL); /* everything Redis held is gone */
+  own_pid = 0;
+  int64_t t0 = eng_now_ms();
+  int st = next(r, "conv", &v);
+  ck_assert_int_eq(st, IMC_ERR_UNAVAILABLE);
+  ck_assert_int_lt(eng_now_ms() - t0, 5000);
+  /* Health reports it once the loss is seen. */
+  int64_t end = eng_now_ms() + 5000;
+  while (imc_redis_health(r) == 0 && eng_now_ms() < end)
+    eng_loop_turn(&loop, 20);
+  ck_assert_int_eq(imc_redis_health(r), IMC_ERR_UNAVAILABLE);
+  ck_assert_str_ne(imc_redis_last_error(r), "");
+
+  own_start(); /* empty */
+  wait_healthy(r);
+  ck_assert_int_eq(next(r, "conv", &v), 0);
+  ck_assert_uint_gt(v, top);
+  uint64_t after = v;
+  ck_assert_int_eq(next(r, "conv", &v), 0);
+  ck_assert_uint_eq(v, after + 1);
+  imc_redis_del(r);
+
+  /* A new engine (a process restarted too) continues above as well. */
+  r = open_engine("127.0.0.1", own_port, "f:", 2000);
+  ck_assert_int_eq(next(r, "conv", &v), 0);
+  ck_assert_uint_eq(v, after + 2);
+  imc_redis_del(r);
+}
+END_TEST
+
+/* A counter that goes back under the engine (a replica that lagged
+ * behind what was handed out) is set above its mark. */
+START_TEST(a_counter_that_goes_back_is_set_above_its_mark) {
+  imc_redis *r = open_engine("127.0.0.1", own_port, "g:", 2000);
+  uint64_t v = 0;
+  for (int i = 0; i < 15; i++)
+    ck_assert_int_eq(next(r, "conv", &v), 0);
+  ck_assert_uint_eq(v, 15);
+
+  char portstr[8];
+  snprintf(portstr, sizeof(portstr), "%u", own_port);
+  char *argv[] = {"redis-cli", "-p", portstr, "SET", "g:s:conv", "3", NULL};
+  ck_assert_int_eq(eng_wait(eng_spawn(argv, NULL)), 0);
+
+  ck_assert_int_eq(next(r, "conv", &v), 0);
+  ck_assert_uint_gt(v, 15);
+  imc_redis_del(r);
+}
+END_TEST
+
+START_TEST(a_server_that_stops_answering_fails_operations_in_time) {
+  imc_redis *r = open_engine("127.0.0.1", own_port, "h:", 300);
+  uint64_t v = 0;
+  ck_assert_int_eq(next(r, "conv", &v), 0);
+  wait_healthy(r);
+
+  kill(own_pid, SIGSTOP);
+  int64_t t0 = eng_now_ms();
+  ck_assert_int_eq(next(r, "conv", &v), IMC_ERR_UNAVAILABLE);
+  ck_assert_int_lt(eng_now_ms() - t0, 3000);
+  kill(own_pid, SIGCONT);
+
+  wait_healthy(r);
+  uint64_t w = 0;
+  ck_assert_int_eq(next(r, "conv", &w), 0);
+  ck_assert_uint_gt(w, 1);
+  imc_redis_del(r);
+}
+END_TEST
+
+START_TEST(no_value_is_handed_out_without_its_mark) {
+  imc_redis *r = open_engine("127.0.0.1", own_port, "m:", 2000);
+  uint64_t v = 0;
+  /* The first value raises the mark a block (10) ahead: the values up to
+   * it need no raise. */
+  for (int i = 1; i <= 11; i++) {
+    ck_assert_int_eq(next(r, "conv", &v), 0);
+    ck_assert_uint_eq(v, (uint64_t)i);
+  }
+  ck_assert_uint_eq(*mark_slot(&marks, "conv"), 11);
+  marks.fail = 1;
+  ck_assert_int_eq(next(r, "conv", &v), IMC_ERR_UNAVAILABLE);
+  marks.fail = 0;
+  ck_assert_int_eq(next(r, "conv", &v), 0);
+  ck_assert_uint_eq(v, 13); /* 12 was burned, not handed out later */
+  ck_assert_uint_ge(*mark_slot(&marks, "conv"), v);
+  imc_redis_del(r);
+}
+END_TEST
+
+START_TEST(seq_without_marks_is_refused) {
+  imc_redis_options o = {.struct_size = sizeof(o), .port = own_port};
+  imc_redis *r = NULL;
+  ck_assert_int_eq(imc_redis_new(&r, loop.loop, &o), 0);
+  seq_res res = {0};
+  ck_assert_int_eq(imc_redis_seq_vtbl()->next(r, "k", on_seq, &res),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_redis_new(&r, NULL, &o), IMC_ERR_INVALID_ARGUMENT);
+  imc_redis_del(r);
+}
+END_TEST
+
+static Suite *fault_suite(void) {
+  Suite *s = suite_create("redis/faults");
+  TCase *tc = tcase_create("faults");
+  tcase_add_checked_fixture(tc, fault_setup, fault_teardown);
+  tcase_add_test(tc, a_restart_that_loses_the_counters_never_goes_back);
+  tcase_add_test(tc, a_counter_that_goes_back_is_set_above_its_mark);
+  tcase_add_test(tc, a_server_that_stops_answering_fails_operations_in_time);
+  tcase_add_test(tc, no_value_is_handed_out_without_its_mark);
+  tcase_add_test(tc, seq_without_marks_is_refused);
+  suite_add_tcase(s, tc);
+  return s;
+}
+
+int main(void) {
+  parse_addr(eng_env_or_skip("IMC_TEST_REDIS"));
+  factory.seq = imc_redis_seq_vtbl();
+  factory.dedup = imc_redis_dedup_vtbl();
+  SRunner *sr = srunner_create(conformance_seq_suite(&factory));
+  srunner_add_suite(sr, conformance_dedup_suite(&factory));
+  srunner_add_suite(sr, fault_suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
