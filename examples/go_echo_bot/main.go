@@ -2,7 +2,7 @@
 // every 1:1 message it receives back to its sender (same body, same
 // content type).
 //
-//	go_echo_bot -addr 127.0.0.1:8082 -secret-file DATA_DIR/jwt_secret
+//	go_echo_bot -addr 127.0.0.1:8082 -secret-file DATA_DIR/jwt.secret
 //	go_echo_bot -addr 127.0.0.1:8082 -token "$(imchatd token echo-bot)"
 //
 // It runs until SIGINT or SIGTERM. Its store (-store, default
