@@ -63,8 +63,10 @@ type Options struct {
 	// HTTPClient performs the offline sync and history requests (default:
 	// a client over DialContext without proxy or compression).
 	HTTPClient *http.Client
-	// Log, if set, receives the library's log lines up to LogLevel. It
-	// runs on the client's goroutine and must not call the Client.
+	// Log, if set, receives the library's log lines up to LogLevel
+	// (LogError when zero), and the binding's own (connect failures;
+	// offline pages at LogDebug). It runs on the client's goroutine and
+	// must not call the Client.
 	Log      func(level LogLevel, line string)
 	LogLevel LogLevel
 }
