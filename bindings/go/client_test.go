@@ -126,11 +126,50 @@ func TestOfflineAfterReconnect(t *testing.T) {
 	if err != nil || len(page.Messages) != 1 || page.Messages[0].MsgID != m2.MsgID {
 		t.Errorf("History after seq %d: %+v, %v", m1.Seq, page, err)
 	}
-	// Nothing new for the inbox: RepairGap surfaces no message.
-	if err := bob2.RepairGap(context.Background(), "p:alice:bob", 0); err != nil {
-		t.Errorf("RepairGap: %v", err)
+}
+
+// A store that never saw a conversation fills it from the history, once.
+func TestRepairGap(t *testing.T) {
+	s := imchattest.Start(t)
+	alice := connect(t, s, "alice", "", "")
+	bob := connect(t, s, "bob", "", "")
+	alice.waitState(StateOnline)
+	bob.waitState(StateOnline)
+	first, err := alice.Send("bob", "delivered to the first device")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, err := bob2.History(context.Background(), "p:alice:carol", 0); !errors.Is(err, ErrForbidden) {
+	m1 := bob.waitMessage(first)
+	alice.waitStatus(first)
+
+	// The device comes back with a new store: the message was pushed and
+	// ACKed, so it is not in the offline inbox; only the history has it.
+	bob.Close()
+	fresh := connect(t, s, "bob", "", "")
+	fresh.waitState(StateOnline)
+	ctx := context.Background()
+	if err := fresh.RepairGap(ctx, "p:alice:bob", 0); err != nil {
+		t.Fatalf("RepairGap: %v", err)
+	}
+	if m := fresh.waitMessage(first); m.Flags&FlagHistory == 0 || m.MsgID != m1.MsgID || m.Seq != m1.Seq {
+		t.Errorf("repaired %+v, want %+v with FlagHistory", m, m1)
+	}
+	if err := fresh.RepairGap(ctx, "p:alice:bob", 0); err != nil {
+		t.Fatalf("second RepairGap: %v", err)
+	}
+	// Everything the repairs surfaced is queued before this push.
+	second, err := alice.Send("bob", "pushed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh.waitFor("the pushed message", func(e Event) bool {
+		m, ok := e.(*Message)
+		if ok && m.MsgID == m1.MsgID {
+			t.Errorf("the repaired message surfaced again: %+v", m)
+		}
+		return ok && m.ClientMsgID == second
+	})
+	if _, err := fresh.History(ctx, "p:alice:carol", 0); !errors.Is(err, ErrForbidden) {
 		t.Errorf("History of another pair's conversation: %v, want ErrForbidden", err)
 	}
 }
