@@ -130,8 +130,11 @@ static int up_undelivered(void *ud, const imc_msg *m, const char *user,
                                                  user, done, done_ud);
 }
 
-static const imc_upstream_vtbl upstream = {sizeof(imc_upstream_vtbl), up_send,
-                                           up_delivered, up_undelivered};
+static const imc_upstream_vtbl upstream = {.struct_size =
+                                               sizeof(imc_upstream_vtbl),
+                                           .send = up_send,
+                                           .delivered = up_delivered,
+                                           .undelivered = up_undelivered};
 
 static int api_handle(void *ud, const imc_http_request *req,
                       imc_http_reply *reply) {

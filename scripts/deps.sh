@@ -45,9 +45,11 @@ IMC_DEB_TEST_PACKAGES=(
 )
 
 # What scripts/bench.sh needs on top: the broker imchatd is compared with
-# and the plotter of doc/bench/*.png.
+# and the plotter of doc/bench/*.png; and the profilers used to find what
+# bounds a path (doc/bench/history.md).
 IMC_DEB_BENCH_PACKAGES=(
   mosquitto gnuplot-nox
+  linux-perf strace
 )
 
 # Prints the packages of "$@" that are not installed.

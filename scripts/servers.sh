@@ -77,11 +77,14 @@ imc_start_etcd() {
 }
 
 # Kafka (librdkafka's mock cluster, tests/engines/kafka_mock):
-# IMC_TEST_KAFKA=the bootstrap servers it prints.
+# IMC_TEST_KAFKA=the bootstrap servers it prints, and
+# IMC_TEST_KAFKA_CONTROL=the address where it creates topics (it prints
+# that line first, in the same write).
 imc_start_kafka() {
   local bin=$1
   imc_spawn kafka "$bin"
   imc_wait_for 30 grep -q '^127\.0\.0\.1:' "$imc_tmp/kafka.log"
   IMC_TEST_KAFKA=$(grep -m 1 '^127\.0\.0\.1:' "$imc_tmp/kafka.log")
-  export IMC_TEST_KAFKA
+  IMC_TEST_KAFKA_CONTROL=$(sed -n 's/^control //p' "$imc_tmp/kafka.log")
+  export IMC_TEST_KAFKA IMC_TEST_KAFKA_CONTROL
 }

@@ -12,6 +12,7 @@
 #include "testutil.h"
 
 #include <check.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +55,15 @@ typedef struct mock {
   imc_send_cb held_cb[512];
   void *held_cb_ud[512];
   int n_held;
+  /* delivered_many */
+  int many_calls;       /* calls */
+  size_t many_items;    /* items over all calls */
+  size_t many_last_n;   /* items of the last call */
+  char many_ids[8][16]; /* msg_ids of the last call's first items */
+  int fail_many;        /* 1: refuse the call; 2: complete with an error */
+  int async_many;       /* keep the completion in many_cb */
+  imc_done_cb many_cb;
+  void *many_ud;
   /* key source */
   imc_key_cb key_cb;
   void *key_ud;
@@ -224,8 +234,45 @@ static int u_undelivered(void *ud, const imc_msg *msg, const char *user,
   return 0;
 }
 
-static const imc_upstream_vtbl upstream = {sizeof(imc_upstream_vtbl), u_send,
-                                           u_delivered, u_undelivered};
+/* An upstream without delivered_many: one delivered per ack. */
+static const imc_upstream_vtbl upstream = {.struct_size =
+                                               sizeof(imc_upstream_vtbl),
+                                           .send = u_send,
+                                           .delivered = u_delivered,
+                                           .undelivered = u_undelivered};
+
+static int u_delivered_many(void *ud, const imc_delivery_ack *acks, size_t n,
+                            imc_done_cb done, void *done_ud) {
+  mock *m = ud;
+  ck_assert_uint_gt(n, 0);
+  m->many_calls++;
+  m->many_items += n;
+  m->many_last_n = n;
+  for (size_t i = 0; i < n; i++) {
+    ck_assert_str_eq(acks[i].user_id, "alice");
+    ck_assert_ptr_nonnull(acks[i].device_id);
+    if (i < 8)
+      snprintf(m->many_ids[i], sizeof(m->many_ids[i]), "%s",
+               acks[i].msg->msg_id);
+  }
+  if (m->fail_many == 1)
+    return IMC_ERR_UNAVAILABLE;
+  if (m->async_many) {
+    m->many_cb = done;
+    m->many_ud = done_ud;
+    return 0;
+  }
+  done(done_ud, m->fail_many ? IMC_ERR_IO : 0);
+  return 0;
+}
+
+/* An upstream that takes the acks of a loop turn in one call. */
+static const imc_upstream_vtbl upstream_many = {
+    .struct_size = sizeof(imc_upstream_vtbl),
+    .send = u_send,
+    .delivered = u_delivered,
+    .undelivered = u_undelivered,
+    .delivered_many = u_delivered_many};
 
 static int k_lookup(void *ud, const char *alg, const char *kid, imc_key_cb done,
                     void *done_ud) {
@@ -1595,6 +1642,212 @@ START_TEST(shutdown_waits_for_reports) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------ */
+/* Acks reported in batches (delivered_many)                            */
+/* ------------------------------------------------------------------ */
+
+static void with_upstream_many(imc_gateway_options *o) {
+  imc_gateway_options_set_upstream(o, &upstream_many, &H.m);
+}
+
+/* Pushes n messages, ids[0..n), to alice. */
+static void push_n(char (*ids)[16], int n) {
+  for (int i = 0; i < n; i++) {
+    snprintf(ids[i], sizeof(ids[i]), "m-%d", i);
+    imc_msg m = test_msg(ids[i]);
+    ck_assert_int_eq(imc_gateway_deliver(H.gw, "alice", NULL, &m), 1);
+  }
+  imc_gateway_flush(H.gw);
+}
+
+/* One DeliverAck frame for ids, received in the current loop turn: no
+ * flush after it. */
+static void recv_acks(char **ids, size_t n) {
+  static uint8_t pb[70000];
+  Imchat__V1__DeliverAck a = IMCHAT__V1__DELIVER_ACK__INIT;
+  a.n_msg_ids = n;
+  a.msg_ids = ids;
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_DELIVER_ACK;
+  cf.deliver_ack = &a;
+  ck_assert_uint_le(imchat__v1__client_frame__get_packed_size(&cf), sizeof(pb));
+  size_t len = imchat__v1__client_frame__pack(&cf, pb);
+  size_t fl = ws_frame(wbuf, 1, 2, 0, pb, len, 1);
+  ck_assert_int_eq(imc_gateway_conn_recv(H.gw, H.c, wbuf, fl), 0);
+}
+
+/* The acks of one loop turn, over two frames, reach the upstream in one
+ * delivered_many call, in the order they came; none one by one. */
+START_TEST(acks_one_batch_per_turn) {
+  reset_with(with_upstream_many);
+  h_connect("alice", "phone");
+  char ids[6][16];
+  push_n(ids, 6);
+  char *first[] = {ids[0], ids[1], ids[2], ids[3]};
+  char *second[] = {ids[5], "unknown", ids[4]};
+  recv_acks(first, 4);
+  recv_acks(second, 3);
+  ck_assert_int_eq(H.m.many_calls, 0);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 6);
+  ck_assert_int_eq(imc_gateway_next_timeout_ms(H.gw), 0);
+  imc_gateway_flush(H.gw);
+  ck_assert_int_eq(H.m.many_calls, 1);
+  ck_assert_uint_eq(H.m.many_last_n, 6);
+  static const char *const order[] = {"m-0", "m-1", "m-2", "m-3", "m-5", "m-4"};
+  for (int i = 0; i < 6; i++)
+    ck_assert_str_eq(H.m.many_ids[i], order[i]);
+  ck_assert_int_eq(H.m.delivered, 0);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_ACKS), 6);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+  /* A turn without acks makes no call. */
+  imc_gateway_flush(H.gw);
+  ck_assert_int_eq(H.m.many_calls, 1);
+  /* Nothing is left to time out. */
+  h_advance(10000);
+  ck_assert_int_eq(H.m.undelivered, 0);
+}
+END_TEST
+
+/* The timer path reports them too, for a host that runs timers first. */
+START_TEST(acks_reported_on_timeout) {
+  reset_with(with_upstream_many);
+  h_connect("alice", "phone");
+  char ids[2][16];
+  push_n(ids, 2);
+  char *acks[] = {ids[0], ids[1]};
+  recv_acks(acks, 2);
+  ck_assert_int_eq(imc_gateway_on_timeout(H.gw), 0);
+  ck_assert_int_eq(H.m.many_calls, 1);
+  ck_assert_uint_eq(H.m.many_last_n, 2);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+}
+END_TEST
+
+/* More acks than one call takes: full calls, then the rest. */
+START_TEST(acks_batch_bounded) {
+  reset_with(with_upstream_many);
+  h_connect("alice", "phone");
+  enum { N = 1100 };
+  static char ids[N][16];
+  static char *ptrs[N];
+  push_n(ids, N);
+  for (int i = 0; i < N; i++)
+    ptrs[i] = ids[i];
+  recv_acks(ptrs, N);
+  imc_gateway_flush(H.gw);
+  ck_assert_int_eq(H.m.many_calls, 2);
+  ck_assert_uint_eq(H.m.many_items, N);
+  ck_assert_uint_eq(H.m.many_last_n, N - 1024);
+  ck_assert_str_eq(H.m.many_ids[0], "m-1024");
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+}
+END_TEST
+
+/* A batch refused (_i 1) or completed with an error (_i 2): every push in
+ * it falls back to the slow path, as a failed delivered does. */
+START_TEST(acks_batch_fails_falls_back) {
+  reset_with(with_upstream_many);
+  H.m.fail_many = _i;
+  h_connect("alice", "phone");
+  char ids[3][16];
+  push_n(ids, 3);
+  char *acks[] = {ids[0], ids[1], ids[2]};
+  recv_acks(acks, 3);
+  imc_gateway_flush(H.gw);
+  ck_assert_int_eq(H.m.many_calls, 1);
+  ck_assert_int_eq(H.m.delivered, 0);
+  ck_assert_int_eq(H.m.undelivered, 3);
+  ck_assert_int_eq(H.m.undelivered_ok, 3);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_UNDELIVERED), 3);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+}
+END_TEST
+
+/* A batch the upstream completes later holds the messages its acks
+ * point to, after the connection went; the gateway waits for it. */
+START_TEST(acks_batch_completes_later) {
+  reset_with(with_upstream_many);
+  H.m.async_many = 1;
+  h_connect("alice", "phone");
+  char ids[3][16];
+  push_n(ids, 3);
+  char *acks[] = {ids[0], ids[1], ids[2]};
+  recv_acks(acks, 3);
+  imc_gateway_flush(H.gw);
+  ck_assert(H.m.many_cb != NULL);
+  imc_gateway_conn_closed(H.gw, H.c);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 3);
+  ck_assert_int_eq(H.m.undelivered, 0); /* acked: not handed back */
+  H.m.many_cb(H.m.many_ud, 0);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+  ck_assert_int_eq(H.m.undelivered, 0);
+}
+END_TEST
+
+/* Deleting the gateway with a batch out, or acks not yet reported,
+ * frees them without calling anything (the teardown checks for leaks). */
+START_TEST(acks_batch_del_in_flight) {
+  reset_with(with_upstream_many);
+  H.m.async_many = 1;
+  h_connect("alice", "phone");
+  char ids[3][16];
+  push_n(ids, 3);
+  char *first[] = {ids[0], ids[1]};
+  char *last[] = {ids[2]};
+  recv_acks(first, 2);
+  imc_gateway_flush(H.gw);
+  recv_acks(last, 1);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 3);
+  imc_gateway_del(H.gw);
+  H.gw = NULL;
+  ck_assert_int_eq(H.m.many_calls, 1);
+  ck_assert_int_eq(H.m.undelivered, 0);
+}
+END_TEST
+
+/* No memory for the batch: the acks go one by one, which needs none. */
+START_TEST(acks_batch_without_memory) {
+  reset_with(with_upstream_many);
+  h_connect("alice", "phone");
+  char ids[3][16];
+  push_n(ids, 3);
+  char *acks[] = {ids[0], ids[1], ids[2]};
+  recv_acks(acks, 3);
+  H.tm.fail_at = H.tm.count; /* the batch is the flush's first allocation */
+  imc_gateway_flush(H.gw);
+  H.tm.fail_at = -1;
+  ck_assert_int_eq(H.m.many_calls, 0);
+  ck_assert_int_eq(H.m.delivered, 3);
+  ck_assert_int_eq(H.m.undelivered, 0);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+}
+END_TEST
+
+/* An upstream built before delivered_many existed: its struct_size ends
+ * before the member, which is then absent even if the memory behind it
+ * holds a function. Every ack is reported at once, alone. */
+static void with_old_upstream(imc_gateway_options *o) {
+  static imc_upstream_vtbl old;
+  old = upstream_many;
+  old.struct_size = (uint32_t)offsetof(imc_upstream_vtbl, delivered_many);
+  imc_gateway_options_set_upstream(o, &old, &H.m);
+}
+
+START_TEST(acks_old_upstream_one_by_one) {
+  reset_with(with_old_upstream);
+  h_connect("alice", "phone");
+  char ids[3][16];
+  push_n(ids, 3);
+  char *acks[] = {ids[0], ids[1], ids[2]};
+  recv_acks(acks, 3);
+  ck_assert_int_eq(H.m.delivered, 3);
+  ck_assert_uint_eq(imc_gateway_pending(H.gw), 0);
+  imc_gateway_flush(H.gw);
+  ck_assert_int_eq(H.m.many_calls, 0);
+  ck_assert_int_eq(H.m.delivered, 3);
+}
+END_TEST
+
 START_TEST(send_timeout_unavailable) {
   reset_with(with_upstream);
   H.m.async_send = 1;
@@ -2408,6 +2661,14 @@ static Suite *gateway_suite(void) {
   tcase_add_test(t, delivered_fails_falls_back);
   tcase_add_test(t, undelivered_retried_with_backoff);
   tcase_add_test(t, shutdown_waits_for_reports);
+  tcase_add_test(t, acks_one_batch_per_turn);
+  tcase_add_test(t, acks_reported_on_timeout);
+  tcase_add_test(t, acks_batch_bounded);
+  tcase_add_loop_test(t, acks_batch_fails_falls_back, 1, 3);
+  tcase_add_test(t, acks_batch_completes_later);
+  tcase_add_test(t, acks_batch_del_in_flight);
+  tcase_add_test(t, acks_batch_without_memory);
+  tcase_add_test(t, acks_old_upstream_one_by_one);
   tcase_add_test(t, send_timeout_unavailable);
   tcase_add_test(t, max_devices_429);
   tcase_add_test(t, user_rate_shared_by_devices);

@@ -57,6 +57,7 @@ typedef struct comp {
 typedef struct mock {
   test_clock tc;
   int deferred;
+  size_t status_max; /* router_make: the status memory's bound, 0: default */
   uint64_t rng;
   comp *comps[MAX_COMPS];
   int n_comps;
@@ -406,9 +407,11 @@ static int l_status(void *ud, const char *node, const char *user,
   (void)ud;
   (void)msg_id;
   (void)client_msg_id;
-  snprintf(M.statuses[M.n_statuses++], 200, "%s %s %s %s %s", node, user,
-           device, state == IMC_DELIVERED ? "DELIVERED" : "STORED",
-           recipient[0] ? recipient : "-");
+  if (M.n_statuses < MAX_RECS) /* counted beyond, not kept */
+    snprintf(M.statuses[M.n_statuses], 200, "%s %s %s %s %s", node, user,
+             device, state == IMC_DELIVERED ? "DELIVERED" : "STORED",
+             recipient[0] ? recipient : "-");
+  M.n_statuses++;
   complete_done(done, done_ud, 0);
   return 0;
 }
@@ -435,6 +438,9 @@ static void router_make(const char *filter_words, imc_filter_action action) {
   imc_router_options_set_gwlink(o, &gwlink, NULL);
   imc_router_options_set_clock(o, &M.tc.clock);
   imc_router_options_set_max_body(o, 1000);
+  if (M.status_max)
+    ck_assert_int_eq(
+        imc_router_options_set_status_memory(o, 600000, M.status_max), 0);
   if (filter_words)
     ck_assert_int_eq(
         imc_router_options_set_filter(o, (const uint8_t *)filter_words,
@@ -492,6 +498,33 @@ static void answered(void *ud, int status, const imc_send_result *res,
     A.seq = res->seq;
   }
   snprintf(A.message, sizeof(A.message), "%s", message ? message : "");
+}
+
+static void done_count(void *ud, int status) {
+  ck_assert_int_eq(status, 0);
+  (*(int *)ud)++;
+}
+
+/* A send of from/phone through node (a resend after a reconnect may come
+ * through another one); returns its status. */
+static int send_via(const char *node, const char *from, const char *to,
+                    const char *group, const char *cmid) {
+  imc_send_req q = {.struct_size = sizeof(q),
+                    .from_user = from,
+                    .from_device = "phone",
+                    .node_id = node,
+                    .conn_id = 2,
+                    .client_msg_id = cmid,
+                    .to_user = to ? to : "",
+                    .group_id = group ? group : "",
+                    .body = (const uint8_t *)"hi",
+                    .body_len = 2,
+                    .content_type = "text/plain"};
+  memset(&A, 0, sizeof(A));
+  ck_assert_int_eq(imc_router_send(R, &q, answered, NULL), 0);
+  settle();
+  ck_assert_int_eq(A.calls, 1);
+  return A.status;
 }
 
 static int send_full(const char *from, const char *device, const char *to,
@@ -624,8 +657,9 @@ START_TEST(message_to_self) {
 }
 END_TEST
 
-static imc_msg last_msg(void) {
-  Imchat__V1__Message *pm = job(0)->message;
+/* The message of job i. */
+static imc_msg job_msg(int i) {
+  Imchat__V1__Message *pm = job(i)->message;
   imc_msg m = {.struct_size = sizeof(m),
                .msg_id = pm->msg_id,
                .conversation_id = pm->conversation_id,
@@ -639,10 +673,124 @@ static imc_msg last_msg(void) {
                .sent_at_ms = pm->sent_at_ms,
                .client_msg_id = pm->client_msg_id,
                .from_device = pm->from_device,
-               .from_node = job(0)->from_node,
-               .from_conn_id = job(0)->from_conn_id};
+               .from_node = job(i)->from_node,
+               .from_conn_id = job(i)->from_conn_id};
   return m;
 }
+
+static imc_msg last_msg(void) {
+  return job_msg(0);
+}
+
+/* A resend answered from the dedup set gets the status the first
+ * attempt had, at the node the resend came through: the sender may have
+ * lost the first one with its connection. */
+START_TEST(resend_gets_status_again) {
+  add_entry("bob", "phone", "n2");
+  ck_assert_int_eq(send1("alice", "bob", "c1"), 0);
+  imc_msg m = last_msg();
+  imc_router_delivered(R, &m, "bob", "phone");
+  settle();
+  ck_assert_int_eq(M.n_statuses, 1);
+  ck_assert_str_eq(M.statuses[0], "n1 alice phone DELIVERED bob");
+  ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
+  ck_assert_str_eq(A.msg_id, m.msg_id);
+  ck_assert_int_eq(M.n_statuses, 2);
+  ck_assert_str_eq(M.statuses[1], "n7 alice phone DELIVERED bob");
+  ck_assert_int_eq(M.n_jobs, 1); /* not routed again */
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_DELIVERED), 1);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_STATUS_REPEATS), 1);
+  /* Every resend gets it. */
+  ck_assert_int_eq(send_via("n1", "alice", "bob", NULL, "c1"), 0);
+  ck_assert_int_eq(M.n_statuses, 3);
+  ck_assert_str_eq(M.statuses[2], "n1 alice phone DELIVERED bob");
+}
+END_TEST
+
+/* STORED is repeated the same way, for 1:1 and group messages. */
+START_TEST(resend_gets_stored_again) {
+  ck_assert_int_eq(send1("alice", "bob", "c1"), 0);
+  imc_msg m = last_msg();
+  const char *users[] = {"bob"};
+  imc_router_persisted(R, &m, 1, users, 1);
+  settle();
+  ck_assert_int_eq(send_via("n3", "alice", "bob", NULL, "c1"), 0);
+  ck_assert_int_eq(M.n_statuses, 2);
+  ck_assert_str_eq(M.statuses[1], "n3 alice phone STORED bob");
+
+  int n = 0;
+  imc_router_group_add(R, "team", "alice", done_count, &n);
+  imc_router_group_add(R, "team", "carol", done_count, &n);
+  settle();
+  ck_assert_int_eq(send_via("n1", "alice", NULL, "team", "g1"), 0);
+  Imchat__V1__OfflineJob *j = job(M.n_jobs - 1);
+  imc_msg gm = {.struct_size = sizeof(gm),
+                .msg_id = j->message->msg_id,
+                .from_user = "alice",
+                .to_user = "",
+                .group_id = "team",
+                .client_msg_id = "g1",
+                .from_device = "phone",
+                .from_node = "n1"};
+  imc_router_persisted(R, &gm, 1, NULL, 0);
+  settle();
+  ck_assert_int_eq(M.n_statuses, 3);
+  ck_assert_int_eq(send_via("n4", "alice", NULL, "team", "g1"), 0);
+  ck_assert_int_eq(M.n_statuses, 4);
+  ck_assert_str_eq(M.statuses[3], "n4 alice phone STORED -");
+}
+END_TEST
+
+/* No status yet (the recipient has not ACKed, nothing stored): the
+ * resend gets its SendAck only; the status comes when it is due. Nor
+ * once the router has forgotten it. */
+START_TEST(resend_before_status_or_after_memory) {
+  add_entry("bob", "phone", "n2");
+  ck_assert_int_eq(send1("alice", "bob", "c1"), 0);
+  imc_msg m = last_msg();
+  ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
+  ck_assert_int_eq(M.n_statuses, 0);
+  imc_router_delivered(R, &m, "bob", "phone");
+  settle();
+  ck_assert_int_eq(M.n_statuses, 1);
+  test_clock_advance(&M.tc, 600000);
+  ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
+  ck_assert_str_eq(A.msg_id, m.msg_id);
+  ck_assert_int_eq(M.n_statuses, 1);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_STATUS_REPEATS), 0);
+}
+END_TEST
+
+/* The status memory is bounded: past its size the oldest statuses are
+ * forgotten, so a resend of that message gets its SendAck only. */
+START_TEST(status_memory_is_bounded) {
+  imc_router_del(R);
+  M.status_max = 2;
+  router_make(NULL, 0);
+  add_entry("bob", "phone", "n2");
+  const char *ids[] = {"c1", "c2", "c3"};
+  for (int i = 0; i < 3; i++) {
+    ck_assert_int_eq(send1("alice", "bob", ids[i]), 0);
+    imc_msg m = job_msg(i);
+    imc_router_delivered(R, &m, "bob", "phone");
+    settle();
+  }
+  ck_assert_int_eq(M.n_statuses, 3);
+  ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
+  ck_assert_int_eq(M.n_statuses, 3); /* c1 was forgotten */
+  ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c3"), 0);
+  ck_assert_int_eq(M.n_statuses, 4);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_STATUS_REPEATS), 1);
+
+  imc_router_options *o;
+  ck_assert_int_eq(imc_router_options_new(&o, &TM.mem), 0);
+  ck_assert_int_eq(imc_router_options_set_status_memory(o, 0, 1),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_router_options_set_status_memory(o, 1, 0),
+                   IMC_ERR_INVALID_ARGUMENT);
+  imc_router_options_del(o);
+}
+END_TEST
 
 START_TEST(delivered_status_once) {
   add_entry("bob", "phone", "n2");
@@ -697,6 +845,121 @@ START_TEST(status_falls_back_to_lookup) {
   ck_assert_int_eq(M.n_lookups, lookups + 1);
   ck_assert_int_eq(M.n_statuses, 1);
   ck_assert_str_eq(M.statuses[0], "n9 alice phone STORED bob");
+}
+END_TEST
+
+/* A 1:1 message from device dev of from, sent through node (""
+ * for a message that lost it). */
+static imc_msg msg_from(const char *id, const char *from, const char *dev,
+                        const char *node, const char *to) {
+  imc_msg m = {.struct_size = sizeof(m),
+               .msg_id = id,
+               .conversation_id = "p:x:y",
+               .seq = 1,
+               .from_user = from,
+               .to_user = to,
+               .group_id = "",
+               .body = (const uint8_t *)"x",
+               .body_len = 1,
+               .content_type = "text/plain",
+               .sent_at_ms = T0,
+               .client_msg_id = id,
+               .from_device = dev,
+               .from_node = node};
+  return m;
+}
+
+/* The statuses of a batch of acks: the messages that know their node
+ * need no lookup, the others share one lookup_many; each message gets
+ * one status; acks that are no delivery are skipped. */
+START_TEST(delivered_many_one_lookup) {
+  add_entry("alice", "phone", "n9");
+  add_entry("carol", "tablet", "n8");
+  imc_msg m1 = msg_from("m1", "alice", "phone", "n1", "bob");
+  imc_msg m2 = msg_from("m2", "alice", "phone", "n1", "bob");
+  imc_msg m3 = msg_from("m3", "alice", "phone", "", "bob");
+  imc_msg m4 = msg_from("m4", "carol", "tablet", "", "bob");
+  imc_msg g = msg_from("g1", "alice", "phone", "n1", "");
+  g.group_id = "team";
+  imc_delivery_ack acks[] = {
+      {&m1, "bob", "phone"},   {&m3, "bob", "phone"},
+      {&m1, "bob", "laptop"},  /* a second device: one status */
+      {&m2, "alice", "phone"}, /* the sender's own device: none */
+      {&g, "bob", "phone"},    /* a group: no DELIVERED */
+      {&m4, "bob", "phone"},   {&m2, "bob", "phone"},
+      {NULL, "bob", "phone"},  {&m1, NULL, NULL}};
+  imc_router_delivered_many(R, acks, sizeof(acks) / sizeof(acks[0]));
+  settle();
+  ck_assert_int_eq(M.n_lookups, 1);
+  ck_assert_uint_eq(M.last_batch_n, 2);
+  ck_assert_str_eq(M.last_batch[0], "alice");
+  ck_assert_str_eq(M.last_batch[1], "carol");
+  ck_assert_int_eq(M.n_statuses, 4);
+  ck_assert_str_eq(M.statuses[0], "n1 alice phone DELIVERED bob");
+  ck_assert_str_eq(M.statuses[1], "n1 alice phone DELIVERED bob");
+  /* The looked-up ones, in the batch's order. */
+  ck_assert_str_eq(M.statuses[2], "n9 alice phone DELIVERED bob");
+  ck_assert_str_eq(M.statuses[3], "n8 carol tablet DELIVERED bob");
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_DELIVERED), 4);
+  /* The same acks again: every message had its status. */
+  imc_router_delivered_many(R, acks, sizeof(acks) / sizeof(acks[0]));
+  settle();
+  ck_assert_int_eq(M.n_statuses, 4);
+  ck_assert_int_eq(M.n_lookups, 1);
+  imc_router_delivered_many(R, NULL, 0);
+  imc_router_delivered_many(NULL, acks, 1);
+}
+END_TEST
+
+/* Through the in-process upstream vtable, which completes at once; a
+ * failed lookup loses those statuses only. */
+START_TEST(delivered_many_upstream) {
+  const imc_upstream_vtbl *up = imc_router_upstream_vtbl();
+  ck_assert(IMC_HAS_MEMBER(up, imc_upstream_vtbl, delivered_many));
+  imc_msg m1 = msg_from("m1", "alice", "phone", "n1", "bob");
+  imc_msg m2 = msg_from("m2", "alice", "phone", "", "bob");
+  imc_delivery_ack acks[] = {{&m1, "bob", "phone"}, {&m2, "bob", "phone"}};
+  M.lookup_fail = 1;
+  int done = 0;
+  ck_assert_int_eq(up->delivered_many(R, acks, 2, done_count, &done), 0);
+  ck_assert_int_eq(done, 1);
+  settle();
+  ck_assert_int_eq(M.n_lookups, 1);
+  ck_assert_int_eq(M.n_statuses, 1);
+  ck_assert_str_eq(M.statuses[0], "n1 alice phone DELIVERED bob");
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_BACKEND_ERRORS), 1);
+}
+END_TEST
+
+/* Many messages with a status (more than the seen cache's first table
+ * holds): each is still found, once, until it is forgotten. */
+START_TEST(status_memory_grows) {
+  enum { N = 3000, BATCH = 500 };
+  static char ids[N][16];
+  static imc_msg msgs[N];
+  static imc_delivery_ack acks[N];
+  for (int i = 0; i < N; i++) {
+    snprintf(ids[i], sizeof(ids[i]), "s%d", i);
+    msgs[i] = msg_from(ids[i], "alice", "phone", "n1", "bob");
+    acks[i] = (imc_delivery_ack){&msgs[i], "bob", "phone"};
+  }
+  for (int round = 0; round < 2; round++)
+    for (int i = 0; i < N; i += BATCH) {
+      imc_router_delivered_many(R, acks + i, BATCH);
+      settle();
+    }
+  ck_assert_int_eq(M.n_statuses, N);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_DELIVERED), N);
+  /* Remembered until STATUS_MEMORY_MS has passed, then forgotten. */
+  test_clock_advance(&M.tc, 600000 - 1);
+  imc_router_delivered_many(R, acks + N - 1, 1);
+  settle();
+  ck_assert_int_eq(M.n_statuses, N);
+  test_clock_advance(&M.tc, 1);
+  ck_assert_int_eq(imc_router_on_timeout(R), 0);
+  imc_router_delivered_many(R, acks, BATCH);
+  settle();
+  ck_assert_int_eq(M.n_statuses, N + BATCH);
 }
 END_TEST
 
@@ -1162,6 +1425,26 @@ START_TEST(alloc_failures) {
         settle();
         imc_router_delivered(R, &m, "bob", "phone");
         settle();
+        /* A batch whose message lost its node: a lookup. */
+        imc_msg lost = m;
+        lost.msg_id = "m2";
+        lost.from_node = "";
+        imc_delivery_ack acks[] = {{&lost, "bob", "phone"}};
+        imc_router_delivered_many(R, acks, 1);
+        settle();
+        /* A resend of a message with a status: the status again. */
+        rv = imc_router_send(R, &q, answered, NULL);
+        ck_assert(rv == 0 || rv == IMC_ERR_NOMEM);
+        settle();
+        if (rv == 0 && A.status == 0) {
+          imc_msg first = m;
+          first.msg_id = A.msg_id;
+          imc_router_delivered(R, &first, "bob", "phone");
+          settle();
+          rv = imc_router_send(R, &q, answered, NULL);
+          ck_assert(rv == 0 || rv == IMC_ERR_NOMEM);
+          settle();
+        }
       }
       ck_assert_uint_eq(imc_router_pending(R), 0);
       imc_router_del(R);
@@ -1374,6 +1657,13 @@ static Suite *router_suite(void) {
     tcase_add_test(t, delivered_status_once);
     tcase_add_test(t, status_goes_to_from_node);
     tcase_add_test(t, status_falls_back_to_lookup);
+    tcase_add_test(t, delivered_many_one_lookup);
+    tcase_add_test(t, delivered_many_upstream);
+    tcase_add_test(t, status_memory_grows);
+    tcase_add_test(t, resend_gets_status_again);
+    tcase_add_test(t, resend_gets_stored_again);
+    tcase_add_test(t, resend_before_status_or_after_memory);
+    tcase_add_test(t, status_memory_is_bounded);
     tcase_add_test(t, struct_size_respected);
     tcase_add_test(t, own_device_ack_is_not_delivery);
     tcase_add_test(t, stored_status_offline);

@@ -796,7 +796,9 @@ START_TEST(gc_completions_after_commit) {
   imc_msg m = msg("m1", "p:a:b", 1, 1);
   const imc_msg *mp = &m;
   ck_assert_int_eq(storev->append(db, &mp, 1, NULL, 0, on_done, &c), 0);
-  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), 0); /* to submit */
+  /* To submit within the batch wait (1 ms; the system clock runs). */
+  ck_assert_int_ge(imc_sqlite_next_timeout_ms(db), 0);
+  ck_assert_int_le(imc_sqlite_next_timeout_ms(db), 1);
   ck_assert_int_eq(imc_sqlite_submit(db), 3);
   ck_assert_int_eq(imc_sqlite_batch_queued(db), 3);
   ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), -1);
@@ -948,6 +950,116 @@ START_TEST(gc_queued_during_batch_goes_next) {
   ck_assert_int_eq(imc_sqlite_run_batch(db), 0);
   ck_assert_int_eq(imc_sqlite_dispatch(db), 5);
   for (int i = 0; i < 5; i++)
+    ck_assert_int_eq(r[i].calls, 1);
+  imc_sqlite_del(db);
+  remove_db(path);
+}
+END_TEST
+
+static void set_key(imc_sqlite *db, const char *key, res *r) {
+  ck_assert_int_eq(
+      dedupv->set(db, key, (const uint8_t *)"v", 1, 60, on_done, r), 0);
+}
+
+/* Ops not yet submitted close into a submission once the oldest has
+ * waited the batch wait, or once they reach the bound: the deadline
+ * says when, and a dispatch closes them, with no imc_sqlite_submit (no
+ * end of a loop turn) before the batch runs. */
+START_TEST(gc_batch_closes_at_wait) {
+  char path[384];
+  new_path(path, sizeof(path));
+  test_clock tc;
+  test_clock_init(&tc, 1700000000000LL);
+  imc_sqlite *db;
+  ck_assert_int_eq(imc_sqlite_new(&db, path, &tc.clock, NULL), 0);
+  ck_assert_int_eq(imc_sqlite_set_group_commit(db, 4), 0);
+  ck_assert_int_eq(imc_sqlite_set_batch_wait_ms(db, 3), 0);
+  res r[8] = {{0}};
+  set_key(db, "a", &r[0]);
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), 3);
+  test_clock_advance(&tc, 2);
+  set_key(db, "b", &r[1]);
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), 1); /* from the oldest */
+  /* Not due yet: a dispatch leaves them open. */
+  ck_assert_int_eq(imc_sqlite_dispatch(db), 0);
+  ck_assert_uint_eq(imc_sqlite_batch_queued(db), 0);
+  ck_assert_int_eq(imc_sqlite_run_batch(db), 0);
+  test_clock_advance(&tc, 1);
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), 0);
+  ck_assert_int_eq(imc_sqlite_dispatch(db), 0); /* closes; none completed */
+  ck_assert_uint_eq(imc_sqlite_batch_queued(db), 2);
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), -1);
+  ck_assert_int_eq(imc_sqlite_run_batch(db), 2);
+  ck_assert_int_eq(count_rows(path, "dedup"), 2);
+  ck_assert_int_eq(r[0].calls + r[1].calls, 0);
+  ck_assert_int_eq(imc_sqlite_dispatch(db), 2);
+  ck_assert_int_eq(r[0].calls, 1);
+  ck_assert_int_eq(r[1].calls, 1);
+  ck_assert_int_eq(r[0].status | r[1].status, 0);
+  /* A host that submits at the end of its turn learns what dispatch
+   * closed since, to wake its batch runner. */
+  ck_assert_int_eq(imc_sqlite_submit(db), 2);
+  ck_assert_int_eq(imc_sqlite_submit(db), 0);
+  set_key(db, "c", &r[2]);
+  test_clock_advance(&tc, 3);
+  ck_assert_int_eq(imc_sqlite_dispatch(db), 0);
+  set_key(db, "d", &r[3]);
+  ck_assert_int_eq(imc_sqlite_submit(db), 2);
+  ck_assert_int_eq(imc_sqlite_submit(db), 0);
+  ck_assert_int_eq(imc_sqlite_run_batch(db), 2); /* c, then d */
+  ck_assert_int_eq(imc_sqlite_dispatch(db), 2);
+  /* The bound: four ops are due at once, with no time passing. */
+  set_key(db, "e", &r[4]);
+  set_key(db, "f", &r[5]);
+  set_key(db, "g", &r[6]);
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), 3);
+  set_key(db, "h", &r[7]);
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), 0);
+  ck_assert_int_eq(imc_sqlite_dispatch(db), 0);
+  ck_assert_uint_eq(imc_sqlite_batch_queued(db), 4);
+  ck_assert_int_eq(imc_sqlite_run_batch(db), 4);
+  ck_assert_int_eq(imc_sqlite_dispatch(db), 4);
+  for (int i = 0; i < 8; i++)
+    ck_assert_int_eq(r[i].calls, 1);
+  ck_assert_int_eq(count_rows(path, "dedup"), 8);
+  /* Wait 0: every op is due at once. */
+  ck_assert_int_eq(imc_sqlite_set_batch_wait_ms(db, 0), 0);
+  res z = {0};
+  set_key(db, "z", &z);
+  ck_assert_int_eq(imc_sqlite_next_timeout_ms(db), 0);
+  ck_assert_int_eq(imc_sqlite_dispatch(db), 0);
+  ck_assert_int_eq(imc_sqlite_run_batch(db), 1);
+  ck_assert_int_eq(imc_sqlite_dispatch(db), 1);
+  ck_assert_int_eq(z.calls, 1);
+  ck_assert_int_eq(imc_sqlite_set_batch_wait_ms(NULL, 1),
+                   IMC_ERR_INVALID_ARGUMENT);
+  imc_sqlite_del(db);
+  remove_db(path);
+}
+END_TEST
+
+/* A submission closes between calls, never inside one: ops made one
+ * after the other stay together past the bound (a router's job and its
+ * dedup record are two calls), and run whole. */
+START_TEST(gc_bound_never_splits_between_calls) {
+  char path[384];
+  new_path(path, sizeof(path));
+  test_clock tc;
+  test_clock_init(&tc, 1700000000000LL);
+  imc_sqlite *db;
+  ck_assert_int_eq(imc_sqlite_new(&db, path, &tc.clock, NULL), 0);
+  ck_assert_int_eq(imc_sqlite_set_group_commit(db, 2), 0);
+  res r[3] = {{0}};
+  set_key(db, "a", &r[0]);
+  set_key(db, "b", &r[1]);
+  test_clock_advance(&tc, 5); /* past the wait too */
+  set_key(db, "c", &r[2]);
+  ck_assert_uint_eq(imc_sqlite_batch_queued(db), 0);
+  ck_assert_int_eq(imc_sqlite_dispatch(db), 0);
+  ck_assert_uint_eq(imc_sqlite_batch_queued(db), 3);
+  ck_assert_int_eq(imc_sqlite_run_batch(db), 3);
+  ck_assert_int_eq(imc_sqlite_dispatch(db), 3);
+  for (int i = 0; i < 3; i++)
     ck_assert_int_eq(r[i].calls, 1);
   imc_sqlite_del(db);
   remove_db(path);
@@ -1315,6 +1427,8 @@ static Suite *sqlite_suite(void) {
   tcase_add_test(tc, gc_failed_commit_fails_batch);
   tcase_add_test(tc, gc_queued_during_batch_goes_next);
   tcase_add_test(tc, gc_del_completes_queued);
+  tcase_add_test(tc, gc_batch_closes_at_wait);
+  tcase_add_test(tc, gc_bound_never_splits_between_calls);
   tcase_add_test(tc, gc_storage_thread);
   tcase_add_test(tc, gc_allocation_failures);
   tcase_add_test(tc, seq_never_reused_after_crash);

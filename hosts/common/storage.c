@@ -84,6 +84,20 @@ static void flush_hook(void *ud) {
   hstorage_flush(ud);
 }
 
+/*
+ * Operations made after the end-of-turn hook ran (by the gateway's
+ * flush, say) are due within the batch wait: this hook's deadline wakes
+ * the loop for them, where the end-of-turn hook alone would let the loop
+ * sleep until the next event.
+ */
+static int64_t wait_due(void *ud) {
+  return imc_sqlite_next_timeout_ms(((hstorage *)ud)->db);
+}
+
+static void wait_hook(void *ud) {
+  hstorage_flush(ud);
+}
+
 int hstorage_new(hstorage **out, hloop *loop, imc_sqlite *db, uint32_t max_ops,
                  int threaded) {
   hstorage *s = calloc(1, sizeof(*s));
@@ -97,7 +111,9 @@ int hstorage_new(hstorage **out, hloop *loop, imc_sqlite *db, uint32_t max_ops,
     free(s);
     return rv == IMC_ERR_NOMEM ? -ENOMEM : -EINVAL;
   }
-  if ((rv = hloop_add_hook(loop, NULL, flush_hook, s)) < 0) {
+  if ((rv = hloop_add_hook(loop, NULL, flush_hook, s)) < 0 ||
+      (rv = hloop_add_hook(loop, wait_due, wait_hook, s)) < 0) {
+    hloop_del_hook(loop, flush_hook, s);
     free(s);
     return rv;
   }
@@ -141,6 +157,7 @@ void hstorage_del(hstorage *s) {
     return;
   hstorage_stop(s);
   hloop_del_hook(s->loop, flush_hook, s);
+  hloop_del_hook(s->loop, wait_hook, s);
   if (s->efd >= 0) {
     /* The loop closes the fds it watches (see hloop_add_fd): it does
      * not own this one, so remove it, then close it. */

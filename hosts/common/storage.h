@@ -10,7 +10,10 @@
  * checkpoints included) until none is left, and signals an eventfd after
  * each. The loop watches the eventfd; the imc_sqlite's deadline is then 0
  * and the host's dispatch hook completes the batch's operations
- * (imc_sqlite_dispatch). So the network loop never waits on the disk:
+ * (imc_sqlite_dispatch), which also closes operations that waited the
+ * batch wait (imc_sqlite_set_batch_wait_ms) into a submission; a second
+ * hook wakes the loop at that deadline for operations made after the
+ * end-of-turn hook. So the network loop never waits on the disk:
  * while a batch commits it keeps reading sockets, and what it queues
  * meanwhile forms the next batch.
  *

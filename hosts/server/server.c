@@ -198,8 +198,20 @@ static int up_undelivered(void *ud, const imc_msg *msg, const char *user,
   return 0;
 }
 
-static const imc_upstream_vtbl upstream = {sizeof(imc_upstream_vtbl), up_send,
-                                           up_delivered, up_undelivered};
+static int up_delivered_many(void *ud, const imc_delivery_ack *acks, size_t n,
+                             imc_done_cb done, void *done_ud) {
+  imc_router_delivered_many(((app *)ud)->router, acks, n);
+  done(done_ud, 0);
+  return 0;
+}
+
+static const imc_upstream_vtbl upstream = {
+    .struct_size = sizeof(imc_upstream_vtbl),
+    .send = up_send,
+    .delivered = up_delivered,
+    .undelivered = up_undelivered,
+    .delivered_many = up_delivered_many,
+};
 
 /* The gateway's HTTP handler: the chain of the web page, the dev login
  * and the API, which are created after it. */

@@ -78,6 +78,13 @@ typedef struct imc_send_result {
 typedef void (*imc_send_cb)(void *done_ud, int status,
                             const imc_send_result *res, const char *message);
 
+/* One acknowledged push, an item of the upstream's delivered_many. */
+typedef struct imc_delivery_ack {
+  const imc_msg *msg;
+  const char *user_id;   /* whose device acknowledged msg */
+  const char *device_id; /* that device */
+} imc_delivery_ack;
+
 /*
  * The upstream (the router, in process or over gRPC). Every operation
  * follows the rule of the backend vtables: it returns 0 and calls its
@@ -109,6 +116,18 @@ typedef struct imc_upstream_vtbl {
    */
   int (*undelivered)(void *ud, const imc_msg *msg, const char *user_id,
                      imc_done_cb done, void *done_ud);
+  /*
+   * Optional: the acks of n pushes (n >= 1) in one call. The gateway
+   * collects the DeliverAcks of a loop turn and reports them from
+   * imc_gateway_flush (or imc_gateway_on_timeout), at most 1024 per call.
+   * acks and everything they point to stay valid until done is called.
+   * One status covers the batch: a failure (a negative return or status)
+   * makes every item fall back to undelivered, as a failed delivered
+   * does. When this member is NULL or past struct_size, the gateway calls
+   * delivered once per ack, as it arrives.
+   */
+  int (*delivered_many)(void *ud, const imc_delivery_ack *acks, size_t n,
+                        imc_done_cb done, void *done_ud);
 } imc_upstream_vtbl;
 
 /* ------------------------------------------------------------------ */
@@ -393,8 +412,10 @@ IMC_EXTERN int imc_gateway_conn_want_read(const imc_gateway *gw,
 IMC_EXTERN void *imc_gateway_conn_get_user_data(const imc_conn *c);
 
 /*
- * Writes the queued output of every connection that has some through the
- * transport. Connections found broken are closed. Returns 0, or
+ * Reports the acks collected since the last call to the upstream's
+ * delivered_many, if it has one, then writes the queued output of every
+ * connection that has some through the transport. Connections found
+ * broken are closed. Returns 0, or
  * IMC_ERR_INVALID_ARGUMENT if gw is NULL.
  */
 IMC_EXTERN int imc_gateway_flush(imc_gateway *gw);
@@ -427,7 +448,8 @@ IMC_EXTERN const char *imc_gateway_get_node_id(const imc_gateway *gw);
 /*
  * Operations the gateway still waits for: sends and key lookups not yet
  * completed (their connection may be gone), delivered/undelivered
- * reports with the upstream or waiting for a retry, and calls on the
+ * reports with the upstream, waiting for the next flush (acks for
+ * delivered_many) or waiting for a retry, and calls on the
  * node's registry lease (grant, keepalive, the revoke of shutdown). 0 for
  * a NULL gw.
  */

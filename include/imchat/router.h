@@ -106,6 +106,17 @@ IMC_EXTERN int imc_router_options_set_dedup_ttl_s(imc_router_options *opt,
 IMC_EXTERN int imc_router_options_set_group_cache_ms(imc_router_options *opt,
                                                      uint32_t ms);
 /*
+ * The statuses the router remembers, so that each message gets one
+ * DeliveryStatus and a resend answered from the dedup set gets it again:
+ * for ms (default 600000) and at most max_entries of them (default
+ * 1048576, about 100 MB; the oldest are forgotten first). A message
+ * whose status was forgotten may get it twice. Returns 0 or
+ * IMC_ERR_INVALID_ARGUMENT (ms or max_entries 0).
+ */
+IMC_EXTERN int imc_router_options_set_status_memory(imc_router_options *opt,
+                                                    uint32_t ms,
+                                                    size_t max_entries);
+/*
  * Sensitive words: the len bytes at words (copied; the host reads them
  * from wherever it keeps them, the library does no file I/O) are the text
  * of a word list, one UTF-8 word per line; blank lines and lines starting
@@ -160,6 +171,16 @@ IMC_EXTERN int imc_router_send(imc_router *r, const imc_send_req *req,
 IMC_EXTERN void imc_router_delivered(imc_router *r, const imc_msg *msg,
                                      const char *user_id,
                                      const char *device_id);
+
+/*
+ * imc_router_delivered for n acks at once (the upstream's
+ * delivered_many): the messages that lost their node (from_node "") have
+ * their senders looked up in one lookup_many. acks may be NULL when n is
+ * 0; items with a NULL msg or user_id are skipped.
+ */
+IMC_EXTERN void imc_router_delivered_many(imc_router *r,
+                                          const imc_delivery_ack *acks,
+                                          size_t n);
 
 /* A push of msg to user_id was not acknowledged: slow path. */
 IMC_EXTERN void imc_router_undelivered(imc_router *r, const imc_msg *msg,
@@ -218,6 +239,7 @@ typedef enum imc_router_stat {
   IMC_RT_STAT_BACKEND_ERRORS, /* failed backend operations */
   IMC_RT_STAT_QUEUE_ERRORS,   /* failed offline-queue publishes */
   IMC_RT_STAT_RETRY_QUEUE,    /* gauge: jobs waiting to be queued again */
+  IMC_RT_STAT_STATUS_REPEATS, /* statuses sent again for a resend */
   IMC_RT_STAT_COUNT_
 } imc_router_stat;
 

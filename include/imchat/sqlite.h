@@ -27,6 +27,10 @@ extern "C" {
  *     at once (0, or an error and no completion);
  *   - imc_sqlite_submit() (loop thread, once per loop turn, after the
  *     turn's work) closes the turn's operations into one submission;
+ *     imc_sqlite_dispatch() closes them earlier once they are due: the
+ *     batch bound is reached, or the batch wait has passed since the
+ *     oldest of them was made (imc_sqlite_set_batch_wait_ms(), 1 ms by
+ *     default);
  *   - imc_sqlite_run_batch() runs submitted operations in ONE
  *     transaction: whole submissions, in order, up to the batch bound;
  *     operations submitted while it runs go to the next batch. Each
@@ -86,13 +90,20 @@ extern "C" {
  * every uncommitted record is delivered again.
  *
  * With group commit, polls complete from imc_sqlite_dispatch() too, and
- * imc_sqlite_next_timeout_ms() is 0 while operations wait to be
- * submitted, a poll needs a read, or completions wait to be dispatched;
- * -1 otherwise (a submitted batch that has not run yet is the host's
- * business: it knows it handed it over). No operation waits for company
- * (there is no batching timer): the latency a batch adds is the rest of
- * the loop turn plus the batch ahead of it; under load the batches grow
- * by themselves, up to the bound.
+ * imc_sqlite_next_timeout_ms() is the deadline of the operations not yet
+ * submitted: 0 once they are due (the batch bound, or the batch wait
+ * since the oldest), the time left until then while they are not, 0 while
+ * a poll needs a read or completions wait to be dispatched, -1 when none
+ * of this holds (a submitted batch that has not run yet is the host's
+ * business: it knows it handed it over). The batch wait bounds what an
+ * operation waits for its submission to close, without a timer: a host
+ * that submits at the end of every loop turn closes them sooner, one
+ * whose turns run long, or that submits less often, is woken at the
+ * deadline and closes them with imc_sqlite_dispatch(). Submissions close
+ * only in imc_sqlite_submit() and imc_sqlite_dispatch(), never inside a
+ * vtable call, so what a caller issues in one call stack (an offline job
+ * and its dedup record) stays in one submission. Under load the batches
+ * grow by themselves, up to the bound.
  *
  * Besides the codes of each vtable, operations may return
  * IMC_ERR_INVALID_ARGUMENT (NULL or empty ids, limit or max 0, partition
@@ -140,7 +151,12 @@ IMC_EXTERN const imc_store_vtbl *imc_sqlite_store_vtbl(void);
 IMC_EXTERN const imc_bus_vtbl *imc_sqlite_bus_vtbl(void);
 /*
  * Complete the outstanding polls that have records (a poll made by one of
- * these completions waits for the next call). Returns the number of
+ * these completions waits for the next call). With group commit:
+ * complete the operations whose batch has run, and close the operations
+ * not yet submitted into a submission if they are due (before and after
+ * the completions; see imc_sqlite_next_timeout_ms()), so that a host
+ * woken by the deadline need not end its loop turn; the next
+ * imc_sqlite_submit() counts them. Returns the number of
  * completions made: if positive, call again before blocking, since the
  * completions may have made more work. Returns IMC_ERR_INVALID_ARGUMENT
  * (db NULL) or IMC_ERR_CLOSED (imc_sqlite_new failed). A poll whose read
@@ -152,8 +168,10 @@ IMC_EXTERN int imc_sqlite_dispatch(imc_sqlite *db);
  * has work now (an outstanding poll whose topic may have records, a
  * poll made by a completion of the last dispatch included), -1 if
  * nothing is pending (no poll, or every outstanding poll found its topic
- * empty and no publish has happened since). Never positive: nothing is
- * time-based. Also -1 for a NULL db or one whose imc_sqlite_new failed.
+ * empty and no publish has happened since). Never positive in immediate
+ * mode; with group commit, the milliseconds until the operations not yet
+ * submitted are due (see above). Also -1 for a NULL db or one whose
+ * imc_sqlite_new failed.
  * Cheap (no query): call it before every wait of the event loop. A 0 may
  * be followed by a dispatch that finds the topic empty after all (a
  * record another group committed away, say); the timeout is then -1.
@@ -175,10 +193,11 @@ IMC_EXTERN int imc_sqlite_set_group_commit(imc_sqlite *db, uint32_t max_ops);
  * call (and a read for every poll that needs one) into one submission
  * for the next batch. Call once per loop turn, after the turn's work,
  * then wake whoever runs batches. Returns the number of operations
- * submitted (0: nothing to run), IMC_ERR_INVALID_ARGUMENT (db NULL or not
- * in group commit), IMC_ERR_NOMEM (a poll's read could not be queued; the
- * operations stay queued, call again) or IMC_ERR_CLOSED (imc_sqlite_new
- * failed).
+ * submitted since the last call that returned a count, those that
+ * imc_sqlite_dispatch() closed included (0: nothing to run),
+ * IMC_ERR_INVALID_ARGUMENT (db NULL or not in group commit),
+ * IMC_ERR_NOMEM (a poll's read could not be queued; the operations stay
+ * queued, call again) or IMC_ERR_CLOSED (imc_sqlite_new failed).
  */
 IMC_EXTERN int imc_sqlite_submit(imc_sqlite *db);
 
@@ -192,6 +211,17 @@ IMC_EXTERN int imc_sqlite_submit(imc_sqlite *db);
  * batch are reported through the operations' completions, not here.
  */
 IMC_EXTERN int imc_sqlite_run_batch(imc_sqlite *db);
+
+/*
+ * Group commit: the longest an operation waits for its submission to
+ * close (default 1 ms), counted from the oldest operation not yet
+ * submitted; reaching the batch bound closes it at once. 0 makes every
+ * operation due at once (imc_sqlite_next_timeout_ms() is 0 while any is
+ * waiting). Loop thread; may be set before or after
+ * imc_sqlite_set_group_commit(). Returns 0, IMC_ERR_INVALID_ARGUMENT (db
+ * NULL) or IMC_ERR_CLOSED (imc_sqlite_new failed).
+ */
+IMC_EXTERN int imc_sqlite_set_batch_wait_ms(imc_sqlite *db, uint32_t ms);
 
 /*
  * Group commit, any thread: the number of submitted operations that no

@@ -297,6 +297,7 @@ int imc_sqlite_new(imc_sqlite **out, const char *path, const imc_clock *clock,
   db->errbuf = db->errmsg;
   db->seq_block = IMC_SQLITE_SEQ_BLOCK_DEFAULT;
   db->max_ops = IMC_SQLITE_BATCH_DEFAULT;
+  db->wait_ms = IMC_SQLITE_BATCH_WAIT_MS_DEFAULT;
   if (pthread_mutex_init(&db->mu, NULL) != 0) {
     imc_free(mem, db);
     return IMC_ERR_NOMEM;

@@ -5,7 +5,12 @@
  * default) the op runs at once, in its own transaction, and completes
  * before the call returns. With group commit the op joins the loop
  * side's open list; imc_sqlite_submit() closes the list (one submission,
- * normally one loop turn) and hands it to the shared submitted list;
+ * normally one loop turn) and hands it to the shared submitted list, and
+ * so does imc_sqlite_dispatch() once the list is due: max_ops ops, or
+ * its first op made wait_ms ago (the deadline imc_sqlite_next_timeout_ms
+ * announces). Lists close only in those calls, between the caller's
+ * units of work, never inside a vtable call: what one call stack issues
+ * (a router's job and its dedup record) stays in one submission;
  * imc_sqlite_run_batch() takes whole submissions, up to max_ops ops, and
  * runs them in one transaction, each op in a savepoint; the ops then wait
  * in the finished list until imc_sqlite_dispatch() completes them on the
@@ -74,6 +79,8 @@ int imc_sq_submit_op(imc_sqlite *db, imc_sq_op *op) {
       imc_sq_op_free(db, op);
       return IMC_ERR_CLOSED;
     }
+    if (db->open.n == 0)
+      db->open_at = imc_clock_now(&db->clock);
     list_push(&db->open, op);
     return 0;
   }
@@ -109,12 +116,19 @@ int imc_sqlite_set_group_commit(imc_sqlite *db, uint32_t max_ops) {
   return 0;
 }
 
-int imc_sqlite_submit(imc_sqlite *db) {
+int imc_sqlite_set_batch_wait_ms(imc_sqlite *db, uint32_t ms) {
   int rv = imc_sq_usable(db);
   if (rv < 0)
     return rv;
-  if (!db->group)
-    return IMC_ERR_INVALID_ARGUMENT;
+  db->wait_ms = ms;
+  return 0;
+}
+
+/* Queues the reads polls need, then makes the open list one submission.
+ * Returns the ops it submitted, or IMC_ERR_NOMEM (a read could not be
+ * queued; nothing was submitted). */
+static int close_open(imc_sqlite *db) {
+  int rv;
   if (!db->closing && (rv = imc_sq_queue_reads(db)) < 0)
     return rv;
   if (db->open.n == 0)
@@ -127,7 +141,40 @@ int imc_sqlite_submit(imc_sqlite *db) {
   return n > INT32_MAX ? INT32_MAX : (int)n;
 }
 
-int imc_sq_batch_dispatch(imc_sqlite *db) {
+/* 1 once the open list must close: max_ops ops, or its first op made
+ * wait_ms ago; or a poll needs a read. */
+static int open_due(const imc_sqlite *db, int64_t now) {
+  if (imc_sq_reads_due(db))
+    return 1;
+  return db->open.n > 0 && (db->open.n >= db->max_ops ||
+                            now - db->open_at >= (int64_t)db->wait_ms);
+}
+
+/* Closes the open list if it is due; the ops count toward the next
+ * imc_sqlite_submit()'s return. */
+static void close_if_due(imc_sqlite *db) {
+  if (!db->closing && open_due(db, imc_clock_now(&db->clock))) {
+    int n = close_open(db);
+    if (n > 0)
+      db->closed += (size_t)n;
+  }
+}
+
+int imc_sqlite_submit(imc_sqlite *db) {
+  int rv = imc_sq_usable(db);
+  if (rv < 0)
+    return rv;
+  if (!db->group)
+    return IMC_ERR_INVALID_ARGUMENT;
+  if ((rv = close_open(db)) < 0)
+    return rv;
+  size_t n = (size_t)rv + db->closed;
+  db->closed = 0;
+  return n > INT32_MAX ? INT32_MAX : (int)n;
+}
+
+/* Completes the ops whose batch has run; the number of callbacks. */
+static int complete_finished(imc_sqlite *db) {
   pthread_mutex_lock(&db->mu);
   imc_sq_list l = db->finished;
   db->finished = (imc_sq_list){0};
@@ -143,14 +190,26 @@ int imc_sq_batch_dispatch(imc_sqlite *db) {
   return count;
 }
 
+int imc_sq_batch_dispatch(imc_sqlite *db) {
+  /* Before the completions: ops the host made since its last call. */
+  close_if_due(db);
+  int count = complete_finished(db);
+  /* After them: what they made is whole units of work too. */
+  close_if_due(db);
+  return count;
+}
+
 int64_t imc_sq_batch_timeout(const imc_sqlite *db) {
-  if (db->open.n > 0 || imc_sq_reads_due(db))
-    return 0;
   imc_sqlite *m = (imc_sqlite *)db; /* the mutex is not part of the value */
   pthread_mutex_lock(&m->mu);
   size_t n = m->finished.n;
   pthread_mutex_unlock(&m->mu);
-  return n ? 0 : -1;
+  int64_t now = imc_clock_now(&db->clock);
+  if (n > 0 || open_due(db, now))
+    return 0;
+  if (db->open.n == 0)
+    return -1;
+  return db->open_at + (int64_t)db->wait_ms - now;
 }
 
 size_t imc_sqlite_batch_queued(imc_sqlite *db) {

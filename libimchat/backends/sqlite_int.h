@@ -16,6 +16,7 @@
 
 #define IMC_SQLITE_SEQ_BLOCK_DEFAULT 1000
 #define IMC_SQLITE_BATCH_DEFAULT 512
+#define IMC_SQLITE_BATCH_WAIT_MS_DEFAULT 1
 #define IMC_SQLITE_SEQ_CACHE 65536 /* counters kept in memory */
 
 /* Every statement the backends run, prepared once by imc_sqlite_new(). */
@@ -146,7 +147,10 @@ struct imc_sqlite {
   /* Group commit (sqlite_batch.c). Loop side: */
   int group;        /* group commit on */
   uint32_t max_ops; /* batch bound, in ops (whole submissions) */
-  imc_sq_list open; /* queued since the last imc_sqlite_submit() */
+  imc_sq_list open; /* queued since the submission before */
+  int64_t open_at;  /* when the first op of open was made */
+  uint32_t wait_ms; /* how long that op may wait for open to close */
+  size_t closed;    /* ops dispatch closed since imc_sqlite_submit() */
   /* Shared between the loop and the storage thread, under mu: */
   pthread_mutex_t mu;
   int mu_init;

@@ -7,8 +7,8 @@
  *
  * Confirmation: a DeliveryStatus (DELIVERED or STORED); or the SendAck of
  * a repeat (attempt 2 or later): a repeat may hit the server's dedup,
- * which answers with a SendAck only and never sends the status of the
- * first attempt again, and a SendAck already means the message is in the
+ * which sends the first attempt's status again only while the router
+ * still remembers it, and a SendAck already means the message is in the
  * server's durable queue (see doc/client.md).
  */
 #include "client/client_int.h"

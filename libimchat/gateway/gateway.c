@@ -89,6 +89,9 @@ void *imc_gateway_get_user_data(const imc_gateway *gw) {
 int imc_gateway_flush(imc_gateway *gw) {
   if (gw == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
+  /* The turn's acks first: the statuses they lead to (an in-process
+   * router) leave in this flush. */
+  gw_reports_flush(gw);
   while (gw->dirty) {
     imc_conn *c = gw->dirty;
     if (c->flags & F_ABORT) {
@@ -105,7 +108,7 @@ int64_t imc_gateway_next_timeout_ms(imc_gateway *gw) {
   if (gw == NULL)
     return -1;
   imc_timer *t = imc_theap_top(&gw->timers);
-  if (gw_flow_due(gw) || gw->fanjobs)
+  if (gw_flow_due(gw) || gw->fanjobs || gw_reports_due(gw))
     return 0;
   int64_t at = gw_reports_next(gw);
   if (t != NULL && (at < 0 || t->at < at))
@@ -131,6 +134,7 @@ int imc_gateway_on_timeout(imc_gateway *gw) {
     imc_conn *c = (imc_conn *)(void *)((char *)t - offsetof(imc_conn, timer));
     gw_conn_timeout(c, now);
   }
+  gw_reports_flush(gw);
   gw_reports_retry(gw, now);
   gw_fanjobs_run(gw);
   gw_flow_run(gw);

@@ -17,7 +17,8 @@
  *   flow.c          backpressure: admission of sends, paused reads, the
  *                   input kept while paused, resuming
  *   push.c          Deliver and DeliveryStatus pushes
- *   reports.c       delivered/undelivered reports to the upstream, retries
+ *   reports.c       delivered/undelivered reports to the upstream (acks
+ *                   of a loop turn in one delivered_many), retries
  *   lease.c         the node's registry lease: grant, one keepalive per
  *                   interval, registration of every connection, revoke
  *
@@ -52,6 +53,7 @@
 #define REPLY_WAIT_MS 30000   /* the HTTP handler's time to answer */
 #define FANOUT_TURN 512       /* group members pushed per loop turn */
 #define HELD_MAX (256 * 1024) /* input kept while a connection is paused */
+#define ACK_BATCH_MAX 1024    /* acks per delivered_many call */
 #define BUSY_MESSAGE "server busy; retry after 100 ms"
 
 enum conn_state {
@@ -124,7 +126,8 @@ enum pending_kind {
   PEND_KEY   /* keysrc.lookup: c->head holds head_len bytes of head */
 };
 
-typedef struct gw_fanjob gw_fanjob; /* push.c */
+typedef struct gw_fanjob gw_fanjob;     /* push.c */
+typedef struct gw_ackbatch gw_ackbatch; /* reports.c */
 
 typedef struct pending {
   imc_gateway *gw;
@@ -248,7 +251,9 @@ struct imc_gateway {
   size_t n_pending;              /* pending records, orphans included */
   push *reports;                 /* reports with the upstream */
   push *retry_head, *retry_tail; /* failed reports, by retry time */
-  size_t n_reports;              /* both lists */
+  push *acked_head, *acked_tail; /* acks waiting for delivered_many */
+  gw_ackbatch *batches;          /* delivered_many calls with the upstream */
+  size_t n_reports;              /* the reports on all three lists */
   /* The node's registry lease (lease.c). */
   uint64_t lease_id;     /* 0: none held */
   int lease_busy;        /* a grant or keepalive is outstanding */
@@ -357,6 +362,11 @@ void gw_pending_free_orphans(imc_gateway *gw);
 /* Hands p, unlinked from its connection, to the upstream as a report of
  * kind; p is the gateway's until the report completed. */
 void gw_report(imc_gateway *gw, push *p, enum report_kind kind);
+/* Hands the acks collected since the last call to the upstream's
+ * delivered_many, in batches of at most ACK_BATCH_MAX. */
+void gw_reports_flush(imc_gateway *gw);
+/* 1 while acks wait for gw_reports_flush. */
+int gw_reports_due(const imc_gateway *gw);
 /* Retries the failed reports due at now (all of them with now < 0). */
 void gw_reports_retry(imc_gateway *gw, int64_t now);
 /* The time of the next retry, or -1. */

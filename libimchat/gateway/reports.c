@@ -4,11 +4,17 @@
  * push record itself, holding the gateway's reference to the message
  * until the upstream completed it.
  *
- * A failed delivered report falls back to undelivered: the recipient may
- * then get the message twice (clients dedup by msg_id), which beats
- * losing the DELIVERED status and the message with it. A failed
- * undelivered report is retried with exponential backoff from
- * RETRY_MIN_MS to RETRY_MAX_MS for as long as the gateway lives.
+ * With an upstream that has delivered_many, acks are not reported one by
+ * one: they wait on gw->acked until the end of the loop turn
+ * (gw_reports_flush, from imc_gateway_flush), and a batch hands them over
+ * in one call, their records on gw->reports until it completed.
+ *
+ * A failed delivered report (alone or in a batch) falls back to
+ * undelivered: the recipient may then get the message twice (clients
+ * dedup by msg_id), which beats losing the DELIVERED status and the
+ * message with it. A failed undelivered report is retried with
+ * exponential backoff from RETRY_MIN_MS to RETRY_MAX_MS for as long as
+ * the gateway lives.
  */
 #include "gateway/gateway_int.h"
 
@@ -77,6 +83,20 @@ static void report_finish(imc_gateway *gw, push *p) {
   gw_push_free(gw, p);
 }
 
+/* The delivered report p (on no list) failed: p needs the slow path. */
+static void delivered_to_slow_path(imc_gateway *gw, push *p) {
+  p->kind = REP_UNDELIVERED;
+  p->attempts = 0;
+  stat_inc(gw, IMC_GW_STAT_UNDELIVERED);
+  if (gw->o.upstream.undelivered == NULL) {
+    gw->n_reports--;
+    gw_push_free(gw, p);
+    return;
+  }
+  reports_link(gw, p);
+  report_start(gw, p);
+}
+
 /* The report p (on no list) failed with rv. */
 static void report_failed(imc_gateway *gw, push *p, int rv) {
   if (p->kind == REP_DELIVERED) {
@@ -84,16 +104,7 @@ static void report_failed(imc_gateway *gw, push *p, int rv) {
            "upstream: delivered report of %s for %s/%s failed (%s); "
            "falling back to the slow path",
            p->sm->msg.msg_id, p->user, p->device, imc_strerror(rv));
-    p->kind = REP_UNDELIVERED;
-    p->attempts = 0;
-    stat_inc(gw, IMC_GW_STAT_UNDELIVERED);
-    if (gw->o.upstream.undelivered == NULL) {
-      gw->n_reports--;
-      gw_push_free(gw, p);
-      return;
-    }
-    reports_link(gw, p);
-    report_start(gw, p);
+    delivered_to_slow_path(gw, p);
     return;
   }
   uint32_t shift = p->attempts > 8 ? 8 : p->attempts - 1;
@@ -126,8 +137,10 @@ static void report_start(imc_gateway *gw, push *p) {
   p->attempts++;
   int rv;
   if (p->kind == REP_DELIVERED)
-    rv = gw->o.upstream.delivered(gw->o.upstream_ud, &p->sm->msg, p->user,
-                                  p->device, report_done, p);
+    rv = gw->o.upstream.delivered
+             ? gw->o.upstream.delivered(gw->o.upstream_ud, &p->sm->msg, p->user,
+                                        p->device, report_done, p)
+             : IMC_ERR_NOMEM; /* only delivered_many, and no batch */
   else
     rv = gw->o.upstream.undelivered(gw->o.upstream_ud, &p->sm->msg, p->user,
                                     report_done, p);
@@ -141,7 +154,8 @@ static void report_start(imc_gateway *gw, push *p) {
 void gw_report(imc_gateway *gw, push *p, enum report_kind kind) {
   if (kind == REP_UNDELIVERED)
     stat_inc(gw, IMC_GW_STAT_UNDELIVERED);
-  int wanted = kind == REP_DELIVERED ? gw->o.upstream.delivered != NULL
+  int batched = kind == REP_DELIVERED && gw->o.upstream.delivered_many;
+  int wanted = kind == REP_DELIVERED ? batched || gw->o.upstream.delivered
                                      : gw->o.upstream.undelivered != NULL;
   if (!wanted) {
     gw_push_free(gw, p);
@@ -150,8 +164,107 @@ void gw_report(imc_gateway *gw, push *p, enum report_kind kind) {
   p->kind = (uint8_t)kind;
   p->attempts = 0;
   gw->n_reports++;
+  if (batched) {
+    p->prev = NULL;
+    p->next = NULL;
+    if (gw->acked_tail)
+      gw->acked_tail->next = p;
+    else
+      gw->acked_head = p;
+    gw->acked_tail = p;
+    return;
+  }
   reports_link(gw, p);
   report_start(gw, p);
+}
+
+/*
+ * A delivered_many call with the upstream: the acks handed over and the
+ * push records behind them, which stay on gw->reports (holding the
+ * messages the acks point to) until the call completed.
+ */
+struct gw_ackbatch {
+  gw_ackbatch *prev, *next; /* gw->batches */
+  imc_gateway *gw;
+  size_t n;
+  push **items;            /* in the same allocation, after acks */
+  imc_delivery_ack acks[]; /* acks[i] points into items[i] */
+};
+
+static void batch_done(void *ud, int status) {
+  gw_ackbatch *b = ud;
+  imc_gateway *gw = b->gw;
+  if (b->prev)
+    b->prev->next = b->next;
+  else
+    gw->batches = b->next;
+  if (b->next)
+    b->next->prev = b->prev;
+  if (status != 0)
+    gw_log(gw, IMC_LOG_WARN,
+           "upstream: delivered report of %zu acks failed (%s); "
+           "falling back to the slow path",
+           b->n, imc_strerror(status));
+  for (size_t i = 0; i < b->n; i++) {
+    push *p = b->items[i];
+    reports_unlink(gw, p);
+    if (status == 0) {
+      gw->n_reports--;
+      gw_push_free(gw, p);
+    } else {
+      delivered_to_slow_path(gw, p);
+    }
+  }
+  imc_free(&gw->mem, b);
+}
+
+/* Takes up to ACK_BATCH_MAX acks off gw->acked and reports them. */
+static void batch_start(imc_gateway *gw) {
+  size_t n = 0;
+  for (push *p = gw->acked_head; p && n < ACK_BATCH_MAX; p = p->next)
+    n++;
+  gw_ackbatch *b = imc_malloc(
+      &gw->mem, sizeof(*b) + n * (sizeof(imc_delivery_ack) + sizeof(push *)));
+  if (b != NULL) {
+    b->gw = gw;
+    b->n = n;
+    b->items = (push **)(void *)(b->acks + n);
+  }
+  for (size_t i = 0; i < n; i++) {
+    push *p = gw->acked_head;
+    gw->acked_head = p->next;
+    if (gw->acked_head == NULL)
+      gw->acked_tail = NULL;
+    reports_link(gw, p);
+    if (b == NULL) {
+      /* One at a time needs no memory. */
+      report_start(gw, p);
+      continue;
+    }
+    p->attempts++;
+    b->acks[i] = (imc_delivery_ack){&p->sm->msg, p->user, p->device};
+    b->items[i] = p;
+  }
+  if (b == NULL)
+    return;
+  b->prev = NULL;
+  b->next = gw->batches;
+  if (gw->batches)
+    gw->batches->prev = b;
+  gw->batches = b;
+  int rv = gw->o.upstream.delivered_many(gw->o.upstream_ud, b->acks, n,
+                                         batch_done, b);
+  if (rv != 0)
+    batch_done(b, rv); /* no completion will come */
+}
+
+void gw_reports_flush(imc_gateway *gw) {
+  while (gw->acked_head)
+    batch_start(gw);
+}
+
+int gw_reports_due(const imc_gateway *gw) {
+  return gw->acked_head != NULL;
 }
 
 void gw_reports_retry(imc_gateway *gw, int64_t now) {
@@ -180,6 +293,17 @@ int64_t gw_reports_next(const imc_gateway *gw) {
 }
 
 void gw_reports_free(imc_gateway *gw) {
+  while (gw->batches) {
+    gw_ackbatch *b = gw->batches;
+    gw->batches = b->next;
+    imc_free(&gw->mem, b); /* its records are on gw->reports */
+  }
+  while (gw->acked_head) {
+    push *p = gw->acked_head;
+    gw->acked_head = p->next;
+    gw_push_free(gw, p);
+  }
+  gw->acked_tail = NULL;
   while (gw->reports) {
     push *p = gw->reports;
     reports_unlink(gw, p);

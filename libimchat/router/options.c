@@ -18,6 +18,8 @@ int imc_router_options_new(imc_router_options **out, const imc_mem *mem) {
   o->log.level = IMC_LOG_INFO;
   o->max_body = 64 * 1024;
   o->dedup_ttl_s = 7 * 24 * 3600;
+  o->status_memory_ms = 600000;
+  o->status_memory_max = (size_t)1 << 20;
   o->group_cache_ms = 30000;
   imc_bus_name_set(o->offline_topic, "offline_msg");
   imc_bus_name_set(o->group_topic, "group_msg");
@@ -85,6 +87,15 @@ int imc_router_options_set_dedup_ttl_s(imc_router_options *o, uint32_t s) {
   if (o == NULL || s == 0)
     return IMC_ERR_INVALID_ARGUMENT;
   o->dedup_ttl_s = s;
+  return 0;
+}
+
+int imc_router_options_set_status_memory(imc_router_options *o, uint32_t ms,
+                                         size_t max_entries) {
+  if (o == NULL || ms == 0 || max_entries == 0)
+    return IMC_ERR_INVALID_ARGUMENT;
+  o->status_memory_ms = ms;
+  o->status_memory_max = max_entries;
   return 0;
 }
 

@@ -33,6 +33,13 @@ void imc_router_delivered(imc_router *r, const imc_msg *msg,
     imc_rt_send_status(r, msg, IMC_DELIVERED, user_id);
 }
 
+void imc_router_delivered_many(imc_router *r, const imc_delivery_ack *acks,
+                               size_t n) {
+  if (r == NULL || acks == NULL)
+    return;
+  imc_rt_delivered_many(r, acks, n);
+}
+
 void imc_router_undelivered(imc_router *r, const imc_msg *msg,
                             const char *user_id) {
   if (r == NULL || msg == NULL || user_id == NULL)
@@ -83,8 +90,19 @@ static int up_undelivered(void *ud, const imc_msg *msg, const char *user,
   return 0;
 }
 
+static int up_delivered_many(void *ud, const imc_delivery_ack *acks, size_t n,
+                             imc_done_cb done, void *done_ud) {
+  imc_router_delivered_many(ud, acks, n);
+  done(done_ud, 0);
+  return 0;
+}
+
 static const imc_upstream_vtbl upstream_vtbl = {
-    sizeof(imc_upstream_vtbl), up_send, up_delivered, up_undelivered};
+    .struct_size = sizeof(imc_upstream_vtbl),
+    .send = up_send,
+    .delivered = up_delivered,
+    .undelivered = up_undelivered,
+    .delivered_many = up_delivered_many};
 
 const imc_upstream_vtbl *imc_router_upstream_vtbl(void) {
   return &upstream_vtbl;

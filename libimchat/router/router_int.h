@@ -3,7 +3,8 @@
  *   options.c    options and their setters
  *   send.c       the send pipeline up to the SendAck and the fast path
  *   slow_path.c  the offline queue, with a retry list for refused jobs
- *   status.c     DeliveryStatus to the sender, once per message
+ *   status.c     DeliveryStatus to the sender, once per message (again
+ *                for a resend), batched for delivered_many
  *   groups.c     group membership through the store
  *   router.c     life cycle, timers, stats, reports from gateways/worker
  */
@@ -19,7 +20,6 @@
 #include "util/log.h"
 #include "protocol/pb.h"
 
-#define STATUS_MEMORY_MS 600000 /* statuses are sent once per message */
 #define RETRY_MIN_MS 100
 #define RETRY_MAX_MS 10000
 
@@ -43,6 +43,8 @@ struct imc_router_options {
   imc_logger log;
   size_t max_body;
   uint32_t dedup_ttl_s, group_cache_ms;
+  uint32_t status_memory_ms; /* statuses are sent once per message ... */
+  size_t status_memory_max;  /* ... remembered this long, this many */
   char offline_topic[IMC_BUS_NAME_CAP]; /* the offline queue's topic */
   char group_topic[IMC_BUS_NAME_CAP];   /* the group bus's topic */
   uint8_t *filter_words; /* the word list's text; NULL: no filter */
@@ -67,10 +69,15 @@ typedef struct seen {
   struct seen *older; /* expiry order: newest first */
   struct seen *newer;
   int64_t expires;
+  uint64_t hash; /* of msg_id */
+  uint8_t state; /* the imc_delivery_state it said */
   char msg_id[];
 } seen;
 
-#define SEEN_BUCKETS 1024
+/* Buckets of the seen cache at first; the table doubles whenever it holds
+ * as many entries as buckets (one a second per message sent, kept for
+ * the status memory: up to a million entries). */
+#define SEEN_BUCKETS_MIN 1024
 
 struct imc_router {
   imc_mem mem;
@@ -86,7 +93,8 @@ struct imc_router {
   qrec *retries, *retries_tail;
   int64_t retry_at;
   uint32_t retry_ms;
-  seen *seen_buckets[SEEN_BUCKETS];
+  seen **seen_buckets; /* seen_nbuckets, a power of two; NULL until used */
+  size_t seen_nbuckets, seen_count;
   seen *seen_newest, *seen_oldest;
 };
 
@@ -127,7 +135,22 @@ void imc_rt_retries_free(imc_router *r);
 void imc_rt_send_status(imc_router *r, const imc_msg *m,
                         imc_delivery_state state, const char *recipient);
 
-/* Forgets statuses older than STATUS_MEMORY_MS. (status.c) */
+/* The DELIVERED statuses of a batch of acks, with one registry lookup
+ * for the senders of the messages that lost their node. (status.c) */
+void imc_rt_delivered_many(imc_router *r, const imc_delivery_ack *acks,
+                           size_t n);
+
+/* The state of the status msg_id had (imc_delivery_state), or 0 if none
+ * within the status memory. (status.c) */
+int imc_rt_status_of(imc_router *r, const char *msg_id);
+
+/* Sends m's sender, again, the status m already had: m is a resend
+ * answered from the dedup set, carrying the first attempt's msg_id and
+ * the resend's node. (status.c) */
+void imc_rt_resend_status(imc_router *r, const imc_msg *m,
+                          imc_delivery_state state);
+
+/* Forgets statuses past the status memory. (status.c) */
 void imc_rt_seen_expire(imc_router *r, int64_t now);
 
 /* Frees the memory of sent statuses. (status.c) */

@@ -17,11 +17,13 @@
  *   or one record on the group bus (groups)
  * The SendAck comes only after both are durable, so an acknowledged
  * message is never lost and a resend finds "ok" and gets the same
- * answer. Issued in the same turn, the job and its "ok" share one
- * transaction in a backend that commits a turn's operations together
- * (SQLite group commit): a crash leaves both or neither, never a queued
- * message whose claim is still "pending". If either fails, the claim is
- * released (TTL 1 s) and the sender gets UNAVAILABLE.
+ * answer, followed by the message's DeliveryStatus again if it had one
+ * (status.c remembers it: imc_router_options_set_status_memory). Issued in the
+ * same turn, the job and its "ok" share one transaction in a backend that
+ * commits a turn's operations together (SQLite group commit): a crash leaves
+ * both or neither, never a queued message whose claim is still "pending". If
+ * either fails, the claim is released (TTL 1 s) and the sender gets
+ * UNAVAILABLE.
  *
  * A claim is "pending <instance>", the router instance that made it
  * (hex). A host that owns its dedup set alone (imchatd) deletes the
@@ -434,6 +436,16 @@ static void tas_done(void *ud, int status, int found, const uint8_t *value,
     imc_send_result res = {op->msg.client_msg_id, msg_id,
                            op->msg.conversation_id, seq, sent_at};
     op->done(op->done_ud, 0, &res, NULL);
+    /* The first attempt's status may have been lost with the sender's
+     * connection: one already sent goes again, to where the resend came
+     * from. One still to come reaches the device when it is due. */
+    int state = imc_rt_status_of(r, msg_id);
+    if (state != 0) {
+      op->msg.msg_id = msg_id;
+      op->msg.seq = seq;
+      op->msg.sent_at_ms = sent_at;
+      imc_rt_resend_status(r, &op->msg, (imc_delivery_state)state);
+    }
     op_free(op);
     return;
   }

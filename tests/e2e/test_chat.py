@@ -814,6 +814,11 @@ class TestDedup(ChatTest):
         await alice.status(a1.msg_id)
         a2 = await alice.sent(to="carol", body=b"x", cmid="dup-3")
         self.assertEqual((a2.msg_id, a2.seq), (a1.msg_id, a1.seq))
+        # The resend gets the status again (the first may have been lost
+        # with the connection), once; the message is stored once.
+        st = await alice.status(a1.msg_id)
+        self.assertEqual((st.state, st.user_id, st.client_msg_id),
+                         (pb().DeliveryStatus.STORED, "carol", "dup-3"))
         await alice.no_status(a1.msg_id)
         self.assertEqual(ids(self.offline(srv, "carol")), [a1.msg_id])
 

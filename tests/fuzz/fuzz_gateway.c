@@ -37,8 +37,8 @@ static int u_send(void *ud, const imc_send_req *req, imc_send_cb done,
   return 0;
 }
 
-static const imc_upstream_vtbl upstream = {sizeof(imc_upstream_vtbl), u_send,
-                                           NULL, NULL};
+static const imc_upstream_vtbl upstream = {
+    .struct_size = sizeof(imc_upstream_vtbl), .send = u_send};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static imc_gateway_options *opt;
