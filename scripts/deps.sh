@@ -40,6 +40,8 @@ IMC_DEB_TEST_PACKAGES=(
   redis-server redis-tools mariadb-server mariadb-client etcd-server curl
   # the Python binding (bindings/python) and its tests
   python3-cffi
+  # the Go binding's tests (bindings/go, examples/go_echo_bot)
+  golang-go
 )
 
 # What scripts/bench.sh needs on top: the broker imchatd is compared with

@@ -1,0 +1,3 @@
+module imchat.local/imchat
+
+go 1.19
