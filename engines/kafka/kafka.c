@@ -201,7 +201,7 @@ static void destroy(imc_kafka *k) {
 }
 
 int imc_kafka_new(imc_kafka **out, const imc_loop *loop,
-                  const imc_kafka_opts *opts) {
+                  const imc_kafka_options *opts) {
   if (out == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
   *out = NULL;

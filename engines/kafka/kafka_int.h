@@ -2,7 +2,7 @@
  * The Kafka engine's internals (see <imchat/engines/kafka.h>).
  *
  * Files:
- *   options.c   imc_kafka_opts: the setters, the checks of topic names
+ *   options.c   imc_kafka_options: the setters, the checks of topic names
  *               and group ids, and the librdkafka configurations built
  *               from the options (kafka_conf_new)
  *   kafka.c     the object: new/del, the bridge to the host's loop (one
@@ -51,7 +51,7 @@ typedef struct kafka_kv {
   char *value;
 } kafka_kv;
 
-struct imc_kafka_opts {
+struct imc_kafka_options {
   char *brokers;
   char *prefix;
   uint32_t timeout_ms;
@@ -119,7 +119,7 @@ typedef struct kafka_cons {
 
 struct imc_kafka {
   imc_loop loop;
-  imc_kafka_opts o;
+  imc_kafka_options o;
   void *user_data;
   int efd;
   void *watch;
@@ -144,8 +144,8 @@ int kafka_topic_valid(const imc_kafka *k, const char *name);
 int kafka_group_valid(const imc_kafka *k, const char *name);
 /* prefix + name, malloc'd, or NULL. */
 char *kafka_prefixed(const imc_kafka *k, const char *name);
-int kafka_opts_copy(imc_kafka_opts *dst, const imc_kafka_opts *src);
-void kafka_opts_clear(imc_kafka_opts *o);
+int kafka_opts_copy(imc_kafka_options *dst, const imc_kafka_options *src);
+void kafka_opts_clear(imc_kafka_options *o);
 /* The configuration of a new producer (group NULL) or of the consumer of
  * group; NULL (and the reason logged) if librdkafka refuses it. */
 rd_kafka_conf_t *kafka_conf_new(imc_kafka *k, const char *group);

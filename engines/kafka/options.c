@@ -1,5 +1,5 @@
 /*
- * imc_kafka_opts, and the librdkafka configurations built from them.
+ * imc_kafka_options, and the librdkafka configurations built from them.
  */
 #include "kafka_int.h"
 
@@ -70,11 +70,11 @@ char *kafka_prefixed(const imc_kafka *k, const char *name) {
   return s;
 }
 
-int imc_kafka_opts_new(imc_kafka_opts **out) {
+int imc_kafka_options_new(imc_kafka_options **out) {
   if (out == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
   *out = NULL;
-  imc_kafka_opts *o = calloc(1, sizeof(*o));
+  imc_kafka_options *o = calloc(1, sizeof(*o));
   if (o == NULL)
     return IMC_ERR_NOMEM;
   o->prefix = dup_str("");
@@ -88,7 +88,7 @@ int imc_kafka_opts_new(imc_kafka_opts **out) {
   return 0;
 }
 
-void kafka_opts_clear(imc_kafka_opts *o) {
+void kafka_opts_clear(imc_kafka_options *o) {
   free(o->brokers);
   free(o->prefix);
   for (size_t i = 0; i < o->n_kv; i++) {
@@ -99,7 +99,7 @@ void kafka_opts_clear(imc_kafka_opts *o) {
   memset(o, 0, sizeof(*o));
 }
 
-void imc_kafka_opts_del(imc_kafka_opts *o) {
+void imc_kafka_options_del(imc_kafka_options *o) {
   if (o == NULL)
     return;
   kafka_opts_clear(o);
@@ -115,34 +115,36 @@ static int replace_str(char **dst, const char *src) {
   return 0;
 }
 
-int imc_kafka_opts_set_brokers(imc_kafka_opts *o, const char *brokers) {
+int imc_kafka_options_set_brokers(imc_kafka_options *o, const char *brokers) {
   if (o == NULL || brokers == NULL || *brokers == '\0')
     return IMC_ERR_INVALID_ARGUMENT;
   return replace_str(&o->brokers, brokers);
 }
 
-int imc_kafka_opts_set_prefix(imc_kafka_opts *o, const char *prefix) {
+int imc_kafka_options_set_prefix(imc_kafka_options *o, const char *prefix) {
   if (o == NULL || prefix == NULL || strlen(prefix) > KAFKA_PREFIX_MAX ||
       !name_chars_valid(prefix))
     return IMC_ERR_INVALID_ARGUMENT;
   return replace_str(&o->prefix, prefix);
 }
 
-int imc_kafka_opts_set_timeout_ms(imc_kafka_opts *o, uint32_t ms) {
+int imc_kafka_options_set_timeout_ms(imc_kafka_options *o, uint32_t ms) {
   if (o == NULL || ms < 100 || ms > 3600000)
     return IMC_ERR_INVALID_ARGUMENT;
   o->timeout_ms = ms;
   return 0;
 }
 
-int imc_kafka_opts_set_session_timeout_ms(imc_kafka_opts *o, uint32_t ms) {
+int imc_kafka_options_set_session_timeout_ms(imc_kafka_options *o,
+                                             uint32_t ms) {
   if (o == NULL || ms < 1000 || ms > 3600000)
     return IMC_ERR_INVALID_ARGUMENT;
   o->session_ms = ms;
   return 0;
 }
 
-int imc_kafka_opts_set(imc_kafka_opts *o, const char *name, const char *value) {
+int imc_kafka_options_set_property(imc_kafka_options *o, const char *name,
+                                   const char *value) {
   if (o == NULL || name == NULL || value == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
   for (size_t i = 0; i < sizeof(managed) / sizeof(managed[0]); i++)
@@ -176,7 +178,7 @@ int imc_kafka_opts_set(imc_kafka_opts *o, const char *name, const char *value) {
   return 0;
 }
 
-int imc_kafka_opts_set_log(imc_kafka_opts *o, imc_log_cb cb, void *ud) {
+int imc_kafka_options_set_log(imc_kafka_options *o, imc_log_cb cb, void *ud) {
   if (o == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
   o->log = cb;
@@ -184,7 +186,7 @@ int imc_kafka_opts_set_log(imc_kafka_opts *o, imc_log_cb cb, void *ud) {
   return 0;
 }
 
-int kafka_opts_copy(imc_kafka_opts *dst, const imc_kafka_opts *src) {
+int kafka_opts_copy(imc_kafka_options *dst, const imc_kafka_options *src) {
   memset(dst, 0, sizeof(*dst));
   dst->timeout_ms = src->timeout_ms;
   dst->session_ms = src->session_ms;
@@ -228,7 +230,7 @@ static int conf_set(imc_kafka *k, rd_kafka_conf_t *conf, const char *name,
 }
 
 rd_kafka_conf_t *kafka_conf_new(imc_kafka *k, const char *group) {
-  const imc_kafka_opts *o = &k->o;
+  const imc_kafka_options *o = &k->o;
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
   if (conf == NULL)
     return NULL;
@@ -239,8 +241,8 @@ rd_kafka_conf_t *kafka_conf_new(imc_kafka *k, const char *group) {
   snprintf(heartbeat, sizeof(heartbeat), "%u", (unsigned)hb);
   char *group_id = NULL;
   int bad = 0;
-  /* Defaults the caller may change through imc_kafka_opts_set(). A short
-   * reconnect backoff: librdkafka only expires records and notices a
+  /* Defaults the caller may change through imc_kafka_options_set_property(). A
+   * short reconnect backoff: librdkafka only expires records and notices a
    * cluster that is back on its next attempt. */
   bad |= conf_set(k, conf, "reconnect.backoff.max.ms", "1000");
   if (group) {

@@ -488,7 +488,7 @@ void mdb_job_lost(mdb_conn *c) {
 /* ------------------------------------------------------------------ */
 
 int imc_mariadb_new(imc_mariadb **out, const imc_loop *loop,
-                    const imc_mariadb_opts *opts, const imc_mem *mem) {
+                    const imc_mariadb_options *opts, const imc_mem *mem) {
   if (out == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
   *out = NULL;

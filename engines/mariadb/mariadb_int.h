@@ -53,7 +53,7 @@
 /* Options                                                              */
 /* ------------------------------------------------------------------ */
 
-struct imc_mariadb_opts {
+struct imc_mariadb_options {
   char *host;
   unsigned port;
   char *dbname;
@@ -72,10 +72,10 @@ struct imc_mariadb_opts {
 };
 
 /* Copies src into dst, its strings allocated from mem. */
-int mdb_opts_copy(imc_mariadb_opts *dst, const imc_mariadb_opts *src,
+int mdb_opts_copy(imc_mariadb_options *dst, const imc_mariadb_options *src,
                   const imc_mem *mem);
 /* Frees dst's strings (wiping the password) into mem. */
-void mdb_opts_clear(imc_mariadb_opts *o, const imc_mem *mem);
+void mdb_opts_clear(imc_mariadb_options *o, const imc_mem *mem);
 
 /* ------------------------------------------------------------------ */
 /* Operations                                                           */
@@ -250,7 +250,7 @@ typedef enum mdb_schema_state {
 struct imc_mariadb {
   imc_loop loop;
   imc_mem mem;
-  imc_mariadb_opts o;
+  imc_mariadb_options o;
   void *user_data;
   int closing;
   mdb_conn conns[MDB_POOL_MAX];

@@ -27,10 +27,10 @@ static void free_secret(char *s) {
   free(s);
 }
 
-int imc_mariadb_opts_new(imc_mariadb_opts **out) {
+int imc_mariadb_options_new(imc_mariadb_options **out) {
   if (out == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
-  imc_mariadb_opts *o = calloc(1, sizeof(*o));
+  imc_mariadb_options *o = calloc(1, sizeof(*o));
   if (o == NULL)
     return IMC_ERR_NOMEM;
   o->port = 3306;
@@ -46,7 +46,7 @@ int imc_mariadb_opts_new(imc_mariadb_opts **out) {
   return 0;
 }
 
-void imc_mariadb_opts_del(imc_mariadb_opts *o) {
+void imc_mariadb_options_del(imc_mariadb_options *o) {
   if (o == NULL)
     return;
   free(o->host);
@@ -56,7 +56,7 @@ void imc_mariadb_opts_del(imc_mariadb_opts *o) {
   free(o);
 }
 
-void mdb_opts_clear(imc_mariadb_opts *o, const imc_mem *mem) {
+void mdb_opts_clear(imc_mariadb_options *o, const imc_mem *mem) {
   wipe(o->password);
   char *s[4] = {o->host, o->dbname, o->user, o->password};
   for (int i = 0; i < 4; i++)
@@ -65,7 +65,7 @@ void mdb_opts_clear(imc_mariadb_opts *o, const imc_mem *mem) {
   o->host = o->dbname = o->user = o->password = NULL;
 }
 
-int mdb_opts_copy(imc_mariadb_opts *dst, const imc_mariadb_opts *src,
+int mdb_opts_copy(imc_mariadb_options *dst, const imc_mariadb_options *src,
                   const imc_mem *mem) {
   *dst = *src;
   dst->host = dst->dbname = dst->user = dst->password = NULL;
@@ -89,7 +89,8 @@ static int db_name_char(char ch) {
          (ch >= '0' && ch <= '9') || ch == '_' || ch == '$';
 }
 
-int imc_mariadb_opts_set_address(imc_mariadb_opts *o, const char *address) {
+int imc_mariadb_options_set_address(imc_mariadb_options *o,
+                                    const char *address) {
   if (o == NULL || address == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
   const char *slash = strrchr(address, '/');
@@ -153,8 +154,9 @@ int imc_mariadb_opts_set_address(imc_mariadb_opts *o, const char *address) {
   return 0;
 }
 
-int imc_mariadb_opts_set_credentials(imc_mariadb_opts *o, const char *user,
-                                     const char *password) {
+int imc_mariadb_options_set_credentials(imc_mariadb_options *o,
+                                        const char *user,
+                                        const char *password) {
   if (o == NULL || user == NULL || *user == '\0')
     return IMC_ERR_INVALID_ARGUMENT;
   char *u = dup_str(user, strlen(user));
@@ -171,32 +173,32 @@ int imc_mariadb_opts_set_credentials(imc_mariadb_opts *o, const char *user,
   return 0;
 }
 
-int imc_mariadb_opts_credentials_from_env(imc_mariadb_opts *o) {
+int imc_mariadb_options_credentials_from_env(imc_mariadb_options *o) {
   if (o == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
   const char *user = getenv("IMCHAT_MYSQL_USER");
   if (user == NULL || *user == '\0')
     return IMC_ERR_NOT_FOUND;
-  return imc_mariadb_opts_set_credentials(o, user,
-                                          getenv("IMCHAT_MYSQL_PASSWORD"));
+  return imc_mariadb_options_set_credentials(o, user,
+                                             getenv("IMCHAT_MYSQL_PASSWORD"));
 }
 
-int imc_mariadb_opts_set_pool_size(imc_mariadb_opts *o, unsigned n) {
+int imc_mariadb_options_set_pool_size(imc_mariadb_options *o, unsigned n) {
   if (o == NULL || n < 1 || n > MDB_POOL_MAX)
     return IMC_ERR_INVALID_ARGUMENT;
   o->pool = n;
   return 0;
 }
 
-int imc_mariadb_opts_set_op_timeout_ms(imc_mariadb_opts *o, int64_t ms) {
+int imc_mariadb_options_set_op_timeout_ms(imc_mariadb_options *o, int64_t ms) {
   if (o == NULL || ms < 100 || ms > 3600000)
     return IMC_ERR_INVALID_ARGUMENT;
   o->op_timeout_ms = ms;
   return 0;
 }
 
-int imc_mariadb_opts_set_connect(imc_mariadb_opts *o, int64_t timeout_ms,
-                                 int64_t max_backoff_ms) {
+int imc_mariadb_options_set_connect(imc_mariadb_options *o, int64_t timeout_ms,
+                                    int64_t max_backoff_ms) {
   if (o == NULL || timeout_ms < 100 || timeout_ms > 600000 ||
       max_backoff_ms < 100 || max_backoff_ms > 600000)
     return IMC_ERR_INVALID_ARGUMENT;
@@ -205,8 +207,8 @@ int imc_mariadb_opts_set_connect(imc_mariadb_opts *o, int64_t timeout_ms,
   return 0;
 }
 
-int imc_mariadb_opts_set_batch_limits(imc_mariadb_opts *o, size_t max_ops,
-                                      size_t max_bytes) {
+int imc_mariadb_options_set_batch_limits(imc_mariadb_options *o, size_t max_ops,
+                                         size_t max_bytes) {
   if (o == NULL || max_ops < 1 || max_ops > 100000 ||
       max_bytes < (size_t)64 * 1024 || max_bytes > (size_t)1024 * 1024 * 1024)
     return IMC_ERR_INVALID_ARGUMENT;
@@ -215,21 +217,22 @@ int imc_mariadb_opts_set_batch_limits(imc_mariadb_opts *o, size_t max_ops,
   return 0;
 }
 
-int imc_mariadb_opts_set_purge_chunk(imc_mariadb_opts *o, uint32_t rows) {
+int imc_mariadb_options_set_purge_chunk(imc_mariadb_options *o, uint32_t rows) {
   if (o == NULL || rows < 1 || rows > 100000)
     return IMC_ERR_INVALID_ARGUMENT;
   o->purge_chunk = rows;
   return 0;
 }
 
-int imc_mariadb_opts_set_migrate(imc_mariadb_opts *o, int apply) {
+int imc_mariadb_options_set_migrate(imc_mariadb_options *o, int apply) {
   if (o == NULL || (apply != 0 && apply != 1))
     return IMC_ERR_INVALID_ARGUMENT;
   o->migrate = apply;
   return 0;
 }
 
-int imc_mariadb_opts_set_log(imc_mariadb_opts *o, imc_log_cb cb, void *ud) {
+int imc_mariadb_options_set_log(imc_mariadb_options *o, imc_log_cb cb,
+                                void *ud) {
   if (o == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
   o->log = cb;

@@ -31,6 +31,7 @@
 #include <openssl/sha.h>
 
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,7 +115,8 @@ struct imc_redis {
   uint16_t port;
   char *prefix;
   int64_t op_timeout_ms, backoff_min_ms, backoff_max_ms, backoff_ms;
-  const imc_marks_vtbl *marks;
+  imc_marks_vtbl marks_store;
+  const imc_marks_vtbl *marks; /* &marks_store, or NULL: none */
   void *marks_ud;
   uint64_t seq_block;
   char sha[N_SCRIPTS][41];
@@ -897,34 +899,153 @@ static void sha1_hex(const char *s, char out[41]) {
     snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
+struct imc_redis_options {
+  char *host;
+  uint16_t port;
+  char *prefix;
+  int64_t timeout_ms, backoff_min_ms, backoff_max_ms;
+  imc_marks_vtbl marks;
+  void *marks_ud;
+  int has_marks;
+  uint32_t seq_block;
+};
+
+static int set_str(char **dst, const char *src) {
+  char *d = xstrdup(src);
+  if (d == NULL)
+    return IMC_ERR_NOMEM;
+  free(*dst);
+  *dst = d;
+  return 0;
+}
+
+int imc_redis_options_new(imc_redis_options **out) {
+  if (out == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  imc_redis_options *o = calloc(1, sizeof(*o));
+  if (o == NULL || set_str(&o->host, "127.0.0.1") < 0 ||
+      set_str(&o->prefix, "imc:") < 0) {
+    imc_redis_options_del(o);
+    return IMC_ERR_NOMEM;
+  }
+  o->port = 6379;
+  o->timeout_ms = 2000;
+  o->backoff_min_ms = 100;
+  o->backoff_max_ms = 5000;
+  o->seq_block = 1000;
+  *out = o;
+  return 0;
+}
+
+void imc_redis_options_del(imc_redis_options *o) {
+  if (o == NULL)
+    return;
+  free(o->host);
+  free(o->prefix);
+  free(o);
+}
+
+int imc_redis_options_set_address(imc_redis_options *o, const char *address) {
+  if (o == NULL || address == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  const char *colon = strrchr(address, ':');
+  if (colon == NULL || colon == address || colon[1] == '\0')
+    return IMC_ERR_INVALID_ARGUMENT;
+  char *end;
+  unsigned long port = strtoul(colon + 1, &end, 10);
+  if (*end != '\0' || port == 0 || port > 65535)
+    return IMC_ERR_INVALID_ARGUMENT;
+  const char *h = address;
+  size_t n = (size_t)(colon - address);
+  if (h[0] == '[') { /* [v6]:port */
+    if (n < 3 || h[n - 1] != ']')
+      return IMC_ERR_INVALID_ARGUMENT;
+    h++;
+    n -= 2;
+  }
+  char *host = malloc(n + 1);
+  if (host == NULL)
+    return IMC_ERR_NOMEM;
+  memcpy(host, h, n);
+  host[n] = '\0';
+  free(o->host);
+  o->host = host;
+  o->port = (uint16_t)port;
+  return 0;
+}
+
+int imc_redis_options_set_prefix(imc_redis_options *o, const char *prefix) {
+  if (o == NULL || prefix == NULL || prefix[0] == '\0' || strlen(prefix) > 128)
+    return IMC_ERR_INVALID_ARGUMENT;
+  return set_str(&o->prefix, prefix);
+}
+
+int imc_redis_options_set_timeout_ms(imc_redis_options *o, int64_t ms) {
+  if (o == NULL || ms < 10 || ms > 600000)
+    return IMC_ERR_INVALID_ARGUMENT;
+  o->timeout_ms = ms;
+  return 0;
+}
+
+int imc_redis_options_set_reconnect(imc_redis_options *o, int64_t min_ms,
+                                    int64_t max_ms) {
+  if (o == NULL || min_ms < 1 || max_ms < min_ms || max_ms > 600000)
+    return IMC_ERR_INVALID_ARGUMENT;
+  o->backoff_min_ms = min_ms;
+  o->backoff_max_ms = max_ms;
+  return 0;
+}
+
+int imc_redis_options_set_marks(imc_redis_options *o,
+                                const imc_marks_vtbl *vtbl, void *ud) {
+  if (o == NULL || vtbl == NULL ||
+      vtbl->struct_size <
+          offsetof(imc_marks_vtbl, raise) + sizeof(vtbl->raise) ||
+      vtbl->get == NULL || vtbl->raise == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  memset(&o->marks, 0, sizeof(o->marks));
+  memcpy(&o->marks, vtbl,
+         vtbl->struct_size < sizeof(o->marks) ? vtbl->struct_size
+                                              : sizeof(o->marks));
+  o->marks_ud = ud;
+  o->has_marks = 1;
+  return 0;
+}
+
+int imc_redis_options_set_seq_block(imc_redis_options *o, uint32_t block) {
+  if (o == NULL || block == 0 || block > 10000000)
+    return IMC_ERR_INVALID_ARGUMENT;
+  o->seq_block = block;
+  return 0;
+}
+
 int imc_redis_new(imc_redis **out, const imc_loop *loop,
                   const imc_redis_options *opt) {
-  if (out == NULL || loop == NULL || loop->vtbl == NULL || opt == NULL ||
-      opt->struct_size <
-          offsetof(imc_redis_options, seq_block) + sizeof(opt->seq_block))
+  if (out == NULL || loop == NULL || loop->vtbl == NULL || opt == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
   imc_redis *r = calloc(1, sizeof(*r));
   if (r == NULL)
     return IMC_ERR_NOMEM;
   r->loop = *loop;
-  r->host = xstrdup(opt->host ? opt->host : "127.0.0.1");
-  r->prefix = xstrdup(opt->key_prefix ? opt->key_prefix : "imc:");
+  r->host = xstrdup(opt->host);
+  r->prefix = xstrdup(opt->prefix);
   if (r->host == NULL || r->prefix == NULL) {
     free(r->host);
     free(r->prefix);
     free(r);
     return IMC_ERR_NOMEM;
   }
-  r->port = opt->port ? opt->port : 6379;
-  r->op_timeout_ms = opt->op_timeout_ms > 0 ? opt->op_timeout_ms : 2000;
-  r->backoff_min_ms = opt->reconnect_min_ms > 0 ? opt->reconnect_min_ms : 100;
-  r->backoff_max_ms = opt->reconnect_max_ms > 0 ? opt->reconnect_max_ms : 5000;
-  if (r->backoff_max_ms < r->backoff_min_ms)
-    r->backoff_max_ms = r->backoff_min_ms;
+  r->port = opt->port;
+  r->op_timeout_ms = opt->timeout_ms;
+  r->backoff_min_ms = opt->backoff_min_ms;
+  r->backoff_max_ms = opt->backoff_max_ms;
   r->backoff_ms = r->backoff_min_ms;
-  r->marks = opt->marks;
-  r->marks_ud = opt->marks_ud;
-  r->seq_block = opt->seq_block ? opt->seq_block : 1000;
+  if (opt->has_marks) {
+    r->marks_store = opt->marks;
+    r->marks = &r->marks_store;
+    r->marks_ud = opt->marks_ud;
+  }
+  r->seq_block = opt->seq_block;
   r->epoch = 1;
   for (int i = 0; i < N_SCRIPTS; i++)
     sha1_hex(scripts[i], r->sha[i]);
@@ -968,6 +1089,6 @@ int imc_redis_health(const imc_redis *r) {
   return r->state == C_READY ? 0 : IMC_ERR_UNAVAILABLE;
 }
 
-const char *imc_redis_last_error(const imc_redis *r) {
+const char *imc_redis_errmsg(const imc_redis *r) {
   return r->error;
 }

@@ -42,16 +42,16 @@ static void on_log(void *ud, imc_log_level level, const char *line) {
 
 static imc_kafka *engine_open(eng_loop *l, const char *brokers,
                               const char *prefix, uint32_t timeout_ms) {
-  imc_kafka_opts *o;
-  ck_assert_int_eq(imc_kafka_opts_new(&o), 0);
-  ck_assert_int_eq(imc_kafka_opts_set_brokers(o, brokers), 0);
-  ck_assert_int_eq(imc_kafka_opts_set_prefix(o, prefix), 0);
-  ck_assert_int_eq(imc_kafka_opts_set_session_timeout_ms(o, SESSION_MS), 0);
-  ck_assert_int_eq(imc_kafka_opts_set_timeout_ms(o, timeout_ms), 0);
-  ck_assert_int_eq(imc_kafka_opts_set_log(o, on_log, NULL), 0);
+  imc_kafka_options *o;
+  ck_assert_int_eq(imc_kafka_options_new(&o), 0);
+  ck_assert_int_eq(imc_kafka_options_set_brokers(o, brokers), 0);
+  ck_assert_int_eq(imc_kafka_options_set_prefix(o, prefix), 0);
+  ck_assert_int_eq(imc_kafka_options_set_session_timeout_ms(o, SESSION_MS), 0);
+  ck_assert_int_eq(imc_kafka_options_set_timeout_ms(o, timeout_ms), 0);
+  ck_assert_int_eq(imc_kafka_options_set_log(o, on_log, NULL), 0);
   imc_kafka *k;
   ck_assert_int_eq(imc_kafka_new(&k, l->loop, o), 0);
-  imc_kafka_opts_del(o);
+  imc_kafka_options_del(o);
   return k;
 }
 
@@ -612,42 +612,45 @@ END_TEST
 
 /* Bad arguments: clear codes, nothing started. */
 START_TEST(arguments_are_checked) {
-  imc_kafka_opts *o;
-  ck_assert_int_eq(imc_kafka_opts_new(NULL), IMC_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(imc_kafka_opts_new(&o), 0);
+  imc_kafka_options *o;
+  ck_assert_int_eq(imc_kafka_options_new(NULL), IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_kafka_options_new(&o), 0);
   imc_kafka *k = (imc_kafka *)1;
   ck_assert_int_eq(imc_kafka_new(&k, lp.loop, o), IMC_ERR_INVALID_ARGUMENT);
   ck_assert_ptr_null(k);
-  ck_assert_int_eq(imc_kafka_opts_set_brokers(o, ""), IMC_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(imc_kafka_opts_set_prefix(o, "no/slash"),
+  ck_assert_int_eq(imc_kafka_options_set_brokers(o, ""),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_kafka_options_set_prefix(o, "no/slash"),
                    IMC_ERR_INVALID_ARGUMENT);
   char longp[260];
   memset(longp, 'p', sizeof(longp) - 1);
   longp[sizeof(longp) - 1] = '\0';
-  ck_assert_int_eq(imc_kafka_opts_set_prefix(o, longp),
+  ck_assert_int_eq(imc_kafka_options_set_prefix(o, longp),
                    IMC_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(imc_kafka_opts_set_timeout_ms(o, 10),
+  ck_assert_int_eq(imc_kafka_options_set_timeout_ms(o, 10),
                    IMC_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(imc_kafka_opts_set_session_timeout_ms(o, 10),
+  ck_assert_int_eq(imc_kafka_options_set_session_timeout_ms(o, 10),
                    IMC_ERR_INVALID_ARGUMENT);
   /* What keeps the bus safe cannot be changed. */
-  ck_assert_int_eq(imc_kafka_opts_set(o, "enable.auto.commit", "true"),
+  ck_assert_int_eq(
+      imc_kafka_options_set_property(o, "enable.auto.commit", "true"),
+      IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_kafka_options_set_property(o, "acks", "1"),
                    IMC_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(imc_kafka_opts_set(o, "acks", "1"),
+  ck_assert_int_eq(
+      imc_kafka_options_set_property(o, "enable.idempotence", "false"),
+      IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_kafka_options_set_property(o, "no.such.property", "1"),
                    IMC_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(imc_kafka_opts_set(o, "enable.idempotence", "false"),
+  ck_assert_int_eq(imc_kafka_options_set_property(o, "linger.ms", "soon"),
                    IMC_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(imc_kafka_opts_set(o, "no.such.property", "1"),
-                   IMC_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(imc_kafka_opts_set(o, "linger.ms", "soon"),
-                   IMC_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(imc_kafka_opts_set(o, "linger.ms", "2"), 0);
-  ck_assert_int_eq(imc_kafka_opts_set(o, "linger.ms", "1"), 0);
-  ck_assert_int_eq(imc_kafka_opts_set_brokers(o, mk.boot), 0);
-  ck_assert_int_eq(imc_kafka_opts_set_session_timeout_ms(o, SESSION_MS), 0);
-  ck_assert_int_eq(imc_kafka_opts_set_log(o, on_log, NULL), 0);
+  ck_assert_int_eq(imc_kafka_options_set_property(o, "linger.ms", "2"), 0);
+  ck_assert_int_eq(imc_kafka_options_set_property(o, "linger.ms", "1"), 0);
+  ck_assert_int_eq(imc_kafka_options_set_brokers(o, mk.boot), 0);
+  ck_assert_int_eq(imc_kafka_options_set_session_timeout_ms(o, SESSION_MS), 0);
+  ck_assert_int_eq(imc_kafka_options_set_log(o, on_log, NULL), 0);
   ck_assert_int_eq(imc_kafka_new(&k, lp.loop, o), 0);
-  imc_kafka_opts_del(o);
+  imc_kafka_options_del(o);
 
   const imc_bus_vtbl *bus = imc_kafka_bus_vtbl();
   done_st d = {0};

@@ -141,35 +141,36 @@ static imc_mariadb *engine_at(eng_loop *lp, const char *host, unsigned port,
   static const cfg defaults = {0};
   if (c == NULL)
     c = &defaults;
-  imc_mariadb_opts *o;
-  ck_assert_int_eq(imc_mariadb_opts_new(&o), 0);
+  imc_mariadb_options *o;
+  ck_assert_int_eq(imc_mariadb_options_new(&o), 0);
   char addr[256];
   snprintf(addr, sizeof(addr), "%s:%u/%s", host, port, dbname);
-  ck_assert_int_eq(imc_mariadb_opts_set_address(o, addr), 0);
+  ck_assert_int_eq(imc_mariadb_options_set_address(o, addr), 0);
   if (c->user)
-    ck_assert_int_eq(imc_mariadb_opts_set_credentials(o, c->user, c->password),
-                     0);
+    ck_assert_int_eq(
+        imc_mariadb_options_set_credentials(o, c->user, c->password), 0);
   else
-    ck_assert_int_eq(imc_mariadb_opts_credentials_from_env(o), 0);
+    ck_assert_int_eq(imc_mariadb_options_credentials_from_env(o), 0);
   if (c->op_timeout_ms)
-    ck_assert_int_eq(imc_mariadb_opts_set_op_timeout_ms(o, c->op_timeout_ms),
+    ck_assert_int_eq(imc_mariadb_options_set_op_timeout_ms(o, c->op_timeout_ms),
                      0);
   if (c->pool)
-    ck_assert_int_eq(imc_mariadb_opts_set_pool_size(o, c->pool), 0);
+    ck_assert_int_eq(imc_mariadb_options_set_pool_size(o, c->pool), 0);
   if (c->batch_ops)
     ck_assert_int_eq(
-        imc_mariadb_opts_set_batch_limits(o, c->batch_ops, c->batch_bytes), 0);
+        imc_mariadb_options_set_batch_limits(o, c->batch_ops, c->batch_bytes),
+        0);
   if (c->purge_chunk)
-    ck_assert_int_eq(imc_mariadb_opts_set_purge_chunk(o, c->purge_chunk), 0);
+    ck_assert_int_eq(imc_mariadb_options_set_purge_chunk(o, c->purge_chunk), 0);
   if (c->no_migrate)
-    ck_assert_int_eq(imc_mariadb_opts_set_migrate(o, 0), 0);
+    ck_assert_int_eq(imc_mariadb_options_set_migrate(o, 0), 0);
   if (c->max_backoff_ms)
-    ck_assert_int_eq(imc_mariadb_opts_set_connect(o, 1000, c->max_backoff_ms),
-                     0);
-  ck_assert_int_eq(imc_mariadb_opts_set_log(o, log_line, NULL), 0);
+    ck_assert_int_eq(
+        imc_mariadb_options_set_connect(o, 1000, c->max_backoff_ms), 0);
+  ck_assert_int_eq(imc_mariadb_options_set_log(o, log_line, NULL), 0);
   imc_mariadb *db = NULL;
   int rv = imc_mariadb_new(&db, lp->loop, o, c->mem);
-  imc_mariadb_opts_del(o);
+  imc_mariadb_options_del(o);
   ck_assert(rv == 0 || (rv == IMC_ERR_NOMEM && c->mem));
   return db;
 }
@@ -376,24 +377,25 @@ static imc_mariadb *engine(const cfg *c) {
 }
 
 START_TEST(options_checked) {
-  imc_mariadb_opts *o;
-  ck_assert_int_eq(imc_mariadb_opts_new(&o), 0);
+  imc_mariadb_options *o;
+  ck_assert_int_eq(imc_mariadb_options_new(&o), 0);
   static const char *bad[] = {"",         "host",      "/db",
                               "host:/db", "host:0/db", "host:65536/db",
                               "h:1x/db",  "host:1/",   "host:1/bad-name",
                               "[::1/db",  "[::1]x/db", ":3306/db"};
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-    ck_assert_msg(imc_mariadb_opts_set_address(o, bad[i]) ==
+    ck_assert_msg(imc_mariadb_options_set_address(o, bad[i]) ==
                       IMC_ERR_INVALID_ARGUMENT,
                   "accepted %s", bad[i]);
-  ck_assert_int_eq(imc_mariadb_opts_set_address(o, "db.example:3307/chat"), 0);
-  ck_assert_int_eq(imc_mariadb_opts_set_address(o, "[::1]:3306/chat_2"), 0);
-  ck_assert_int_eq(imc_mariadb_opts_set_address(o, "10.0.0.1/chat"), 0);
-  ck_assert_int_eq(imc_mariadb_opts_set_pool_size(o, 0),
+  ck_assert_int_eq(imc_mariadb_options_set_address(o, "db.example:3307/chat"),
+                   0);
+  ck_assert_int_eq(imc_mariadb_options_set_address(o, "[::1]:3306/chat_2"), 0);
+  ck_assert_int_eq(imc_mariadb_options_set_address(o, "10.0.0.1/chat"), 0);
+  ck_assert_int_eq(imc_mariadb_options_set_pool_size(o, 0),
                    IMC_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(imc_mariadb_opts_set_pool_size(o, 17),
+  ck_assert_int_eq(imc_mariadb_options_set_pool_size(o, 17),
                    IMC_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(imc_mariadb_opts_set_credentials(o, "", "x"),
+  ck_assert_int_eq(imc_mariadb_options_set_credentials(o, "", "x"),
                    IMC_ERR_INVALID_ARGUMENT);
   /* No credentials yet: the engine refuses to start. */
   imc_mariadb *db = NULL;
@@ -404,11 +406,12 @@ START_TEST(options_checked) {
   snprintf(user, sizeof(user), "%s", getenv("IMCHAT_MYSQL_USER"));
   snprintf(pw, sizeof(pw), "%s", getenv("IMCHAT_MYSQL_PASSWORD"));
   unsetenv("IMCHAT_MYSQL_USER");
-  ck_assert_int_eq(imc_mariadb_opts_credentials_from_env(o), IMC_ERR_NOT_FOUND);
+  ck_assert_int_eq(imc_mariadb_options_credentials_from_env(o),
+                   IMC_ERR_NOT_FOUND);
   setenv("IMCHAT_MYSQL_USER", "someone", 1);
   unsetenv("IMCHAT_MYSQL_PASSWORD");
-  ck_assert_int_eq(imc_mariadb_opts_credentials_from_env(o), 0);
-  imc_mariadb_opts_del(o);
+  ck_assert_int_eq(imc_mariadb_options_credentials_from_env(o), 0);
+  imc_mariadb_options_del(o);
   setenv("IMCHAT_MYSQL_USER", user, 1); /* for the teardown */
   setenv("IMCHAT_MYSQL_PASSWORD", pw, 1);
 }

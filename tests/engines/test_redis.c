@@ -95,21 +95,30 @@ static void parse_addr(const char *addr) {
   port = (uint16_t)atoi(colon + 1);
 }
 
+/* An engine on host:port with key prefix pre and timeout_ms, on the test
+ * marks (or on marks_vtbl/marks_ud when given). */
+static imc_redis *open_with(const char *h, uint16_t p, const char *pre,
+                            int64_t timeout_ms, const imc_marks_vtbl *mv,
+                            void *mud) {
+  imc_redis_options *o;
+  ck_assert_int_eq(imc_redis_options_new(&o), 0);
+  char addr[96];
+  snprintf(addr, sizeof(addr), "%s:%u", h, p);
+  ck_assert_int_eq(imc_redis_options_set_address(o, addr), 0);
+  ck_assert_int_eq(imc_redis_options_set_prefix(o, pre), 0);
+  ck_assert_int_eq(imc_redis_options_set_timeout_ms(o, timeout_ms), 0);
+  ck_assert_int_eq(imc_redis_options_set_reconnect(o, 20, 200), 0);
+  ck_assert_int_eq(imc_redis_options_set_marks(o, mv, mud), 0);
+  ck_assert_int_eq(imc_redis_options_set_seq_block(o, 10), 0);
+  imc_redis *r = NULL;
+  ck_assert_int_eq(imc_redis_new(&r, loop.loop, o), 0);
+  imc_redis_options_del(o);
+  return r;
+}
+
 static imc_redis *open_engine(const char *h, uint16_t p, const char *pre,
                               int64_t timeout_ms) {
-  imc_redis_options o = {.struct_size = sizeof(o),
-                         .host = h,
-                         .port = p,
-                         .key_prefix = pre,
-                         .op_timeout_ms = timeout_ms,
-                         .reconnect_min_ms = 20,
-                         .reconnect_max_ms = 200,
-                         .marks = &marks_vtbl,
-                         .marks_ud = &marks,
-                         .seq_block = 10};
-  imc_redis *r = NULL;
-  ck_assert_int_eq(imc_redis_new(&r, loop.loop, &o), 0);
-  return r;
+  return open_with(h, p, pre, timeout_ms, &marks_vtbl, &marks);
 }
 
 static void *cf_create(void *ctx, const imc_clock *clock) {
@@ -249,7 +258,7 @@ START_TEST(a_restart_that_loses_the_counters_never_goes_back) {
   while (imc_redis_health(r) == 0 && eng_now_ms() < end)
     eng_loop_turn(&loop, 20);
   ck_assert_int_eq(imc_redis_health(r), IMC_ERR_UNAVAILABLE);
-  ck_assert_str_ne(imc_redis_last_error(r), "");
+  ck_assert_str_ne(imc_redis_errmsg(r), "");
 
   own_start(); /* empty */
   wait_healthy(r);
@@ -328,15 +337,35 @@ START_TEST(no_value_is_handed_out_without_its_mark) {
 }
 END_TEST
 
-START_TEST(seq_without_marks_is_refused) {
-  imc_redis_options o = {.struct_size = sizeof(o), .port = own_port};
+START_TEST(options_are_checked_and_seq_needs_marks) {
+  imc_redis_options *o;
+  ck_assert_int_eq(imc_redis_options_new(&o), 0);
+  ck_assert_int_eq(imc_redis_options_set_address(o, "nohost"),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_redis_options_set_address(o, "h:0"),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_redis_options_set_address(o, "[::1]:6379"), 0);
+  ck_assert_int_eq(imc_redis_options_set_prefix(o, ""),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_redis_options_set_timeout_ms(o, 0),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_redis_options_set_reconnect(o, 50, 10),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_redis_options_set_marks(o, NULL, NULL),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_redis_options_set_seq_block(o, 0),
+                   IMC_ERR_INVALID_ARGUMENT);
+  char addr[32];
+  snprintf(addr, sizeof(addr), "127.0.0.1:%u", own_port);
+  ck_assert_int_eq(imc_redis_options_set_address(o, addr), 0);
   imc_redis *r = NULL;
-  ck_assert_int_eq(imc_redis_new(&r, loop.loop, &o), 0);
+  ck_assert_int_eq(imc_redis_new(&r, NULL, o), IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_redis_new(&r, loop.loop, o), 0);
   seq_res res = {0};
   ck_assert_int_eq(imc_redis_seq_vtbl()->next(r, "k", on_seq, &res),
                    IMC_ERR_INVALID_ARGUMENT);
-  ck_assert_int_eq(imc_redis_new(&r, NULL, &o), IMC_ERR_INVALID_ARGUMENT);
   imc_redis_del(r);
+  imc_redis_options_del(o);
 }
 END_TEST
 
@@ -344,29 +373,20 @@ END_TEST
  * then a process that restarts too, continue above every value handed
  * out. */
 static imc_mariadb *open_mariadb(void) {
-  imc_mariadb_opts *o;
-  ck_assert_int_eq(imc_mariadb_opts_new(&o), 0);
-  ck_assert_int_eq(imc_mariadb_opts_set_address(o, getenv("IMC_TEST_MARIADB")),
-                   0);
-  ck_assert_int_eq(imc_mariadb_opts_credentials_from_env(o), 0);
+  imc_mariadb_options *o;
+  ck_assert_int_eq(imc_mariadb_options_new(&o), 0);
+  ck_assert_int_eq(
+      imc_mariadb_options_set_address(o, getenv("IMC_TEST_MARIADB")), 0);
+  ck_assert_int_eq(imc_mariadb_options_credentials_from_env(o), 0);
   imc_mariadb *db = NULL;
   ck_assert_int_eq(imc_mariadb_new(&db, loop.loop, o, NULL), 0);
-  imc_mariadb_opts_del(o);
+  imc_mariadb_options_del(o);
   return db;
 }
 
 static imc_redis *open_on_mariadb(imc_mariadb *db) {
-  imc_redis_options o = {.struct_size = sizeof(o),
-                         .port = own_port,
-                         .key_prefix = "mdb:",
-                         .reconnect_min_ms = 20,
-                         .reconnect_max_ms = 200,
-                         .marks = imc_mariadb_marks_vtbl(),
-                         .marks_ud = db,
-                         .seq_block = 10};
-  imc_redis *r = NULL;
-  ck_assert_int_eq(imc_redis_new(&r, loop.loop, &o), 0);
-  return r;
+  return open_with("127.0.0.1", own_port, "mdb:", 2000,
+                   imc_mariadb_marks_vtbl(), db);
 }
 
 START_TEST(marks_in_mariadb_survive_redis_and_process_restarts) {
@@ -410,7 +430,7 @@ static Suite *fault_suite(void) {
   tcase_add_test(tc, a_counter_that_goes_back_is_set_above_its_mark);
   tcase_add_test(tc, a_server_that_stops_answering_fails_operations_in_time);
   tcase_add_test(tc, no_value_is_handed_out_without_its_mark);
-  tcase_add_test(tc, seq_without_marks_is_refused);
+  tcase_add_test(tc, options_are_checked_and_seq_needs_marks);
   tcase_add_test(tc, marks_in_mariadb_survive_redis_and_process_restarts);
   suite_add_tcase(s, tc);
   return s;

@@ -9,11 +9,11 @@
  * blocks the loop, except imc_kafka_del() (see there).
  *
  * Publish. Records go to the topic the caller names (prefixed, see
- * imc_kafka_opts_set_prefix()), partitioned by key, with acks=all and
+ * imc_kafka_options_set_prefix()), partitioned by key, with acks=all and
  * enable.idempotence=true: a publish completes with 0 once every in-sync
  * replica has the record, and a retry inside librdkafka never writes it
  * twice. It completes with a negative code when the record could not be
- * written within the timeout (imc_kafka_opts_set_timeout_ms()): the
+ * written within the timeout (imc_kafka_options_set_timeout_ms()): the
  * caller never takes a failed publish for a stored one. Records are
  * batched by librdkafka (many publishes share one request).
  *
@@ -76,20 +76,20 @@ extern "C" {
 /* Options                                                              */
 /* ------------------------------------------------------------------ */
 
-typedef struct imc_kafka_opts imc_kafka_opts;
+typedef struct imc_kafka_options imc_kafka_options;
 
 /* New options with the defaults. Returns 0, IMC_ERR_INVALID_ARGUMENT
  * (out NULL) or IMC_ERR_NOMEM. */
-IMC_EXTERN int imc_kafka_opts_new(imc_kafka_opts **out);
+IMC_EXTERN int imc_kafka_options_new(imc_kafka_options **out);
 /* NULL is a no-op. */
-IMC_EXTERN void imc_kafka_opts_del(imc_kafka_opts *o);
+IMC_EXTERN void imc_kafka_options_del(imc_kafka_options *o);
 /*
  * The bootstrap servers, "host:port[,host:port...]" (librdkafka's
  * bootstrap.servers). Required. Copied. Returns 0,
  * IMC_ERR_INVALID_ARGUMENT (o or brokers NULL or empty) or IMC_ERR_NOMEM.
  */
-IMC_EXTERN int imc_kafka_opts_set_brokers(imc_kafka_opts *o,
-                                          const char *brokers);
+IMC_EXTERN int imc_kafka_options_set_brokers(imc_kafka_options *o,
+                                             const char *brokers);
 /*
  * A prefix put before every topic name and consumer group id (default
  * ""), so several deployments can share a cluster: with "prod." the
@@ -97,7 +97,8 @@ IMC_EXTERN int imc_kafka_opts_set_brokers(imc_kafka_opts *o,
  * Returns 0, IMC_ERR_INVALID_ARGUMENT (o or prefix NULL, or a prefix
  * that is not at most 200 bytes of [A-Za-z0-9._-]) or IMC_ERR_NOMEM.
  */
-IMC_EXTERN int imc_kafka_opts_set_prefix(imc_kafka_opts *o, const char *prefix);
+IMC_EXTERN int imc_kafka_options_set_prefix(imc_kafka_options *o,
+                                            const char *prefix);
 /*
  * How long a publish or a commit may take before it completes with
  * IMC_ERR_UNAVAILABLE (default 30000 ms; librdkafka's message.timeout.ms
@@ -106,7 +107,8 @@ IMC_EXTERN int imc_kafka_opts_set_prefix(imc_kafka_opts *o, const char *prefix);
  * backoff later. Returns 0 or IMC_ERR_INVALID_ARGUMENT (o NULL, ms below
  * 100 or above 3600000).
  */
-IMC_EXTERN int imc_kafka_opts_set_timeout_ms(imc_kafka_opts *o, uint32_t ms);
+IMC_EXTERN int imc_kafka_options_set_timeout_ms(imc_kafka_options *o,
+                                                uint32_t ms);
 /*
  * The consumers' session.timeout.ms (default 45000): how long the group
  * waits for a consumer that stopped without leaving (a crash) before its
@@ -114,8 +116,8 @@ IMC_EXTERN int imc_kafka_opts_set_timeout_ms(imc_kafka_opts *o, uint32_t ms);
  * every 3 s). Returns 0 or IMC_ERR_INVALID_ARGUMENT (o NULL, ms below
  * 1000 or above 3600000).
  */
-IMC_EXTERN int imc_kafka_opts_set_session_timeout_ms(imc_kafka_opts *o,
-                                                     uint32_t ms);
+IMC_EXTERN int imc_kafka_options_set_session_timeout_ms(imc_kafka_options *o,
+                                                        uint32_t ms);
 /*
  * Any other librdkafka configuration property, for the producer and
  * every consumer (security.protocol, sasl.*, ssl.*, client.id,
@@ -129,15 +131,16 @@ IMC_EXTERN int imc_kafka_opts_set_session_timeout_ms(imc_kafka_opts *o,
  * name or value NULL, a refused property, or one librdkafka does not
  * accept: unknown name or bad value) or IMC_ERR_NOMEM.
  */
-IMC_EXTERN int imc_kafka_opts_set(imc_kafka_opts *o, const char *name,
-                                  const char *value);
+IMC_EXTERN int imc_kafka_options_set_property(imc_kafka_options *o,
+                                              const char *name,
+                                              const char *value);
 /*
  * Where librdkafka's log lines and the engine's own go (default:
  * nowhere), always from the loop thread. Returns 0 or
  * IMC_ERR_INVALID_ARGUMENT (o NULL).
  */
-IMC_EXTERN int imc_kafka_opts_set_log(imc_kafka_opts *o, imc_log_cb cb,
-                                      void *ud);
+IMC_EXTERN int imc_kafka_options_set_log(imc_kafka_options *o, imc_log_cb cb,
+                                         void *ud);
 
 /* ------------------------------------------------------------------ */
 /* The engine                                                           */
@@ -156,7 +159,7 @@ typedef struct imc_kafka imc_kafka;
  * failure.
  */
 IMC_EXTERN int imc_kafka_new(imc_kafka **out, const imc_loop *loop,
-                             const imc_kafka_opts *opts);
+                             const imc_kafka_options *opts);
 /*
  * Closes the consumers (each leaves its group, so its partitions go to
  * other consumers at once; waiting at most 5 s in all for the cluster),

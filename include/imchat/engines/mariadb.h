@@ -4,7 +4,7 @@
  * MariaDB or MySQL server, through libmariadb's non-blocking API on the
  * host's loop.
  *
- * Connections. A small pool (imc_mariadb_opts_set_pool_size(), 2 by
+ * Connections. A small pool (imc_mariadb_options_set_pool_size(), 2 by
  * default) connects at imc_mariadb_new() and reconnects with backoff
  * whenever a connection breaks. Writes go through one connection at a
  * time, reads through the others, so a long read never holds up writes
@@ -18,7 +18,7 @@
  * Group commit. The write operations (store append, purge, group_add,
  * group_remove, marks raise) made during one loop turn go into ONE
  * transaction, as multi-row statements, bounded by
- * imc_mariadb_opts_set_batch_limits(); the next batch forms while one
+ * imc_mariadb_options_set_batch_limits(); the next batch forms while one
  * is in flight. Completions run only after COMMIT succeeded. A batch
  * whose connection breaks (the server restarted, say) is sent again
  * once a connection is back: the unique keys make that retry idempotent
@@ -31,11 +31,11 @@
  * batches, and a batch that adds inbox entries holds a lock per database
  * until its COMMIT, so the processes sharing a database take turns.
  * Reads run on their own connection, each in its own snapshot. A purge
- * deletes in chunks of imc_mariadb_opts_set_purge_chunk() messages, one
+ * deletes in chunks of imc_mariadb_options_set_purge_chunk() messages, one
  * transaction each, and lets waiting writes in between chunks.
  *
  * Operation timeout. An operation that has not completed within
- * imc_mariadb_opts_set_op_timeout_ms() (5 s by default) completes with
+ * imc_mariadb_options_set_op_timeout_ms() (5 s by default) completes with
  * IMC_ERR_UNAVAILABLE: no connection came up in time, or its statement
  * did not answer (its connection is then dropped and made again). A write
  * that fails this way may still have been committed; the caller retries
@@ -45,7 +45,7 @@
  * each applied once and recorded in the table schema_version, under a
  * server lock so that several processes starting together apply them
  * once. By default imc_mariadb_new() applies the missing ones when it
- * first connects; with imc_mariadb_opts_set_migrate(o, 0) it only checks
+ * first connects; with imc_mariadb_options_set_migrate(o, 0) it only checks
  * the version and serves nothing until someone has migrated (a host's
  * --migrate-only run, or imc_mariadb_migrate()). A database whose schema
  * is newer than this build is refused.
@@ -78,15 +78,15 @@ extern "C" {
 /* Options                                                              */
 /* ------------------------------------------------------------------ */
 
-typedef struct imc_mariadb_opts imc_mariadb_opts;
+typedef struct imc_mariadb_options imc_mariadb_options;
 
 /*
  * New options with the defaults (no address, no credentials). Returns 0,
  * IMC_ERR_INVALID_ARGUMENT (out NULL) or IMC_ERR_NOMEM.
  */
-IMC_EXTERN int imc_mariadb_opts_new(imc_mariadb_opts **out);
+IMC_EXTERN int imc_mariadb_options_new(imc_mariadb_options **out);
 /* Frees o, wiping the password it holds. NULL is a no-op. */
-IMC_EXTERN void imc_mariadb_opts_del(imc_mariadb_opts *o);
+IMC_EXTERN void imc_mariadb_options_del(imc_mariadb_options *o);
 
 /*
  * The server and database: "host:port/db" ("host/db" means port 3306;
@@ -94,46 +94,47 @@ IMC_EXTERN void imc_mariadb_opts_del(imc_mariadb_opts *o);
  * is 1..64 bytes of [A-Za-z0-9_$]. Returns 0, IMC_ERR_INVALID_ARGUMENT
  * (o or address NULL, or malformed) or IMC_ERR_NOMEM.
  */
-IMC_EXTERN int imc_mariadb_opts_set_address(imc_mariadb_opts *o,
-                                            const char *address);
+IMC_EXTERN int imc_mariadb_options_set_address(imc_mariadb_options *o,
+                                               const char *address);
 /*
  * The account to log in with; password may be NULL or "" (none). Both
  * are copied. Pass them from a file or the environment
- * (imc_mariadb_opts_credentials_from_env()), never from a command line,
+ * (imc_mariadb_options_credentials_from_env()), never from a command line,
  * where other users can read them. Returns 0, IMC_ERR_INVALID_ARGUMENT
  * (o or user NULL, user empty) or IMC_ERR_NOMEM.
  */
-IMC_EXTERN int imc_mariadb_opts_set_credentials(imc_mariadb_opts *o,
-                                                const char *user,
-                                                const char *password);
+IMC_EXTERN int imc_mariadb_options_set_credentials(imc_mariadb_options *o,
+                                                   const char *user,
+                                                   const char *password);
 /*
  * The account from the environment: IMCHAT_MYSQL_USER and
  * IMCHAT_MYSQL_PASSWORD (which may be unset: no password). Returns 0,
  * IMC_ERR_NOT_FOUND (IMCHAT_MYSQL_USER unset or empty; o unchanged),
  * IMC_ERR_INVALID_ARGUMENT (o NULL) or IMC_ERR_NOMEM.
  */
-IMC_EXTERN int imc_mariadb_opts_credentials_from_env(imc_mariadb_opts *o);
+IMC_EXTERN int imc_mariadb_options_credentials_from_env(imc_mariadb_options *o);
 /*
  * Connections in the pool, 1..16 (default 2). Returns 0 or
  * IMC_ERR_INVALID_ARGUMENT.
  */
-IMC_EXTERN int imc_mariadb_opts_set_pool_size(imc_mariadb_opts *o, unsigned n);
+IMC_EXTERN int imc_mariadb_options_set_pool_size(imc_mariadb_options *o,
+                                                 unsigned n);
 /*
  * How long an operation may take before it completes with
  * IMC_ERR_UNAVAILABLE, in ms (100..3600000, default 5000). Returns 0 or
  * IMC_ERR_INVALID_ARGUMENT.
  */
-IMC_EXTERN int imc_mariadb_opts_set_op_timeout_ms(imc_mariadb_opts *o,
-                                                  int64_t ms);
+IMC_EXTERN int imc_mariadb_options_set_op_timeout_ms(imc_mariadb_options *o,
+                                                     int64_t ms);
 /*
  * How long one connection attempt may take, in ms (100..600000, default
  * 3000); after a failed attempt the next waits 100 ms, doubling up to
  * max_backoff_ms (100..600000, default 2000). Returns 0 or
  * IMC_ERR_INVALID_ARGUMENT.
  */
-IMC_EXTERN int imc_mariadb_opts_set_connect(imc_mariadb_opts *o,
-                                            int64_t timeout_ms,
-                                            int64_t max_backoff_ms);
+IMC_EXTERN int imc_mariadb_options_set_connect(imc_mariadb_options *o,
+                                               int64_t timeout_ms,
+                                               int64_t max_backoff_ms);
 /*
  * Bounds of one write batch: at most max_ops operations (1..100000,
  * default 512) and max_bytes bytes of SQL (64 KiB..1 GiB, default 4 MiB;
@@ -141,28 +142,29 @@ IMC_EXTERN int imc_mariadb_opts_set_connect(imc_mariadb_opts *o,
  * needs more than max_bytes is refused with IMC_ERR_TOO_LARGE. Returns 0
  * or IMC_ERR_INVALID_ARGUMENT.
  */
-IMC_EXTERN int imc_mariadb_opts_set_batch_limits(imc_mariadb_opts *o,
-                                                 size_t max_ops,
-                                                 size_t max_bytes);
+IMC_EXTERN int imc_mariadb_options_set_batch_limits(imc_mariadb_options *o,
+                                                    size_t max_ops,
+                                                    size_t max_bytes);
 /*
  * Messages a purge deletes per transaction (1..100000, default 1000).
  * Returns 0 or IMC_ERR_INVALID_ARGUMENT.
  */
-IMC_EXTERN int imc_mariadb_opts_set_purge_chunk(imc_mariadb_opts *o,
-                                                uint32_t rows);
+IMC_EXTERN int imc_mariadb_options_set_purge_chunk(imc_mariadb_options *o,
+                                                   uint32_t rows);
 /*
  * 1 (default): apply missing schema migrations when first connected.
  * 0: only check the schema version; serve nothing until it is current.
  * Returns 0 or IMC_ERR_INVALID_ARGUMENT.
  */
-IMC_EXTERN int imc_mariadb_opts_set_migrate(imc_mariadb_opts *o, int apply);
+IMC_EXTERN int imc_mariadb_options_set_migrate(imc_mariadb_options *o,
+                                               int apply);
 /*
  * Where the engine logs (connections lost and made, migrations applied,
  * failed batches); cb NULL: nowhere. Returns 0 or
  * IMC_ERR_INVALID_ARGUMENT.
  */
-IMC_EXTERN int imc_mariadb_opts_set_log(imc_mariadb_opts *o, imc_log_cb cb,
-                                        void *ud);
+IMC_EXTERN int imc_mariadb_options_set_log(imc_mariadb_options *o,
+                                           imc_log_cb cb, void *ud);
 
 /* ------------------------------------------------------------------ */
 /* The engine                                                           */
@@ -180,7 +182,7 @@ typedef struct imc_mariadb imc_mariadb;
  * or credentials in opts) or IMC_ERR_NOMEM.
  */
 IMC_EXTERN int imc_mariadb_new(imc_mariadb **out, const imc_loop *loop,
-                               const imc_mariadb_opts *opts,
+                               const imc_mariadb_options *opts,
                                const imc_mem *mem);
 /*
  * Closes the connections (a transaction in flight is rolled back by the
@@ -214,7 +216,7 @@ IMC_EXTERN const char *imc_mariadb_errmsg(const imc_mariadb *db);
 
 /*
  * Bring the schema up to this build's version now, whatever
- * imc_mariadb_opts_set_migrate() said: for a host's --migrate-only run
+ * imc_mariadb_options_set_migrate() said: for a host's --migrate-only run
  * (new, migrate, run the loop until done, del). done runs with 0 once the
  * schema is current (at once, from the loop, if it already is), or with
  * IMC_ERR_IO (a migration failed, or the schema is newer than this

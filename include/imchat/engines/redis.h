@@ -36,37 +36,62 @@ extern "C" {
 #endif
 
 typedef struct imc_redis imc_redis;
+typedef struct imc_redis_options imc_redis_options;
+
+/* Creates options with the defaults. Returns 0, IMC_ERR_INVALID_ARGUMENT
+ * (out NULL) or IMC_ERR_NOMEM. */
+IMC_EXTERN int imc_redis_options_new(imc_redis_options **out);
+IMC_EXTERN void imc_redis_options_del(imc_redis_options *opt);
 
 /*
- * Settings. Zero members take their defaults; struct_size first, as in
- * the vtables (members are only appended).
+ * The server, "host:port" or "[v6]:port" (default "127.0.0.1:6379"); use
+ * an IP address: hiredis resolves names with a blocking call. Copied.
+ * Returns 0, IMC_ERR_INVALID_ARGUMENT (malformed) or IMC_ERR_NOMEM.
  */
-typedef struct imc_redis_options {
-  uint32_t struct_size;
-  const char *host; /* default "127.0.0.1" */
-  uint16_t port;    /* default 6379 */
-  /* Prepended to every key (default "imc:"), so one Redis can serve
-   * several deployments. */
-  const char *key_prefix;
-  int64_t op_timeout_ms;    /* default 2000 */
-  int64_t reconnect_min_ms; /* first backoff, default 100 */
-  int64_t reconnect_max_ms; /* backoff cap, default 5000 */
-  /*
-   * The durable marks of the counters, borrowed (must outlive the
-   * engine). Without them the seq vtable refuses every call
-   * (IMC_ERR_INVALID_ARGUMENT): a counter that Redis alone holds could go
-   * backwards.
-   */
-  const imc_marks_vtbl *marks;
-  void *marks_ud;
-  /* How far ahead of the values a mark is raised (default 1000). */
-  uint32_t seq_block;
-} imc_redis_options;
+IMC_EXTERN int imc_redis_options_set_address(imc_redis_options *opt,
+                                             const char *address);
+/*
+ * Prepended to every key (default "imc:"), so one Redis can serve several
+ * deployments; 1..128 bytes. Copied. Returns 0, IMC_ERR_INVALID_ARGUMENT
+ * or IMC_ERR_NOMEM.
+ */
+IMC_EXTERN int imc_redis_options_set_prefix(imc_redis_options *opt,
+                                            const char *prefix);
+/*
+ * How long a command may wait for its answer, 10..600000 ms (default
+ * 2000). Returns 0 or IMC_ERR_INVALID_ARGUMENT.
+ */
+IMC_EXTERN int imc_redis_options_set_timeout_ms(imc_redis_options *opt,
+                                                int64_t ms);
+/*
+ * Reconnect backoff: first wait min_ms, doubling up to max_ms (defaults
+ * 100 and 5000; 1 <= min_ms <= max_ms <= 600000). Returns 0 or
+ * IMC_ERR_INVALID_ARGUMENT.
+ */
+IMC_EXTERN int imc_redis_options_set_reconnect(imc_redis_options *opt,
+                                               int64_t min_ms, int64_t max_ms);
+/*
+ * The durable marks of the counters (e.g. imc_mariadb_marks_vtbl() and
+ * its engine), borrowed: ud must outlive the engine. Without marks the
+ * seq vtable refuses every call (IMC_ERR_INVALID_ARGUMENT): a counter
+ * that Redis alone holds could go backwards. The vtable is copied.
+ * Returns 0 or IMC_ERR_INVALID_ARGUMENT (vtbl NULL or too small).
+ */
+IMC_EXTERN int imc_redis_options_set_marks(imc_redis_options *opt,
+                                           const imc_marks_vtbl *vtbl,
+                                           void *ud);
+/*
+ * How far ahead of the values a mark is raised, 1..10000000 (default
+ * 1000): one write to the marks per counter per block. Returns 0 or
+ * IMC_ERR_INVALID_ARGUMENT.
+ */
+IMC_EXTERN int imc_redis_options_set_seq_block(imc_redis_options *opt,
+                                               uint32_t block);
 
 /*
- * Creates the engine and starts connecting. Returns 0, or
- * IMC_ERR_INVALID_ARGUMENT (loop or opt NULL, struct_size too small) /
- * IMC_ERR_NOMEM. Strings in opt are copied.
+ * Creates the engine on loop (borrowed: it must outlive the engine) with
+ * a copy of opt, and starts connecting. Returns 0, or
+ * IMC_ERR_INVALID_ARGUMENT (out, loop or opt NULL) / IMC_ERR_NOMEM.
  */
 IMC_EXTERN int imc_redis_new(imc_redis **out, const imc_loop *loop,
                              const imc_redis_options *opt);
@@ -91,7 +116,7 @@ IMC_EXTERN const imc_dedup_vtbl *imc_redis_dedup_vtbl(void);
 IMC_EXTERN int imc_redis_health(const imc_redis *r);
 
 /* Why the connection last failed ("" if it never did); for logs. */
-IMC_EXTERN const char *imc_redis_last_error(const imc_redis *r);
+IMC_EXTERN const char *imc_redis_errmsg(const imc_redis *r);
 
 #ifdef __cplusplus
 }
