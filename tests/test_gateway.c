@@ -1100,14 +1100,182 @@ START_TEST(fragmented_message) {
 }
 END_TEST
 
+/* Expects our close frame with code and the socket closed right after
+ * it: a protocol error ends reading (RFC 6455 7.1.7, "Fail the WebSocket
+ * Connection"). */
+static void expect_fail(int code) {
+  ck_assert_int_eq(next_ws(), 1);
+  ck_assert_int_eq(close_code(), code);
+  ck_assert_int_eq(H.m.sock.closed, 1);
+  ck_assert_uint_eq(imc_gateway_conn_count(H.gw), 0);
+}
+
+/* RFC 6455 5.5: control frames carry at most 125 bytes. */
 START_TEST(control_frame_too_long) {
   h_connect("alice", NULL);
   uint8_t payload126[126];
   memset(payload126, 'p', sizeof(payload126));
   send_ws(9, payload126, sizeof(payload126));
+  expect_fail(1002);
+}
+END_TEST
+
+/* RFC 6455 5.5: control frames must not be fragmented. */
+START_TEST(fragmented_ping) {
+  h_connect("alice", NULL);
+  size_t n = ws_frame(wbuf, 0, 9, 0, "ab", 2, 1);
+  h_recv(wbuf, n);
+  expect_fail(1002);
+}
+END_TEST
+
+/* RFC 6455 5.5.1: a close body starts with a 2-byte status code; 1 byte
+ * is refused at the header. */
+START_TEST(close_one_byte) {
+  h_connect("alice", NULL);
+  const uint8_t hdr[] = {0x88, 0x81}; /* the first two bytes decide */
+  h_recv(hdr, sizeof(hdr));
+  expect_fail(1002);
+}
+END_TEST
+
+/* RFC 6455 5.2: "the most significant bit MUST be 0" in a 64-bit length;
+ * the header alone decides, no payload is awaited. */
+START_TEST(length_top_bit) {
+  h_connect("alice", NULL);
+  const uint8_t hdr[] = {0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 5};
+  h_recv(hdr, sizeof(hdr));
+  expect_fail(1002);
+}
+END_TEST
+
+/* RFC 6455 5.2: "the minimal number of bytes MUST be used to encode the
+ * length": a 16-bit length under 126, a 64-bit length under 65536. */
+START_TEST(length_not_minimal) {
+  h_connect("alice", NULL);
+  static const uint8_t hdrs[2][10] = {
+      {0x82, 0xfe, 0x00, 0x05}, {0x82, 0xff, 0, 0, 0, 0, 0, 0, 0xff, 0xff}};
+  h_recv(hdrs[_i], _i == 0 ? 4 : 10);
+  expect_fail(1002);
+}
+END_TEST
+
+/* RFC 6455 5.2: opcodes 3-7 and 0xB-0xF are reserved. */
+START_TEST(reserved_opcode) {
+  static const int ops[] = {3, 7, 0xb, 0xf};
+  h_connect("alice", NULL);
+  size_t n = ws_frame(wbuf, 1, ops[_i], 0, "ab", 2, 1);
+  h_recv(wbuf, n);
+  expect_fail(1002);
+}
+END_TEST
+
+/* RFC 6455 5.4: a continuation frame needs a message to continue, and a
+ * new data frame may not start inside a fragmented one. */
+START_TEST(bad_fragment_sequence) {
+  h_connect("alice", NULL);
+  size_t n = 0;
+  if (_i == 1)
+    n = ws_frame(wbuf, 0, 2, 0, "ab", 2, 1);
+  n += ws_frame(wbuf + n, 1, _i == 0 ? 0 : 2, 0, "cd", 2, 1);
+  h_recv(wbuf, n);
+  expect_fail(1002);
+}
+END_TEST
+
+/* RFC 6455 10.4 and 7.4.1 (1009): a length over the message limit is
+ * refused at the header, before any payload is buffered: 2^63-1 here. */
+START_TEST(huge_length_1009_at_header) {
+  h_connect("alice", NULL);
+  const uint8_t hdr[] = {0x82, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff,
+                         0xff, 0xff, 0xff, 1,    2,    3,    4};
+  h_recv(hdr, 10); /* without the mask key even */
+  expect_fail(1009);
+}
+END_TEST
+
+/* RFC 6455 7.4.1 and the IANA registry: the registered codes 1012-1014
+ * (service restart, try again later, bad gateway) and the 3000-4999
+ * range are valid in a client's close; the server echoes the code. */
+START_TEST(close_code_echoed) {
+  static const int codes[] = {1000, 1001, 1002, 1003, 1007, 1008, 1009,
+                              1010, 1011, 1012, 1013, 1014, 3000, 4999};
+  h_connect("alice", NULL);
+  int code = codes[_i];
+  uint8_t cl[8] = {(uint8_t)(code >> 8), (uint8_t)code, 'b', 'y', 'e'};
+  size_t n = ws_frame(wbuf, 1, 8, 0, cl, 5, 1);
+  ck_assert_int_eq(h_recv(wbuf, n), 0);
   ck_assert_int_eq(next_ws(), 1);
-  ck_assert_int_eq(F.opcode, 8);
+  ck_assert_int_eq(close_code(), code);
   ck_assert_int_eq(H.m.sock.closed, 1);
+  ck_assert_int_eq(H.m.unreg, 1);
+}
+END_TEST
+
+/* RFC 6455 7.4.1/7.4.2: 1004-1006 and 1015 must not be sent in a close
+ * frame, 0-999 are not used, 1016-2999 are unassigned, 5000+ undefined:
+ * each is a protocol error. */
+START_TEST(close_code_invalid) {
+  static const int codes[] = {0,    999,  1004, 1005, 1006,
+                              1015, 1016, 2999, 5000, 65535};
+  h_connect("alice", NULL);
+  int code = codes[_i];
+  uint8_t cl[2] = {(uint8_t)(code >> 8), (uint8_t)code};
+  size_t n = ws_frame(wbuf, 1, 8, 0, cl, 2, 1);
+  h_recv(wbuf, n);
+  expect_fail(1002);
+}
+END_TEST
+
+/* RFC 6455 5.5.1 and 8.1: the reason of a close frame is UTF-8;
+ * invalid data is 1007. Split in two reads to cover the kept payload. */
+START_TEST(close_reason_not_utf8) {
+  h_connect("alice", NULL);
+  const uint8_t cl[] = {0x03, 0xe8, 'o', 'k', 0xc0, 0xaf}; /* overlong */
+  size_t n = ws_frame(wbuf, 1, 8, 0, cl, sizeof(cl), 1);
+  h_recv(wbuf, n - 3);
+  ck_assert_int_eq(H.m.sock.len - H.m.sock.pos, 0);
+  h_recv(wbuf + n - 3, 3);
+  expect_fail(1007);
+}
+END_TEST
+
+/* RFC 6455 5.5.1: a close frame without a body is answered with a close
+ * frame (1000: nothing went wrong). */
+START_TEST(close_empty_answered) {
+  h_connect("alice", NULL);
+  size_t n = ws_frame(wbuf, 1, 8, 0, "", 0, 1);
+  ck_assert_int_eq(h_recv(wbuf, n), 0);
+  ck_assert_int_eq(next_ws(), 1);
+  ck_assert_int_eq(close_code(), 1000);
+  ck_assert_int_eq(H.m.sock.closed, 1);
+}
+END_TEST
+
+/* RFC 6455 5.5.2/5.5.3: 125-byte pings are fine and answered with the
+ * same payload, also byte by byte between the fragments of a message. */
+START_TEST(ping_125_between_fragments) {
+  h_connect("alice", NULL);
+  uint8_t p125[125];
+  memset(p125, 'q', sizeof(p125));
+  Imchat__V1__Ping ping = IMCHAT__V1__PING__INIT;
+  ping.client_time_ms = 5;
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.id = 4;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_PING;
+  cf.ping = &ping;
+  uint8_t pb[64];
+  size_t pn = imchat__v1__client_frame__pack(&cf, pb);
+  size_t a = ws_frame(wbuf, 0, 2, 0, pb, 1, 1);
+  a += ws_frame(wbuf + a, 1, 9, 0, p125, sizeof(p125), 1);
+  a += ws_frame(wbuf + a, 1, 0, 0, pb + 1, pn - 1, 1);
+  for (size_t i = 0; i < a; i++)
+    ck_assert_int_eq(h_recv(wbuf + i, 1), 0);
+  ck_assert_int_eq(next_ws(), 1);
+  ck_assert_int_eq(F.opcode, 10);
+  ck_assert_uint_eq(F.len, 125);
+  ck_assert_int_eq(memcmp(F.payload, p125, 125), 0);
+  expect_pong(4, 5);
 }
 END_TEST
 
@@ -2366,6 +2534,18 @@ static Suite *gateway_suite(void) {
   tcase_add_test(t, repeated_garbage_1008);
   tcase_add_test(t, fragmented_message);
   tcase_add_test(t, control_frame_too_long);
+  tcase_add_test(t, fragmented_ping);
+  tcase_add_test(t, close_one_byte);
+  tcase_add_test(t, length_top_bit);
+  tcase_add_loop_test(t, length_not_minimal, 0, 2);
+  tcase_add_loop_test(t, reserved_opcode, 0, 4);
+  tcase_add_loop_test(t, bad_fragment_sequence, 0, 2);
+  tcase_add_test(t, huge_length_1009_at_header);
+  tcase_add_loop_test(t, close_code_echoed, 0, 14);
+  tcase_add_loop_test(t, close_code_invalid, 0, 10);
+  tcase_add_test(t, close_reason_not_utf8);
+  tcase_add_test(t, close_empty_answered);
+  tcase_add_test(t, ping_125_between_fragments);
   tcase_add_test(t, unmasked_frame);
   tcase_add_test(t, rsv_bits);
   tcase_add_test(t, client_close);

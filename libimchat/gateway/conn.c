@@ -103,6 +103,7 @@ void gw_conn_free(imc_conn *c, enum release_mode mode) {
   imc_bufq_free(&c->out, &gw->mem);
   imc_free(&gw->mem, c->head);
   imc_free(&gw->mem, c->user);
+  imc_free(&gw->mem, c->ctl);
   void *ud = c->ud;
   imc_free(&gw->mem, c);
   if (mode == REL_CLOSE)

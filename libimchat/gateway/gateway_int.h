@@ -10,7 +10,8 @@
  *   http_request.c  request heads, routing, the host's HTTP handler
  *   http_answer.c   complete HTTP answers and JSON errors
  *   upgrade.c       GET /ws: upgrade, JWT authentication, key source
- *   frames.c        client frames and the wslay glue
+ *   frames.c        client frames: header checks, close frames, the wslay
+ *                   glue
  *   ws_output.c     frames queued to clients, close frames, Error frames
  *   pending.c       sends and key lookups waiting for their completion,
  *                   and answers held so that they leave in request order
@@ -62,6 +63,13 @@ enum conn_state {
   ST_DONE   /* HTTP answer queued; close once written */
 };
 
+/* Who reads the payload of the current inbound frame (frames.c). */
+enum frame_mode {
+  FM_WSLAY, /* data, ping and pong frames: wslay */
+  FM_CLOSE, /* a close frame: the gateway checks code and reason */
+  FM_SKIP   /* after our close frame (a text frame's too): dropped */
+};
+
 enum conn_flag {
   F_DIRTY = 1 << 0,          /* in gw->dirty: has output to write */
   F_BLOCKED = 1 << 1,        /* transport said WOULDBLOCK */
@@ -70,7 +78,7 @@ enum conn_flag {
   F_CLOSING = 1 << 4,        /* a close frame is queued */
   F_NOMEM = 1 << 5,          /* aborted for want of memory */
   F_CLOSE_RECEIVED = 1 << 6, /* the peer's close frame arrived */
-  F_READ_DONE = 1 << 7,      /* wslay stopped reading (protocol error) */
+  F_READ_DONE = 1 << 7,      /* reading ended: protocol error, peer closed */
   F_DISCARD = 1 << 8,        /* we sent close: wslay's replies are dropped */
   F_PAUSED = 1 << 9,         /* reads paused: too many sends in flight */
   F_WAITQ = 1 << 10,         /* on gw->waitq: a send waits for admission */
@@ -179,9 +187,13 @@ struct imc_conn {
   char *head; /* partial request head, when it spans reads */
   size_t head_len;
   wslay_event_context_ptr ws; /* only while a frame is partly received */
-  imc_ws_scan scan;
+  imc_ws_scan scan;           /* checks every frame header first */
+  uint8_t fmode;              /* enum frame_mode of the current frame */
+  uint8_t hdr_out;            /* header bytes not yet handed to wslay */
+  uint8_t ctl_len;            /* close payload bytes in ctl */
+  uint8_t *ctl;               /* a close frame's payload, while it comes */
   imc_bufq out;
-  const uint8_t *in; /* bytes being fed to wslay */
+  const uint8_t *in; /* input being read, frame by frame */
   size_t in_len;
   char *user;   /* "user\0device\0", one allocation */
   char *device; /* points into user */
