@@ -10,6 +10,8 @@
  *   http_request.c  request heads, routing, the host's HTTP handler
  *   http_answer.c   complete HTTP answers and JSON errors
  *   upgrade.c       GET /ws: upgrade, JWT authentication, key source
+ *   admission.c     who may upgrade: the Origin allow-list, the connection
+ *                   limits, the index of peer addresses
  *   frames.c        client frames: header checks, close frames, the wslay
  *                   glue
  *   ws_output.c     frames queued to clients, close frames, Error frames
@@ -54,6 +56,8 @@
 #define FANOUT_TURN 512       /* group members pushed per loop turn */
 #define HELD_MAX (256 * 1024) /* input kept while a connection is paused */
 #define BUSY_MESSAGE "server busy; retry after 100 ms"
+#define PEER_MAX 64    /* a peer address, in text */
+#define ORIGIN_MAX 512 /* a serialized origin */
 
 enum conn_state {
   ST_HTTP,  /* reading the request head */
@@ -82,7 +86,9 @@ enum conn_flag {
   F_DISCARD = 1 << 8,        /* we sent close: wslay's replies are dropped */
   F_PAUSED = 1 << 9,         /* reads paused: too many sends in flight */
   F_WAITQ = 1 << 10,         /* on gw->waitq: a send waits for admission */
-  F_RESUME = 1 << 11         /* on gw->resumeq: may be read again */
+  F_RESUME = 1 << 11,        /* on gw->resumeq: may be read again */
+  F_HEAD = 1 << 12,          /* a HEAD request: answers carry no body */
+  F_BEARER = 1 << 13         /* the request carried a bearer credential */
 };
 
 /* How a connection ends. */
@@ -172,12 +178,21 @@ typedef struct gw_user {
   char id[];
 } gw_user;
 
+/* A peer address with connections here (admission.c). */
+typedef struct gw_peer {
+  struct gw_peer *next; /* bucket chain of gw->peers */
+  uint32_t refs;        /* connections from this address */
+  uint32_t n_ws;        /* ... of them upgraded: max_conns_ip counts */
+  char addr[];
+} gw_peer;
+
 struct imc_conn {
   imc_gateway *gw;
   void *ud;
   imc_conn *prev, *next;   /* gw->conns */
   imc_conn *dprev, *dnext; /* gw->dirty */
   struct gw_user *u;       /* the user's record, once upgraded */
+  gw_peer *peer;           /* the peer's address, if the host gave it */
   imc_conn *uprev, *unext; /* u->conns */
   imc_timer timer;
   uint64_t id;
@@ -212,7 +227,7 @@ struct imc_conn {
   imc_conn *wq_prev, *wq_next;   /* gw->waitq */
   imc_conn *rs_prev, *rs_next;   /* gw->resumeq */
 };
-_Static_assert(F_RESUME <= UINT16_MAX, "every conn_flag fits imc_conn.flags");
+_Static_assert(F_BEARER <= UINT16_MAX, "every conn_flag fits imc_conn.flags");
 
 struct imc_gateway_options {
   imc_mem mem;
@@ -228,6 +243,9 @@ struct imc_gateway_options {
   uint32_t max_devices, user_rate, user_burst;
   uint32_t send_ms;
   uint32_t max_conn_sends, max_sends, admit_ms;
+  uint32_t max_conns, max_conns_ip; /* upgraded connections; 0: no limit */
+  char **origins;                   /* serialized allowed origins */
+  size_t n_origins;
   imc_transport_vtbl transport;
   void *transport_ud;
   imc_registry_vtbl registry;
@@ -253,6 +271,8 @@ struct imc_gateway {
   imc_theap timers;
   gw_user **users; /* buckets by user id */
   size_t users_cap, n_users;
+  gw_peer **peers; /* buckets by address; NULL until the first */
+  size_t peers_cap, n_peers;
   uint64_t next_id;
   int shutting_down;
   /* Completions still owed to the gateway, for imc_gateway_pending. */
@@ -403,6 +423,17 @@ int gw_keep_head(imc_conn *c, const char *buf, size_t len);
  */
 int gw_handle_upgrade(imc_conn *c, const imc_http_req *req, const char *buf,
                       size_t len, size_t head_len, const imc_jwt_key *fetched);
+
+/* admission.c: who may upgrade */
+/*
+ * Checks the Origin and the connection limits for the upgrade of c.
+ * Returns 0, or -1 after answering 403 or 503.
+ */
+int gw_admit(imc_conn *c, const imc_http_req *req);
+/* c is going: its peer's record loses it (and an upgraded connection). */
+void gw_peer_release(imc_conn *c);
+/* Frees the index (every connection is gone). */
+void gw_peers_free(imc_gateway *gw);
 
 /* http_request.c: plain HTTP requests */
 /* Request head bytes. Returns 0 or a negative code (c freed). */
