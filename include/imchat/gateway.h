@@ -121,7 +121,7 @@ typedef struct imc_http_reply imc_http_reply;
 /* A request head; every string is NUL-terminated and lives during the
  * handle call only. */
 typedef struct imc_http_request {
-  const char *method;
+  const char *method; /* a HEAD comes as GET; the gateway drops the body */
   const char *path;   /* as sent, percent-encoded */
   const char *query;  /* after '?', "" if none */
   const char *accept; /* the Accept header, "" if none */
