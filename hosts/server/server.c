@@ -398,6 +398,10 @@ static int configure_admission(const imchatd_config *cfg,
   if (cfg->n_allowed_origins > 0)
     hlog_info("WebSocket origins allowed: %zu listed, and the server's own",
               cfg->n_allowed_origins);
+  if (cfg->max_connections || cfg->max_connections_per_ip)
+    hlog_info("WebSocket connections at most: %u, %u per address (0: no "
+              "limit)",
+              cfg->max_connections, cfg->max_connections_per_ip);
   int rv;
   if ((rv = check(
            imc_gateway_options_set_max_connections(opt, cfg->max_connections),
