@@ -462,10 +462,12 @@ static int wslay_read(imc_conn *c) {
 }
 
 /*
- * Feeds len bytes to wslay. The wslay context exists only while a frame
- * or a fragmented message is partly received (or the connection is
- * closing): an idle connection holds no frame buffers. Returns 0 or a
- * negative code (c freed).
+ * Reads len bytes of WebSocket input: each frame header is checked
+ * first, then the frame goes to wslay (data, ping, pong) or is read here
+ * (close). The wslay context exists only while a frame or a fragmented
+ * message is partly received (or the connection is closing): an idle
+ * connection holds no frame buffers. Returns 0 or a negative code (c
+ * freed).
  */
 int gw_ws_feed(imc_conn *c, const uint8_t *data, size_t len) {
   imc_gateway *gw = c->gw;

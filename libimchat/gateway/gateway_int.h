@@ -398,18 +398,20 @@ void gw_reports_free(imc_gateway *gw);
 /* Frees p and its reference to the message. */
 void gw_push_free(imc_gateway *gw, push *p);
 
-/* frames.c: client frames and the wslay glue */
+/* frames.c: client frames, their header checks and the wslay glue */
 /* Fills cb with the gateway's wslay callbacks. */
 void gw_ws_callbacks_init(struct wslay_event_callbacks *cb);
 /*
- * Feeds len bytes to wslay. The wslay context exists only while a frame
- * or a fragmented message is partly received (or the connection is
- * closing): an idle connection holds no frame buffers. Returns 0 or a
- * negative code (c freed).
+ * Reads len bytes of WebSocket input: each frame header is checked
+ * first, then the frame goes to wslay (data, ping, pong) or is read here
+ * (close). The wslay context exists only while a frame or a fragmented
+ * message is partly received (or the connection is closing): an idle
+ * connection holds no frame buffers. Returns 0 or a negative code (c
+ * freed).
  */
 int gw_ws_feed(imc_conn *c, const uint8_t *data, size_t len);
-/* Feeds data to wslay at once, ahead of any kept input; the part a pause
- * leaves unread is kept. Same returns. */
+/* Reads data at once, ahead of any kept input; the part a pause leaves
+ * unread is kept. Same returns. */
 int gw_ws_feed_now(imc_conn *c, const uint8_t *data, size_t len);
 
 /* upgrade.c: the WebSocket upgrade and JWT authentication */
