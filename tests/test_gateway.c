@@ -585,7 +585,8 @@ END_TEST
 START_TEST(upgrade_query_token_and_device) {
   char req[2048], head[1024];
   snprintf(req, sizeof(req),
-           "GET /ws?device=phone&token=%s HTTP/1.1\r\nUpgrade: WebSocket\r\n"
+           "GET /ws?device=phone&token=%s HTTP/1.1\r\nHost: x\r\nUpgrade: "
+           "WebSocket\r\n"
            "Connection: keep-alive, Upgrade\r\n"
            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
            "Sec-WebSocket-Version: 13\r\n\r\n",
@@ -669,7 +670,7 @@ static void expect_http_error(const char *req, int status, const char *header) {
 }
 
 START_TEST(bad_version) {
-  expect_http_error("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n"
+  expect_http_error("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                     "Connection: Upgrade\r\n"
                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                     "Sec-WebSocket-Version: 8\r\n\r\n",
@@ -678,7 +679,7 @@ START_TEST(bad_version) {
 END_TEST
 
 START_TEST(missing_key) {
-  expect_http_error("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n"
+  expect_http_error("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                     "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n",
                     400, NULL);
 }
@@ -704,13 +705,13 @@ START_TEST(malformed_request) {
 END_TEST
 
 START_TEST(unknown_path) {
-  expect_http_error("GET /nope HTTP/1.1\r\n\r\n", 404, NULL);
+  expect_http_error("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", 404, NULL);
 }
 END_TEST
 
 START_TEST(post_ws) {
-  expect_http_error("POST /ws HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405,
-                    "Allow: GET");
+  expect_http_error("POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+                    405, "Allow: GET");
 }
 END_TEST
 
@@ -728,7 +729,7 @@ END_TEST
 START_TEST(healthz) {
   char head[1024];
   char *body;
-  ck_assert_int_eq(h_recv_str("GET /healthz HTTP/1.1\r\n\r\n"), 0);
+  ck_assert_int_eq(h_recv_str("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
   ck_assert_int_eq(H.m.sock.closed, 1);
   ck_assert_int_eq(read_http(head, sizeof(head), &body), 200);
   ck_assert_ptr_nonnull(strstr(body, "\"ok\""));
@@ -759,8 +760,9 @@ static void with_echo(imc_gateway_options *o) {
 START_TEST(http_body_read_whole) {
   h_teardown();
   h_setup_with(with_echo);
-  static const char req[] = "POST /x HTTP/1.1\r\nContent-Type: application/json"
-                            "\r\nContent-Length: 11\r\n\r\n{\"a\":\"bcd\"}";
+  static const char req[] =
+      "POST /x HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+      "\r\nContent-Length: 11\r\n\r\n{\"a\":\"bcd\"}";
   /* Byte by byte: nothing reaches the handler before the last byte. */
   for (size_t i = 0; i + 1 < sizeof(req) - 1; i++) {
     ck_assert_int_eq(h_recv(req + i, 1), 0);
@@ -782,7 +784,7 @@ END_TEST
 START_TEST(http_no_body) {
   h_teardown();
   h_setup_with(with_echo);
-  ck_assert_int_eq(h_recv_str("GET /x HTTP/1.1\r\n\r\n"), 0);
+  ck_assert_int_eq(h_recv_str("GET /x HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
   char head[1024];
   char *body;
   ck_assert_int_eq(read_http(head, sizeof(head), &body), 200);
@@ -791,21 +793,23 @@ START_TEST(http_no_body) {
 END_TEST
 
 START_TEST(http_body_refused) {
-  expect_http_error("POST /x HTTP/1.1\r\nContent-Length: 16385\r\n\r\n", 413,
-                    NULL);
+  expect_http_error(
+      "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 16385\r\n\r\n", 413,
+      NULL);
 }
 END_TEST
 
 START_TEST(http_body_chunked) {
-  expect_http_error("POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-                    "0\r\n\r\n",
-                    411, NULL);
+  expect_http_error(
+      "POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "0\r\n\r\n",
+      411, NULL);
 }
 END_TEST
 
 START_TEST(http_body_bad_length) {
-  expect_http_error("POST /x HTTP/1.1\r\nContent-Length: 1x\r\n\r\n", 400,
-                    NULL);
+  expect_http_error("POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n",
+                    400, NULL);
 }
 END_TEST
 
@@ -853,11 +857,12 @@ static const int64_t NOW = T0 / 1000;
 START_TEST(auth_missing) {
   char head[1024];
   char *body;
-  ck_assert_int_eq(h_recv_str("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n"
-                              "Connection: Upgrade\r\n"
-                              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                              "Sec-WebSocket-Version: 13\r\n\r\n"),
-                   0);
+  ck_assert_int_eq(
+      h_recv_str("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\n"
+                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 "Sec-WebSocket-Version: 13\r\n\r\n"),
+      0);
   ck_assert_int_eq(read_http(head, sizeof(head), &body), 401);
   ck_assert_ptr_nonnull(strstr(body, "UNAUTHENTICATED"));
 }
@@ -1147,14 +1152,182 @@ START_TEST(fragmented_message) {
 }
 END_TEST
 
+/* Expects our close frame with code and the socket closed right after
+ * it: a protocol error ends reading (RFC 6455 7.1.7, "Fail the WebSocket
+ * Connection"). */
+static void expect_fail(int code) {
+  ck_assert_int_eq(next_ws(), 1);
+  ck_assert_int_eq(close_code(), code);
+  ck_assert_int_eq(H.m.sock.closed, 1);
+  ck_assert_uint_eq(imc_gateway_conn_count(H.gw), 0);
+}
+
+/* RFC 6455 5.5: control frames carry at most 125 bytes. */
 START_TEST(control_frame_too_long) {
   h_connect("alice", NULL);
   uint8_t payload126[126];
   memset(payload126, 'p', sizeof(payload126));
   send_ws(9, payload126, sizeof(payload126));
+  expect_fail(1002);
+}
+END_TEST
+
+/* RFC 6455 5.5: control frames must not be fragmented. */
+START_TEST(fragmented_ping) {
+  h_connect("alice", NULL);
+  size_t n = ws_frame(wbuf, 0, 9, 0, "ab", 2, 1);
+  h_recv(wbuf, n);
+  expect_fail(1002);
+}
+END_TEST
+
+/* RFC 6455 5.5.1: a close body starts with a 2-byte status code; 1 byte
+ * is refused at the header. */
+START_TEST(close_one_byte) {
+  h_connect("alice", NULL);
+  const uint8_t hdr[] = {0x88, 0x81}; /* the first two bytes decide */
+  h_recv(hdr, sizeof(hdr));
+  expect_fail(1002);
+}
+END_TEST
+
+/* RFC 6455 5.2: "the most significant bit MUST be 0" in a 64-bit length;
+ * the header alone decides, no payload is awaited. */
+START_TEST(length_top_bit) {
+  h_connect("alice", NULL);
+  const uint8_t hdr[] = {0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 5};
+  h_recv(hdr, sizeof(hdr));
+  expect_fail(1002);
+}
+END_TEST
+
+/* RFC 6455 5.2: "the minimal number of bytes MUST be used to encode the
+ * length": a 16-bit length under 126, a 64-bit length under 65536. */
+START_TEST(length_not_minimal) {
+  h_connect("alice", NULL);
+  static const uint8_t hdrs[2][10] = {
+      {0x82, 0xfe, 0x00, 0x05}, {0x82, 0xff, 0, 0, 0, 0, 0, 0, 0xff, 0xff}};
+  h_recv(hdrs[_i], _i == 0 ? 4 : 10);
+  expect_fail(1002);
+}
+END_TEST
+
+/* RFC 6455 5.2: opcodes 3-7 and 0xB-0xF are reserved. */
+START_TEST(reserved_opcode) {
+  static const int ops[] = {3, 7, 0xb, 0xf};
+  h_connect("alice", NULL);
+  size_t n = ws_frame(wbuf, 1, ops[_i], 0, "ab", 2, 1);
+  h_recv(wbuf, n);
+  expect_fail(1002);
+}
+END_TEST
+
+/* RFC 6455 5.4: a continuation frame needs a message to continue, and a
+ * new data frame may not start inside a fragmented one. */
+START_TEST(bad_fragment_sequence) {
+  h_connect("alice", NULL);
+  size_t n = 0;
+  if (_i == 1)
+    n = ws_frame(wbuf, 0, 2, 0, "ab", 2, 1);
+  n += ws_frame(wbuf + n, 1, _i == 0 ? 0 : 2, 0, "cd", 2, 1);
+  h_recv(wbuf, n);
+  expect_fail(1002);
+}
+END_TEST
+
+/* RFC 6455 10.4 and 7.4.1 (1009): a length over the message limit is
+ * refused at the header, before any payload is buffered: 2^63-1 here. */
+START_TEST(huge_length_1009_at_header) {
+  h_connect("alice", NULL);
+  const uint8_t hdr[] = {0x82, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff,
+                         0xff, 0xff, 0xff, 1,    2,    3,    4};
+  h_recv(hdr, 10); /* without the mask key even */
+  expect_fail(1009);
+}
+END_TEST
+
+/* RFC 6455 7.4.1 and the IANA registry: the registered codes 1012-1014
+ * (service restart, try again later, bad gateway) and the 3000-4999
+ * range are valid in a client's close; the server echoes the code. */
+START_TEST(close_code_echoed) {
+  static const int codes[] = {1000, 1001, 1002, 1003, 1007, 1008, 1009,
+                              1010, 1011, 1012, 1013, 1014, 3000, 4999};
+  h_connect("alice", NULL);
+  int code = codes[_i];
+  uint8_t cl[8] = {(uint8_t)(code >> 8), (uint8_t)code, 'b', 'y', 'e'};
+  size_t n = ws_frame(wbuf, 1, 8, 0, cl, 5, 1);
+  ck_assert_int_eq(h_recv(wbuf, n), 0);
   ck_assert_int_eq(next_ws(), 1);
-  ck_assert_int_eq(F.opcode, 8);
+  ck_assert_int_eq(close_code(), code);
   ck_assert_int_eq(H.m.sock.closed, 1);
+  ck_assert_int_eq(H.m.unreg, 1);
+}
+END_TEST
+
+/* RFC 6455 7.4.1/7.4.2: 1004-1006 and 1015 must not be sent in a close
+ * frame, 0-999 are not used, 1016-2999 are unassigned, 5000+ undefined:
+ * each is a protocol error. */
+START_TEST(close_code_invalid) {
+  static const int codes[] = {0,    999,  1004, 1005, 1006,
+                              1015, 1016, 2999, 5000, 65535};
+  h_connect("alice", NULL);
+  int code = codes[_i];
+  uint8_t cl[2] = {(uint8_t)(code >> 8), (uint8_t)code};
+  size_t n = ws_frame(wbuf, 1, 8, 0, cl, 2, 1);
+  h_recv(wbuf, n);
+  expect_fail(1002);
+}
+END_TEST
+
+/* RFC 6455 5.5.1 and 8.1: the reason of a close frame is UTF-8;
+ * invalid data is 1007. Split in two reads to cover the kept payload. */
+START_TEST(close_reason_not_utf8) {
+  h_connect("alice", NULL);
+  const uint8_t cl[] = {0x03, 0xe8, 'o', 'k', 0xc0, 0xaf}; /* overlong */
+  size_t n = ws_frame(wbuf, 1, 8, 0, cl, sizeof(cl), 1);
+  h_recv(wbuf, n - 3);
+  ck_assert_int_eq(H.m.sock.len - H.m.sock.pos, 0);
+  h_recv(wbuf + n - 3, 3);
+  expect_fail(1007);
+}
+END_TEST
+
+/* RFC 6455 5.5.1: a close frame without a body is answered with a close
+ * frame (1000: nothing went wrong). */
+START_TEST(close_empty_answered) {
+  h_connect("alice", NULL);
+  size_t n = ws_frame(wbuf, 1, 8, 0, "", 0, 1);
+  ck_assert_int_eq(h_recv(wbuf, n), 0);
+  ck_assert_int_eq(next_ws(), 1);
+  ck_assert_int_eq(close_code(), 1000);
+  ck_assert_int_eq(H.m.sock.closed, 1);
+}
+END_TEST
+
+/* RFC 6455 5.5.2/5.5.3: 125-byte pings are fine and answered with the
+ * same payload, also byte by byte between the fragments of a message. */
+START_TEST(ping_125_between_fragments) {
+  h_connect("alice", NULL);
+  uint8_t p125[125];
+  memset(p125, 'q', sizeof(p125));
+  Imchat__V1__Ping ping = IMCHAT__V1__PING__INIT;
+  ping.client_time_ms = 5;
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.id = 4;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_PING;
+  cf.ping = &ping;
+  uint8_t pb[64];
+  size_t pn = imchat__v1__client_frame__pack(&cf, pb);
+  size_t a = ws_frame(wbuf, 0, 2, 0, pb, 1, 1);
+  a += ws_frame(wbuf + a, 1, 9, 0, p125, sizeof(p125), 1);
+  a += ws_frame(wbuf + a, 1, 0, 0, pb + 1, pn - 1, 1);
+  for (size_t i = 0; i < a; i++)
+    ck_assert_int_eq(h_recv(wbuf + i, 1), 0);
+  ck_assert_int_eq(next_ws(), 1);
+  ck_assert_int_eq(F.opcode, 10);
+  ck_assert_uint_eq(F.len, 125);
+  ck_assert_int_eq(memcmp(F.payload, p125, 125), 0);
+  expect_pong(4, 5);
 }
 END_TEST
 
@@ -2201,6 +2374,406 @@ END_TEST
 /* Allocation failures                                                  */
 /* ------------------------------------------------------------------ */
 
+/* ------------------------------------------------------------------ */
+/* HTTP conformance (RFC 9110, RFC 9112) and the upgrade's headers      */
+/* ------------------------------------------------------------------ */
+
+/* The upgrade request of upgrade_req with extra header lines (each
+ * ending in CRLF) after Host. */
+static const char *upgrade_with(char *buf, size_t cap, const char *target,
+                                const char *extra) {
+  snprintf(buf, cap,
+           "GET %s HTTP/1.1\r\nHost: localhost:8082\r\n%sUpgrade: websocket\r\n"
+           "Connection: Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           "Sec-WebSocket-Version: 13\r\n"
+           "Authorization: Bearer %s\r\n\r\n",
+           target, extra, token_for("alice", "", 600));
+  return buf;
+}
+
+/* RFC 9112 3.2: no Host, two Host lines, or an invalid Host is a 400. */
+START_TEST(host_required) {
+  static const char *const reqs[] = {
+      "GET /healthz HTTP/1.1\r\n\r\n",
+      "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+      "GET /healthz HTTP/1.1\r\nHost: a b\r\n\r\n",
+      "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+      "Sec-WebSocket-Version: 13\r\n\r\n"};
+  expect_http_error(reqs[_i], 400, NULL);
+  ck_assert_ptr_nonnull(sock_find(&H.m.sock, "\"BAD_REQUEST\""));
+}
+END_TEST
+
+/* RFC 9112 3.2: HTTP/1.0 requests may leave Host out. */
+START_TEST(host_optional_http10) {
+  char head[1024];
+  ck_assert_int_eq(h_recv_str("GET /healthz HTTP/1.0\r\n\r\n"), 0);
+  ck_assert_int_eq(read_http(head, sizeof(head), NULL), 200);
+}
+END_TEST
+
+/* RFC 9112 3.2.2: "A server MUST accept the absolute-form in requests";
+ * the upgrade works with it as with origin-form. */
+START_TEST(absolute_form_upgrade) {
+  char req[2048], head[1024];
+  const char *q = _i == 0 ? "http://localhost:8082/ws?device=tab"
+                          : "HTTP://LOCALHOST:8082/ws?device=tab";
+  ck_assert_int_eq(h_recv_str(upgrade_with(req, sizeof(req), q, "")), 0);
+  ck_assert_int_eq(read_http(head, sizeof(head), NULL), 101);
+  Imchat__V1__ServerFrame *f = next_sf();
+  ck_assert_ptr_nonnull(f);
+  ck_assert_str_eq(f->welcome->device_id, "tab");
+  imchat__v1__server_frame__free_unpacked(f, NULL);
+}
+END_TEST
+
+/* RFC 9110 4.2.4: userinfo in an http URI is an error. */
+START_TEST(absolute_form_userinfo) {
+  char req[2048];
+  expect_http_error(
+      upgrade_with(req, sizeof(req), "http://u:p@localhost:8082/ws", ""), 400,
+      NULL);
+}
+END_TEST
+
+/* RFC 9112 6.3 (and RFC 9110 8.6): Content-Length values that differ,
+ * in two lines or a list, are a 400; so are equal repeats, which buy
+ * nothing and open the door to smuggling. The handler never sees it. */
+START_TEST(content_length_conflict) {
+  static const char *const reqs[] = {
+      "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+      "Content-Length: 2\r\n\r\nab",
+      "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2, 1\r\n\r\nab",
+      "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+      "Content-Length: 2\r\n\r\nab"};
+  reset_with(with_echo);
+  expect_http_error(reqs[_i], 400, NULL);
+  ck_assert_ptr_null(sock_find(&H.m.sock, "|")); /* not the echo */
+}
+END_TEST
+
+/* An upgrade has no body: bytes after its head are WebSocket frames. */
+START_TEST(upgrade_with_body) {
+  char req[2048];
+  expect_http_error(
+      upgrade_with(req, sizeof(req), "/ws", "Content-Length: 3\r\n"), 400,
+      NULL);
+}
+END_TEST
+
+/* RFC 9110 9.3.2: HEAD is GET without content, with the same header
+ * fields, Content-Length included. */
+START_TEST(head_healthz) {
+  char head[1024];
+  char *body;
+  ck_assert_int_eq(h_recv_str("HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
+  ck_assert_int_eq(read_http(head, sizeof(head), &body), 200);
+  ck_assert_ptr_nonnull(strstr(head, "Content-Length: 16\r\n"));
+  ck_assert_ptr_nonnull(strstr(head, "Content-Type: application/json\r\n"));
+  ck_assert_uint_eq(H.m.sock.pos, H.m.sock.len); /* nothing after the head */
+  ck_assert_int_eq(H.m.sock.closed, 1);
+}
+END_TEST
+
+/* The host's handler sees HEAD as GET; its body is dropped. */
+START_TEST(head_handler) {
+  reset_with(with_echo);
+  char head[1024];
+  ck_assert_int_eq(h_recv_str("HEAD /x HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
+  ck_assert_int_eq(read_http(head, sizeof(head), NULL), 200);
+  ck_assert_ptr_nonnull(strstr(head, "Content-Length: 3\r\n")); /* "0||" */
+  ck_assert_ptr_nonnull(strstr(head, "Cache-Control: max-age=60\r\n"));
+  ck_assert_uint_eq(H.m.sock.pos, H.m.sock.len);
+}
+END_TEST
+
+/* HEAD cannot upgrade (RFC 6455 4.1: the handshake is a GET): 405 with
+ * Allow, and the error's body left out like any HEAD answer's. */
+START_TEST(head_ws) {
+  char head[1024];
+  ck_assert_int_eq(h_recv_str("HEAD /ws HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
+  ck_assert_int_eq(read_http(head, sizeof(head), NULL), 405);
+  ck_assert_ptr_nonnull(strstr(head, "Allow: GET\r\n"));
+  ck_assert_ptr_null(strstr(head, "Content-Length: 0\r\n"));
+  ck_assert_uint_eq(H.m.sock.pos, H.m.sock.len);
+}
+END_TEST
+
+/* RFC 9110 11.6.1: a 401 carries WWW-Authenticate; RFC 6750 3.1: with
+ * error="invalid_token" for a bad token, without an error code when the
+ * request had no credentials at all. */
+START_TEST(challenge_401) {
+  char head[1024];
+  ck_assert_int_eq(
+      h_recv_str("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\n"
+                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 "Sec-WebSocket-Version: 13\r\n\r\n"),
+      0);
+  ck_assert_int_eq(read_http(head, sizeof(head), NULL), 401);
+  ck_assert_ptr_nonnull(strstr(head, "\r\nWWW-Authenticate: Bearer\r\n"));
+  reset_with(NULL);
+  char req[2048];
+  ck_assert_int_eq(h_recv_str(upgrade_req(req, sizeof(req), "a.b.c")), 0);
+  ck_assert_int_eq(read_http(head, sizeof(head), NULL), 401);
+  ck_assert_ptr_nonnull(
+      strstr(head, "\r\nWWW-Authenticate: Bearer error=\"invalid_token\"\r\n"));
+}
+END_TEST
+
+/* A handler's 401 without a challenge gets the gateway's. */
+static int unauthorized_handle(void *ud, const imc_http_request *req,
+                               imc_http_reply *reply) {
+  (void)ud;
+  (void)req;
+  imc_http_reply_send(reply, 401, "application/json", NULL,
+                      (const uint8_t *)"{}", 2);
+  return 1;
+}
+
+static void with_unauthorized(imc_gateway_options *o) {
+  static const imc_http_handler_vtbl vt = {sizeof(imc_http_handler_vtbl),
+                                           unauthorized_handle};
+  ck_assert_int_eq(imc_gateway_options_set_http_handler(o, &vt, NULL), 0);
+}
+
+START_TEST(challenge_401_handler) {
+  reset_with(with_unauthorized);
+  char head[1024];
+  ck_assert_int_eq(h_recv_str("GET /offline HTTP/1.1\r\nHost: x\r\n"
+                              "Authorization: Bearer nope\r\n\r\n"),
+                   0);
+  ck_assert_int_eq(read_http(head, sizeof(head), NULL), 401);
+  ck_assert_ptr_nonnull(
+      strstr(head, "\r\nWWW-Authenticate: Bearer error=\"invalid_token\"\r\n"));
+  reset_with(with_unauthorized);
+  ck_assert_int_eq(h_recv_str("GET /offline HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
+  ck_assert_int_eq(read_http(head, sizeof(head), NULL), 401);
+  ck_assert_ptr_nonnull(strstr(head, "\r\nWWW-Authenticate: Bearer\r\n"));
+}
+END_TEST
+
+/* RFC 6455 4.1/4.2.1: the key is the base64 of 16 bytes, sent once. */
+START_TEST(ws_key_invalid) {
+  static const char *const keys[] = {
+      "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAAAA\r\n",  /* 18 bytes */
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZR==\r\n",  /* padding bits */
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25j*Q==\r\n",  /* alphabet */
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"}; /* a second one */
+  char req[2048], good_req[2048];
+  upgrade_with(good_req, sizeof(good_req), "/ws", "");
+  /* The bad key in place of (the last case: beside) the good one. */
+  const char *good = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+  char *at = strstr(good_req, good);
+  ck_assert_ptr_nonnull(at);
+  snprintf(req, sizeof(req), "%.*s%s%s", (int)(at - good_req), good_req,
+           keys[_i], _i == 3 ? at : at + strlen(good));
+  expect_http_error(req, 400, NULL);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
+/* Admission: Origin allow-list, connection limits                      */
+/* ------------------------------------------------------------------ */
+
+static void chat_origin(imc_gateway_options *o) {
+  ck_assert_int_eq(
+      imc_gateway_options_add_allowed_origin(o, "https://Chat.Example.com:443"),
+      0);
+  ck_assert_int_eq(
+      imc_gateway_options_add_allowed_origin(o, "http://127.0.0.1:9000"), 0);
+}
+
+/* Upgrades H.c with the Origin line extra; returns the status. */
+static int upgrade_origin(const char *extra) {
+  char req[2048], head[1024];
+  ck_assert_int_eq(h_recv_str(upgrade_with(req, sizeof(req), "/ws", extra)), 0);
+  return read_http(head, sizeof(head), NULL);
+}
+
+/* RFC 6455 10.2 (origin considerations): without an allow-list every
+ * Origin may upgrade. */
+START_TEST(origin_no_list) {
+  ck_assert_int_eq(upgrade_origin("Origin: https://evil.example\r\n"), 101);
+}
+END_TEST
+
+typedef struct origin_case {
+  const char *extra;
+  int status;
+} origin_case;
+
+static const origin_case origin_cases[] = {
+    {"Origin: https://chat.example.com\r\n", 101},
+    {"Origin: HTTPS://CHAT.example.com:443\r\n", 101},
+    {"Origin: http://127.0.0.1:9000\r\n", 101},
+    {"", 101}, /* not a browser: nothing to hijack */
+    /* The server's own pages: the request's Host (localhost:8082). */
+    {"Origin: http://localhost:8082\r\n", 101},
+    {"Origin: https://evil.example\r\n", 403},
+    {"Origin: http://chat.example.com\r\n", 403}, /* another scheme */
+    {"Origin: https://chat.example.com:8443\r\n", 403},
+    {"Origin: http://localhost:8083\r\n", 403},
+    {"Origin: null\r\n", 403},
+    {"Origin: https://chat.example.com/\r\n", 403},
+    {"Origin: https://chat.example.com\r\nOrigin: https://evil.example\r\n",
+     403},
+};
+
+/* RFC 6455 10.2: with an allow-list, a browser's upgrade from another
+ * origin gets 403 before the token is checked. */
+START_TEST(origin_list) {
+  const origin_case *oc = &origin_cases[_i];
+  reset_with(chat_origin);
+  ck_assert_int_eq(upgrade_origin(oc->extra), oc->status);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_REFUSED_ORIGIN),
+                    oc->status == 403);
+  if (oc->status == 403) {
+    ck_assert_ptr_nonnull(sock_find(&H.m.sock, "\"FORBIDDEN\""));
+    ck_assert_int_eq(H.m.reg, 0);
+  }
+}
+END_TEST
+
+START_TEST(origin_option_invalid) {
+  static const char *const bad[] = {
+      "null",        "chat.example.com", "https://a/", "https://a/b",
+      "https://u@a", "https://a:99999",  "",           "*"};
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+    ck_assert_msg(imc_gateway_options_add_allowed_origin(H.opt, bad[i]) ==
+                      IMC_ERR_INVALID_ARGUMENT,
+                  "%s", bad[i]);
+  ck_assert_int_eq(imc_gateway_options_add_allowed_origin(H.opt, NULL),
+                   IMC_ERR_INVALID_ARGUMENT);
+}
+END_TEST
+
+static void two_conns(imc_gateway_options *o) {
+  ck_assert_int_eq(imc_gateway_options_set_max_connections(o, 2), 0);
+}
+
+/* Opens p from address addr (NULL: none given). */
+static void peer_open(peer *p, const char *addr) {
+  memset(p, 0, sizeof(*p));
+  ck_assert_int_eq(imc_gateway_conn_new(H.gw, &p->c, &p->sock), 0);
+  if (addr)
+    ck_assert_int_eq(imc_gateway_conn_set_peer(H.gw, p->c, addr), 0);
+}
+
+/* Upgrades the opened p as user; returns the status. */
+static int peer_upgrade(peer *p, const char *user) {
+  char req[2048];
+  upgrade_req(req, sizeof(req), token_for(user, "", 3600));
+  imc_gateway_conn_recv(H.gw, p->c, (const uint8_t *)req, strlen(req));
+  imc_gateway_flush(H.gw);
+  int status = 0;
+  ck_assert_uint_gt(p->sock.len, 12);
+  sscanf((const char *)p->sock.out, "HTTP/1.1 %d", &status);
+  return status;
+}
+
+/* The limit counts upgraded connections: the next upgrade gets 503 with
+ * Retry-After (RFC 9110 15.6.4, 10.2.3) before the token is checked;
+ * plain HTTP goes on; a closed connection makes room. */
+START_TEST(max_connections_503) {
+  reset_with(two_conns);
+  h_connect("alice", "d1");
+  peer p2, p3, p4, ph;
+  ck_assert_int_eq(peer_connect(&p2, "bob", NULL), 101);
+  ck_assert_int_eq(peer_connect(&p3, "carol", NULL), 503);
+  ck_assert_ptr_nonnull(sock_find(&p3.sock, "\r\nRetry-After: 5\r\n"));
+  ck_assert_ptr_nonnull(sock_find(&p3.sock, "\"UNAVAILABLE\""));
+  ck_assert_int_eq(p3.sock.closed, 1);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_REFUSED_CONNS), 1);
+  ck_assert_int_eq(H.m.reg, 2);
+  /* Refused before the token: an invalid one gets 503 too. */
+  memset(&p4, 0, sizeof(p4));
+  ck_assert_int_eq(imc_gateway_conn_new(H.gw, &p4.c, &p4.sock), 0);
+  char req[2048];
+  upgrade_req(req, sizeof(req), "a.b.c");
+  imc_gateway_conn_recv(H.gw, p4.c, (const uint8_t *)req, strlen(req));
+  imc_gateway_flush(H.gw);
+  ck_assert_ptr_nonnull(sock_find(&p4.sock, "HTTP/1.1 503 "));
+  peer_free(&p4);
+  /* Plain HTTP is not limited. */
+  memset(&ph, 0, sizeof(ph));
+  ck_assert_int_eq(imc_gateway_conn_new(H.gw, &ph.c, &ph.sock), 0);
+  const char *hz = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+  imc_gateway_conn_recv(H.gw, ph.c, (const uint8_t *)hz, strlen(hz));
+  imc_gateway_flush(H.gw);
+  ck_assert_ptr_nonnull(sock_find(&ph.sock, "HTTP/1.1 200 "));
+  peer_free(&ph);
+  /* bob leaves: room for carol. */
+  imc_gateway_conn_closed(H.gw, p2.c);
+  peer_free(&p3);
+  ck_assert_int_eq(peer_connect(&p3, "carol", NULL), 101);
+  peer_free(&p2);
+  peer_free(&p3);
+}
+END_TEST
+
+static void one_per_ip(imc_gateway_options *o) {
+  ck_assert_int_eq(imc_gateway_options_set_max_connections_per_ip(o, 1), 0);
+}
+
+/* Per peer address (imc_gateway_conn_set_peer): one upgraded connection
+ * each here; other addresses, and connections without one, are not
+ * concerned; the count follows connections that go. */
+START_TEST(max_connections_per_ip_503) {
+  reset_with(one_per_ip);
+  ck_assert_int_eq(imc_gateway_conn_set_peer(H.gw, H.c, "10.0.0.1"), 0);
+  h_connect("alice", "d1");
+  peer a2, b1, b2, n1;
+  peer_open(&a2, "10.0.0.1");
+  ck_assert_int_eq(peer_upgrade(&a2, "bob"), 503);
+  ck_assert_ptr_nonnull(sock_find(&a2.sock, "\r\nRetry-After: 5\r\n"));
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_REFUSED_PEER_CONNS),
+                    1);
+  peer_open(&b1, "10.0.0.2");
+  ck_assert_int_eq(peer_upgrade(&b1, "bob"), 101);
+  peer_open(&n1, NULL);
+  ck_assert_int_eq(peer_upgrade(&n1, "carol"), 101);
+  /* A connection that is not upgraded does not count. */
+  peer_open(&b2, "10.0.0.2");
+  imc_gateway_conn_closed(H.gw, b2.c);
+  peer_free(&b2);
+  /* 10.0.0.2's connection goes: the next one from there may upgrade. */
+  imc_gateway_conn_closed(H.gw, b1.c);
+  peer_free(&b1);
+  peer_open(&b1, "10.0.0.2");
+  ck_assert_int_eq(peer_upgrade(&b1, "bob"), 101);
+  peer_free(&a2);
+  peer_free(&b1);
+  peer_free(&n1);
+}
+END_TEST
+
+START_TEST(set_peer_arguments) {
+  char longaddr[80];
+  memset(longaddr, '1', sizeof(longaddr) - 1);
+  longaddr[sizeof(longaddr) - 1] = '\0';
+  ck_assert_int_eq(imc_gateway_conn_set_peer(NULL, H.c, "a"),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_gateway_conn_set_peer(H.gw, NULL, "a"),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_gateway_conn_set_peer(H.gw, H.c, NULL),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_gateway_conn_set_peer(H.gw, H.c, ""),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_gateway_conn_set_peer(H.gw, H.c, longaddr),
+                   IMC_ERR_INVALID_ARGUMENT);
+  /* Set twice: the second replaces the first. */
+  ck_assert_int_eq(imc_gateway_conn_set_peer(H.gw, H.c, "::1"), 0);
+  ck_assert_int_eq(imc_gateway_conn_set_peer(H.gw, H.c, "::1"), 0);
+  ck_assert_int_eq(imc_gateway_conn_set_peer(H.gw, H.c, "10.1.1.1"), 0);
+  h_connect("alice", NULL);
+  ck_assert_int_eq(imc_gateway_conn_set_peer(H.gw, H.c, "10.1.1.2"),
+                   IMC_ERR_INVALID_ARGUMENT);
+}
+END_TEST
+
 /* One pass over the public API; returns 0 when everything succeeded, or
  * IMC_ERR_NOMEM as soon as an allocation failure surfaces. */
 static int alloc_pass(test_mem *tm, mock *m, test_clock *tc) {
@@ -2619,6 +3192,18 @@ static Suite *gateway_suite(void) {
   tcase_add_test(t, repeated_garbage_1008);
   tcase_add_test(t, fragmented_message);
   tcase_add_test(t, control_frame_too_long);
+  tcase_add_test(t, fragmented_ping);
+  tcase_add_test(t, close_one_byte);
+  tcase_add_test(t, length_top_bit);
+  tcase_add_loop_test(t, length_not_minimal, 0, 2);
+  tcase_add_loop_test(t, reserved_opcode, 0, 4);
+  tcase_add_loop_test(t, bad_fragment_sequence, 0, 2);
+  tcase_add_test(t, huge_length_1009_at_header);
+  tcase_add_loop_test(t, close_code_echoed, 0, 14);
+  tcase_add_loop_test(t, close_code_invalid, 0, 10);
+  tcase_add_test(t, close_reason_not_utf8);
+  tcase_add_test(t, close_empty_answered);
+  tcase_add_test(t, ping_125_between_fragments);
   tcase_add_test(t, unmasked_frame);
   tcase_add_test(t, rsv_bits);
   tcase_add_test(t, client_close);
@@ -2678,6 +3263,33 @@ static Suite *gateway_suite(void) {
   tcase_add_test(t, paused_at_conn_limit);
   tcase_add_test(t, gateway_limit_waits_then_busy);
   tcase_add_test(t, flood_memory_bounded);
+  suite_add_tcase(s, t);
+
+  t = tcase_create("http");
+  tcase_add_checked_fixture(t, h_setup, h_teardown);
+  tcase_add_loop_test(t, host_required, 0, 4);
+  tcase_add_test(t, host_optional_http10);
+  tcase_add_loop_test(t, absolute_form_upgrade, 0, 2);
+  tcase_add_test(t, absolute_form_userinfo);
+  tcase_add_loop_test(t, content_length_conflict, 0, 3);
+  tcase_add_test(t, upgrade_with_body);
+  tcase_add_test(t, head_healthz);
+  tcase_add_test(t, head_handler);
+  tcase_add_test(t, head_ws);
+  tcase_add_test(t, challenge_401);
+  tcase_add_test(t, challenge_401_handler);
+  tcase_add_loop_test(t, ws_key_invalid, 0, 4);
+  suite_add_tcase(s, t);
+
+  t = tcase_create("admission");
+  tcase_add_checked_fixture(t, h_setup, h_teardown);
+  tcase_add_test(t, origin_no_list);
+  tcase_add_loop_test(t, origin_list, 0,
+                      (int)(sizeof(origin_cases) / sizeof(origin_cases[0])));
+  tcase_add_test(t, origin_option_invalid);
+  tcase_add_test(t, max_connections_503);
+  tcase_add_test(t, max_connections_per_ip_503);
+  tcase_add_test(t, set_peer_arguments);
   suite_add_tcase(s, t);
 
   t = tcase_create("alloc");

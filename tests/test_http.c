@@ -126,7 +126,8 @@ START_TEST(t_parse_variants) {
   static const char q[] = "OPTIONS http://h/x? HTTP/1.1\r\nA: 1\n\r\n";
   rv = imc_http_parse_request(q, strlen(q), &req, hdrs, MAX_HDRS);
   ck_assert_int_eq(rv, (int)strlen(q));
-  ck_span(req.path, "http://h/x");
+  ck_span(req.authority, "h");
+  ck_span(req.path, "/x");
   ck_span(req.query, "");
 
   /* A request line alone with no header and no room for any. */
@@ -530,6 +531,220 @@ START_TEST(t_random) {
 }
 END_TEST
 
+/* Parses a complete head that must parse. */
+static void parse_ok(const char *head, imc_http_req *req, imc_http_hdr *hdrs) {
+  ck_assert_int_eq(
+      imc_http_parse_request(head, strlen(head), req, hdrs, MAX_HDRS),
+      (int)strlen(head));
+}
+
+/* RFC 9112 3.2.2: a server must accept the absolute-form of a target;
+ * RFC 9110 4.2.4: userinfo in an http URI is an error, and 4.2.1: an
+ * http URI with an empty host is invalid. */
+START_TEST(t_absolute_form) {
+  imc_http_req req;
+  imc_http_hdr hdrs[MAX_HDRS];
+  parse_ok("GET http://chat.example.com:8082/ws?token=a.b HTTP/1.1\r\n\r\n",
+           &req, hdrs);
+  ck_span(req.authority, "chat.example.com:8082");
+  ck_span(req.path, "/ws");
+  ck_span(req.query, "token=a.b");
+  parse_ok("GET HTTPS://h HTTP/1.1\r\n\r\n", &req, hdrs);
+  ck_span(req.authority, "h");
+  ck_span(req.path, "/");
+  ck_span(req.query, "");
+  parse_ok("GET http://[::1]:80?x=1 HTTP/1.1\r\n\r\n", &req, hdrs);
+  ck_span(req.authority, "[::1]:80");
+  ck_span(req.path, "/");
+  ck_span(req.query, "x=1");
+  /* Origin-form has no authority; other schemes are not absolute-form
+   * for this server (their path is not one of its resources). */
+  parse_ok("GET /ws HTTP/1.1\r\n\r\n", &req, hdrs);
+  ck_assert_uint_eq(req.authority.len, 0);
+  parse_ok("GET ftp://h/ws HTTP/1.1\r\n\r\n", &req, hdrs);
+  ck_assert_uint_eq(req.authority.len, 0);
+  ck_span(req.path, "ftp://h/ws");
+  static const char *const bad[] = {"GET http://user@h/ws HTTP/1.1\r\n\r\n",
+                                    "GET http:///ws HTTP/1.1\r\n\r\n",
+                                    "GET http://h:x/ws HTTP/1.1\r\n\r\n",
+                                    "GET http://h:123456/ HTTP/1.1\r\n\r\n",
+                                    "GET http://[::1/ws HTTP/1.1\r\n\r\n"};
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+    ck_assert_msg(imc_http_parse_request(bad[i], strlen(bad[i]), &req, hdrs,
+                                         MAX_HDRS) == IMC_ERR_PROTO,
+                  "%s", bad[i]);
+}
+END_TEST
+
+/* RFC 3986 3.2.2-3.2.3 host [":" port]. */
+START_TEST(t_host_valid) {
+  static const char *const good[] = {
+      "h",     "chat.example.com", "h:8082", "h:",      "1.2.3.4:1",
+      "[::1]", "[::1]:443",        "a-b_c~", "%41.com", "h:65535"};
+  static const char *const bad[] = {
+      "",   ":80",   "a b", "a/b",     "u@h",    "h:x", "h:65536", "[::1",
+      "[]", "h:1:2", "%4",  "%zz.com", "[::1]x", "h\"", "h:012345"};
+  for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+    ck_assert_msg(imc_http_host_valid(sp(good[i])), "%s", good[i]);
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+    ck_assert_msg(!imc_http_host_valid(sp(bad[i])), "%s", bad[i]);
+}
+END_TEST
+
+/* RFC 9112 3.2: "A server MUST respond with a 400 (Bad Request) status
+ * code to any HTTP/1.1 request message that lacks a Host header field and
+ * to any request message that contains more than one Host header field
+ * line or a Host header field with an invalid field value." */
+START_TEST(t_host_rules) {
+  imc_http_req req;
+  imc_http_hdr hdrs[MAX_HDRS];
+  imc_span host;
+  parse_ok("GET / HTTP/1.1\r\nHost: chat:8082\r\n\r\n", &req, hdrs);
+  ck_assert_int_eq(imc_http_host(&req, &host), 0);
+  ck_span(host, "chat:8082");
+  parse_ok("GET / HTTP/1.1\r\n\r\n", &req, hdrs);
+  ck_assert_int_eq(imc_http_host(&req, &host), IMC_ERR_PROTO);
+  parse_ok("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", &req, hdrs);
+  ck_assert_int_eq(imc_http_host(&req, &host), IMC_ERR_PROTO);
+  parse_ok("GET / HTTP/1.1\r\nhost: a\r\nHOST: b\r\n\r\n", &req, hdrs);
+  ck_assert_int_eq(imc_http_host(&req, &host), IMC_ERR_PROTO);
+  parse_ok("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", &req, hdrs);
+  ck_assert_int_eq(imc_http_host(&req, &host), IMC_ERR_PROTO);
+  parse_ok("GET / HTTP/1.1\r\nHost:\r\n\r\n", &req, hdrs);
+  ck_assert_int_eq(imc_http_host(&req, &host), IMC_ERR_PROTO);
+  /* HTTP/1.0 may leave Host out, not repeat it. */
+  parse_ok("GET / HTTP/1.0\r\n\r\n", &req, hdrs);
+  ck_assert_int_eq(imc_http_host(&req, &host), 0);
+  ck_assert_uint_eq(host.len, 0);
+  parse_ok("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", &req, hdrs);
+  ck_assert_int_eq(imc_http_host(&req, &host), IMC_ERR_PROTO);
+  /* RFC 9112 3.2.2: with an absolute-form target the target's host
+   * counts; Host must still be there (HTTP/1.1) and well-formed. */
+  parse_ok("GET http://real:1/ws HTTP/1.1\r\nHost: other\r\n\r\n", &req, hdrs);
+  ck_assert_int_eq(imc_http_host(&req, &host), 0);
+  ck_span(host, "real:1");
+  parse_ok("GET http://real/ws HTTP/1.1\r\nHost:\r\n\r\n", &req, hdrs);
+  ck_assert_int_eq(imc_http_host(&req, &host), 0);
+  parse_ok("GET http://real/ws HTTP/1.1\r\n\r\n", &req, hdrs);
+  ck_assert_int_eq(imc_http_host(&req, &host), IMC_ERR_PROTO);
+  parse_ok("GET http://real/ws HTTP/1.1\r\nHost: a/b\r\n\r\n", &req, hdrs);
+  ck_assert_int_eq(imc_http_host(&req, &host), IMC_ERR_PROTO);
+}
+END_TEST
+
+/* RFC 9112 6.3 and RFC 9110 8.6: Content-Length is one decimal number;
+ * a list or a repeated header is refused (equal values too), as is
+ * anything that does not fit. */
+START_TEST(t_content_length) {
+  imc_http_req req;
+  imc_http_hdr hdrs[MAX_HDRS];
+  unsigned long long len = 99;
+  parse_ok("POST / HTTP/1.1\r\n\r\n", &req, hdrs);
+  ck_assert_int_eq(imc_http_content_length(&req, &len), 0);
+  ck_assert_uint_eq(len, 0);
+  parse_ok("POST / HTTP/1.1\r\ncontent-length: 42\r\n\r\n", &req, hdrs);
+  ck_assert_int_eq(imc_http_content_length(&req, &len), 1);
+  ck_assert_uint_eq(len, 42);
+  parse_ok("POST / HTTP/1.1\r\nContent-Length: 9999999999999999999\r\n\r\n",
+           &req, hdrs);
+  ck_assert_int_eq(imc_http_content_length(&req, &len), 1);
+  ck_assert(len == 9999999999999999999ULL);
+  static const char *const bad[] = {
+      "Content-Length: 5\r\nContent-Length: 6\r\n",
+      "Content-Length: 5\r\nContent-Length: 5\r\n",
+      "Content-Length: 5, 6\r\n",
+      "Content-Length: 5,5\r\n",
+      "Content-Length: -1\r\n",
+      "Content-Length: +1\r\n",
+      "Content-Length: 1x\r\n",
+      "Content-Length:\r\n",
+      "Content-Length: 18446744073709551616\r\n",
+  };
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    char head[256];
+    snprintf(head, sizeof(head), "POST / HTTP/1.1\r\n%s\r\n", bad[i]);
+    parse_ok(head, &req, hdrs);
+    ck_assert_msg(imc_http_content_length(&req, &len) == IMC_ERR_PROTO, "%s",
+                  bad[i]);
+  }
+}
+END_TEST
+
+static void origin_is(const char *value, const char *host, const char *want) {
+  char out[128];
+  imc_span h = host ? sp(host) : (imc_span){NULL, 0};
+  ssize_t n = imc_http_origin(sp(value), host ? &h : NULL, out, sizeof(out));
+  if (want == NULL) {
+    ck_assert_msg(n == IMC_ERR_PROTO, "%s: %zd", value, n);
+    return;
+  }
+  ck_assert_msg(n == (ssize_t)strlen(want), "%s: %zd", value, n);
+  ck_assert_str_eq(out, want);
+}
+
+/* RFC 6454 6.2: the serialized origin: lower-case scheme and host, the
+ * port only when it is not the scheme's default; no path, no userinfo;
+ * the opaque "null" is not an origin one can allow. */
+START_TEST(t_origin) {
+  origin_is("https://Chat.Example.COM", NULL, "https://chat.example.com");
+  origin_is("HTTP://h:80", NULL, "http://h");
+  origin_is("https://h:443", NULL, "https://h");
+  origin_is("https://h:8443", NULL, "https://h:8443");
+  origin_is("http://h:443", NULL, "http://h:443");
+  origin_is("http://[::1]:8082", NULL, "http://[::1]:8082");
+  origin_is("app-x://h", NULL, "app-x://h");
+  origin_is("http://h/", NULL, NULL);
+  origin_is("http://h/path", NULL, NULL);
+  origin_is("null", NULL, NULL);
+  origin_is("http://u@h", NULL, NULL);
+  origin_is("http://", NULL, NULL);
+  origin_is("h:80", NULL, NULL);
+  origin_is("http://h:99999", NULL, NULL);
+  /* The server's own origin: the request's Host under the scheme. */
+  origin_is("https://evil.example", "Chat.Example.com:443",
+            "https://chat.example.com");
+  origin_is("http://x", "localhost:8082", "http://localhost:8082");
+  origin_is("http://x", "bad host", NULL);
+  char small[8];
+  ck_assert_int_eq(imc_http_origin(sp("https://chat.example.com"), NULL, small,
+                                   sizeof(small)),
+                   IMC_ERR_TOO_LARGE);
+}
+END_TEST
+
+/* RFC 6455 4.1 and 4.2.1: Sec-WebSocket-Key is a base64-encoded 16-byte
+ * value: 24 characters, the standard alphabet, "==" at the end and zero
+ * padding bits. */
+START_TEST(t_ws_key) {
+  ck_assert(imc_ws_key_valid(sp("dGhlIHNhbXBsZSBub25jZQ==")));
+  ck_assert(imc_ws_key_valid(sp("AAAAAAAAAAAAAAAAAAAAAA==")));
+  ck_assert(imc_ws_key_valid(sp("/+/+/+/+/+/+/+/+/+/+/w==")));
+  static const char *const bad[] = {
+      "dGhlIHNhbXBsZSBub25jZR==",  /* padding bits set */
+      "dGhlIHNhbXBsZSBub25jZQ=",   /* 23 characters */
+      "dGhlIHNhbXBsZSBub25jZQ===", /* 25 */
+      "AAAAAAAAAAAAAAAAAAAAAAAA",  /* 18 bytes, no padding */
+      "AAAAAAAAAAAAAAAAAAAA",      /* 15 bytes */
+      "dGhlIHNhbXBsZSBub25j-Q==",  /* URL-safe alphabet */
+      "dGhlIHNhbXBsZSBub25jZ===",  /* '=' too early */
+      "dGhlIHNhbXBsZSBub25jZQ ==", "",
+  };
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+    ck_assert_msg(!imc_ws_key_valid(sp(bad[i])), "%s", bad[i]);
+}
+END_TEST
+
+START_TEST(t_count) {
+  imc_http_req req;
+  imc_http_hdr hdrs[MAX_HDRS];
+  parse_ok("GET / HTTP/1.1\r\nA: 1\r\nb: 2\r\na: 3\r\n\r\n", &req, hdrs);
+  ck_assert_uint_eq(imc_http_count(&req, "A"), 2);
+  ck_assert_uint_eq(imc_http_count(&req, "B"), 1);
+  ck_assert_uint_eq(imc_http_count(&req, "C"), 0);
+  ck_assert_uint_eq(imc_http_count(NULL, "A"), 0);
+}
+END_TEST
+
 static Suite *http_suite(void) {
   Suite *s = suite_create("http");
   TCase *tc = tcase_create("parse");
@@ -556,6 +771,13 @@ static Suite *http_suite(void) {
   tcase_add_test(tc, t_query_get);
   tcase_add_test(tc, t_query_from_request);
   tcase_add_test(tc, t_ws_accept);
+  tcase_add_test(tc, t_absolute_form);
+  tcase_add_test(tc, t_host_valid);
+  tcase_add_test(tc, t_host_rules);
+  tcase_add_test(tc, t_content_length);
+  tcase_add_test(tc, t_origin);
+  tcase_add_test(tc, t_ws_key);
+  tcase_add_test(tc, t_count);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -657,6 +657,26 @@ START_TEST(message_to_self) {
 }
 END_TEST
 
+/*
+ * doc/protocol.md: the sender's own inbox never receives its own
+ * messages, a message to oneself included; its devices catch up from the
+ * history. Not when the sending device is the only one online (the push
+ * reached nobody), nor when no device of the sender is registered.
+ */
+START_TEST(message_to_self_not_in_inbox) {
+  if (_i == 0) {
+    add_entry("alice", "phone", "n1"); /* the sending device only */
+    M.deliver_count = 0;
+  }
+  send1("alice", "alice", "c1");
+  settle();
+  ck_assert_int_eq(A.status, 0);
+  ck_assert_int_eq(M.n_jobs, 1); /* the history, and no inbox job */
+  ck_assert(job(0)->history);
+  ck_assert_uint_eq(job(0)->n_inbox_users, 0);
+}
+END_TEST
+
 /* The message of job i. */
 static imc_msg job_msg(int i) {
   Imchat__V1__Message *pm = job(i)->message;
@@ -789,6 +809,22 @@ START_TEST(status_memory_is_bounded) {
   ck_assert_int_eq(imc_router_options_set_status_memory(o, 1, 0),
                    IMC_ERR_INVALID_ARGUMENT);
   imc_router_options_del(o);
+}
+END_TEST
+
+/* A push of a message to oneself that another device did not ACK goes
+ * to nobody's inbox either. */
+START_TEST(message_to_self_undelivered) {
+  add_entry("alice", "phone", "n1");
+  add_entry("alice", "laptop", "n2");
+  send1("alice", "alice", "c1");
+  settle();
+  ck_assert_int_eq(M.n_jobs, 1);
+  imc_msg m = last_msg();
+  imc_router_undelivered(R, &m, "alice");
+  settle();
+  ck_assert_int_eq(M.n_jobs, 1);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_SLOW_PATH), 0);
 }
 END_TEST
 
@@ -1654,6 +1690,8 @@ static Suite *router_suite(void) {
     tcase_add_test(t, stale_registry_falls_back);
     tcase_add_test(t, resend_dedup);
     tcase_add_test(t, message_to_self);
+    tcase_add_loop_test(t, message_to_self_not_in_inbox, 0, 2);
+    tcase_add_test(t, message_to_self_undelivered);
     tcase_add_test(t, delivered_status_once);
     tcase_add_test(t, status_goes_to_from_node);
     tcase_add_test(t, status_falls_back_to_lookup);

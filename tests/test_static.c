@@ -163,6 +163,7 @@ START_TEST(head_has_no_body) {
   ck_assert_int_eq(req("HEAD", "/"), 200);
   ck_assert(has("Content-Type: text/html; charset=utf-8\r\n"));
   ck_assert_uint_eq(R.len, 0);
+  ck_assert_uint_eq(R.clen, strlen(INDEX)); /* the GET's length */
   ck_assert_int_eq(req("HEAD", "/assets/app-ABCD2345.js"), 200);
   ck_assert_uint_eq(R.len, 0);
 }
@@ -260,15 +261,17 @@ START_TEST(dev_login_refusals) {
   ck_assert(has("Allow: POST\r\n"));
   ck_assert(strstr(R.body, "\"code\":\"METHOD_NOT_ALLOWED\"") != NULL);
 
-  const char *big[] = {"POST /dev/login HTTP/1.1\r\nContent-Type: "
+  const char *big[] = {"POST /dev/login HTTP/1.1\r\nHost: t\r\nContent-Type: "
                        "application/json\r\nContent-Length: 99999999\r\n\r\n"};
   ck_assert_int_eq(send_parts(big, 1), 413);
-  const char *chunked[] = {"POST /dev/login HTTP/1.1\r\nContent-Type: "
-                           "application/json\r\nTransfer-Encoding: "
-                           "chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"};
+  const char *chunked[] = {
+      "POST /dev/login HTTP/1.1\r\nHost: t\r\nContent-Type: "
+      "application/json\r\nTransfer-Encoding: "
+      "chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"};
   ck_assert_int_eq(send_parts(chunked, 1), 411);
-  const char *badlen[] = {"POST /dev/login HTTP/1.1\r\nContent-Type: "
-                          "application/json\r\nContent-Length: -1\r\n\r\n"};
+  const char *badlen[] = {
+      "POST /dev/login HTTP/1.1\r\nHost: t\r\nContent-Type: "
+      "application/json\r\nContent-Length: -1\r\n\r\n"};
   ck_assert_int_eq(send_parts(badlen, 1), 400);
 }
 END_TEST

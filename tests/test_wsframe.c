@@ -1,4 +1,4 @@
-/* Server frame headers and the inbound frame-boundary scanner. */
+/* Server frame headers and the checking inbound header scanner. */
 #include "protocol/wsframe.h"
 
 #include <check.h>
@@ -45,6 +45,30 @@ static size_t client_frame(uint8_t *out, int fin, int opcode, size_t len) {
   return n + 4 + len;
 }
 
+/* Runs the scanner over data[0..len) as the gateway does, header by
+ * header; returns 0 or the first close code. */
+static int scan_feed(imc_ws_scan *s, const uint8_t *data, size_t len,
+                     uint64_t max) {
+  while (len > 0) {
+    if (!s->done || s->left == 0) {
+      size_t used;
+      const char *why;
+      int rv = imc_ws_scan_header(s, data, len, max, &used, &why);
+      ck_assert_ptr_nonnull(why);
+      data += used;
+      len -= used;
+      if (rv > IMC_WS_SCAN_FRAME)
+        return rv;
+      ck_assert(rv == IMC_WS_SCAN_FRAME || len == 0);
+      continue;
+    }
+    size_t n = imc_ws_scan_payload(s, len);
+    data += n;
+    len -= n;
+  }
+  return 0;
+}
+
 START_TEST(scan_whole_frames) {
   static uint8_t buf[200000];
   imc_ws_scan s;
@@ -53,10 +77,11 @@ START_TEST(scan_whole_frames) {
   size_t sizes[] = {0, 1, 125, 126, 65535, 65536, 70000};
   for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
     size_t n = client_frame(buf, 1, IMC_WS_BINARY, sizes[i]);
-    imc_ws_scan_feed(&s, buf, n - 1);
+    ck_assert_int_eq(scan_feed(&s, buf, n - 1, 0), 0);
     ck_assert(!imc_ws_scan_idle(&s));
-    imc_ws_scan_feed(&s, buf + n - 1, 1);
+    ck_assert_int_eq(scan_feed(&s, buf + n - 1, 1, 0), 0);
     ck_assert(imc_ws_scan_idle(&s));
+    ck_assert_uint_eq(imc_ws_scan_opcode(&s), IMC_WS_BINARY);
   }
 }
 END_TEST
@@ -66,16 +91,17 @@ START_TEST(scan_fragments_and_control) {
   imc_ws_scan s;
   memset(&s, 0, sizeof(s));
   size_t n = client_frame(buf, 0, IMC_WS_BINARY, 10);
-  imc_ws_scan_feed(&s, buf, n);
+  ck_assert_int_eq(scan_feed(&s, buf, n, 0), 0);
   ck_assert(!imc_ws_scan_idle(&s)); /* the message is not finished */
+  ck_assert(imc_ws_scan_at_boundary(&s));
   n = client_frame(buf, 1, IMC_WS_PING, 3);
-  imc_ws_scan_feed(&s, buf, n);
+  ck_assert_int_eq(scan_feed(&s, buf, n, 0), 0);
   ck_assert(!imc_ws_scan_idle(&s)); /* a ping does not finish it */
   n = client_frame(buf, 0, IMC_WS_CONT, 5);
-  imc_ws_scan_feed(&s, buf, n);
+  ck_assert_int_eq(scan_feed(&s, buf, n, 0), 0);
   ck_assert(!imc_ws_scan_idle(&s));
   n = client_frame(buf, 1, IMC_WS_CONT, 5);
-  imc_ws_scan_feed(&s, buf, n);
+  ck_assert_int_eq(scan_feed(&s, buf, n, 0), 0);
   ck_assert(imc_ws_scan_idle(&s));
 }
 END_TEST
@@ -90,11 +116,134 @@ START_TEST(scan_byte_by_byte) {
   memset(&s, 0, sizeof(s));
   int idles = 0;
   for (size_t i = 0; i < n; i++) {
-    imc_ws_scan_feed(&s, buf + i, 1);
+    ck_assert_int_eq(scan_feed(&s, buf + i, 1, 0), 0);
     idles += imc_ws_scan_idle(&s);
   }
   ck_assert_int_eq(idles, 2); /* after the first frame and at the end */
   ck_assert(imc_ws_scan_idle(&s));
+}
+END_TEST
+
+/* The mask key is the header's last 4 bytes, whatever the length form. */
+START_TEST(scan_mask_key) {
+  uint8_t buf[300];
+  size_t lens[] = {5, 200};
+  for (int i = 0; i < 2; i++) {
+    size_t n = client_frame(buf, 1, IMC_WS_BINARY, lens[i]);
+    size_t hl = n - lens[i];
+    buf[hl - 4] = 1;
+    buf[hl - 1] = 4;
+    imc_ws_scan s;
+    memset(&s, 0, sizeof(s));
+    size_t used;
+    const char *why;
+    ck_assert_int_eq(imc_ws_scan_header(&s, buf, n, 0, &used, &why),
+                     IMC_WS_SCAN_FRAME);
+    ck_assert_uint_eq(used, hl);
+    ck_assert_uint_eq(imc_ws_scan_mask(&s)[0], 1);
+    ck_assert_uint_eq(imc_ws_scan_mask(&s)[3], 4);
+    ck_assert_uint_eq(s.left, lens[i]);
+  }
+}
+END_TEST
+
+/* A frame given as raw header bytes (payload not needed). */
+typedef struct bad_case {
+  const char *rule;
+  uint8_t hdr[14];
+  size_t len;
+  int in_msg; /* a fragmented message is open */
+  int code;
+} bad_case;
+
+static const bad_case bad_cases[] = {
+    {"5.2 RSV1 without an extension", {0xc2, 0x80, 1, 2, 3, 4}, 6, 0, 1002},
+    {"5.2 RSV3 without an extension", {0x92, 0x80, 1, 2, 3, 4}, 6, 0, 1002},
+    {"5.2 reserved opcode 3", {0x83, 0x80, 1, 2, 3, 4}, 6, 0, 1002},
+    {"5.2 reserved opcode 0xb", {0x8b, 0x80, 1, 2, 3, 4}, 6, 0, 1002},
+    {"5.5 ping of 126 bytes", {0x89, 0xfe, 0, 126}, 4, 0, 1002},
+    {"5.5 fragmented ping", {0x09, 0x80, 1, 2, 3, 4}, 6, 0, 1002},
+    {"5.5.1 close of 1 byte", {0x88, 0x81, 1, 2, 3, 4}, 6, 0, 1002},
+    {"5.1 unmasked client frame", {0x82, 0x02}, 2, 0, 1002},
+    {"5.4 continuation outside a message", {0x80, 0x80}, 2, 0, 1002},
+    {"5.4 new message inside a message", {0x82, 0x80}, 2, 1, 1002},
+    {"5.2 16-bit length under 126", {0x82, 0xfe, 0, 125}, 4, 0, 1002},
+    {"5.2 64-bit length under 65536",
+     {0x82, 0xff, 0, 0, 0, 0, 0, 0, 0xff, 0xff},
+     10,
+     0,
+     1002},
+    {"5.2 64-bit length with the top bit set",
+     {0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0},
+     10,
+     0,
+     1002},
+    {"7.4.1 length 2^63-1 over the message limit (1009 at the header)",
+     {0x82, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff},
+     10,
+     0,
+     1009},
+    {"7.4.1 frame over the message limit",
+     {0x82, 0xfe, 0x10, 0x01},
+     4,
+     0,
+     1009},
+};
+
+/* Each rule refuses the header as soon as its bytes are in, fed whole or
+ * byte by byte, with nothing of the payload needed. */
+START_TEST(scan_refuses_bad_headers) {
+  const bad_case *b = &bad_cases[_i];
+  for (int split = 0; split < 2; split++) {
+    imc_ws_scan s;
+    memset(&s, 0, sizeof(s));
+    s.in_msg = (uint8_t)b->in_msg;
+    int rv = IMC_WS_SCAN_MORE;
+    size_t total = 0;
+    const char *why = NULL;
+    for (size_t off = 0; off < b->len && rv == IMC_WS_SCAN_MORE;) {
+      size_t used;
+      size_t n = split ? 1 : b->len - off;
+      rv = imc_ws_scan_header(&s, b->hdr + off, n, 4096, &used, &why);
+      off += used;
+      total += used;
+    }
+    ck_assert_msg(rv == b->code, "%s: %d", b->rule, rv);
+    ck_assert_msg(why != NULL && why[0] != '\0', "%s: no reason", b->rule);
+    /* Decided at the last byte the rule needs: the 2-byte rules do not
+     * wait for the mask key. */
+    ck_assert_uint_le(total, b->len);
+  }
+}
+END_TEST
+
+/* What the rules allow: control frames of 125 bytes and between
+ * fragments, empty close frames, lengths in their shortest form, a
+ * message exactly at the limit across fragments. */
+START_TEST(scan_accepts_edges) {
+  static uint8_t buf[70000];
+  imc_ws_scan s;
+  memset(&s, 0, sizeof(s));
+  size_t n = client_frame(buf, 1, IMC_WS_PING, 125);
+  ck_assert_int_eq(scan_feed(&s, buf, n, 100), 0);
+  n = client_frame(buf, 1, IMC_WS_CLOSE, 0);
+  ck_assert_int_eq(scan_feed(&s, buf, n, 100), 0);
+  n = client_frame(buf, 1, IMC_WS_BINARY, 126);
+  ck_assert_int_eq(scan_feed(&s, buf, n, 0), 0);
+  n = client_frame(buf, 1, IMC_WS_BINARY, 65536);
+  ck_assert_int_eq(scan_feed(&s, buf, n, 0), 0);
+  n = client_frame(buf, 0, IMC_WS_BINARY, 60);
+  ck_assert_int_eq(scan_feed(&s, buf, n, 100), 0);
+  n = client_frame(buf, 1, IMC_WS_PONG, 125); /* control frames don't count */
+  ck_assert_int_eq(scan_feed(&s, buf, n, 100), 0);
+  n = client_frame(buf, 1, IMC_WS_CONT, 40);
+  ck_assert_int_eq(scan_feed(&s, buf, n, 100), 0);
+  ck_assert(imc_ws_scan_idle(&s));
+  /* One byte more over the fragments: 1009. */
+  n = client_frame(buf, 0, IMC_WS_BINARY, 60);
+  ck_assert_int_eq(scan_feed(&s, buf, n, 100), 0);
+  n = client_frame(buf, 1, IMC_WS_CONT, 41);
+  ck_assert_int_eq(scan_feed(&s, buf, n, 100), 1009);
 }
 END_TEST
 
@@ -105,6 +254,10 @@ int main(void) {
   tcase_add_test(t, scan_whole_frames);
   tcase_add_test(t, scan_fragments_and_control);
   tcase_add_test(t, scan_byte_by_byte);
+  tcase_add_test(t, scan_mask_key);
+  tcase_add_loop_test(t, scan_refuses_bad_headers, 0,
+                      (int)(sizeof(bad_cases) / sizeof(bad_cases[0])));
+  tcase_add_test(t, scan_accepts_edges);
   suite_add_tcase(su, t);
   SRunner *sr = srunner_create(su);
   srunner_run_all(sr, CK_NORMAL);

@@ -17,6 +17,7 @@
 #include "loop.h"
 #include "log.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
 #include <netdb.h>
@@ -307,7 +308,31 @@ static void linger_drain(hloop *l, node *n) {
   }
 }
 
-static void conn_open(hloop *l, int fd) {
+/*
+ * The peer's address in text, without the port, for the gateway's
+ * per-address limit: an IPv4-mapped IPv6 address as IPv4, so that a
+ * client counts once on a dual-stack listener. "" if unknown.
+ */
+static void peer_text(const struct sockaddr_storage *ss, char *out,
+                      size_t cap) {
+  const void *a = NULL;
+  int af = ss->ss_family;
+  if (af == AF_INET) {
+    a = &((const struct sockaddr_in *)(const void *)ss)->sin_addr;
+  } else if (af == AF_INET6) {
+    const struct in6_addr *a6 =
+        &((const struct sockaddr_in6 *)(const void *)ss)->sin6_addr;
+    a = a6;
+    if (IN6_IS_ADDR_V4MAPPED(a6)) {
+      af = AF_INET;
+      a = &a6->s6_addr[12];
+    }
+  }
+  if (a == NULL || inet_ntop(af, a, out, (socklen_t)cap) == NULL)
+    out[0] = '\0';
+}
+
+static void conn_open(hloop *l, int fd, const char *peer) {
   int one = 1;
   /* Frames are small and latency matters; the gateway batches itself. */
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -327,6 +352,9 @@ static void conn_open(hloop *l, int fd) {
   }
   list_push(&l->conns, n);
   rv = imc_gateway_conn_new(l->gw, &n->c, n);
+  if (rv == 0 && peer[0] != '\0' &&
+      (rv = imc_gateway_conn_set_peer(l->gw, n->c, peer)) < 0)
+    imc_gateway_conn_closed(l->gw, n->c);
   if (rv < 0) {
     hlog_debug("fd %d: refused: %s", fd, imc_strerror(rv));
     n->c = NULL;
@@ -619,7 +647,9 @@ static void accept_all(hloop *l, node *ln) {
         format_addr((struct sockaddr *)&ss, sl, peer, sizeof(peer));
         hlog_debug("fd %d: accepted from %s", fd, peer);
       }
-      conn_open(l, fd);
+      char addr[INET6_ADDRSTRLEN];
+      peer_text(&ss, addr, sizeof(addr));
+      conn_open(l, fd, addr);
       continue;
     }
     switch (errno) {

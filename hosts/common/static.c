@@ -221,8 +221,8 @@ static int handle(void *ud, const imc_http_request *req,
   int is_asset = strncmp(req->path, ASSETS, sizeof(ASSETS) - 1) == 0;
   if (!is_root && !is_asset)
     return s->next ? s->next->handle(s->next_ud, req, reply) : 0;
-  int head = strcmp(req->method, "HEAD") == 0;
-  if (!head && strcmp(req->method, "GET") != 0)
+  /* HEAD comes as GET: the gateway drops the body (RFC 9110 9.3.2). */
+  if (strcmp(req->method, "GET") != 0)
     return reply_error(reply, 405, "METHOD_NOT_ALLOWED", "use GET or HEAD",
                        "Allow: GET, HEAD\r\n");
 
@@ -245,8 +245,8 @@ static int handle(void *ud, const imc_http_request *req,
     return reply_error(reply, 500, "INTERNAL", "cannot read the file", NULL);
   const char *headers = is_hashed(rel) ? HEADERS_COMMON CACHE_IMMUTABLE
                                        : HEADERS_COMMON CACHE_REVALIDATE;
-  imc_http_reply_send(reply, 200, hstatic_content_type(rel), headers,
-                      head ? NULL : data, head ? 0 : len);
+  imc_http_reply_send(reply, 200, hstatic_content_type(rel), headers, data,
+                      len);
   free(data);
   return 1;
 }

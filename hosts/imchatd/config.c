@@ -41,6 +41,10 @@ const struct option imchatd_long_opts[] = {
     {"max-devices", required_argument, NULL, O_MAX_DEVICES},
     {"retention-days", required_argument, NULL, O_RETENTION_DAYS},
     {"log-level", required_argument, NULL, O_LOG_LEVEL},
+    {"allowed-origin", required_argument, NULL, O_ALLOWED_ORIGIN},
+    {"max-connections", required_argument, NULL, O_MAX_CONNECTIONS},
+    {"max-connections-per-ip", required_argument, NULL,
+     O_MAX_CONNECTIONS_PER_IP},
     {"web-root", required_argument, NULL, O_WEB_ROOT},
     {"dev-login", no_argument, NULL, O_DEV_LOGIN},
     {"device", required_argument, NULL, O_DEVICE},
@@ -193,6 +197,34 @@ int imchatd_apply(imchatd_config *cfg, int id, const char *v, char *why,
       return -1;
     }
     return 0;
+  case O_ALLOWED_ORIGIN: {
+    /* Checked as an origin where the gateway is configured. */
+    if (v[0] == '\0') {
+      snprintf(why, cap, "must not be empty");
+      return -1;
+    }
+    char **list = realloc(cfg->allowed_origins,
+                          (cfg->n_allowed_origins + 1) * sizeof(char *));
+    if (list == NULL || (list[cfg->n_allowed_origins] = strdup(v)) == NULL) {
+      if (list != NULL)
+        cfg->allowed_origins = list;
+      snprintf(why, cap, "out of memory");
+      return -1;
+    }
+    cfg->allowed_origins = list;
+    cfg->n_allowed_origins++;
+    return 0;
+  }
+  case O_MAX_CONNECTIONS:
+  case O_MAX_CONNECTIONS_PER_IP:
+    if (parse_uint(v, 0, MAX_CONNECTIONS, &x) < 0) {
+      snprintf(why, cap, "'%s' is not a number from 0 (no limit) to %u", v,
+               MAX_CONNECTIONS);
+      return -1;
+    }
+    *(id == O_MAX_CONNECTIONS ? &cfg->max_connections
+                              : &cfg->max_connections_per_ip) = (uint32_t)x;
+    return 0;
   case O_WEB_ROOT:
     return set_str(&cfg->web_root, v, why, cap);
   case O_DEV_LOGIN: /* a flag only: the INI file does not know it */
@@ -232,6 +264,14 @@ static void bad_option(int c, char **argv, char *err, size_t cap) {
     snprintf(err, cap, "unknown option '-%c' (see imchatd --help)", optopt);
   else
     snprintf(err, cap, "unknown option '%s' (see imchatd --help)", arg);
+}
+
+static void free_origins(imchatd_config *cfg) {
+  for (size_t i = 0; i < cfg->n_allowed_origins; i++)
+    free(cfg->allowed_origins[i]);
+  free(cfg->allowed_origins);
+  cfg->allowed_origins = NULL;
+  cfg->n_allowed_origins = 0;
 }
 
 static void defaults(imchatd_config *cfg) {
@@ -298,7 +338,7 @@ int imchatd_config_load(imchatd_config *cfg, int argc, char **argv, char *err,
       imchatd_load_ini(cfg, cfg->config_file, err, errcap) < 0)
     return IMCHATD_EXIT_USAGE;
 
-  int flag_secret = 0;
+  int flag_secret = 0, flag_origin = 0;
   optind = 0;
   while ((c = getopt_long(argc, argv, shortopts, imchatd_long_opts, NULL)) !=
          -1) {
@@ -321,6 +361,11 @@ int imchatd_config_load(imchatd_config *cfg, int argc, char **argv, char *err,
       free(cfg->jwt_secret);
       free(cfg->jwt_secret_file);
       cfg->jwt_secret = cfg->jwt_secret_file = NULL;
+    }
+    /* The flags' list of origins replaces the file's. */
+    if (c == O_ALLOWED_ORIGIN && !flag_origin) {
+      flag_origin = 1;
+      free_origins(cfg);
     }
     char why[384];
     if (imchatd_apply(cfg, c, optarg, why, sizeof(why)) < 0) {
@@ -372,4 +417,5 @@ void imchatd_config_free(imchatd_config *cfg) {
     free(*strs[i]);
     *strs[i] = NULL;
   }
+  free_origins(cfg);
 }

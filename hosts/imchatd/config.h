@@ -48,6 +48,9 @@ typedef struct imchatd_config {
   uint32_t user_rate_limit, user_rate_burst, max_devices;
   uint32_t max_sends_per_conn, max_sends; /* sends in flight */
   uint32_t retention_days;
+  char **allowed_origins; /* --allowed-origin, repeatable */
+  size_t n_allowed_origins;
+  uint32_t max_connections, max_connections_per_ip; /* 0: no limit */
   imc_log_level log_level;
   int data_dir_flag; /* --data-dir was given, for the connect hint */
   char *web_root;    /* --web-root; NULL: the built or installed page */

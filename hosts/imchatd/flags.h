@@ -20,6 +20,7 @@
 #define MAX_TTL_S (10u * 366 * 86400)
 #define MAX_SECONDS 86400u
 #define MAX_DAYS 3650u
+#define MAX_CONNECTIONS 100000000u
 #define SECRET_FILE "jwt.secret"
 
 enum {
@@ -49,7 +50,10 @@ enum {
   O_MAX_SENDS,
   O_RETENTION_DAYS,
   O_LOG_LEVEL,
-  O_WEB_ROOT,
+  O_ALLOWED_ORIGIN,
+  O_MAX_CONNECTIONS,
+  O_MAX_CONNECTIONS_PER_IP,
+  O_WEB_ROOT, /* the last key the INI file knows */
   O_DEV_LOGIN,
   O_DEVICE,
   O_TTL,

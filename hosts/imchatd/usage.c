@@ -66,6 +66,20 @@ static const char usage_text[] =
 
 /* Split in two: C99 promises string literals of 4095 bytes only. */
 static const char usage_text2[] =
+    "  --allowed-origin ORIGIN a browser page from ORIGIN "
+    "(scheme://host[:port],\n"
+    "                          e.g. https://chat.example.com) may open a\n"
+    "                          WebSocket; repeatable. Once one is given, an\n"
+    "                          upgrade with another Origin gets HTTP 403; the\n"
+    "                          pages imchatd serves itself (same origin) and\n"
+    "                          clients that send no Origin are not affected\n"
+    "                          (default: none, every origin allowed)\n"
+    "  --max-connections N     WebSocket connections held at most; more get\n"
+    "                          HTTP 503 with Retry-After (default 0: no "
+    "limit)\n"
+    "  --max-connections-per-ip N\n"
+    "                          the same per client IP address (default 0: no\n"
+    "                          limit)\n"
     "  --web-root DIR          serve the web chat page from DIR at / and\n"
     "                          /assets/ (default: the page built in the\n"
     "                          build tree when run from there, else the\n"

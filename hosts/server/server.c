@@ -392,6 +392,38 @@ static int open_store(app *a) {
   return 0;
 }
 
+/* --allowed-origin and the connection limits onto opt. */
+static int configure_admission(const imchatd_config *cfg,
+                               imc_gateway_options *opt) {
+  for (size_t i = 0; i < cfg->n_allowed_origins; i++) {
+    const char *o = cfg->allowed_origins[i];
+    int rv = imc_gateway_options_add_allowed_origin(opt, o);
+    if (rv == IMC_ERR_INVALID_ARGUMENT) {
+      hlog_error("--allowed-origin: '%s' is not an origin (scheme://host"
+                 "[:port] without a path, e.g. https://chat.example.com)",
+                 o);
+      return IMCHATD_EXIT_USAGE;
+    }
+    if ((rv = check(rv, "--allowed-origin")) != 0)
+      return rv;
+  }
+  if (cfg->n_allowed_origins > 0)
+    hlog_info("WebSocket origins allowed: %zu listed, and the server's own",
+              cfg->n_allowed_origins);
+  if (cfg->max_connections || cfg->max_connections_per_ip)
+    hlog_info("WebSocket connections at most: %u, %u per address (0: no "
+              "limit)",
+              cfg->max_connections, cfg->max_connections_per_ip);
+  int rv;
+  if ((rv = check(
+           imc_gateway_options_set_max_connections(opt, cfg->max_connections),
+           "--max-connections")) != 0)
+    return rv;
+  return check(imc_gateway_options_set_max_connections_per_ip(
+                   opt, cfg->max_connections_per_ip),
+               "--max-connections-per-ip");
+}
+
 static int make_gateway(app *a) {
   const imchatd_config *cfg = a->cfg;
   imc_gateway_options *opt = NULL;
@@ -424,6 +456,8 @@ static int make_gateway(app *a) {
                        opt, cfg->max_sends_per_conn, cfg->max_sends),
                    "--max-sends")) != 0))
     code = rv;
+  if (code == 0)
+    code = configure_admission(cfg, opt);
   if (code == 0) {
     imc_gateway_options_set_transport(opt, hloop_transport_vtbl(), a->loop);
     imc_gateway_options_set_registry(opt, imc_memreg_vtbl(), a->reg);

@@ -140,7 +140,7 @@ typedef struct imc_http_reply imc_http_reply;
 /* A request head; every string is NUL-terminated and lives during the
  * handle call only. */
 typedef struct imc_http_request {
-  const char *method;
+  const char *method; /* a HEAD comes as GET; the gateway drops the body */
   const char *path;   /* as sent, percent-encoded */
   const char *query;  /* after '?', "" if none */
   const char *accept; /* the Accept header, "" if none */
@@ -508,6 +508,10 @@ typedef enum imc_gateway_stat {
   IMC_GW_STAT_PAUSED,             /* gauge: connections not being read */
   IMC_GW_STAT_BUSY,               /* sends refused: not admitted in time */
   IMC_GW_STAT_DELIVER_ENCODES,    /* Deliver frames encoded */
+  IMC_GW_STAT_REFUSED_ORIGIN,     /* upgrades refused: Origin not allowed */
+  IMC_GW_STAT_REFUSED_CONNS,      /* ... max_connections reached */
+  IMC_GW_STAT_REFUSED_PEER_CONNS, /* ... max_connections_per_ip reached */
+  IMC_GW_STAT_REFUSED_DEVICES,    /* ... max_devices of the user reached */
   IMC_GW_STAT_COUNT_
 } imc_gateway_stat;
 
@@ -523,6 +527,53 @@ IMC_EXTERN uint64_t imc_gateway_errors_sent(const imc_gateway *gw, int code);
 
 /* 1 while the gateway accepts connections, 0 once shutting down. */
 IMC_EXTERN int imc_gateway_accepting(const imc_gateway *gw);
+
+/* ------------------------------------------------------------------ */
+/* Admission: origins, connection limits, peer addresses                */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Adds origin ("scheme://host[:port]", e.g. "https://chat.example.com")
+ * to the origins whose pages may open a WebSocket, against cross-site
+ * WebSocket hijacking (RFC 6455 10.2). Compared as serialized origins:
+ * case-insensitive, default ports (80, 443) implied. With no origin
+ * added (the default) every upgrade is allowed. Once one is added, an
+ * upgrade that carries an Origin header must name an added origin or the
+ * server's own (the request's Host under the Origin's scheme: the pages
+ * a server serves itself keep working), else it gets HTTP 403 before the
+ * token is looked at. Upgrades without Origin (clients that are not
+ * browsers) are never refused for it. Returns 0, IMC_ERR_INVALID_ARGUMENT
+ * (not an origin: a path, userinfo, "null", a bad host or port) or
+ * IMC_ERR_NOMEM.
+ */
+IMC_EXTERN int imc_gateway_options_add_allowed_origin(imc_gateway_options *opt,
+                                                      const char *origin);
+
+/*
+ * Upgraded connections the gateway holds at most (default 0: no limit),
+ * and the most of them from one peer address (see
+ * imc_gateway_conn_set_peer; default 0: no limit). An upgrade beyond
+ * either gets HTTP 503 with Retry-After before the 101 (and before the
+ * token is checked), counted in IMC_GW_STAT_REFUSED_CONNS or
+ * IMC_GW_STAT_REFUSED_PEER_CONNS. Plain HTTP requests are not limited:
+ * they are answered and closed. Returns 0 or IMC_ERR_INVALID_ARGUMENT.
+ */
+IMC_EXTERN int imc_gateway_options_set_max_connections(imc_gateway_options *opt,
+                                                       uint32_t n);
+IMC_EXTERN int
+imc_gateway_options_set_max_connections_per_ip(imc_gateway_options *opt,
+                                               uint32_t n);
+
+/*
+ * The peer address of c (an IP address in text, at most 64 bytes), for
+ * the per-address limit and the logs. Call it right after
+ * imc_gateway_conn_new, before the upgrade; a second call replaces the
+ * address. The host decides what one address is (an IPv4-mapped IPv6
+ * address is best given as IPv4). Returns 0, IMC_ERR_INVALID_ARGUMENT
+ * (NULL, empty or too long, or c is upgraded already) or IMC_ERR_NOMEM.
+ */
+IMC_EXTERN int imc_gateway_conn_set_peer(imc_gateway *gw, imc_conn *c,
+                                         const char *addr);
 
 #ifdef __cplusplus
 }

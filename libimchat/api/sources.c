@@ -71,6 +71,14 @@ static const metric gw_metrics[] = {
     {IMC_GW_STAT_DELIVER_ENCODES, "imchat_gateway_deliver_encodes_total",
      COUNTER, "Deliver frames encoded (one per message and gateway call).",
      NULL, NULL},
+    {IMC_GW_STAT_REFUSED_ORIGIN, "imchat_gateway_refused_total", COUNTER,
+     "WebSocket upgrades refused, by reason.", "reason", "origin"},
+    {IMC_GW_STAT_REFUSED_CONNS, "imchat_gateway_refused_total", COUNTER, NULL,
+     "reason", "max_connections"},
+    {IMC_GW_STAT_REFUSED_PEER_CONNS, "imchat_gateway_refused_total", COUNTER,
+     NULL, "reason", "max_connections_per_ip"},
+    {IMC_GW_STAT_REFUSED_DEVICES, "imchat_gateway_refused_total", COUNTER, NULL,
+     "reason", "max_devices"},
 };
 
 static const metric rt_metrics[] = {

@@ -79,6 +79,7 @@ void gw_inflight_fail(imc_conn *c) {
 void gw_conn_free(imc_conn *c, enum release_mode mode) {
   imc_gateway *gw = c->gw;
   gw_user_detach(gw, c);
+  gw_peer_release(c);
   if (mode != REL_SILENT && (c->flags & F_REGISTERED) &&
       gw->o.registry.unregister) {
     imc_reg_entry e = gw_reg_entry(c);
@@ -103,6 +104,7 @@ void gw_conn_free(imc_conn *c, enum release_mode mode) {
   imc_bufq_free(&c->out, &gw->mem);
   imc_free(&gw->mem, c->head);
   imc_free(&gw->mem, c->user);
+  imc_free(&gw->mem, c->ctl);
   void *ud = c->ud;
   imc_free(&gw->mem, c);
   if (mode == REL_CLOSE)

@@ -1,9 +1,11 @@
 /*
- * Client frames: the wslay glue that reads WebSocket messages and the
+ * Client frames: every frame header checked first (protocol/wsframe.h),
+ * close frames read here, data and ping frames through wslay, and the
  * handlers of SendRequest, DeliverAck and Ping.
  */
 #include "gateway/gateway_int.h"
 #include "protocol/pbcheck.h"
+#include "protocol/utf8.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -258,23 +260,32 @@ static void on_binary(imc_conn *c, const uint8_t *data, size_t len) {
   imchat__v1__client_frame__free_unpacked(f, &gw->pba);
 }
 
+/*
+ * wslay reads one frame at a time: the header the scanner accepted (kept
+ * in c->scan), then its payload. At the frame's end it is told to wait,
+ * and the gateway reads the next header itself (next_header).
+ */
 static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
                           int flags, void *ud) {
   imc_conn *c = ud;
-  /* A paused connection stops between frames; the rest of the input is
-   * kept for when it resumes (flow.c). */
-  if (c->in_len == 0 || ((c->flags & F_PAUSED) && !(c->flags & F_CLOSING) &&
-                         !c->feed_all && imc_ws_scan_at_boundary(&c->scan))) {
+  size_t n = 0;
+  if (c->hdr_out > 0) {
+    n = c->hdr_out < len ? c->hdr_out : len;
+    memcpy(buf, c->scan.hdr + c->scan.hlen - c->hdr_out, n);
+    c->hdr_out = (uint8_t)(c->hdr_out - n);
+  }
+  size_t m =
+      imc_ws_scan_payload(&c->scan, c->in_len < len - n ? c->in_len : len - n);
+  if (m > 0) {
+    memcpy(buf + n, c->in, m);
+    c->in += m;
+    c->in_len -= m;
+    n += m;
+  }
+  if (n == 0) {
     wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
     return -1;
   }
-  /* At most one frame at a time, so that wslay holds no further frames
-   * when the connection pauses. */
-  size_t n =
-      imc_ws_scan_frame(&c->scan, c->in, len < c->in_len ? len : c->in_len);
-  memcpy(buf, c->in, n);
-  c->in += n;
-  c->in_len -= n;
   return (ssize_t)n;
 }
 
@@ -288,12 +299,10 @@ static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data,
   return (ssize_t)len;
 }
 
-static void
-ws_frame_start_cb(wslay_event_context_ptr ctx,
-                  const struct wslay_event_on_frame_recv_start_arg *a,
-                  void *ud) {
-  imc_conn *c = ud;
-  c->last_rx = now_ms(c->gw);
+/* Writes what wslay queued (pongs). */
+static void ws_flush(imc_conn *c) {
+  if (c->ws != NULL && !(c->flags & F_ABORT) && wslay_event_send(c->ws) != 0)
+    c->flags |= F_ABORT | F_NOMEM;
 }
 
 static void ws_msg_cb(wslay_event_context_ptr ctx,
@@ -301,36 +310,164 @@ static void ws_msg_cb(wslay_event_context_ptr ctx,
   imc_conn *c = ud;
   /* Answers wslay queued earlier in this read (pongs) go out before
    * ours. */
-  if (wslay_event_want_write(ctx) && wslay_event_send(ctx) != 0)
-    c->flags |= F_ABORT | F_NOMEM;
-  switch (a->opcode) {
-  case WSLAY_BINARY_FRAME:
-    if (!(c->flags & F_CLOSING))
-      on_binary(c, a->msg, a->msg_length);
-    break;
-  case WSLAY_TEXT_FRAME:
-    gw_ws_close(c, 1003, "text frames are not accepted");
-    break;
-  case WSLAY_CONNECTION_CLOSE:
-    /* wslay has queued the answering close frame, unless ours went
-     * first. */
-    c->flags |= F_CLOSE_RECEIVED;
-    if (!(c->flags & F_CLOSING)) {
-      c->flags |= F_CLOSING;
-      c->close_at = now_ms(c->gw) + CLOSE_WAIT_MS;
-      gw_conn_schedule(c);
-    }
-    break;
-  default:
-    break;
-  }
+  if (wslay_event_want_write(ctx))
+    ws_flush(c);
+  /* Text and close frames never reach wslay (next_header). */
+  if (a->opcode == WSLAY_BINARY_FRAME && !(c->flags & F_CLOSING))
+    on_binary(c, a->msg, a->msg_length);
+}
+
+/* Our close frame with code, after wslay's pending answers. */
+static void ws_close(imc_conn *c, uint16_t code, const char *why) {
+  ws_flush(c);
+  gw_ws_close(c, code, why);
+}
+
+/* The peer broke the protocol: our close frame, and nothing more is
+ * read; the socket closes once the frame is written. */
+static void ws_fail(imc_conn *c, uint16_t code, const char *why) {
+  gw_log(c->gw, IMC_LOG_DEBUG, "conn %llu (%s/%s): closing with %u: %s",
+         (unsigned long long)c->id, c->user, c->device, (unsigned)code, why);
+  ws_close(c, code, why);
+  c->flags |= F_READ_DONE;
 }
 
 /*
- * Feeds len bytes to wslay. The wslay context exists only while a frame
- * or a fragmented message is partly received (or the connection is
- * closing): an idle connection holds no frame buffers. Returns 0 or a
- * negative code (c freed).
+ * Close codes a peer may send (RFC 6455 7.4 and the IANA registry):
+ * 1004-1006 and 1015 are never sent in a frame, 1016-2999 are not
+ * assigned; 1012-1014 are registered.
+ */
+static int close_code_valid(unsigned code) {
+  return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
+         (code >= 3000 && code <= 4999);
+}
+
+/* Well-formed UTF-8; NUL is a character like any other here. */
+static int utf8_ok(const uint8_t *s, size_t n) {
+  while (n > 0) {
+    size_t k = imc_utf8_next(s, n, NULL);
+    if (k == 0)
+      return 0;
+    s += k;
+    n -= k;
+  }
+  return 1;
+}
+
+/*
+ * The peer's close frame is complete (RFC 6455 5.5.1, 7.1.5): its code
+ * is echoed (1000 for a frame without one); a code nobody may send is a
+ * protocol error (1002), a reason that is not UTF-8 gets 1007.
+ */
+static void on_close(imc_conn *c) {
+  const uint8_t *p = c->ctl;
+  size_t n = c->ctl_len;
+  unsigned code = n >= 2 ? (unsigned)(p[0] << 8 | p[1]) : 1000;
+  if (c->flags & F_CLOSING)
+    c->flags |= F_CLOSE_RECEIVED | F_READ_DONE; /* ours went first */
+  else if (!close_code_valid(code))
+    ws_fail(c, 1002, "invalid close code");
+  else if (n > 2 && !utf8_ok(p + 2, n - 2))
+    ws_fail(c, 1007, "close reason is not UTF-8");
+  else {
+    ws_close(c, (uint16_t)code, "");
+    c->flags |= F_CLOSE_RECEIVED | F_READ_DONE;
+  }
+  imc_free(&c->gw->mem, c->ctl);
+  c->ctl = NULL;
+  c->ctl_len = 0;
+}
+
+/* Payload bytes of a close frame, unmasked into c->ctl. */
+static void read_close(imc_conn *c) {
+  size_t n = imc_ws_scan_payload(&c->scan, c->in_len);
+  const uint8_t *mask = imc_ws_scan_mask(&c->scan);
+  for (size_t i = 0; i < n; i++)
+    c->ctl[c->ctl_len + i] = c->in[i] ^ mask[(c->ctl_len + i) & 3];
+  c->ctl_len = (uint8_t)(c->ctl_len + n);
+  c->in += n;
+  c->in_len -= n;
+  if (c->scan.left == 0)
+    on_close(c);
+}
+
+/*
+ * Reads the next frame header from the input and decides who reads the
+ * frame. Bad headers close the connection here, before wslay (which
+ * would close without a status code) or any buffering sees them.
+ */
+static void next_header(imc_conn *c) {
+  imc_gateway *gw = c->gw;
+  size_t used;
+  const char *why;
+  int rv = imc_ws_scan_header(&c->scan, c->in, c->in_len,
+                              gw->o.max_body + FRAME_OVERHEAD, &used, &why);
+  c->in += used;
+  c->in_len -= used;
+  if (rv == IMC_WS_SCAN_MORE)
+    return;
+  if (rv != IMC_WS_SCAN_FRAME) {
+    ws_fail(c, (uint16_t)rv, why);
+    return;
+  }
+  c->last_rx = now_ms(gw);
+  uint8_t op = imc_ws_scan_opcode(&c->scan);
+  if (op == IMC_WS_CLOSE) {
+    c->fmode = FM_CLOSE;
+    c->ctl_len = 0;
+    if (c->scan.left == 0) {
+      on_close(c);
+    } else if (c->ctl == NULL &&
+               (c->ctl = imc_malloc(&gw->mem, IMC_WS_CONTROL_MAX)) == NULL) {
+      c->flags |= F_ABORT | F_NOMEM;
+    }
+  } else if (c->flags & F_CLOSING) {
+    c->fmode = FM_SKIP; /* only the peer's close matters now */
+  } else if (op == IMC_WS_TEXT) {
+    c->fmode = FM_SKIP;
+    ws_close(c, 1003, "text frames are not accepted");
+  } else {
+    c->fmode = FM_WSLAY;
+    c->hdr_out = c->scan.hlen;
+  }
+}
+
+/* Lets wslay read the current frame. Returns 1 if it took input. */
+static int wslay_read(imc_conn *c) {
+  imc_gateway *gw = c->gw;
+  if (c->ws == NULL) {
+    if (wslay_event_context_server_init(&c->ws, &gw->wscb, c) != 0) {
+      c->ws = NULL;
+      c->flags |= F_ABORT | F_NOMEM;
+      return 0;
+    }
+    /* The envelope around a body may add a little to the message. */
+    wslay_event_config_set_max_recv_msg_length(c->ws,
+                                               gw->o.max_body + FRAME_OVERHEAD);
+  }
+  size_t before = c->in_len + c->hdr_out;
+  int rv = wslay_event_recv(c->ws);
+  if (rv == WSLAY_ERR_NOMEM) {
+    c->flags |= F_ABORT | F_NOMEM;
+    return 0;
+  }
+  if (rv != 0 || !wslay_event_get_read_enabled(c->ws)) {
+    /* wslay refuses nothing the scanner accepts; should it ever, its
+     * close frame (without a code) is dropped for ours. */
+    gw_ws_close(c, 1002, "protocol error");
+    c->flags |= F_READ_DONE;
+    return 0;
+  }
+  return c->in_len + c->hdr_out < before;
+}
+
+/*
+ * Reads len bytes of WebSocket input: each frame header is checked
+ * first, then the frame goes to wslay (data, ping, pong) or is read here
+ * (close). The wslay context exists only while a frame or a fragmented
+ * message is partly received (or the connection is closing): an idle
+ * connection holds no frame buffers. Returns 0 or a negative code (c
+ * freed).
  */
 int gw_ws_feed(imc_conn *c, const uint8_t *data, size_t len) {
   imc_gateway *gw = c->gw;
@@ -359,54 +496,46 @@ int gw_ws_feed(imc_conn *c, const uint8_t *data, size_t len) {
   return gw_ws_feed_now(c, data, len);
 }
 
-/* Feeds data to wslay now; what a pause leaves unread is kept. */
+/* Feeds data frame by frame; what a pause leaves unread is kept. */
 int gw_ws_feed_now(imc_conn *c, const uint8_t *data, size_t len) {
-  imc_gateway *gw = c->gw;
-  if (c->ws == NULL) {
-    if (wslay_event_context_server_init(&c->ws, &gw->wscb, c) != 0) {
-      c->ws = NULL;
-      c->flags |= F_ABORT | F_NOMEM;
-      return gw_conn_check(c);
-    }
-    /* The envelope around a body may add a little to the message. */
-    wslay_event_config_set_max_recv_msg_length(c->ws,
-                                               gw->o.max_body + FRAME_OVERHEAD);
-  }
   c->in = data;
   c->in_len = len;
-  int rv = 0;
-  for (;;) {
-    size_t before = c->in_len;
-    rv = wslay_event_recv(c->ws);
-    /* wslay stops early only at a pause or an error; go on otherwise. */
-    if (rv != 0 || c->in_len == 0 || c->in_len == before ||
-        !wslay_event_get_read_enabled(c->ws) ||
-        (c->flags & (F_ABORT | F_PAUSED)))
-      break;
+  while (!(c->flags & (F_ABORT | F_READ_DONE))) {
+    imc_ws_scan *s = &c->scan;
+    if (!s->done || (s->left == 0 && c->hdr_out == 0)) {
+      /* A paused connection stops between frames; the rest of the input
+       * is kept for when it resumes (flow.c). */
+      if (c->in_len == 0 ||
+          (imc_ws_scan_at_boundary(s) && (c->flags & F_PAUSED) &&
+           !(c->flags & F_CLOSING) && !c->feed_all))
+        break;
+      next_header(c);
+    } else if (c->fmode == FM_WSLAY) {
+      if ((c->in_len == 0 && c->hdr_out == 0) || !wslay_read(c))
+        break;
+    } else {
+      if (c->in_len == 0)
+        break;
+      if (c->fmode == FM_CLOSE) {
+        read_close(c);
+      } else {
+        size_t n = imc_ws_scan_payload(s, c->in_len);
+        c->in += n;
+        c->in_len -= n;
+      }
+    }
   }
   c->feed_all = 0;
   /* Input left unread by a pause waits for the resume; after a close or
    * an error it is dropped. */
-  if (c->in_len > 0 && rv == 0 && !(c->flags & F_ABORT) &&
-      wslay_event_get_read_enabled(c->ws) &&
+  if (c->in_len > 0 && !(c->flags & (F_ABORT | F_READ_DONE)) &&
       gw_flow_hold(c, c->in, c->in_len) != 0)
     c->flags |= F_ABORT | F_NOMEM;
   c->in = NULL;
   c->in_len = 0;
-  if (rv == WSLAY_ERR_NOMEM) {
-    c->flags |= F_ABORT | F_NOMEM;
-  } else if (rv != 0 || !wslay_event_get_read_enabled(c->ws)) {
-    /* A protocol error or a close: wslay queued a close frame. */
-    c->flags |= F_READ_DONE;
-    if (!(c->flags & F_CLOSING)) {
-      c->flags |= F_CLOSING;
-      c->close_at = now_ms(gw) + CLOSE_WAIT_MS;
-      gw_conn_schedule(c);
-    }
-  }
-  if (!(c->flags & F_ABORT) && wslay_event_send(c->ws) != 0)
-    c->flags |= F_ABORT | F_NOMEM;
-  if (!(c->flags & (F_ABORT | F_CLOSING)) && imc_ws_scan_idle(&c->scan)) {
+  ws_flush(c);
+  if (c->ws != NULL && !(c->flags & (F_ABORT | F_CLOSING)) && c->hdr_out == 0 &&
+      imc_ws_scan_idle(&c->scan)) {
     wslay_event_context_free(c->ws);
     c->ws = NULL;
   }
@@ -417,6 +546,5 @@ void gw_ws_callbacks_init(struct wslay_event_callbacks *cb) {
   memset(cb, 0, sizeof(*cb));
   cb->recv_callback = ws_recv_cb;
   cb->send_callback = ws_send_cb;
-  cb->on_frame_recv_start_callback = ws_frame_start_cb;
   cb->on_msg_recv_callback = ws_msg_cb;
 }

@@ -39,6 +39,15 @@ int imc_gateway_new(imc_gateway **out, const imc_gateway_options *opt,
   gw->o.node_id = dup_opt(mem, opt->node_id ? opt->node_id : "local", &fail);
   gw->o.issuer = dup_opt(mem, opt->issuer, &fail);
   gw->o.audience = dup_opt(mem, opt->audience, &fail);
+  gw->o.origins = NULL;
+  gw->o.n_origins = 0;
+  if (opt->n_origins > 0) {
+    gw->o.origins = imc_calloc(mem, opt->n_origins, sizeof(char *));
+    fail |= gw->o.origins == NULL;
+    for (size_t i = 0; gw->o.origins && i < opt->n_origins;
+         i++, gw->o.n_origins++)
+      gw->o.origins[i] = dup_opt(mem, opt->origins[i], &fail);
+  }
   gw->users_cap = 64;
   gw->users = imc_calloc(mem, gw->users_cap, sizeof(*gw->users));
   int rv = fail || gw->users == NULL ? IMC_ERR_NOMEM : 0;
@@ -71,6 +80,10 @@ void imc_gateway_del(imc_gateway *gw) {
   imc_jwt_key_clear(&gw->hs, &gw->mem);
   imc_jwt_key_clear(&gw->pub, &gw->mem);
   imc_free(&gw->mem, gw->users);
+  gw_peers_free(gw);
+  for (size_t i = 0; i < gw->o.n_origins; i++)
+    imc_free(&gw->mem, gw->o.origins[i]);
+  imc_free(&gw->mem, gw->o.origins);
   imc_free(&gw->mem, gw->o.node_id);
   imc_free(&gw->mem, gw->o.issuer);
   imc_free(&gw->mem, gw->o.audience);

@@ -10,7 +10,10 @@
  *   http_request.c  request heads, routing, the host's HTTP handler
  *   http_answer.c   complete HTTP answers and JSON errors
  *   upgrade.c       GET /ws: upgrade, JWT authentication, key source
- *   frames.c        client frames and the wslay glue
+ *   admission.c     who may upgrade: the Origin allow-list, the connection
+ *                   limits, the index of peer addresses
+ *   frames.c        client frames: header checks, close frames, the wslay
+ *                   glue
  *   ws_output.c     frames queued to clients, close frames, Error frames
  *   pending.c       sends and key lookups waiting for their completion,
  *                   and answers held so that they leave in request order
@@ -55,6 +58,8 @@
 #define HELD_MAX (256 * 1024) /* input kept while a connection is paused */
 #define ACK_BATCH_MAX 1024    /* acks per delivered_many call */
 #define BUSY_MESSAGE "server busy; retry after 100 ms"
+#define PEER_MAX 64    /* a peer address, in text */
+#define ORIGIN_MAX 512 /* a serialized origin */
 
 enum conn_state {
   ST_HTTP,  /* reading the request head */
@@ -62,6 +67,13 @@ enum conn_state {
   ST_WS,    /* upgraded */
   ST_REPLY, /* an HTTP request is with the handler */
   ST_DONE   /* HTTP answer queued; close once written */
+};
+
+/* Who reads the payload of the current inbound frame (frames.c). */
+enum frame_mode {
+  FM_WSLAY, /* data, ping and pong frames: wslay */
+  FM_CLOSE, /* a close frame: the gateway checks code and reason */
+  FM_SKIP   /* after our close frame (a text frame's too): dropped */
 };
 
 enum conn_flag {
@@ -72,11 +84,13 @@ enum conn_flag {
   F_CLOSING = 1 << 4,        /* a close frame is queued */
   F_NOMEM = 1 << 5,          /* aborted for want of memory */
   F_CLOSE_RECEIVED = 1 << 6, /* the peer's close frame arrived */
-  F_READ_DONE = 1 << 7,      /* wslay stopped reading (protocol error) */
+  F_READ_DONE = 1 << 7,      /* reading ended: protocol error, peer closed */
   F_DISCARD = 1 << 8,        /* we sent close: wslay's replies are dropped */
   F_PAUSED = 1 << 9,         /* reads paused: too many sends in flight */
   F_WAITQ = 1 << 10,         /* on gw->waitq: a send waits for admission */
-  F_RESUME = 1 << 11         /* on gw->resumeq: may be read again */
+  F_RESUME = 1 << 11,        /* on gw->resumeq: may be read again */
+  F_HEAD = 1 << 12,          /* a HEAD request: answers carry no body */
+  F_BEARER = 1 << 13         /* the request carried a bearer credential */
 };
 
 /* How a connection ends. */
@@ -167,12 +181,21 @@ typedef struct gw_user {
   char id[];
 } gw_user;
 
+/* A peer address with connections here (admission.c). */
+typedef struct gw_peer {
+  struct gw_peer *next; /* bucket chain of gw->peers */
+  uint32_t refs;        /* connections from this address */
+  uint32_t n_ws;        /* ... of them upgraded: max_conns_ip counts */
+  char addr[];
+} gw_peer;
+
 struct imc_conn {
   imc_gateway *gw;
   void *ud;
   imc_conn *prev, *next;   /* gw->conns */
   imc_conn *dprev, *dnext; /* gw->dirty */
   struct gw_user *u;       /* the user's record, once upgraded */
+  gw_peer *peer;           /* the peer's address, if the host gave it */
   imc_conn *uprev, *unext; /* u->conns */
   imc_timer timer;
   uint64_t id;
@@ -182,9 +205,13 @@ struct imc_conn {
   char *head; /* partial request head, when it spans reads */
   size_t head_len;
   wslay_event_context_ptr ws; /* only while a frame is partly received */
-  imc_ws_scan scan;
+  imc_ws_scan scan;           /* checks every frame header first */
+  uint8_t fmode;              /* enum frame_mode of the current frame */
+  uint8_t hdr_out;            /* header bytes not yet handed to wslay */
+  uint8_t ctl_len;            /* close payload bytes in ctl */
+  uint8_t *ctl;               /* a close frame's payload, while it comes */
   imc_bufq out;
-  const uint8_t *in; /* bytes being fed to wslay */
+  const uint8_t *in; /* input being read, frame by frame */
   size_t in_len;
   char *user;   /* "user\0device\0", one allocation */
   char *device; /* points into user */
@@ -203,7 +230,7 @@ struct imc_conn {
   imc_conn *wq_prev, *wq_next;   /* gw->waitq */
   imc_conn *rs_prev, *rs_next;   /* gw->resumeq */
 };
-_Static_assert(F_RESUME <= UINT16_MAX, "every conn_flag fits imc_conn.flags");
+_Static_assert(F_BEARER <= UINT16_MAX, "every conn_flag fits imc_conn.flags");
 
 struct imc_gateway_options {
   imc_mem mem;
@@ -219,6 +246,9 @@ struct imc_gateway_options {
   uint32_t max_devices, user_rate, user_burst;
   uint32_t send_ms;
   uint32_t max_conn_sends, max_sends, admit_ms;
+  uint32_t max_conns, max_conns_ip; /* upgraded connections; 0: no limit */
+  char **origins;                   /* serialized allowed origins */
+  size_t n_origins;
   imc_transport_vtbl transport;
   void *transport_ud;
   imc_registry_vtbl registry;
@@ -244,6 +274,8 @@ struct imc_gateway {
   imc_theap timers;
   gw_user **users; /* buckets by user id */
   size_t users_cap, n_users;
+  gw_peer **peers; /* buckets by address; NULL until the first */
+  size_t peers_cap, n_peers;
   uint64_t next_id;
   int shutting_down;
   /* Completions still owed to the gateway, for imc_gateway_pending. */
@@ -376,18 +408,20 @@ void gw_reports_free(imc_gateway *gw);
 /* Frees p and its reference to the message. */
 void gw_push_free(imc_gateway *gw, push *p);
 
-/* frames.c: client frames and the wslay glue */
+/* frames.c: client frames, their header checks and the wslay glue */
 /* Fills cb with the gateway's wslay callbacks. */
 void gw_ws_callbacks_init(struct wslay_event_callbacks *cb);
 /*
- * Feeds len bytes to wslay. The wslay context exists only while a frame
- * or a fragmented message is partly received (or the connection is
- * closing): an idle connection holds no frame buffers. Returns 0 or a
- * negative code (c freed).
+ * Reads len bytes of WebSocket input: each frame header is checked
+ * first, then the frame goes to wslay (data, ping, pong) or is read here
+ * (close). The wslay context exists only while a frame or a fragmented
+ * message is partly received (or the connection is closing): an idle
+ * connection holds no frame buffers. Returns 0 or a negative code (c
+ * freed).
  */
 int gw_ws_feed(imc_conn *c, const uint8_t *data, size_t len);
-/* Feeds data to wslay at once, ahead of any kept input; the part a pause
- * leaves unread is kept. Same returns. */
+/* Reads data at once, ahead of any kept input; the part a pause leaves
+ * unread is kept. Same returns. */
 int gw_ws_feed_now(imc_conn *c, const uint8_t *data, size_t len);
 
 /* upgrade.c: the WebSocket upgrade and JWT authentication */
@@ -401,6 +435,17 @@ int gw_keep_head(imc_conn *c, const char *buf, size_t len);
  */
 int gw_handle_upgrade(imc_conn *c, const imc_http_req *req, const char *buf,
                       size_t len, size_t head_len, const imc_jwt_key *fetched);
+
+/* admission.c: who may upgrade */
+/*
+ * Checks the Origin and the connection limits for the upgrade of c.
+ * Returns 0, or -1 after answering 403 or 503.
+ */
+int gw_admit(imc_conn *c, const imc_http_req *req);
+/* c is going: its peer's record loses it (and an upgraded connection). */
+void gw_peer_release(imc_conn *c);
+/* Frees the index (every connection is gone). */
+void gw_peers_free(imc_gateway *gw);
 
 /* http_request.c: plain HTTP requests */
 /* Request head bytes. Returns 0 or a negative code (c freed). */

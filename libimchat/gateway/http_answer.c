@@ -47,11 +47,11 @@ static const char *status_text(int status) {
   }
 }
 
-/* 1 if the header lines in extra include a Cache-Control line. */
-static int has_cache_control(const char *extra) {
-  static const char name[] = "cache-control:";
+/* 1 if the header lines in extra include one named name (with ':'). */
+static int has_header(const char *extra, const char *name) {
+  size_t n = strlen(name);
   for (const char *l = extra; l && *l;) {
-    if (strncasecmp(l, name, sizeof(name) - 1) == 0)
+    if (strncasecmp(l, name, n) == 0)
       return 1;
     const char *nl = strchr(l, '\n');
     l = nl ? nl + 1 : NULL;
@@ -62,23 +62,35 @@ static int has_cache_control(const char *extra) {
 /*
  * Queues a complete HTTP answer and closes the connection once it is
  * written. extra holds additional header lines, each ending in CRLF; a
- * Cache-Control line among them replaces the default no-store.
+ * Cache-Control line among them replaces the default no-store. The
+ * answer to a HEAD request has the same head, Content-Length included,
+ * and no body. A 401 without a challenge gets the Bearer one (RFC 9110
+ * 11.6.1, RFC 6750 3): with error="invalid_token" when the request
+ * carried a credential.
  */
 int gw_http_answer(imc_conn *c, int status, const char *ctype,
                    const char *extra, const char *body, size_t body_len) {
   char head[512];
-  int n =
-      snprintf(head, sizeof(head),
-               "HTTP/1.1 %d %s\r\nContent-Type: %.200s\r\n"
-               "Content-Length: %zu\r\n%sConnection: close\r\n",
-               status, status_text(status), ctype, body_len,
-               has_cache_control(extra) ? "" : "Cache-Control: no-store\r\n");
+  const char *challenge = "";
+  if (status == 401 && !has_header(extra, "www-authenticate:"))
+    challenge = (c->flags & F_BEARER)
+                    ? "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n"
+                    : "WWW-Authenticate: Bearer\r\n";
+  int n = snprintf(
+      head, sizeof(head),
+      "HTTP/1.1 %d %s\r\nContent-Type: %.200s\r\n"
+      "Content-Length: %zu\r\n%s%sConnection: close\r\n",
+      status, status_text(status), ctype, body_len,
+      has_header(extra, "cache-control:") ? "" : "Cache-Control: no-store\r\n",
+      challenge);
   c->state = ST_DONE;
   c->close_at = now_ms(c->gw) + CLOSE_WAIT_MS;
   gw_conn_schedule(c);
   if (status >= 400)
     stat_inc(c->gw,
              status == 401 ? IMC_GW_STAT_AUTH_FAILED : IMC_GW_STAT_HTTP_ERRORS);
+  if (c->flags & F_HEAD)
+    body_len = 0;
   if (gw_queue_bytes(c, head, (size_t)n) != 0 ||
       gw_queue_bytes(c, extra ? extra : "", extra ? strlen(extra) : 0) != 0 ||
       gw_queue_bytes(c, "\r\n", 2) != 0 ||

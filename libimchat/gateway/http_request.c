@@ -34,7 +34,11 @@ static int gw_http_handle(imc_conn *c, const imc_http_req *req,
   char bearer[IMC_JWT_MAX_LEN + 1];
   const imc_http_hdr *acc = imc_http_find(req, "Accept");
   const imc_http_hdr *ct = imc_http_find(req, "Content-Type");
-  if (!span_str(req->method, method, sizeof(method)) ||
+  /* A HEAD request is served as a GET whose body the gateway drops
+   * (gw_http_answer): every handler supports HEAD with the same headers,
+   * Content-Length included. */
+  if (!span_str((c->flags & F_HEAD) ? (imc_span){"GET", 3} : req->method,
+                method, sizeof(method)) ||
       !span_str(req->path, path, sizeof(path)) ||
       !span_str(req->query, query, sizeof(query)) ||
       !span_str(acc ? acc->value : (imc_span){"", 0}, accept, sizeof(accept)) ||
@@ -54,6 +58,7 @@ static int gw_http_handle(imc_conn *c, const imc_http_req *req,
       span_str((imc_span){auth->value.p + 7, auth->value.len - 7}, bearer,
                sizeof(bearer))) {
     hr.bearer = bearer;
+    c->flags |= F_BEARER;
     imc_jwt_header jh;
     const imc_jwt_key *k = NULL;
     if (imc_jwt_parse_header(bearer, strlen(bearer), &jh) == 0)
@@ -99,36 +104,26 @@ int imc_http_reply_send(imc_http_reply *reply, int status,
 
 /*
  * The length of the body that follows a request head: 0 (none), the
- * Content-Length, or -1 after answering an error (a bad or too large
- * Content-Length, a chunked body).
+ * Content-Length, or -1 after answering an error (a bad, repeated or too
+ * large Content-Length, a chunked body).
  */
 static long long body_length(imc_conn *c, const imc_http_req *req) {
-  const imc_http_hdr *te = imc_http_find(req, "Transfer-Encoding");
-  if (te != NULL) {
+  if (imc_http_find(req, "Transfer-Encoding") != NULL) {
     gw_http_error(c, 411, "LENGTH_REQUIRED",
                   "send the body with a Content-Length", NULL);
     return -1;
   }
-  const imc_http_hdr *cl = imc_http_find(req, "Content-Length");
-  if (cl == NULL)
-    return 0;
-  unsigned long long v = 0;
-  if (cl->value.len == 0 || cl->value.len > 19)
-    goto bad;
-  for (size_t i = 0; i < cl->value.len; i++) {
-    char d = cl->value.p[i];
-    if (d < '0' || d > '9')
-      goto bad;
-    v = v * 10 + (unsigned)(d - '0');
+  unsigned long long v;
+  if (imc_http_content_length(req, &v) < 0) {
+    gw_http_error(c, 400, "BAD_REQUEST",
+                  "Content-Length must be one decimal number", NULL);
+    return -1;
   }
   if (v > IMC_HTTP_BODY_MAX) {
     gw_http_error(c, 413, "TOO_LARGE", "request body too large", NULL);
     return -1;
   }
   return (long long)v;
-bad:
-  gw_http_error(c, 400, "BAD_REQUEST", "bad Content-Length", NULL);
-  return -1;
 }
 
 /* buf[0..len) holds the head (head_len bytes) and at least the body. */
@@ -185,12 +180,28 @@ int gw_http_recv(imc_conn *c, const uint8_t *data, size_t len) {
     gw_http_error(c, 400, "BAD_REQUEST", "malformed request", NULL);
     return gw_conn_check(c);
   }
-  if (imc_span_ieq(req.path, "/ws"))
-    return handle_request(c, &req, buf, blen, (size_t)n, 0);
+  /* HEAD is GET without the body (RFC 9110 9.3.2); methods are
+   * case-sensitive. */
+  if (req.method.len == 4 && memcmp(req.method.p, "HEAD", 4) == 0)
+    c->flags |= F_HEAD;
+  imc_span host;
+  if (imc_http_host(&req, &host) != 0) {
+    gw_http_error(c, 400, "BAD_REQUEST",
+                  "a request needs exactly one valid Host header", NULL);
+    return gw_conn_check(c);
+  }
   /* A body is read whole before the handler sees the request. */
   long long body = body_length(c, &req);
   if (body < 0)
     return gw_conn_check(c);
+  if (imc_span_ieq(req.path, "/ws")) {
+    if (body > 0) {
+      gw_http_error(c, 400, "BAD_REQUEST", "an upgrade request has no body",
+                    NULL);
+      return gw_conn_check(c);
+    }
+    return handle_request(c, &req, buf, blen, (size_t)n, 0);
+  }
   if (blen - (size_t)n < (size_t)body) {
     if (c->head == NULL && gw_keep_head(c, buf, blen) != 0) {
       c->flags |= F_ABORT | F_NOMEM;

@@ -46,6 +46,9 @@ static void options_clear(imc_gateway_options *o) {
   imc_free(m, o->pem);
   imc_free(m, o->issuer);
   imc_free(m, o->audience);
+  for (size_t i = 0; i < o->n_origins; i++)
+    imc_free(m, o->origins[i]);
+  imc_free(m, o->origins);
 }
 
 void imc_gateway_options_del(imc_gateway_options *o) {
@@ -212,6 +215,41 @@ int imc_gateway_options_set_admit_timeout_ms(imc_gateway_options *o,
   if (o == NULL || ms == 0)
     return IMC_ERR_INVALID_ARGUMENT;
   o->admit_ms = ms;
+  return 0;
+}
+
+int imc_gateway_options_add_allowed_origin(imc_gateway_options *o,
+                                           const char *origin) {
+  if (o == NULL || origin == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  char norm[ORIGIN_MAX];
+  imc_span v = {origin, strlen(origin)};
+  if (imc_http_origin(v, NULL, norm, sizeof(norm)) < 0)
+    return IMC_ERR_INVALID_ARGUMENT;
+  char **list =
+      imc_realloc(&o->mem, o->origins, (o->n_origins + 1) * sizeof(char *));
+  if (list == NULL)
+    return IMC_ERR_NOMEM;
+  o->origins = list;
+  if ((list[o->n_origins] = imc_strdup(&o->mem, norm)) == NULL)
+    return IMC_ERR_NOMEM;
+  o->n_origins++;
+  return 0;
+}
+
+int imc_gateway_options_set_max_connections(imc_gateway_options *o,
+                                            uint32_t n) {
+  if (o == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  o->max_conns = n;
+  return 0;
+}
+
+int imc_gateway_options_set_max_connections_per_ip(imc_gateway_options *o,
+                                                   uint32_t n) {
+  if (o == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  o->max_conns_ip = n;
   return 0;
 }
 

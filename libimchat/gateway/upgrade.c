@@ -50,6 +50,8 @@ static int upgrade(imc_conn *c, imc_span ws_key, const char *user,
     goto nomem;
   c->state = ST_WS;
   gw->stats[IMC_GW_STAT_WEBSOCKETS]++;
+  if (c->peer != NULL)
+    c->peer->n_ws++;
   stat_inc(gw, IMC_GW_STAT_UPGRADED);
   int64_t now = now_ms(gw);
   c->last_rx = now;
@@ -96,11 +98,11 @@ static const char *alg_name(imc_jwt_alg alg) {
   }
 }
 
+/* 401; its challenge says invalid_token when a token came (F_BEARER). */
 static int auth_fail(imc_conn *c, int rv, const char *message) {
   gw_log(c->gw, IMC_LOG_INFO, "conn %llu: token refused: %s (%s)",
          (unsigned long long)c->id, message, imc_strerror(rv));
-  gw_http_error(c, 401, "UNAUTHENTICATED", message,
-                "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n");
+  gw_http_error(c, 401, "UNAUTHENTICATED", message, NULL);
   return gw_conn_check(c);
 }
 
@@ -138,10 +140,14 @@ int gw_handle_upgrade(imc_conn *c, const imc_http_req *req, const char *buf,
   const imc_http_hdr *conn = imc_http_find(req, "Connection");
   const imc_http_hdr *key = imc_http_find(req, "Sec-WebSocket-Key");
   const imc_http_hdr *ver = imc_http_find(req, "Sec-WebSocket-Version");
+  /* RFC 6455 4.2.1, 11.3.1, 11.3.5: the key is the base64 of 16 bytes,
+   * key and version appear once. */
   if (req->minor_version != 1 || upg == NULL ||
       !imc_http_has_token(upg->value, "websocket") || conn == NULL ||
       !imc_http_has_token(conn->value, "upgrade") || key == NULL ||
-      key->value.len != 24 || ver == NULL) {
+      imc_http_count(req, "Sec-WebSocket-Key") != 1 ||
+      !imc_ws_key_valid(key->value) || ver == NULL ||
+      imc_http_count(req, "Sec-WebSocket-Version") != 1) {
     gw_http_error(c, 400, "BAD_REQUEST", "malformed WebSocket upgrade", NULL);
     return gw_conn_check(c);
   }
@@ -150,9 +156,16 @@ int gw_handle_upgrade(imc_conn *c, const imc_http_req *req, const char *buf,
                   "Sec-WebSocket-Version: 13\r\n");
     return gw_conn_check(c);
   }
+  /* Origin and limits come before the token, which costs more to check
+   * (a signature) than a refusal. */
+  if (gw_admit(c, req) != 0)
+    return gw_conn_check(c);
   char token[IMC_JWT_MAX_LEN + 1];
   size_t token_len = 0;
   const imc_http_hdr *auth = imc_http_find(req, "Authorization");
+  if (auth != NULL || imc_query_get(req->query, "token", token,
+                                    sizeof(token)) != IMC_ERR_NOT_FOUND)
+    c->flags |= F_BEARER;
   if (auth != NULL) {
     if (auth->value.len <= 7 || strncasecmp(auth->value.p, "Bearer ", 7) != 0 ||
         auth->value.len - 7 > IMC_JWT_MAX_LEN)
@@ -212,6 +225,7 @@ int gw_handle_upgrade(imc_conn *c, const imc_http_req *req, const char *buf,
    * counts, a reconnecting device's old one too until it is gone. */
   gw_user *u = gw_user_find(gw, cl.sub);
   if (u != NULL && u->n_conns >= gw->o.max_devices) {
+    stat_inc(gw, IMC_GW_STAT_REFUSED_DEVICES);
     gw_log(gw, IMC_LOG_INFO, "conn %llu: %s has %zu devices connected, refused",
            (unsigned long long)c->id, cl.sub, u->n_conns);
     gw_http_error(c, 429, "TOO_MANY_DEVICES",

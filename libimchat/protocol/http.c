@@ -1,11 +1,13 @@
 /* HTTP/1.1 request-head parsing (RFC 9112) over the caller's buffer,
- * query strings and the WebSocket accept key. Nothing here allocates. */
+ * the message-level rules a server checks (Host, Content-Length), query
+ * strings, origins and the WebSocket keys. Nothing here allocates. */
 #include "protocol/http.h"
 #include "util/hex.h"
 
 #include <imchat/common.h>
 
 #include <limits.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <openssl/evp.h>
@@ -148,6 +150,35 @@ static int parse_head(const char *buf, size_t len, imc_http_req *req,
   return (int)(p - buf);
 }
 
+static int is_alpha(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static int is_digit(unsigned char c) {
+  return c >= '0' && c <= '9';
+}
+
+/* The length of a scheme and its "://" at the start of t, or 0. */
+static size_t scheme_len(imc_span t) {
+  size_t i = 0;
+  if (t.len == 0 || !is_alpha((unsigned char)t.p[0]))
+    return 0;
+  while (i < t.len &&
+         (is_alpha((unsigned char)t.p[i]) || is_digit((unsigned char)t.p[i]) ||
+          t.p[i] == '+' || t.p[i] == '-' || t.p[i] == '.'))
+    i++;
+  if (t.len - i < 3 || memcmp(t.p + i, "://", 3) != 0)
+    return 0;
+  return i + 3;
+}
+
+/* scheme_len for the http and https schemes only. */
+static size_t http_scheme_len(imc_span t) {
+  size_t n = scheme_len(t);
+  imc_span scheme = {t.p, n >= 3 ? n - 3 : 0};
+  return imc_span_ieq(scheme, "http") || imc_span_ieq(scheme, "https") ? n : 0;
+}
+
 int imc_http_parse_request(const char *buf, size_t len, imc_http_req *req,
                            imc_http_hdr *hdrs, size_t max_hdrs) {
   if (req == NULL || (buf == NULL && len > 0) || (hdrs == NULL && max_hdrs > 0))
@@ -168,16 +199,37 @@ int imc_http_parse_request(const char *buf, size_t len, imc_http_req *req,
   if (rv < 0)
     return rv;
 
-  const char *q = memchr(r.target.p, '?', r.target.len);
-  r.path.p = r.target.p;
-  if (q != NULL) {
-    r.path.len = (size_t)(q - r.target.p);
-    r.query.p = q + 1;
-    r.query.len = r.target.len - r.path.len - 1;
+  imc_span rest = r.target;
+  size_t sl = http_scheme_len(r.target);
+  if (sl > 0) {
+    /* absolute-form: "http://" authority, then origin-form's parts. */
+    const char *a = r.target.p + sl, *end = r.target.p + r.target.len;
+    const char *e = a;
+    while (e < end && *e != '/' && *e != '?')
+      e++;
+    r.authority.p = a;
+    r.authority.len = (size_t)(e - a);
+    if (!imc_http_host_valid(r.authority))
+      return IMC_ERR_PROTO; /* no host, or userinfo (RFC 9110 4.2.4) */
+    rest.p = e;
+    rest.len = (size_t)(end - e);
   } else {
-    r.path.len = r.target.len;
-    r.query.p = r.target.p + r.target.len;
+    r.authority.p = r.target.p;
+  }
+  const char *q = memchr(rest.p, '?', rest.len);
+  r.path.p = rest.p;
+  if (q != NULL) {
+    r.path.len = (size_t)(q - rest.p);
+    r.query.p = q + 1;
+    r.query.len = rest.len - r.path.len - 1;
+  } else {
+    r.path.len = rest.len;
+    r.query.p = rest.p + rest.len;
     r.query.len = 0;
+  }
+  if (sl > 0 && r.path.len == 0) {
+    r.path.p = "/";
+    r.path.len = 1;
   }
   *req = r;
   return rv;
@@ -308,6 +360,182 @@ ssize_t imc_query_get(imc_span query, const char *key, char *out,
     if (k.len == klen && memcmp(k.p, key, klen) == 0)
       return imc_pct_decode(v, out, outcap);
   return IMC_ERR_NOT_FOUND;
+}
+
+size_t imc_http_count(const imc_http_req *req, const char *name) {
+  size_t n = 0;
+  if (req == NULL || name == NULL)
+    return 0;
+  for (size_t i = 0; i < req->n_hdrs; i++)
+    n += imc_span_ieq(req->hdrs[i].name, name);
+  return n;
+}
+
+static int is_hex(unsigned char c) {
+  return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* reg-name characters (RFC 3986 3.2.2): unreserved and sub-delims;
+ * percent-escapes are checked by the caller. */
+static int is_regname(unsigned char c) {
+  return is_alpha(c) || is_digit(c) ||
+         (c != '\0' && strchr("-._~!$&'()*+,;=", c));
+}
+
+/* Where the host of a host[:port] ends (0 if the host is not valid). */
+static size_t host_end(imc_span s) {
+  size_t i = 0;
+  if (s.len > 0 && s.p[0] == '[') {
+    /* IP-literal: an IPv6 address or IPvFuture, in brackets. */
+    for (i = 1; i < s.len && s.p[i] != ']'; i++)
+      if (!is_regname((unsigned char)s.p[i]) && s.p[i] != ':')
+        return 0;
+    return i < s.len && i > 1 ? i + 1 : 0;
+  }
+  while (i < s.len && s.p[i] != ':') {
+    if (s.p[i] == '%') {
+      if (s.len - i < 3 || !is_hex((unsigned char)s.p[i + 1]) ||
+          !is_hex((unsigned char)s.p[i + 2]))
+        return 0;
+      i += 3;
+      continue;
+    }
+    if (!is_regname((unsigned char)s.p[i]))
+      return 0;
+    i++;
+  }
+  return i;
+}
+
+/* The port after the host at s[at..): 0 if none (or empty), -1 if bad. */
+static long port_of(imc_span s, size_t at) {
+  if (at == s.len || at + 1 == s.len)
+    return at == s.len || s.p[at] == ':' ? 0 : -1;
+  if (s.p[at] != ':' || s.len - at - 1 > 5)
+    return -1;
+  long v = 0;
+  for (size_t i = at + 1; i < s.len; i++) {
+    if (!is_digit((unsigned char)s.p[i]))
+      return -1;
+    v = v * 10 + (s.p[i] - '0');
+  }
+  return v <= 65535 ? v : -1;
+}
+
+int imc_http_host_valid(imc_span s) {
+  if (s.p == NULL)
+    return 0;
+  size_t e = host_end(s);
+  return e > 0 && port_of(s, e) >= 0;
+}
+
+int imc_http_host(const imc_http_req *req, imc_span *host) {
+  if (req == NULL || host == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  size_t n = imc_http_count(req, "Host");
+  const imc_http_hdr *h = imc_http_find(req, "Host");
+  if (n > 1 || (n == 0 && req->minor_version == 1))
+    return IMC_ERR_PROTO;
+  /* An absolute-form target names the host; Host must still be there
+   * (HTTP/1.1) and well-formed, but is not used (RFC 9112 3.2.2). */
+  if (h != NULL && !imc_http_host_valid(h->value) &&
+      !(h->value.len == 0 && req->authority.len > 0))
+    return IMC_ERR_PROTO;
+  if (req->authority.len > 0)
+    *host = req->authority;
+  else if (h != NULL)
+    *host = h->value;
+  else
+    *host = (imc_span){"", 0};
+  return 0;
+}
+
+int imc_http_content_length(const imc_http_req *req, unsigned long long *len) {
+  if (req == NULL || len == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  *len = 0;
+  size_t n = imc_http_count(req, "Content-Length");
+  if (n == 0)
+    return 0;
+  const imc_http_hdr *h = imc_http_find(req, "Content-Length");
+  /* 19 digits always fit in 64 bits. */
+  if (n > 1 || h->value.len == 0 || h->value.len > 19)
+    return IMC_ERR_PROTO;
+  unsigned long long v = 0;
+  for (size_t i = 0; i < h->value.len; i++) {
+    if (!is_digit((unsigned char)h->value.p[i]))
+      return IMC_ERR_PROTO;
+    v = v * 10 + (unsigned)(h->value.p[i] - '0');
+  }
+  *len = v;
+  return 1;
+}
+
+/* Appends s[0..n) in lower case to out at *at; 0 if it does not fit. */
+static int put_lower(char *out, size_t cap, size_t *at, const char *s,
+                     size_t n) {
+  if (cap - *at <= n)
+    return 0;
+  for (size_t i = 0; i < n; i++)
+    out[(*at)++] = (char)ascii_lower((unsigned char)s[i]);
+  out[*at] = '\0';
+  return 1;
+}
+
+ssize_t imc_http_origin(imc_span value, const imc_span *host, char *out,
+                        size_t cap) {
+  if (out == NULL || cap == 0 || (value.p == NULL && value.len > 0))
+    return IMC_ERR_INVALID_ARGUMENT;
+  size_t sl = scheme_len(value);
+  if (sl == 0)
+    return IMC_ERR_PROTO;
+  imc_span scheme = {value.p, sl - 3};
+  imc_span auth = {value.p + sl, value.len - sl};
+  if (!imc_http_host_valid(auth) || (host && !imc_http_host_valid(*host)))
+    return IMC_ERR_PROTO;
+  if (host)
+    auth = *host;
+  size_t he = host_end(auth);
+  long port = port_of(auth, he);
+  long def = imc_span_ieq(scheme, "http") || imc_span_ieq(scheme, "ws") ? 80
+             : imc_span_ieq(scheme, "https") || imc_span_ieq(scheme, "wss")
+                 ? 443
+                 : 0;
+  size_t at = 0;
+  out[0] = '\0';
+  if (!put_lower(out, cap, &at, scheme.p, scheme.len) ||
+      !put_lower(out, cap, &at, "://", 3) ||
+      !put_lower(out, cap, &at, auth.p, he))
+    return IMC_ERR_TOO_LARGE;
+  if (port > 0 && port != def) {
+    char num[8];
+    int n = snprintf(num, sizeof(num), ":%ld", port);
+    if (!put_lower(out, cap, &at, num, (size_t)n))
+      return IMC_ERR_TOO_LARGE;
+  }
+  return (ssize_t)at;
+}
+
+/* The value of a base64 digit (standard alphabet), or -1. */
+static int b64_digit(unsigned char c) {
+  if (c >= 'A' && c <= 'Z')
+    return c - 'A';
+  if (c >= 'a' && c <= 'z')
+    return c - 'a' + 26;
+  if (is_digit(c))
+    return c - '0' + 52;
+  return c == '+' ? 62 : c == '/' ? 63 : -1;
+}
+
+int imc_ws_key_valid(imc_span key) {
+  if (key.p == NULL || key.len != 24 || key.p[22] != '=' || key.p[23] != '=')
+    return 0;
+  for (size_t i = 0; i < 22; i++)
+    if (b64_digit((unsigned char)key.p[i]) < 0)
+      return 0;
+  /* 16 bytes are 128 bits: the 22nd digit carries 2 of them and 4 zero
+   * bits of padding. */
+  return (b64_digit((unsigned char)key.p[21]) & 0x0f) == 0;
 }
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"

@@ -9,23 +9,49 @@
 
 #include <string.h>
 
+/* Inbox users other than the sender. */
+static size_t others(const imc_msg *m, const char *const *users, size_t n) {
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++)
+    k += strcmp(users[i], m->from_user) != 0;
+  return k;
+}
+
+/*
+ * Every job is packed here, so this is where the sender leaves its
+ * inbox list: a message to oneself, or one whose push to the sender's
+ * other device went unacknowledged, never lands in the sender's own
+ * inbox; its devices catch up from the conversation history.
+ */
 int imc_rt_pack_job(imc_router *r, const imc_msg *m, int history,
                     const char *const *users, size_t n, uint8_t **out,
                     size_t *out_len) {
+  size_t k = others(m, users, n);
+  const char **kept = NULL;
+  if (k < n) {
+    kept = imc_malloc(&r->mem, (k ? k : 1) * sizeof(*kept));
+    if (kept == NULL)
+      return IMC_ERR_NOMEM;
+    for (size_t i = 0, j = 0; i < n; i++)
+      if (strcmp(users[i], m->from_user) != 0)
+        kept[j++] = users[i];
+  }
   Imchat__V1__Message pm;
   imc_pb_from_msg(&pm, m);
   Imchat__V1__OfflineJob job = IMCHAT__V1__OFFLINE_JOB__INIT;
   job.message = &pm;
   job.history = history != 0;
-  job.n_inbox_users = n;
-  job.inbox_users = (char **)users;
+  job.n_inbox_users = k;
+  job.inbox_users = (char **)(kept ? kept : users);
   job.from_node = (char *)(m->from_node ? m->from_node : "");
   job.from_conn_id = m->from_conn_id;
   size_t len = imchat__v1__offline_job__get_packed_size(&job);
   uint8_t *buf = imc_malloc(&r->mem, len ? len : 1);
+  if (buf != NULL)
+    *out_len = imchat__v1__offline_job__pack(&job, buf);
+  imc_free(&r->mem, kept);
   if (buf == NULL)
     return IMC_ERR_NOMEM;
-  *out_len = imchat__v1__offline_job__pack(&job, buf);
   *out = buf;
   return 0;
 }
@@ -106,6 +132,9 @@ void imc_rt_slow_path(imc_router *r, const imc_msg *m, int history,
                       const char *const *users, size_t n) {
   uint8_t *job;
   size_t job_len;
+  size_t k = others(m, users, n);
+  if (k == 0 && !history)
+    return; /* only the sender's own inbox: nothing to queue */
   if (imc_rt_pack_job(r, m, history, users, n, &job, &job_len) != 0) {
     rt_log(r, IMC_LOG_ERROR, "out of memory queueing %s", m->msg_id);
     return;
@@ -124,7 +153,7 @@ void imc_rt_slow_path(imc_router *r, const imc_msg *m, int history,
   memcpy(q->data, m->conversation_id, key_len);
   memcpy(q->data + key_len, job, job_len);
   imc_free(&r->mem, job);
-  r->stats[IMC_RT_STAT_SLOW_PATH] += n;
+  r->stats[IMC_RT_STAT_SLOW_PATH] += k;
   r->pending++;
   int rv =
       r->o.queue.publish(r->o.queue_ud, r->o.offline_topic, q->data, key_len,

@@ -146,7 +146,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t n = size < 2048 ? size : 2048;
     memcpy(req, data, n);
     n += (size_t)snprintf(req + n, sizeof(req) - n,
-                          " HTTP/1.1\r\nAuthorization: Bearer %s\r\n"
+                          " HTTP/1.1\r\nHost: f\r\nAuthorization: Bearer %s\r\n"
                           "Accept: %s\r\n\r\n",
                           (size & 1) ? token : "admin",
                           (size & 2) ? "application/x-protobuf" : "*/*");

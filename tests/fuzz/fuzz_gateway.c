@@ -55,7 +55,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     imc_jwt_sign_hs256((const uint8_t *)"fuzz", 4, "alice", NULL, NULL, NULL,
                        now, now + 86400, tok, sizeof(tok));
     req_len = snprintf(req, sizeof(req),
-                       "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n"
+                       "GET /ws HTTP/1.1\r\nHost: f\r\nUpgrade: websocket\r\n"
                        "Connection: Upgrade\r\n"
                        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                        "Sec-WebSocket-Version: 13\r\n"

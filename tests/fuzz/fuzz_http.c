@@ -1,4 +1,5 @@
-/* libFuzzer target: HTTP request heads, query strings, percent-decoding. */
+/* libFuzzer target: HTTP request heads, Host, Content-Length, Origin,
+ * the WebSocket key, query strings, percent-decoding. */
 #include "protocol/http.h"
 
 #include <stdint.h>
@@ -23,6 +24,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (h) {
     char accept[29];
     imc_ws_accept(h->value, accept);
+    imc_ws_key_valid(h->value);
+  }
+  imc_span host;
+  int has_host = imc_http_host(&req, &host) == 0;
+  unsigned long long len;
+  imc_http_content_length(&req, &len);
+  h = imc_http_find(&req, "Origin");
+  if (h) {
+    char origin[128];
+    imc_http_origin(h->value, NULL, origin, sizeof(origin));
+    if (has_host && host.len > 0)
+      imc_http_origin(h->value, &host, origin, sizeof(origin));
   }
   return 0;
 }
