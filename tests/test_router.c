@@ -878,9 +878,35 @@ START_TEST(status_falls_back_to_lookup) {
   const char *users[] = {"bob"};
   imc_router_persisted(R, &m, 1, users, 1);
   settle();
-  ck_assert_int_eq(M.n_lookups, lookups + 1);
+  /* One for the sender's status, one for bob (see the next test). */
+  ck_assert_int_eq(M.n_lookups, lookups + 2);
   ck_assert_int_eq(M.n_statuses, 1);
   ck_assert_str_eq(M.statuses[0], "n9 alice phone STORED bob");
+}
+END_TEST
+
+/* A recipient who comes online between the slow path and the store may
+ * have synced before the message was stored: once stored, it is pushed
+ * to the devices online then, once. */
+START_TEST(stored_message_pushed_to_recipient_now_online) {
+  add_entry("alice", "phone", "n1");
+  send1("alice", "bob", "c1"); /* bob offline: the slow path */
+  imc_msg m = last_msg();
+  int delivers = M.n_delivers;
+  const char *users[] = {"bob"};
+  imc_router_persisted(R, &m, 1, users, 1);
+  settle();
+  ck_assert_int_eq(M.n_delivers, delivers); /* still offline: no push */
+
+  send1("alice", "bob", "c2");
+  imc_msg m2 = job_msg(1);
+  add_entry("bob", "phone", "n2"); /* bob connects before the store */
+  add_entry("bob", "laptop", "n2");
+  imc_router_persisted(R, &m2, 1, users, 1);
+  settle();
+  ck_assert_int_eq(M.n_delivers, delivers + 1); /* one push per node */
+  ck_assert_str_eq(M.delivers[M.n_delivers - 1], "n2 bob -");
+  ck_assert_int_eq(M.n_statuses, 2); /* STORED for each, once */
 }
 END_TEST
 
@@ -1695,6 +1721,7 @@ static Suite *router_suite(void) {
     tcase_add_test(t, delivered_status_once);
     tcase_add_test(t, status_goes_to_from_node);
     tcase_add_test(t, status_falls_back_to_lookup);
+    tcase_add_test(t, stored_message_pushed_to_recipient_now_online);
     tcase_add_test(t, delivered_many_one_lookup);
     tcase_add_test(t, delivered_many_upstream);
     tcase_add_test(t, status_memory_grows);

@@ -65,9 +65,12 @@ void imc_router_persisted(void *router, const imc_msg *msg, int history,
       imc_rt_send_status(r, msg, IMC_STORED, "");
     return;
   }
-  for (size_t i = 0; i < n_users; i++)
-    if (strcmp(users[i], msg->to_user) == 0)
+  for (size_t i = 0; i < n_users; i++) {
+    if (strcmp(users[i], msg->to_user) == 0) {
       imc_rt_send_status(r, msg, IMC_STORED, msg->to_user);
+      imc_rt_push_stored(r, msg);
+    }
+  }
 }
 
 static int up_send(void *ud, const imc_send_req *req, imc_send_cb done,

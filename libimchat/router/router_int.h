@@ -6,6 +6,8 @@
  *   status.c     DeliveryStatus to the sender, once per message (again
  *                for a resend), batched for delivered_many
  *   groups.c     group membership through the store
+ *   stored_push.c  a message stored for a recipient who came online
+ *                meanwhile is pushed to them
  *   router.c     life cycle, timers, stats, reports from gateways/worker
  */
 #ifndef IMC_ROUTER_INT_H
@@ -152,6 +154,10 @@ void imc_rt_resend_status(imc_router *r, const imc_msg *m,
 
 /* Forgets statuses past the status memory. (status.c) */
 void imc_rt_seen_expire(imc_router *r, int64_t now);
+
+/* Pushes the 1:1 message msg, just stored in its recipient's inbox, to
+ * the recipient's devices online now (stored_push.c). */
+void imc_rt_push_stored(imc_router *r, const imc_msg *msg);
 
 /* Frees the memory of sent statuses. (status.c) */
 void imc_rt_seen_free(imc_router *r);
