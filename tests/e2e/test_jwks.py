@@ -134,12 +134,15 @@ class JwksServer:
     """Serves self.doc at /jwks.json on 127.0.0.1 and counts the GETs.
     With hold set (a threading.Event), each request waits for it first;
     seen is set when a request arrives. With broken set (status, body),
-    that is the answer instead."""
+    that is the answer instead. cache_control, if set, is sent as the
+    Cache-Control header. times holds the monotonic time of each GET."""
 
     def __init__(self, port=0, cert=None):
         self.doc = {"keys": []}
         self.hold = None
         self.broken = None
+        self.cache_control = None
+        self.times = []
         self.seen = threading.Event()
         self._count = 0
         self._lock = threading.Lock()
@@ -152,6 +155,7 @@ class JwksServer:
                     return
                 with outer._lock:
                     outer._count += 1
+                    outer.times.append(time.monotonic())
                     status, doc = outer.broken or (
                         200, json.dumps(outer.doc).encode())
                 outer.seen.set()
@@ -160,6 +164,8 @@ class JwksServer:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(doc)))
+                if outer.cache_control:
+                    self.send_header("Cache-Control", outer.cache_control)
                 self.end_headers()
                 self.wfile.write(doc)
 
@@ -393,14 +399,46 @@ class TestFetchFailure(JwksTest):
             js.broken = (200, b'{"keys":"none"}')
             mark = srv.log_mark()
             self.refused(srv, k["r2"].sign(claims("new")))
-            self.assertEqual(js.requests(), 2)
+            # (Retries of the failed fetch follow 1, 2, 4, ... s later.)
+            self.assertGreaterEqual(js.requests(), 2)
             srv.wait_log(r"fetching .* failed: not a JWK Set.*the 1 key\(s\) "
                          r"in use stay", after=mark)
             await self.accepted(srv, k["r1"].sign(claims("kept")), "kept")
             r = http_get(srv.port, "/readyz")
             self.assertEqual(r.status, 200, r)
-            self.assertEqual(
+            self.assertGreaterEqual(
                 metric(srv, "imchat_jwks_fetches_total{result=\"failed\"}"), 1)
+            srv.stop()
+        finally:
+            srv.kill()
+            js.stop()
+
+
+class TestRefresh(JwksTest):
+    """The set is fetched again when the answer's max-age runs out (here
+    31 s, instead of the 10 minutes without it)."""
+
+    async def test_max_age_refresh(self):
+        k = keys()
+        js = JwksServer()
+        js.set_keys(k["r1"])
+        js.cache_control = "public, max-age=31, must-revalidate"
+        srv = imctest.Server("--jwks-url", js.url, secret=None,
+                             name="imchatd (jwks max-age)")
+        try:
+            srv.start()
+            wait_ready(srv)
+            js.set_keys(k["r1"], k["r2"])
+            mark = srv.log_mark()
+            srv.wait_log(r"2 key\(s\) from ", after=mark, timeout=60)
+            self.assertEqual(js.requests(), 2)
+            gap = js.times[1] - js.times[0]
+            self.assertGreaterEqual(gap, 30.5)
+            self.assertLess(gap, 50)
+            # r2 came with the refresh, not with a kid refetch.
+            self.assertEqual(
+                metric(srv, "imchat_jwks_kid_refetches_total"), 0)
+            await self.accepted(srv, k["r2"].sign(claims("fresh")), "fresh")
             srv.stop()
         finally:
             srv.kill()
