@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 const struct option imchatd_long_opts[] = {
     {"config", required_argument, NULL, O_CONFIG},
@@ -23,6 +24,8 @@ const struct option imchatd_long_opts[] = {
     {"jwt-public-key", required_argument, NULL, O_JWT_PUBLIC_KEY},
     {"jwt-issuer", required_argument, NULL, O_JWT_ISSUER},
     {"jwt-audience", required_argument, NULL, O_JWT_AUDIENCE},
+    {"jwks-url", required_argument, NULL, O_JWKS_URL},
+    {"jwks-ca-file", required_argument, NULL, O_JWKS_CA_FILE},
     {"admin-token", required_argument, NULL, O_ADMIN_TOKEN},
     {"max-body", required_argument, NULL, O_MAX_BODY},
     {"node-id", required_argument, NULL, O_NODE_ID},
@@ -116,6 +119,15 @@ int imchatd_apply(imchatd_config *cfg, int id, const char *v, char *why,
     return set_str(&cfg->jwt_issuer, v, why, cap);
   case O_JWT_AUDIENCE:
     return set_str(&cfg->jwt_audience, v, why, cap);
+  case O_JWKS_URL:
+    if (strncasecmp(v, "https://", 8) != 0 &&
+        strncasecmp(v, "http://", 7) != 0) {
+      snprintf(why, cap, "'%s' is not an https:// (or http://) URL", v);
+      return -1;
+    }
+    return set_str(&cfg->jwks_url, v, why, cap);
+  case O_JWKS_CA_FILE:
+    return set_str(&cfg->jwks_ca_file, v, why, cap);
   case O_ADMIN_TOKEN:
     return set_str(&cfg->admin_token, v, why, cap);
   case O_MAX_BODY:
@@ -295,6 +307,22 @@ static void defaults(imchatd_config *cfg) {
   cfg->retention_days = 7;
 }
 
+/* --jwks-url goes with an HS256 secret, not with --jwt-public-key, whose
+ * key would answer for its algorithm in place of the set. */
+static int check_jwks(const imchatd_config *cfg, char *err, size_t errcap) {
+  if (cfg->jwks_url && cfg->jwt_public_key) {
+    snprintf(err, errcap,
+             "--jwks-url and --jwt-public-key exclude each "
+             "other (publish the key in the JWK Set)");
+    return -1;
+  }
+  if (cfg->jwks_ca_file && !cfg->jwks_url) {
+    snprintf(err, errcap, "--jwks-ca-file needs --jwks-url");
+    return -1;
+  }
+  return 0;
+}
+
 int imchatd_config_load(imchatd_config *cfg, int argc, char **argv, char *err,
                         size_t errcap) {
   defaults(cfg);
@@ -376,6 +404,9 @@ int imchatd_config_load(imchatd_config *cfg, int argc, char **argv, char *err,
       cfg->data_dir_flag = 1;
   }
 
+  if (check_jwks(cfg, err, errcap) < 0)
+    return IMCHATD_EXIT_USAGE;
+
   int npos = argc - optind;
   if (cfg->mode == IMCHATD_TOKEN) {
     if (npos == 0) {
@@ -412,7 +443,8 @@ void imchatd_config_free(imchatd_config *cfg) {
       &cfg->jwt_secret,  &cfg->jwt_secret_file, &cfg->jwt_public_key,
       &cfg->jwt_issuer,  &cfg->jwt_audience,    &cfg->admin_token,
       &cfg->node_id,     &cfg->token_user,      &cfg->token_device,
-      &cfg->filter_file, &cfg->key_file,        &cfg->web_root};
+      &cfg->filter_file, &cfg->key_file,        &cfg->web_root,
+      &cfg->jwks_url,    &cfg->jwks_ca_file};
   for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
     free(*strs[i]);
     *strs[i] = NULL;

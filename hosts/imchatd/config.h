@@ -37,6 +37,8 @@ typedef struct imchatd_config {
   char *jwt_public_key; /* path of a PEM file */
   char *jwt_issuer;
   char *jwt_audience;
+  char *jwks_url;     /* RS256/ES256 keys from this JWK Set */
+  char *jwks_ca_file; /* CAs for an https jwks_url */
   char *admin_token;
   size_t max_body;
   char *node_id;
@@ -76,8 +78,8 @@ void imchatd_config_free(imchatd_config *cfg);
  * The HS256 secret: --jwt-secret, the text of --jwt-secret-file, or the
  * text of DATA_DIR/jwt.secret, which is created (32 random bytes, hex,
  * mode 0600; the directory 0700) if missing. With only --jwt-public-key
- * configured there is none: *secret is NULL. On success *secret is
- * malloc'ed, *path names the file it came from (NULL for --jwt-secret;
+ * or --jwks-url configured there is none: *secret is NULL. On success *secret
+ * is malloc'ed, *path names the file it came from (NULL for --jwt-secret;
  * malloc'ed) and *created tells whether it was just made. Returns 0 or an
  * exit code after logging the reason.
  */

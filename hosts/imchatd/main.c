@@ -12,6 +12,7 @@
 #include <imchat/jwt.h>
 #include <imchat/version.h>
 
+#include <curl/curl.h>
 #include <errno.h>
 #include <malloc.h>
 #include <signal.h>
@@ -61,10 +62,16 @@ static int cmd_serve(imchatd_config *cfg) {
     hlog_error("signals: %s", strerror(errno));
     return IMCHATD_EXIT_FAIL;
   }
+  /* libcurl's global state (--jwks-url) is the program's to set up. */
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+    hlog_error("libcurl: global init failed");
+    return IMCHATD_EXIT_FAIL;
+  }
   imc_server *s;
   char err[512];
   int rv = hserver_new(&s, cfg, err, sizeof(err));
   if (rv != 0) {
+    curl_global_cleanup();
     hlog_error("%s", err);
     return rv == IMC_ERR_INVALID_ARGUMENT ? IMCHATD_EXIT_USAGE
                                           : IMCHATD_EXIT_FAIL;
@@ -75,14 +82,17 @@ static int cmd_serve(imchatd_config *cfg) {
   rv = imc_server_run(s);
   server = NULL;
   imc_server_del(s);
+  curl_global_cleanup();
   return rv == 0 ? IMCHATD_EXIT_OK : IMCHATD_EXIT_FAIL;
 }
 
 static int cmd_token(const imchatd_config *cfg) {
-  if (cfg->jwt_public_key && !cfg->jwt_secret && !cfg->jwt_secret_file) {
+  if ((cfg->jwt_public_key || cfg->jwks_url) && !cfg->jwt_secret &&
+      !cfg->jwt_secret_file) {
     hlog_error("token: this configuration accepts only RS256/ES256 tokens "
-               "(--jwt-public-key); sign them with the private key, or "
-               "configure --jwt-secret or --jwt-secret-file");
+               "(--jwt-public-key or --jwks-url); sign them with the "
+               "private key, or configure --jwt-secret or "
+               "--jwt-secret-file");
     return IMCHATD_EXIT_USAGE;
   }
   uint8_t *secret;

@@ -39,7 +39,8 @@ int imchatd_config_secret(const imchatd_config *cfg, uint8_t **secret,
   char *p = NULL;
   if (cfg->jwt_secret_file) {
     p = strdup(cfg->jwt_secret_file);
-  } else if (cfg->jwt_public_key && cfg->mode == IMCHATD_SERVE) {
+  } else if ((cfg->jwt_public_key || cfg->jwks_url) &&
+             cfg->mode == IMCHATD_SERVE) {
     return 0; /* RS256/ES256 only */
   } else {
     flag = "--data-dir";

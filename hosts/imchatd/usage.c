@@ -31,7 +31,8 @@ static const char usage_text[] =
     "DATA_DIR/" SECRET_FILE "\n"
     "                          (random, hex, mode 0600) is created on first\n"
     "                          start and used as the HS256 secret; with only\n"
-    "                          --jwt-public-key, HS256 tokens are refused.\n"
+    "                          --jwt-public-key or --jwks-url, HS256 tokens\n"
+    "                          are refused.\n"
     "  --jwt-issuer ISS        require the claim iss = ISS (default: any)\n"
     "  --jwt-audience AUD      require AUD in the claim aud (default: any)\n"
     "  --admin-token T         bearer token for the admin HTTP API\n"
@@ -64,7 +65,19 @@ static const char usage_text[] =
     "                          Welcome (default " DEFAULT_NODE_ID ")\n"
     "  --log-level LEVEL       error, warn, info or debug (default info)\n";
 
-/* Split in two: C99 promises string literals of 4095 bytes only. */
+/* Split: C99 promises string literals of 4095 bytes only. */
+static const char usage_jwks[] =
+    "  --jwks-url URL          accept RS256/ES256 tokens verified with the\n"
+    "                          keys of the JWK Set at URL (https), fetched\n"
+    "                          at start, every 10 min (sooner if its\n"
+    "                          Cache-Control max-age says so) and on an\n"
+    "                          unknown kid (at most once per 30 s); a token\n"
+    "                          without kid needs a set with one key of its\n"
+    "                          alg. Combines with --jwt-secret(-file) for\n"
+    "                          HS256, not with --jwt-public-key\n"
+    "  --jwks-ca-file FILE     PEM CA certificates that sign the --jwks-url\n"
+    "                          server's (default: the system's)\n";
+
 static const char usage_text2[] =
     "  --allowed-origin ORIGIN a browser page from ORIGIN "
     "(scheme://host[:port],\n"
@@ -102,5 +115,6 @@ static const char usage_text2[] =
 
 void imchatd_usage(void) {
   fputs(usage_text, stdout);
+  fputs(usage_jwks, stdout);
   fputs(usage_text2, stdout);
 }

@@ -8,6 +8,7 @@
 #include "server_int.h"
 
 #include "dev_login.h"
+#include "jwks.h"
 #include "log.h"
 #include "loop.h"
 #include "static.h"
@@ -125,6 +126,12 @@ static void log_connect_hint(const imchatd_config *cfg, const char *bound) {
               url, cfg->jwt_public_key);
     return;
   }
+  if (!cfg->jwt_secret_file && cfg->jwks_url) {
+    hlog_info("connect: %s?token=<RS256/ES256 JWT signed by a key of the "
+              "--jwks-url set>",
+              url);
+    return;
+  }
   char args[1024] = "";
   size_t n = 0;
   if (cfg->config_file)
@@ -158,6 +165,7 @@ typedef struct app {
   imc_fanout *fanout;
   imc_api *api;
   devlogin *dev;                     /* --dev-login */
+  hjwks *jwks;                       /* --jwks-url */
   hstatic *web;                      /* the web page */
   const imc_http_handler_vtbl *http; /* first of web, dev login, api */
   void *http_ud;
@@ -424,6 +432,23 @@ static int configure_admission(const imchatd_config *cfg,
                "--max-connections-per-ip");
 }
 
+/* --jwks-url: the gateway's key source for RS256/ES256 tokens. */
+static int make_jwks(app *a, imc_gateway_options *opt) {
+  const imchatd_config *cfg = a->cfg;
+  if (cfg->jwks_url == NULL)
+    return 0;
+  hjwks_options o = {.url = cfg->jwks_url, .ca_file = cfg->jwks_ca_file};
+  int rv = hjwks_new(&a->jwks, a->loop, &o);
+  if (rv < 0) {
+    if (rv != -EINVAL)
+      hlog_error("--jwks-url: %s", strerror(-rv));
+    return rv == -EINVAL ? IMCHATD_EXIT_USAGE : IMCHATD_EXIT_FAIL;
+  }
+  return check(
+      imc_gateway_options_set_keysrc(opt, hjwks_keysrc_vtbl(), a->jwks),
+      "--jwks-url");
+}
+
 static int make_gateway(app *a) {
   const imchatd_config *cfg = a->cfg;
   imc_gateway_options *opt = NULL;
@@ -458,6 +483,8 @@ static int make_gateway(app *a) {
     code = rv;
   if (code == 0)
     code = configure_admission(cfg, opt);
+  if (code == 0)
+    code = make_jwks(a, opt);
   if (code == 0) {
     imc_gateway_options_set_transport(opt, hloop_transport_vtbl(), a->loop);
     imc_gateway_options_set_registry(opt, imc_memreg_vtbl(), a->reg);
@@ -597,7 +624,8 @@ static int make_http(app *a) {
     if (secret == NULL) {
       hlog_error("--dev-login: needs an HS256 secret (--jwt-secret, "
                  "--jwt-secret-file or the data directory's); this "
-                 "configuration only verifies --jwt-public-key tokens");
+                 "configuration only verifies --jwt-public-key or "
+                 "--jwks-url tokens");
       return IMCHATD_EXIT_USAGE;
     }
     rv = devlogin_new(&a->dev, secret, len, cfg->jwt_issuer, cfg->jwt_audience,
@@ -695,6 +723,7 @@ static void app_free(app *a) {
   imc_worker_del(a->worker);
   imc_router_del(a->router);
   imc_api_del(a->api);
+  hjwks_del(a->jwks); /* its waiting lookups complete on the gateway */
   imc_gateway_del(a->gw);
   hstatic_del(a->web);
   devlogin_del(a->dev);
@@ -819,12 +848,14 @@ static int setup(imc_server *s) {
     hlog_error("fan-out: %s", imc_strerror(rv));
     return IMCHATD_EXIT_FAIL;
   }
-  const imc_metrics_source sources[] = {
+  imc_metrics_source sources[] = {
       {imc_api_gateway_source(), a->gw},
       {imc_api_router_source(), a->router},
       {imc_api_worker_source(), a->worker},
+      {hjwks_metrics_vtbl(), a->jwks}, /* last: only with --jwks-url */
   };
-  imc_api_set_sources(a->api, sources, sizeof(sources) / sizeof(sources[0]));
+  size_t n_sources = sizeof(sources) / sizeof(sources[0]) - !a->jwks;
+  imc_api_set_sources(a->api, sources, n_sources);
   imc_api_set_group_changed(a->api, group_changed, a);
   hloop_set_gateway(a->loop, a->gw);
   if (hloop_add_hook(a->loop, dispatch_due, dispatch_run, a) < 0 ||

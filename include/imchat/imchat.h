@@ -18,5 +18,6 @@
 #include <imchat/sealed_store.h>
 #include <imchat/sealed_bus.h>
 #include <imchat/client.h>
+#include <imchat/jwks.h>
 
 #endif /* IMCHAT_IMCHAT_H */
