@@ -18,5 +18,8 @@
 #include <imchat/sealed_store.h>
 #include <imchat/sealed_bus.h>
 #include <imchat/client.h>
+#include <imchat/grpc.h>
+#include <imchat/grpc_server.h>
+#include <imchat/grpc_client.h>
 
 #endif /* IMCHAT_IMCHAT_H */
