@@ -62,15 +62,7 @@ static int answer_failure(imc_grpc_call *call, int http, int status,
   }
   int rv = nghttp2_submit_response(h2, call->stream_id, nv, n, NULL);
   imc_free(&call->s->mem, enc);
-  if (rv != 0)
-    return reset(call);
-  /* The request is still arriving: stop it (gRPC: RST_STREAM NO_ERROR
-   * after the trailers). */
-  if (nghttp2_session_get_stream_remote_close(h2, call->stream_id) == 0 &&
-      nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, call->stream_id,
-                                NGHTTP2_NO_ERROR) != 0)
-    call->conn->broken = 1;
-  return 0;
+  return rv != 0 ? reset(call) : 0;
 }
 
 static int answer_ok(imc_grpc_call *call, const uint8_t *resp, size_t len) {

@@ -228,6 +228,21 @@ static int on_stream_close(nghttp2_session *h2, int32_t stream_id,
   return 0;
 }
 
+/* The answer ended our side while the request is still arriving: stop
+ * it (gRPC: RST_STREAM NO_ERROR after the trailers). Submitted only now,
+ * as a reset queued earlier would overtake the answer. */
+static int on_frame_send(nghttp2_session *h2, const nghttp2_frame *frame,
+                         void *ud) {
+  imc_grpc_conn *c = ud;
+  if (frame->hd.type == NGHTTP2_HEADERS &&
+      (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
+      nghttp2_session_get_stream_remote_close(h2, frame->hd.stream_id) == 0 &&
+      nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                NGHTTP2_NO_ERROR) != 0)
+    c->broken = 1;
+  return 0;
+}
+
 void rpc_server_callbacks(nghttp2_session_callbacks *cbs) {
   nghttp2_session_callbacks_set_on_begin_headers_callback(cbs,
                                                           on_begin_headers);
@@ -235,4 +250,5 @@ void rpc_server_callbacks(nghttp2_session_callbacks *cbs) {
   nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data);
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
 }
