@@ -12,6 +12,8 @@ IMC_DEB_PACKAGES=(
   # libraries
   libwslay-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev
   libsqlite3-dev libinih-dev
+  # gRPC between the roles (libimchat/rpc)
+  libnghttp2-dev
   # the imchat CLI's HTTP(S) pages, and etcd's JSON API in the engines
   libcurl4-openssl-dev
   # libimchat-engines (engines/): Redis, MariaDB, Kafka
@@ -40,6 +42,8 @@ IMC_DEB_TEST_PACKAGES=(
   redis-server redis-tools mariadb-server mariadb-client etcd-server curl
   # the Python binding (bindings/python) and its tests
   python3-cffi
+  # gRPC interoperability with stock gRPC (tests/grpc_interop.py)
+  python3-grpcio python3-grpc-tools
 )
 
 # What scripts/bench.sh needs on top: the broker imchatd is compared with
