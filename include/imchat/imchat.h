@@ -21,5 +21,7 @@
 #include <imchat/grpc.h>
 #include <imchat/grpc_server.h>
 #include <imchat/grpc_client.h>
+#include <imchat/grpc_upstream.h>
+#include <imchat/grpc_router_service.h>
 
 #endif /* IMCHAT_IMCHAT_H */

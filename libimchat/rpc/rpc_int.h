@@ -18,6 +18,10 @@
  *   client.c          the client object: calls, deadlines, connection loss
  *   client_stream.c   nghttp2 callbacks of the client: response heads,
  *                     messages, trailers, completion of calls
+ *   upstream_client.c imc_upstream_vtbl as imchat.v1.Router calls on a
+ *                     client (the gateway's side of the link)
+ *   router_service.c  imchat.v1.Router on a server, answered by an
+ *                     imc_router (the router's side)
  *
  * Functions shared between files carry the rpc_ prefix; they are hidden
  * from the library's exported symbols like everything not IMC_EXTERN.
