@@ -7,8 +7,14 @@
  * nghttp2 client sends what imc_grpc_client never would.
  */
 #include <imchat/grpc_client.h>
+#include <imchat/grpc_router_service.h>
 #include <imchat/grpc_server.h>
+#include <imchat/grpc_upstream.h>
+#include <imchat/membus.h>
+#include <imchat/memreg.h>
+#include <imchat/sqlite.h>
 
+#include "router.pb-c.h"
 #include "rpc/rpc_int.h"
 #include "testutil.h"
 
@@ -1068,6 +1074,307 @@ START_TEST(test_nomem) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------ */
+/* The gateway's upstream to a real router over gRPC                    */
+/* ------------------------------------------------------------------ */
+
+typedef struct link {
+  imc_sqlite *db;
+  imc_memreg *reg;
+  imc_membus *bus;
+  imc_router *r;
+  imc_grpc_router_service *svc;
+  imc_grpc_upstream *up;
+  int statuses; /* the router's gwlink status calls */
+  char status_node[64], status_user[64], status_recipient[64];
+  int status_state;
+} link;
+
+static link L;
+
+static int l_deliver(void *ud, const char *node_id, const char *user_id,
+                     const char *skip_device, const imc_msg *msg,
+                     imc_count_cb done, void *done_ud) {
+  (void)ud;
+  done(done_ud, 0, 0);
+  return 0;
+}
+
+static int l_status(void *ud, const char *node_id, const char *user_id,
+                    const char *device_id, const char *msg_id,
+                    const char *client_msg_id, imc_delivery_state state,
+                    const char *recipient, imc_done_cb done, void *done_ud) {
+  (void)ud;
+  L.statuses++;
+  snprintf(L.status_node, sizeof(L.status_node), "%s", node_id);
+  snprintf(L.status_user, sizeof(L.status_user), "%s", user_id);
+  snprintf(L.status_recipient, sizeof(L.status_recipient), "%s",
+           recipient ? recipient : "");
+  L.status_state = (int)state;
+  done(done_ud, 0);
+  return 0;
+}
+
+static const imc_gwlink_vtbl l_gwlink = {sizeof(imc_gwlink_vtbl), l_deliver,
+                                         l_status};
+
+/* A router on the embedded backends behind a gRPC server, and a client
+ * with an upstream on it. */
+static void link_init(void) {
+  memset(&R, 0, sizeof(R));
+  memset(&L, 0, sizeof(L));
+  test_mem_init(&R.tm);
+  test_clock_init(&R.tc, 1700000000000LL);
+  ck_assert_int_eq(imc_sqlite_new(&L.db, ":memory:", &R.tc.clock, NULL), 0);
+  ck_assert_int_eq(imc_memreg_new(&L.reg, &R.tc.clock, NULL), 0);
+  ck_assert_int_eq(imc_membus_new(&L.bus, NULL), 0);
+  imc_router_options *ro;
+  ck_assert_int_eq(imc_router_options_new(&ro, NULL), 0);
+  imc_router_options_set_registry(ro, imc_memreg_vtbl(), L.reg);
+  imc_router_options_set_seq(ro, imc_sqlite_seq_vtbl(), L.db);
+  imc_router_options_set_dedup(ro, imc_sqlite_dedup_vtbl(), L.db);
+  imc_router_options_set_store(ro, imc_sqlite_store_vtbl(), L.db);
+  imc_router_options_set_queue(ro, imc_sqlite_bus_vtbl(), L.db);
+  imc_router_options_set_group_bus(ro, imc_membus_vtbl(), L.bus);
+  imc_router_options_set_gwlink(ro, &l_gwlink, NULL);
+  imc_router_options_set_clock(ro, &R.tc.clock);
+  imc_router_options_set_max_body(ro, 16);
+  ck_assert_int_eq(imc_router_new(&L.r, ro, NULL), 0);
+  imc_router_options_del(ro);
+
+  ck_assert_int_eq(imc_grpc_router_service_new(&L.svc, L.r, &R.tm.mem), 0);
+  imc_grpc_server_options *so;
+  ck_assert_int_eq(imc_grpc_server_options_new(&so, &R.tm.mem), 0);
+  ck_assert_int_eq(imc_grpc_router_service_add(L.svc, so), 0);
+  ck_assert_int_eq(imc_grpc_router_service_add(L.svc, so), IMC_ERR_EXISTS);
+  imc_grpc_server_options_set_transport(so, &test_sock_transport, NULL);
+  imc_grpc_server_options_set_clock(so, &R.tc.clock);
+  ck_assert_int_eq(imc_grpc_server_new(&R.s, so, &R.tm.mem), 0);
+  imc_grpc_server_options_del(so);
+  ck_assert_int_eq(imc_grpc_conn_new(R.s, &R.sc, &R.ssock), 0);
+  ck_assert_int_eq(make_client(&R, NULL), 0);
+  ck_assert_int_eq(imc_grpc_upstream_new(&L.up, &R.tm.mem), 0);
+  imc_grpc_upstream_set_client(L.up, R.c);
+}
+
+static void link_free(void) {
+  imc_grpc_upstream_del(L.up);
+  rig_free(&R);
+  imc_grpc_router_service_del(L.svc);
+  imc_router_del(L.r);
+  imc_membus_del(L.bus);
+  imc_memreg_del(L.reg);
+  imc_sqlite_del(L.db);
+}
+
+/* Runs both sides and the backends until all is quiet. */
+static void link_pump(void) {
+  for (int i = 0; i < 20; i++) {
+    pump(&R);
+    imc_sqlite_dispatch(L.db);
+    imc_membus_dispatch(L.bus);
+    imc_router_on_timeout(L.r);
+  }
+  pump(&R);
+}
+
+typedef struct sent {
+  int n;
+  int status;
+  char msg[128];
+  char msg_id[64];
+  char conv[64];
+  uint64_t seq;
+} sent;
+
+static void on_sent(void *ud, int status, const imc_send_result *res,
+                    const char *message) {
+  sent *s = ud;
+  s->n++;
+  s->status = status;
+  snprintf(s->msg, sizeof(s->msg), "%s", message ? message : "");
+  if (res) {
+    snprintf(s->msg_id, sizeof(s->msg_id), "%s", res->msg_id);
+    snprintf(s->conv, sizeof(s->conv), "%s", res->conversation_id);
+    s->seq = res->seq;
+  }
+}
+
+typedef struct reported {
+  int n;
+  int status;
+} reported;
+
+static void on_reported(void *ud, int status) {
+  reported *r = ud;
+  r->n++;
+  r->status = status;
+}
+
+static int up_send(const char *to_user, const char *group, const char *body,
+                   const char *cmid, sent *out) {
+  imc_send_req q = {.struct_size = sizeof(q),
+                    .from_user = "alice",
+                    .from_device = "phone",
+                    .node_id = "gw-1",
+                    .conn_id = 5,
+                    .client_msg_id = cmid,
+                    .to_user = to_user,
+                    .group_id = group,
+                    .body = (const uint8_t *)body,
+                    .body_len = strlen(body),
+                    .content_type = "text/plain"};
+  return imc_grpc_upstream_vtbl()->send(L.up, &q, on_sent, out);
+}
+
+START_TEST(test_upstream_send) {
+  link_init();
+  sent a = {0}, b = {0}, c = {0};
+  ck_assert_int_eq(up_send("bob", "", "hi", "c-1", &a), 0);
+  ck_assert_int_eq(up_send("bob", "", "a body over 16 bytes", "c-2", &b), 0);
+  ck_assert_int_eq(up_send("", "g1", "hi", "c-3", &c), 0);
+  link_pump();
+  ck_assert_int_eq(a.n, 1);
+  ck_assert_int_eq(a.status, 0);
+  ck_assert_uint_eq(a.seq, 1);
+  ck_assert_str_eq(a.conv, "p:alice:bob");
+  ck_assert_int_ne(a.msg_id[0], 0);
+  /* Errors keep their IMC_ERR_* across the link. */
+  ck_assert_int_eq(b.n, 1);
+  ck_assert_int_eq(b.status, IMC_ERR_TOO_LARGE);
+  ck_assert_int_eq(c.n, 1);
+  ck_assert_int_eq(c.status, IMC_ERR_FORBIDDEN);
+  /* A resend is answered from the router's dedup set. */
+  sent again = {0};
+  ck_assert_int_eq(up_send("bob", "", "hi", "c-1", &again), 0);
+  link_pump();
+  ck_assert_int_eq(again.status, 0);
+  ck_assert_str_eq(again.msg_id, a.msg_id);
+  ck_assert_uint_eq(again.seq, 1);
+  ck_assert_int_eq(imc_grpc_server_pending(R.s), 0);
+  link_free();
+}
+END_TEST
+
+/* Calls a Router method with a packed request on the rig's client. */
+static void router_call(const char *method, const ProtobufCMessage *pm,
+                        result *res) {
+  uint8_t buf[256];
+  size_t n = protobuf_c_message_pack(pm, buf);
+  ck_assert_int_eq(
+      imc_grpc_client_call(R.c, method, buf, n, 5000, on_done, res), 0);
+}
+
+START_TEST(test_router_groups) {
+  link_init();
+  Imchat__V1__GroupMemberRequest gm = IMCHAT__V1__GROUP_MEMBER_REQUEST__INIT;
+  gm.group_id = "g1";
+  gm.user_id = "alice";
+  result add = {0}, add2 = {0}, list = {0}, bad = {0};
+  router_call("/imchat.v1.Router/GroupAdd", &gm.base, &add);
+  gm.user_id = "bob";
+  router_call("/imchat.v1.Router/GroupAdd", &gm.base, &add2);
+  link_pump();
+  ck_assert_int_eq(add.status, IMC_GRPC_OK);
+  ck_assert_int_eq(add2.status, IMC_GRPC_OK);
+  Imchat__V1__GroupRequest gr = IMCHAT__V1__GROUP_REQUEST__INIT;
+  gr.group_id = "g1";
+  router_call("/imchat.v1.Router/GroupMembers", &gr.base, &list);
+  link_pump();
+  ck_assert_int_eq(list.status, IMC_GRPC_OK);
+  Imchat__V1__GroupMembersReply *rep =
+      imchat__v1__group_members_reply__unpack(NULL, list.len, list.resp);
+  ck_assert_ptr_nonnull(rep);
+  ck_assert_uint_eq(rep->n_user_ids, 2);
+  imchat__v1__group_members_reply__free_unpacked(rep, NULL);
+  /* Now alice may send to the group. */
+  sent s = {0};
+  ck_assert_int_eq(up_send("", "g1", "hi all", "c-9", &s), 0);
+  link_pump();
+  ck_assert_int_eq(s.status, 0);
+  ck_assert_str_eq(s.conv, "g:g1");
+  /* Bytes that are no RouteRequest. */
+  static const uint8_t junk[] = {0xff, 0xff, 0xff};
+  ck_assert_int_eq(imc_grpc_client_call(R.c, "/imchat.v1.Router/Send", junk,
+                                        sizeof(junk), 0, on_done, &bad),
+                   0);
+  link_pump();
+  ck_assert_int_eq(bad.status, IMC_GRPC_INVALID_ARGUMENT);
+  link_free();
+}
+END_TEST
+
+START_TEST(test_upstream_reports) {
+  link_init();
+  imc_msg m = {.struct_size = sizeof(m),
+               .msg_id = "m-1",
+               .conversation_id = "p:alice:bob",
+               .seq = 1,
+               .from_user = "alice",
+               .to_user = "bob",
+               .body = (const uint8_t *)"hi",
+               .body_len = 2,
+               .content_type = "text/plain",
+               .sent_at_ms = 1700000000000LL,
+               .client_msg_id = "c-1",
+               .from_device = "phone",
+               .from_node = "gw-7",
+               .from_conn_id = 3};
+  imc_delivery_ack acks[2] = {{&m, "bob", "tab"}, {&m, "bob", "phone"}};
+  reported d = {0}, u = {0}, one = {0};
+  const imc_upstream_vtbl *vt = imc_grpc_upstream_vtbl();
+  ck_assert_int_eq(vt->delivered_many(L.up, acks, 2, on_reported, &d), 0);
+  link_pump();
+  ck_assert_int_eq(d.n, 1);
+  ck_assert_int_eq(d.status, 0);
+  /* The router sent DELIVERED to the node the message came from. */
+  ck_assert_int_eq(L.statuses, 1);
+  ck_assert_str_eq(L.status_node, "gw-7");
+  ck_assert_str_eq(L.status_user, "alice");
+  ck_assert_str_eq(L.status_recipient, "bob");
+  ck_assert_int_eq(L.status_state, IMC_DELIVERED);
+  ck_assert_int_eq(vt->delivered(L.up, &m, "bob", "tab", on_reported, &one), 0);
+  ck_assert_int_eq(vt->undelivered(L.up, &m, "carol", on_reported, &u), 0);
+  link_pump();
+  ck_assert_int_eq(one.status, 0);
+  ck_assert_int_eq(u.n, 1);
+  ck_assert_int_eq(u.status, 0);
+  /* Without a usable connection, operations fail at once. */
+  imc_grpc_upstream_set_client(L.up, NULL);
+  sent s = {0};
+  ck_assert_int_eq(up_send("bob", "", "hi", "c-5", &s), IMC_ERR_UNAVAILABLE);
+  imc_grpc_upstream_set_client(L.up, R.c);
+  imc_grpc_client_closed(R.c);
+  ck_assert_int_eq(vt->undelivered(L.up, &m, "carol", on_reported, &u),
+                   IMC_ERR_UNAVAILABLE);
+  ck_assert_int_eq(s.n, 0);
+  link_free();
+}
+END_TEST
+
+/* The router answers after the link went down: the late answers are
+ * dropped and nothing leaks. */
+START_TEST(test_upstream_lost) {
+  link_init();
+  sent a = {0};
+  ck_assert_int_eq(up_send("bob", "", "hi", "c-1", &a), 0);
+  imc_grpc_client_flush(R.c);
+  feed_server(&R); /* the router has it; the answer has not come back */
+  imc_grpc_client_closed(R.c);
+  ck_assert_int_eq(a.n, 1);
+  ck_assert_int_eq(a.status, IMC_ERR_UNAVAILABLE);
+  imc_grpc_conn_closed(R.sc);
+  R.conn_gone = 1;
+  for (int i = 0; i < 5; i++) {
+    imc_sqlite_dispatch(L.db);
+    imc_router_on_timeout(L.r);
+  }
+  ck_assert_int_eq(imc_grpc_server_pending(R.s), 0);
+  ck_assert_int_eq(a.n, 1);
+  link_free();
+}
+END_TEST
+
 static Suite *grpc_suite(void) {
   Suite *s = suite_create("grpc");
   TCase *tc = tcase_create("core");
@@ -1094,6 +1401,14 @@ static Suite *grpc_suite(void) {
   tcase_add_test(tc, test_encodings);
   tcase_add_test(tc, test_arguments);
   suite_add_tcase(s, tc);
+
+  TCase *tc_link = tcase_create("link");
+  tcase_add_checked_fixture(tc_link, setup, teardown);
+  tcase_add_test(tc_link, test_upstream_send);
+  tcase_add_test(tc_link, test_router_groups);
+  tcase_add_test(tc_link, test_upstream_reports);
+  tcase_add_test(tc_link, test_upstream_lost);
+  suite_add_tcase(s, tc_link);
 
   TCase *tc_mem = tcase_create("nomem");
   tcase_add_checked_fixture(tc_mem, setup, NULL);
