@@ -23,5 +23,7 @@
 #include <imchat/grpc_client.h>
 #include <imchat/grpc_upstream.h>
 #include <imchat/grpc_router_service.h>
+#include <imchat/grpc_gwlink.h>
+#include <imchat/grpc_gateway_service.h>
 
 #endif /* IMCHAT_IMCHAT_H */

@@ -7,7 +7,6 @@
 #include <imchat/grpc_router_service.h>
 
 #include "protocol/pb.h"
-#include "router.pb-c.h"
 
 struct imc_grpc_router_service {
   imc_mem mem;
@@ -135,16 +134,6 @@ static void h_send(void *ud, imc_grpc_call *call, const uint8_t *req,
     refused(p, rv);
 }
 
-/* m viewing rm (NULL: none); m borrows from rm. */
-static const imc_msg *msg_of(imc_msg *m, const Imchat__V1__RoutedMessage *rm) {
-  if (rm == NULL || rm->message == NULL)
-    return NULL;
-  imc_msg_from_pb(m, rm->message);
-  m->from_node = rm->from_node;
-  m->from_conn_id = rm->from_conn_id;
-  return m;
-}
-
 static const Imchat__V1__Empty empty = IMCHAT__V1__EMPTY__INIT;
 
 static void h_delivered(void *ud, imc_grpc_call *call, const uint8_t *req,
@@ -162,7 +151,7 @@ static void h_delivered(void *ud, imc_grpc_call *call, const uint8_t *req,
   } else {
     for (size_t i = 0; i < n; i++)
       acks[i] =
-          (imc_delivery_ack){msg_of(&msgs[i], rq->acks[i]->message),
+          (imc_delivery_ack){rpc_pb_msg(&msgs[i], rq->acks[i]->message),
                              rq->acks[i]->user_id, rq->acks[i]->device_id};
     /* The router takes what it needs from the acks at once. */
     imc_router_delivered_many(svc->r, acks, n);
@@ -181,7 +170,7 @@ static void h_undelivered(void *ud, imc_grpc_call *call, const uint8_t *req,
   if (rq == NULL)
     return;
   imc_msg m;
-  if (msg_of(&m, rq->message) == NULL || rq->user_id[0] == '\0') {
+  if (rpc_pb_msg(&m, rq->message) == NULL || rq->user_id[0] == '\0') {
     imc_grpc_call_fail(call, IMC_ERR_INVALID_ARGUMENT,
                        "a message and a user are required");
   } else {

@@ -18,10 +18,16 @@
  *   client.c          the client object: calls, deadlines, connection loss
  *   client_stream.c   nghttp2 callbacks of the client: response heads,
  *                     messages, trailers, completion of calls
+ *   pbglue.c          protobuf glue of the imchat.v1 services: a packed
+ *                     message as a call, RoutedMessage <-> imc_msg
  *   upstream_client.c imc_upstream_vtbl as imchat.v1.Router calls on a
  *                     client (the gateway's side of the link)
  *   router_service.c  imchat.v1.Router on a server, answered by an
  *                     imc_router (the router's side)
+ *   gwlink_client.c   imc_gwlink_vtbl as imchat.v1.Gateway calls on a
+ *                     client per gateway node (the router's side)
+ *   gateway_service.c imchat.v1.Gateway on a server, answered by an
+ *                     imc_gateway (the gateway's side)
  *
  * Functions shared between files carry the rpc_ prefix; they are hidden
  * from the library's exported symbols like everything not IMC_EXTERN.
@@ -37,6 +43,8 @@
 #include "util/log.h"
 #include "util/timer.h"
 #include "util/vtbl.h"
+
+#include "router.pb-c.h"
 
 #include <nghttp2/nghttp2.h>
 
@@ -312,5 +320,20 @@ void rpc_client_lost(imc_grpc_client *c, const char *why);
 
 /* client_stream.c */
 void rpc_client_callbacks(nghttp2_session_callbacks *cbs);
+
+/* ---- pbglue.c (the imchat.v1 services) ---- */
+
+/* Packs pm and calls method on c (as imc_grpc_client_call; also
+ * IMC_ERR_UNAVAILABLE when c is NULL or not usable). */
+int rpc_pb_call(imc_grpc_client *c, const imc_mem *mem, const char *method,
+                const ProtobufCMessage *pm, int64_t deadline_ms,
+                imc_grpc_done_cb done, void *done_ud);
+/* s for a protobuf-c string field: "" for NULL. */
+char *rpc_pb_str(const char *s);
+/* rm (with wm, its Message) viewing m: valid as long as m. */
+void rpc_pb_routed(Imchat__V1__RoutedMessage *rm, Imchat__V1__Message *wm,
+                   const imc_msg *m);
+/* m viewing rm, or NULL when rm has no message. */
+const imc_msg *rpc_pb_msg(imc_msg *m, const Imchat__V1__RoutedMessage *rm);
 
 #endif /* IMCHAT_RPC_INT_H */

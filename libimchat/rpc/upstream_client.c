@@ -7,8 +7,6 @@
 #include <imchat/grpc_upstream.h>
 
 #include "protocol/pb.h"
-#include "util/msg.h"
-#include "router.pb-c.h"
 
 #define ROUTER_SEND "/imchat.v1.Router/Send"
 #define ROUTER_DELIVERED "/imchat.v1.Router/Delivered"
@@ -62,23 +60,10 @@ int imc_grpc_upstream_set_deadline_ms(imc_grpc_upstream *u, int64_t ms) {
   return 0;
 }
 
-/* Packs the message pm (with its descriptor's pack functions) and calls
- * method with an op for done. Returns as imc_grpc_client_call. */
+/* Calls method with pm; o goes with the call, or is freed. */
 static int start(imc_grpc_upstream *u, const char *method,
                  const ProtobufCMessage *pm, op *o, imc_grpc_done_cb done) {
-  if (u->client == NULL || !imc_grpc_client_usable(u->client)) {
-    imc_free(&u->mem, o);
-    return IMC_ERR_UNAVAILABLE;
-  }
-  size_t n = protobuf_c_message_get_packed_size(pm);
-  uint8_t *buf = imc_malloc(&u->mem, n ? n : 1);
-  int rv = IMC_ERR_NOMEM;
-  if (buf != NULL) {
-    protobuf_c_message_pack(pm, buf);
-    rv = imc_grpc_client_call(u->client, method, buf, n, u->deadline_ms, done,
-                              o);
-    imc_free(&u->mem, buf);
-  }
+  int rv = rpc_pb_call(u->client, &u->mem, method, pm, u->deadline_ms, done, o);
   if (rv < 0)
     imc_free(&u->mem, o);
   return rv;
@@ -96,11 +81,6 @@ static op *op_new(imc_grpc_upstream *u, void *done_ud) {
 static void op_free(op *o) {
   imc_mem m = o->mem;
   imc_free(&m, o);
-}
-
-/* req's strings, "" for absent members and NULLs. */
-static char *str(const char *s) {
-  return (char *)(s ? s : "");
 }
 
 static void send_done(void *ud, int status, int error, const char *message,
@@ -137,16 +117,16 @@ static int up_send(void *ud, const imc_send_req *req, imc_send_cb done,
     return IMC_ERR_NOMEM;
   o->send_done = done;
   Imchat__V1__RouteRequest rq = IMCHAT__V1__ROUTE_REQUEST__INIT;
-  rq.from_user = str(req->from_user);
-  rq.from_device = str(req->from_device);
-  rq.node_id = str(req->node_id);
+  rq.from_user = rpc_pb_str(req->from_user);
+  rq.from_device = rpc_pb_str(req->from_device);
+  rq.node_id = rpc_pb_str(req->node_id);
   rq.conn_id = req->conn_id;
-  rq.client_msg_id = str(req->client_msg_id);
-  rq.to_user = str(req->to_user);
-  rq.group_id = str(req->group_id);
+  rq.client_msg_id = rpc_pb_str(req->client_msg_id);
+  rq.to_user = rpc_pb_str(req->to_user);
+  rq.group_id = rpc_pb_str(req->group_id);
   rq.body.data = (uint8_t *)req->body;
   rq.body.len = req->body ? req->body_len : 0;
-  rq.content_type = str(req->content_type);
+  rq.content_type = rpc_pb_str(req->content_type);
   return start(u, ROUTER_SEND, &rq.base, o, send_done);
 }
 
@@ -155,19 +135,6 @@ static void report_done(void *ud, int status, int error, const char *message,
   op *o = ud;
   o->done(o->done_ud, status == IMC_GRPC_OK ? 0 : error);
   op_free(o);
-}
-
-/* A RoutedMessage viewing m (with wm, its Message). */
-static void routed(Imchat__V1__RoutedMessage *rm, Imchat__V1__Message *wm,
-                   const imc_msg *m) {
-  imc_msg view;
-  const imc_msg *v = imc_msg_view(&view, m);
-  imchat__v1__routed_message__init(rm);
-  imchat__v1__message__init(wm);
-  imc_pb_from_msg(wm, v);
-  rm->message = wm;
-  rm->from_node = str(v->from_node);
-  rm->from_conn_id = v->from_conn_id;
 }
 
 /* The acks as one DeliveredRequest; items point into three arrays of n. */
@@ -194,11 +161,11 @@ static int up_delivered_many(void *ud, const imc_delivery_ack *acks, size_t n,
   for (size_t i = 0; i < n; i++) {
     imchat__v1__push_ack__init(&items[i]);
     if (acks[i].msg != NULL) {
-      routed(&rms[i], &wms[i], acks[i].msg);
+      rpc_pb_routed(&rms[i], &wms[i], acks[i].msg);
       items[i].message = &rms[i];
     }
-    items[i].user_id = str(acks[i].user_id);
-    items[i].device_id = str(acks[i].device_id);
+    items[i].user_id = rpc_pb_str(acks[i].user_id);
+    items[i].device_id = rpc_pb_str(acks[i].device_id);
     ptrs[i] = &items[i];
   }
   Imchat__V1__DeliveredRequest rq = IMCHAT__V1__DELIVERED_REQUEST__INIT;
@@ -229,10 +196,10 @@ static int up_undelivered(void *ud, const imc_msg *msg, const char *user_id,
   o->done = done;
   Imchat__V1__RoutedMessage rm;
   Imchat__V1__Message wm;
-  routed(&rm, &wm, msg);
+  rpc_pb_routed(&rm, &wm, msg);
   Imchat__V1__UndeliveredRequest rq = IMCHAT__V1__UNDELIVERED_REQUEST__INIT;
   rq.message = &rm;
-  rq.user_id = str(user_id);
+  rq.user_id = rpc_pb_str(user_id);
   return start(u, ROUTER_UNDELIVERED, &rq.base, o, report_done);
 }
 
