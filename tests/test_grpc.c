@@ -6,7 +6,10 @@
  * size), connection loss, Rapid Reset, and allocation failures. A raw
  * nghttp2 client sends what imc_grpc_client never would.
  */
+#include <imchat/gateway.h>
 #include <imchat/grpc_client.h>
+#include <imchat/grpc_gateway_service.h>
+#include <imchat/grpc_gwlink.h>
 #include <imchat/grpc_router_service.h>
 #include <imchat/grpc_server.h>
 #include <imchat/grpc_upstream.h>
@@ -14,6 +17,7 @@
 #include <imchat/memreg.h>
 #include <imchat/sqlite.h>
 
+#include "gateway.pb-c.h"
 #include "router.pb-c.h"
 #include "rpc/rpc_int.h"
 #include "testutil.h"
@@ -1375,6 +1379,186 @@ START_TEST(test_upstream_lost) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------ */
+/* The router's gateway link over gRPC                                  */
+/* ------------------------------------------------------------------ */
+
+typedef struct counted {
+  int n;
+  int status;
+  int count;
+} counted;
+
+static void on_count(void *ud, int status, int count) {
+  counted *c = ud;
+  c->n++;
+  c->status = status;
+  c->count = count;
+}
+
+static char wanted[64]; /* the node the link's connect callback asked for */
+
+static void on_connect(void *ud, const char *node_id) {
+  (void)ud;
+  snprintf(wanted, sizeof(wanted), "%s", node_id);
+}
+
+/* A fake Gateway.Deliver: checks what the link sent, answers count 3. */
+static void h_fake_deliver(void *ud, imc_grpc_call *call, const uint8_t *req,
+                           size_t len) {
+  (void)ud;
+  Imchat__V1__PushRequest *rq =
+      imchat__v1__push_request__unpack(NULL, len, req);
+  ck_assert_ptr_nonnull(rq);
+  ck_assert_str_eq(rq->node_id, "gw-1");
+  ck_assert_str_eq(rq->user_id, "bob");
+  ck_assert_str_eq(rq->skip_device, "phone");
+  ck_assert_ptr_nonnull(rq->message);
+  ck_assert_str_eq(rq->message->from_node, "gw-9");
+  ck_assert_uint_eq(rq->message->from_conn_id, 4);
+  ck_assert_str_eq(rq->message->message->msg_id, "m-1");
+  ck_assert_uint_eq(rq->message->message->body.len, 2);
+  imchat__v1__push_request__free_unpacked(rq, NULL);
+  Imchat__V1__PushReply rep = IMCHAT__V1__PUSH_REPLY__INIT;
+  rep.count = 3;
+  uint8_t buf[16];
+  size_t n = imchat__v1__push_reply__pack(&rep, buf);
+  imc_grpc_call_reply(call, IMC_GRPC_OK, NULL, buf, n);
+}
+
+static const imc_msg link_msg = {.struct_size = sizeof(imc_msg),
+                                 .msg_id = "m-1",
+                                 .conversation_id = "p:alice:bob",
+                                 .seq = 1,
+                                 .from_user = "alice",
+                                 .to_user = "bob",
+                                 .body = (const uint8_t *)"hi",
+                                 .body_len = 2,
+                                 .content_type = "text/plain",
+                                 .client_msg_id = "c-1",
+                                 .from_device = "phone",
+                                 .from_node = "gw-9",
+                                 .from_conn_id = 4};
+
+START_TEST(test_gwlink_client) {
+  memset(&R, 0, sizeof(R));
+  test_mem_init(&R.tm);
+  test_clock_init(&R.tc, 1700000000000LL);
+  imc_grpc_server_options *so;
+  ck_assert_int_eq(imc_grpc_server_options_new(&so, &R.tm.mem), 0);
+  imc_grpc_server_options_add_method(so, "/imchat.v1.Gateway/Deliver",
+                                     h_fake_deliver, NULL);
+  imc_grpc_server_options_set_transport(so, &test_sock_transport, NULL);
+  ck_assert_int_eq(imc_grpc_server_new(&R.s, so, &R.tm.mem), 0);
+  imc_grpc_server_options_del(so);
+  ck_assert_int_eq(imc_grpc_conn_new(R.s, &R.sc, &R.ssock), 0);
+  ck_assert_int_eq(make_client(&R, NULL), 0);
+
+  imc_grpc_gwlink *l;
+  ck_assert_int_eq(imc_grpc_gwlink_new(&l, &R.tm.mem), 0);
+  ck_assert_int_eq(imc_grpc_gwlink_set_client(l, "bad node!", R.c),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_grpc_gwlink_set_client(l, "gw-1", R.c), 0);
+  imc_grpc_gwlink_set_connect_cb(l, on_connect, NULL);
+  const imc_gwlink_vtbl *vt = imc_grpc_gwlink_vtbl();
+  counted c = {0};
+  ck_assert_int_eq(
+      vt->deliver(l, "gw-1", "bob", "phone", &link_msg, on_count, &c), 0);
+  pump(&R);
+  ck_assert_int_eq(c.n, 1);
+  ck_assert_int_eq(c.status, 0);
+  ck_assert_int_eq(c.count, 3);
+  /* A node without a connection: refused, and the host is asked. */
+  counted d = {0};
+  ck_assert_int_eq(vt->deliver(l, "gw-2", "bob", NULL, &link_msg, on_count, &d),
+                   IMC_ERR_UNAVAILABLE);
+  ck_assert_str_eq(wanted, "gw-2");
+  /* A method the server lacks: the call's error reaches the router. */
+  reported st = {0};
+  ck_assert_int_eq(vt->status(l, "gw-1", "alice", "phone", "m-1", "c-1",
+                              IMC_DELIVERED, "bob", on_reported, &st),
+                   0);
+  pump(&R);
+  ck_assert_int_eq(st.n, 1);
+  ck_assert_int_eq(st.status, IMC_ERR_INTERNAL); /* UNIMPLEMENTED */
+  ck_assert_int_eq(imc_grpc_gwlink_set_client(l, "gw-1", NULL), 0);
+  ck_assert_int_eq(vt->deliver(l, "gw-1", "bob", NULL, &link_msg, on_count, &d),
+                   IMC_ERR_UNAVAILABLE);
+  ck_assert_int_eq(d.n, 0);
+  imc_grpc_gwlink_del(l);
+}
+END_TEST
+
+static ssize_t drop_send(void *ud, void *conn_ud, const struct iovec *iov,
+                         int n) {
+  ssize_t t = 0;
+  for (int i = 0; i < n; i++)
+    t += (ssize_t)iov[i].iov_len;
+  return t;
+}
+
+static void drop_close(void *ud, void *conn_ud) {}
+
+static const imc_transport_vtbl drop_transport = {sizeof(imc_transport_vtbl),
+                                                  drop_send, drop_close, NULL};
+
+/* The Gateway service on a real gateway (node gw-1, nobody connected). */
+START_TEST(test_gateway_service) {
+  memset(&R, 0, sizeof(R));
+  test_mem_init(&R.tm);
+  test_clock_init(&R.tc, 1700000000000LL);
+  imc_gateway_options *go;
+  ck_assert_int_eq(imc_gateway_options_new(&go, NULL), 0);
+  imc_gateway_options_set_node_id(go, "gw-1");
+  imc_gateway_options_set_jwt_secret(go, (const uint8_t *)"secret", 6);
+  imc_gateway_options_set_transport(go, &drop_transport, NULL);
+  imc_gateway_options_set_clock(go, &R.tc.clock);
+  imc_gateway *gw;
+  ck_assert_int_eq(imc_gateway_new(&gw, go, NULL), 0);
+  imc_gateway_options_del(go);
+
+  imc_grpc_gateway_service *svc;
+  ck_assert_int_eq(imc_grpc_gateway_service_new(&svc, gw, &R.tm.mem), 0);
+  imc_grpc_server_options *so;
+  ck_assert_int_eq(imc_grpc_server_options_new(&so, &R.tm.mem), 0);
+  ck_assert_int_eq(imc_grpc_gateway_service_add(svc, so), 0);
+  imc_grpc_server_options_set_transport(so, &test_sock_transport, NULL);
+  ck_assert_int_eq(imc_grpc_server_new(&R.s, so, &R.tm.mem), 0);
+  imc_grpc_server_options_del(so);
+  ck_assert_int_eq(imc_grpc_conn_new(R.s, &R.sc, &R.ssock), 0);
+  ck_assert_int_eq(make_client(&R, NULL), 0);
+
+  imc_grpc_gwlink *l;
+  ck_assert_int_eq(imc_grpc_gwlink_new(&l, &R.tm.mem), 0);
+  imc_grpc_gwlink_set_client(l, "gw-1", R.c);
+  imc_grpc_gwlink_set_client(l, "gw-2", R.c); /* a stale address */
+  const imc_gwlink_vtbl *vt = imc_grpc_gwlink_vtbl();
+  counted a = {0}, b = {0};
+  reported st = {0}, st2 = {0};
+  ck_assert_int_eq(vt->deliver(l, "gw-1", "bob", NULL, &link_msg, on_count, &a),
+                   0);
+  ck_assert_int_eq(vt->deliver(l, "gw-2", "bob", NULL, &link_msg, on_count, &b),
+                   0);
+  ck_assert_int_eq(vt->status(l, "gw-1", "alice", "phone", "m-1", "c-1",
+                              IMC_DELIVERED, "bob", on_reported, &st),
+                   0);
+  ck_assert_int_eq(vt->status(l, "gw-1", "alice", "phone", "m-1", "c-1",
+                              (imc_delivery_state)7, "bob", on_reported, &st2),
+                   0);
+  pump(&R);
+  ck_assert_int_eq(a.n, 1);
+  ck_assert_int_eq(a.status, 0);
+  ck_assert_int_eq(a.count, 0); /* bob has no connection here */
+  ck_assert_int_eq(b.status, IMC_ERR_NOT_FOUND);
+  ck_assert_int_eq(st.status, 0);
+  ck_assert_int_eq(st2.status, IMC_ERR_INVALID_ARGUMENT);
+  imc_grpc_gwlink_del(l);
+  rig_free(&R);
+  imc_grpc_gateway_service_del(svc);
+  imc_gateway_del(gw);
+}
+END_TEST
+
 static Suite *grpc_suite(void) {
   Suite *s = suite_create("grpc");
   TCase *tc = tcase_create("core");
@@ -1408,6 +1592,8 @@ static Suite *grpc_suite(void) {
   tcase_add_test(tc_link, test_router_groups);
   tcase_add_test(tc_link, test_upstream_reports);
   tcase_add_test(tc_link, test_upstream_lost);
+  tcase_add_test(tc_link, test_gwlink_client);
+  tcase_add_test(tc_link, test_gateway_service);
   suite_add_tcase(s, tc_link);
 
   TCase *tc_mem = tcase_create("nomem");
