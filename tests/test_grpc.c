@@ -1122,9 +1122,35 @@ static int l_status(void *ud, const char *node_id, const char *user_id,
 static const imc_gwlink_vtbl l_gwlink = {sizeof(imc_gwlink_vtbl), l_deliver,
                                          l_status};
 
+/* The gRPC side of the link: the Router service on a server, a client and
+ * an upstream on it, allocating from R.tm. Returns 0 or the first error. */
+static int link_grpc(void) {
+  imc_grpc_server_options *so;
+  int rv = imc_grpc_router_service_new(&L.svc, L.r, &R.tm.mem);
+  if (rv < 0 || (rv = imc_grpc_server_options_new(&so, &R.tm.mem)) < 0)
+    return rv;
+  rv = imc_grpc_router_service_add(L.svc, so);
+  if (rv == 0)
+    ck_assert_int_eq(imc_grpc_router_service_add(L.svc, so), IMC_ERR_EXISTS);
+  imc_grpc_server_options_set_transport(so, &test_sock_transport, NULL);
+  imc_grpc_server_options_set_clock(so, &R.tc.clock);
+  if (rv == 0)
+    rv = imc_grpc_server_new(&R.s, so, &R.tm.mem);
+  imc_grpc_server_options_del(so);
+  if (rv == 0)
+    rv = imc_grpc_conn_new(R.s, &R.sc, &R.ssock);
+  if (rv == 0)
+    rv = make_client(&R, NULL);
+  if (rv == 0)
+    rv = imc_grpc_upstream_new(&L.up, &R.tm.mem);
+  if (rv == 0)
+    imc_grpc_upstream_set_client(L.up, R.c);
+  return rv;
+}
+
 /* A router on the embedded backends behind a gRPC server, and a client
  * with an upstream on it. */
-static void link_init(void) {
+static void link_backends(void) {
   memset(&R, 0, sizeof(R));
   memset(&L, 0, sizeof(L));
   test_mem_init(&R.tm);
@@ -1145,20 +1171,11 @@ static void link_init(void) {
   imc_router_options_set_max_body(ro, 16);
   ck_assert_int_eq(imc_router_new(&L.r, ro, NULL), 0);
   imc_router_options_del(ro);
+}
 
-  ck_assert_int_eq(imc_grpc_router_service_new(&L.svc, L.r, &R.tm.mem), 0);
-  imc_grpc_server_options *so;
-  ck_assert_int_eq(imc_grpc_server_options_new(&so, &R.tm.mem), 0);
-  ck_assert_int_eq(imc_grpc_router_service_add(L.svc, so), 0);
-  ck_assert_int_eq(imc_grpc_router_service_add(L.svc, so), IMC_ERR_EXISTS);
-  imc_grpc_server_options_set_transport(so, &test_sock_transport, NULL);
-  imc_grpc_server_options_set_clock(so, &R.tc.clock);
-  ck_assert_int_eq(imc_grpc_server_new(&R.s, so, &R.tm.mem), 0);
-  imc_grpc_server_options_del(so);
-  ck_assert_int_eq(imc_grpc_conn_new(R.s, &R.sc, &R.ssock), 0);
-  ck_assert_int_eq(make_client(&R, NULL), 0);
-  ck_assert_int_eq(imc_grpc_upstream_new(&L.up, &R.tm.mem), 0);
-  imc_grpc_upstream_set_client(L.up, R.c);
+static void link_init(void) {
+  link_backends();
+  ck_assert_int_eq(link_grpc(), 0);
 }
 
 static void link_free(void) {
@@ -1559,6 +1576,44 @@ START_TEST(test_gateway_service) {
 }
 END_TEST
 
+/* Allocation failures on the gRPC side of the link: every operation that
+ * started completes once, nothing leaks. */
+START_TEST(test_link_nomem) {
+  int finished = 0;
+  for (long k = 0; !finished && k < 20000; k++) {
+    link_backends();
+    R.tm.fail_at = k;
+    sent a = {0}, b = {0};
+    reported d = {0};
+    int started[3] = {0};
+    if (link_grpc() == 0) {
+      imc_delivery_ack ack = {&link_msg, "bob", "tab"};
+      started[0] = up_send("bob", "", "hi", "c-1", &a) == 0;
+      started[1] = up_send("", "g1", "hi", "c-2", &b) == 0;
+      started[2] = imc_grpc_upstream_vtbl()->delivered_many(
+                       L.up, &ack, 1, on_reported, &d) == 0;
+      link_pump();
+      test_clock_advance(&R.tc, 10000); /* the upstream's deadline */
+      imc_grpc_client_on_timeout(R.c);
+      imc_grpc_server_on_timeout(R.s);
+      link_pump();
+      ck_assert_int_eq(a.n, started[0]);
+      ck_assert_int_eq(b.n, started[1]);
+      ck_assert_int_eq(d.n, started[2]);
+      if (R.tm.count <= k) {
+        finished = 1;
+        ck_assert_int_eq(a.status, 0);
+        ck_assert_int_eq(b.status, IMC_ERR_FORBIDDEN);
+        ck_assert_int_eq(d.status, 0);
+      }
+    }
+    link_free();
+    ck_assert_msg(R.tm.live == 0, "leak with allocation %ld failing", k);
+  }
+  ck_assert(finished);
+}
+END_TEST
+
 static Suite *grpc_suite(void) {
   Suite *s = suite_create("grpc");
   TCase *tc = tcase_create("core");
@@ -1599,6 +1654,7 @@ static Suite *grpc_suite(void) {
   TCase *tc_mem = tcase_create("nomem");
   tcase_add_checked_fixture(tc_mem, setup, NULL);
   tcase_add_test(tc_mem, test_nomem);
+  tcase_add_test(tc_mem, test_link_nomem);
   tcase_set_timeout(tc_mem, 120);
   suite_add_tcase(s, tc_mem);
   return s;
