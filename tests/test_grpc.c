@@ -862,6 +862,46 @@ START_TEST(test_bad_preface) {
 }
 END_TEST
 
+/* One HTTP/2 frame header (RFC 9113 4.1) at out. */
+static size_t frame_head(uint8_t *out, size_t len, uint8_t type, uint8_t flags,
+                         uint32_t stream) {
+  const uint8_t h[9] = {(uint8_t)(len >> 16),
+                        (uint8_t)(len >> 8),
+                        (uint8_t)len,
+                        type,
+                        flags,
+                        (uint8_t)(stream >> 24),
+                        (uint8_t)(stream >> 16),
+                        (uint8_t)(stream >> 8),
+                        (uint8_t)stream};
+  memcpy(out, h, 9);
+  return 9;
+}
+
+/* CONTINUATION flood (CVE-2024-28182): a header block that never ends
+ * closes the connection after 8 CONTINUATION frames. */
+START_TEST(test_continuation_flood) {
+  rig_init(&R, NULL);
+  static uint8_t in[4096];
+  size_t n = 0;
+  memcpy(in, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 24);
+  n = 24;
+  n += frame_head(in + n, 0, 0x4, 0, 0); /* SETTINGS */
+  n += frame_head(in + n, 1, 0x1, 0, 1); /* HEADERS, no END_HEADERS */
+  in[n++] = 0x83;                        /* :method POST */
+  for (int i = 0; i < 20; i++) {
+    n += frame_head(in + n, 1, 0x9, 0, 1); /* CONTINUATION */
+    in[n++] = 0x86;                        /* :scheme http */
+  }
+  int rv = imc_grpc_conn_recv(R.sc, in, n);
+  if (rv == 0)
+    imc_grpc_server_flush(R.s);
+  R.conn_gone = 1;
+  ck_assert_int_eq(R.ssock.closed, 1);
+  ck_assert_int_eq(handled, 0);
+}
+END_TEST
+
 /* ------------------------------------------------------------------ */
 /* Encodings and the status mapping                                     */
 /* ------------------------------------------------------------------ */
@@ -1636,6 +1676,7 @@ static Suite *grpc_suite(void) {
   tcase_add_test(tc, test_rapid_reset);
   tcase_add_test(tc, test_resets_spread);
   tcase_add_test(tc, test_bad_preface);
+  tcase_add_test(tc, test_continuation_flood);
   tcase_add_test(tc, test_status_mapping);
   tcase_add_test(tc, test_encodings);
   tcase_add_test(tc, test_arguments);
