@@ -12,6 +12,8 @@ IMC_DEB_PACKAGES=(
   # libraries
   libwslay-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev
   libsqlite3-dev libinih-dev
+  # gRPC between the roles (libimchat/rpc)
+  libnghttp2-dev
   # the imchat CLI's HTTP(S) pages, and etcd's JSON API in the engines
   libcurl4-openssl-dev
   # libimchat-engines (engines/): Redis, MariaDB, Kafka
@@ -42,6 +44,8 @@ IMC_DEB_TEST_PACKAGES=(
   python3-cffi
   # the Go binding's tests (bindings/go, examples/go_echo_bot)
   golang-go
+  # gRPC interoperability with stock gRPC (tests/grpc_interop.py)
+  python3-grpcio python3-grpc-tools
 )
 
 # What scripts/bench.sh needs on top: the broker imchatd is compared with

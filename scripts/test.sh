@@ -101,7 +101,7 @@ if [ $# -eq 0 ]; then
     -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false
   imc_quiet ninja -C build-fuzz --quiet
   for t in fuzz_http fuzz_jwt fuzz_gateway fuzz_api fuzz_pbcheck fuzz_client \
-    fuzz_jwks; do
+    fuzz_jwks fuzz_grpc; do
     corpus="$imc_tmp/corpus-$t"
     mkdir -p "$corpus"
     cp tests/fuzz/corpus/"$t"/* "$corpus"/

@@ -19,5 +19,12 @@
 #include <imchat/sealed_bus.h>
 #include <imchat/client.h>
 #include <imchat/jwks.h>
+#include <imchat/grpc.h>
+#include <imchat/grpc_server.h>
+#include <imchat/grpc_client.h>
+#include <imchat/grpc_upstream.h>
+#include <imchat/grpc_router_service.h>
+#include <imchat/grpc_gwlink.h>
+#include <imchat/grpc_gateway_service.h>
 
 #endif /* IMCHAT_IMCHAT_H */
