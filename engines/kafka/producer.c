@@ -117,15 +117,28 @@ int kafka_publish(void *ud, const char *topic, const uint8_t *key,
   }
   op->done = done;
   op->done_ud = done_ud;
-  /* librdkafka copies key and value (F_COPY); a NULL key is no key. */
-  rd_kafka_resp_err_t err =
-      rd_kafka_producev(k->prod, RD_KAFKA_V_TOPIC(full ? full : topic),
-                        RD_KAFKA_V_KEY(key_len ? key : NULL, key_len),
-                        RD_KAFKA_V_VALUE((void *)(uintptr_t)value, value_len),
-                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                        RD_KAFKA_V_OPAQUE(op), RD_KAFKA_V_END);
+  /* librdkafka copies key and value (F_COPY); a NULL key is no key. The
+   * array form (produceva) avoids the RD_KAFKA_V_* macros, which are GNU
+   * statement expressions. */
+  rd_kafka_vu_t vu[5];
+  memset(vu, 0, sizeof(vu));
+  vu[0].vtype = RD_KAFKA_VTYPE_TOPIC;
+  vu[0].u.cstr = full ? full : topic;
+  vu[1].vtype = RD_KAFKA_VTYPE_KEY;
+  vu[1].u.mem.ptr = key_len ? (void *)(uintptr_t)key : NULL;
+  vu[1].u.mem.size = key_len;
+  vu[2].vtype = RD_KAFKA_VTYPE_VALUE;
+  vu[2].u.mem.ptr = (void *)(uintptr_t)value;
+  vu[2].u.mem.size = value_len;
+  vu[3].vtype = RD_KAFKA_VTYPE_MSGFLAGS;
+  vu[3].u.i = RD_KAFKA_MSG_F_COPY;
+  vu[4].vtype = RD_KAFKA_VTYPE_OPAQUE;
+  vu[4].u.ptr = op;
+  rd_kafka_error_t *error = rd_kafka_produceva(k->prod, vu, 5);
   free(full);
-  if (err) {
+  if (error) {
+    rd_kafka_resp_err_t err = rd_kafka_error_code(error);
+    rd_kafka_error_destroy(error);
     free(op);
     return kafka_err(err);
   }
