@@ -92,6 +92,41 @@ if grep -q '"result": "SKIP"' build-test/meson-logs/testlog.json; then
 fi
 
 # --------------------------------------------------------------------------
+# Fuzzing: every libFuzzer target for IMC_FUZZ_SECONDS (default 10) under
+# ASan/UBSan (scripts/fuzz.sh). A crash or leak fails the run and leaves
+# the input in build-fuzz/.
+# --------------------------------------------------------------------------
+if [ $# -eq 0 ]; then
+  scripts/fuzz.sh "${IMC_FUZZ_SECONDS:-10}" || rc=1
+fi
+
+if [ ${#unformatted[@]} -gt 0 ]; then
+  echo "clang-format: these files need formatting (clang-format -i FILE):" >&2
+  printf '  %s\n' "${unformatted[@]}" >&2
+fi
+
+# --------------------------------------------------------------------------
+# Build and test
+# --------------------------------------------------------------------------
+imc_setup_build build-test -Dwerror=true -Db_sanitize=address,undefined \
+  -Db_lundef=false -Dweb=enabled -Dengines=enabled
+imc_enable_web build-test
+imc_quiet ninja -C build-test --quiet
+
+imc_start_redis
+imc_start_mariadb
+imc_start_etcd
+imc_start_kafka build-test/tests/engines/kafka_mock
+
+rc=0
+meson test -C build-test --print-errorlogs "$@" || rc=$?
+# A skipped suite is no pass: every server a suite needs was started.
+if grep -q '"result": "SKIP"' build-test/meson-logs/testlog.json; then
+  echo "tests: some suites were skipped (see build-test/meson-logs/testlog.txt)" >&2
+  rc=1
+fi
+
+# --------------------------------------------------------------------------
 # Fuzzing: every libFuzzer target for IMC_FUZZ_SECONDS (default 10), from
 # its seeds, under ASan/UBSan. A crash or leak fails the run and leaves
 # the input in build-fuzz/.
