@@ -49,6 +49,18 @@ def load(results):
     return runs
 
 
+def derive(runs):
+    """Adds the figures computed from others under "derived"."""
+    for doc in runs.values():
+        d = doc.setdefault("derived", {})
+        cpu = get(doc, "server.cpu_pct")
+        if doc.get("scenario") == "group" and cpu:
+            # Deliveries per second of server CPU time (one core busy).
+            d["deliveries_per_core"] = doc["delivered_per_s"] * 100.0 / cpu
+        if doc.get("sent"):
+            d["delivered_share"] = 100.0 * doc.get("delivered", 0) / doc["sent"]
+
+
 def get(doc, path):
     v = doc
     for k in path.split("."):
@@ -117,6 +129,100 @@ def table(runs, scenario, rows, targets=TARGETS):
             line += " | " + r
         lines.append(line + " |")
     return "\n".join(lines) + "\n"
+
+
+def median(runs, scenario, target, path):
+    vals = [get(d, path) for d in rounds_of(runs, scenario, target)]
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def verdict(value, goal, higher):
+    """"met", or by how much the value misses the goal."""
+    if value is None:
+        return "not run"
+    if (value >= goal) if higher else (value <= goal):
+        return "met"
+    if higher:
+        if value <= 0:
+            return "missed (nothing measured)"
+        return "missed: %s %% of the target (%s× short)" % (
+            fmt(100.0 * value / goal), fmt(goal / value))
+    over = value / goal
+    if over < 1.1:
+        return "missed: %s %% over the target" % fmt(100.0 * (over - 1))
+    return "missed: %s× the target" % fmt(over)
+
+
+def targets(runs):
+    """The targets of the speed work against this run's figures."""
+    rows = []
+
+    def target(what, goal_text, goal, value, shown, higher, note=""):
+        rows.append("| %s | %s | %s | %s |" % (
+            what + note, goal_text, shown if value is not None else "–",
+            verdict(value, goal, higher)))
+
+    a = median(runs, "pairs", "imchat", "delivered_per_s")
+    b = median(runs, "pairs", "mqtt-ws", "delivered_per_s")
+    ratio = a / b if a is not None and b else None
+    target("1:1 saturation (closed loop), imchatd / mosquitto-WS",
+           "≥ 1.5×", 1.5, ratio,
+           "%.2f× (%s / %s delivered/s)" % (ratio, fmt(a), fmt(b))
+           if ratio is not None else None, True)
+
+    sweep = {}
+    for label, doc in runs.items():
+        m = re.match(r"sweep-imchat-(\d+)$", label)
+        if m:
+            sweep[int(m.group(1))] = doc
+    top = max(sweep) if sweep else None
+    d = sweep.get(top) if top else None
+    note = "" if top is None or top >= 30000 else \
+        " (highest rate run: %d/s)" % top
+    p99 = d["latency_us"]["deliver"]["p99"] / 1e3 if d else None
+    target("1:1 at 30,000/s offered: send→deliver p99", "≤ 5 ms", 5.0, p99,
+           "%s ms" % fmt(p99) if d else None, False, note)
+    share = get(d, "derived.delivered_share") if d else None
+    target("1:1 at 30,000/s offered: delivered (after the drain)",
+           "100 % of sent", 100.0, share,
+           "%s %% (%s of %s)" % (fmt(share), fmt(d["delivered"]),
+                                 fmt(d["sent"])) if d else None, True, note)
+
+    members = median(runs, "group", "imchat", "members")
+    note = "" if members is None or members >= 10000 else \
+        " (run with %d members)" % members
+    v = median(runs, "group", "imchat", "derived.deliveries_per_core")
+    target("10K-member group: deliveries/s per server core", "≥ 100,000",
+           100000.0, v, fmt(v), True, note)
+    v = median(runs, "group", "imchat", "latency_us.last_member.p99")
+    v = v / 1e3 if v is not None else None
+    target("10K-member group: last member p99", "≤ 150 ms", 150.0, v,
+           "%s ms" % fmt(v), False, note)
+    v = median(runs, "group", "imchat", "latency_us.send_ack.p99")
+    v = v / 1e3 if v is not None else None
+    target("10K-member group: the sender's SendAck p99", "≤ 5 ms", 5.0, v,
+           "%s ms" % fmt(v), False, note)
+
+    v = median(runs, "offline", "imchat", "offline.stored_per_s")
+    target("offline: stored/s through the worker", "≥ 20,000", 20000.0, v,
+           fmt(v), True)
+    docs = rounds_of(runs, "offline", "imchat")
+    st = sum(get(x, "offline.stored") or 0 for x in docs)
+    fe = sum(get(x, "offline.fetched") or 0 for x in docs)
+    share = 100.0 * fe / st if st else None
+    target("offline: stored messages fetched from /offline", "100 %", 100.0,
+           share, "%s %% (%s of %s)" % (fmt(share), fmt(fe), fmt(st))
+           if st else None, True)
+
+    conns = median(runs, "idle", "imchat", "connect.ok")
+    note = "" if conns is None or conns >= 19000 else \
+        " (run with %d connections)" % conns
+    v = median(runs, "idle", "imchat", "server.rss_bytes_per_conn")
+    target("idle: server RSS per authenticated connection at 19K",
+           "≤ 1,024 bytes", 1024.0, v, "%s bytes" % fmt(v), False, note)
+    return ("| target | goal | this run (imchatd; medians) | verdict |\n"
+            "|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
 def gnuplot(script):
@@ -234,6 +340,7 @@ def main():
     ap.add_argument("--quick", default="0")
     a = ap.parse_args()
     runs = load(a.results)
+    derive(runs)
     made = plots(runs, a.results, a.out)
     with open(a.machine) as f:
         machine = f.read().strip()
@@ -283,6 +390,11 @@ def main():
       "- Errors counted over all runs: %d (see `errors` in each JSON).\n"
       % errors)
 
+    w("## Targets\n")
+    w("The targets of the speed work, all from this run (the tables below "
+      "have the details; why a target is missed is in the history after "
+      "this).\n")
+    w(targets(runs))
     history = os.path.join(a.out, "bench", "history.md")
     if os.path.exists(history):
         with open(history) as f:
@@ -341,7 +453,11 @@ def main():
          "lower is better"),
         ("last member p99 (µs)", "latency_us.last_member.p99", "", None),
         ("SendAck / PUBACK p50 (µs)", "latency_us.send_ack.p50", "", None),
+        ("SendAck / PUBACK p99 (µs)", "latency_us.send_ack.p99", "",
+         "lower is better"),
         ("server CPU (% of one core)", "server.cpu_pct", "", None),
+        ("deliveries/s per server core", "derived.deliveries_per_core", "",
+         "higher is better"),
     ]))
     w("![group latency](bench/group-deliver.png)\n")
     w("![group last member](bench/group-last_member.png)\n")
@@ -369,7 +485,8 @@ def main():
     if sweep:
         ts = [t for t in TARGETS if any(t in v for v in sweep.values())]
         w("| offered/s | " + " | ".join(
-            "%s delivered/s | p50 / p99 (ms)" % NAMES[t] for t in ts) + " |")
+            "%s delivered/s (share of sent, after the drain) | p50 / p99 (ms)"
+            % NAMES[t] for t in ts) + " |")
         w("|---|" + "---|---|" * len(ts))
         for rate in sorted(sweep):
             row = ["%d" % rate]
@@ -379,7 +496,10 @@ def main():
                     row += ["–", "–"]
                     continue
                 lat = d["latency_us"]["deliver"]
-                row += [fmt(d["delivered_per_s"]), "%s / %s" % (
+                share = get(d, "derived.delivered_share")
+                row += [fmt(d["delivered_per_s"]) + (
+                    " (all)" if share is not None and share >= 100 else
+                    " (%s %%)" % fmt(share)), "%s / %s" % (
                     fmt(lat["p50"] / 1e3), fmt(lat["p99"] / 1e3))]
             w("| " + " | ".join(row) + " |")
         w("")
