@@ -431,6 +431,34 @@ static int proc_sample(int pid, long *rss_kb, double *cpu_s) {
   return 0;
 }
 
+/* CPU seconds every CPU of the machine spent busy so far (/proc/stat:
+ * user, nice, system, irq, softirq; idle, iowait and steal are not). */
+static int machine_busy(double *busy_s) {
+  FILE *f = fopen("/proc/stat", "r");
+  if (!f)
+    return -1;
+  unsigned long long us, ni, sy, id, io, irq, sirq;
+  int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu", &us, &ni, &sy,
+                 &id, &io, &irq, &sirq);
+  fclose(f);
+  if (n != 7)
+    return -1;
+  *busy_s = (double)(us + ni + sy + irq + sirq) / (double)sysconf(_SC_CLK_TCK);
+  return 0;
+}
+
+/* CPU seconds of this process and its workers so far. */
+static double generator_cpu(const pid_t *pids, int n) {
+  long rss;
+  double t = 0, c;
+  if (proc_sample((int)getpid(), &rss, &c) == 0)
+    t += c;
+  for (int i = 0; i < n; i++)
+    if (pids[i] > 0 && proc_sample((int)pids[i], &rss, &c) == 0)
+      t += c;
+  return t;
+}
+
 /* ------------------------------------------------------------------ */
 /* Group membership through the admin API */
 
@@ -505,6 +533,8 @@ typedef struct run {
   int n_samples;
   long rss_base, rss_connected, rss_max;
   double cpu_run_s, wall_run_s, connect_s;
+  double busy_run_s, gen_run_s; /* the machine's, the generator's */
+  int have_busy;
   uint64_t group_sent, group_complete;
   int workers_failed;
 } run;
@@ -646,7 +676,20 @@ static int write_json(const bench_opts *o, const run *u, const char *label) {
           "\"cpu_pct\": %.1f},\n",
           per, u->cpu_run_s,
           u->wall_run_s > 0 ? 100.0 * u->cpu_run_s / u->wall_run_s : 0.0);
-  fprintf(f, "  \"client\": {\"cpu_s\": %.3f}\n", r->cpu_s);
+  fprintf(f, "  \"client\": {\"cpu_s\": %.3f},\n", r->cpu_s);
+  /* What other processes took from the machine during the run: all of
+   * its busy time but the server's and the generator's. */
+  double others = u->busy_run_s - u->cpu_run_s - u->gen_run_s;
+  if (others < 0)
+    others = 0;
+  if (u->have_busy)
+    fprintf(f,
+            "  \"machine\": {\"busy_cpu_s\": %.3f, \"generator_cpu_s\": "
+            "%.3f, \"others_cpu_s\": %.3f, \"others_pct\": %.1f}\n",
+            u->busy_run_s, u->gen_run_s, others,
+            u->wall_run_s > 0 ? 100.0 * others / u->wall_run_s : 0.0);
+  else
+    fprintf(f, "  \"machine\": {}\n");
   fprintf(f, "}\n");
   if (f != stdout)
     fclose(f);
@@ -796,10 +839,15 @@ int main(int argc, char **argv) {
     if (!wp[i].failed)
       bench_write_full(wp[i].to, &m, sizeof(m));
   }
-  double cpu_start = 0;
+  double cpu_start = 0, busy_start = 0;
   long rss;
   if (o.server_pid && proc_sample(o.server_pid, &rss, &cpu_start) == 0)
     u.rss_connected = rss;
+  pid_t wpids[BENCH_MAX_WORKERS];
+  for (int i = 0; i < o.workers; i++)
+    wpids[i] = wp[i].pid;
+  double gen_start = generator_cpu(wpids, o.workers);
+  int have_busy = o.server_pid && machine_busy(&busy_start) == 0;
   sample_now(&o, &u, t0);
 
   /* Run: sample the server until every worker reports SENT. */
@@ -833,7 +881,12 @@ int main(int argc, char **argv) {
       waiting--;
     }
   }
-  double cpu_end = cpu_start;
+  double cpu_end = cpu_start, busy_end;
+  if (have_busy && machine_busy(&busy_end) == 0) {
+    u.have_busy = 1;
+    u.busy_run_s = busy_end - busy_start;
+    u.gen_run_s = generator_cpu(wpids, o.workers) - gen_start;
+  }
   if (o.server_pid && proc_sample(o.server_pid, &rss, &cpu_end) == 0) {
     u.cpu_run_s = cpu_end - cpu_start;
     if (o.scenario == S_IDLE)

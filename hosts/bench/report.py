@@ -16,12 +16,13 @@ NAMES = {"imchat": "imchatd (WS+protobuf)", "mqtt-ws": "mosquitto (MQTT/WS)",
          "mqtt-tcp": "mosquitto (MQTT/TCP)"}
 
 
-def noise_note(machine):
+def noise_note(machine, runs):
     """The first note: how far other work on the machine skews figures.
 
-    The load average at the start of the run (the "load:" line) above
-    about three quarters of the cores means other processes competed
-    for them."""
+    Each run measures the CPU time other processes took while it ran (the
+    machine's busy time but the server's and the generator's); without
+    that, the 1-min load average at the start (the "load:" line) above
+    about three quarters of the cores means other processes competed."""
     cores, load1 = 1, 0.0
     for line in machine.splitlines():
         key, _, val = line.partition(":")
@@ -29,6 +30,21 @@ def noise_note(machine):
             cores = int(val) or 1
         elif key == "load":
             load1 = float(val.split()[0])
+    others = [v for v in (get(d, "machine.others_pct") for d in runs.values())
+              if v is not None]
+    if others:
+        worst = max(others)
+        if worst > 20:
+            return ("- **Noisy figures.** Other processes took up to %.0f %% "
+                    "of one core during a run (median over the runs %.0f %%; "
+                    "see the \"other processes\" rows), on top of the "
+                    "server, the broker and the load generator, which share "
+                    "the %d cores too. Compare runs whose \"other "
+                    "processes\" rows are low.\n"
+                    % (worst, statistics.median(others), cores))
+        return ("- The server, the broker and the load generator share the "
+                "%d cores; other processes took at most %.0f %% of one core "
+                "during any run.\n" % (cores, worst))
     if load1 > cores * 0.75:
         return ("- **Noisy figures.** Other processes were busy on the "
                 "machine during this run (load average %.1f on %d cores, "
@@ -359,7 +375,7 @@ def main():
     w("## Machine\n")
     w("```\n%s\n```\n" % machine)
     w("## Notes\n")
-    w(noise_note(machine) +
+    w(noise_note(machine, runs) +
       "- What is compared: imchatd speaks WebSocket + protobuf with JWT "
       "authentication, assigns a per-conversation sequence number, "
       "deduplicates, appends every message to its conversation's history "
@@ -417,6 +433,8 @@ def main():
          "lower is better"),
         ("server RSS, all connected (KiB)", "server.rss_kb_connected", "",
          "lower is better"),
+        ("other processes' CPU (% of one core)", "machine.others_pct", "",
+         None),
     ]))
     w("## 1:1 pairs, closed loop\n")
     w("Each pair keeps one message in flight: a delivery to one side "
@@ -434,6 +452,8 @@ def main():
         ("SendAck / PUBACK p50 (µs)", "latency_us.send_ack.p50", "", None),
         ("server CPU (% of one core)", "server.cpu_pct", "", None),
         ("server RSS max (KiB)", "server.rss_kb_max", "", None),
+        ("other processes' CPU (% of one core)", "machine.others_pct", "",
+         None),
     ]))
     w("![latency by percentile](bench/pairs-deliver.png)\n")
     w("## Group fan-out, open loop\n")
@@ -458,6 +478,8 @@ def main():
         ("server CPU (% of one core)", "server.cpu_pct", "", None),
         ("deliveries/s per server core", "derived.deliveries_per_core", "",
          "higher is better"),
+        ("other processes' CPU (% of one core)", "machine.others_pct", "",
+         None),
     ]))
     w("![group latency](bench/group-deliver.png)\n")
     w("![group last member](bench/group-last_member.png)\n")
@@ -473,6 +495,8 @@ def main():
         ("messages fetched", "offline.fetched", "", None),
         ("fetched/s", "offline.fetched_per_s", "", None),
         ("server CPU (% of one core)", "server.cpu_pct", "", None),
+        ("other processes' CPU (% of one core)", "machine.others_pct", "",
+         None),
     ], targets=["imchat"]))
     w("## Open-loop sweep (1:1 pairs)\n")
     w("A fixed total rate spread over the pairs; latency from the intended "
