@@ -2,8 +2,12 @@
 # Benchmarks imchatd against mosquitto on loopback and writes
 # doc/benchmarks.md and doc/bench/*.png.
 #
-#   scripts/bench.sh            two rounds of every scenario, 10 s each
-#   scripts/bench.sh --quick    one short round (3 s per scenario)
+#   scripts/bench.sh            two rounds of every scenario, 10 s each, at
+#                               the sizes of the speed targets (19K idle
+#                               connections, a 10K-member group, an
+#                               open-loop sweep up to 30K messages/s)
+#   scripts/bench.sh --quick    one short round (3 s per scenario) at
+#                               smaller sizes
 #
 # Builds a release tree in build-release/, then for every scenario runs
 # imchatd and mosquitto alternately (A B A B), each on a fresh server
@@ -11,11 +15,13 @@
 # imchat-bench (hosts/bench). Every process started here is stopped by
 # pid when the script ends, also on failure. The JSON and CSV of every run
 # stay in build-release/bench-results/. Environment overrides:
-# IMC_BENCH_ROUNDS, IMC_BENCH_DURATION, IMC_BENCH_IDLE_CONNS (5000),
-# IMC_BENCH_PAIRS_CONNS (2000), IMC_BENCH_GROUP_MEMBERS (1000),
-# IMC_BENCH_GROUP_RATE (10/s), IMC_BENCH_OFFLINE_SENDERS (200),
-# IMC_BENCH_SWEEP_CONNS (200), IMC_BENCH_SWEEP_RATES ("250 ... 8000"),
-# IMC_BENCH_OUT (where benchmarks.md goes; default doc).
+# IMC_BENCH_ROUNDS, IMC_BENCH_DURATION, IMC_BENCH_IDLE_CONNS (19000;
+# --quick 5000; at most what fits under imchatd's fd limit),
+# IMC_BENCH_PAIRS_CONNS (2000), IMC_BENCH_GROUP_MEMBERS (10000; --quick
+# 1000), IMC_BENCH_GROUP_RATE (10/s), IMC_BENCH_OFFLINE_SENDERS (200),
+# IMC_BENCH_SWEEP_CONNS (200), IMC_BENCH_SWEEP_RATES ("500 ... 30000";
+# --quick "1000 4000 16000 30000"), IMC_BENCH_OUT (where benchmarks.md
+# goes; default doc).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -24,7 +30,7 @@ for a in "$@"; do
   case $a in
   --quick) quick=1 ;;
   -h | --help)
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
@@ -38,18 +44,22 @@ if [ "$quick" -eq 1 ]; then
   rounds=${IMC_BENCH_ROUNDS:-1}
   dur=${IMC_BENCH_DURATION:-3}
   sweep_dur=2
+  idle_conns=${IMC_BENCH_IDLE_CONNS:-5000}
+  group_members=${IMC_BENCH_GROUP_MEMBERS:-1000}
+  rates="1000 4000 16000 30000"
 else
   rounds=${IMC_BENCH_ROUNDS:-2}
   dur=${IMC_BENCH_DURATION:-10}
   sweep_dur=4
+  idle_conns=${IMC_BENCH_IDLE_CONNS:-19000}
+  group_members=${IMC_BENCH_GROUP_MEMBERS:-10000}
+  rates="500 1000 2000 4000 8000 16000 24000 30000"
 fi
-idle_conns=${IMC_BENCH_IDLE_CONNS:-5000}
 pairs_conns=${IMC_BENCH_PAIRS_CONNS:-2000}
-group_members=${IMC_BENCH_GROUP_MEMBERS:-1000}
 group_rate=${IMC_BENCH_GROUP_RATE:-10}
 offline_senders=${IMC_BENCH_OFFLINE_SENDERS:-200}
 sweep_conns=${IMC_BENCH_SWEEP_CONNS:-200}
-read -r -a sweep_rates <<<"${IMC_BENCH_SWEEP_RATES:-250 500 1000 2000 4000 8000}"
+read -r -a sweep_rates <<<"${IMC_BENCH_SWEEP_RATES:-$rates}"
 out_doc=${IMC_BENCH_OUT:-doc}
 
 # shellcheck source=scripts/deps.sh
@@ -58,7 +68,8 @@ source scripts/deps.sh
 source scripts/lib.sh
 imc_install_deps "${IMC_DEB_BENCH_PACKAGES[@]}"
 
-# One process holds at most ~20K sockets on these machines.
+# One process holds at most ~20K sockets on these machines (the hard
+# limit); the servers started here inherit this limit.
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 # --------------------------------------------------------------------------
@@ -179,6 +190,7 @@ CONF
   fi
 }
 
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 commands_log=$results/commands.txt
 : >"$commands_log"
 
@@ -207,8 +219,9 @@ run_one() {
     sed -e "s/$admin_token/\$ADMIN_TOKEN/" -e "s|$bench_tmp|\$TMP|g" \
       -e 's/--port [0-9]*/--port $PORT/' \
       -e 's/--server-pid [0-9]*/--server-pid $PID/' >>"$commands_log"
+  # imchat-bench bounds itself; this bounds a hang of imchat-bench too.
   local rc=0
-  "$bench" "${args[@]}" || rc=$?
+  timeout -k 10 "$run_limit" "$bench" "${args[@]}" || rc=$?
   stop_pid "$srv_pid"
   if [ "$rc" -ne 0 ]; then
     echo "bench: $label failed ($rc)" >&2
@@ -216,7 +229,29 @@ run_one() {
   fi
 }
 
-common=(--duration "$dur" --connect-timeout 60 --drain 5 --workers 2)
+common=(--duration "$dur" --connect-timeout 60 --drain 5)
+run_limit=$((dur + 60 + 5 + 180))
+
+# --------------------------------------------------------------------------
+# Idle connections: imchatd holds them all in one process, so they must fit
+# under its fd limit with the fds it opens anyway (listener, epoll, SQLite,
+# log, eventfds) and a margin for what it opens while running (HTTP
+# requests, SQLite's journal). The generator spreads them over one worker
+# process per 5000 and as many loopback source addresses.
+# --------------------------------------------------------------------------
+idle_requested=$idle_conns
+start_imchatd
+imchatd_fd_limit=$(awk '/^Max open files/ {print $4}' "/proc/$srv_pid/limits")
+imchatd_fds=$(find "/proc/$srv_pid/fd" -mindepth 1 | wc -l)
+stop_pid "$srv_pid"
+idle_fit=$((imchatd_fd_limit - imchatd_fds - 64))
+if [ "$idle_conns" -gt "$idle_fit" ]; then
+  echo "bench: $idle_conns idle connections do not fit under imchatd's fd" \
+    "limit ($imchatd_fd_limit, $imchatd_fds open at start); running $idle_fit" >&2
+  idle_conns=$idle_fit
+fi
+idle_workers=$(((idle_conns + 4999) / 5000))
+[ "$idle_workers" -ge 2 ] || idle_workers=2
 
 # --------------------------------------------------------------------------
 # Scenarios, imchatd and mosquitto alternately
@@ -225,18 +260,19 @@ targets=(imchat mqtt-ws mqtt-tcp)
 for ((r = 1; r <= rounds; r++)); do
   for t in "${targets[@]}"; do
     run_one "$t" "idle-$t-r$r" "${common[@]}" --scenario idle \
-      --connections "$idle_conns"
+      --connections "$idle_conns" --workers "$idle_workers" \
+      --src-addrs "$idle_workers"
   done
   for t in "${targets[@]}"; do
     run_one "$t" "pairs-$t-r$r" "${common[@]}" --scenario pairs \
-      --connections "$pairs_conns" --mode closed --inflight 1
+      --workers 2 --connections "$pairs_conns" --mode closed --inflight 1
   done
   for t in "${targets[@]}"; do
     run_one "$t" "group-$t-r$r" "${common[@]}" --scenario group \
-      --members "$group_members" --rate "$group_rate"
+      --workers 2 --members "$group_members" --rate "$group_rate"
   done
   run_one imchat "offline-imchat-r$r" "${common[@]}" --scenario offline \
-    --connections "$offline_senders" --mode closed --inflight 4
+    --workers 2 --connections "$offline_senders" --mode closed --inflight 4
 done
 
 # Open-loop sweep: throughput and latency against offered load.
@@ -261,7 +297,8 @@ machine=$results/machine.txt
   echo "imchat: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "mosquitto: $("$mosquitto" -h 2>/dev/null | sed -n 's/^mosquitto version //p' | head -1)"
   echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
-  echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "load: $load_start (start), $(cut -d' ' -f1-3 /proc/loadavg) (end)"
+  echo "idle connections: $idle_conns (requested $idle_requested; imchatd's fd limit $imchatd_fd_limit, $imchatd_fds fds open at start)"
 } >"$machine"
 /usr/bin/python3 hosts/bench/report.py --results "$results" \
   --machine "$machine" --commands "$commands_log" --out "$out_doc" \

@@ -16,12 +16,13 @@ NAMES = {"imchat": "imchatd (WS+protobuf)", "mqtt-ws": "mosquitto (MQTT/WS)",
          "mqtt-tcp": "mosquitto (MQTT/TCP)"}
 
 
-def noise_note(machine):
+def noise_note(machine, runs):
     """The first note: how far other work on the machine skews figures.
 
-    The load average at the start of the run (the "load:" line) above
-    about three quarters of the cores means other processes competed
-    for them."""
+    Each run measures the CPU time other processes took while it ran (the
+    machine's busy time but the server's and the generator's); without
+    that, the 1-min load average at the start (the "load:" line) above
+    about three quarters of the cores means other processes competed."""
     cores, load1 = 1, 0.0
     for line in machine.splitlines():
         key, _, val = line.partition(":")
@@ -29,6 +30,25 @@ def noise_note(machine):
             cores = int(val) or 1
         elif key == "load":
             load1 = float(val.split()[0])
+    others = [v for v in (get(d, "machine.others_pct") for d in runs.values())
+              if v is not None]
+    if others:
+        worst = max(others)
+        noisy = sorted(((get(d, "machine.others_pct") or 0, label)
+                        for label, d in runs.items()), reverse=True)
+        noisy = ["%s (%.0f %%)" % (label, v) for v, label in noisy if v > 20]
+        if noisy:
+            return ("- **Noisy figures** in %d of %d runs: other processes "
+                    "took more than 20 %% of one core while %s ran; in the "
+                    "other runs at most %.0f %% (median %.0f %%). The server, "
+                    "the broker and the load generator share the %d cores "
+                    "too.\n"
+                    % (len(noisy), len(others), ", ".join(noisy),
+                       max([v for v in others if v <= 20] or [0]),
+                       statistics.median(others), cores))
+        return ("- The server, the broker and the load generator share the "
+                "%d cores; other processes took at most %.0f %% of one core "
+                "during any run.\n" % (cores, worst))
     if load1 > cores * 0.75:
         return ("- **Noisy figures.** Other processes were busy on the "
                 "machine during this run (load average %.1f on %d cores, "
@@ -47,6 +67,22 @@ def load(results):
             doc = json.load(f)
         runs[doc["label"]] = doc
     return runs
+
+
+def derive(runs):
+    """Adds the figures computed from others under "derived"."""
+    for doc in runs.values():
+        d = doc.setdefault("derived", {})
+        cpu = get(doc, "server.cpu_pct")
+        if doc.get("scenario") == "group" and cpu:
+            # Deliveries per second of server CPU time (one core busy).
+            d["deliveries_per_core"] = doc["delivered_per_s"] * 100.0 / cpu
+        gen = get(doc, "machine.generator_cpu_s")
+        if gen is not None and doc.get("duration_s"):
+            d["generator_pct"] = 100.0 * gen / doc["duration_s"]
+        if doc.get("sent"):
+            d["delivered_share"] = (100.0 * doc.get("delivered", 0)
+                                    / doc["sent"])
 
 
 def get(doc, path):
@@ -111,12 +147,107 @@ def table(runs, scenario, rows, targets=TARGETS):
         line = "| %s | %s" % (title, " | ".join(cells))
         if ratio:
             a, b = vals.get("imchat"), vals.get("mqtt-ws")
-            r = "–" if not a or not b else "%.2f×" % (a / b)
+            r = "–" if not a or not b or better is False else \
+                "%.2f×" % (a / b)
             if r != "–" and better:
                 r += " (%s)" % better
             line += " | " + r
         lines.append(line + " |")
     return "\n".join(lines) + "\n"
+
+
+def median(runs, scenario, target, path):
+    vals = [get(d, path) for d in rounds_of(runs, scenario, target)]
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def verdict(value, goal, higher):
+    """"met", or by how much the value misses the goal."""
+    if value is None:
+        return "not run"
+    if (value >= goal) if higher else (value <= goal):
+        return "met"
+    if higher:
+        if value <= 0:
+            return "missed (nothing measured)"
+        return "missed: %s %% of the target (%s× short)" % (
+            fmt(100.0 * value / goal), fmt(goal / value))
+    over = value / goal
+    if over < 1.1:
+        return "missed: %s %% over the target" % fmt(100.0 * (over - 1))
+    return "missed: %s× the target" % fmt(over)
+
+
+def targets(runs):
+    """The targets of the speed work against this run's figures."""
+    rows = []
+
+    def target(what, goal_text, goal, value, shown, higher, note=""):
+        rows.append("| %s | %s | %s | %s |" % (
+            what + note, goal_text, shown if value is not None else "–",
+            verdict(value, goal, higher)))
+
+    a = median(runs, "pairs", "imchat", "delivered_per_s")
+    b = median(runs, "pairs", "mqtt-ws", "delivered_per_s")
+    ratio = a / b if a is not None and b else None
+    target("1:1 saturation (closed loop), imchatd / mosquitto-WS",
+           "≥ 1.5×", 1.5, ratio,
+           "%.2f× (%s / %s delivered/s)" % (ratio, fmt(a), fmt(b))
+           if ratio is not None else None, True)
+
+    sweep = {}
+    for label, doc in runs.items():
+        m = re.match(r"sweep-imchat-(\d+)$", label)
+        if m:
+            sweep[int(m.group(1))] = doc
+    top = max(sweep) if sweep else None
+    d = sweep.get(top) if top else None
+    note = "" if top is None or top >= 30000 else \
+        " (highest rate run: %d/s)" % top
+    p99 = d["latency_us"]["deliver"]["p99"] / 1e3 if d else None
+    target("1:1 at 30,000/s offered: send→deliver p99", "≤ 5 ms", 5.0, p99,
+           "%s ms" % fmt(p99) if d else None, False, note)
+    share = get(d, "derived.delivered_share") if d else None
+    target("1:1 at 30,000/s offered: delivered (after the drain)",
+           "100 % of sent", 100.0, share,
+           "%s %% (%s of %s)" % (fmt(share), fmt(d["delivered"]),
+                                 fmt(d["sent"])) if d else None, True, note)
+
+    members = median(runs, "group", "imchat", "members")
+    note = "" if members is None or members >= 10000 else \
+        " (run with %d members)" % members
+    v = median(runs, "group", "imchat", "derived.deliveries_per_core")
+    target("10K-member group: deliveries/s per server core", "≥ 100,000",
+           100000.0, v, fmt(v), True, note)
+    v = median(runs, "group", "imchat", "latency_us.last_member.p99")
+    v = v / 1e3 if v is not None else None
+    target("10K-member group: last member p99", "≤ 150 ms", 150.0, v,
+           "%s ms" % fmt(v), False, note)
+    v = median(runs, "group", "imchat", "latency_us.send_ack.p99")
+    v = v / 1e3 if v is not None else None
+    target("10K-member group: the sender's SendAck p99", "≤ 5 ms", 5.0, v,
+           "%s ms" % fmt(v), False, note)
+
+    v = median(runs, "offline", "imchat", "offline.stored_per_s")
+    target("offline: stored/s through the worker", "≥ 20,000", 20000.0, v,
+           fmt(v), True)
+    docs = rounds_of(runs, "offline", "imchat")
+    st = sum(get(x, "offline.stored") or 0 for x in docs)
+    fe = sum(get(x, "offline.fetched") or 0 for x in docs)
+    share = 100.0 * fe / st if st else None
+    target("offline: stored messages fetched from /offline", "100 %", 100.0,
+           share, "%s %% (%s of %s)" % (fmt(share), fmt(fe), fmt(st))
+           if st else None, True)
+
+    conns = median(runs, "idle", "imchat", "connect.ok")
+    note = "" if conns is None or conns >= 19000 else \
+        " (run with %d connections)" % conns
+    v = median(runs, "idle", "imchat", "server.rss_bytes_per_conn")
+    target("idle: server RSS per authenticated connection at 19K",
+           "≤ 1,024 bytes", 1024.0, v, "%s bytes" % fmt(v), False, note)
+    return ("| target | goal | this run (imchatd; medians) | verdict |\n"
+            "|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
 def gnuplot(script):
@@ -234,6 +365,7 @@ def main():
     ap.add_argument("--quick", default="0")
     a = ap.parse_args()
     runs = load(a.results)
+    derive(runs)
     made = plots(runs, a.results, a.out)
     with open(a.machine) as f:
         machine = f.read().strip()
@@ -252,7 +384,7 @@ def main():
     w("## Machine\n")
     w("```\n%s\n```\n" % machine)
     w("## Notes\n")
-    w(noise_note(machine) +
+    w(noise_note(machine, runs) +
       "- What is compared: imchatd speaks WebSocket + protobuf with JWT "
       "authentication, assigns a per-conversation sequence number, "
       "deduplicates, appends every message to its conversation's history "
@@ -283,6 +415,11 @@ def main():
       "- Errors counted over all runs: %d (see `errors` in each JSON).\n"
       % errors)
 
+    w("## Targets\n")
+    w("The targets of the speed work, all from this run (the tables below "
+      "have the details; why a target is missed is in the history after "
+      "this).\n")
+    w(targets(runs))
     history = os.path.join(a.out, "bench", "history.md")
     if os.path.exists(history):
         with open(history) as f:
@@ -305,6 +442,8 @@ def main():
          "lower is better"),
         ("server RSS, all connected (KiB)", "server.rss_kb_connected", "",
          "lower is better"),
+        ("other processes' CPU (% of one core)", "machine.others_pct", "",
+         False),
     ]))
     w("## 1:1 pairs, closed loop\n")
     w("Each pair keeps one message in flight: a delivery to one side "
@@ -322,6 +461,10 @@ def main():
         ("SendAck / PUBACK p50 (µs)", "latency_us.send_ack.p50", "", None),
         ("server CPU (% of one core)", "server.cpu_pct", "", None),
         ("server RSS max (KiB)", "server.rss_kb_max", "", None),
+        ("load generator CPU (% of one core)", "derived.generator_pct", "",
+         False),
+        ("other processes' CPU (% of one core)", "machine.others_pct", "",
+         False),
     ]))
     w("![latency by percentile](bench/pairs-deliver.png)\n")
     w("## Group fan-out, open loop\n")
@@ -341,7 +484,15 @@ def main():
          "lower is better"),
         ("last member p99 (µs)", "latency_us.last_member.p99", "", None),
         ("SendAck / PUBACK p50 (µs)", "latency_us.send_ack.p50", "", None),
+        ("SendAck / PUBACK p99 (µs)", "latency_us.send_ack.p99", "",
+         "lower is better"),
         ("server CPU (% of one core)", "server.cpu_pct", "", None),
+        ("deliveries/s per server core", "derived.deliveries_per_core", "",
+         "higher is better"),
+        ("load generator CPU (% of one core)", "derived.generator_pct", "",
+         False),
+        ("other processes' CPU (% of one core)", "machine.others_pct", "",
+         False),
     ]))
     w("![group latency](bench/group-deliver.png)\n")
     w("![group last member](bench/group-last_member.png)\n")
@@ -357,6 +508,8 @@ def main():
         ("messages fetched", "offline.fetched", "", None),
         ("fetched/s", "offline.fetched_per_s", "", None),
         ("server CPU (% of one core)", "server.cpu_pct", "", None),
+        ("other processes' CPU (% of one core)", "machine.others_pct", "",
+         False),
     ], targets=["imchat"]))
     w("## Open-loop sweep (1:1 pairs)\n")
     w("A fixed total rate spread over the pairs; latency from the intended "
@@ -369,7 +522,8 @@ def main():
     if sweep:
         ts = [t for t in TARGETS if any(t in v for v in sweep.values())]
         w("| offered/s | " + " | ".join(
-            "%s delivered/s | p50 / p99 (ms)" % NAMES[t] for t in ts) + " |")
+            "%s delivered/s (share of sent, after the drain) | p50 / p99 (ms)"
+            % NAMES[t] for t in ts) + " |")
         w("|---|" + "---|---|" * len(ts))
         for rate in sorted(sweep):
             row = ["%d" % rate]
@@ -379,7 +533,10 @@ def main():
                     row += ["–", "–"]
                     continue
                 lat = d["latency_us"]["deliver"]
-                row += [fmt(d["delivered_per_s"]), "%s / %s" % (
+                share = get(d, "derived.delivered_share")
+                row += [fmt(d["delivered_per_s"]) + (
+                    " (all)" if share is not None and share >= 100 else
+                    " (%s %%)" % fmt(share)), "%s / %s" % (
                     fmt(lat["p50"] / 1e3), fmt(lat["p99"] / 1e3))]
             w("| " + " | ".join(row) + " |")
         w("")

@@ -102,6 +102,14 @@ def main():
                         "--inflight", "2", "--duration", "2")
         assert doc["delivered"] > 0, doc
         assert doc["connect"]["ok"] == 8, doc
+        # A group large enough that its members are added by several
+        # processes at once, as for the 10K-member group of bench.sh.
+        doc = run_bench("imchat group", *common, "--admin-token", ADMIN,
+                        "--scenario", "group", "--members", "70", "--rate",
+                        "5", "--duration", "2")
+        assert doc["group"]["messages"] > 0, doc
+        assert doc["delivered"] == doc["expected"], doc
+        assert doc["group"]["complete"] == doc["group"]["messages"], doc
         # From three loopback source addresses, as large runs do.
         doc = run_bench("imchat idle", *common, "--scenario", "idle",
                         "--connections", "6", "--duration", "1",
