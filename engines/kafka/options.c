@@ -247,8 +247,13 @@ rd_kafka_conf_t *kafka_conf_new(imc_kafka *k, const char *group) {
   bad |= conf_set(k, conf, "reconnect.backoff.max.ms", "1000");
   if (group) {
     bad |= conf_set(k, conf, "auto.offset.reset", "earliest");
+    /* Before 2.3.0 the cooperative-sticky assignor aborts the process when
+     * a consumer is closed before its first assignment (librdkafka #4312);
+     * there the eager assignors serve, which the rebalance callback also
+     * handles. */
     bad |= conf_set(k, conf, "partition.assignment.strategy",
-                    "cooperative-sticky");
+                    rd_kafka_version() >= 0x020300ff ? "cooperative-sticky"
+                                                     : "range,roundrobin");
     bad |= conf_set(k, conf, "allow.auto.create.topics", "true");
     bad |= conf_set(k, conf, "heartbeat.interval.ms", heartbeat);
   }

@@ -19,8 +19,9 @@
  *
  * Poll and commit. The first poll of a group creates its consumer, which
  * subscribes to every topic polled in that group (a new topic extends the
- * subscription) with the cooperative-sticky assignor, so a rebalance
- * moves only the partitions that change owner. Nothing is committed on
+ * subscription) with the cooperative-sticky assignor on librdkafka 2.3.0
+ * and later, so a rebalance moves only the partitions that change owner
+ * (older versions use the eager range,roundrobin assignors). Nothing is committed on
  * its own (enable.auto.commit=false, enable.auto.offset.store=false): a
  * commit(partition, offset) commits offset + 1 for that partition only,
  * when the caller asks; a group that never committed starts at the
