@@ -2555,6 +2555,50 @@ START_TEST(challenge_401_handler) {
 }
 END_TEST
 
+/* An HTTP-only gateway needs no keys, answers /ws with 404 and still
+ * serves /healthz and its handler. */
+static void http_only(imc_gateway_options *o) {
+  ck_assert_int_eq(imc_gateway_options_set_http_only(o, 1), 0);
+}
+
+static void http_only_handler(imc_gateway_options *o) {
+  http_only(o);
+  with_unauthorized(o);
+}
+
+START_TEST(http_only_serves_no_websocket) {
+  imc_gateway_options *o;
+  imc_gateway *gw = NULL;
+  ck_assert_int_eq(imc_gateway_options_new(&o, &H.tm.mem), 0);
+  ck_assert_int_eq(
+      imc_gateway_options_set_transport(o, &test_sock_transport, NULL), 0);
+  ck_assert_int_eq(imc_gateway_new(&gw, o, &H.tm.mem),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_gateway_options_set_http_only(o, 1), 0);
+  ck_assert_int_eq(imc_gateway_new(&gw, o, &H.tm.mem), 0);
+  imc_gateway_del(gw);
+  imc_gateway_options_del(o);
+  ck_assert_int_eq(imc_gateway_options_set_http_only(NULL, 1),
+                   IMC_ERR_INVALID_ARGUMENT);
+
+  no_secret = 1;
+  reset_with(http_only);
+  no_secret = 0;
+  char req[2048], head[1024];
+  ck_assert_int_eq(
+      h_recv_str(upgrade_req(req, sizeof(req), token_for("ann", NULL, 600))),
+      0);
+  ck_assert_int_eq(read_http(head, sizeof(head), NULL), 404);
+  ck_assert_str_eq(H.m.reg_user, "");
+  reset_with(http_only);
+  ck_assert_int_eq(h_recv_str("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
+  ck_assert_int_eq(read_http(head, sizeof(head), NULL), 200);
+  reset_with(http_only_handler);
+  ck_assert_int_eq(h_recv_str("GET /offline HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
+  ck_assert_int_eq(read_http(head, sizeof(head), NULL), 401);
+}
+END_TEST
+
 /* RFC 6455 4.1/4.2.1: the key is the base64 of 16 bytes, sent once. */
 START_TEST(ws_key_invalid) {
   static const char *const keys[] = {
@@ -3176,6 +3220,7 @@ static Suite *gateway_suite(void) {
   tcase_add_test(t, auth_bad_sub);
   tcase_add_test(t, auth_rs256_and_es256);
   tcase_add_test(t, auth_rs256_key_confusion);
+  tcase_add_test(t, http_only_serves_no_websocket);
   tcase_add_test(t, auth_es256_with_rsa_key);
   tcase_add_test(t, auth_keysrc_async);
   tcase_add_test(t, auth_keysrc_closed_meanwhile);

@@ -1,7 +1,7 @@
 /*
- * imchatd's options: the option table, the setter that checks and applies
- * a value (for flags and INI keys alike), and the command line (see
- * config.h).
+ * The options of imchatd, im-gateway and im-service: the option table,
+ * which role knows which, the setter that checks and applies a value (for
+ * flags and INI keys alike), and the command line (see config.h).
  */
 #include "flags.h"
 
@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 const struct option imchatd_long_opts[] = {
     {"config", required_argument, NULL, O_CONFIG},
@@ -48,8 +49,19 @@ const struct option imchatd_long_opts[] = {
     {"max-connections", required_argument, NULL, O_MAX_CONNECTIONS},
     {"max-connections-per-ip", required_argument, NULL,
      O_MAX_CONNECTIONS_PER_IP},
+    {"grpc-listen", required_argument, NULL, O_GRPC_LISTEN},
+    {"grpc-advertise", required_argument, NULL, O_GRPC_ADVERTISE},
+    {"http-listen", required_argument, NULL, O_HTTP_LISTEN},
+    {"router", required_argument, NULL, O_ROUTER},
+    {"etcd", required_argument, NULL, O_ETCD},
+    {"kafka", required_argument, NULL, O_KAFKA},
+    {"redis", required_argument, NULL, O_REDIS},
+    {"mysql", required_argument, NULL, O_MYSQL},
+    {"mysql-user", required_argument, NULL, O_MYSQL_USER},
+    {"mysql-password", required_argument, NULL, O_MYSQL_PASSWORD},
     {"web-root", required_argument, NULL, O_WEB_ROOT},
     {"dev-login", no_argument, NULL, O_DEV_LOGIN},
+    {"migrate-only", no_argument, NULL, O_MIGRATE_ONLY},
     {"device", required_argument, NULL, O_DEVICE},
     {"ttl", required_argument, NULL, O_TTL},
     {"help", no_argument, NULL, 'h'},
@@ -62,6 +74,58 @@ const char *imchatd_opt_name(int id) {
     if (o->val == id)
       return o->name;
   return "?";
+}
+
+const char *imchatd_role_name(imchatd_role role) {
+  return role == IMCHATD_ROLE_GATEWAY   ? "im-gateway"
+         : role == IMCHATD_ROLE_SERVICE ? "im-service"
+                                        : "imchatd";
+}
+
+#define R_SERVER (1u << IMCHATD_ROLE_SERVER)
+#define R_GATEWAY (1u << IMCHATD_ROLE_GATEWAY)
+#define R_SERVICE (1u << IMCHATD_ROLE_SERVICE)
+
+/* The roles whose program knows option id. */
+static unsigned opt_roles(int id) {
+  switch (id) {
+  case O_CONFIG:
+  case O_NODE_ID:
+  case O_MAX_BODY:
+  case O_LOG_LEVEL:
+    return R_SERVER | R_GATEWAY | R_SERVICE;
+  case O_DATA_DIR:
+  case O_KEY_FILE:
+  case O_WEB_ROOT:
+  case O_DEV_LOGIN:
+  case O_DEVICE:
+  case O_TTL:
+    return R_SERVER;
+  case O_FILTER_FILE:
+  case O_FILTER_ACTION:
+  case O_RETENTION_DAYS:
+    return R_SERVER | R_SERVICE;
+  case O_GRPC_LISTEN:
+  case O_ETCD:
+  case O_KAFKA:
+  case O_MYSQL:
+  case O_MYSQL_USER:
+  case O_MYSQL_PASSWORD:
+    return R_GATEWAY | R_SERVICE;
+  case O_GRPC_ADVERTISE:
+  case O_ROUTER:
+    return R_GATEWAY;
+  case O_HTTP_LISTEN:
+  case O_REDIS:
+  case O_MIGRATE_ONLY:
+    return R_SERVICE;
+  default: /* the gateway's: listen, tokens, limits */
+    return id >= O_LISTEN && id < O_WEB_ROOT ? R_SERVER | R_GATEWAY : 0;
+  }
+}
+
+int imchatd_opt_in_role(int id, imchatd_role role) {
+  return (opt_roles(id) & (1u << role)) != 0;
 }
 
 static int set_str(char **dst, const char *v, char *why, size_t cap) {
@@ -77,6 +141,31 @@ static int set_str(char **dst, const char *v, char *why, size_t cap) {
   free(*dst);
   *dst = s;
   return 0;
+}
+
+/* A comma-separated list of HOST:PORT addresses. */
+static int set_list(char **dst, const char *v, char *why, size_t cap) {
+  char item[300];
+  for (const char *p = v;;) {
+    size_t n = strcspn(p, ",");
+    char host[256];
+    uint16_t port;
+    const char *reason = "too long";
+    if (n >= sizeof(item)) {
+      snprintf(why, cap, "'%.*s': %s", (int)n, p, reason);
+      return -1;
+    }
+    memcpy(item, p, n);
+    item[n] = '\0';
+    if (hloop_split_addr(item, host, sizeof(host), &port, &reason) < 0) {
+      snprintf(why, cap, "'%s': %s", item, reason);
+      return -1;
+    }
+    if (p[n] == '\0')
+      break;
+    p += n + 1;
+  }
+  return set_str(dst, v, why, cap);
 }
 
 /* A decimal integer in [lo, hi]; no sign, no suffix, no spaces. */
@@ -97,7 +186,11 @@ int imchatd_apply(imchatd_config *cfg, int id, const char *v, char *why,
                   size_t cap) {
   unsigned long long x;
   switch (id) {
-  case O_LISTEN: {
+  case O_LISTEN:
+  case O_GRPC_LISTEN:
+  case O_GRPC_ADVERTISE:
+  case O_HTTP_LISTEN:
+  case O_REDIS: {
     char host[256];
     uint16_t port;
     const char *reason;
@@ -105,8 +198,37 @@ int imchatd_apply(imchatd_config *cfg, int id, const char *v, char *why,
       snprintf(why, cap, "'%s': %s", v, reason);
       return -1;
     }
-    return set_str(&cfg->listen, v, why, cap);
+    return set_str(id == O_LISTEN           ? &cfg->listen
+                   : id == O_GRPC_LISTEN    ? &cfg->grpc_listen
+                   : id == O_GRPC_ADVERTISE ? &cfg->grpc_advertise
+                   : id == O_HTTP_LISTEN    ? &cfg->http_listen
+                                            : &cfg->redis,
+                   v, why, cap);
   }
+  case O_ROUTER:
+    return set_list(&cfg->routers, v, why, cap);
+  case O_KAFKA:
+    return set_list(&cfg->kafka, v, why, cap);
+  case O_ETCD:
+    if (strncasecmp(v, "http://", 7) != 0 &&
+        strncasecmp(v, "https://", 8) != 0) {
+      snprintf(why, cap, "'%s' is not a list of http:// URLs", v);
+      return -1;
+    }
+    return set_str(&cfg->etcd, v, why, cap);
+  case O_MYSQL:
+    if (strchr(v, '/') == NULL || strchr(v, '/')[1] == '\0') {
+      snprintf(why, cap, "'%s' is not HOST:PORT/DATABASE", v);
+      return -1;
+    }
+    return set_str(&cfg->mysql, v, why, cap);
+  case O_MYSQL_USER:
+    return set_str(&cfg->mysql_user, v, why, cap);
+  case O_MYSQL_PASSWORD:
+    return set_str(&cfg->mysql_password, v, why, cap);
+  case O_MIGRATE_ONLY: /* a flag only */
+    cfg->migrate_only = 1;
+    return 0;
   case O_DATA_DIR:
     return set_str(&cfg->data_dir, v, why, cap);
   case O_JWT_SECRET:
@@ -265,17 +387,18 @@ int imchatd_apply(imchatd_config *cfg, int id, const char *v, char *why,
 /* ---- command line --------------------------------------------------- */
 
 /* Describes the option getopt stopped at. */
-static void bad_option(int c, char **argv, char *err, size_t cap) {
+static void bad_option(int c, char **argv, const char *prog, char *err,
+                       size_t cap) {
   const char *arg = argv[optind - 1];
   if (c == ':' && optopt >= 256)
-    snprintf(err, cap, "--%s needs a value (see imchatd --help)",
-             imchatd_opt_name(optopt));
+    snprintf(err, cap, "--%s needs a value (see %s --help)",
+             imchatd_opt_name(optopt), prog);
   else if (c == ':')
-    snprintf(err, cap, "%s needs a value (see imchatd --help)", arg);
+    snprintf(err, cap, "%s needs a value (see %s --help)", arg, prog);
   else if (optopt > 0 && optopt < 256 && strncmp(arg, "--", 2) != 0)
-    snprintf(err, cap, "unknown option '-%c' (see imchatd --help)", optopt);
+    snprintf(err, cap, "unknown option '-%c' (see %s --help)", optopt, prog);
   else
-    snprintf(err, cap, "unknown option '%s' (see imchatd --help)", arg);
+    snprintf(err, cap, "unknown option '%s' (see %s --help)", arg, prog);
 }
 
 static void free_origins(imchatd_config *cfg) {
@@ -286,11 +409,46 @@ static void free_origins(imchatd_config *cfg) {
   cfg->n_allowed_origins = 0;
 }
 
-static void defaults(imchatd_config *cfg) {
+/* The cluster's node id by default: the host name, if it is an id. */
+static char *default_node_id(imchatd_role role) {
+  char host[256];
+  if (role != IMCHATD_ROLE_SERVER && gethostname(host, sizeof(host)) == 0) {
+    host[sizeof(host) - 1] = '\0';
+    if (imc_id_valid(host, strlen(host)))
+      return strdup(host);
+  }
+  return strdup(DEFAULT_NODE_ID);
+}
+
+/* Strings every role has a default for; 0, or -1 out of memory. */
+static int default_strings(imchatd_config *cfg, imchatd_role role) {
+  struct {
+    char **dst;
+    const char *v;
+    unsigned roles;
+  } d[] = {
+      {&cfg->listen, DEFAULT_LISTEN, R_SERVER | R_GATEWAY},
+      {&cfg->data_dir, DEFAULT_DATA_DIR, R_SERVER},
+      {&cfg->grpc_listen,
+       role == IMCHATD_ROLE_GATEWAY ? DEFAULT_GATEWAY_GRPC
+                                    : DEFAULT_SERVICE_GRPC,
+       R_GATEWAY | R_SERVICE},
+      {&cfg->http_listen, DEFAULT_SERVICE_HTTP, R_SERVICE},
+      {&cfg->routers, DEFAULT_SERVICE_GRPC, R_GATEWAY},
+      {&cfg->etcd, DEFAULT_ETCD, R_GATEWAY | R_SERVICE},
+      {&cfg->kafka, DEFAULT_KAFKA, R_GATEWAY | R_SERVICE},
+      {&cfg->redis, DEFAULT_REDIS, R_SERVICE},
+      {&cfg->mysql, DEFAULT_MYSQL, R_GATEWAY | R_SERVICE},
+  };
+  for (size_t i = 0; i < sizeof(d) / sizeof(d[0]); i++)
+    if ((d[i].roles & (1u << role)) && (*d[i].dst = strdup(d[i].v)) == NULL)
+      return -1;
+  return (cfg->node_id = default_node_id(role)) == NULL ? -1 : 0;
+}
+
+static void defaults(imchatd_config *cfg, imchatd_role role) {
   memset(cfg, 0, sizeof(*cfg));
-  cfg->listen = strdup(DEFAULT_LISTEN);
-  cfg->data_dir = strdup(DEFAULT_DATA_DIR);
-  cfg->node_id = strdup(DEFAULT_NODE_ID);
+  cfg->role = role;
   cfg->max_body = DEFAULT_MAX_BODY;
   cfg->log_level = IMC_LOG_INFO;
   cfg->token_ttl_s = DEFAULT_TTL_S;
@@ -323,15 +481,31 @@ static int check_jwks(const imchatd_config *cfg, char *err, size_t errcap) {
   return 0;
 }
 
-int imchatd_config_load(imchatd_config *cfg, int argc, char **argv, char *err,
-                        size_t errcap) {
-  defaults(cfg);
-  if (!cfg->listen || !cfg->data_dir || !cfg->node_id) {
+/* The MySQL credentials from the environment, over the file's. */
+static int mysql_env(imchatd_config *cfg, char *err, size_t errcap) {
+  const char *user = getenv("IMCHAT_MYSQL_USER");
+  const char *password = getenv("IMCHAT_MYSQL_PASSWORD");
+  char why[64];
+  if ((user && user[0] && set_str(&cfg->mysql_user, user, why, sizeof(why))) ||
+      (password && password[0] &&
+       set_str(&cfg->mysql_password, password, why, sizeof(why)))) {
+    snprintf(err, errcap, "out of memory");
+    return -1;
+  }
+  return 0;
+}
+
+int imchatd_config_load(imchatd_config *cfg, imchatd_role role, int argc,
+                        char **argv, char *err, size_t errcap) {
+  defaults(cfg, role);
+  const char *prog = imchatd_role_name(role);
+  if (default_strings(cfg, role) < 0) {
     snprintf(err, errcap, "out of memory");
     return IMCHATD_EXIT_FAIL;
   }
   /* "imchatd token ...": parse the rest as if "token" were argv[0]. */
-  if (argc > 1 && strcmp(argv[1], "token") == 0) {
+  if (role == IMCHATD_ROLE_SERVER && argc > 1 &&
+      strcmp(argv[1], "token") == 0) {
     cfg->mode = IMCHATD_TOKEN;
     argc--;
     argv++;
@@ -346,7 +520,12 @@ int imchatd_config_load(imchatd_config *cfg, int argc, char **argv, char *err,
   while ((c = getopt_long(argc, argv, shortopts, imchatd_long_opts, NULL)) !=
          -1) {
     if (c == '?' || c == ':') {
-      bad_option(c, argv, err, errcap);
+      bad_option(c, argv, prog, err, errcap);
+      return IMCHATD_EXIT_USAGE;
+    }
+    if (c >= 256 && !imchatd_opt_in_role(c, role)) {
+      snprintf(err, errcap, "--%s is not an option of %s (see %s --help)",
+               imchatd_opt_name(c), prog, prog);
       return IMCHATD_EXIT_USAGE;
     }
     if (c == 'h')
@@ -372,6 +551,13 @@ int imchatd_config_load(imchatd_config *cfg, int argc, char **argv, char *err,
          -1) {
     if (c == O_CONFIG)
       continue;
+    /* A password on the command line is visible to every local user. */
+    if (c == O_MYSQL_PASSWORD) {
+      snprintf(err, errcap,
+               "--mysql-password: set IMCHAT_MYSQL_PASSWORD or the "
+               "mysql-password key of the --config file instead");
+      return IMCHATD_EXIT_USAGE;
+    }
     if ((c == O_DEVICE || c == O_TTL) && cfg->mode != IMCHATD_TOKEN) {
       snprintf(err, errcap, "--%s is only valid with 'imchatd token'",
                imchatd_opt_name(c));
@@ -406,6 +592,8 @@ int imchatd_config_load(imchatd_config *cfg, int argc, char **argv, char *err,
 
   if (check_jwks(cfg, err, errcap) < 0)
     return IMCHATD_EXIT_USAGE;
+  if (role != IMCHATD_ROLE_SERVER && mysql_env(cfg, err, errcap) < 0)
+    return IMCHATD_EXIT_FAIL;
 
   int npos = argc - optind;
   if (cfg->mode == IMCHATD_TOKEN) {
@@ -430,8 +618,8 @@ int imchatd_config_load(imchatd_config *cfg, int argc, char **argv, char *err,
     }
     cfg->token_user = strdup(user);
   } else if (npos > 0) {
-    snprintf(err, errcap, "unexpected argument '%s' (see imchatd --help)",
-             argv[optind]);
+    snprintf(err, errcap, "unexpected argument '%s' (see %s --help)",
+             argv[optind], prog);
     return IMCHATD_EXIT_USAGE;
   }
   return -1;
@@ -439,12 +627,15 @@ int imchatd_config_load(imchatd_config *cfg, int argc, char **argv, char *err,
 
 void imchatd_config_free(imchatd_config *cfg) {
   char **strs[] = {
-      &cfg->config_file, &cfg->listen,          &cfg->data_dir,
-      &cfg->jwt_secret,  &cfg->jwt_secret_file, &cfg->jwt_public_key,
-      &cfg->jwt_issuer,  &cfg->jwt_audience,    &cfg->admin_token,
-      &cfg->node_id,     &cfg->token_user,      &cfg->token_device,
-      &cfg->filter_file, &cfg->key_file,        &cfg->web_root,
-      &cfg->jwks_url,    &cfg->jwks_ca_file};
+      &cfg->config_file,    &cfg->listen,          &cfg->data_dir,
+      &cfg->jwt_secret,     &cfg->jwt_secret_file, &cfg->jwt_public_key,
+      &cfg->jwt_issuer,     &cfg->jwt_audience,    &cfg->admin_token,
+      &cfg->node_id,        &cfg->token_user,      &cfg->token_device,
+      &cfg->filter_file,    &cfg->key_file,        &cfg->web_root,
+      &cfg->jwks_url,       &cfg->jwks_ca_file,    &cfg->grpc_listen,
+      &cfg->grpc_advertise, &cfg->http_listen,     &cfg->routers,
+      &cfg->etcd,           &cfg->kafka,           &cfg->redis,
+      &cfg->mysql,          &cfg->mysql_user,      &cfg->mysql_password};
   for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
     free(*strs[i]);
     *strs[i] = NULL;

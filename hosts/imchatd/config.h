@@ -19,6 +19,13 @@
 #define IMCHATD_EXIT_FAIL 1  /* runtime failure */
 #define IMCHATD_EXIT_USAGE 2 /* bad flags, values or files */
 
+/* The programs that share these settings. */
+typedef enum imchatd_role {
+  IMCHATD_ROLE_SERVER = 0, /* imchatd: everything in one process */
+  IMCHATD_ROLE_GATEWAY,    /* im-gateway */
+  IMCHATD_ROLE_SERVICE,    /* im-service: the router and the worker */
+} imchatd_role;
+
 typedef enum imchatd_mode {
   IMCHATD_SERVE = 0,
   IMCHATD_TOKEN,   /* imchatd token USER: print a JWT */
@@ -28,6 +35,7 @@ typedef enum imchatd_mode {
 
 /* Every string is owned (malloc) and NULL when unset. */
 typedef struct imchatd_config {
+  imchatd_role role;
   imchatd_mode mode;
   char *config_file;
   char *listen;
@@ -57,6 +65,14 @@ typedef struct imchatd_config {
   int data_dir_flag; /* --data-dir was given, for the connect hint */
   char *web_root;    /* --web-root; NULL: the built or installed page */
   int dev_login;     /* --dev-login: POST /dev/login hands out tokens */
+  /* im-gateway and im-service */
+  char *grpc_listen;
+  char *grpc_advertise; /* NULL: the bound --grpc-listen address */
+  char *http_listen;    /* im-service's /healthz, /readyz, /metrics */
+  char *routers;        /* comma-separated HOST:PORT */
+  char *etcd, *kafka, *redis, *mysql;
+  char *mysql_user, *mysql_password; /* the environment's, or the file's */
+  int migrate_only;
   /* imchatd token */
   char *token_user;
   char *token_device;
@@ -64,14 +80,15 @@ typedef struct imchatd_config {
 } imchatd_config;
 
 /*
- * Fills cfg from the defaults, the --config file and argv (flags win);
- * --help and --version only set the mode. Returns -1 to go on, or an
+ * Fills cfg for role's program from its defaults, its section of the
+ * --config file and argv (flags win); a setting of another role is
+ * refused. --help and --version only set the mode. Returns -1 to go on, or an
  * exit code (IMCHATD_EXIT_USAGE, IMCHATD_EXIT_FAIL) with a one-line
  * reason in err. argv may be permuted. Not reentrant (getopt_long).
  * Free cfg in either case.
  */
-int imchatd_config_load(imchatd_config *cfg, int argc, char **argv, char *err,
-                        size_t errcap);
+int imchatd_config_load(imchatd_config *cfg, imchatd_role role, int argc,
+                        char **argv, char *err, size_t errcap);
 void imchatd_config_free(imchatd_config *cfg);
 
 /*

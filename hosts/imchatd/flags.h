@@ -22,6 +22,13 @@
 #define MAX_DAYS 3650u
 #define MAX_CONNECTIONS 100000000u
 #define SECRET_FILE "jwt.secret"
+#define DEFAULT_GATEWAY_GRPC "127.0.0.1:9093"
+#define DEFAULT_SERVICE_GRPC "127.0.0.1:9094"
+#define DEFAULT_SERVICE_HTTP "127.0.0.1:9095"
+#define DEFAULT_ETCD "http://127.0.0.1:2379"
+#define DEFAULT_KAFKA "127.0.0.1:9092"
+#define DEFAULT_REDIS "127.0.0.1:6379"
+#define DEFAULT_MYSQL "127.0.0.1:3306/imchat"
 
 enum {
   O_CONFIG = 256,
@@ -55,8 +62,19 @@ enum {
   O_ALLOWED_ORIGIN,
   O_MAX_CONNECTIONS,
   O_MAX_CONNECTIONS_PER_IP,
+  O_GRPC_LISTEN,
+  O_GRPC_ADVERTISE,
+  O_HTTP_LISTEN,
+  O_ROUTER,
+  O_ETCD,
+  O_KAFKA,
+  O_REDIS,
+  O_MYSQL,
+  O_MYSQL_USER,
+  O_MYSQL_PASSWORD,
   O_WEB_ROOT, /* the last key the INI file knows */
   O_DEV_LOGIN,
+  O_MIGRATE_ONLY,
   O_DEVICE,
   O_TTL,
 };
@@ -66,6 +84,13 @@ extern const struct option imchatd_long_opts[];
 
 /* The long name of option id, or "?". */
 const char *imchatd_opt_name(int id);
+
+/* The program role's name: "imchatd", "im-gateway" or "im-service"; also
+ * its section of the INI file. */
+const char *imchatd_role_name(imchatd_role role);
+
+/* 1 if option id is a setting of role's program. */
+int imchatd_opt_in_role(int id, imchatd_role role);
 
 /*
  * Applies one setting, from a flag or the file. Returns 0, or -1 with the

@@ -1,4 +1,5 @@
-/* imchatd's INI file: the [imchatd] section, read with libinih. */
+/* The INI file: the section of the program's role ([imchatd],
+ * [im-gateway] or [im-service]), read with libinih. */
 #include "flags.h"
 
 #include <errno.h>
@@ -32,7 +33,7 @@ static int key_eq(const char *key, const char *opt) {
 static int on_ini_key(void *user, const char *section, const char *name,
                       const char *value) {
   ini_ctx *ctx = user;
-  if (strcmp(section, "imchatd") != 0)
+  if (strcmp(section, imchatd_role_name(ctx->cfg->role)) != 0)
     return 1; /* other programs' sections may share the file */
   if (ctx->err[0])
     return 0;
@@ -49,7 +50,8 @@ static int on_ini_key(void *user, const char *section, const char *name,
              "dev-login is a command-line flag only (--dev-login)");
     return 0;
   }
-  if (id < O_LISTEN || id > O_WEB_ROOT) {
+  if (id < O_LISTEN || id > O_WEB_ROOT ||
+      !imchatd_opt_in_role(id, ctx->cfg->role)) {
     snprintf(ctx->err, sizeof(ctx->err), "unknown key '%s'", name);
     return 0;
   }

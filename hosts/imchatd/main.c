@@ -126,7 +126,8 @@ static int cmd_token(const imchatd_config *cfg) {
 int main(int argc, char **argv) {
   imchatd_config cfg;
   char err[512];
-  int code = imchatd_config_load(&cfg, argc, argv, err, sizeof(err));
+  int code = imchatd_config_load(&cfg, IMCHATD_ROLE_SERVER, argc, argv, err,
+                                 sizeof(err));
   if (code >= 0) {
     fprintf(stderr, "imchatd: %s\n", err);
   } else if (cfg.mode == IMCHATD_HELP) {

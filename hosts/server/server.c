@@ -953,7 +953,8 @@ int imc_server_new(imc_server **out, int argc, const char *const *argv,
   imchatd_config cfg;
   char why[512] = "";
   pthread_mutex_lock(&parse_mu);
-  int code = imchatd_config_load(&cfg, argc, args, why, sizeof(why));
+  int code = imchatd_config_load(&cfg, IMCHATD_ROLE_SERVER, argc, args, why,
+                                 sizeof(why));
   pthread_mutex_unlock(&parse_mu);
   free(args);
   if (code < 0 && cfg.mode != IMCHATD_SERVE) {

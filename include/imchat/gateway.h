@@ -565,6 +565,15 @@ imc_gateway_options_set_max_connections_per_ip(imc_gateway_options *opt,
                                                uint32_t n);
 
 /*
+ * An HTTP-only gateway (on 1; default 0) serves /healthz and the HTTP
+ * handler and answers /ws with 404, like any path it does not serve; it
+ * needs no token keys. For a process whose port only carries health and
+ * metrics (im-service). Returns 0 or IMC_ERR_INVALID_ARGUMENT.
+ */
+IMC_EXTERN int imc_gateway_options_set_http_only(imc_gateway_options *opt,
+                                                 int on);
+
+/*
  * The peer address of c (an IP address in text, at most 64 bytes), for
  * the per-address limit and the logs. Call it right after
  * imc_gateway_conn_new, before the upgrade; a second call replaces the

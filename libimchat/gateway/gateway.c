@@ -22,7 +22,8 @@ int imc_gateway_new(imc_gateway **out, const imc_gateway_options *opt,
   if (out == NULL || opt == NULL || opt->transport.send == NULL ||
       opt->transport.close == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
-  if (opt->secret == NULL && opt->pem == NULL && opt->keysrc.lookup == NULL)
+  if (!opt->http_only && opt->secret == NULL && opt->pem == NULL &&
+      opt->keysrc.lookup == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
   if (mem == NULL)
     mem = imc_mem_default();

@@ -247,6 +247,7 @@ struct imc_gateway_options {
   uint32_t send_ms;
   uint32_t max_conn_sends, max_sends, admit_ms;
   uint32_t max_conns, max_conns_ip; /* upgraded connections; 0: no limit */
+  int http_only;                    /* no /ws: no keys needed */
   char **origins;                   /* serialized allowed origins */
   size_t n_origins;
   imc_transport_vtbl transport;

@@ -129,7 +129,7 @@ static long long body_length(imc_conn *c, const imc_http_req *req) {
 /* buf[0..len) holds the head (head_len bytes) and at least the body. */
 static int handle_request(imc_conn *c, const imc_http_req *req, const char *buf,
                           size_t len, size_t head_len, size_t body_len) {
-  if (imc_span_ieq(req->path, "/ws"))
+  if (imc_span_ieq(req->path, "/ws") && !c->gw->o.http_only)
     return gw_handle_upgrade(c, req, buf, len, head_len, NULL);
   if (imc_span_ieq(req->path, "/healthz")) {
     if (!imc_span_ieq(req->method, "GET") && !imc_span_ieq(req->method, "HEAD"))
@@ -194,7 +194,7 @@ int gw_http_recv(imc_conn *c, const uint8_t *data, size_t len) {
   long long body = body_length(c, &req);
   if (body < 0)
     return gw_conn_check(c);
-  if (imc_span_ieq(req.path, "/ws")) {
+  if (imc_span_ieq(req.path, "/ws") && !gw->o.http_only) {
     if (body > 0) {
       gw_http_error(c, 400, "BAD_REQUEST", "an upgrade request has no body",
                     NULL);

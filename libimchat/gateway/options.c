@@ -253,6 +253,13 @@ int imc_gateway_options_set_max_connections_per_ip(imc_gateway_options *o,
   return 0;
 }
 
+int imc_gateway_options_set_http_only(imc_gateway_options *o, int on) {
+  if (o == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  o->http_only = on != 0;
+  return 0;
+}
+
 int imc_gateway_options_set_transport(imc_gateway_options *o,
                                       const imc_transport_vtbl *vt, void *ud) {
   if (o == NULL || vt == NULL)
