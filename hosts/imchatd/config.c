@@ -594,6 +594,16 @@ int imchatd_config_load(imchatd_config *cfg, imchatd_role role, int argc,
     return IMCHATD_EXIT_USAGE;
   if (role != IMCHATD_ROLE_SERVER && mysql_env(cfg, err, errcap) < 0)
     return IMCHATD_EXIT_FAIL;
+  /* Every gateway of a cluster verifies the same tokens: no secret of its
+   * own. */
+  if (role == IMCHATD_ROLE_GATEWAY && cfg->mode == IMCHATD_SERVE &&
+      !cfg->jwt_secret && !cfg->jwt_secret_file && !cfg->jwt_public_key &&
+      !cfg->jwks_url) {
+    snprintf(err, errcap,
+             "set --jwt-secret-file, --jwt-secret, --jwt-public-key or "
+             "--jwks-url (the same on every gateway)");
+    return IMCHATD_EXIT_USAGE;
+  }
 
   int npos = argc - optind;
   if (cfg->mode == IMCHATD_TOKEN) {

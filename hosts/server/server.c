@@ -8,6 +8,7 @@
 #include "server_int.h"
 
 #include "dev_login.h"
+#include "gateway_config.h"
 #include "jwks.h"
 #include "log.h"
 #include "loop.h"
@@ -37,71 +38,6 @@
 
 #define DEV_LOGIN_TTL_S 86400
 #define GRACE_MS 5000
-
-/* Fails with the flag's name: a setter refuses only bad values. */
-static int check(int rv, const char *flag) {
-  if (rv == 0)
-    return 0;
-  hlog_error("%s: %s", flag, imc_strerror(rv));
-  return rv == IMC_ERR_INVALID_ARGUMENT ? IMCHATD_EXIT_USAGE
-                                        : IMCHATD_EXIT_FAIL;
-}
-
-/* JWT keys and limits from cfg onto opt. */
-static int configure(const imchatd_config *cfg, imc_gateway_options *opt) {
-  uint8_t *secret;
-  size_t secret_len;
-  char *secret_path;
-  int created, rv;
-  rv = imchatd_config_secret(cfg, &secret, &secret_len, &secret_path, &created);
-  if (rv)
-    return rv;
-  if (secret) {
-    if (secret_path)
-      hlog_info("HS256 secret: %s%s", secret_path, created ? " (created)" : "");
-    else
-      hlog_info("HS256 secret: from --jwt-secret");
-    rv = check(imc_gateway_options_set_jwt_secret(opt, secret, secret_len),
-               "--jwt-secret");
-    memset(secret, 0, secret_len);
-    free(secret);
-    free(secret_path);
-    if (rv)
-      return rv;
-  }
-  if (cfg->jwt_public_key) {
-    char *pem;
-    size_t pem_len;
-    rv = imchatd_read_file(cfg->jwt_public_key, &pem, &pem_len);
-    if (rv < 0) {
-      hlog_error("--jwt-public-key: cannot read '%s': %s", cfg->jwt_public_key,
-                 strerror(-rv));
-      return IMCHATD_EXIT_USAGE;
-    }
-    rv = imc_gateway_options_set_jwt_public_key(opt, pem, pem_len);
-    free(pem);
-    if (rv == IMC_ERR_INVALID_ARGUMENT) {
-      hlog_error("--jwt-public-key: '%s' is not a PEM RSA or P-256 public key",
-                 cfg->jwt_public_key);
-      return IMCHATD_EXIT_USAGE;
-    }
-    if ((rv = check(rv, "--jwt-public-key")) != 0)
-      return rv;
-    hlog_info("RS256/ES256 public key: %s", cfg->jwt_public_key);
-  }
-  if (cfg->jwt_issuer &&
-      (rv = check(imc_gateway_options_set_jwt_issuer(opt, cfg->jwt_issuer),
-                  "--jwt-issuer")) != 0)
-    return rv;
-  if (cfg->jwt_audience &&
-      (rv = check(imc_gateway_options_set_jwt_audience(opt, cfg->jwt_audience),
-                  "--jwt-audience")) != 0)
-    return rv;
-  if ((rv = check(imc_gateway_options_set_max_body(opt, cfg->max_body),
-                  "--max-body")) != 0)
-    return rv;
-  return check(imc_gateway_options_set_node_id(opt, cfg->node_id), "--node-id");
-}
 
 /* "imchatd token alice" plus the flags that locate the same secret. */
 static void log_connect_hint(const imchatd_config *cfg, const char *bound) {
@@ -400,97 +336,19 @@ static int open_store(app *a) {
   return 0;
 }
 
-/* --allowed-origin and the connection limits onto opt. */
-static int configure_admission(const imchatd_config *cfg,
-                               imc_gateway_options *opt) {
-  for (size_t i = 0; i < cfg->n_allowed_origins; i++) {
-    const char *o = cfg->allowed_origins[i];
-    int rv = imc_gateway_options_add_allowed_origin(opt, o);
-    if (rv == IMC_ERR_INVALID_ARGUMENT) {
-      hlog_error("--allowed-origin: '%s' is not an origin (scheme://host"
-                 "[:port] without a path, e.g. https://chat.example.com)",
-                 o);
-      return IMCHATD_EXIT_USAGE;
-    }
-    if ((rv = check(rv, "--allowed-origin")) != 0)
-      return rv;
-  }
-  if (cfg->n_allowed_origins > 0)
-    hlog_info("WebSocket origins allowed: %zu listed, and the server's own",
-              cfg->n_allowed_origins);
-  if (cfg->max_connections || cfg->max_connections_per_ip)
-    hlog_info("WebSocket connections at most: %u, %u per address (0: no "
-              "limit)",
-              cfg->max_connections, cfg->max_connections_per_ip);
-  int rv;
-  if ((rv = check(
-           imc_gateway_options_set_max_connections(opt, cfg->max_connections),
-           "--max-connections")) != 0)
-    return rv;
-  return check(imc_gateway_options_set_max_connections_per_ip(
-                   opt, cfg->max_connections_per_ip),
-               "--max-connections-per-ip");
-}
-
-/* --jwks-url: the gateway's key source for RS256/ES256 tokens. */
-static int make_jwks(app *a, imc_gateway_options *opt) {
-  const imchatd_config *cfg = a->cfg;
-  if (cfg->jwks_url == NULL)
-    return 0;
-  hjwks_options o = {.url = cfg->jwks_url, .ca_file = cfg->jwks_ca_file};
-  int rv = hjwks_new(&a->jwks, a->loop, &o);
-  if (rv < 0) {
-    if (rv != -EINVAL)
-      hlog_error("--jwks-url: %s", strerror(-rv));
-    return rv == -EINVAL ? IMCHATD_EXIT_USAGE : IMCHATD_EXIT_FAIL;
-  }
-  return check(
-      imc_gateway_options_set_keysrc(opt, hjwks_keysrc_vtbl(), a->jwks),
-      "--jwks-url");
-}
-
 static int make_gateway(app *a) {
-  const imchatd_config *cfg = a->cfg;
   imc_gateway_options *opt = NULL;
   int rv = imc_gateway_options_new(&opt, NULL);
   if (rv != 0) {
     hlog_error("gateway: %s", imc_strerror(rv));
     return IMCHATD_EXIT_FAIL;
   }
-  int code = configure(cfg, opt);
-  if (code == 0 && ((rv = check(imc_gateway_options_set_ack_timeout_ms(
-                                    opt, cfg->ack_timeout_s * 1000),
-                                "--ack-timeout")) != 0 ||
-                    (rv = check(imc_gateway_options_set_heartbeat_ms(
-                                    opt, cfg->heartbeat_s * 1000),
-                                "--heartbeat")) != 0 ||
-                    (rv = check(imc_gateway_options_set_idle_timeout_ms(
-                                    opt, cfg->idle_timeout_s * 1000),
-                                "--idle-timeout")) != 0 ||
-                    (rv = check(imc_gateway_options_set_rate_limit(
-                                    opt, cfg->rate_limit, cfg->rate_burst),
-                                "--rate-limit")) != 0))
-    code = rv;
-  if (code == 0 &&
-      ((rv = check(imc_gateway_options_set_user_rate_limit(
-                       opt, cfg->user_rate_limit, cfg->user_rate_burst),
-                   "--user-rate-limit")) != 0 ||
-       (rv = check(imc_gateway_options_set_max_devices(opt, cfg->max_devices),
-                   "--max-devices")) != 0 ||
-       (rv = check(imc_gateway_options_set_max_sends_in_flight(
-                       opt, cfg->max_sends_per_conn, cfg->max_sends),
-                   "--max-sends")) != 0))
-    code = rv;
-  if (code == 0)
-    code = configure_admission(cfg, opt);
-  if (code == 0)
-    code = make_jwks(a, opt);
+  int code = hgateway_config(a->cfg, a->loop, opt, &a->jwks);
   if (code == 0) {
     imc_gateway_options_set_transport(opt, hloop_transport_vtbl(), a->loop);
     imc_gateway_options_set_registry(opt, imc_memreg_vtbl(), a->reg);
     imc_gateway_options_set_upstream(opt, &upstream, a);
     imc_gateway_options_set_http_handler(opt, &http_handler, a);
-    imc_gateway_options_set_log(opt, hlog_imc_cb, NULL, hlog_get_level());
     if ((rv = imc_gateway_new(&a->gw, opt, NULL)) != 0) {
       hlog_error("gateway: %s", imc_strerror(rv));
       code = IMCHATD_EXIT_FAIL;

@@ -1,0 +1,32 @@
+/*
+ * The gateway's part of the configuration, shared by imchatd
+ * (libimchat-server) and im-gateway.
+ */
+#ifndef IMCHATD_GATEWAY_CONFIG_H
+#define IMCHATD_GATEWAY_CONFIG_H
+
+#include "config.h"
+#include "jwks.h"
+#include "loop.h"
+
+#include <imchat/gateway.h>
+
+/*
+ * 0 when rv is; else logs the flag with the error and returns
+ * IMCHATD_EXIT_USAGE for IMC_ERR_INVALID_ARGUMENT (a setter refuses only
+ * bad values), IMCHATD_EXIT_FAIL for others.
+ */
+int hconfig_check(int rv, const char *flag);
+
+/*
+ * Applies cfg's token keys (the HS256 secret, --jwt-public-key), issuer
+ * and audience, node id, body and rate limits, timers, admission
+ * (--allowed-origin, connection limits) and the log onto opt; with
+ * --jwks-url it creates *jwks on loop as the key source (the caller
+ * deletes it after the gateway). Returns 0 or an exit code after logging
+ * the reason.
+ */
+int hgateway_config(const imchatd_config *cfg, hloop *loop,
+                    imc_gateway_options *opt, hjwks **jwks);
+
+#endif
