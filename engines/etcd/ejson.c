@@ -141,6 +141,10 @@ size_t ej_user_key(const imc_etcd *e, char *out, const char *user,
   return (size_t)n;
 }
 
+size_t ej_addr_key(const imc_etcd *e, char *out, const char *node) {
+  return (size_t)snprintf(out, ETCD_KEY_MAX, "%saddrs/%s", e->prefix, node);
+}
+
 void ej_prefix_end(const char *p, size_t n, char *out, size_t *out_len) {
   memcpy(out, p, n);
   while (n > 0) {

@@ -19,6 +19,7 @@ struct imc_etcd_options {
   char *endpoints[ETCD_ENDPOINTS_MAX];
   size_t n_ep;
   char prefix[ETCD_PREFIX_MAX + 1];
+  char addr[ETCD_ADDR_MAX + 1];
   uint32_t timeout_ms, max_ops;
   imc_log_cb log;
   void *log_ud;
@@ -146,6 +147,25 @@ int imc_etcd_options_set_max_txn_ops(imc_etcd_options *opt, uint32_t n) {
   if (opt == NULL || n < 1 || n > 100000)
     return IMC_ERR_INVALID_ARGUMENT;
   opt->max_ops = n;
+  return 0;
+}
+
+int etcd_addr_ok(const char *s, size_t n) {
+  if (n == 0 || n > ETCD_ADDR_MAX)
+    return 0;
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)s[i] <= ' ' || (unsigned char)s[i] >= 0x7f)
+      return 0;
+  return 1;
+}
+
+int imc_etcd_options_set_node_address(imc_etcd_options *opt, const char *addr) {
+  if (opt == NULL || addr == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  size_t n = strnlen(addr, ETCD_ADDR_MAX + 1);
+  if (!etcd_addr_ok(addr, n))
+    return IMC_ERR_INVALID_ARGUMENT;
+  memcpy(opt->addr, addr, n + 1);
   return 0;
 }
 
@@ -283,6 +303,7 @@ int imc_etcd_new(imc_etcd **out, const imc_loop *loop,
   e->log_max = opt->log_max;
   e->prefix_len = strlen(opt->prefix);
   memcpy(e->prefix, opt->prefix, e->prefix_len + 1);
+  memcpy(e->addr, opt->addr, sizeof(e->addr));
   for (; e->n_ep < opt->n_ep; e->n_ep++) {
     e->endpoints[e->n_ep] = imc_strdup(&e->mem, opt->endpoints[e->n_ep]);
     if (e->endpoints[e->n_ep] == NULL)

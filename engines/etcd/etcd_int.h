@@ -8,11 +8,13 @@
  *             that runs completions outside libcurl's callbacks
  *   ejson.c   etcd's JSON: int64 strings, base64 fields, error bodies,
  *             gRPC codes to IMC_ERR_*, key building
- *   lease.c   lease_grant, lease_keepalive, lease_revoke
+ *   lease.c   lease_grant (with the node and address keys),
+ *             lease_keepalive, lease_revoke
  *   writes.c  register_conn and unregister: the ordered write queue,
  *             batched into transactions
  *   lookup.c  lookup_many: ranges batched into read transactions
  *   watch.c   watches: the streams, their events, reconnects, RESYNC
+ *   addr.c    imc_etcd_node_address: a node's address key, read
  *
  * Every completion and watch callback runs from etcd_process() (after
  * libcurl returned from curl_multi_socket_action) or from the kick timer,
@@ -34,8 +36,11 @@
 #define ETCD_ENDPOINTS_MAX 16
 #define ETCD_URL_MAX 512
 #define ETCD_PREFIX_MAX 256
-/* prefix "users/" user "/" device, or prefix "nodes/" node */
+/* prefix "users/" user "/" device, or prefix "nodes/" node, or prefix
+ * "addrs/" node */
 #define ETCD_KEY_MAX (ETCD_PREFIX_MAX + 6 + 2 * IMC_ID_MAX + 2)
+/* A node's address (imc_etcd_options_set_node_address) */
+#define ETCD_ADDR_MAX 256
 /* node "/" conn_id */
 #define ETCD_VALUE_MAX (IMC_ID_MAX + 1 + 20 + 1)
 /* The largest answer or watch message kept (a revoke of a lease with
@@ -96,6 +101,7 @@ struct imc_etcd {
   size_t n_ep, cur_ep;
   char prefix[ETCD_PREFIX_MAX + 1];
   size_t prefix_len;
+  char addr[ETCD_ADDR_MAX + 1]; /* "": no address key */
   uint32_t timeout_ms, max_ops;
   imc_log_cb log;
   void *log_ud;
@@ -143,6 +149,9 @@ void etcd_kick(imc_etcd *e);
 /* An exchange with the cluster ended: ok 1 if a member that can serve
  * answered, else 0. Drives imc_etcd_health(). */
 void etcd_answered(imc_etcd *e, int ok);
+/* 1 if s[0..n) is a node address: 1..ETCD_ADDR_MAX printable ASCII
+ * characters, no spaces. */
+int etcd_addr_ok(const char *s, size_t n);
 
 /* http.c */
 int etcd_http_init(imc_etcd *e);
@@ -192,6 +201,9 @@ void ej_kv_bytes(imc_jsonw *w, const char *name, const char *p, size_t n);
  */
 size_t ej_user_key(const imc_etcd *e, char *out, const char *user,
                    const char *device);
+/* Into out (ETCD_KEY_MAX bytes): prefix "addrs/" node. node is a valid
+ * id. Returns the length. */
+size_t ej_addr_key(const imc_etcd *e, char *out, const char *node);
 /* Writes name: the decimal string of v (etcd's int64). */
 void ej_kv_id(imc_jsonw *w, const char *name, uint64_t v);
 /* The first key after every key that starts with p[0..n) (etcd's

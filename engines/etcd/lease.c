@@ -1,5 +1,6 @@
 /*
- * The node's lease: grant (then the node key on it), keepalive, revoke.
+ * The node's lease: grant (then the node key, and the node's address if
+ * the engine has one, on it), keepalive, revoke.
  * These go out at once, one request each: a gateway has one lease and
  * at most one grant or keepalive outstanding.
  */
@@ -52,10 +53,23 @@ static void grant_finish(imc_etcd *e, lease_op *op, int status) {
   imc_free(&e->mem, op);
 }
 
-static void on_node_put(imc_etcd *e, etcd_req *r, int status,
-                        const imc_json_value *root) {
+static void on_node_keys(imc_etcd *e, etcd_req *r, int status,
+                         const imc_json_value *root) {
   (void)root;
   grant_finish(e, r->owner, status);
+}
+
+/* Writes {"request_put": {key, value, lease}}, an operation of a txn. */
+static void txn_put(imc_jsonw *w, const char *key, size_t kl, const char *val,
+                    size_t vl, uint64_t lease) {
+  imc_jsonw_object_begin(w);
+  imc_jsonw_key(w, "request_put");
+  imc_jsonw_object_begin(w);
+  ej_kv_bytes(w, "key", key, kl);
+  ej_kv_bytes(w, "value", val, vl);
+  ej_kv_id(w, "lease", lease);
+  imc_jsonw_object_end(w);
+  imc_jsonw_object_end(w);
 }
 
 static void on_grant(imc_etcd *e, etcd_req *r, int status,
@@ -67,10 +81,12 @@ static void on_grant(imc_etcd *e, etcd_req *r, int status,
     grant_finish(e, op, status);
     return;
   }
-  /* The node key on the lease: the cluster's list of live nodes. A
-   * lease whose put fails is not reported; it runs out by its TTL. */
-  etcd_req *put = etcd_req_new(e, "/v3/kv/put", on_node_put, op, op->deadline);
-  if (put == NULL) {
+  /* The node key (the cluster's list of live nodes) and its address on
+   * the lease, in one transaction: the address never outlives the node.
+   * A lease whose transaction fails is not reported; it runs out by its
+   * TTL. */
+  etcd_req *txn = etcd_req_new(e, "/v3/kv/txn", on_node_keys, op, op->deadline);
+  if (txn == NULL) {
     grant_finish(e, op, IMC_ERR_NOMEM);
     return;
   }
@@ -78,15 +94,20 @@ static void on_grant(imc_etcd *e, etcd_req *r, int status,
   int kl = snprintf(key, sizeof(key), "%snodes/%s", e->prefix, op->node);
   int vl = snprintf(val, sizeof(val), "%llx", (unsigned long long)op->id);
   imc_jsonw w;
-  imc_jsonw_init(&w, &put->body);
+  imc_jsonw_init(&w, &txn->body);
   imc_jsonw_object_begin(&w);
-  ej_kv_bytes(&w, "key", key, (size_t)kl);
-  ej_kv_bytes(&w, "value", val, (size_t)vl);
-  ej_kv_id(&w, "lease", op->id);
+  imc_jsonw_key(&w, "success");
+  imc_jsonw_array_begin(&w);
+  txn_put(&w, key, (size_t)kl, val, (size_t)vl, op->id);
+  if (e->addr[0] != '\0') {
+    size_t al = ej_addr_key(e, key, op->node);
+    txn_put(&w, key, al, e->addr, strlen(e->addr), op->id);
+  }
+  imc_jsonw_array_end(&w);
   imc_jsonw_object_end(&w);
-  int rv = etcd_req_start(e, put);
+  int rv = etcd_req_start(e, txn);
   if (rv < 0) {
-    etcd_req_free(e, put);
+    etcd_req_free(e, txn);
     grant_finish(e, op, rv);
   }
 }

@@ -4,8 +4,8 @@
  *    (IMC_TEST_ETCD), each test under a key prefix of its own;
  *  - its own cases there: batching and order of writes, lookups larger
  *    than a transaction, a lease left to expire, failover to the next
- *    endpoint, bad arguments, deletion with work pending, allocation
- *    failures;
+ *    endpoint, node addresses published with the lease and looked up,
+ *    bad arguments, deletion with work pending, allocation failures;
  *  - fault cases on an etcd the test starts itself: stopped (operations
  *    fail with IMC_ERR_UNAVAILABLE in time, health says so) and started
  *    again (operations work, an open watch reports RESYNC and goes on),
@@ -58,9 +58,11 @@ static void on_log(void *ud, imc_log_level level, const char *line) {
   fprintf(stderr, "%s\n", line);
 }
 
-/* An engine on lp for urls (comma-separated), under prefix. */
-static imc_etcd *engine_new(const char *urls, uint32_t timeout_ms,
-                            uint32_t max_ops, const imc_mem *mem) {
+/* An engine on lp for urls (comma-separated), under prefix, publishing
+ * addr with its leases (NULL: no address). */
+static imc_etcd *engine_new_addr(const char *urls, uint32_t timeout_ms,
+                                 uint32_t max_ops, const char *addr,
+                                 const imc_mem *mem) {
   imc_etcd_options *o;
   imc_etcd *e = NULL;
   if (imc_etcd_options_new(&o, mem) < 0)
@@ -69,10 +71,16 @@ static imc_etcd *engine_new(const char *urls, uint32_t timeout_ms,
       imc_etcd_options_set_prefix(o, prefix) == 0 &&
       imc_etcd_options_set_timeout_ms(o, timeout_ms) == 0 &&
       imc_etcd_options_set_max_txn_ops(o, max_ops) == 0 &&
+      (addr == NULL || imc_etcd_options_set_node_address(o, addr) == 0) &&
       imc_etcd_options_set_log(o, mem ? NULL : on_log, NULL, IMC_LOG_INFO) == 0)
     imc_etcd_new(&e, lp.loop, o, mem);
   imc_etcd_options_del(o);
   return e;
+}
+
+static imc_etcd *engine_new(const char *urls, uint32_t timeout_ms,
+                            uint32_t max_ops, const imc_mem *mem) {
+  return engine_new_addr(urls, timeout_ms, max_ops, NULL, mem);
 }
 
 /* ------------------------------------------------------------------ */
@@ -127,6 +135,28 @@ static void prefix_range_json(imc_wbuf *b, const char *k) {
   imc_jsonw_base64(&w, (const uint8_t *)end, n);
   imc_jsonw_object_end(&w);
   imc_wbuf_append(b, "", 1);
+}
+
+/* 1 if etcd holds the key prefix k (the test's own read). */
+static int key_exists(const char *url, const char *k) {
+  char full[256];
+  snprintf(full, sizeof(full), "%s%s", prefix, k);
+  imc_wbuf body, ans;
+  imc_jsonw w;
+  imc_wbuf_init(&body, imc_mem_default());
+  imc_jsonw_init(&w, &body);
+  imc_jsonw_object_begin(&w);
+  imc_jsonw_key(&w, "key");
+  imc_jsonw_base64(&w, (const uint8_t *)full, strlen(full));
+  imc_jsonw_object_end(&w);
+  imc_wbuf_append(&body, "", 1);
+  ck_assert_int_eq(http(url, "/v3/kv/range", body.p, &ans), 200);
+  imc_json_value root, kvs;
+  ck_assert_int_eq(imc_json_parse(ans.p, ans.len - 1, &root), 0);
+  int found = imc_json_member(&root, "kvs", &kvs) == 0;
+  imc_wbuf_free(&ans);
+  imc_wbuf_free(&body);
+  return found;
 }
 
 /* Revokes every lease with a key under prefix, then deletes the prefix. */
@@ -326,6 +356,34 @@ static int lookup(const char *const *users, size_t n, found *f) {
   return f->status;
 }
 
+typedef struct addr_res {
+  int calls, status;
+  char addr[300];
+} addr_res;
+
+static void on_addr(void *p, int status, const char *addr) {
+  addr_res *a = p;
+  a->calls++;
+  a->status = status;
+  if (status == 0)
+    snprintf(a->addr, sizeof(a->addr), "%s", addr);
+  else
+    ck_assert_ptr_null(addr);
+}
+
+/* Looks node up with e; returns the status (its address in a->addr). */
+static int node_address(imc_etcd *e, const char *node, addr_res *a) {
+  memset(a, 0, sizeof(*a));
+  int rv = imc_etcd_node_address(e, node, on_addr, a);
+  if (rv < 0) {
+    ck_assert_int_eq(a->calls, 0);
+    return rv;
+  }
+  ck_assert(eng_loop_until(&lp, &a->calls, WAIT_MS));
+  ck_assert_int_eq(a->calls, 1);
+  return a->status;
+}
+
 typedef struct events {
   int puts, deletes, resyncs;
   char last_key[160];
@@ -504,6 +562,59 @@ START_TEST(unkept_lease_expires) {
 }
 END_TEST
 
+/* A grant by an engine with an address puts the node key and the
+ * address key on the lease; lookups find it, and no longer once the
+ * lease is revoked. Unknown nodes, and nodes granted by an engine
+ * without an address, have none. */
+START_TEST(node_address_lives_with_the_lease) {
+  imc_etcd *plain = eng;
+  eng = engine_new_addr(etcd_url, 5000, 128, "10.0.0.5:9093", NULL);
+  ck_assert_ptr_nonnull(eng);
+  uint64_t l = grant("gw-1", 60);
+  addr_res a;
+  ck_assert_int_eq(node_address(eng, "gw-1", &a), 0);
+  ck_assert_str_eq(a.addr, "10.0.0.5:9093");
+  ck_assert(key_exists(etcd_url, "nodes/gw-1"));
+  /* Any engine on the registry reads it. */
+  ck_assert_int_eq(node_address(plain, "gw-1", &a), 0);
+  ck_assert_str_eq(a.addr, "10.0.0.5:9093");
+  ck_assert_int_eq(node_address(eng, "gw-2", &a), IMC_ERR_NOT_FOUND);
+
+  imc_etcd *with_addr = eng;
+  eng = plain;
+  grant("gw-3", 60);
+  ck_assert(key_exists(etcd_url, "nodes/gw-3"));
+  ck_assert_int_eq(node_address(eng, "gw-3", &a), IMC_ERR_NOT_FOUND);
+
+  res r = {0};
+  ck_assert_int_eq(wait_res(&r, reg->lease_revoke(eng, l, on_done, &r)), 0);
+  ck_assert_int_eq(node_address(with_addr, "gw-1", &a), IMC_ERR_NOT_FOUND);
+  ck_assert(!key_exists(etcd_url, "nodes/gw-1"));
+  imc_etcd_del(with_addr);
+}
+END_TEST
+
+/* The address of a node whose lease runs out goes with it. */
+START_TEST(node_address_expires_with_the_lease) {
+  imc_etcd_del(eng);
+  eng = engine_new_addr(etcd_url, 5000, 128, "gw-1.example:9093", NULL);
+  ck_assert_ptr_nonnull(eng);
+  grant("gw-1", 1);
+  int64_t t0 = eng_now_ms();
+  addr_res a;
+  ck_assert_int_eq(node_address(eng, "gw-1", &a), 0);
+  ck_assert_str_eq(a.addr, "gw-1.example:9093");
+  int64_t end = t0 + WAIT_MS;
+  while (node_address(eng, "gw-1", &a) == 0) {
+    ck_assert_msg(eng_now_ms() < end, "the address outlived its lease");
+    eng_loop_turn(&lp, 100);
+  }
+  ck_assert_int_eq(a.status, IMC_ERR_NOT_FOUND);
+  ck_assert_int_ge(eng_now_ms() - t0, 500);
+  ck_assert(!key_exists(etcd_url, "nodes/gw-1"));
+}
+END_TEST
+
 /* The first endpoint refuses connections: requests go to the next. */
 START_TEST(fails_over_to_the_next_endpoint) {
   imc_etcd_del(eng);
@@ -574,6 +685,21 @@ START_TEST(bad_arguments) {
                    IMC_ERR_INVALID_ARGUMENT);
   ck_assert_int_eq(imc_etcd_options_set_max_txn_ops(o, 0),
                    IMC_ERR_INVALID_ARGUMENT);
+  char long_addr[258];
+  memset(long_addr, 'a', 257);
+  long_addr[257] = '\0';
+  const char *bad_addrs[] = {"",        "a b:1",       "a\tb",   "h\x01:1",
+                             "h\x7f:1", "h\xc3\xa9:1", long_addr};
+  for (size_t i = 0; i < sizeof(bad_addrs) / sizeof(bad_addrs[0]); i++)
+    ck_assert_int_eq(imc_etcd_options_set_node_address(o, bad_addrs[i]),
+                     IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_etcd_options_set_node_address(o, NULL),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_etcd_options_set_node_address(NULL, "h:1"),
+                   IMC_ERR_INVALID_ARGUMENT);
+  long_addr[256] = '\0';
+  ck_assert_int_eq(imc_etcd_options_set_node_address(o, long_addr), 0);
+  ck_assert_int_eq(imc_etcd_options_set_node_address(o, "[::1]:9093"), 0);
   ck_assert_int_eq(imc_etcd_new(NULL, lp.loop, o, NULL),
                    IMC_ERR_INVALID_ARGUMENT);
   ck_assert_int_eq(imc_etcd_new(&e, NULL, o, NULL), IMC_ERR_INVALID_ARGUMENT);
@@ -609,6 +735,21 @@ START_TEST(bad_arguments) {
   ck_assert_int_eq(reg->watch_cancel(eng, 0), IMC_ERR_NOT_FOUND);
   ck_assert_int_eq(reg->watch_cancel(eng, 77), IMC_ERR_NOT_FOUND);
   ck_assert_int_eq(r.calls, 0);
+  addr_res a = {0};
+  ck_assert_int_eq(imc_etcd_node_address(NULL, "gw-1", on_addr, &a),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_etcd_node_address(eng, NULL, on_addr, &a),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_etcd_node_address(eng, "", on_addr, &a),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_etcd_node_address(eng, "gw/1", on_addr, &a),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_etcd_node_address(eng, "gw-1", NULL, &a),
+                   IMC_ERR_INVALID_ARGUMENT);
+  /* Nothing was asked: nothing completes. */
+  for (int i = 0; i < 3; i++)
+    eng_loop_turn(&lp, 10);
+  ck_assert_int_eq(a.calls, 0);
 }
 END_TEST
 
@@ -618,6 +759,12 @@ static void on_done_call_again(void *p, int status) {
   on_done(p, status);
   imc_reg_entry en = {sizeof(en), "alice", "phone", "gw-1", 1};
   ck_assert_int_eq(reg->register_conn(closing_eng, 1, &en, on_done, p),
+                   IMC_ERR_CLOSED);
+}
+
+static void on_addr_call_again(void *p, int status, const char *addr) {
+  on_addr(p, status, addr);
+  ck_assert_int_eq(imc_etcd_node_address(closing_eng, "gw-1", on_addr, p),
                    IMC_ERR_CLOSED);
 }
 
@@ -637,6 +784,9 @@ START_TEST(del_completes_pending_operations) {
   ck_assert_int_eq(reg->unregister(eng, &en, on_done, &r[1]), 0);
   ck_assert_int_eq(reg->lease_keepalive(eng, l, on_done, &r[2]), 0);
   ck_assert_int_eq(reg->lookup_many(eng, users, 1, on_found, &f), 0);
+  addr_res a = {0};
+  ck_assert_int_eq(imc_etcd_node_address(eng, "gw-1", on_addr_call_again, &a),
+                   0);
   eng_loop_turn(&lp, 0); /* some may be on the wire */
   imc_etcd_del(eng);
   eng = NULL;
@@ -644,6 +794,8 @@ START_TEST(del_completes_pending_operations) {
     ck_assert_int_eq(r[i].calls, 1);
   ck_assert_int_eq(r[0].status, IMC_ERR_CLOSED);
   ck_assert_int_eq(f.calls, 1);
+  ck_assert_int_eq(a.calls, 1);
+  ck_assert_int_eq(a.status, IMC_ERR_CLOSED);
   ck_assert_int_eq(ev.puts + ev.deletes + ev.resyncs, 0);
   /* Nothing is left on the loop. */
   for (int i = 0; i < 5; i++)
@@ -669,7 +821,7 @@ START_TEST(allocation_failures) {
     test_mem tm;
     test_mem_init(&tm);
     tm.fail_at = k;
-    imc_etcd *e = engine_new(etcd_url, 2000, 128, &tm.mem);
+    imc_etcd *e = engine_new_addr(etcd_url, 2000, 128, "gw-1:9093", &tm.mem);
     if (e == NULL) {
       ck_assert_int_eq(tm.live, 0);
       continue;
@@ -688,6 +840,9 @@ START_TEST(allocation_failures) {
                          &pr.calls, &pr.status, k);
     failures += failed(reg->lookup_many(e, users, 2, on_found, &f), &f.calls,
                        &f.status, k);
+    addr_res a = {0};
+    failures += failed(imc_etcd_node_address(e, "gw-1", on_addr, &a), &a.calls,
+                       &a.status, k);
     failures +=
         failed(reg->unregister(e, &en, on_done, &ur), &ur.calls, &ur.status, k);
     imc_etcd_del(e);
@@ -710,6 +865,8 @@ typedef struct own_etcd {
 } own_etcd;
 
 static own_etcd own;
+
+#define OWN_ADDR "127.0.0.1:9093" /* the fault cases' node address */
 
 static int own_healthy(void) {
   imc_wbuf b;
@@ -755,7 +912,7 @@ static void own_setup(void) {
   own_start();
   eng_loop_init(&lp);
   new_prefix();
-  eng = engine_new(own.url, 1000, 128, NULL);
+  eng = engine_new_addr(own.url, 1000, 128, OWN_ADDR, NULL);
   ck_assert_ptr_nonnull(eng);
   reg = imc_etcd_registry_vtbl();
   ck_assert(health_becomes(0, WAIT_MS));
@@ -783,6 +940,8 @@ START_TEST(server_stopped_and_started_again) {
   uint64_t l = grant("gw-1", 60);
   ck_assert_int_eq(put(l, "alice", "phone", "gw-1", 1), 0);
   ck_assert(count_reaches(&ev.puts, 1, WAIT_MS));
+  addr_res a;
+  ck_assert_int_eq(node_address(eng, "gw-1", &a), 0);
 
   eng_kill(own.pid, SIGKILL);
   own.pid = 0;
@@ -796,6 +955,7 @@ START_TEST(server_stopped_and_started_again) {
   ck_assert_int_eq(
       wait_res(&r, reg->lease_grant(eng, "gw-2", 60, on_lease, &r)),
       IMC_ERR_UNAVAILABLE);
+  ck_assert_int_eq(node_address(eng, "gw-1", &a), IMC_ERR_UNAVAILABLE);
   ck_assert_int_lt(eng_now_ms() - t0, 1000); /* refused: no waiting */
   ck_assert_int_eq(imc_etcd_health(eng), IMC_ERR_UNAVAILABLE);
   ck_assert_int_eq(ev.resyncs, 0);
@@ -809,6 +969,8 @@ START_TEST(server_stopped_and_started_again) {
   ck_assert_str_eq(ev.last_key, "bob/phone");
   ck_assert_int_eq(lookup(users, 1, &f), 0);
   ck_assert_uint_eq(f.n, 1);
+  ck_assert_int_eq(node_address(eng, "gw-1", &a), 0);
+  ck_assert_str_eq(a.addr, OWN_ADDR);
   ck_assert_int_eq(ev.resyncs, 1);
 }
 END_TEST
@@ -828,6 +990,8 @@ START_TEST(server_frozen_times_out) {
   ck_assert_int_eq(reg->lease_keepalive(eng, l, on_done, &r[0]), 0);
   ck_assert_int_eq(reg->register_conn(eng, l, &en, on_done, &r[1]), 0);
   ck_assert_int_eq(reg->lookup_many(eng, users, 1, on_found, &f), 0);
+  addr_res a = {0};
+  ck_assert_int_eq(imc_etcd_node_address(eng, "gw-1", on_addr, &a), 0);
   eng_loop_turn(&lp, 300);
   /* Waits behind the frozen transaction: its own deadline still holds. */
   ck_assert_int_eq(reg->register_conn(eng, l, &en2, on_done, &r[2]), 0);
@@ -838,6 +1002,8 @@ START_TEST(server_frozen_times_out) {
   }
   ck_assert(eng_loop_until(&lp, &f.calls, 5000));
   ck_assert_int_eq(f.status, IMC_ERR_UNAVAILABLE);
+  ck_assert(eng_loop_until(&lp, &a.calls, 5000));
+  ck_assert_int_eq(a.status, IMC_ERR_UNAVAILABLE);
   int64_t took = eng_now_ms() - t0;
   ck_assert_int_ge(took, 1000);
   ck_assert_int_lt(took, 2500);
@@ -846,6 +1012,8 @@ START_TEST(server_frozen_times_out) {
   ck_assert(health_becomes(0, WAIT_MS));
   ck_assert_int_eq(keepalive(l), 0);
   ck_assert_int_eq(put(l, "alice", "phone", "gw-1", 1), 0);
+  ck_assert_int_eq(node_address(eng, "gw-1", &a), 0);
+  ck_assert_str_eq(a.addr, OWN_ADDR);
 }
 END_TEST
 
@@ -860,6 +1028,8 @@ static Suite *etcd_suite(void) {
   tcase_add_test(tc, batches_larger_than_a_transaction);
   tcase_add_test(tc, unkept_lease_expires);
   tcase_add_test(tc, fails_over_to_the_next_endpoint);
+  tcase_add_test(tc, node_address_lives_with_the_lease);
+  tcase_add_test(tc, node_address_expires_with_the_lease);
   tcase_add_test(tc, watch_cancelled_from_its_callback);
   tcase_add_test(tc, bad_arguments);
   tcase_add_test(tc, del_completes_pending_operations);

@@ -10,15 +10,20 @@
  *   P "users/" <user_id> "/" <device_id>  ->  <node_id> "/" <conn_id>
  *       one per connected device, attached to its node's lease;
  *   P "nodes/" <node_id>  ->  the lease id in hex
- *       one per lease, attached to it: the live gateway nodes.
+ *       one per lease, attached to it: the live gateway nodes;
+ *   P "addrs/" <node_id>  ->  the node's address (e.g. its gRPC host:port)
+ *       one per lease granted by an engine given an address
+ *       (imc_etcd_options_set_node_address), attached to the lease: where
+ *       routers reach the node (imc_etcd_node_address).
  * Entries are etcd keys on etcd leases, so etcd's TTLs, revocations and
  * DELETE events are the registry's own.
  *
  * Operations:
- *  - lease_grant is a grant then a put of the node key on the lease (two
- *    round trips; if the put fails the lease is not reported and runs
- *    out by its TTL). etcd rounds TTLs up to its minimum (2 s with the
- *    default election timeout).
+ *  - lease_grant is a grant then one transaction that puts the node key,
+ *    and the address key when the engine has an address, on the lease
+ *    (two round trips; if the transaction fails the lease is not
+ *    reported and runs out by its TTL). etcd rounds TTLs up to its
+ *    minimum (2 s with the default election timeout).
  *  - register_conn and unregister go through one write queue, applied
  *    in the order they were made: once per loop turn, and while the
  *    previous transaction is in flight, the operations waiting at its
@@ -37,6 +42,8 @@
  *    away, etcd compacted past it, the member lost its leader), the
  *    watch reconnects with backoff and reports IMC_WATCH_RESYNC once
  *    it is in place again, then events as before.
+ *  - imc_etcd_node_address: one linearizable range read of a node's
+ *    address key.
  *
  * Failures. Every operation completes within the timeout (default 5 s,
  * imc_etcd_options_set_timeout_ms) from when it was made: with
@@ -113,6 +120,18 @@ IMC_EXTERN int imc_etcd_options_set_max_txn_ops(imc_etcd_options *opt,
                                                 uint32_t n);
 
 /*
+ * The address this node is reached at (e.g. "10.0.0.5:9093", its gRPC
+ * address): 1..256 printable ASCII characters, no spaces. When set,
+ * lease_grant also puts P "addrs/" <node_id> -> addr on the granted
+ * lease, in the same transaction as the node key, so the address lives
+ * and dies with the lease. Unset by default (no address key). Copied.
+ * Returns 0 or IMC_ERR_INVALID_ARGUMENT (opt or addr NULL, addr empty,
+ * too long or not printable).
+ */
+IMC_EXTERN int imc_etcd_options_set_node_address(imc_etcd_options *opt,
+                                                 const char *addr);
+
+/*
  * Log hook (NULL: none) for lines up to max_level: lost and restored
  * connections to the cluster, watch reconnects. Returns 0 or
  * IMC_ERR_INVALID_ARGUMENT.
@@ -145,6 +164,25 @@ IMC_EXTERN void *imc_etcd_get_user_data(const imc_etcd *e);
 
 /* The registry vtable; its ud is the imc_etcd. Never NULL. */
 IMC_EXTERN const imc_registry_vtbl *imc_etcd_registry_vtbl(void);
+
+/*
+ * Looks up the address node_id published with its lease
+ * (imc_etcd_options_set_node_address): one linearizable read. done runs
+ * from the loop, once, within the timeout: status 0 with addr (valid
+ * during the call only), or addr NULL and IMC_ERR_NOT_FOUND (no such
+ * node, or its lease is gone), IMC_ERR_UNAVAILABLE (no member answered
+ * in time, or the cluster cannot serve), IMC_ERR_PROTO (an answer, or a
+ * stored value, it cannot read), IMC_ERR_NOMEM, IMC_ERR_CLOSED (e was
+ * deleted before it completed), or another code for an error etcd
+ * reports. Returns 0 (done will run), or without calling done:
+ * IMC_ERR_INVALID_ARGUMENT (e, node_id or done NULL, node_id not a valid
+ * id: see imc_id_valid), IMC_ERR_CLOSED (called while e is being
+ * deleted) or IMC_ERR_NOMEM.
+ */
+IMC_EXTERN int imc_etcd_node_address(imc_etcd *e, const char *node_id,
+                                     void (*done)(void *ud, int status,
+                                                  const char *addr),
+                                     void *ud);
 
 /*
  * For a host's /readyz: 0 when the last exchange with the cluster (a
