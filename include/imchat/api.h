@@ -13,7 +13,8 @@
  * imc_api_handler_vtbl(), api). What it serves comes through interfaces,
  * so a gateway process whose router runs elsewhere can serve it too: a
  * store (pages), group membership (imc_groups_vtbl; the in-process router
- * offers imc_api_router_groups) and sources of metrics and readiness
+ * offers imc_api_router_groups, routers over gRPC
+ * imc_grpc_upstream_groups_vtbl) and sources of metrics and readiness
  * (imc_metrics_source_vtbl; imc_api_gateway_source, _router_source and
  * _worker_source adapt the in-process objects). Their calls complete later
  * through the host's event loop; the api keeps no global state, never
