@@ -1707,11 +1707,35 @@ START_TEST(test_gwlink_client) {
   ck_assert_int_eq(c.n, 1);
   ck_assert_int_eq(c.status, 0);
   ck_assert_int_eq(c.count, 3);
-  /* A node without a connection: refused, and the host is asked. */
-  counted d = {0};
-  ck_assert_int_eq(vt->deliver(l, "gw-2", "bob", NULL, &link_msg, on_count, &d),
-                   IMC_ERR_UNAVAILABLE);
-  ck_assert_str_eq(wanted, "gw-2");
+  /* A node without a connection: the calls wait, the host is asked once,
+   * and they go out in order when it hands a client over. */
+  ck_assert_int_eq(imc_grpc_gwlink_set_client(l, "gw-1", NULL), 0);
+  counted d = {0}, d2 = {0};
+  ck_assert_int_eq(
+      vt->deliver(l, "gw-1", "bob", "phone", &link_msg, on_count, &d), 0);
+  ck_assert_str_eq(wanted, "gw-1");
+  wanted[0] = '\0';
+  ck_assert_int_eq(
+      vt->deliver(l, "gw-1", "bob", "phone", &link_msg, on_count, &d2), 0);
+  ck_assert_str_eq(wanted, "");
+  pump(&R);
+  ck_assert_int_eq(d.n + d2.n, 0);
+  ck_assert_int_eq(imc_grpc_gwlink_set_client(l, "gw-1", R.c), 0);
+  pump(&R);
+  ck_assert_int_eq(d.n, 1);
+  ck_assert_int_eq(d.count, 3);
+  ck_assert_int_eq(d2.n, 1);
+  /* A node the host gives up: its waiting calls get the host's error. */
+  counted e = {0};
+  ck_assert_int_eq(vt->deliver(l, "gw-3", "bob", NULL, &link_msg, on_count, &e),
+                   0);
+  ck_assert_str_eq(wanted, "gw-3");
+  ck_assert_int_eq(imc_grpc_gwlink_fail(l, "gw-3", IMC_ERR_UNAVAILABLE), 0);
+  ck_assert_int_eq(e.n, 1);
+  ck_assert_int_eq(e.status, IMC_ERR_UNAVAILABLE);
+  ck_assert_int_eq(imc_grpc_gwlink_fail(l, "gw-3", 0),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_grpc_gwlink_fail(l, "gw-4", IMC_ERR_UNAVAILABLE), 0);
   /* A method the server lacks: the call's error reaches the router. */
   reported st = {0};
   ck_assert_int_eq(vt->status(l, "gw-1", "alice", "phone", "m-1", "c-1",
@@ -1720,10 +1744,20 @@ START_TEST(test_gwlink_client) {
   pump(&R);
   ck_assert_int_eq(st.n, 1);
   ck_assert_int_eq(st.status, IMC_ERR_INTERNAL); /* UNIMPLEMENTED */
+  /* Waiting when the link goes: CLOSED. */
   ck_assert_int_eq(imc_grpc_gwlink_set_client(l, "gw-1", NULL), 0);
-  ck_assert_int_eq(vt->deliver(l, "gw-1", "bob", NULL, &link_msg, on_count, &d),
+  counted f = {0};
+  ck_assert_int_eq(vt->deliver(l, "gw-1", "bob", NULL, &link_msg, on_count, &f),
+                   0);
+  imc_grpc_gwlink_del(l);
+  ck_assert_int_eq(f.n, 1);
+  ck_assert_int_eq(f.status, IMC_ERR_CLOSED);
+  /* Without a connect callback nothing waits. */
+  ck_assert_int_eq(imc_grpc_gwlink_new(&l, &R.tm.mem), 0);
+  counted g = {0};
+  ck_assert_int_eq(vt->deliver(l, "gw-1", "bob", NULL, &link_msg, on_count, &g),
                    IMC_ERR_UNAVAILABLE);
-  ck_assert_int_eq(d.n, 0);
+  ck_assert_int_eq(g.n, 0);
   imc_grpc_gwlink_del(l);
 }
 END_TEST
