@@ -574,6 +574,31 @@ START_TEST(stop_accepting_keeps_connections_served) {
 }
 END_TEST
 
+/* Shutdown: GOAWAY tells the client to go elsewhere at once, while the
+ * call it made is still answered on the old connection. */
+START_TEST(shutdown_sends_goaway) {
+  char bound[64];
+  hgrpc_server *s = NULL;
+  hgrpc_peer *p = NULL;
+  owner o = {0};
+  result r = {0};
+  ck_assert_int_eq(server_new(&s, "127.0.0.1:0", bound, sizeof(bound)), 0);
+  ck_assert_int_eq(hgrpc_peer_new(&p, L, bound, on_client, &o), 0);
+  RUN_UNTIL(o.c != NULL, 5000);
+  call(&o, HOLD, "x", 0, &r);
+  RUN_UNTIL(nheld == 1, 5000);
+  hgrpc_server_shutdown(s);
+  RUN_UNTIL(o.losses == 1, 5000);
+  ck_assert_int_eq(r.n, 0);
+  answer_held(IMC_GRPC_OK);
+  RUN_UNTIL(r.n == 1, 5000);
+  ck_assert_int_eq(r.status, IMC_GRPC_OK);
+  ck_assert_uint_eq(hgrpc_server_pending(s), 0);
+  hgrpc_peer_del(p);
+  hgrpc_server_del(s);
+}
+END_TEST
+
 START_TEST(bad_addresses_are_refused) {
   static const char *bad_listen[] = {"127.0.0.1", "127.0.0.1:http",
                                      "::1:80",    "127.0.0.1:65536",
@@ -626,6 +651,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, retries_back_off_without_spinning);
   tcase_add_test(tc, goaway_drains_the_old_client_beside_a_new_one);
   tcase_add_test(tc, stop_accepting_keeps_connections_served);
+  tcase_add_test(tc, shutdown_sends_goaway);
   tcase_add_test(tc, bad_addresses_are_refused);
   suite_add_tcase(s, tc);
   return s;

@@ -69,7 +69,7 @@ static void on_stop(void *ud, int now) {
     hloop_stop_now(s->loop);
     return;
   }
-  hgrpc_server_stop_accepting(s->grpc);
+  hgrpc_server_shutdown(s->grpc);
   imc_worker_stop(s->worker);
   hloop_stop(s->loop);
 }

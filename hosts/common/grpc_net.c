@@ -454,6 +454,12 @@ void hgrpc_server_stop_accepting(hgrpc_server *s) {
   s->accept_paused = 0;
 }
 
+void hgrpc_server_shutdown(hgrpc_server *s) {
+  hgrpc_server_stop_accepting(s);
+  imc_grpc_server_shutdown(s->srv);
+  s->dirty = 1; /* the GOAWAYs */
+}
+
 size_t hgrpc_server_pending(const hgrpc_server *s) {
   return imc_grpc_server_pending(s->srv);
 }

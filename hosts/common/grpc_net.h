@@ -53,6 +53,13 @@ imc_grpc_server *hgrpc_server_get(hgrpc_server *s);
  */
 void hgrpc_server_stop_accepting(hgrpc_server *s);
 
+/*
+ * A graceful stop: stops accepting and sends GOAWAY on every connection
+ * (imc_grpc_server_shutdown), so clients take new calls elsewhere; the
+ * calls taken are still answered, then the connections close.
+ */
+void hgrpc_server_shutdown(hgrpc_server *s);
+
 /* Calls handed to handlers and not yet answered. */
 size_t hgrpc_server_pending(const hgrpc_server *s);
 
