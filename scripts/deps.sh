@@ -46,6 +46,8 @@ IMC_DEB_TEST_PACKAGES=(
   golang-go
   # gRPC interoperability with stock gRPC (tests/grpc_interop.py)
   python3-grpcio python3-grpc-tools
+  # the deploy suite (tests/deploy): YAML manifests, systemd-analyze verify
+  python3-yaml systemd
 )
 
 # What scripts/bench.sh needs on top: the broker imchatd is compared with

@@ -1110,6 +1110,148 @@ static int has_line(const char *line) {
   return 0;
 }
 
+/* Ends the label set at *p (after '{'): name="value" pairs, values with
+ * the format's escapes. Sets le to the value of an le label (or leaves
+ * it). Returns the position after '}' or NULL. */
+static const char *scan_labels(const char *p, char *le, size_t le_cap) {
+  for (;;) {
+    const char *n = p;
+    while ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+           (*p >= '0' && *p <= '9') || *p == '_')
+      p++;
+    if (p == n || *n <= '9' || p[0] != '=' || p[1] != '"')
+      return NULL;
+    int is_le = p - n == 2 && memcmp(n, "le", 2) == 0;
+    p += 2;
+    size_t k = 0;
+    for (; *p != '"'; p++) {
+      if (*p == '\n' || *p == '\0')
+        return NULL;
+      if (*p == '\\' && !(p[1] == '\\' || p[1] == '"' || p[1] == 'n'))
+        return NULL;
+      if (is_le && k + 1 < le_cap)
+        le[k++] = *p;
+      if (*p == '\\')
+        p++;
+    }
+    if (is_le)
+      le[k] = '\0';
+    p++;
+    if (*p == '}')
+      return p + 1;
+    if (*p != ',')
+      return NULL;
+    p++;
+  }
+}
+
+/* A number as the format writes one (Go's ParseFloat: +Inf, NaN...). */
+static int scan_value(const char *s, const char *end, double *v) {
+  char buf[64];
+  size_t n = (size_t)(end - s);
+  if (n == 0 || n >= sizeof(buf))
+    return 0;
+  memcpy(buf, s, n);
+  buf[n] = '\0';
+  char *e;
+  *v = strtod(buf, &e);
+  return *e == '\0';
+}
+
+/*
+ * Checks body against the Prometheus text format 0.0.4 the way a scraper
+ * reads it: every line a HELP, a TYPE or a sample; a family's TYPE once,
+ * before its samples, which come together; sample names of the TYPEd
+ * family (with _bucket, _sum and _count for a histogram) and values that
+ * parse; a histogram's buckets with ascending le, cumulative counts,
+ * +Inf last and equal to _count, and a _sum. Returns the families seen.
+ */
+static int check_exposition(const char *body) {
+  char family[128] = "", type[16] = "", seen[4096] = " ";
+  int families = 0;
+  double last_le = 0, last_count = 0;
+  int buckets = 0, inf = 0, has_sum = 0, has_count = 0;
+  const char *p = body;
+  ck_assert_msg(*body == '\0' || body[strlen(body) - 1] == '\n',
+                "the last line is not ended");
+  while (*p) {
+    const char *eol = strchr(p, '\n');
+    char line[1024];
+    size_t len = (size_t)(eol - p);
+    ck_assert_uint_lt(len, sizeof(line));
+    memcpy(line, p, len);
+    line[len] = '\0';
+    p = eol + 1;
+    if (strncmp(line, "# HELP ", 7) == 0)
+      continue;
+    char name[128];
+    if (strncmp(line, "# TYPE ", 7) == 0) {
+      ck_assert_msg(strcmp(type, "histogram") != 0 ||
+                        (inf && has_sum && has_count),
+                    "histogram %s incomplete", family);
+      ck_assert_int_eq(sscanf(line, "# TYPE %127s %15s", family, type), 2);
+      ck_assert_msg(strcmp(type, "counter") == 0 ||
+                        strcmp(type, "gauge") == 0 ||
+                        strcmp(type, "histogram") == 0,
+                    "bad type: %s", line);
+      char key[140];
+      snprintf(key, sizeof(key), " %s ", family);
+      ck_assert_msg(strstr(seen, key) == NULL, "TYPE twice: %s", family);
+      ck_assert_uint_lt(strlen(seen) + strlen(key), sizeof(seen));
+      strcat(seen, key + 1);
+      families++;
+      buckets = inf = has_sum = has_count = 0;
+      continue;
+    }
+    ck_assert_msg(line[0] != '#' && line[0] != '\0', "bad line: %s", line);
+    const char *q = line;
+    while (*q && *q != '{' && *q != ' ')
+      q++;
+    ck_assert_uint_lt((size_t)(q - line), sizeof(name));
+    memcpy(name, line, (size_t)(q - line));
+    name[q - line] = '\0';
+    char le[32] = "";
+    if (*q == '{') {
+      q = scan_labels(q + 1, le, sizeof(le));
+      ck_assert_msg(q != NULL, "bad labels: %s", line);
+    }
+    ck_assert_msg(*q == ' ', "no value: %s", line);
+    double v;
+    ck_assert_msg(scan_value(q + 1, line + len, &v), "bad value: %s", line);
+    ck_assert_msg(type[0] != '\0', "sample before a TYPE: %s", line);
+    size_t fl = strlen(family);
+    const char *suffix = name + fl;
+    ck_assert_msg(strncmp(name, family, fl) == 0, "%s is not of %s", name,
+                  family);
+    if (strcmp(type, "histogram") != 0) {
+      ck_assert_msg(*suffix == '\0', "%s is not of %s", name, family);
+      continue;
+    }
+    ck_assert_msg(!inf || strcmp(suffix, "_bucket") != 0,
+                  "bucket after +Inf: %s", line);
+    if (strcmp(suffix, "_bucket") == 0) {
+      double b;
+      ck_assert_msg(scan_value(le, le + strlen(le), &b), "bad le: %s", line);
+      ck_assert_msg(buckets == 0 || (b > last_le && v >= last_count),
+                    "bucket out of order: %s", line);
+      last_le = b;
+      last_count = v;
+      buckets++;
+      inf = strcmp(le, "+Inf") == 0;
+    } else if (strcmp(suffix, "_sum") == 0) {
+      has_sum = 1;
+    } else if (strcmp(suffix, "_count") == 0) {
+      ck_assert_msg(inf && v == last_count, "_count is not +Inf: %s", line);
+      has_count = 1;
+    } else {
+      ck_abort_msg("%s is not of %s", name, family);
+    }
+  }
+  ck_assert_msg(strcmp(type, "histogram") != 0 || (inf && has_sum && has_count),
+                "histogram %s incomplete", family);
+  return families;
+}
+
 START_TEST(metrics) {
   int sent = 0;
   imc_send_req sr = {.struct_size = sizeof(sr),
@@ -1154,6 +1296,12 @@ START_TEST(metrics) {
       "imchat_gateway_rate_limited_total 0",
       "# TYPE imchat_gateway_outbound_queued_bytes gauge",
       "# TYPE imchat_gateway_errors_total counter",
+      "# TYPE imchat_gateway_ack_latency_seconds histogram",
+      "imchat_gateway_ack_latency_seconds_bucket{le=\"0.001\"} 0",
+      "imchat_gateway_ack_latency_seconds_bucket{le=\"10\"} 0",
+      "imchat_gateway_ack_latency_seconds_bucket{le=\"+Inf\"} 0",
+      "imchat_gateway_ack_latency_seconds_sum 0",
+      "imchat_gateway_ack_latency_seconds_count 0",
       "imchat_gateway_errors_total{code=\"BAD_REQUEST\"} 0",
       "imchat_gateway_errors_total{code=\"INTERNAL\"} 0",
       "imchat_router_sends_total 1",
@@ -1184,6 +1332,7 @@ START_TEST(metrics) {
   };
   for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++)
     ck_assert_msg(has_line(lines[i]), "missing line: %s", lines[i]);
+  ck_assert_int_ge(check_exposition(R.body), 40);
   /* One HELP per family. */
   const char *p = strstr(R.body, "# HELP imchat_router_routed_total");
   ck_assert_ptr_nonnull(p);
@@ -1265,6 +1414,149 @@ START_TEST(remote_source) {
   src[0].vt = &fail;
   ck_assert_int_eq(imc_api_set_sources(H.api, src, 1), 0);
   ck_assert_int_eq(get("/metrics", NULL), 503);
+  ck_assert_int_eq(attach(H.api, H.gw, NULL), 0);
+}
+END_TEST
+
+/* A WebSocket client of H.gw, signed in as user on s: upgraded. */
+static imc_conn *ws_connect(test_sock *s, const char *user) {
+  char req[2048];
+  int n = snprintf(req, sizeof(req),
+                   "GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\n"
+                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   "Sec-WebSocket-Version: 13\r\n"
+                   "Authorization: Bearer %s\r\n\r\n",
+                   token_for(user, 600));
+  imc_conn *c;
+  ck_assert_int_eq(imc_gateway_conn_new(H.gw, &c, s), 0);
+  ck_assert_int_eq(
+      imc_gateway_conn_recv(H.gw, c, (const uint8_t *)req, (size_t)n), 0);
+  imc_gateway_flush(H.gw);
+  ck_assert_uint_gt(s->len, 12);
+  ck_assert_int_eq(memcmp(s->out, "HTTP/1.1 101", 12), 0);
+  return c;
+}
+
+/* The client c ACKs msg_id: one masked binary frame (mask key 0). */
+static void ws_ack(imc_conn *c, const char *msg_id) {
+  char *ids[] = {(char *)msg_id};
+  Imchat__V1__DeliverAck a = IMCHAT__V1__DELIVER_ACK__INIT;
+  a.n_msg_ids = 1;
+  a.msg_ids = ids;
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_DELIVER_ACK;
+  cf.deliver_ack = &a;
+  uint8_t frame[6 + 125] = {0x82, 0x80, 0, 0, 0, 0};
+  size_t len = imchat__v1__client_frame__get_packed_size(&cf);
+  ck_assert_uint_le(len, 125);
+  frame[1] |= (uint8_t)len;
+  imchat__v1__client_frame__pack(&cf, frame + 6);
+  ck_assert_int_eq(imc_gateway_conn_recv(H.gw, c, frame, 6 + len), 0);
+  imc_gateway_flush(H.gw);
+}
+
+/* A push ACKed 30 ms later counts in the 0.05 s bucket of the page. */
+START_TEST(ack_latency_histogram) {
+  test_sock ws = {0};
+  imc_conn *c = ws_connect(&ws, "bob");
+  imc_msg m = {.struct_size = sizeof(imc_msg),
+               .msg_id = "m-1",
+               .conversation_id = "p:alice:bob",
+               .seq = 1,
+               .from_user = "alice",
+               .to_user = "bob",
+               .group_id = "",
+               .body = (const uint8_t *)"hi",
+               .body_len = 2,
+               .content_type = "text/plain",
+               .sent_at_ms = T0,
+               .client_msg_id = "c-1",
+               .from_device = "phone"};
+  ck_assert_int_eq(imc_gateway_deliver(H.gw, "bob", NULL, &m), 1);
+  imc_gateway_flush(H.gw);
+  test_clock_advance(&H.tc, 30);
+  ws_ack(c, "m-1");
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_ACKS), 1);
+
+  ck_assert_int_eq(get("/metrics", NULL), 200);
+  check_exposition(R.body);
+  const char *lines[] = {
+      "# HELP imchat_gateway_ack_latency_seconds Time from a push to its "
+      "DeliverAck.",
+      "# TYPE imchat_gateway_ack_latency_seconds histogram",
+      "imchat_gateway_ack_latency_seconds_bucket{le=\"0.001\"} 0",
+      "imchat_gateway_ack_latency_seconds_bucket{le=\"0.025\"} 0",
+      "imchat_gateway_ack_latency_seconds_bucket{le=\"0.05\"} 1",
+      "imchat_gateway_ack_latency_seconds_bucket{le=\"2.5\"} 1",
+      "imchat_gateway_ack_latency_seconds_bucket{le=\"10\"} 1",
+      "imchat_gateway_ack_latency_seconds_bucket{le=\"+Inf\"} 1",
+      "imchat_gateway_ack_latency_seconds_sum 0.03",
+      "imchat_gateway_ack_latency_seconds_count 1",
+  };
+  for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++)
+    ck_assert_msg(has_line(lines[i]), "missing line: %s", lines[i]);
+  free(ws.out);
+}
+END_TEST
+
+/* The writer on its own: fixed-point bounds and sum, cumulative
+ * buckets, and its argument checks. */
+static int hist_collect(void *ud, imc_metrics *m) {
+  (void)ud;
+  static const uint64_t b[] = {1, 250, 1000, 1500};
+  static const uint64_t counts[] = {2, 0, 3, 1, 4};
+  ck_assert_int_eq(imc_metrics_histogram(NULL, "h", NULL, b, 4, counts, 0, 3),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_metrics_histogram(m, "1h", NULL, b, 4, counts, 0, 3),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_metrics_histogram(m, "h", NULL, b, 4, NULL, 0, 3),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_metrics_histogram(m, "h", NULL, NULL, 1, counts, 0, 3),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_metrics_histogram(m, "h", NULL, b, 4, counts, 0, 10),
+                   IMC_ERR_INVALID_ARGUMENT);
+  static const uint64_t unordered[] = {5, 5};
+  ck_assert_int_eq(
+      imc_metrics_histogram(m, "h", NULL, unordered, 2, counts, 0, 3),
+      IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(
+      imc_metrics_histogram(m, "a_seconds", "A \\ b.", b, 4, counts, 12345, 3),
+      0);
+  static const uint64_t one[] = {1};
+  ck_assert_int_eq(imc_metrics_histogram(m, "b", NULL, one, 1, counts, 10, 9),
+                   0);
+  ck_assert_int_eq(imc_metrics_histogram(m, "c", NULL, NULL, 0, counts, 7, 0),
+                   0);
+  return 0;
+}
+
+START_TEST(histogram_writer) {
+  imc_metrics_source_vtbl vt = {sizeof(vt), hist_collect, NULL};
+  imc_metrics_source src[] = {{&vt, NULL}};
+  ck_assert_int_eq(imc_api_set_sources(H.api, src, 1), 0);
+  ck_assert_int_eq(get("/metrics", NULL), 200);
+  ck_assert_str_eq(R.body, "# HELP a_seconds A \\\\ b.\n"
+                           "# TYPE a_seconds histogram\n"
+                           "a_seconds_bucket{le=\"0.001\"} 2\n"
+                           "a_seconds_bucket{le=\"0.25\"} 2\n"
+                           "a_seconds_bucket{le=\"1\"} 5\n"
+                           "a_seconds_bucket{le=\"1.5\"} 6\n"
+                           "a_seconds_bucket{le=\"+Inf\"} 10\n"
+                           "a_seconds_sum 12.345\n"
+                           "a_seconds_count 10\n"
+                           "# HELP b \n"
+                           "# TYPE b histogram\n"
+                           "b_bucket{le=\"0.000000001\"} 2\n"
+                           "b_bucket{le=\"+Inf\"} 2\n"
+                           "b_sum 0.00000001\n"
+                           "b_count 2\n"
+                           "# HELP c \n"
+                           "# TYPE c histogram\n"
+                           "c_bucket{le=\"+Inf\"} 2\n"
+                           "c_sum 7\n"
+                           "c_count 2\n");
+  ck_assert_int_eq(check_exposition(R.body), 3);
   ck_assert_int_eq(attach(H.api, H.gw, NULL), 0);
 }
 END_TEST
@@ -1605,6 +1897,8 @@ static Suite *api_suite(void) {
   tcase_add_checked_fixture(t, h_setup_no_router, h_teardown);
   tcase_add_test(t, history_group_no_router);
   tcase_add_test(t, metrics_without_router);
+  tcase_add_test(t, ack_latency_histogram);
+  tcase_add_test(t, histogram_writer);
   suite_add_tcase(s, t);
 
   t = tcase_create("routing");

@@ -113,6 +113,7 @@ static void b_add(int32_t part, const char *group_id) {
   m.from_user = "alice";
   m.group_id = (char *)group_id;
   m.content_type = "text/plain";
+  m.sent_at_ms = T0;
   mrec *r = &B.recs[B.n++];
   r->len = imchat__v1__message__get_packed_size(&m);
   r->val = malloc(r->len ? r->len : 1);
@@ -446,10 +447,13 @@ START_TEST(bad_string_records_skipped) {
                                  "a\x32\x02g4\x42\x02\xc0\xaf";
   static const char good[] = "\x0a\x02m4\x22\x01"
                              "a\x32\x02g1";
-  /* The consumer group is known to the bus from the first poll on. */
+  /* The consumer group is known to the bus from the first poll on. The
+   * records carry no send time: the clock starts near 0. */
+  test_clock near_zero;
+  test_clock_init(&near_zero, 30000);
   imc_fanout *f;
   ck_assert_int_eq(imc_fanout_new(&f, g, imc_membus_vtbl(), bus, &store, NULL,
-                                  NULL, 0, NULL),
+                                  &near_zero.clock, 0, NULL),
                    0);
   ck_assert_int_eq(imc_fanout_start(f), 0);
   publish(bus, bad_from, sizeof(bad_from) - 1);
@@ -473,6 +477,61 @@ START_TEST(bad_string_records_skipped) {
 }
 END_TEST
 
+/* Messages sent over a minute before the fan-out started are committed,
+ * not pushed (a node that starts a new consumer group does not replay the
+ * topic); later ones, and those within the clocks' slack, are. */
+START_TEST(stale_records_skipped) {
+  memset(&st, 0, sizeof(st));
+  imc_store_vtbl store;
+  memset(&store, 0, sizeof(store));
+  store.struct_size = sizeof(store);
+  store.group_members = st_group_members;
+  imc_gateway_options *o;
+  imc_gateway *g;
+  ck_assert_int_eq(imc_gateway_options_new(&o, NULL), 0);
+  ck_assert_int_eq(
+      imc_gateway_options_set_transport(o, &test_sock_transport, NULL), 0);
+  ck_assert_int_eq(imc_gateway_options_set_jwt_secret(
+                       o, (const uint8_t *)SECRET, strlen(SECRET)),
+                   0);
+  ck_assert_int_eq(imc_gateway_new(&g, o, NULL), 0);
+  imc_gateway_options_del(o);
+  imc_membus *bus;
+  ck_assert_int_eq(imc_membus_new(&bus, NULL), 0);
+  test_clock clk;
+  test_clock_init(&clk, T0);
+  imc_fanout *f;
+  ck_assert_int_eq(imc_fanout_new(&f, g, imc_membus_vtbl(), bus, &store, NULL,
+                                  &clk.clock, 0, NULL),
+                   0);
+  ck_assert_int_eq(imc_fanout_start(f), 0);
+  static const struct {
+    const char *group;
+    int64_t sent_at_ms;
+  } recs[] = {{"old", T0 - 61000}, {"slack", T0 - 59000}, {"new", T0 + 5}};
+  for (size_t i = 0; i < 3; i++) {
+    Imchat__V1__Message m = IMCHAT__V1__MESSAGE__INIT;
+    m.msg_id = (char *)"m";
+    m.from_user = (char *)"a";
+    m.group_id = (char *)recs[i].group;
+    m.sent_at_ms = recs[i].sent_at_ms;
+    uint8_t buf[64];
+    ck_assert_uint_le(imchat__v1__message__get_packed_size(&m), sizeof(buf));
+    publish(bus, buf, imchat__v1__message__pack(&m, buf));
+  }
+  for (int i = 0; i < 10 && imc_membus_dispatch(bus) > 0; i++)
+    ;
+  ck_assert_int_eq(st.calls, 2);
+  ck_assert_str_eq(st.groups[0], "slack");
+  ck_assert_str_eq(st.groups[1], "new");
+  ck_assert_uint_eq(imc_fanout_pending(f), 1); /* committed, polling */
+  imc_fanout_stop(f);
+  imc_membus_del(bus);
+  imc_fanout_del(f);
+  imc_gateway_del(g);
+}
+END_TEST
+
 static Suite *fanout_suite(void) {
   Suite *s = suite_create("fanout");
   TCase *tc_core = tcase_create("core");
@@ -484,6 +543,7 @@ static Suite *fanout_suite(void) {
   suite_add_tcase(s, tc_core);
   TCase *tc_records = tcase_create("records");
   tcase_add_test(tc_records, bad_string_records_skipped);
+  tcase_add_test(tc_records, stale_records_skipped);
   suite_add_tcase(s, tc_records);
   return s;
 }

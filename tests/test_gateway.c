@@ -1616,6 +1616,67 @@ START_TEST(ack_batches) {
 }
 END_TEST
 
+static void with_long_ack(imc_gateway_options *o) {
+  with_upstream(o);
+  ck_assert_int_eq(imc_gateway_options_set_ack_timeout_ms(o, 60000), 0);
+}
+
+static void ack_one(const char *id) {
+  char *ids[] = {(char *)id};
+  Imchat__V1__DeliverAck a = IMCHAT__V1__DELIVER_ACK__INIT;
+  a.n_msg_ids = 1;
+  a.msg_ids = ids;
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_DELIVER_ACK;
+  cf.deliver_ack = &a;
+  ck_assert_int_eq(send_cf(&cf), 0);
+}
+
+/* Each ACK counts in the bucket of its time since the push: bounds are
+ * inclusive, and past the last one is the overflow bucket. */
+START_TEST(ack_latency) {
+  reset_with(with_long_ack);
+  h_connect("alice", NULL);
+  const uint64_t *bounds, *counts;
+  uint64_t sum = 1;
+  ck_assert_uint_eq(imc_gateway_ack_latency(NULL, &bounds, &counts, &sum), 0);
+  ck_assert_uint_eq(imc_gateway_ack_latency(H.gw, NULL, &counts, &sum), 0);
+  ck_assert_uint_eq(imc_gateway_ack_latency(H.gw, &bounds, &counts, &sum),
+                    IMC_GW_ACK_BOUNDS);
+  ck_assert_uint_eq(bounds[0], 1);
+  ck_assert_uint_eq(bounds[5], 50);
+  ck_assert_uint_eq(bounds[IMC_GW_ACK_BOUNDS - 1], 10000);
+  for (int i = 0; i <= IMC_GW_ACK_BOUNDS; i++)
+    ck_assert_uint_eq(counts[i], 0);
+  ck_assert_uint_eq(sum, 0);
+
+  const char *ids[] = {"m-0", "m-1", "m-2", "m-3"};
+  for (int i = 0; i < 4; i++) {
+    imc_msg m = test_msg(ids[i]);
+    ck_assert_int_eq(imc_gateway_deliver(H.gw, "alice", NULL, &m), 1);
+  }
+  ack_one("m-0"); /* at once: 0 ms */
+  h_advance(30);
+  ack_one("m-2"); /* 30 ms, out of order */
+  h_advance(20);
+  ack_one("m-1"); /* 50 ms, on a bound */
+  h_advance(14950);
+  ack_one("m-3"); /* 15 s: above every bound */
+  ack_one("m-3"); /* a repeat matches nothing */
+  ack_one("m-9");
+  ck_assert_uint_eq(imc_gateway_ack_latency(H.gw, &bounds, &counts, &sum),
+                    IMC_GW_ACK_BOUNDS);
+  for (int i = 0; i <= IMC_GW_ACK_BOUNDS; i++) {
+    uint64_t want = i == 0 ? 1 : i == 5 ? 2 : i == IMC_GW_ACK_BOUNDS ? 1 : 0;
+    ck_assert_msg(counts[i] == want, "bucket %d: %llu, want %llu", i,
+                  (unsigned long long)counts[i], (unsigned long long)want);
+  }
+  ck_assert_uint_eq(sum, 0 + 30 + 50 + 15000);
+  ck_assert_uint_eq(imc_gateway_stat_get(H.gw, IMC_GW_STAT_ACKS), 4);
+  ck_assert_int_eq(H.m.delivered, 4);
+}
+END_TEST
+
 START_TEST(ack_timeout_fallback) {
   reset_with(with_upstream);
   h_connect("alice", NULL);
@@ -3281,6 +3342,7 @@ static Suite *gateway_suite(void) {
   tcase_add_test(t, rate_limit);
   tcase_add_test(t, deliver_and_ack);
   tcase_add_test(t, ack_batches);
+  tcase_add_test(t, ack_latency);
   tcase_add_test(t, ack_timeout_fallback);
   tcase_add_test(t, close_fallback_and_skip_device);
   tcase_add_test(t, del_with_pushes_in_flight);

@@ -1129,12 +1129,15 @@ typedef struct link {
   imc_router *r;
   imc_grpc_router_service *svc;
   imc_grpc_upstream *up;
+  imc_router *r2; /* a second router on the same backends, behind R2 */
+  imc_grpc_router_service *svc2;
   int statuses; /* the router's gwlink status calls */
   char status_node[64], status_user[64], status_recipient[64];
   int status_state;
 } link;
 
 static link L;
+static rig R2;
 
 static int l_deliver(void *ud, const char *node_id, const char *user_id,
                      const char *skip_device, const imc_msg *msg,
@@ -1162,42 +1165,41 @@ static int l_status(void *ud, const char *node_id, const char *user_id,
 static const imc_gwlink_vtbl l_gwlink = {sizeof(imc_gwlink_vtbl), l_deliver,
                                          l_status};
 
-/* The gRPC side of the link: the Router service on a server, a client and
- * an upstream on it, allocating from R.tm. Returns 0 or the first error. */
-static int link_grpc(void) {
+/* The Router service of rt on a server of r, and a client of r connected
+ * to it, allocating from r->tm. Returns 0 or the first error. */
+static int serve_router(rig *r, imc_router *rt, imc_grpc_router_service **svc) {
   imc_grpc_server_options *so;
-  int rv = imc_grpc_router_service_new(&L.svc, L.r, &R.tm.mem);
-  if (rv < 0 || (rv = imc_grpc_server_options_new(&so, &R.tm.mem)) < 0)
+  int rv = imc_grpc_router_service_new(svc, rt, &r->tm.mem);
+  if (rv < 0 || (rv = imc_grpc_server_options_new(&so, &r->tm.mem)) < 0)
     return rv;
-  rv = imc_grpc_router_service_add(L.svc, so);
+  rv = imc_grpc_router_service_add(*svc, so);
   if (rv == 0)
-    ck_assert_int_eq(imc_grpc_router_service_add(L.svc, so), IMC_ERR_EXISTS);
+    ck_assert_int_eq(imc_grpc_router_service_add(*svc, so), IMC_ERR_EXISTS);
   imc_grpc_server_options_set_transport(so, &test_sock_transport, NULL);
-  imc_grpc_server_options_set_clock(so, &R.tc.clock);
+  imc_grpc_server_options_set_clock(so, &r->tc.clock);
   if (rv == 0)
-    rv = imc_grpc_server_new(&R.s, so, &R.tm.mem);
+    rv = imc_grpc_server_new(&r->s, so, &r->tm.mem);
   imc_grpc_server_options_del(so);
   if (rv == 0)
-    rv = imc_grpc_conn_new(R.s, &R.sc, &R.ssock);
+    rv = imc_grpc_conn_new(r->s, &r->sc, &r->ssock);
   if (rv == 0)
-    rv = make_client(&R, NULL);
-  if (rv == 0)
-    rv = imc_grpc_upstream_new(&L.up, &R.tm.mem);
-  if (rv == 0)
-    imc_grpc_upstream_set_client(L.up, R.c);
+    rv = make_client(r, NULL);
   return rv;
 }
 
-/* A router on the embedded backends behind a gRPC server, and a client
- * with an upstream on it. */
-static void link_backends(void) {
-  memset(&R, 0, sizeof(R));
-  memset(&L, 0, sizeof(L));
-  test_mem_init(&R.tm);
-  test_clock_init(&R.tc, 1700000000000LL);
-  ck_assert_int_eq(imc_sqlite_new(&L.db, ":memory:", &R.tc.clock, NULL), 0);
-  ck_assert_int_eq(imc_memreg_new(&L.reg, &R.tc.clock, NULL), 0);
-  ck_assert_int_eq(imc_membus_new(&L.bus, NULL), 0);
+/* The gRPC side of the link: the router served on R, an upstream on R's
+ * client, allocating from R.tm. Returns 0 or the first error. */
+static int link_grpc(void) {
+  int rv = serve_router(&R, L.r, &L.svc);
+  if (rv == 0)
+    rv = imc_grpc_upstream_new(&L.up, &R.tm.mem);
+  if (rv == 0)
+    rv = imc_grpc_upstream_add_client(L.up, R.c);
+  return rv;
+}
+
+/* A router on the link's backends, on R's clock. */
+static imc_router *make_router(void) {
   imc_router_options *ro;
   ck_assert_int_eq(imc_router_options_new(&ro, NULL), 0);
   imc_router_options_set_registry(ro, imc_memreg_vtbl(), L.reg);
@@ -1209,8 +1211,26 @@ static void link_backends(void) {
   imc_router_options_set_gwlink(ro, &l_gwlink, NULL);
   imc_router_options_set_clock(ro, &R.tc.clock);
   imc_router_options_set_max_body(ro, 16);
-  ck_assert_int_eq(imc_router_new(&L.r, ro, NULL), 0);
+  imc_router *r;
+  ck_assert_int_eq(imc_router_new(&r, ro, NULL), 0);
   imc_router_options_del(ro);
+  return r;
+}
+
+/* A router on the embedded backends (the gRPC side comes from
+ * link_grpc). */
+static void link_backends(void) {
+  memset(&R, 0, sizeof(R));
+  memset(&R2, 0, sizeof(R2));
+  memset(&L, 0, sizeof(L));
+  test_mem_init(&R.tm);
+  test_mem_init(&R2.tm);
+  test_clock_init(&R.tc, 1700000000000LL);
+  test_clock_init(&R2.tc, 1700000000000LL);
+  ck_assert_int_eq(imc_sqlite_new(&L.db, ":memory:", &R.tc.clock, NULL), 0);
+  ck_assert_int_eq(imc_memreg_new(&L.reg, &R.tc.clock, NULL), 0);
+  ck_assert_int_eq(imc_membus_new(&L.bus, NULL), 0);
+  L.r = make_router();
 }
 
 static void link_init(void) {
@@ -1218,10 +1238,22 @@ static void link_init(void) {
   ck_assert_int_eq(link_grpc(), 0);
 }
 
+/* A second im-service: another router on the same backends, served on
+ * R2, its client added to the upstream. */
+static void link_second(void) {
+  L.r2 = make_router();
+  ck_assert_int_eq(serve_router(&R2, L.r2, &L.svc2), 0);
+  ck_assert_int_eq(imc_grpc_upstream_add_client(L.up, R2.c), 0);
+}
+
 static void link_free(void) {
   imc_grpc_upstream_del(L.up);
   rig_free(&R);
+  rig_free(&R2);
   imc_grpc_router_service_del(L.svc);
+  imc_grpc_router_service_del(L.svc2);
+  ck_assert_int_eq(R2.tm.live, 0);
+  imc_router_del(L.r2);
   imc_router_del(L.r);
   imc_membus_del(L.bus);
   imc_memreg_del(L.reg);
@@ -1232,11 +1264,17 @@ static void link_free(void) {
 static void link_pump(void) {
   for (int i = 0; i < 20; i++) {
     pump(&R);
+    if (R2.c)
+      pump(&R2);
     imc_sqlite_dispatch(L.db);
     imc_membus_dispatch(L.bus);
     imc_router_on_timeout(L.r);
+    if (L.r2)
+      imc_router_on_timeout(L.r2);
   }
   pump(&R);
+  if (R2.c)
+    pump(&R2);
 }
 
 typedef struct sent {
@@ -1401,14 +1439,158 @@ START_TEST(test_upstream_reports) {
   ck_assert_int_eq(u.n, 1);
   ck_assert_int_eq(u.status, 0);
   /* Without a usable connection, operations fail at once. */
-  imc_grpc_upstream_set_client(L.up, NULL);
+  imc_grpc_upstream_remove_client(L.up, R.c);
+  imc_grpc_upstream_remove_client(L.up, R.c); /* absent: nothing happens */
   sent s = {0};
   ck_assert_int_eq(up_send("bob", "", "hi", "c-5", &s), IMC_ERR_UNAVAILABLE);
-  imc_grpc_upstream_set_client(L.up, R.c);
+  ck_assert_int_eq(imc_grpc_upstream_add_client(L.up, R.c), 0);
+  ck_assert_int_eq(imc_grpc_upstream_add_client(L.up, R.c), IMC_ERR_EXISTS);
+  ck_assert_int_eq(imc_grpc_upstream_add_client(L.up, NULL),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_grpc_upstream_add_client(NULL, R.c),
+                   IMC_ERR_INVALID_ARGUMENT);
   imc_grpc_client_closed(R.c);
   ck_assert_int_eq(vt->undelivered(L.up, &m, "carol", on_reported, &u),
                    IMC_ERR_UNAVAILABLE);
   ck_assert_int_eq(s.n, 0);
+  link_free();
+}
+END_TEST
+
+/* Two im-services on the same backends behind one upstream: operations
+ * alternate between them, an unusable client is skipped, and with none
+ * usable an operation fails at once. */
+START_TEST(test_upstream_spread) {
+  link_init();
+  link_second();
+  sent s[4] = {{0}};
+  char cmid[4][8];
+  for (int i = 0; i < 4; i++) {
+    snprintf(cmid[i], sizeof(cmid[i]), "c-%d", i);
+    ck_assert_int_eq(up_send("bob", "", "hi", cmid[i], &s[i]), 0);
+  }
+  ck_assert_int_eq(imc_grpc_client_pending(R.c), 2);
+  ck_assert_int_eq(imc_grpc_client_pending(R2.c), 2);
+  link_pump();
+  for (int i = 0; i < 4; i++) {
+    ck_assert_int_eq(s[i].n, 1);
+    ck_assert_int_eq(s[i].status, 0);
+  }
+  ck_assert_uint_eq(imc_router_stat_get(L.r, IMC_RT_STAT_SENDS), 2);
+  ck_assert_uint_eq(imc_router_stat_get(L.r2, IMC_RT_STAT_SENDS), 2);
+  /* c-1 went to the second router; its resend reaches the first, which
+   * answers it from the shared dedup set. */
+  sent again = {0};
+  ck_assert_int_eq(up_send("bob", "", "hi", "c-1", &again), 0);
+  ck_assert_int_eq(imc_grpc_client_pending(R.c), 1);
+  link_pump();
+  ck_assert_int_eq(again.status, 0);
+  ck_assert_str_eq(again.msg_id, s[1].msg_id);
+  ck_assert_uint_eq(imc_router_stat_get(L.r, IMC_RT_STAT_DUPLICATES), 1);
+  /* The first im-service's connection is lost: the second takes every
+   * operation, the first one's turn included. */
+  imc_grpc_client_closed(R.c);
+  imc_grpc_conn_closed(R.sc);
+  R.conn_gone = 1;
+  ck_assert_int_eq(imc_grpc_client_usable(R.c), 0);
+  sent b[2] = {{0}};
+  ck_assert_int_eq(up_send("bob", "", "hi", "c-4", &b[0]), 0);
+  ck_assert_int_eq(up_send("bob", "", "hi", "c-5", &b[1]), 0);
+  ck_assert_int_eq(imc_grpc_client_pending(R2.c), 2);
+  link_pump();
+  ck_assert_int_eq(b[0].status, 0);
+  ck_assert_int_eq(b[1].status, 0);
+  ck_assert_uint_eq(imc_router_stat_get(L.r2, IMC_RT_STAT_SENDS), 4);
+  ck_assert_uint_eq(imc_router_stat_get(L.r, IMC_RT_STAT_SENDS), 2);
+  /* Neither usable: refused at once, never completed. */
+  imc_grpc_client_closed(R2.c);
+  imc_grpc_conn_closed(R2.sc);
+  R2.conn_gone = 1;
+  sent none = {0};
+  ck_assert_int_eq(up_send("bob", "", "hi", "c-6", &none), IMC_ERR_UNAVAILABLE);
+  /* The host replaces a lost client: remove it, add the new one. */
+  imc_grpc_upstream_remove_client(L.up, R.c);
+  imc_grpc_upstream_remove_client(L.up, R2.c);
+  ck_assert_int_eq(up_send("bob", "", "hi", "c-6", &none), IMC_ERR_UNAVAILABLE);
+  link_pump();
+  ck_assert_int_eq(none.n, 0);
+  link_free();
+}
+END_TEST
+
+typedef struct listed {
+  int n;
+  int status;
+  size_t count;
+  char items[4][32];
+} listed;
+
+static void on_listed(void *ud, int status, const char *const *items,
+                      size_t n) {
+  listed *l = ud;
+  l->n++;
+  l->status = status;
+  l->count = n;
+  for (size_t i = 0; i < n && i < 4; i++)
+    snprintf(l->items[i], sizeof(l->items[i]), "%s", items[i]);
+}
+
+/* Group membership for the api as Router calls. */
+START_TEST(test_upstream_groups) {
+  link_init();
+  const imc_groups_vtbl *g = imc_grpc_upstream_groups_vtbl();
+  ck_assert_uint_eq(g->struct_size, sizeof(imc_groups_vtbl));
+  reported a1 = {0}, a2 = {0}, rm = {0}, bad = {0};
+  ck_assert_int_eq(g->add(L.up, "g1", "alice", on_reported, &a1), 0);
+  ck_assert_int_eq(g->add(L.up, "g1", "bob", on_reported, &a2), 0);
+  ck_assert_int_eq(g->add(L.up, "no group!", "bob", on_reported, &bad), 0);
+  link_pump();
+  ck_assert_int_eq(a1.n, 1);
+  ck_assert_int_eq(a1.status, 0);
+  ck_assert_int_eq(a2.status, 0);
+  /* The router refused the id; its IMC_ERR_* crossed the link. */
+  ck_assert_int_eq(bad.n, 1);
+  ck_assert_int_eq(bad.status, IMC_ERR_INVALID_ARGUMENT);
+  listed l = {0};
+  ck_assert_int_eq(g->members(L.up, "g1", on_listed, &l), 0);
+  link_pump();
+  ck_assert_int_eq(l.n, 1);
+  ck_assert_int_eq(l.status, 0);
+  ck_assert_uint_eq(l.count, 2);
+  int alice = strcmp(l.items[0], "alice") == 0 ? 0 : 1;
+  ck_assert_str_eq(l.items[alice], "alice");
+  ck_assert_str_eq(l.items[1 - alice], "bob");
+  /* Membership the router enforces: alice may now send to g1. */
+  sent s = {0};
+  ck_assert_int_eq(up_send("", "g1", "hi all", "c-1", &s), 0);
+  ck_assert_int_eq(g->remove(L.up, "g1", "bob", on_reported, &rm), 0);
+  link_pump();
+  ck_assert_int_eq(s.status, 0);
+  ck_assert_int_eq(rm.n, 1);
+  ck_assert_int_eq(rm.status, 0);
+  listed after = {0}, badl = {0};
+  ck_assert_int_eq(g->members(L.up, "g1", on_listed, &after), 0);
+  ck_assert_int_eq(g->members(L.up, "no group!", on_listed, &badl), 0);
+  link_pump();
+  ck_assert_int_eq(after.status, 0);
+  ck_assert_uint_eq(after.count, 1);
+  ck_assert_str_eq(after.items[0], "alice");
+  ck_assert_int_eq(badl.n, 1);
+  ck_assert_int_eq(badl.status, IMC_ERR_INVALID_ARGUMENT);
+  /* Refused at once: missing arguments, no usable client. */
+  ck_assert_int_eq(g->add(L.up, NULL, "bob", on_reported, &bad),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(g->remove(L.up, "g1", NULL, on_reported, &bad),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(g->members(L.up, "g1", NULL, NULL),
+                   IMC_ERR_INVALID_ARGUMENT);
+  imc_grpc_client_closed(R.c);
+  ck_assert_int_eq(g->add(L.up, "g1", "bob", on_reported, &bad),
+                   IMC_ERR_UNAVAILABLE);
+  ck_assert_int_eq(g->members(L.up, "g1", on_listed, &badl),
+                   IMC_ERR_UNAVAILABLE);
+  ck_assert_int_eq(bad.n, 1);
+  ck_assert_int_eq(badl.n, 1);
   link_free();
 }
 END_TEST
@@ -1525,11 +1707,35 @@ START_TEST(test_gwlink_client) {
   ck_assert_int_eq(c.n, 1);
   ck_assert_int_eq(c.status, 0);
   ck_assert_int_eq(c.count, 3);
-  /* A node without a connection: refused, and the host is asked. */
-  counted d = {0};
-  ck_assert_int_eq(vt->deliver(l, "gw-2", "bob", NULL, &link_msg, on_count, &d),
-                   IMC_ERR_UNAVAILABLE);
-  ck_assert_str_eq(wanted, "gw-2");
+  /* A node without a connection: the calls wait, the host is asked once,
+   * and they go out in order when it hands a client over. */
+  ck_assert_int_eq(imc_grpc_gwlink_set_client(l, "gw-1", NULL), 0);
+  counted d = {0}, d2 = {0};
+  ck_assert_int_eq(
+      vt->deliver(l, "gw-1", "bob", "phone", &link_msg, on_count, &d), 0);
+  ck_assert_str_eq(wanted, "gw-1");
+  wanted[0] = '\0';
+  ck_assert_int_eq(
+      vt->deliver(l, "gw-1", "bob", "phone", &link_msg, on_count, &d2), 0);
+  ck_assert_str_eq(wanted, "");
+  pump(&R);
+  ck_assert_int_eq(d.n + d2.n, 0);
+  ck_assert_int_eq(imc_grpc_gwlink_set_client(l, "gw-1", R.c), 0);
+  pump(&R);
+  ck_assert_int_eq(d.n, 1);
+  ck_assert_int_eq(d.count, 3);
+  ck_assert_int_eq(d2.n, 1);
+  /* A node the host gives up: its waiting calls get the host's error. */
+  counted e = {0};
+  ck_assert_int_eq(vt->deliver(l, "gw-3", "bob", NULL, &link_msg, on_count, &e),
+                   0);
+  ck_assert_str_eq(wanted, "gw-3");
+  ck_assert_int_eq(imc_grpc_gwlink_fail(l, "gw-3", IMC_ERR_UNAVAILABLE), 0);
+  ck_assert_int_eq(e.n, 1);
+  ck_assert_int_eq(e.status, IMC_ERR_UNAVAILABLE);
+  ck_assert_int_eq(imc_grpc_gwlink_fail(l, "gw-3", 0),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_grpc_gwlink_fail(l, "gw-4", IMC_ERR_UNAVAILABLE), 0);
   /* A method the server lacks: the call's error reaches the router. */
   reported st = {0};
   ck_assert_int_eq(vt->status(l, "gw-1", "alice", "phone", "m-1", "c-1",
@@ -1538,10 +1744,20 @@ START_TEST(test_gwlink_client) {
   pump(&R);
   ck_assert_int_eq(st.n, 1);
   ck_assert_int_eq(st.status, IMC_ERR_INTERNAL); /* UNIMPLEMENTED */
+  /* Waiting when the link goes: CLOSED. */
   ck_assert_int_eq(imc_grpc_gwlink_set_client(l, "gw-1", NULL), 0);
-  ck_assert_int_eq(vt->deliver(l, "gw-1", "bob", NULL, &link_msg, on_count, &d),
+  counted f = {0};
+  ck_assert_int_eq(vt->deliver(l, "gw-1", "bob", NULL, &link_msg, on_count, &f),
+                   0);
+  imc_grpc_gwlink_del(l);
+  ck_assert_int_eq(f.n, 1);
+  ck_assert_int_eq(f.status, IMC_ERR_CLOSED);
+  /* Without a connect callback nothing waits. */
+  ck_assert_int_eq(imc_grpc_gwlink_new(&l, &R.tm.mem), 0);
+  counted g = {0};
+  ck_assert_int_eq(vt->deliver(l, "gw-1", "bob", NULL, &link_msg, on_count, &g),
                    IMC_ERR_UNAVAILABLE);
-  ck_assert_int_eq(d.n, 0);
+  ck_assert_int_eq(g.n, 0);
   imc_grpc_gwlink_del(l);
 }
 END_TEST
@@ -1625,13 +1841,16 @@ START_TEST(test_link_nomem) {
     R.tm.fail_at = k;
     sent a = {0}, b = {0};
     reported d = {0};
-    int started[3] = {0};
+    listed m = {0};
+    int started[4] = {0};
     if (link_grpc() == 0) {
       imc_delivery_ack ack = {&link_msg, "bob", "tab"};
       started[0] = up_send("bob", "", "hi", "c-1", &a) == 0;
       started[1] = up_send("", "g1", "hi", "c-2", &b) == 0;
       started[2] = imc_grpc_upstream_vtbl()->delivered_many(
                        L.up, &ack, 1, on_reported, &d) == 0;
+      started[3] = imc_grpc_upstream_groups_vtbl()->members(L.up, "g1",
+                                                            on_listed, &m) == 0;
       link_pump();
       test_clock_advance(&R.tc, 10000); /* the upstream's deadline */
       imc_grpc_client_on_timeout(R.c);
@@ -1640,11 +1859,13 @@ START_TEST(test_link_nomem) {
       ck_assert_int_eq(a.n, started[0]);
       ck_assert_int_eq(b.n, started[1]);
       ck_assert_int_eq(d.n, started[2]);
+      ck_assert_int_eq(m.n, started[3]);
       if (R.tm.count <= k) {
         finished = 1;
         ck_assert_int_eq(a.status, 0);
         ck_assert_int_eq(b.status, IMC_ERR_FORBIDDEN);
         ck_assert_int_eq(d.status, 0);
+        ck_assert_int_eq(m.status, 0);
       }
     }
     link_free();
@@ -1688,6 +1909,8 @@ static Suite *grpc_suite(void) {
   tcase_add_test(tc_link, test_router_groups);
   tcase_add_test(tc_link, test_upstream_reports);
   tcase_add_test(tc_link, test_upstream_lost);
+  tcase_add_test(tc_link, test_upstream_spread);
+  tcase_add_test(tc_link, test_upstream_groups);
   tcase_add_test(tc_link, test_gwlink_client);
   tcase_add_test(tc_link, test_gateway_service);
   suite_add_tcase(s, tc_link);

@@ -49,6 +49,7 @@ const struct option imchatd_long_opts[] = {
     {"max-connections", required_argument, NULL, O_MAX_CONNECTIONS},
     {"max-connections-per-ip", required_argument, NULL,
      O_MAX_CONNECTIONS_PER_IP},
+    {"lease-ttl", required_argument, NULL, O_LEASE_TTL},
     {"grpc-listen", required_argument, NULL, O_GRPC_LISTEN},
     {"grpc-advertise", required_argument, NULL, O_GRPC_ADVERTISE},
     {"http-listen", required_argument, NULL, O_HTTP_LISTEN},
@@ -280,6 +281,7 @@ int imchatd_apply(imchatd_config *cfg, int id, const char *v, char *why,
   case O_ACK_TIMEOUT:
   case O_HEARTBEAT:
   case O_IDLE_TIMEOUT:
+  case O_LEASE_TTL:
     if (parse_uint(v, 1, MAX_SECONDS, &x) < 0) {
       snprintf(why, cap, "'%s' is not a number of seconds from 1 to %u", v,
                MAX_SECONDS);
@@ -287,6 +289,7 @@ int imchatd_apply(imchatd_config *cfg, int id, const char *v, char *why,
     }
     *(id == O_ACK_TIMEOUT ? &cfg->ack_timeout_s
       : id == O_HEARTBEAT ? &cfg->heartbeat_s
+      : id == O_LEASE_TTL ? &cfg->lease_ttl_s
                           : &cfg->idle_timeout_s) = (uint32_t)x;
     return 0;
   case O_RATE_LIMIT:
@@ -455,6 +458,7 @@ static void defaults(imchatd_config *cfg, imchatd_role role) {
   cfg->ack_timeout_s = 10;
   cfg->heartbeat_s = 30;
   cfg->idle_timeout_s = 90;
+  cfg->lease_ttl_s = 90;
   cfg->rate_limit = 100;
   cfg->rate_burst = 200;
   cfg->user_rate_limit = 200;
@@ -594,6 +598,13 @@ int imchatd_config_load(imchatd_config *cfg, imchatd_role role, int argc,
     return IMCHATD_EXIT_USAGE;
   if (role != IMCHATD_ROLE_SERVER && mysql_env(cfg, err, errcap) < 0)
     return IMCHATD_EXIT_FAIL;
+  if (cfg->lease_ttl_s <= cfg->heartbeat_s) {
+    snprintf(err, errcap,
+             "--lease-ttl (%u s) must be longer than --heartbeat (%u s), "
+             "which renews the lease",
+             cfg->lease_ttl_s, cfg->heartbeat_s);
+    return IMCHATD_EXIT_USAGE;
+  }
   /* Every gateway of a cluster verifies the same tokens: no secret of its
    * own. */
   if (role == IMCHATD_ROLE_GATEWAY && cfg->mode == IMCHATD_SERVE &&

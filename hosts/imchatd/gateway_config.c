@@ -138,6 +138,9 @@ int hgateway_config(const imchatd_config *cfg, hloop *loop,
        (rv = hconfig_check(
             imc_gateway_options_set_heartbeat_ms(opt, cfg->heartbeat_s * 1000),
             "--heartbeat")) != 0 ||
+       (rv = hconfig_check(
+            imc_gateway_options_set_lease_ttl_s(opt, cfg->lease_ttl_s),
+            "--lease-ttl")) != 0 ||
        (rv = hconfig_check(imc_gateway_options_set_idle_timeout_ms(
                                opt, cfg->idle_timeout_s * 1000),
                            "--idle-timeout")) != 0 ||

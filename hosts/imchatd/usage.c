@@ -48,6 +48,8 @@ static const char usage_text[] =
     "  --ack-timeout SECONDS   wait for a DeliverAck before the slow path\n"
     "                          (default 10)\n"
     "  --heartbeat SECONDS     server ping and lease renewal (default 30)\n"
+    "  --lease-ttl SECONDS     registry lease of the node, renewed every\n"
+    "                          heartbeat (default 90)\n"
     "  --idle-timeout SECONDS  close after this long without a frame\n"
     "                          (default 90)\n"
     "  --rate-limit N          sends per second per connection (default 100)\n"

@@ -13,7 +13,8 @@
  * imc_api_handler_vtbl(), api). What it serves comes through interfaces,
  * so a gateway process whose router runs elsewhere can serve it too: a
  * store (pages), group membership (imc_groups_vtbl; the in-process router
- * offers imc_api_router_groups) and sources of metrics and readiness
+ * offers imc_api_router_groups, routers over gRPC
+ * imc_grpc_upstream_groups_vtbl) and sources of metrics and readiness
  * (imc_metrics_source_vtbl; imc_api_gateway_source, _router_source and
  * _worker_source adapt the in-process objects). Their calls complete later
  * through the host's event loop; the api keeps no global state, never
@@ -86,6 +87,24 @@ IMC_EXTERN int imc_metrics_sample(imc_metrics *m, const char *name,
                                   uint64_t value);
 
 /*
+ * Writes the whole histogram family name: its HELP and TYPE lines, then
+ * name_bucket{le="b"} with the cumulative count for each bound b of
+ * bounds[0..n) and for le="+Inf", name_sum and name_count. counts holds
+ * n + 1 counts that are not cumulative: counts[i] the observations above
+ * bounds[i - 1] up to bounds[i], counts[n] those above bounds[n - 1].
+ * Bounds (strictly ascending) and sum are fixed-point numbers with
+ * decimals (0..9) decimal places, written exactly whatever the locale:
+ * with decimals 3 a bound of 25 is written 0.025, so milliseconds are
+ * exported as the seconds Prometheus expects. Returns 0;
+ * IMC_ERR_INVALID_ARGUMENT (m, name or counts NULL, bounds NULL with n > 0;
+ * a bad name; bounds not ascending; decimals > 9); IMC_ERR_NOMEM.
+ */
+IMC_EXTERN int imc_metrics_histogram(imc_metrics *m, const char *name,
+                                     const char *help, const uint64_t *bounds,
+                                     size_t n, const uint64_t *counts,
+                                     uint64_t sum, unsigned decimals);
+
+/*
  * A source of /metrics and /readyz. Versioned: members are only
  * appended; those past struct_size are absent.
  */
@@ -112,8 +131,9 @@ typedef struct imc_metrics_source {
 
 /*
  * In-process sources; each ud is the object named. The gateway exports
- * its connection, frame and push counters and the Error frames sent by
- * code, and is not ready while shutting down ("gateway":"shutting
+ * its connection, frame and push counters, the Error frames sent by code
+ * and the push-to-ACK latency (imchat_gateway_ack_latency_seconds, a
+ * histogram), and is not ready while shutting down ("gateway":"shutting
  * down"); the router exports its send, routing and status counters; the
  * worker exports its batch counters and imchat_worker_healthy, and is not
  * ready while failing ("worker":"failing"). Never NULL.

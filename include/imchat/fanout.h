@@ -13,7 +13,11 @@ extern "C" {
  * per gateway node so that every node sees every record) and pushes each
  * group message to the members connected to its gateway. Members come
  * from the store, cached for cache_ms. Each batch is committed when it is
- * pushed, at the highest offset of every partition it holds.
+ * pushed, at the highest offset of every partition it holds. Messages
+ * sent more than 60 s before the fan-out was first started are skipped
+ * (committed, not pushed): the connections they were for are not on this
+ * gateway, so a node that starts a new consumer group (a new node id) does
+ * not replay what the topic still holds.
  */
 typedef struct imc_fanout imc_fanout;
 

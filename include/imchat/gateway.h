@@ -519,6 +519,24 @@ typedef enum imc_gateway_stat {
 IMC_EXTERN uint64_t imc_gateway_stat_get(const imc_gateway *gw,
                                          imc_gateway_stat stat);
 
+/* Bounds of the ACK latency histogram (its buckets: one more). */
+#define IMC_GW_ACK_BOUNDS 13
+
+/*
+ * The latency of the pushes ACKed so far: from the push (for a group
+ * message, from the start of its fan-out here) to the DeliverAck that
+ * matched it, in milliseconds of the gateway's clock. Sets *bounds_ms to
+ * the IMC_GW_ACK_BOUNDS ascending upper bounds of the buckets (1 ms to
+ * 10 s; static), *counts to the IMC_GW_ACK_BOUNDS + 1 counts by bucket,
+ * not cumulative (the last: above 10 s; they live as long as gw and grow
+ * with each ACK) and *sum_ms to the sum of the latencies. Returns
+ * IMC_GW_ACK_BOUNDS, or 0 (nothing set) if an argument is NULL.
+ */
+IMC_EXTERN size_t imc_gateway_ack_latency(const imc_gateway *gw,
+                                          const uint64_t **bounds_ms,
+                                          const uint64_t **counts,
+                                          uint64_t *sum_ms);
+
 /*
  * Error frames sent with the imchat.v1.Error code (1..9), or 0 for
  * another code.

@@ -179,6 +179,15 @@ IMC_EXTERN void *imc_grpc_conn_get_user_data(const imc_grpc_conn *c);
  */
 IMC_EXTERN int imc_grpc_server_flush(imc_grpc_server *s);
 
+/*
+ * Graceful shutdown: every connection gets GOAWAY (NO_ERROR, naming the
+ * last call it took), so its client makes new calls elsewhere; the calls
+ * taken go on and are answered, and each connection is closed at the
+ * flush after its last one. Connections made later are not affected:
+ * stop accepting first. Returns 0 or IMC_ERR_INVALID_ARGUMENT.
+ */
+IMC_EXTERN int imc_grpc_server_shutdown(imc_grpc_server *s);
+
 /* Milliseconds until the next deadline (0: due now), or -1 for none. */
 IMC_EXTERN int64_t imc_grpc_server_next_timeout_ms(imc_grpc_server *s);
 

@@ -39,15 +39,21 @@ static void put_escaped(imc_wbuf *b, const char *s, int quote) {
   }
 }
 
+/* The HELP and TYPE lines of a family. */
+static void put_family(imc_wbuf *b, const char *name, const char *type,
+                       const char *help) {
+  imc_wbuf_printf(b, "# HELP %s ", name);
+  put_escaped(b, help ? help : "", 0);
+  imc_wbuf_printf(b, "\n# TYPE %s %s\n", name, type);
+}
+
 int imc_metrics_family(imc_metrics *m, const char *name, imc_metric_type type,
                        const char *help) {
   if (m == NULL || !name_ok(name, 1) ||
       (type != IMC_METRIC_COUNTER && type != IMC_METRIC_GAUGE))
     return IMC_ERR_INVALID_ARGUMENT;
-  imc_wbuf_printf(&m->b, "# HELP %s ", name);
-  put_escaped(&m->b, help ? help : "", 0);
-  imc_wbuf_printf(&m->b, "\n# TYPE %s %s\n", name,
-                  type == IMC_METRIC_COUNTER ? "counter" : "gauge");
+  put_family(&m->b, name, type == IMC_METRIC_COUNTER ? "counter" : "gauge",
+             help);
   return m->b.err != 0 ? IMC_ERR_NOMEM : 0;
 }
 
@@ -63,6 +69,49 @@ int imc_metrics_sample(imc_metrics *m, const char *name, const char *label,
     imc_wbuf_puts(&m->b, "\"}");
   }
   imc_wbuf_printf(&m->b, " %" PRIu64 "\n", value);
+  return m->b.err != 0 ? IMC_ERR_NOMEM : 0;
+}
+
+/* Appends v / 10^decimals in decimal, without trailing zeros: integer
+ * arithmetic, so neither rounding nor the locale's decimal point. */
+static void put_fixed(imc_wbuf *b, uint64_t v, unsigned decimals) {
+  uint64_t den = 1;
+  for (unsigned i = 0; i < decimals; i++)
+    den *= 10;
+  imc_wbuf_printf(b, "%" PRIu64, v / den);
+  uint64_t frac = v % den;
+  if (frac == 0)
+    return;
+  int digits = (int)decimals;
+  for (; frac % 10 == 0; frac /= 10)
+    digits--;
+  imc_wbuf_printf(b, ".%0*" PRIu64, digits, frac);
+}
+
+int imc_metrics_histogram(imc_metrics *m, const char *name, const char *help,
+                          const uint64_t *bounds, size_t n,
+                          const uint64_t *counts, uint64_t sum,
+                          unsigned decimals) {
+  if (m == NULL || !name_ok(name, 1) || counts == NULL ||
+      (bounds == NULL && n > 0) || decimals > 9)
+    return IMC_ERR_INVALID_ARGUMENT;
+  for (size_t i = 1; i < n; i++)
+    if (bounds[i] <= bounds[i - 1])
+      return IMC_ERR_INVALID_ARGUMENT;
+  put_family(&m->b, name, "histogram", help);
+  uint64_t total = 0;
+  for (size_t i = 0; i <= n; i++) {
+    total += counts[i];
+    imc_wbuf_printf(&m->b, "%s_bucket{le=\"", name);
+    if (i < n)
+      put_fixed(&m->b, bounds[i], decimals);
+    else
+      imc_wbuf_puts(&m->b, "+Inf");
+    imc_wbuf_printf(&m->b, "\"} %" PRIu64 "\n", total);
+  }
+  imc_wbuf_printf(&m->b, "%s_sum ", name);
+  put_fixed(&m->b, sum, decimals);
+  imc_wbuf_printf(&m->b, "\n%s_count %" PRIu64 "\n", name, total);
   return m->b.err != 0 ? IMC_ERR_NOMEM : 0;
 }
 

@@ -168,6 +168,13 @@ static int gw_collect(void *ud, imc_metrics *m) {
     rv = imc_metrics_sample(m, "imchat_gateway_errors_total", "code",
                             error_codes[code],
                             imc_gateway_errors_sent(gw, code));
+  const uint64_t *bounds, *counts;
+  uint64_t sum;
+  size_t n = imc_gateway_ack_latency(gw, &bounds, &counts, &sum);
+  if (rv == 0) /* milliseconds, written as seconds */
+    rv = imc_metrics_histogram(m, "imchat_gateway_ack_latency_seconds",
+                               "Time from a push to its DeliverAck.", bounds, n,
+                               counts, sum, 3);
   return rv;
 }
 

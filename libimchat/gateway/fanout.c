@@ -24,6 +24,10 @@
 
 #define DEFAULT_TOPIC "group_msg"
 #define BATCH_MAX 128
+/* Messages sent this long before the fan-out started are not pushed:
+ * the connections they were for are gone. The slack covers clocks that
+ * differ between hosts. */
+#define STALE_SLACK_MS 60000
 
 /* The highest offset of one partition in the batch. */
 typedef struct cpoint {
@@ -44,6 +48,7 @@ struct imc_fanout {
   char consumer[IMC_BUS_NAME_CAP];
   int group_set; /* consumer set by imc_fanout_set_group() */
   int running;
+  int64_t started_wall_ms; /* when imc_fanout_start() first ran */
   size_t pending;
   /* The batch in hand: decoded messages, worked through in order, and
    * the highest offset of each of its partitions (cps and msgs are one
@@ -173,7 +178,8 @@ static void polled(void *ud, int status, const imc_bus_record *recs, size_t n) {
             : imchat__v1__message__unpack(&f->pba, recs[i].value_len,
                                           recs[i].value);
     if (pm && pm->group_id[0] &&
-        imc_id_valid(pm->group_id, strlen(pm->group_id)))
+        imc_id_valid(pm->group_id, strlen(pm->group_id)) &&
+        pm->sent_at_ms >= f->started_wall_ms - STALE_SLACK_MS)
       f->msgs[i] = pm;
     else if (pm)
       imchat__v1__message__free_unpacked(pm, &f->pba);
@@ -270,6 +276,8 @@ int imc_fanout_start(imc_fanout *f) {
     return IMC_ERR_INVALID_ARGUMENT;
   if (f->running)
     return 0;
+  if (f->started_wall_ms == 0)
+    f->started_wall_ms = f->clock.wall_ms(f->clock.ud);
   set_consumer(f);
   f->running = 1;
   poll_next(f);

@@ -175,6 +175,9 @@ static int on_send(imc_conn *c, Imchat__V1__ClientFrame *f) {
  */
 static void on_deliver_ack(imc_conn *c, const Imchat__V1__DeliverAck *a) {
   imc_gateway *gw = c->gw;
+  /* A push's deadline is its time plus ack_ms, so its latency is
+   * now_ack - deadline: the record needs no field of its own. */
+  int64_t now_ack = now_ms(gw) + gw->o.ack_ms;
   for (size_t i = 0; i < a->n_msg_ids; i++) {
     push *h = c->ifl_head;
     if (h && strcmp(h->sm->msg.msg_id, a->msg_ids[i]) == 0) {
@@ -183,6 +186,7 @@ static void on_deliver_ack(imc_conn *c, const Imchat__V1__DeliverAck *a) {
         c->ifl_tail = NULL;
       h->next = NULL;
       stat_inc(gw, IMC_GW_STAT_ACKS);
+      gw_ack_latency_add(gw, now_ack - h->deadline);
       gw_report(gw, h, REP_DELIVERED);
       continue;
     }
@@ -197,6 +201,7 @@ static void on_deliver_ack(imc_conn *c, const Imchat__V1__DeliverAck *a) {
         c->ifl_tail = prev;
       p->next = NULL;
       stat_inc(gw, IMC_GW_STAT_ACKS);
+      gw_ack_latency_add(gw, now_ack - p->deadline);
       gw_report(gw, p, REP_DELIVERED);
       break;
     }

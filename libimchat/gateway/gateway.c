@@ -208,3 +208,27 @@ uint64_t imc_gateway_stat_get(const imc_gateway *gw, imc_gateway_stat stat) {
     return 0;
   return gw->stats[stat];
 }
+
+/* Upper bounds (ms) of the ACK latency buckets. */
+static const uint64_t ack_bounds_ms[IMC_GW_ACK_BOUNDS] = {
+    1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000};
+
+void gw_ack_latency_add(imc_gateway *gw, int64_t ms) {
+  uint64_t v = ms > 0 ? (uint64_t)ms : 0;
+  size_t i = 0;
+  while (i < IMC_GW_ACK_BOUNDS && v > ack_bounds_ms[i])
+    i++;
+  gw->ack_counts[i]++;
+  gw->ack_sum_ms += v;
+}
+
+size_t imc_gateway_ack_latency(const imc_gateway *gw,
+                               const uint64_t **bounds_ms,
+                               const uint64_t **counts, uint64_t *sum_ms) {
+  if (gw == NULL || bounds_ms == NULL || counts == NULL || sum_ms == NULL)
+    return 0;
+  *bounds_ms = ack_bounds_ms;
+  *counts = gw->ack_counts;
+  *sum_ms = gw->ack_sum_ms;
+  return IMC_GW_ACK_BOUNDS;
+}

@@ -298,6 +298,8 @@ struct imc_gateway {
   imc_conn *resumeq_head, *resumeq_tail;
   gw_fanjob *fanjobs, *fanjobs_tail; /* group pushes still to do */
   uint64_t stats[IMC_GW_STAT_COUNT_];
+  uint64_t ack_counts[IMC_GW_ACK_BOUNDS + 1]; /* ACK latency by bucket */
+  uint64_t ack_sum_ms;
   uint64_t errors[10]; /* Error frames by code */
   ProtobufCAllocator pba;
   struct wslay_event_callbacks wscb;
@@ -318,6 +320,9 @@ static inline int64_t now_ms(imc_gateway *gw) {
 static inline void stat_inc(imc_gateway *gw, imc_gateway_stat s) {
   gw->stats[s]++;
 }
+
+/* gateway.c: a push was ACKed ms after it went out (latency histogram). */
+void gw_ack_latency_add(imc_gateway *gw, int64_t ms);
 
 /* users.c: the user index */
 /* The record of user id, or NULL if it has no connection here. */

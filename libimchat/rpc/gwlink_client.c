@@ -1,7 +1,8 @@
 /*
  * imc_gwlink_vtbl on imc_grpc_clients, one per gateway node: each
  * operation packs its imchat.v1.Gateway request and completes from the
- * call's completion.
+ * call's completion. With a connect callback, calls for a node without a
+ * client wait, packed, until the host connects it or gives it up.
  */
 #include "rpc/rpc_int.h"
 
@@ -15,9 +16,24 @@
 #define GATEWAY_DELIVER "/imchat.v1.Gateway/Deliver"
 #define GATEWAY_STATUS "/imchat.v1.Gateway/DeliveryStatus"
 
+/* Calls a node waits with for its connection. */
+#define MAX_WAITING 1024
+
+/* A packed call waiting for its node's client. */
+typedef struct wcall {
+  struct wcall *next;
+  const char *method;
+  imc_grpc_done_cb done;
+  void *done_ud;
+  size_t len;
+  uint8_t req[];
+} wcall;
+
 typedef struct node {
   char *id;
   imc_grpc_client *client;
+  wcall *head, *tail; /* waiting, oldest first */
+  size_t n_waiting;
 } node;
 
 struct imc_grpc_gwlink {
@@ -51,12 +67,27 @@ int imc_grpc_gwlink_new(imc_grpc_gwlink **out, const imc_mem *mem) {
   return 0;
 }
 
+/* Completes the calls n waits with: error, or UNAVAILABLE. */
+static void fail_waiting(imc_grpc_gwlink *l, node *n, int error) {
+  wcall *w = n->head;
+  n->head = n->tail = NULL;
+  n->n_waiting = 0;
+  while (w) {
+    wcall *next = w->next;
+    w->done(w->done_ud, imc_grpc_status_from_error(error), error, "", NULL, 0);
+    imc_free(&l->mem, w);
+    w = next;
+  }
+}
+
 void imc_grpc_gwlink_del(imc_grpc_gwlink *l) {
   if (l == NULL)
     return;
   imc_mem m = l->mem;
-  for (size_t i = 0; i < l->n_nodes; i++)
+  for (size_t i = 0; i < l->n_nodes; i++) {
+    fail_waiting(l, &l->nodes[i], IMC_ERR_CLOSED);
     imc_free(&m, l->nodes[i].id);
+  }
   imc_free(&m, l->nodes);
   imc_free(&m, l);
 }
@@ -68,29 +99,73 @@ static node *find(imc_grpc_gwlink *l, const char *id) {
   return NULL;
 }
 
+static node *add(imc_grpc_gwlink *l, const char *id) {
+  if (l->n_nodes == l->cap_nodes) {
+    size_t cap = l->cap_nodes ? l->cap_nodes * 2 : 8;
+    node *t = imc_realloc(&l->mem, l->nodes, cap * sizeof(*t));
+    if (t == NULL)
+      return NULL;
+    l->nodes = t;
+    l->cap_nodes = cap;
+  }
+  char *dup = imc_strdup(&l->mem, id);
+  if (dup == NULL)
+    return NULL;
+  node *n = &l->nodes[l->n_nodes++];
+  memset(n, 0, sizeof(*n));
+  n->id = dup;
+  return n;
+}
+
+/* Hands n's waiting calls to its new client, in order. The list is
+ * detached first: a completion may start calls of its own. */
+static void start_waiting(imc_grpc_gwlink *l, const char *node_id) {
+  node *n = find(l, node_id);
+  wcall *w = n->head;
+  imc_grpc_client *c = n->client;
+  n->head = n->tail = NULL;
+  n->n_waiting = 0;
+  while (w) {
+    wcall *next = w->next;
+    int rv = imc_grpc_client_call(c, w->method, w->req, w->len, l->deadline_ms,
+                                  w->done, w->done_ud);
+    if (rv < 0)
+      w->done(w->done_ud, imc_grpc_status_from_error(rv), rv, "", NULL, 0);
+    imc_free(&l->mem, w);
+    w = next;
+  }
+}
+
 int imc_grpc_gwlink_set_client(imc_grpc_gwlink *l, const char *node_id,
                                imc_grpc_client *client) {
   if (l == NULL || node_id == NULL || !imc_id_valid(node_id, strlen(node_id)))
     return IMC_ERR_INVALID_ARGUMENT;
   node *n = find(l, node_id);
-  if (n != NULL && client != NULL) {
-    n->client = client;
-  } else if (n != NULL) {
+  if (n == NULL && client == NULL)
+    return 0;
+  if (n == NULL && (n = add(l, node_id)) == NULL)
+    return IMC_ERR_NOMEM;
+  n->client = client;
+  if (client != NULL && n->head != NULL)
+    start_waiting(l, node_id);
+  else if (client == NULL && n->head == NULL) {
     imc_free(&l->mem, n->id);
     *n = l->nodes[--l->n_nodes];
-  } else if (client != NULL) {
-    if (l->n_nodes == l->cap_nodes) {
-      size_t cap = l->cap_nodes ? l->cap_nodes * 2 : 8;
-      node *t = imc_realloc(&l->mem, l->nodes, cap * sizeof(*t));
-      if (t == NULL)
-        return IMC_ERR_NOMEM;
-      l->nodes = t;
-      l->cap_nodes = cap;
-    }
-    char *id = imc_strdup(&l->mem, node_id);
-    if (id == NULL)
-      return IMC_ERR_NOMEM;
-    l->nodes[l->n_nodes++] = (node){id, client};
+  }
+  return 0;
+}
+
+int imc_grpc_gwlink_fail(imc_grpc_gwlink *l, const char *node_id, int error) {
+  if (l == NULL || node_id == NULL || error >= 0)
+    return IMC_ERR_INVALID_ARGUMENT;
+  node *n = find(l, node_id);
+  if (n == NULL)
+    return 0;
+  fail_waiting(l, n, error);
+  n = find(l, node_id); /* completions may have changed the list */
+  if (n != NULL && n->client == NULL && n->head == NULL) {
+    imc_free(&l->mem, n->id);
+    *n = l->nodes[--l->n_nodes];
   }
   return 0;
 }
@@ -111,17 +186,54 @@ int imc_grpc_gwlink_set_deadline_ms(imc_grpc_gwlink *l, int64_t ms) {
   return 0;
 }
 
+/* pm packed, waiting in n for a client. */
+static int wait_for_client(imc_grpc_gwlink *l, node *n, const char *method,
+                           const ProtobufCMessage *pm, op *o,
+                           imc_grpc_done_cb done) {
+  if (n->n_waiting >= MAX_WAITING)
+    return IMC_ERR_UNAVAILABLE;
+  size_t len = protobuf_c_message_get_packed_size(pm);
+  wcall *w = imc_malloc(&l->mem, sizeof(*w) + len);
+  if (w == NULL)
+    return IMC_ERR_NOMEM;
+  protobuf_c_message_pack(pm, w->req);
+  w->next = NULL;
+  w->method = method;
+  w->done = done;
+  w->done_ud = o;
+  w->len = len;
+  if (n->tail)
+    n->tail->next = w;
+  else
+    n->head = w;
+  n->tail = w;
+  n->n_waiting++;
+  return 0;
+}
+
 /* Calls method on node_id's client with pm; o goes with the call, or is
- * freed. */
+ * freed. Without a usable client the call waits for one if the host
+ * connects nodes (the connect callback is told), else fails. */
 static int start(imc_grpc_gwlink *l, const char *node_id, const char *method,
                  const ProtobufCMessage *pm, op *o, imc_grpc_done_cb done) {
   node *n = find(l, node_id);
   imc_grpc_client *c = n ? n->client : NULL;
-  int rv = rpc_pb_call(c, &l->mem, method, pm, l->deadline_ms, done, o);
+  int rv;
+  if (c != NULL && imc_grpc_client_usable(c)) {
+    rv = rpc_pb_call(c, &l->mem, method, pm, l->deadline_ms, done, o);
+  } else if (l->connect == NULL) {
+    rv = IMC_ERR_UNAVAILABLE;
+  } else if (n == NULL && (n = add(l, node_id)) == NULL) {
+    rv = IMC_ERR_NOMEM;
+  } else {
+    int first = n->head == NULL;
+    rv = wait_for_client(l, n, method, pm, o, done);
+    if (rv == 0 && first)
+      l->connect(l->connect_ud, node_id);
+    return rv;
+  }
   if (rv < 0)
     imc_free(&l->mem, o);
-  if (rv == IMC_ERR_UNAVAILABLE && l->connect)
-    l->connect(l->connect_ud, node_id);
   return rv;
 }
 

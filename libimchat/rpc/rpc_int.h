@@ -20,8 +20,9 @@
  *                     messages, trailers, completion of calls
  *   pbglue.c          protobuf glue of the imchat.v1 services: a packed
  *                     message as a call, RoutedMessage <-> imc_msg
- *   upstream_client.c imc_upstream_vtbl as imchat.v1.Router calls on a
- *                     client (the gateway's side of the link)
+ *   upstream_client.c imc_upstream_vtbl and imc_groups_vtbl as
+ *                     imchat.v1.Router calls, round-robin over clients
+ *                     (the gateway's side of the link)
  *   router_service.c  imchat.v1.Router on a server, answered by an
  *                     imc_router (the router's side)
  *   gwlink_client.c   imc_gwlink_vtbl as imchat.v1.Gateway calls on a

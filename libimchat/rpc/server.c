@@ -275,6 +275,18 @@ int imc_grpc_server_flush(imc_grpc_server *s) {
   return closed;
 }
 
+int imc_grpc_server_shutdown(imc_grpc_server *s) {
+  if (s == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  for (imc_grpc_conn *c = s->conns; c; c = c->next) {
+    int32_t last = nghttp2_session_get_last_proc_stream_id(c->w.h2);
+    if (nghttp2_submit_goaway(c->w.h2, NGHTTP2_FLAG_NONE, last,
+                              NGHTTP2_NO_ERROR, NULL, 0) != 0)
+      c->broken = 1;
+  }
+  return 0;
+}
+
 int64_t imc_grpc_server_next_timeout_ms(imc_grpc_server *s) {
   imc_timer *t = s ? imc_theap_top(&s->timers) : NULL;
   if (t == NULL)

@@ -1,6 +1,7 @@
 /*
- * imc_upstream_vtbl on an imc_grpc_client: each operation packs its
- * imchat.v1.Router request and completes from the call's completion.
+ * imc_upstream_vtbl and imc_groups_vtbl on imc_grpc_clients: each
+ * operation packs its imchat.v1.Router request for the next usable client
+ * (round-robin) and completes from the call's completion.
  */
 #include "rpc/rpc_int.h"
 
@@ -8,13 +9,20 @@
 
 #include "protocol/pb.h"
 
+#include <string.h>
+
 #define ROUTER_SEND "/imchat.v1.Router/Send"
 #define ROUTER_DELIVERED "/imchat.v1.Router/Delivered"
 #define ROUTER_UNDELIVERED "/imchat.v1.Router/Undelivered"
+#define ROUTER_GROUP_ADD "/imchat.v1.Router/GroupAdd"
+#define ROUTER_GROUP_REMOVE "/imchat.v1.Router/GroupRemove"
+#define ROUTER_GROUP_MEMBERS "/imchat.v1.Router/GroupMembers"
 
 struct imc_grpc_upstream {
   imc_mem mem;
-  imc_grpc_client *client;
+  imc_grpc_client **clients; /* borrowed */
+  size_t n_clients, cap_clients;
+  size_t next; /* where the search for the next usable client starts */
   int64_t deadline_ms;
 };
 
@@ -23,6 +31,7 @@ typedef struct op {
   imc_mem mem;
   imc_send_cb send_done;
   imc_done_cb done;
+  imc_list_cb list_done;
   void *done_ud;
 } op;
 
@@ -43,14 +52,51 @@ int imc_grpc_upstream_new(imc_grpc_upstream **out, const imc_mem *mem) {
 void imc_grpc_upstream_del(imc_grpc_upstream *u) {
   if (u) {
     imc_mem m = u->mem;
+    imc_free(&m, u->clients);
     imc_free(&m, u);
   }
 }
 
-void imc_grpc_upstream_set_client(imc_grpc_upstream *u,
-                                  imc_grpc_client *client) {
-  if (u)
-    u->client = client;
+/* The index of c among u's clients, or n_clients. */
+static size_t find(const imc_grpc_upstream *u, const imc_grpc_client *c) {
+  size_t i = 0;
+  while (i < u->n_clients && u->clients[i] != c)
+    i++;
+  return i;
+}
+
+int imc_grpc_upstream_add_client(imc_grpc_upstream *u, imc_grpc_client *c) {
+  if (u == NULL || c == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  if (find(u, c) < u->n_clients)
+    return IMC_ERR_EXISTS;
+  if (u->n_clients == u->cap_clients) {
+    size_t cap = u->cap_clients ? 2 * u->cap_clients : 4;
+    imc_grpc_client **a =
+        imc_realloc(&u->mem, u->clients, cap * sizeof(*u->clients));
+    if (a == NULL)
+      return IMC_ERR_NOMEM;
+    u->clients = a;
+    u->cap_clients = cap;
+  }
+  u->clients[u->n_clients++] = c;
+  return 0;
+}
+
+void imc_grpc_upstream_remove_client(imc_grpc_upstream *u, imc_grpc_client *c) {
+  if (u == NULL)
+    return;
+  size_t i = find(u, c);
+  if (i == u->n_clients)
+    return;
+  /* Keep the order, and the turn of the client that was next. */
+  memmove(&u->clients[i], &u->clients[i + 1],
+          (u->n_clients - i - 1) * sizeof(*u->clients));
+  u->n_clients--;
+  if (i < u->next)
+    u->next--;
+  if (u->next >= u->n_clients)
+    u->next = 0;
 }
 
 int imc_grpc_upstream_set_deadline_ms(imc_grpc_upstream *u, int64_t ms) {
@@ -60,10 +106,27 @@ int imc_grpc_upstream_set_deadline_ms(imc_grpc_upstream *u, int64_t ms) {
   return 0;
 }
 
-/* Calls method with pm; o goes with the call, or is freed. */
+/* The next usable client after the last one used, or NULL. */
+static imc_grpc_client *pick(imc_grpc_upstream *u) {
+  for (size_t k = 0; k < u->n_clients; k++) {
+    size_t i = (u->next + k) % u->n_clients;
+    if (imc_grpc_client_usable(u->clients[i])) {
+      u->next = (i + 1) % u->n_clients;
+      return u->clients[i];
+    }
+  }
+  return NULL;
+}
+
+/*
+ * Calls method with pm on the next usable client; o goes with the call,
+ * or is freed. A failed call is not tried again on another client: its
+ * caller retries (a client resends with the same client_msg_id, which the
+ * router's dedup answers).
+ */
 static int start(imc_grpc_upstream *u, const char *method,
                  const ProtobufCMessage *pm, op *o, imc_grpc_done_cb done) {
-  int rv = rpc_pb_call(u->client, &u->mem, method, pm, u->deadline_ms, done, o);
+  int rv = rpc_pb_call(pick(u), &u->mem, method, pm, u->deadline_ms, done, o);
   if (rv < 0)
     imc_free(&u->mem, o);
   return rv;
@@ -211,4 +274,76 @@ static const imc_upstream_vtbl vtbl = {.struct_size = sizeof(imc_upstream_vtbl),
 
 const imc_upstream_vtbl *imc_grpc_upstream_vtbl(void) {
   return &vtbl;
+}
+
+static int group_change(imc_grpc_upstream *u, const char *method,
+                        const char *group_id, const char *user_id,
+                        imc_done_cb done, void *done_ud) {
+  if (group_id == NULL || user_id == NULL || done == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  op *o = op_new(u, done_ud);
+  if (o == NULL)
+    return IMC_ERR_NOMEM;
+  o->done = done;
+  Imchat__V1__GroupMemberRequest rq = IMCHAT__V1__GROUP_MEMBER_REQUEST__INIT;
+  rq.group_id = (char *)group_id;
+  rq.user_id = (char *)user_id;
+  return start(u, method, &rq.base, o, report_done);
+}
+
+static int gr_add(void *ud, const char *group_id, const char *user_id,
+                  imc_done_cb done, void *done_ud) {
+  return group_change(ud, ROUTER_GROUP_ADD, group_id, user_id, done, done_ud);
+}
+
+static int gr_remove(void *ud, const char *group_id, const char *user_id,
+                     imc_done_cb done, void *done_ud) {
+  return group_change(ud, ROUTER_GROUP_REMOVE, group_id, user_id, done,
+                      done_ud);
+}
+
+static void members_done(void *ud, int status, int error, const char *message,
+                         const uint8_t *resp, size_t len) {
+  op *o = ud;
+  if (status != IMC_GRPC_OK) {
+    o->list_done(o->done_ud, error, NULL, 0);
+    op_free(o);
+    return;
+  }
+  ProtobufCAllocator a;
+  imc_pb_allocator(&a, &o->mem);
+  Imchat__V1__GroupMembersReply *rep =
+      imchat__v1__group_members_reply__unpack(&a, len, resp);
+  if (rep == NULL) {
+    o->list_done(o->done_ud, IMC_ERR_UNAVAILABLE, NULL, 0);
+  } else {
+    o->list_done(o->done_ud, 0, (const char *const *)rep->user_ids,
+                 rep->n_user_ids);
+    imchat__v1__group_members_reply__free_unpacked(rep, &a);
+  }
+  op_free(o);
+}
+
+static int gr_members(void *ud, const char *group_id, imc_list_cb done,
+                      void *done_ud) {
+  imc_grpc_upstream *u = ud;
+  if (group_id == NULL || done == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  op *o = op_new(u, done_ud);
+  if (o == NULL)
+    return IMC_ERR_NOMEM;
+  o->list_done = done;
+  Imchat__V1__GroupRequest rq = IMCHAT__V1__GROUP_REQUEST__INIT;
+  rq.group_id = (char *)group_id;
+  return start(u, ROUTER_GROUP_MEMBERS, &rq.base, o, members_done);
+}
+
+static const imc_groups_vtbl groups_vtbl = {.struct_size =
+                                                sizeof(imc_groups_vtbl),
+                                            .add = gr_add,
+                                            .remove = gr_remove,
+                                            .members = gr_members};
+
+const imc_groups_vtbl *imc_grpc_upstream_groups_vtbl(void) {
+  return &groups_vtbl;
 }

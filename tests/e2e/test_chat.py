@@ -1423,6 +1423,17 @@ class TestMetrics(ChatTest):
             prom_value(text, "imchat_gateway_pushes_total"), 1)
         self.assertGreaterEqual(
             prom_value(text, "imchat_gateway_acks_total"), 1)
+        # Every ACK is in the latency histogram (on loopback, within 10 s).
+        acks = prom_value(text, "imchat_gateway_acks_total")
+        self.assertRegex(text, r"(?m)^# TYPE imchat_gateway_ack_latency_seconds"
+                               r" histogram$")
+        self.assertEqual(prom_value(
+            text, "imchat_gateway_ack_latency_seconds_count"), acks)
+        self.assertEqual(prom_value(
+            text, "imchat_gateway_ack_latency_seconds_bucket", 'le="10"'), acks)
+        self.assertEqual(prom_value(
+            text, "imchat_gateway_ack_latency_seconds_bucket", 'le="+Inf"'),
+            acks)
         self.assertGreaterEqual(
             prom_value(text, "imchat_router_routed_total", 'path="fast"'), 1)
         self.assertGreaterEqual(

@@ -1,0 +1,853 @@
+/*
+ * gRPC server and client sockets on hloop (see grpc_net.h).
+ */
+#include "grpc_net.h"
+
+#include "log.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define READ_BUF 65536
+/* Reads per readiness callback: the watches are level-triggered, so the
+ * rest comes next turn and one busy connection cannot starve the others. */
+#define READS_PER_EVENT 4
+#define LISTEN_BACKLOG 1024
+#define ACCEPT_PAUSE_MS 100
+#define ACCEPT_LOG_EVERY_MS 10000
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define CONNECT_TIMEOUT_MS 5000
+#define KEEPALIVE_IDLE_S 30
+#define KEEPALIVE_INTERVAL_S 10
+#define KEEPALIVE_COUNT 3
+#define USER_TIMEOUT_MS 60000
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The earlier of two timeouts, where -1 means none. */
+static int64_t tmin(int64_t a, int64_t b) {
+  if (a < 0)
+    return b;
+  if (b < 0)
+    return a;
+  return a < b ? a : b;
+}
+
+static int64_t until(int64_t deadline) {
+  int64_t d = deadline - now_ms();
+  return d > 0 ? d : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* A connected socket with its watch                                    */
+/* ------------------------------------------------------------------ */
+
+typedef struct sock {
+  hloop *l;
+  int fd; /* -1 once closed */
+  hloop_watch *w;
+  int out_armed;   /* a write came back short: EPOLLOUT until it drains */
+  int pause_reads; /* ... and no reads meanwhile (a server's connections) */
+} sock;
+
+static uint32_t sock_events(const sock *k) {
+  if (!k->out_armed)
+    return EPOLLIN;
+  return k->pause_reads ? EPOLLOUT : EPOLLIN | EPOLLOUT;
+}
+
+/* The transport's send: bytes written, or IMC_ERR_WOULDBLOCK (no syscall
+ * while EPOLLOUT is armed), or IMC_ERR_IO / IMC_ERR_CLOSED. */
+static ssize_t sock_send(sock *k, const struct iovec *iov, int iovcnt) {
+  if (k->fd < 0)
+    return IMC_ERR_CLOSED;
+  if (k->out_armed)
+    return IMC_ERR_WOULDBLOCK;
+  struct msghdr mh;
+  memset(&mh, 0, sizeof(mh));
+  mh.msg_iov = (struct iovec *)iov;
+  mh.msg_iovlen = (size_t)iovcnt;
+  size_t want = 0;
+  for (int i = 0; i < iovcnt; i++)
+    want += iov[i].iov_len;
+  ssize_t n;
+  do
+    n = sendmsg(k->fd, &mh, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+    return IMC_ERR_IO;
+  if (n >= 0 && (size_t)n == want)
+    return n;
+  k->out_armed = 1;
+  if (hloop_watch_set(k->l, k->w, sock_events(k)) < 0)
+    return IMC_ERR_IO;
+  return n < 0 ? IMC_ERR_WOULDBLOCK : n;
+}
+
+/* EPOLLOUT came: back to reading only. */
+static void sock_drained(sock *k) {
+  k->out_armed = 0;
+  hloop_watch_set(k->l, k->w, sock_events(k));
+}
+
+static void sock_close(sock *k) {
+  if (k->fd < 0)
+    return;
+  if (k->w)
+    hloop_watch_del(k->l, k->w); /* before close: the fd may be reused */
+  k->w = NULL;
+  close(k->fd);
+  k->fd = -1;
+}
+
+/* > 0 bytes read, 0 at EOF, -EAGAIN for nothing now, or -errno. */
+static ssize_t sock_read(sock *k, uint8_t *buf, size_t cap) {
+  ssize_t n;
+  do
+    n = read(k->fd, buf, cap);
+  while (n < 0 && errno == EINTR);
+  if (n >= 0)
+    return n;
+  return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+}
+
+/*
+ * No Nagle delay for small frames. Keepalive and a user timeout: a peer
+ * that vanished without a FIN or RST (a host down, a partition) is
+ * noticed within about a minute, idle or not, instead of never.
+ */
+static void tune_socket(int fd) {
+  static const struct {
+    int level, name, value;
+  } opts[] = {
+      {IPPROTO_TCP, TCP_NODELAY, 1},
+      {SOL_SOCKET, SO_KEEPALIVE, 1},
+      {IPPROTO_TCP, TCP_KEEPIDLE, KEEPALIVE_IDLE_S},
+      {IPPROTO_TCP, TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S},
+      {IPPROTO_TCP, TCP_KEEPCNT, KEEPALIVE_COUNT},
+      {IPPROTO_TCP, TCP_USER_TIMEOUT, USER_TIMEOUT_MS},
+  };
+  for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++)
+    setsockopt(fd, opts[i].level, opts[i].name, &opts[i].value, sizeof(int));
+}
+
+static void format_addr(const struct sockaddr *sa, socklen_t len, char *out,
+                        size_t cap) {
+  char h[NI_MAXHOST], s[NI_MAXSERV];
+  if (cap == 0)
+    return;
+  if (getnameinfo(sa, len, h, sizeof(h), s, sizeof(s),
+                  NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+    snprintf(out, cap, "?");
+    return;
+  }
+  snprintf(out, cap, sa->sa_family == AF_INET6 ? "[%s]:%s" : "%s:%s", h, s);
+}
+
+/* ------------------------------------------------------------------ */
+/* The server                                                           */
+/* ------------------------------------------------------------------ */
+
+typedef struct sconn {
+  sock k;
+  hgrpc_server *s;
+  imc_grpc_conn *c;
+  int busy; /* inside its event callback: a close there defers the free */
+  int dead; /* closed while busy */
+  struct sconn *prev, *next;
+} sconn;
+
+struct hgrpc_server {
+  hloop *l;
+  imc_grpc_server *srv;
+  int lfd; /* -1 once closed */
+  hloop_watch *lw;
+  int accept_paused;
+  int64_t accept_resume_at;
+  int64_t accept_logged_at;
+  sconn *conns;
+  int dirty;              /* input or connections since the last flush */
+  size_t flushed_pending; /* imc_grpc_server_pending() after that flush */
+  uint8_t buf[READ_BUF];
+};
+
+/* Closes sc's socket and forgets it; freed now, or by its callback. */
+static void sconn_drop(sconn *sc) {
+  hgrpc_server *s = sc->s;
+  sock_close(&sc->k);
+  if (sc->prev)
+    sc->prev->next = sc->next;
+  else
+    s->conns = sc->next;
+  if (sc->next)
+    sc->next->prev = sc->prev;
+  if (sc->busy)
+    sc->dead = 1;
+  else
+    free(sc);
+}
+
+static ssize_t srv_send(void *ud, void *conn_ud, const struct iovec *iov,
+                        int iovcnt) {
+  (void)ud;
+  return sock_send(&((sconn *)conn_ud)->k, iov, iovcnt);
+}
+
+static void srv_close(void *ud, void *conn_ud) {
+  (void)ud;
+  sconn_drop(conn_ud);
+}
+
+static const imc_transport_vtbl srv_transport = {
+    .struct_size = sizeof(imc_transport_vtbl),
+    .send = srv_send,
+    .close = srv_close,
+};
+
+static void sconn_read(sconn *sc) {
+  hgrpc_server *s = sc->s;
+  for (int i = 0; i < READS_PER_EVENT && !sc->dead; i++) {
+    ssize_t n = sock_read(&sc->k, s->buf, sizeof(s->buf));
+    if (n == -EAGAIN)
+      return;
+    if (n <= 0) {
+      imc_grpc_conn_closed(sc->c);
+      sconn_drop(sc);
+      return;
+    }
+    if (imc_grpc_conn_recv(sc->c, s->buf, (size_t)n) < 0)
+      return; /* the transport's close dropped it */
+    if (sc->k.out_armed)
+      return; /* the client is not reading: neither do we */
+  }
+}
+
+static void sconn_event(void *ud, int fd, uint32_t ev) {
+  sconn *sc = ud;
+  (void)fd;
+  sc->s->dirty = 1;
+  sc->busy = 1;
+  if ((ev & EPOLLOUT) && sc->k.out_armed) {
+    sock_drained(&sc->k);
+    imc_grpc_conn_writable(sc->c);
+  }
+  if (!sc->dead && (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+    sconn_read(sc);
+  sc->busy = 0;
+  if (sc->dead)
+    free(sc);
+}
+
+static void sconn_open(hgrpc_server *s, int fd) {
+  sconn *sc = calloc(1, sizeof(*sc));
+  if (sc == NULL) {
+    close(fd);
+    return;
+  }
+  sc->s = s;
+  sc->k.l = s->l;
+  sc->k.fd = fd;
+  sc->k.pause_reads = 1;
+  tune_socket(fd);
+  if (hloop_watch_add(s->l, fd, EPOLLIN, sconn_event, sc, &sc->k.w) < 0) {
+    close(fd);
+    free(sc);
+    return;
+  }
+  if (imc_grpc_conn_new(s->srv, &sc->c, sc) < 0) {
+    sock_close(&sc->k);
+    free(sc);
+    return;
+  }
+  sc->next = s->conns;
+  if (sc->next)
+    sc->next->prev = sc;
+  s->conns = sc;
+  s->dirty = 1; /* the server's SETTINGS */
+}
+
+/* Out of fds (or memory): a level-triggered listener would wake us at
+ * once, forever. Stop watching it for a moment instead. */
+static void pause_accept(hgrpc_server *s, int err) {
+  int64_t now = now_ms();
+  if (now - s->accept_logged_at >= ACCEPT_LOG_EVERY_MS) {
+    hlog_warn("grpc accept: %s; pausing accepts for %d ms", strerror(err),
+              ACCEPT_PAUSE_MS);
+    s->accept_logged_at = now;
+  }
+  hloop_watch_set(s->l, s->lw, 0);
+  s->accept_paused = 1;
+  s->accept_resume_at = now + ACCEPT_PAUSE_MS;
+}
+
+static void on_accept(void *ud, int fd, uint32_t ev) {
+  hgrpc_server *s = ud;
+  (void)ev;
+  while (s->lfd >= 0 && !s->accept_paused) {
+    int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (cfd >= 0) {
+      sconn_open(s, cfd);
+      continue;
+    }
+    switch (errno) {
+    case EAGAIN:
+#if EWOULDBLOCK != EAGAIN
+    case EWOULDBLOCK:
+#endif
+      return;
+    case EINTR:
+    case ECONNABORTED:
+    case EPROTO:
+    case EPERM:
+      continue;
+    default: /* EMFILE, ENFILE, ENOBUFS, ENOMEM */
+      pause_accept(s, errno);
+      return;
+    }
+  }
+}
+
+/*
+ * The hook. Output appears at three places: our own callbacks (dirty),
+ * deadlines, and handlers answering from elsewhere (another hook, a
+ * component's fd callback): those lower the pending count, so a count
+ * below the one at the last flush means answers are waiting.
+ */
+static int64_t srv_next(void *ud) {
+  hgrpc_server *s = ud;
+  if (s->dirty || imc_grpc_server_pending(s->srv) != s->flushed_pending)
+    return 0;
+  int64_t t = imc_grpc_server_next_timeout_ms(s->srv);
+  if (s->accept_paused)
+    t = tmin(t, until(s->accept_resume_at));
+  return t;
+}
+
+static void srv_run(void *ud) {
+  hgrpc_server *s = ud;
+  if (imc_grpc_server_next_timeout_ms(s->srv) == 0)
+    imc_grpc_server_on_timeout(s->srv);
+  if (s->accept_paused && now_ms() >= s->accept_resume_at) {
+    s->accept_paused = 0;
+    if (s->lw)
+      hloop_watch_set(s->l, s->lw, EPOLLIN);
+  }
+  imc_grpc_server_flush(s->srv);
+  s->dirty = 0;
+  s->flushed_pending = imc_grpc_server_pending(s->srv);
+}
+
+/* A non-blocking listening socket on addr. Returns the fd or -errno. */
+static int listen_on(const char *addr, char *bound, size_t boundcap) {
+  char host[256], portstr[8];
+  uint16_t port;
+  const char *why;
+  if (hloop_split_addr(addr, host, sizeof(host), &port, &why) < 0) {
+    hlog_error("grpc listen %s: %s", addr, why);
+    return -EINVAL;
+  }
+  snprintf(portstr, sizeof(portstr), "%u", (unsigned)port);
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  int gai = getaddrinfo(host[0] ? host : "0.0.0.0", portstr, &hints, &res);
+  if (gai != 0) {
+    hlog_error("grpc listen %s: %s", addr, gai_strerror(gai));
+    return -EINVAL;
+  }
+  int fd = -1, err = EADDRNOTAVAIL;
+  for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                ai->ai_protocol);
+    if (fd < 0) {
+      err = errno;
+      continue;
+    }
+    int one = 1;
+    /* Restart while old connections sit in TIME_WAIT. */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
+        listen(fd, LISTEN_BACKLOG) == 0)
+      break;
+    err = errno;
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(res);
+  if (fd < 0) {
+    hlog_error("grpc listen %s: %s", addr, strerror(err));
+    return -err;
+  }
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof(ss);
+  if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
+    format_addr((struct sockaddr *)&ss, sl, bound, boundcap);
+  else if (boundcap)
+    snprintf(bound, boundcap, "%s", addr);
+  return fd;
+}
+
+int hgrpc_server_new(hgrpc_server **out, hloop *l, imc_grpc_server_options *opt,
+                     const char *listen_addr, char *bound, size_t boundcap) {
+  if (out == NULL || l == NULL || opt == NULL || listen_addr == NULL ||
+      (bound == NULL && boundcap > 0))
+    return -EINVAL;
+  *out = NULL;
+  hgrpc_server *s = calloc(1, sizeof(*s));
+  if (s == NULL)
+    return -ENOMEM;
+  s->l = l;
+  s->lfd = -1;
+  int rv = imc_grpc_server_options_set_transport(opt, &srv_transport, s);
+  if (rv == 0)
+    rv = imc_grpc_server_new(&s->srv, opt, NULL);
+  if (rv < 0) {
+    free(s);
+    return rv == IMC_ERR_NOMEM ? -ENOMEM : -EINVAL;
+  }
+  rv = listen_on(listen_addr, bound, boundcap);
+  if (rv >= 0) {
+    s->lfd = rv;
+    rv = hloop_watch_add(l, s->lfd, EPOLLIN, on_accept, s, &s->lw);
+  }
+  if (rv >= 0)
+    rv = hloop_add_hook(l, srv_next, srv_run, s);
+  if (rv < 0) {
+    hgrpc_server_stop_accepting(s);
+    imc_grpc_server_del(s->srv);
+    free(s);
+    return rv;
+  }
+  *out = s;
+  return 0;
+}
+
+imc_grpc_server *hgrpc_server_get(hgrpc_server *s) {
+  return s->srv;
+}
+
+void hgrpc_server_stop_accepting(hgrpc_server *s) {
+  if (s->lfd < 0)
+    return;
+  if (s->lw)
+    hloop_watch_del(s->l, s->lw);
+  s->lw = NULL;
+  close(s->lfd);
+  s->lfd = -1;
+  s->accept_paused = 0;
+}
+
+void hgrpc_server_shutdown(hgrpc_server *s) {
+  hgrpc_server_stop_accepting(s);
+  imc_grpc_server_shutdown(s->srv);
+  s->dirty = 1; /* the GOAWAYs */
+}
+
+size_t hgrpc_server_pending(const hgrpc_server *s) {
+  return imc_grpc_server_pending(s->srv);
+}
+
+void hgrpc_server_del(hgrpc_server *s) {
+  if (s == NULL)
+    return;
+  hgrpc_server_stop_accepting(s);
+  while (s->conns) {
+    sconn *sc = s->conns;
+    imc_grpc_conn_closed(sc->c);
+    sconn_drop(sc);
+  }
+  imc_grpc_server_del(s->srv);
+  hloop_del_hook(s->l, srv_run, s);
+  free(s);
+}
+
+/* ------------------------------------------------------------------ */
+/* The peer                                                             */
+/* ------------------------------------------------------------------ */
+
+typedef struct pconn {
+  sock k;
+  hgrpc_peer *p;
+  imc_grpc_client *c; /* NULL while connecting */
+  int64_t connect_deadline;
+  struct pconn *next; /* on p->draining */
+} pconn;
+
+struct hgrpc_peer {
+  hloop *l;
+  char *addr;
+  struct sockaddr_storage sa;
+  socklen_t salen;
+  imc_grpc_client_options *copt;
+  hgrpc_client_fn on_client;
+  void *ud;
+  pconn *cur;       /* connecting or connected; NULL: waiting to retry */
+  int given;        /* cur's client went to on_client */
+  pconn *draining;  /* given up on, finishing their calls in flight */
+  int64_t retry_at; /* while cur is NULL */
+  int64_t backoff_ms;
+  int outage_logged; /* the current outage has its log line */
+  unsigned long attempts;
+  int dirty;              /* input or a new client since the last flush */
+  size_t flushed_pending; /* cur's pending calls after that flush */
+  uint8_t buf[READ_BUF];
+};
+
+static ssize_t peer_send(void *ud, void *conn_ud, const struct iovec *iov,
+                         int iovcnt) {
+  (void)ud;
+  return sock_send(&((pconn *)conn_ud)->k, iov, iovcnt);
+}
+
+/* Only the socket: the client is deleted once the library call that
+ * closed it has returned (pconn_check). */
+static void peer_close(void *ud, void *conn_ud) {
+  (void)ud;
+  sock_close(&((pconn *)conn_ud)->k);
+}
+
+static const imc_transport_vtbl peer_transport = {
+    .struct_size = sizeof(imc_transport_vtbl),
+    .send = peer_send,
+    .close = peer_close,
+};
+
+static void pconn_free(pconn *pc) {
+  sock_close(&pc->k);
+  imc_grpc_client_del(pc->c);
+  free(pc);
+}
+
+static void unlink_draining(hgrpc_peer *p, pconn *pc) {
+  for (pconn **pp = &p->draining; *pp; pp = &(*pp)->next) {
+    if (*pp == pc) {
+      *pp = pc->next;
+      return;
+    }
+  }
+}
+
+static void schedule_retry(hgrpc_peer *p) {
+  p->retry_at = now_ms() + p->backoff_ms;
+  p->backoff_ms =
+      p->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : p->backoff_ms * 2;
+}
+
+/* cur stops taking calls: the owner lets go of its client, and a new
+ * connection follows after the backoff. */
+static void peer_release(hgrpc_peer *p, const char *why) {
+  int given = p->given;
+  p->cur = NULL;
+  p->given = 0;
+  schedule_retry(p);
+  if (given) {
+    hlog_warn("grpc peer %s: %s", p->addr, why);
+    p->outage_logged = 1;
+    p->on_client(p->ud, NULL);
+  }
+}
+
+static void peer_connect_failed(hgrpc_peer *p, const char *why) {
+  pconn *pc = p->cur;
+  p->cur = NULL;
+  if (pc)
+    pconn_free(pc);
+  if (!p->outage_logged) {
+    hlog_warn("grpc peer %s: cannot connect: %s; retrying", p->addr, why);
+    p->outage_logged = 1;
+  }
+  schedule_retry(p);
+}
+
+/* The connection is gone: its calls end UNAVAILABLE, the client goes. */
+static void pconn_lost(pconn *pc, const char *why) {
+  hgrpc_peer *p = pc->p;
+  if (pc == p->cur)
+    peer_release(p, why);
+  else
+    unlink_draining(p, pc);
+  sock_close(&pc->k);
+  imc_grpc_client_closed(pc->c);
+  pconn_free(pc);
+}
+
+/*
+ * After a library call on pc's client returned rv: a lost connection
+ * goes, a client that stopped taking calls (GOAWAY) drains, a drained
+ * one goes. Returns 1 when pc is freed.
+ */
+static int pconn_check(pconn *pc, int rv) {
+  hgrpc_peer *p = pc->p;
+  if (rv < 0 || pc->k.fd < 0) {
+    pconn_lost(pc, "connection lost");
+    return 1;
+  }
+  if (pc == p->cur) {
+    if (imc_grpc_client_usable(pc->c))
+      return 0;
+    peer_release(p, "the server is going away (GOAWAY)");
+    pc->next = p->draining;
+    p->draining = pc;
+  }
+  if (imc_grpc_client_pending(pc->c) > 0)
+    return 0;
+  unlink_draining(p, pc);
+  pconn_free(pc);
+  return 1;
+}
+
+/* cur's connect completed (EPOLLOUT): check it, make the client. */
+static void peer_connected(hgrpc_peer *p, pconn *pc) {
+  int err = 0;
+  socklen_t len = sizeof(err);
+  if (getsockopt(pc->k.fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+    err = errno;
+  if (err != 0) {
+    peer_connect_failed(p, strerror(err));
+    return;
+  }
+  if (imc_grpc_client_new(&pc->c, p->copt, NULL) < 0) {
+    peer_connect_failed(p, "out of memory");
+    return;
+  }
+  imc_grpc_client_set_user_data(pc->c, pc);
+  if (hloop_watch_set(p->l, pc->k.w, sock_events(&pc->k)) < 0) {
+    peer_connect_failed(p, strerror(errno));
+    return;
+  }
+  p->backoff_ms = BACKOFF_MIN_MS;
+  p->outage_logged = 0;
+  p->given = 1;
+  p->dirty = 1; /* the connection preface */
+  hlog_info("grpc peer %s: connected", p->addr);
+  p->on_client(p->ud, pc->c);
+}
+
+static void pconn_event(void *ud, int fd, uint32_t ev) {
+  pconn *pc = ud;
+  hgrpc_peer *p = pc->p;
+  (void)fd;
+  p->dirty = 1;
+  if (pc->c == NULL) {
+    peer_connected(p, pc);
+    return;
+  }
+  if ((ev & EPOLLOUT) && pc->k.out_armed) {
+    sock_drained(&pc->k);
+    if (pconn_check(pc, imc_grpc_client_flush(pc->c)))
+      return;
+  }
+  if (!(ev & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+    return;
+  for (int i = 0; i < READS_PER_EVENT; i++) {
+    ssize_t n = sock_read(&pc->k, p->buf, sizeof(p->buf));
+    if (n == -EAGAIN)
+      return;
+    if (n <= 0) {
+      pconn_lost(pc, n == 0 ? "connection closed by the server"
+                            : strerror((int)-n));
+      return;
+    }
+    if (pconn_check(pc, imc_grpc_client_recv(pc->c, p->buf, (size_t)n)))
+      return;
+  }
+}
+
+static void peer_connect(hgrpc_peer *p) {
+  p->attempts++;
+  pconn *pc = calloc(1, sizeof(*pc));
+  if (pc == NULL) {
+    peer_connect_failed(p, "out of memory");
+    return;
+  }
+  pc->p = p;
+  pc->k.l = p->l;
+  pc->k.fd =
+      socket(p->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  p->cur = pc;
+  if (pc->k.fd < 0) {
+    peer_connect_failed(p, strerror(errno));
+    return;
+  }
+  tune_socket(pc->k.fd);
+  /* Connected or not, the socket reports the outcome as EPOLLOUT. */
+  if (connect(pc->k.fd, (struct sockaddr *)&p->sa, p->salen) < 0 &&
+      errno != EINPROGRESS) {
+    peer_connect_failed(p, strerror(errno));
+    return;
+  }
+  int rv = hloop_watch_add(p->l, pc->k.fd, EPOLLOUT, pconn_event, pc, &pc->k.w);
+  if (rv < 0) {
+    peer_connect_failed(p, strerror(-rv));
+    return;
+  }
+  pc->connect_deadline = now_ms() + CONNECT_TIMEOUT_MS;
+}
+
+/* The hook, as the server's: calls started from elsewhere raise cur's
+ * pending count (only our own callbacks complete calls). */
+static int64_t peer_next(void *ud) {
+  hgrpc_peer *p = ud;
+  pconn *pc = p->cur;
+  if (p->dirty ||
+      (pc && pc->c && imc_grpc_client_pending(pc->c) != p->flushed_pending))
+    return 0;
+  int64_t t;
+  if (pc == NULL)
+    t = until(p->retry_at);
+  else if (pc->c == NULL)
+    t = until(pc->connect_deadline);
+  else
+    t = imc_grpc_client_next_timeout_ms(pc->c);
+  for (pconn *d = p->draining; d; d = d->next)
+    t = tmin(t, imc_grpc_client_next_timeout_ms(d->c));
+  return t;
+}
+
+/* Deadlines, then the flush (pc may be freed). */
+static void pconn_service(pconn *pc) {
+  if (imc_grpc_client_next_timeout_ms(pc->c) == 0)
+    imc_grpc_client_on_timeout(pc->c);
+  pconn_check(pc, imc_grpc_client_flush(pc->c));
+}
+
+static void peer_run(void *ud) {
+  hgrpc_peer *p = ud;
+  pconn *next;
+  for (pconn *d = p->draining; d; d = next) {
+    next = d->next;
+    pconn_service(d);
+  }
+  pconn *pc = p->cur;
+  if (pc == NULL) {
+    if (now_ms() >= p->retry_at)
+      peer_connect(p);
+  } else if (pc->c == NULL) {
+    if (now_ms() >= pc->connect_deadline)
+      peer_connect_failed(p, "timed out");
+  } else {
+    pconn_service(pc);
+  }
+  p->dirty = 0;
+  pc = p->cur;
+  p->flushed_pending = pc && pc->c ? imc_grpc_client_pending(pc->c) : 0;
+}
+
+/* addr's numeric address (or localhost) into p->sa. Returns 0 or -EINVAL
+ * with the reason logged. */
+static int peer_resolve(hgrpc_peer *p, const char *addr) {
+  char host[256], portstr[8];
+  uint16_t port;
+  const char *why;
+  if (hloop_split_addr(addr, host, sizeof(host), &port, &why) < 0) {
+    hlog_error("grpc peer %s: %s", addr, why);
+    return -EINVAL;
+  }
+  if (host[0] == '\0' || port == 0) {
+    hlog_error("grpc peer %s: expected an address and a port", addr);
+    return -EINVAL;
+  }
+  snprintf(portstr, sizeof(portstr), "%u", (unsigned)port);
+  struct addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  /* Numeric only: no name lookup may block the loop. */
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+  const char *h = strcmp(host, "localhost") == 0 ? "127.0.0.1" : host;
+  if (getaddrinfo(h, portstr, &hints, &res) != 0 || res == NULL ||
+      res->ai_addrlen > sizeof(p->sa)) {
+    if (res)
+      freeaddrinfo(res);
+    hlog_error("grpc peer %s: not a numeric address (or localhost)", addr);
+    return -EINVAL;
+  }
+  memcpy(&p->sa, res->ai_addr, res->ai_addrlen);
+  p->salen = res->ai_addrlen;
+  freeaddrinfo(res);
+  return 0;
+}
+
+int hgrpc_peer_new(hgrpc_peer **out, hloop *l, const char *addr,
+                   hgrpc_client_fn on_client, void *ud) {
+  if (out == NULL || l == NULL || addr == NULL || on_client == NULL)
+    return -EINVAL;
+  *out = NULL;
+  hgrpc_peer *p = calloc(1, sizeof(*p));
+  if (p == NULL)
+    return -ENOMEM;
+  p->l = l;
+  p->on_client = on_client;
+  p->ud = ud;
+  p->backoff_ms = BACKOFF_MIN_MS;
+  p->retry_at = now_ms(); /* the first connect: next turn */
+  int rv = peer_resolve(p, addr);
+  if (rv == 0) {
+    p->addr = strdup(addr);
+    rv = p->addr && imc_grpc_client_options_new(&p->copt, NULL) == 0 ? 0
+                                                                     : -ENOMEM;
+  }
+  if (rv == 0 &&
+      (imc_grpc_client_options_set_transport(p->copt, &peer_transport, p) < 0 ||
+       imc_grpc_client_options_set_authority(p->copt, addr) < 0 ||
+       imc_grpc_client_options_set_log(p->copt, hlog_imc_cb, NULL,
+                                       hlog_get_level()) < 0))
+    rv = -ENOMEM;
+  if (rv == 0)
+    rv = hloop_add_hook(l, peer_next, peer_run, p);
+  if (rv < 0) {
+    imc_grpc_client_options_del(p->copt);
+    free(p->addr);
+    free(p);
+    return rv;
+  }
+  *out = p;
+  return 0;
+}
+
+const char *hgrpc_peer_addr(const hgrpc_peer *p) {
+  return p->addr;
+}
+
+unsigned long hgrpc_peer_attempts(const hgrpc_peer *p) {
+  return p->attempts;
+}
+
+void hgrpc_peer_del(hgrpc_peer *p) {
+  if (p == NULL)
+    return;
+  pconn *pc = p->cur;
+  p->cur = NULL;
+  if (p->given) {
+    p->given = 0;
+    p->on_client(p->ud, NULL);
+  }
+  if (pc)
+    pconn_free(pc);
+  while (p->draining) {
+    pconn *d = p->draining;
+    p->draining = d->next;
+    pconn_free(d);
+  }
+  hloop_del_hook(p->l, peer_run, p);
+  imc_grpc_client_options_del(p->copt);
+  free(p->addr);
+  free(p);
+}
