@@ -119,19 +119,31 @@ def mysql_address(db):
 # etcd: what the registry holds
 # ---------------------------------------------------------------------------
 
-def etcd_keys(prefix):
-    """The keys of etcd (IMC_TEST_ETCD) under ETCD_PREFIX + prefix."""
+def etcd_range(prefix):
+    """{key: value} of etcd (IMC_TEST_ETCD) under ETCD_PREFIX + prefix."""
     key = (ETCD_PREFIX + prefix).encode()
     end = key[:-1] + bytes([key[-1] + 1])
     body = json.dumps({"key": base64.b64encode(key).decode(),
-                       "range_end": base64.b64encode(end).decode(),
-                       "keys_only": True}).encode()
+                       "range_end": base64.b64encode(end).decode()}).encode()
     req = urllib.request.Request(
         os.environ["IMC_TEST_ETCD"].split(",")[0] + "/v3/kv/range",
         data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=imctest.IO_TIMEOUT) as r:
         kvs = json.load(r).get("kvs", [])
-    return sorted(base64.b64decode(kv["key"]).decode() for kv in kvs)
+    return {base64.b64decode(kv["key"]).decode():
+            base64.b64decode(kv.get("value", "")).decode() for kv in kvs}
+
+
+def etcd_keys(prefix):
+    return sorted(etcd_range(prefix))
+
+
+def registered_on(user, device, node_id):
+    """Whether the registry names node_id for user/device (the value of
+    a connection's key is "<node>/<connection id>")."""
+    v = etcd_range("users/%s/%s" % (user, device)).get(
+        "%susers/%s/%s" % (ETCD_PREFIX, user, device), "")
+    return v.startswith(node_id + "/")
 
 
 # ---------------------------------------------------------------------------
@@ -236,17 +248,26 @@ class KafkaMock(Proc):
 
     STDOUT = subprocess.PIPE
 
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._out = b""
+        self.bootstrap = None
+
     @classmethod
     def new(cls, workdir):
         return cls([KAFKA_MOCK], "kafka_mock", None, workdir)
 
     def ready(self):
-        if select.select([self.proc.stdout], [], [], 0.5)[0]:
-            line = self.proc.stdout.readline().decode().strip()
+        fd = self.proc.stdout.fileno()
+        while select.select([fd], [], [], 0)[0]:
+            data = os.read(fd, 4096)
+            if not data:
+                break
+            self._out += data
+        for line in self._out.decode().splitlines():
             if re.fullmatch(r"127\.0\.0\.1:\d+(,127\.0\.0\.1:\d+)*", line):
                 self.bootstrap = line
                 return True
-            return line or "no bootstrap servers yet"
         return "no bootstrap servers yet"
 
 

@@ -91,7 +91,7 @@ class ClusterTest(ChatTest):
         finally:
             if bad() > before:  # what the processes said, to tell why
                 for p in self.cluster.procs():
-                    print(p.stderr_text(tail=40), file=sys.stderr)
+                    print(p.stderr_text(tail=100), file=sys.stderr)
 
     @property
     def gw(self):
@@ -102,9 +102,16 @@ class ClusterTest(ChatTest):
         return "%s-%s" % (name, self.cluster.tag)
 
     async def on(self, gw, user, device=None, stack=None):
-        """A client of user connected to gateway gw."""
+        """A client of user connected to gateway gw, once the registry
+        names gw for it: Welcome comes before the gateway's write to etcd,
+        and a message sent in between is stored rather than pushed."""
         c = await self.client(gw, user, device, stack=stack)
         self.assertEqual(c.welcome.node_id, gw.node_id, c.welcome)
+        deadline = time.monotonic() + imctest.IO_TIMEOUT
+        while not cluster.registered_on(user, c.device, gw.node_id):
+            self.assertLess(time.monotonic(), deadline,
+                            "%r not in etcd as on %s" % (c, gw.node_id))
+            await asyncio.sleep(0.05)
         return c
 
     async def delivered(self, sender, receiver, **send):
@@ -123,6 +130,21 @@ class ClusterTest(ChatTest):
         st = await sender.status(a.msg_id, timeout=timeout)
         self.assertEqual(st.state, pb().DeliveryStatus.STORED, st)
         return a
+
+    async def send_retrying(self, client, timeout, **send):
+        """send(); an UNAVAILABLE answer (a backend or a claim still
+        coming back) is retried with the same client_msg_id for up to
+        timeout seconds, as a client does. The SendAck."""
+        send.setdefault("cmid", "r-%d" % time.monotonic_ns())
+        deadline = time.monotonic() + timeout
+        while True:
+            r = await client.reply(await client.send(**send))
+            if r.WhichOneof("body") == "send_ack":
+                return r.send_ack
+            self.assertEqual(r.WhichOneof("body"), "error", r)
+            self.assertEqual(r.error.code, pb().Error.UNAVAILABLE, r)
+            self.assertLess(time.monotonic(), deadline, r)
+            await asyncio.sleep(0.5)
 
     def inbox(self, gw, user):
         return self.offline(gw, user, limit=1000)
@@ -320,14 +342,24 @@ class TestServiceKill(ClusterTest):
         ca = await self.on(self.gw[0], alice)
         cmids = ["k-%03d" % i for i in range(self.BURST)]
         fids = {}
-        for cmid in cmids:
-            fids[await ca.send(to=carol, body=cmid.encode(),
-                               cmid=cmid)] = cmid
-        # The worker's first batch is stored: kill -9 im-service while the
-        # rest is on its way.
+
+        async def send(some):
+            for cmid in some:
+                fids[await ca.send(to=carol, body=cmid.encode(),
+                                   cmid=cmid)] = cmid
+
+        # Once the worker stored a batch of the first half, the second half
+        # goes out, and im-service is killed (kill -9) when the first of
+        # those is acknowledged: some messages are stored, some
+        # acknowledged and on their way to the inbox, some in the router's
+        # hands, some not read yet.
+        await send(cmids[:self.BURST // 2])
         first = await ca.next(lambda f: f.WhichOneof("body") == "status",
                               "the first DeliveryStatus", timeout=SLOW)
         ca.buf.append(first)
+        second = len(fids) + 1
+        await send(cmids[self.BURST // 2:])
+        ca.buf.append(await ca.reply(second, timeout=SLOW))
         self.cluster.service.kill9()
         self.cluster.restart_service()
 
@@ -360,12 +392,16 @@ class TestServiceKill(ClusterTest):
             self.assertEqual(count[m], 1, (by_msg[m], p))
 
         # The client resends what has no status yet, with the same
-        # client_msg_id, until each is STORED.
+        # client_msg_id, until each is STORED. A claim the killed router
+        # left on a send it did not finish is honoured until it expires
+        # (the send is "still in progress": UNAVAILABLE, try again).
         pending = [c for c in cmids if c not in
                    {by_msg[m] for m in was_stored}]
         for cmid in pending:
-            a = await self.stored_send(ca, to=carol, body=cmid.encode(),
-                                       cmid=cmid, timeout=REBALANCE)
+            a = await self.send_retrying(ca, REBALANCE, to=carol,
+                                         body=cmid.encode(), cmid=cmid)
+            st = await ca.status(a.msg_id, timeout=REBALANCE)
+            self.assertTrue(stored(st), st)
             if cmid in acks:
                 self.assertEqual((a.msg_id, a.seq),
                                  (acks[cmid].msg_id, acks[cmid].seq), cmid)
@@ -405,21 +441,6 @@ class TestRedisRestart(ClusterTest):
         finally:
             cls.redis.stop()
 
-    async def send_retrying(self, client, **send):
-        """send(); an UNAVAILABLE answer (a backend still coming back) is
-        retried with the same client_msg_id, as a client does. The
-        SendAck."""
-        send.setdefault("cmid", "r-%d" % time.monotonic_ns())
-        deadline = time.monotonic() + imctest.IO_TIMEOUT
-        while True:
-            r = await client.reply(await client.send(**send))
-            if r.WhichOneof("body") == "send_ack":
-                return r.send_ack
-            self.assertEqual(r.WhichOneof("body"), "error", r)
-            self.assertEqual(r.error.code, pb().Error.UNAVAILABLE, r)
-            self.assertLess(time.monotonic(), deadline, r)
-            await asyncio.sleep(0.2)
-
     def redis_up(self):
         r = http(self.cluster.service.port, "GET", "/metrics")
         self.assertEqual(r.status, 200, r)
@@ -453,12 +474,13 @@ class TestRedisRestart(ClusterTest):
 
         after = []
         for i in range(3):
-            a = await self.send_retrying(ca, to=bob, body=b"after %d" % i)
+            a = await self.send_retrying(ca, SLOW, to=bob,
+                                         body=b"after %d" % i)
             m = await cb.deliver(a.msg_id)
             self.assertEqual(m.seq, a.seq)
             await cb.ack(m.msg_id)
             after.append(a.seq)
-        a = await self.send_retrying(ca, group=group, body=b"g after")
+        a = await self.send_retrying(ca, SLOW, group=group, body=b"g after")
         self.assertEqual((await cb.deliver(a.msg_id)).seq, a.seq)
         self.assertGreater(after[0], before[-1], after)
         self.assertEqual(after, sorted(set(after)), after)
