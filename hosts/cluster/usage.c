@@ -49,7 +49,7 @@ static const char gateway_text[] =
     "  --max-body, --ack-timeout, --heartbeat, --idle-timeout, --rate-limit,\n"
     "  --rate-burst, --user-rate-limit, --user-rate-burst, --max-devices,\n"
     "  --max-sends-per-conn, --max-sends, --allowed-origin,\n"
-    "  --max-connections, --max-connections-per-ip\n"
+    "  --max-connections, --max-connections-per-ip, --deflate\n"
     "                          as in imchatd (see imchatd --help)\n"
     "  --log-level LEVEL       error, warn, info or debug (default info)\n"
     "  -h, --help, -V, --version\n"

@@ -49,6 +49,7 @@ const struct option imchatd_long_opts[] = {
     {"max-connections", required_argument, NULL, O_MAX_CONNECTIONS},
     {"max-connections-per-ip", required_argument, NULL,
      O_MAX_CONNECTIONS_PER_IP},
+    {"deflate", required_argument, NULL, O_DEFLATE},
     {"lease-ttl", required_argument, NULL, O_LEASE_TTL},
     {"grpc-listen", required_argument, NULL, O_GRPC_LISTEN},
     {"grpc-advertise", required_argument, NULL, O_GRPC_ADVERTISE},
@@ -116,6 +117,8 @@ static unsigned opt_roles(int id) {
   case O_GRPC_ADVERTISE:
   case O_ROUTER:
     return R_GATEWAY;
+  case O_DEFLATE:
+    return R_SERVER | R_GATEWAY;
   case O_HTTP_LISTEN:
   case O_REDIS:
   case O_MIGRATE_ONLY:
@@ -362,6 +365,13 @@ int imchatd_apply(imchatd_config *cfg, int id, const char *v, char *why,
     *(id == O_MAX_CONNECTIONS ? &cfg->max_connections
                               : &cfg->max_connections_per_ip) = (uint32_t)x;
     return 0;
+  case O_DEFLATE:
+    if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0) {
+      snprintf(why, cap, "'%s' is not on or off", v);
+      return -1;
+    }
+    cfg->deflate = strcmp(v, "on") == 0;
+    return 0;
   case O_WEB_ROOT:
     return set_str(&cfg->web_root, v, why, cap);
   case O_DEV_LOGIN: /* a flag only: the INI file does not know it */
@@ -467,6 +477,7 @@ static void defaults(imchatd_config *cfg, imchatd_role role) {
   cfg->max_sends_per_conn = 64;
   cfg->max_sends = 8192;
   cfg->retention_days = 7;
+  cfg->deflate = 1;
 }
 
 /* --jwks-url goes with an HS256 secret, not with --jwt-public-key, whose

@@ -61,6 +61,7 @@ typedef struct imchatd_config {
   char **allowed_origins; /* --allowed-origin, repeatable */
   size_t n_allowed_origins;
   uint32_t max_connections, max_connections_per_ip; /* 0: no limit */
+  int deflate; /* --deflate on|off: permessage-deflate */
   imc_log_level log_level;
   int data_dir_flag; /* --data-dir was given, for the connect hint */
   char *web_root;    /* --web-root; NULL: the built or installed page */

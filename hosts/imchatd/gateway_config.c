@@ -161,6 +161,10 @@ int hgateway_config(const imchatd_config *cfg, hloop *loop,
     code = rv;
   if (code == 0)
     code = configure_admission(cfg, opt);
+  /* Pushes of 1 KiB or less go uncompressed (the library's default). */
+  if (code == 0)
+    code = hconfig_check(
+        imc_gateway_options_set_deflate(opt, cfg->deflate, 1024), "--deflate");
   if (code == 0)
     code = make_jwks(cfg, loop, opt, jwks);
   if (code == 0)
