@@ -20,6 +20,9 @@ static const char gateway_text[] =
     "                          [im-gateway] and [im-service]\n"
     "  --listen HOST:PORT      WebSocket and HTTP (default " DEFAULT_LISTEN
     ")\n"
+    "  --tls-cert FILE, --tls-key FILE, --tls-min-version 1.3|1.2\n"
+    "                          TLS on --listen, as in imchatd; SIGHUP\n"
+    "                          reads the two files again\n"
     "  --grpc-listen HOST:PORT gRPC for im-service "
     "(default " DEFAULT_GATEWAY_GRPC ")\n"
     "  --grpc-advertise HOST:PORT\n"
@@ -59,7 +62,8 @@ static const char gateway_text[] =
     "GET /metrics is Prometheus text.\n"
     "Exit status: 0 ok, 1 runtime failure, 2 bad options or files.\n"
     "Signals: SIGINT/SIGTERM drain (unacknowledged pushes go to the offline\n"
-    "path, clients are closed with 1001), a second one stops at once.\n";
+    "path, clients are closed with 1001), a second one stops at once;\n"
+    "SIGHUP reloads --tls-cert and --tls-key.\n";
 
 static const char service_text[] =
     "Usage: im-service [OPTIONS]\n"

@@ -74,6 +74,9 @@ enum {
   O_MYSQL,
   O_MYSQL_USER,
   O_MYSQL_PASSWORD,
+  O_TLS_CERT,
+  O_TLS_KEY,
+  O_TLS_MIN_VERSION,
   O_WEB_ROOT, /* the last key the INI file knows */
   O_DEV_LOGIN,
   O_MIGRATE_ONLY,
