@@ -14,6 +14,8 @@ IMC_DEB_PACKAGES=(
   libsqlite3-dev libinih-dev
   # gRPC between the roles (libimchat/rpc)
   libnghttp2-dev
+  # WebSocket permessage-deflate (libimchat/gateway/deflate.c)
+  zlib1g-dev
   # the imchat CLI's HTTP(S) pages, and etcd's JSON API in the engines
   libcurl4-openssl-dev
   # libimchat-engines (engines/): Redis, MariaDB, Kafka

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 #define SECRET "test-secret-0123456789"
 #define T0 1700000000000LL /* wall clock at start, ms */
@@ -395,21 +396,23 @@ static int read_http(char *head, size_t cap, char **body) {
 }
 
 typedef struct wsframe {
-  int fin, opcode;
+  int fin, opcode, rsv1;
   uint8_t payload[200000];
   size_t len;
 } wsframe;
 
 static wsframe F;
 
-/* Parses the next server frame; 0 if there is none yet. */
-static int next_ws(void) {
-  const uint8_t *p = H.m.sock.out + H.m.sock.pos;
-  size_t avail = H.m.sock.len - H.m.sock.pos;
+/* Parses the next server frame on sock; 0 if there is none yet. */
+static int next_ws_on(test_sock *sock) {
+  const uint8_t *p = sock->out + sock->pos;
+  size_t avail = sock->len - sock->pos;
   if (avail < 2)
     return 0;
   F.fin = p[0] >> 7;
   F.opcode = p[0] & 15;
+  F.rsv1 = (p[0] >> 6) & 1;
+  ck_assert_int_eq(p[0] & 0x30, 0); /* RSV2 and RSV3 are never set */
   ck_assert_int_eq(p[1] & 0x80, 0); /* servers never mask */
   size_t len = p[1] & 127, off = 2;
   if (len == 126) {
@@ -425,8 +428,13 @@ static int next_ws(void) {
     return 0;
   memcpy(F.payload, p + off, len);
   F.len = len;
-  H.m.sock.pos += off + len;
+  sock->pos += off + len;
   return 1;
+}
+
+/* The next frame on the harness's connection. */
+static int next_ws(void) {
+  return next_ws_on(&H.m.sock);
 }
 
 static int close_code(void) {
@@ -435,14 +443,29 @@ static int close_code(void) {
   return F.payload[0] << 8 | F.payload[1];
 }
 
-/* The next ServerFrame (skipping pings); caller frees. */
+/* permessage-deflate helpers, with its tests below. */
+static size_t zinflate(const uint8_t *in, size_t len, uint8_t *out, size_t cap,
+                       int bits);
+static size_t zdeflate(const void *in, size_t len, uint8_t *out, size_t cap);
+static const char *upgrade_req_ext(char *buf, size_t cap, const char *user,
+                                   const char *device, const char *ext);
+static uint8_t zbuf[200000];
+
+/* The next ServerFrame (skipping pings), inflated if it came compressed;
+ * caller frees. */
 static Imchat__V1__ServerFrame *next_sf(void) {
   while (next_ws()) {
     if (F.opcode == 9)
       continue;
     ck_assert_int_eq(F.opcode, 2);
+    const uint8_t *msg = F.payload;
+    size_t len = F.len;
+    if (F.rsv1) {
+      len = zinflate(F.payload, F.len, zbuf, sizeof(zbuf), 15);
+      msg = zbuf;
+    }
     Imchat__V1__ServerFrame *f =
-        imchat__v1__server_frame__unpack(NULL, F.len, F.payload);
+        imchat__v1__server_frame__unpack(NULL, len, msg);
     ck_assert_ptr_nonnull(f);
     return f;
   }
@@ -2901,13 +2924,16 @@ static int alloc_pass(test_mem *tm, mock *m, test_clock *tc) {
     rv = imc_gateway_options_set_registry(o, &registry, m);
   if (rv == 0)
     rv = imc_gateway_options_set_clock(o, &tc->clock);
+  if (rv == 0) /* every message compressed that gets smaller */
+    rv = imc_gateway_options_set_deflate(o, 1, 0);
   if (rv == 0)
     rv = imc_gateway_new(&gw, o, &tm->mem);
   if (rv == 0)
     rv = imc_gateway_conn_new(gw, &c, &m->sock);
   char req[2048];
   if (rv == 0) {
-    upgrade_req(req, sizeof(req), token_for("alice", "phone", 600));
+    upgrade_req_ext(req, sizeof(req), "alice", "phone",
+                    "Sec-WebSocket-Extensions: permessage-deflate\r\n");
     size_t half = strlen(req) / 2;
     rv = imc_gateway_conn_recv(gw, c, (const uint8_t *)req, half);
     if (rv == 0)
@@ -2923,6 +2949,12 @@ static int alloc_pass(test_mem *tm, mock *m, test_clock *tc) {
     size_t n = imchat__v1__client_frame__pack(&cf, pb);
     size_t fl = ws_frame(wbuf, 1, 2, 0, pb, n, 1);
     rv = imc_gateway_conn_recv(gw, c, wbuf, fl);
+    if (rv == 0) { /* and compressed */
+      uint8_t z[128];
+      n = zdeflate(pb, n, z, sizeof(z));
+      fl = ws_frame(wbuf, 1, 2, 4, z, n, 1);
+      rv = imc_gateway_conn_recv(gw, c, wbuf, fl);
+    }
   }
   if (rv == 0) {
     uint8_t pb[64];
@@ -3242,6 +3274,524 @@ START_TEST(flood_memory_bounded) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------ */
+/* permessage-deflate (RFC 7692)                                        */
+/* ------------------------------------------------------------------ */
+
+#define PMD "Sec-WebSocket-Extensions: "
+#define PMD_ANSWER                                                             \
+  PMD "permessage-deflate; server_no_context_takeover; "                       \
+      "client_no_context_takeover"
+
+static const uint8_t ZTAIL[4] = {0x00, 0x00, 0xff, 0xff};
+
+/* A sender's message (7.2.1): raw deflate, a sync flush (or the final
+ * block with finish), and the flush's 00 00 ff ff left out. */
+static size_t zdeflate_with(const void *in, size_t len, uint8_t *out,
+                            size_t cap, int finish) {
+  z_stream z;
+  memset(&z, 0, sizeof(z));
+  ck_assert_int_eq(deflateInit2(&z, 9, Z_DEFLATED, -15, 9, Z_DEFAULT_STRATEGY),
+                   Z_OK);
+  z.next_in = (Bytef *)in;
+  z.avail_in = (uInt)len;
+  z.next_out = out;
+  z.avail_out = (uInt)cap;
+  int rv = deflate(&z, finish ? Z_FINISH : Z_SYNC_FLUSH);
+  ck_assert_int_eq(rv, finish ? Z_STREAM_END : Z_OK);
+  ck_assert_uint_eq(z.avail_in, 0);
+  ck_assert_uint_gt(z.avail_out, 0);
+  size_t n = cap - z.avail_out;
+  deflateEnd(&z);
+  if (finish)
+    return n;
+  ck_assert_uint_ge(n, 4);
+  ck_assert_int_eq(memcmp(out + n - 4, ZTAIL, 4), 0);
+  return n - 4;
+}
+
+static size_t zdeflate(const void *in, size_t len, uint8_t *out, size_t cap) {
+  return zdeflate_with(in, len, out, cap, 0);
+}
+
+/* A receiver's side (7.2.2) with a window of bits: fails the test if the
+ * data needs a larger one. */
+static size_t zinflate(const uint8_t *in, size_t len, uint8_t *out, size_t cap,
+                       int bits) {
+  z_stream z;
+  memset(&z, 0, sizeof(z));
+  ck_assert_int_eq(inflateInit2(&z, -bits), Z_OK);
+  z.next_out = out;
+  z.avail_out = (uInt)cap;
+  for (int i = 0; i < 2; i++) {
+    z.next_in = (Bytef *)(i ? ZTAIL : in);
+    z.avail_in = (uInt)(i ? sizeof(ZTAIL) : len);
+    int rv = inflate(&z, Z_SYNC_FLUSH);
+    ck_assert_msg(rv == Z_OK || rv == Z_BUF_ERROR, "inflate: %d %s", rv,
+                  z.msg ? z.msg : "");
+    ck_assert_uint_eq(z.avail_in, 0);
+  }
+  ck_assert_uint_gt(z.avail_out, 0);
+  size_t n = cap - z.avail_out;
+  inflateEnd(&z);
+  return n;
+}
+
+/* An upgrade request for user/device with the header lines ext. */
+static const char *upgrade_req_ext(char *buf, size_t cap, const char *user,
+                                   const char *device, const char *ext) {
+  snprintf(buf, cap,
+           "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+           "Connection: Upgrade\r\n"
+           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           "Sec-WebSocket-Version: 13\r\n%s"
+           "Authorization: Bearer %s\r\n\r\n",
+           ext, token_for(user, device, 3600));
+  return buf;
+}
+
+/* Upgrades H.c as alice/d1 offering ext; the 101's head goes to head,
+ * the Welcome is read. */
+static void z_upgrade(const char *ext, char *head, size_t cap) {
+  char req[2048];
+  ck_assert_int_eq(
+      h_recv_str(upgrade_req_ext(req, sizeof(req), "alice", "d1", ext)), 0);
+  ck_assert_int_eq(read_http(head, cap, NULL), 101);
+  Imchat__V1__ServerFrame *f = next_sf();
+  ck_assert_ptr_nonnull(f);
+  ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_WELCOME);
+  imchat__v1__server_frame__free_unpacked(f, NULL);
+}
+
+/* H.c upgraded with the extension negotiated. */
+static void z_connect(void) {
+  char head[1024];
+  z_upgrade(PMD "permessage-deflate; client_max_window_bits\r\n", head,
+            sizeof(head));
+  ck_assert_ptr_nonnull(strstr(head, PMD_ANSWER "\r\n"));
+}
+
+/* A Ping ClientFrame, encoded. */
+static size_t ping_bytes(uint8_t *out, uint64_t id, int64_t t) {
+  Imchat__V1__Ping ping = IMCHAT__V1__PING__INIT;
+  ping.client_time_ms = t;
+  Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+  cf.id = id;
+  cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_PING;
+  cf.ping = &ping;
+  return imchat__v1__client_frame__pack(&cf, out);
+}
+
+static uint8_t zmsg[200000];
+
+/* Sends data as one compressed message (RSV1) with opcode. */
+static int send_z(int opcode, const void *data, size_t len) {
+  size_t n = zdeflate(data, len, zmsg, sizeof(zmsg));
+  return h_recv(wbuf, ws_frame(wbuf, 1, opcode, 4, zmsg, n, 1));
+}
+
+static const struct {
+  const char *offer;  /* header lines */
+  const char *answer; /* the 101's extension line; NULL: none */
+} z_offers[] = {
+    {PMD "permessage-deflate\r\n", PMD_ANSWER "\r\n"},
+    {PMD "permessage-deflate; client_max_window_bits\r\n", PMD_ANSWER "\r\n"},
+    {PMD "permessage-deflate; client_max_window_bits=9; "
+         "client_no_context_takeover; server_no_context_takeover\r\n",
+     PMD_ANSWER "\r\n"},
+    {PMD "permessage-deflate; server_max_window_bits=10\r\n",
+     PMD_ANSWER "; server_max_window_bits=10\r\n"},
+    {PMD "PerMessage-Deflate; Server_Max_Window_Bits=\"12\"\r\n",
+     PMD_ANSWER "; server_max_window_bits=12\r\n"},
+    {PMD "permessage-deflate; server_max_window_bits=8\r\n",
+     PMD_ANSWER "; server_max_window_bits=8\r\n"},
+    /* The first offer the server can take. */
+    {PMD "x-webkit-deflate-frame, permessage-deflate; mux, "
+         "permessage-deflate; server_max_window_bits=15\r\n",
+     PMD_ANSWER "; server_max_window_bits=15\r\n"},
+    {PMD "foo\r\n" PMD "permessage-deflate\r\n", PMD_ANSWER "\r\n"},
+    {PMD ", ,permessage-deflate ;client_max_window_bits = 15 ,\r\n",
+     PMD_ANSWER "\r\n"},
+    /* Declined; the upgrade goes on without the extension. */
+    {PMD "permessage-deflate; server_max_window_bits\r\n", NULL},
+    {PMD "permessage-deflate; server_max_window_bits=16\r\n", NULL},
+    {PMD "permessage-deflate; server_max_window_bits=08\r\n", NULL},
+    {PMD "permessage-deflate; client_max_window_bits=7\r\n", NULL},
+    {PMD "permessage-deflate; client_max_window_bits=\"1 5\"\r\n", NULL},
+    {PMD "permessage-deflate; server_no_context_takeover=1\r\n", NULL},
+    {PMD "permessage-deflate; client_no_context_takeover; "
+         "client_no_context_takeover\r\n",
+     NULL},
+    {PMD "permessage-deflate; mux\r\n", NULL},
+    {PMD "permessage-deflate;;\r\n", NULL},
+    {PMD "permessage-deflate; x=\"open\r\n", NULL},
+    {PMD "deflate-frame\r\n", NULL},
+    {"", NULL},
+};
+
+START_TEST(deflate_offers) {
+  char head[1024];
+  z_upgrade(z_offers[_i].offer, head, sizeof(head));
+  const char *ext = strcasestr(head, "Sec-WebSocket-Extensions");
+  if (z_offers[_i].answer == NULL) {
+    ck_assert_msg(ext == NULL, "offer %d accepted: %s", _i, head);
+  } else {
+    ck_assert_msg(ext != NULL && strstr(head, z_offers[_i].answer) == ext,
+                  "offer %d: %s", _i, head);
+    ck_assert_ptr_null(strcasestr(ext + 1, "Sec-WebSocket-Extensions"));
+  }
+  /* Either way the connection works. */
+  ck_assert_int_eq(send_ping(1, 2), 0);
+  expect_pong(1, 2);
+}
+END_TEST
+
+static void deflate_off(imc_gateway_options *o) {
+  ck_assert_int_eq(imc_gateway_options_set_deflate(o, 0, 1024), 0);
+}
+
+START_TEST(deflate_option_off) {
+  ck_assert_int_eq(imc_gateway_options_set_deflate(H.opt, 2, 0),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_gateway_options_set_deflate(NULL, 1, 0),
+                   IMC_ERR_INVALID_ARGUMENT);
+  reset_with(deflate_off);
+  char head[1024];
+  z_upgrade(PMD "permessage-deflate\r\n", head, sizeof(head));
+  ck_assert_ptr_null(strcasestr(head, "Sec-WebSocket-Extensions"));
+  /* Not negotiated: RSV1 is a protocol error. */
+  uint8_t pb[64];
+  size_t n = ping_bytes(pb, 1, 2);
+  send_z(2, pb, n);
+  expect_fail(1002);
+}
+END_TEST
+
+/* Compressed messages are read; uncompressed ones still are too (the
+ * choice is per message). */
+START_TEST(deflate_message_delivered) {
+  z_connect();
+  uint8_t pb[64];
+  size_t n = ping_bytes(pb, 5, 55);
+  ck_assert_int_eq(send_z(2, pb, n), 0);
+  expect_pong(5, 55);
+  ck_assert_int_eq(send_ping(6, 66), 0);
+  expect_pong(6, 66);
+  /* A message ending in a final block (BFINAL) is complete too. */
+  n = ping_bytes(pb, 7, 77);
+  size_t zn = zdeflate_with(pb, n, zmsg, sizeof(zmsg), 1);
+  ck_assert_int_eq(h_recv(wbuf, ws_frame(wbuf, 1, 2, 4, zmsg, zn, 1)), 0);
+  expect_pong(7, 77);
+  /* Split anywhere, byte by byte included. */
+  n = ping_bytes(pb, 8, 88);
+  zn = zdeflate(pb, n, zmsg, sizeof(zmsg));
+  size_t fl = ws_frame(wbuf, 1, 2, 4, zmsg, zn, 1);
+  for (size_t i = 0; i < fl; i++)
+    ck_assert_int_eq(h_recv(wbuf + i, 1), 0);
+  expect_pong(8, 88);
+}
+END_TEST
+
+/* A SendRequest whose body fills the limit inflates to a message that
+ * is just within it; one byte more is TOO_LARGE, as uncompressed. */
+START_TEST(deflate_send_at_limit) {
+  reset_with(with_upstream);
+  z_connect();
+  static uint8_t body[64 * 1024 + 1];
+  memset(body, 'a', sizeof(body));
+  static uint8_t pb[70000];
+  for (int extra = 0; extra < 2; extra++) {
+    Imchat__V1__SendRequest s = IMCHAT__V1__SEND_REQUEST__INIT;
+    s.client_msg_id = "c1";
+    s.to_case = IMCHAT__V1__SEND_REQUEST__TO_USER_ID;
+    s.user_id = "bob";
+    s.body.data = body;
+    s.body.len = 64 * 1024 + (size_t)extra;
+    Imchat__V1__ClientFrame cf = IMCHAT__V1__CLIENT_FRAME__INIT;
+    cf.id = 3 + (uint64_t)extra;
+    cf.body_case = IMCHAT__V1__CLIENT_FRAME__BODY_SEND;
+    cf.send = &s;
+    size_t n = imchat__v1__client_frame__pack(&cf, pb);
+    ck_assert_int_eq(send_z(2, pb, n), 0);
+    Imchat__V1__ServerFrame *f = next_sf();
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(f->id, cf.id);
+    if (extra == 0) {
+      ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_SEND_ACK);
+    } else {
+      ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_ERROR);
+      ck_assert_int_eq(f->error->code, IMCHAT__V1__ERROR__CODE__TOO_LARGE);
+    }
+    imchat__v1__server_frame__free_unpacked(f, NULL);
+  }
+  ck_assert_int_eq(H.m.sends, 1);
+}
+END_TEST
+
+/* Compression does not change what text frames get. */
+START_TEST(deflate_text_1003) {
+  z_connect();
+  send_z(1, "hello", 5);
+  expect_close(1003);
+}
+END_TEST
+
+/* RSV1 on the first frame only; control frames may come between. */
+START_TEST(deflate_fragmented) {
+  z_connect();
+  uint8_t pb[64];
+  size_t n = ping_bytes(pb, 11, 77);
+  size_t zn = zdeflate(pb, n, zmsg, sizeof(zmsg));
+  ck_assert_uint_ge(zn, 3);
+  size_t a = ws_frame(wbuf, 0, 2, 4, zmsg, 1, 1);
+  a += ws_frame(wbuf + a, 1, 9, 0, "p", 1, 1);
+  a += ws_frame(wbuf + a, 0, 0, 0, zmsg + 1, 1, 1);
+  a += ws_frame(wbuf + a, 1, 0, 0, zmsg + 2, zn - 2, 1);
+  ck_assert_int_eq(h_recv(wbuf, a), 0);
+  ck_assert_int_eq(next_ws(), 1);
+  ck_assert_int_eq(F.opcode, 10); /* the pong of the control ping */
+  expect_pong(11, 77);
+}
+END_TEST
+
+/*
+ * 10 MiB of zeros, about 10 KiB compressed: a message within the limit
+ * on the wire, refused with 1009 once its output passes the limit. The
+ * gateway's memory shows that inflating stopped there.
+ */
+START_TEST(deflate_bomb_1009) {
+  z_connect();
+  enum { BOMB = 10 * 1024 * 1024 };
+  uint8_t *zeros = calloc(1, BOMB);
+  ck_assert_ptr_nonnull(zeros);
+  size_t zn = zdeflate(zeros, BOMB, zmsg, sizeof(zmsg));
+  free(zeros);
+  ck_assert_uint_lt(zn, 16 * 1024);
+  size_t before = H.tm.bytes;
+  H.tm.peak = before;
+  h_recv(wbuf, ws_frame(wbuf, 1, 2, 4, zmsg, zn, 1));
+  expect_fail(1009);
+  /* The limit is 65 KiB; with the zlib state and wslay's buffers well
+   * under 512 KiB, and nothing near the 10 MiB. */
+  ck_assert_uint_lt(H.tm.peak - before, 512 * 1024);
+}
+END_TEST
+
+/* RSV1 where RFC 7692 forbids it, RSV2/RSV3, and data that does not
+ * inflate. */
+START_TEST(deflate_bad_frames) {
+  z_connect();
+  uint8_t pb[200];
+  size_t n = ping_bytes(pb, 1, 2), a = 0;
+  int code = 1002;
+  switch (_i) {
+  case 0: /* RSV1 on a control frame */
+    a = ws_frame(wbuf, 1, 9, 4, "p", 1, 1);
+    break;
+  case 1: /* RSV1 on a continuation frame */
+    a = ws_frame(wbuf, 0, 2, 4, pb, 1, 1);
+    a += ws_frame(wbuf + a, 1, 0, 4, pb + 1, n - 1, 1);
+    break;
+  case 2: /* RSV2 */
+    a = ws_frame(wbuf, 1, 2, 2, pb, n, 1);
+    break;
+  case 3: /* not deflate data */
+    a = ws_frame(wbuf, 1, 2, 4, "\xff\xff\xff\xff", 4, 1);
+    code = 1007;
+    break;
+  case 4: { /* cut in the middle of a block */
+    memset(pb, 'q', sizeof(pb));
+    for (size_t i = 0; i < sizeof(pb); i += 7)
+      pb[i] = (uint8_t)i;
+    size_t zn = zdeflate(pb, sizeof(pb), zmsg, sizeof(zmsg));
+    a = ws_frame(wbuf, 1, 2, 4, zmsg, zn / 2, 1);
+    code = 1007;
+    break;
+  }
+  case 5: { /* bytes after the final block */
+    size_t zn = zdeflate_with(pb, n, zmsg, sizeof(zmsg) - 1, 1);
+    zmsg[zn++] = 0;
+    a = ws_frame(wbuf, 1, 2, 4, zmsg, zn, 1);
+    code = 1007;
+    break;
+  }
+  default:
+    ck_abort();
+  }
+  h_recv(wbuf, a);
+  expect_fail(code);
+}
+END_TEST
+
+/* A Deliver of body_len bytes of text for alice. */
+static int deliver_body(const char *id, size_t body_len) {
+  static uint8_t body[8192];
+  ck_assert_uint_le(body_len, sizeof(body));
+  for (size_t i = 0; i < body_len; i++)
+    body[i] = (uint8_t)("the quick brown fox jumps over the lazy dog "[i % 44]);
+  imc_msg m = test_msg(id);
+  m.body = body;
+  m.body_len = body_len;
+  int rv = imc_gateway_deliver(H.gw, "alice", NULL, &m);
+  imc_gateway_flush(H.gw);
+  return rv;
+}
+
+/* The next frame on sock is a Deliver of body_len bytes, compressed or
+ * not (inflated with a window of bits). */
+static void expect_deliver_on(test_sock *sock, size_t body_len, int compressed,
+                              int bits) {
+  ck_assert_int_eq(next_ws_on(sock), 1);
+  ck_assert_int_eq(F.opcode, 2);
+  ck_assert_int_eq(F.rsv1, compressed);
+  const uint8_t *msg = F.payload;
+  size_t len = F.len;
+  if (compressed) {
+    len = zinflate(F.payload, F.len, zbuf, sizeof(zbuf), bits);
+    ck_assert_uint_lt(F.len, len);
+    msg = zbuf;
+  }
+  Imchat__V1__ServerFrame *f = imchat__v1__server_frame__unpack(NULL, len, msg);
+  ck_assert_ptr_nonnull(f);
+  ck_assert_int_eq(f->body_case, IMCHAT__V1__SERVER_FRAME__BODY_DELIVER);
+  ck_assert_uint_eq(f->deliver->message->body.len, body_len);
+  imchat__v1__server_frame__free_unpacked(f, NULL);
+}
+
+/*
+ * Pushes over the threshold (1 KiB) go compressed to a connection with
+ * the extension, smaller ones not; a connection without it (the user's
+ * other device) gets every push uncompressed.
+ */
+START_TEST(deflate_pushes) {
+  reset_with(with_upstream);
+  z_connect();
+  peer plain;
+  ck_assert_int_eq(peer_connect(&plain, "alice", "d2"), 101);
+  ck_assert_ptr_null(sock_find(&plain.sock, "Sec-WebSocket-Extensions"));
+  const uint8_t *end = sock_find(&plain.sock, "\r\n\r\n");
+  plain.sock.pos = (size_t)(end + 4 - plain.sock.out);
+  while (next_ws_on(&plain.sock))
+    ; /* the Welcome */
+  ck_assert_int_eq(deliver_body("m-big", 4000), 2);
+  expect_deliver_on(&H.m.sock, 4000, 1, 15);
+  expect_deliver_on(&plain.sock, 4000, 0, 0);
+  ck_assert_int_eq(deliver_body("m-small", 20), 2);
+  expect_deliver_on(&H.m.sock, 20, 0, 0);
+  expect_deliver_on(&plain.sock, 20, 0, 0);
+  /* The other server messages too: a small status goes as it is. */
+  ck_assert_int_eq(imc_gateway_push_status(H.gw, "alice", "d1", "m-1", "c-1",
+                                           IMC_STORED, NULL),
+                   1);
+  imc_gateway_flush(H.gw);
+  ck_assert_int_eq(next_ws(), 1);
+  ck_assert_int_eq(F.rsv1, 0);
+  imc_gateway_conn_closed(H.gw, plain.c);
+  peer_free(&plain);
+}
+END_TEST
+
+static void deflate_read_only(imc_gateway_options *o) {
+  ck_assert_int_eq(imc_gateway_options_set_deflate(o, 1, SIZE_MAX), 0);
+}
+
+static void deflate_all(imc_gateway_options *o) {
+  ck_assert_int_eq(imc_gateway_options_set_deflate(o, 1, 0), 0);
+}
+
+/* min_size SIZE_MAX: compressed messages are read, none is sent;
+ * min_size 0: whatever compression makes smaller goes compressed. */
+START_TEST(deflate_threshold) {
+  reset_with(_i ? deflate_all : deflate_read_only);
+  uint8_t pb[64];
+  size_t n = ping_bytes(pb, 4, 44);
+  z_connect();
+  ck_assert_int_eq(send_z(2, pb, n), 0);
+  expect_pong(4, 44);
+  ck_assert_int_eq(deliver_body("m-big", 4000), 1);
+  expect_deliver_on(&H.m.sock, 4000, _i, 15);
+  /* Compressed with min_size 0 (a repetitive 300 bytes), not without. */
+  ck_assert_int_eq(deliver_body("m-300", 300), 1);
+  expect_deliver_on(&H.m.sock, 300, _i, 15);
+}
+END_TEST
+
+/* The server compresses within the window the client allows; 8 bits is
+ * a window zlib cannot compress with, so nothing is compressed. */
+START_TEST(deflate_window_bits) {
+  char head[1024];
+  const int bits = _i ? 8 : 10;
+  char offer[128];
+  snprintf(offer, sizeof(offer),
+           PMD "permessage-deflate; server_max_window_bits=%d\r\n", bits);
+  z_upgrade(offer, head, sizeof(head));
+  ck_assert_ptr_nonnull(strstr(head, "server_max_window_bits="));
+  ck_assert_int_eq(deliver_body("m-big", 8000), 1);
+  expect_deliver_on(&H.m.sock, 8000, bits > 8, bits);
+}
+END_TEST
+
+/* Opens p as user/d1 offering the extension or not, exchanges a ping
+ * and takes a 4000-byte push. */
+static void z_peer(peer *p, const char *user, int deflate) {
+  memset(p, 0, sizeof(*p));
+  ck_assert_int_eq(imc_gateway_conn_new(H.gw, &p->c, &p->sock), 0);
+  char req[2048];
+  upgrade_req_ext(req, sizeof(req), user, "d1",
+                  deflate ? PMD "permessage-deflate\r\n" : "");
+  ck_assert_int_eq(
+      imc_gateway_conn_recv(H.gw, p->c, (const uint8_t *)req, strlen(req)), 0);
+  uint8_t pb[64];
+  size_t n = ping_bytes(pb, 1, 2);
+  if (deflate)
+    n = zdeflate(pb, n, zmsg, sizeof(zmsg));
+  size_t fl = ws_frame(wbuf, 1, 2, deflate ? 4 : 0, deflate ? zmsg : pb, n, 1);
+  ck_assert_int_eq(imc_gateway_conn_recv(H.gw, p->c, wbuf, fl), 0);
+  imc_msg m = test_msg("m-mem");
+  static uint8_t body[4000];
+  memset(body, 'b', sizeof(body));
+  m.body = body;
+  m.body_len = sizeof(body);
+  ck_assert_int_eq(imc_gateway_deliver(H.gw, user, NULL, &m), 1);
+  imc_gateway_flush(H.gw);
+  ck_assert_ptr_nonnull(sock_find(&p->sock, deflate ? "permessage" : "101"));
+}
+
+/*
+ * What a connection costs: with the extension, after a compressed
+ * message each way, the same as without. The gateway's zlib streams
+ * come with the first such connection and go with the last.
+ */
+START_TEST(deflate_memory) {
+  reset_with(with_upstream);
+  peer p[4];
+  size_t at[5];
+  at[0] = H.tm.bytes;
+  z_peer(&p[0], "u0", 0);
+  at[1] = H.tm.bytes;
+  z_peer(&p[1], "u1", 0);
+  at[2] = H.tm.bytes;
+  z_peer(&p[2], "u2", 1);
+  at[3] = H.tm.bytes;
+  z_peer(&p[3], "u3", 1);
+  at[4] = H.tm.bytes;
+  size_t plain = at[2] - at[1], first = at[3] - at[2], next = at[4] - at[3];
+  ck_assert_msg(next <= plain + 64,
+                "a connection with deflate: %zu bytes, without: %zu", next,
+                plain);
+  ck_assert_msg(first > next + 100 * 1024, "zlib streams: %zu bytes",
+                first - next);
+  imc_gateway_conn_closed(H.gw, p[2].c);
+  size_t one_left = H.tm.bytes;
+  imc_gateway_conn_closed(H.gw, p[3].c);
+  ck_assert_uint_gt(one_left - H.tm.bytes, 100 * 1024);
+  for (int i = 0; i < 2; i++)
+    imc_gateway_conn_closed(H.gw, p[i].c);
+  for (int i = 0; i < 4; i++)
+    peer_free(&p[i]);
+}
+END_TEST
+
 static Suite *gateway_suite(void) {
   Suite *s = suite_create("gateway");
   TCase *t = tcase_create("handshake");
@@ -3397,6 +3947,23 @@ static Suite *gateway_suite(void) {
   tcase_add_test(t, max_connections_503);
   tcase_add_test(t, max_connections_per_ip_503);
   tcase_add_test(t, set_peer_arguments);
+  suite_add_tcase(s, t);
+
+  t = tcase_create("deflate");
+  tcase_add_checked_fixture(t, h_setup, h_teardown);
+  tcase_add_loop_test(t, deflate_offers, 0,
+                      (int)(sizeof(z_offers) / sizeof(z_offers[0])));
+  tcase_add_test(t, deflate_option_off);
+  tcase_add_test(t, deflate_message_delivered);
+  tcase_add_test(t, deflate_send_at_limit);
+  tcase_add_test(t, deflate_text_1003);
+  tcase_add_test(t, deflate_fragmented);
+  tcase_add_test(t, deflate_bomb_1009);
+  tcase_add_loop_test(t, deflate_bad_frames, 0, 6);
+  tcase_add_test(t, deflate_pushes);
+  tcase_add_loop_test(t, deflate_threshold, 0, 2);
+  tcase_add_loop_test(t, deflate_window_bits, 0, 2);
+  tcase_add_test(t, deflate_memory);
   suite_add_tcase(s, t);
 
   t = tcase_create("alloc");

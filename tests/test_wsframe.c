@@ -247,6 +247,36 @@ START_TEST(scan_accepts_edges) {
 }
 END_TEST
 
+/* With permessage-deflate (rsv1_ok): RSV1 on the first frame of a data
+ * message only (RFC 7692 6.1); RSV2 and RSV3 are still refused. */
+START_TEST(scan_rsv1_with_deflate) {
+  static const struct {
+    uint8_t hdr[6];
+    int in_msg, code;
+  } cases[] = {
+      {{0xc2, 0x80, 1, 2, 3, 4}, 0, IMC_WS_SCAN_FRAME}, /* binary */
+      {{0x42, 0x80, 1, 2, 3, 4}, 0, IMC_WS_SCAN_FRAME}, /* first fragment */
+      {{0xc1, 0x80, 1, 2, 3, 4}, 0, IMC_WS_SCAN_FRAME}, /* text */
+      {{0xc0, 0x80, 1, 2, 3, 4}, 1, 1002},              /* continuation */
+      {{0xc9, 0x80, 1, 2, 3, 4}, 0, 1002},              /* ping */
+      {{0xc8, 0x80, 1, 2, 3, 4}, 0, 1002},              /* close */
+      {{0xe2, 0x80, 1, 2, 3, 4}, 0, 1002},              /* RSV1 and RSV2 */
+      {{0x92, 0x80, 1, 2, 3, 4}, 0, 1002},              /* RSV3 */
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    imc_ws_scan s;
+    memset(&s, 0, sizeof(s));
+    s.rsv1_ok = 1;
+    s.in_msg = (uint8_t)cases[i].in_msg;
+    size_t used;
+    const char *why;
+    ck_assert_msg(imc_ws_scan_header(&s, cases[i].hdr, 6, 4096, &used, &why) ==
+                      cases[i].code,
+                  "case %zu", i);
+  }
+}
+END_TEST
+
 int main(void) {
   Suite *su = suite_create("wsframe");
   TCase *t = tcase_create("wsframe");
@@ -258,6 +288,7 @@ int main(void) {
   tcase_add_loop_test(t, scan_refuses_bad_headers, 0,
                       (int)(sizeof(bad_cases) / sizeof(bad_cases[0])));
   tcase_add_test(t, scan_accepts_edges);
+  tcase_add_test(t, scan_rsv1_with_deflate);
   suite_add_tcase(su, t);
   SRunner *sr = srunner_create(su);
   srunner_run_all(sr, CK_NORMAL);

@@ -1,5 +1,6 @@
 #include "testutil.h"
 
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,13 +10,21 @@ static int tm_should_fail(test_mem *tm) {
   return tm->count++ == tm->fail_at;
 }
 
+static void tm_add(test_mem *tm, void *p) {
+  tm->bytes += malloc_usable_size(p);
+  if (tm->bytes > tm->peak)
+    tm->peak = tm->bytes;
+}
+
 static void *tm_malloc(size_t n, void *ud) {
   test_mem *tm = ud;
   if (tm_should_fail(tm))
     return NULL;
   void *p = malloc(n ? n : 1);
-  if (p)
+  if (p) {
     tm->live++;
+    tm_add(tm, p);
+  }
   return p;
 }
 
@@ -23,6 +32,7 @@ static void tm_free(void *p, void *ud) {
   test_mem *tm = ud;
   if (p) {
     tm->live--;
+    tm->bytes -= malloc_usable_size(p);
     free(p);
   }
 }
@@ -32,8 +42,10 @@ static void *tm_calloc(size_t nmemb, size_t n, void *ud) {
   if (tm_should_fail(tm))
     return NULL;
   void *p = calloc(nmemb ? nmemb : 1, n ? n : 1);
-  if (p)
+  if (p) {
     tm->live++;
+    tm_add(tm, p);
+  }
   return p;
 }
 
@@ -41,9 +53,14 @@ static void *tm_realloc(void *p, size_t n, void *ud) {
   test_mem *tm = ud;
   if (tm_should_fail(tm))
     return NULL;
+  size_t old = p ? malloc_usable_size(p) : 0;
   void *q = realloc(p, n ? n : 1);
   if (q && !p)
     tm->live++;
+  if (q) {
+    tm->bytes -= old;
+    tm_add(tm, q);
+  }
   return q;
 }
 

@@ -10,6 +10,8 @@ typedef struct test_mem {
   long live;    /* allocations not yet freed */
   long count;   /* allocations made */
   long fail_at; /* fail the allocation with this 0-based index; -1: never */
+  size_t bytes; /* live bytes (as malloc_usable_size counts them) */
+  size_t peak;  /* the most live bytes so far; the test may reset it */
 } test_mem;
 
 void test_mem_init(test_mem *tm);

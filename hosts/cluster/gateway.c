@@ -58,6 +58,7 @@ struct gwapp {
   imc_fanout *fanout;
   imc_grpc_gateway_service *gsvc;
   hgrpc_server *grpc;
+  hstls *tls; /* --tls-cert */
 };
 
 static void on_router(void *ud, imc_grpc_client *c) {
@@ -106,6 +107,13 @@ static void on_stop(void *ud, int now) {
     hloop_stop_now(a->loop);
   else
     hloop_stop(a->loop); /* the gateway drains; see drain() */
+}
+
+/* SIGHUP (only with TLS: nothing else reloads). */
+static void on_reload(void *ud) {
+  gwapp *a = ud;
+  hlog_info("SIGHUP: reloading");
+  hgateway_tls_reload(a->tls);
 }
 
 static void group_changed(void *ud, const char *group_id) {
@@ -239,12 +247,14 @@ static int setup(gwapp *a) {
   const char *addr = advertised(cfg);
   if (addr == NULL)
     return IMCHATD_EXIT_USAGE;
+  if ((code = hgateway_tls(cfg, &a->tls)) != 0)
+    return code;
   if ((rv = hloop_new(&a->loop)) < 0) {
     hlog_error("event loop: %s", strerror(-rv));
     return IMCHATD_EXIT_FAIL;
   }
   hloop_set_grace_ms(a->loop, GRACE_MS);
-  hsignals_cbs cbs = {on_stop, NULL};
+  hsignals_cbs cbs = {on_stop, a->tls ? on_reload : NULL};
   if ((rv = hsignals_new(&a->sig, a->loop, &cbs, a)) < 0) {
     hlog_error("signals: %s", strerror(-rv));
     return IMCHATD_EXIT_FAIL;
@@ -271,10 +281,10 @@ static int setup(gwapp *a) {
   imc_api_set_group_changed(a->api, group_changed, a);
   hloop_set_gateway(a->loop, a->gw);
   char bound[300];
-  if (hloop_listen(a->loop, cfg->listen, bound, sizeof(bound)) < 0)
+  if (hloop_listen_tls(a->loop, cfg->listen, a->tls, bound, sizeof(bound)) < 0)
     return IMCHATD_EXIT_FAIL; /* logged */
-  hlog_info("WebSocket and HTTP on %s; advertised to routers as %s", bound,
-            addr);
+  hlog_info("WebSocket and HTTP%s on %s; advertised to routers as %s",
+            a->tls ? " over TLS" : "", bound, addr);
   return 0;
 }
 
@@ -309,6 +319,7 @@ static void app_free(gwapp *a) {
   free(a->routers);
   hsignals_del(a->sig);
   hloop_del(a->loop);
+  hstls_del(a->tls); /* after the connections */
 }
 
 int main(int argc, char **argv) {

@@ -20,6 +20,9 @@ static const char gateway_text[] =
     "                          [im-gateway] and [im-service]\n"
     "  --listen HOST:PORT      WebSocket and HTTP (default " DEFAULT_LISTEN
     ")\n"
+    "  --tls-cert FILE, --tls-key FILE, --tls-min-version 1.3|1.2\n"
+    "                          TLS on --listen, as in imchatd; SIGHUP\n"
+    "                          reads the two files again\n"
     "  --grpc-listen HOST:PORT gRPC for im-service "
     "(default " DEFAULT_GATEWAY_GRPC ")\n"
     "  --grpc-advertise HOST:PORT\n"
@@ -49,7 +52,7 @@ static const char gateway_text[] =
     "  --max-body, --ack-timeout, --heartbeat, --idle-timeout, --rate-limit,\n"
     "  --rate-burst, --user-rate-limit, --user-rate-burst, --max-devices,\n"
     "  --max-sends-per-conn, --max-sends, --allowed-origin,\n"
-    "  --max-connections, --max-connections-per-ip\n"
+    "  --max-connections, --max-connections-per-ip, --deflate\n"
     "                          as in imchatd (see imchatd --help)\n"
     "  --log-level LEVEL       error, warn, info or debug (default info)\n"
     "  -h, --help, -V, --version\n"
@@ -59,7 +62,8 @@ static const char gateway_text[] =
     "GET /metrics is Prometheus text.\n"
     "Exit status: 0 ok, 1 runtime failure, 2 bad options or files.\n"
     "Signals: SIGINT/SIGTERM drain (unacknowledged pushes go to the offline\n"
-    "path, clients are closed with 1001), a second one stops at once.\n";
+    "path, clients are closed with 1001), a second one stops at once;\n"
+    "SIGHUP reloads --tls-cert and --tls-key.\n";
 
 static const char service_text[] =
     "Usage: im-service [OPTIONS]\n"

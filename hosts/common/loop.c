@@ -13,9 +13,17 @@
  * close frame, the error response). Instead it sends FIN
  * (shutdown(SHUT_WR)) and LINGERs, discarding input until the peer closes
  * or LINGER_MS pass, as web servers do.
+ *
+ * On a TLS listener (hloop_listen_tls) a connection carries a TLS session
+ * (tls.h): the gateway's connection exists from accept on, so its
+ * handshake timeout covers the TLS handshake too; reads run the handshake
+ * until it ends, then decrypt; sends encrypt. OpenSSL may need the
+ * opposite direction (a handshake or read that must write, a write that
+ * must read): tls_rd_out and tls_wr_wait hold what it waits for.
  */
 #include "loop.h"
 #include "log.h"
+#include "tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -64,7 +72,12 @@ struct node {
   int read_pending;   /* on l->pending: stopped on the budget, not EAGAIN */
   int read_blocked;   /* stopped reading until the socket is writable */
   int read_paused;    /* the gateway paused reads (EPOLLIN removed) */
+  int tls_handshake;  /* the TLS handshake has not ended */
+  int tls_rd_out;     /* the handshake or a read waits for EPOLLOUT */
+  int tls_wr_wait;    /* a send blocked on the handshake or on input */
   imc_conn *c;        /* K_CONN while OPEN */
+  SSL *ssl;           /* K_CONN of a TLS listener while OPEN */
+  hstls *tls;         /* K_LISTENER: TLS, or NULL */
   hloop_fd_fn cb;     /* K_FD */
   hloop_watch_fn wcb; /* K_WATCH */
   void *ud;
@@ -102,6 +115,7 @@ struct hloop {
   int stopping;       /* ... and has begun */
   int64_t stop_deadline;
   int done;
+  unsigned char tls_out[SSL3_RT_MAX_PLAIN_LENGTH]; /* gathers a record */
 };
 
 static int64_t now_ms(void) {
@@ -169,6 +183,8 @@ static void node_kill(hloop *l, node *n) {
     return;
   list_remove(n);
   pending_remove(l, n);
+  hstls_close(n->ssl);
+  n->ssl = NULL;
   if (n->kind == K_FD || n->kind == K_WATCH)
     epoll_ctl(l->epfd, EPOLL_CTL_DEL, n->fd, NULL);
   else
@@ -207,10 +223,10 @@ static int epoll_set(hloop *l, int op, node *n, uint32_t events) {
 
 /* The events of an open connection: no EPOLLIN while the gateway paused
  * its reads (TCP flow control then holds the client back), EPOLLOUT
- * while a write waits. */
+ * while a write (or TLS, for a read) waits. */
 static uint32_t conn_events(const node *n) {
   uint32_t ev = n->read_paused ? EPOLLET : CONN_EVENTS;
-  return n->out_armed ? ev | EPOLLOUT : ev;
+  return n->out_armed || n->tls_rd_out ? ev | EPOLLOUT : ev;
 }
 
 static void pending_add(hloop *l, node *n) {
@@ -233,15 +249,73 @@ static void conn_lost(hloop *l, node *n) {
   node_kill(l, n);
 }
 
+/* A TLS read waits for EPOLLOUT. Returns 0, or -1 if epoll failed. */
+static int tls_want_out(hloop *l, node *n) {
+  if (n->tls_rd_out)
+    return 0;
+  n->tls_rd_out = 1;
+  if (epoll_set(l, EPOLL_CTL_MOD, n, conn_events(n)) < 0) {
+    n->tls_rd_out = 0;
+    return -1;
+  }
+  return 0;
+}
+
+/*
+ * One step of the TLS handshake. Returns 1 once it has ended, 0 while it
+ * waits for the socket, -1 if it failed (the connection is gone).
+ */
+static int handshake_step(hloop *l, node *n) {
+  char why[256];
+  int rv = hstls_handshake(n->ssl, why, sizeof(why));
+  if (rv == 1) {
+    n->tls_handshake = 0;
+    if (n->tls_wr_wait) { /* the gateway wrote during the handshake */
+      n->tls_wr_wait = 0;
+      imc_gateway_conn_writable(l->gw, n->c);
+    }
+    return n->state == S_OPEN ? 1 : -1;
+  }
+  if (rv == HSTLS_WANT_READ ||
+      (rv == HSTLS_WANT_WRITE && tls_want_out(l, n) == 0))
+    return 0;
+  hlog_debug("fd %d: TLS handshake failed: %s", n->fd,
+             rv == HSTLS_ERROR ? why : "epoll_ctl failed");
+  conn_lost(l, n);
+  return -1;
+}
+
+/* Reads the socket, or its TLS session: as read(2), with errno EAGAIN
+ * when the session waits (for EPOLLOUT, armed here). */
+static ssize_t conn_recv(hloop *l, node *n, uint8_t *buf, size_t cap) {
+  if (n->ssl == NULL)
+    return read(n->fd, buf, cap);
+  ssize_t r = hstls_read(n->ssl, buf, cap);
+  if (r >= 0)
+    return r;
+  if (r == HSTLS_EOF)
+    return 0;
+  if (r == HSTLS_WANT_READ ||
+      (r == HSTLS_WANT_WRITE && tls_want_out(l, n) == 0)) {
+    errno = EAGAIN;
+    return -1;
+  }
+  errno = EPROTO;
+  return -1;
+}
+
 /*
  * Reads until EAGAIN or the budget. While the socket cannot take our
  * output (EPOLLOUT armed), reading stops: a peer that does not read
  * cannot make us queue answers without bound; TCP flow control holds it
  * back instead. force: an error or hangup is pending, read to learn it.
+ * On TLS, the handshake runs first.
  */
 static void conn_read(hloop *l, node *n, int force) {
   uint8_t buf[READ_BUF];
   size_t budget = READ_BUDGET;
+  if (n->tls_handshake && handshake_step(l, n) <= 0)
+    return;
   for (;;) {
     if (n->read_paused && !force)
       return; /* t_set_read puts it back on the pending list */
@@ -249,7 +323,7 @@ static void conn_read(hloop *l, node *n, int force) {
       n->read_blocked = 1;
       return;
     }
-    ssize_t r = read(n->fd, buf, sizeof(buf));
+    ssize_t r = conn_recv(l, n, buf, sizeof(buf));
     if (r > 0) {
       int rv = imc_gateway_conn_recv(l->gw, n->c, buf, (size_t)r);
       if (n->state != S_OPEN)
@@ -332,20 +406,26 @@ static void peer_text(const struct sockaddr_storage *ss, char *out,
     out[0] = '\0';
 }
 
-static void conn_open(hloop *l, int fd, const char *peer) {
+static void conn_open(hloop *l, int fd, const char *peer, hstls *tls) {
   int one = 1;
   /* Frames are small and latency matters; the gateway batches itself. */
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   node *n = node_new(K_CONN, fd);
+  if (n && tls && (n->ssl = hstls_accept(tls, fd)) == NULL) {
+    free(n);
+    n = NULL;
+  }
   if (n == NULL) {
     hlog_error("accept: out of memory");
     close(fd);
     return;
   }
+  n->tls_handshake = n->ssl != NULL;
   /* Registered first: ADD reports input that arrived before it. */
   int rv = epoll_set(l, EPOLL_CTL_ADD, n, CONN_EVENTS);
   if (rv < 0) {
     hlog_error("epoll_ctl: %s", strerror(-rv));
+    hstls_close(n->ssl);
     close(fd);
     free(n);
     return;
@@ -362,12 +442,50 @@ static void conn_open(hloop *l, int fd, const char *peer) {
   }
 }
 
+/* The socket is full: wait for EPOLLOUT. */
+static ssize_t arm_out(hloop *l, node *n) {
+  if (!n->out_armed) {
+    n->out_armed = 1;
+    if (epoll_set(l, EPOLL_CTL_MOD, n, conn_events(n)) < 0) {
+      n->out_armed = 0;
+      return IMC_ERR_IO;
+    }
+    hlog_debug("fd %d: socket buffer full; waiting for EPOLLOUT", n->fd);
+  }
+  return IMC_ERR_WOULDBLOCK;
+}
+
+/* t_send on TLS: one record; a send that must wait for the handshake or
+ * for input is retried by handshake_step or conn_event. */
+static ssize_t tls_send(hloop *l, node *n, const struct iovec *iov,
+                        int iovcnt) {
+  if (iovcnt <= 0)
+    return 0;
+  if (n->tls_handshake) {
+    n->tls_wr_wait = 1;
+    return IMC_ERR_WOULDBLOCK;
+  }
+  ssize_t w = hstls_write(n->ssl, iov, iovcnt, l->tls_out, sizeof(l->tls_out));
+  if (w >= 0)
+    return w;
+  if (w == HSTLS_WANT_WRITE)
+    return arm_out(l, n);
+  if (w == HSTLS_WANT_READ) {
+    n->tls_wr_wait = 1;
+    return IMC_ERR_WOULDBLOCK;
+  }
+  hlog_debug("fd %d: TLS write failed", n->fd);
+  return IMC_ERR_IO;
+}
+
 static ssize_t t_send(void *ud, void *conn_ud, const struct iovec *iov,
                       int iovcnt) {
   hloop *l = ud;
   node *n = conn_ud;
   if (n->state != S_OPEN)
     return IMC_ERR_CLOSED;
+  if (n->ssl)
+    return tls_send(l, n, iov, iovcnt);
   if (iovcnt > IOV_MAX)
     iovcnt = IOV_MAX; /* a partial write is fine */
   for (;;) {
@@ -379,17 +497,8 @@ static ssize_t t_send(void *ud, void *conn_ud, const struct iovec *iov,
       return w;
     if (errno == EINTR)
       continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (!n->out_armed) {
-        n->out_armed = 1;
-        if (epoll_set(l, EPOLL_CTL_MOD, n, conn_events(n)) < 0) {
-          n->out_armed = 0;
-          return IMC_ERR_IO;
-        }
-        hlog_debug("fd %d: socket buffer full; waiting for EPOLLOUT", n->fd);
-      }
-      return IMC_ERR_WOULDBLOCK;
-    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+      return arm_out(l, n);
     hlog_debug("fd %d: sendmsg: %s", n->fd, strerror(errno));
     return IMC_ERR_IO;
   }
@@ -403,6 +512,10 @@ static void t_close(void *ud, void *conn_ud) {
   n->c = NULL;
   list_remove(n);
   pending_remove(l, n);
+  /* close_notify first: the lingering socket is only drained. */
+  hstls_close(n->ssl);
+  n->ssl = NULL;
+  n->tls_handshake = n->tls_rd_out = n->tls_wr_wait = 0;
   /* Linger (see the top of the file). MOD also re-reports input that is
    * already waiting, which edge-triggering would otherwise not. */
   if (shutdown(n->fd, SHUT_WR) < 0 ||
@@ -445,6 +558,23 @@ static void conn_event(hloop *l, node *n, uint32_t ev) {
   if (n->state == S_LINGER) {
     linger_drain(l, n);
     return;
+  }
+  if (n->tls_rd_out && (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR))) {
+    /* The TLS session can write what its handshake or read needed. */
+    n->tls_rd_out = 0;
+    if (epoll_set(l, EPOLL_CTL_MOD, n, conn_events(n)) != 0)
+      n->tls_rd_out = 1;
+    conn_read(l, n, 0);
+    if (n->state != S_OPEN)
+      return;
+  }
+  if (n->tls_wr_wait && !n->tls_handshake &&
+      (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+    /* A TLS write waited for input. */
+    n->tls_wr_wait = 0;
+    imc_gateway_conn_writable(l->gw, n->c);
+    if (n->state != S_OPEN)
+      return;
   }
   if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
     conn_read(l, n, (ev & (EPOLLHUP | EPOLLERR)) != 0);
@@ -542,6 +672,11 @@ static void format_addr(const struct sockaddr *sa, socklen_t len, char *out,
 }
 
 int hloop_listen(hloop *l, const char *addr, char *bound, size_t boundcap) {
+  return hloop_listen_tls(l, addr, NULL, bound, boundcap);
+}
+
+int hloop_listen_tls(hloop *l, const char *addr, hstls *tls, char *bound,
+                     size_t boundcap) {
   char host[256], portstr[8];
   uint16_t port;
   const char *why;
@@ -597,6 +732,7 @@ int hloop_listen(hloop *l, const char *addr, char *bound, size_t boundcap) {
     close(fd);
     return -ENOMEM;
   }
+  n->tls = tls;
   /* Level-triggered: a paused listener is simply re-added later. */
   int rv = epoll_set(l, EPOLL_CTL_ADD, n, EPOLLIN);
   if (rv < 0) {
@@ -649,7 +785,7 @@ static void accept_all(hloop *l, node *ln) {
       }
       char addr[INET6_ADDRSTRLEN];
       peer_text(&ss, addr, sizeof(addr));
-      conn_open(l, fd, addr);
+      conn_open(l, fd, addr, ln->tls);
       continue;
     }
     switch (errno) {

@@ -16,7 +16,8 @@
  * Stopping: hloop_stop() begins a graceful stop (imc_gateway_shutdown,
  * then drain up to the grace period); hloop_stop_now() ends it. The loop
  * handles no signals; libimchat-server turns requests into these calls.
- * Writes use MSG_NOSIGNAL, so a closed peer raises no SIGPIPE.
+ * Writes use MSG_NOSIGNAL (TLS ones too), so a closed peer raises no
+ * SIGPIPE.
  *
  * Single-threaded, like the gateway it drives. Functions returning int
  * return 0 or a negative errno value.
@@ -58,6 +59,16 @@ int hloop_split_addr(const char *addr, char *host, size_t hostcap,
  * "ip:port" into bound. The gateway must be set before hloop_run().
  */
 int hloop_listen(hloop *l, const char *addr, char *bound, size_t boundcap);
+
+/*
+ * The same, speaking only TLS (tls.h): every connection accepted there
+ * runs the handshake with tls's context of the moment, within the
+ * gateway's handshake timeout, before its first byte reaches the
+ * gateway. The loop does not own tls: delete it after the loop.
+ */
+typedef struct hstls hstls;
+int hloop_listen_tls(hloop *l, const char *addr, hstls *tls, char *bound,
+                     size_t boundcap);
 
 /*
  * A hook: after every batch of events the loop calls next_timeout_ms(ud):

@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,7 @@ const struct option imchatd_long_opts[] = {
     {"max-connections", required_argument, NULL, O_MAX_CONNECTIONS},
     {"max-connections-per-ip", required_argument, NULL,
      O_MAX_CONNECTIONS_PER_IP},
+    {"deflate", required_argument, NULL, O_DEFLATE},
     {"lease-ttl", required_argument, NULL, O_LEASE_TTL},
     {"grpc-listen", required_argument, NULL, O_GRPC_LISTEN},
     {"grpc-advertise", required_argument, NULL, O_GRPC_ADVERTISE},
@@ -60,6 +62,9 @@ const struct option imchatd_long_opts[] = {
     {"mysql", required_argument, NULL, O_MYSQL},
     {"mysql-user", required_argument, NULL, O_MYSQL_USER},
     {"mysql-password", required_argument, NULL, O_MYSQL_PASSWORD},
+    {"tls-cert", required_argument, NULL, O_TLS_CERT},
+    {"tls-key", required_argument, NULL, O_TLS_KEY},
+    {"tls-min-version", required_argument, NULL, O_TLS_MIN_VERSION},
     {"web-root", required_argument, NULL, O_WEB_ROOT},
     {"dev-login", no_argument, NULL, O_DEV_LOGIN},
     {"migrate-only", no_argument, NULL, O_MIGRATE_ONLY},
@@ -116,6 +121,11 @@ static unsigned opt_roles(int id) {
   case O_GRPC_ADVERTISE:
   case O_ROUTER:
     return R_GATEWAY;
+  case O_DEFLATE:
+  case O_TLS_CERT: /* TLS on --listen */
+  case O_TLS_KEY:
+  case O_TLS_MIN_VERSION:
+    return R_SERVER | R_GATEWAY;
   case O_HTTP_LISTEN:
   case O_REDIS:
   case O_MIGRATE_ONLY:
@@ -362,8 +372,27 @@ int imchatd_apply(imchatd_config *cfg, int id, const char *v, char *why,
     *(id == O_MAX_CONNECTIONS ? &cfg->max_connections
                               : &cfg->max_connections_per_ip) = (uint32_t)x;
     return 0;
+  case O_DEFLATE:
+    if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0) {
+      snprintf(why, cap, "'%s' is not on or off", v);
+      return -1;
+    }
+    cfg->deflate = strcmp(v, "on") == 0;
+    return 0;
   case O_WEB_ROOT:
     return set_str(&cfg->web_root, v, why, cap);
+  case O_TLS_CERT:
+    return set_str(&cfg->tls_cert, v, why, cap);
+  case O_TLS_KEY:
+    return set_str(&cfg->tls_key, v, why, cap);
+  case O_TLS_MIN_VERSION:
+    if (strcmp(v, "1.2") != 0 && strcmp(v, "1.3") != 0) {
+      snprintf(why, cap, "'%s' is not 1.2 or 1.3", v);
+      return -1;
+    }
+    cfg->tls_min_version =
+        strcmp(v, "1.2") == 0 ? TLS1_2_VERSION : TLS1_3_VERSION;
+    return 0;
   case O_DEV_LOGIN: /* a flag only: the INI file does not know it */
     cfg->dev_login = 1;
     return 0;
@@ -467,6 +496,7 @@ static void defaults(imchatd_config *cfg, imchatd_role role) {
   cfg->max_sends_per_conn = 64;
   cfg->max_sends = 8192;
   cfg->retention_days = 7;
+  cfg->deflate = 1;
 }
 
 /* --jwks-url goes with an HS256 secret, not with --jwt-public-key, whose
@@ -480,6 +510,24 @@ static int check_jwks(const imchatd_config *cfg, char *err, size_t errcap) {
   }
   if (cfg->jwks_ca_file && !cfg->jwks_url) {
     snprintf(err, errcap, "--jwks-ca-file needs --jwks-url");
+    return -1;
+  }
+  return 0;
+}
+
+/* TLS on --listen takes the certificate and its key together. */
+static int check_tls(const imchatd_config *cfg, char *err, size_t errcap) {
+  if (cfg->tls_cert && !cfg->tls_key) {
+    snprintf(err, errcap,
+             "--tls-cert needs --tls-key (the certificate's private key)");
+    return -1;
+  }
+  if (cfg->tls_key && !cfg->tls_cert) {
+    snprintf(err, errcap, "--tls-key needs --tls-cert (the certificate chain)");
+    return -1;
+  }
+  if (cfg->tls_min_version && !cfg->tls_cert) {
+    snprintf(err, errcap, "--tls-min-version needs --tls-cert and --tls-key");
     return -1;
   }
   return 0;
@@ -594,7 +642,7 @@ int imchatd_config_load(imchatd_config *cfg, imchatd_role role, int argc,
       cfg->data_dir_flag = 1;
   }
 
-  if (check_jwks(cfg, err, errcap) < 0)
+  if (check_jwks(cfg, err, errcap) < 0 || check_tls(cfg, err, errcap) < 0)
     return IMCHATD_EXIT_USAGE;
   if (role != IMCHATD_ROLE_SERVER && mysql_env(cfg, err, errcap) < 0)
     return IMCHATD_EXIT_FAIL;
@@ -656,7 +704,8 @@ void imchatd_config_free(imchatd_config *cfg) {
       &cfg->jwks_url,       &cfg->jwks_ca_file,    &cfg->grpc_listen,
       &cfg->grpc_advertise, &cfg->http_listen,     &cfg->routers,
       &cfg->etcd,           &cfg->kafka,           &cfg->redis,
-      &cfg->mysql,          &cfg->mysql_user,      &cfg->mysql_password};
+      &cfg->mysql,          &cfg->mysql_user,      &cfg->mysql_password,
+      &cfg->tls_cert,       &cfg->tls_key};
   for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
     free(*strs[i]);
     *strs[i] = NULL;

@@ -61,10 +61,14 @@ typedef struct imchatd_config {
   char **allowed_origins; /* --allowed-origin, repeatable */
   size_t n_allowed_origins;
   uint32_t max_connections, max_connections_per_ip; /* 0: no limit */
+  int deflate; /* --deflate on|off: permessage-deflate */
   imc_log_level log_level;
   int data_dir_flag; /* --data-dir was given, for the connect hint */
   char *web_root;    /* --web-root; NULL: the built or installed page */
-  int dev_login;     /* --dev-login: POST /dev/login hands out tokens */
+  /* TLS on --listen: both files or neither */
+  char *tls_cert, *tls_key; /* PEM: the chain, the private key */
+  int tls_min_version;      /* TLS1_2_VERSION, TLS1_3_VERSION; 0: unset (1.3) */
+  int dev_login;            /* --dev-login: POST /dev/login hands out tokens */
   /* im-gateway and im-service */
   char *grpc_listen;
   char *grpc_advertise; /* NULL: the bound --grpc-listen address */

@@ -161,9 +161,38 @@ int hgateway_config(const imchatd_config *cfg, hloop *loop,
     code = rv;
   if (code == 0)
     code = configure_admission(cfg, opt);
+  /* Pushes of 1 KiB or less go uncompressed (the library's default). */
+  if (code == 0)
+    code = hconfig_check(
+        imc_gateway_options_set_deflate(opt, cfg->deflate, 1024), "--deflate");
   if (code == 0)
     code = make_jwks(cfg, loop, opt, jwks);
   if (code == 0)
     imc_gateway_options_set_log(opt, hlog_imc_cb, NULL, hlog_get_level());
   return code;
+}
+
+int hgateway_tls(const imchatd_config *cfg, hstls **tls) {
+  *tls = NULL;
+  if (cfg->tls_cert == NULL)
+    return 0;
+  int version = cfg->tls_min_version ? cfg->tls_min_version : TLS1_3_VERSION;
+  char why[1024];
+  if (hstls_new(tls, cfg->tls_cert, cfg->tls_key, version, why, sizeof(why)) <
+      0) {
+    hlog_error("%s", why);
+    return IMCHATD_EXIT_USAGE;
+  }
+  hlog_info("TLS %s or later on --listen: %s (%s)",
+            version == TLS1_2_VERSION ? "1.2" : "1.3", cfg->tls_cert,
+            hstls_describe(*tls));
+  return 0;
+}
+
+void hgateway_tls_reload(hstls *tls) {
+  char why[1024];
+  if (hstls_reload(tls, why, sizeof(why)) < 0)
+    hlog_warn("TLS: reload failed: %s; the certificate in use stays", why);
+  else
+    hlog_info("TLS: reloaded: %s", hstls_describe(tls));
 }

@@ -8,6 +8,7 @@
 #include "config.h"
 #include "jwks.h"
 #include "loop.h"
+#include "tls.h"
 
 #include <imchat/gateway.h>
 
@@ -28,5 +29,17 @@ int hconfig_check(int rv, const char *flag);
  */
 int hgateway_config(const imchatd_config *cfg, hloop *loop,
                     imc_gateway_options *opt, hjwks **jwks);
+
+/*
+ * TLS on --listen: with --tls-cert and --tls-key, loads them into *tls
+ * (else leaves it NULL) and logs the certificate. Returns 0, or
+ * IMCHATD_EXIT_USAGE after logging the reason (an unreadable file, a key
+ * that does not match).
+ */
+int hgateway_tls(const imchatd_config *cfg, hstls **tls);
+
+/* SIGHUP: reads tls's files again for the connections to come; a failure
+ * is logged and the certificate in use stays. */
+void hgateway_tls_reload(hstls *tls);
 
 #endif

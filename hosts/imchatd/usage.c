@@ -80,6 +80,15 @@ static const char usage_jwks[] =
     "  --jwks-ca-file FILE     PEM CA certificates that sign the --jwks-url\n"
     "                          server's (default: the system's)\n";
 
+static const char usage_tls[] =
+    "  --tls-cert FILE         serve --listen over TLS only (wss://,\n"
+    "                          https://) with this PEM certificate, then\n"
+    "                          its intermediates; needs --tls-key\n"
+    "  --tls-key FILE          the certificate's PEM private key (not\n"
+    "                          encrypted). Both are read again on SIGHUP\n"
+    "                          for new connections; open ones keep theirs\n"
+    "  --tls-min-version V     1.3 (the default) or 1.2\n";
+
 static const char usage_text2[] =
     "  --allowed-origin ORIGIN a browser page from ORIGIN "
     "(scheme://host[:port],\n"
@@ -95,6 +104,9 @@ static const char usage_text2[] =
     "  --max-connections-per-ip N\n"
     "                          the same per client IP address (default 0: no\n"
     "                          limit)\n"
+    "  --deflate on|off        WebSocket compression (permessage-deflate) for\n"
+    "                          clients that offer it; messages from the\n"
+    "                          server over 1 KiB go compressed (default on)\n"
     "  --web-root DIR          serve the web chat page from DIR at / and\n"
     "                          /assets/ (default: the page built in the\n"
     "                          build tree when run from there, else the\n"
@@ -113,10 +125,11 @@ static const char usage_text2[] =
     "\n"
     "Exit status: 0 ok, 1 runtime failure, 2 bad options or files.\n"
     "Signals: SIGINT/SIGTERM close connections gracefully (up to 5 s);\n"
-    "SIGHUP reloads --filter-file and --key-file.\n";
+    "SIGHUP reloads --filter-file, --key-file, --tls-cert and --tls-key.\n";
 
 void imchatd_usage(void) {
   fputs(usage_text, stdout);
   fputs(usage_jwks, stdout);
+  fputs(usage_tls, stdout);
   fputs(usage_text2, stdout);
 }

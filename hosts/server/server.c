@@ -42,13 +42,14 @@
 /* "imchatd token alice" plus the flags that locate the same secret. */
 static void log_connect_hint(const imchatd_config *cfg, const char *bound) {
   char url[512];
+  const char *ws = cfg->tls_cert ? "wss" : "ws";
   /* A wildcard address is not something to connect to. */
   if (strncmp(bound, "0.0.0.0:", 8) == 0)
-    snprintf(url, sizeof(url), "ws://127.0.0.1:%s/ws", bound + 8);
+    snprintf(url, sizeof(url), "%s://127.0.0.1:%s/ws", ws, bound + 8);
   else if (strncmp(bound, "[::]:", 5) == 0)
-    snprintf(url, sizeof(url), "ws://[::1]:%s/ws", bound + 5);
+    snprintf(url, sizeof(url), "%s://[::1]:%s/ws", ws, bound + 5);
   else
-    snprintf(url, sizeof(url), "ws://%s/ws", bound);
+    snprintf(url, sizeof(url), "%s://%s/ws", ws, bound);
 
   if (cfg->jwt_secret) {
     hlog_info("connect: %s?token=<HS256 JWT signed with --jwt-secret; "
@@ -103,6 +104,7 @@ typedef struct app {
   devlogin *dev;                     /* --dev-login */
   hjwks *jwks;                       /* --jwks-url */
   hstatic *web;                      /* the web page */
+  hstls *tls;                        /* --tls-cert */
   const imc_http_handler_vtbl *http; /* first of web, dev login, api */
   void *http_ud;
 } app;
@@ -271,6 +273,8 @@ static void reload(app *a) {
   }
   if (a->sealed)
     reload_keys(a);
+  if (a->tls)
+    hgateway_tls_reload(a->tls);
 }
 
 /* The SQLite database, and the store and offline queue in front of it:
@@ -589,6 +593,7 @@ static void app_free(app *a) {
   imc_sealed_bus_del(a->sealed_queue);
   imc_memreg_del(a->reg);
   hloop_del(a->loop);
+  hstls_del(a->tls); /* after the connections */
 }
 
 /* ---- stop and reload requests ------------------------------------- */
@@ -696,7 +701,8 @@ static int setup(imc_server *s) {
     hlog_error("setup: %s", imc_strerror(rv));
     return IMCHATD_EXIT_FAIL;
   }
-  if ((code = check_dev_login(cfg)) != 0 || (code = open_store(a)) != 0 ||
+  if ((code = check_dev_login(cfg)) != 0 ||
+      (code = hgateway_tls(cfg, &a->tls)) != 0 || (code = open_store(a)) != 0 ||
       (code = make_gateway(a)) != 0 || (code = make_router(a)) != 0 ||
       (code = make_worker(a)) != 0 || (code = make_api(a)) != 0 ||
       (code = make_http(a)) != 0)
@@ -732,15 +738,17 @@ static int setup(imc_server *s) {
     hlog_error("start: %s", imc_strerror(rv));
     return IMCHATD_EXIT_FAIL;
   }
-  if (hloop_listen(a->loop, cfg->listen, s->bound, sizeof(s->bound)) < 0)
+  if (hloop_listen_tls(a->loop, cfg->listen, a->tls, s->bound,
+                       sizeof(s->bound)) < 0)
     return IMCHATD_EXIT_FAIL; /* logged */
-  hlog_info("listening on %s", s->bound);
+  hlog_info("listening on %s%s", s->bound, a->tls ? " (TLS)" : "");
   log_connect_hint(cfg, s->bound);
   if (a->web) {
+    const char *http = a->tls ? "https" : "http";
     if (strncmp(s->bound, "0.0.0.0:", 8) == 0)
-      hlog_info("web page: open http://127.0.0.1:%s/", s->bound + 8);
+      hlog_info("web page: open %s://127.0.0.1:%s/", http, s->bound + 8);
     else
-      hlog_info("web page: open http://%s/", s->bound);
+      hlog_info("web page: open %s://%s/", http, s->bound);
   }
   return 0;
 }

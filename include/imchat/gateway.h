@@ -592,6 +592,23 @@ IMC_EXTERN int imc_gateway_options_set_http_only(imc_gateway_options *opt,
                                                  int on);
 
 /*
+ * WebSocket compression, permessage-deflate (RFC 7692). With enabled 1
+ * (the default) a client that offers the extension gets it, always
+ * without context takeover either way (each message is compressed on its
+ * own, so a connection keeps no compression state): the gateway then
+ * reads compressed messages, and compresses its own messages (pushes,
+ * answers) longer than min_size bytes (default 1024; SIZE_MAX: never),
+ * when that makes them smaller. Smaller ones, where compression gains
+ * little and costs CPU on every push, go uncompressed. A compressed
+ * message is inflated only up to the message size limit (see
+ * imc_gateway_options_set_max_body); beyond it the connection is closed
+ * with 1009. With enabled 0 the extension is never negotiated. Returns 0
+ * or IMC_ERR_INVALID_ARGUMENT (enabled not 0 or 1).
+ */
+IMC_EXTERN int imc_gateway_options_set_deflate(imc_gateway_options *opt,
+                                               int enabled, size_t min_size);
+
+/*
  * The peer address of c (an IP address in text, at most 64 bytes), for
  * the per-address limit and the logs. Call it right after
  * imc_gateway_conn_new, before the upgrade; a second call replaces the

@@ -83,8 +83,9 @@ IMC_EXTERN int imc_server_run(imc_server *s);
 IMC_EXTERN void imc_server_stop(imc_server *s);
 
 /*
- * What SIGHUP does to imchatd: the loop re-reads --filter-file and
- * --key-file (on failure the previous ones stay, with a warning). Same
+ * What SIGHUP does to imchatd: the loop re-reads --filter-file,
+ * --key-file and --tls-cert/--tls-key (on failure the previous ones stay,
+ * with a warning; open TLS connections keep their certificate). Same
  * thread rules as imc_server_stop; runs when imc_server_run next turns.
  */
 IMC_EXTERN void imc_server_reload(imc_server *s);

@@ -99,6 +99,8 @@ void gw_conn_free(imc_conn *c, enum release_mode mode) {
     wslay_event_context_free(c->ws);
   if (c->state == ST_WS)
     gw->stats[IMC_GW_STAT_WEBSOCKETS]--;
+  if (c->pmd_bits)
+    gw_deflate_conn_release(gw);
   gw->stats[IMC_GW_STAT_CONNECTIONS]--;
   gw->stats[IMC_GW_STAT_OUTBOUND_BYTES] -= c->out.len;
   imc_bufq_free(&c->out, &gw->mem);

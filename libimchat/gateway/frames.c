@@ -310,6 +310,30 @@ static void ws_flush(imc_conn *c) {
     c->flags |= F_ABORT | F_NOMEM;
 }
 
+static void ws_fail(imc_conn *c, uint16_t code, const char *why);
+
+/*
+ * A compressed message (RSV1 on its first frame, permessage-deflate):
+ * inflated up to the message size limit, past which it is refused with
+ * 1009 like an uncompressed one; data that does not inflate is a 1007.
+ */
+static void on_compressed(imc_conn *c, const uint8_t *data, size_t len) {
+  imc_gateway *gw = c->gw;
+  uint8_t *msg;
+  size_t n;
+  int rv = gw_inflate(gw, data, len, gw->o.max_body + FRAME_OVERHEAD, &msg, &n);
+  if (rv == IMC_ERR_TOO_LARGE) {
+    ws_fail(c, 1009, "message too big");
+  } else if (rv == IMC_ERR_PROTO) {
+    ws_fail(c, 1007, "invalid compressed data");
+  } else if (rv != 0) {
+    c->flags |= F_ABORT | F_NOMEM;
+  } else {
+    on_binary(c, msg, n);
+    imc_free(&gw->mem, msg);
+  }
+}
+
 static void ws_msg_cb(wslay_event_context_ptr ctx,
                       const struct wslay_event_on_msg_recv_arg *a, void *ud) {
   imc_conn *c = ud;
@@ -317,8 +341,13 @@ static void ws_msg_cb(wslay_event_context_ptr ctx,
    * ours. */
   if (wslay_event_want_write(ctx))
     ws_flush(c);
-  /* Text and close frames never reach wslay (next_header). */
-  if (a->opcode == WSLAY_BINARY_FRAME && !(c->flags & F_CLOSING))
+  /* Text and close frames never reach wslay (next_header), nor RSV1
+   * without the extension. */
+  if (a->opcode != WSLAY_BINARY_FRAME || (c->flags & F_CLOSING))
+    return;
+  if (wslay_get_rsv1(a->rsv))
+    on_compressed(c, a->msg, a->msg_length);
+  else
     on_binary(c, a->msg, a->msg_length);
 }
 
@@ -449,6 +478,8 @@ static int wslay_read(imc_conn *c) {
     /* The envelope around a body may add a little to the message. */
     wslay_event_config_set_max_recv_msg_length(c->ws,
                                                gw->o.max_body + FRAME_OVERHEAD);
+    if (c->pmd_bits)
+      wslay_event_config_set_allowed_rsv_bits(c->ws, WSLAY_RSV1_BIT);
   }
   size_t before = c->in_len + c->hdr_out;
   int rv = wslay_event_recv(c->ws);

@@ -24,6 +24,8 @@
  *                   of a loop turn in one delivered_many), retries
  *   lease.c         the node's registry lease: grant, one keepalive per
  *                   interval, registration of every connection, revoke
+ *   deflate.c       permessage-deflate: the gateway's zlib streams,
+ *                   inflating client messages, compressing server ones
  *
  * Functions shared between files carry the gw_ prefix; they are hidden
  * from the library's exported symbols like everything not IMC_EXTERN.
@@ -209,6 +211,9 @@ struct imc_conn {
   uint8_t fmode;              /* enum frame_mode of the current frame */
   uint8_t hdr_out;            /* header bytes not yet handed to wslay */
   uint8_t ctl_len;            /* close payload bytes in ctl */
+  uint8_t pmd_bits;           /* permessage-deflate: 0 if not negotiated,
+                                 else the window the server may compress
+                                 with (8: none zlib can do, so never) */
   uint8_t *ctl;               /* a close frame's payload, while it comes */
   imc_bufq out;
   const uint8_t *in; /* input being read, frame by frame */
@@ -248,7 +253,9 @@ struct imc_gateway_options {
   uint32_t max_conn_sends, max_sends, admit_ms;
   uint32_t max_conns, max_conns_ip; /* upgraded connections; 0: no limit */
   int http_only;                    /* no /ws: no keys needed */
-  char **origins;                   /* serialized allowed origins */
+  int deflate;                      /* accept permessage-deflate */
+  size_t deflate_min; /* server messages longer than this are compressed */
+  char **origins;     /* serialized allowed origins */
   size_t n_origins;
   imc_transport_vtbl transport;
   void *transport_ud;
@@ -303,6 +310,8 @@ struct imc_gateway {
   uint64_t errors[10]; /* Error frames by code */
   ProtobufCAllocator pba;
   struct wslay_event_callbacks wscb;
+  struct gw_zlib *zlib; /* deflate.c: the zlib streams, while in use */
+  size_t n_deflate;     /* connections with permessage-deflate */
 };
 
 #define gw_log(gw, ...) imc_logf(&(gw)->o.log, __VA_ARGS__)
@@ -372,7 +381,8 @@ int gw_http_error(imc_conn *c, int status, const char *code,
 int gw_ws_put(imc_conn *c, uint8_t opcode, const uint8_t *data, size_t len);
 /* Queues a close frame and gives the peer CLOSE_WAIT_MS to answer. */
 void gw_ws_close(imc_conn *c, uint16_t code, const char *reason);
-/* Queues one binary message on c. */
+/* Queues one binary message on c, compressed if c negotiated
+ * permessage-deflate and it is over the size threshold. */
 int gw_ws_queue(imc_conn *c, const uint8_t *data, size_t len);
 /* Queues a complete frame (header included) by reference. Same returns
  * as gw_ws_queue. */
@@ -493,6 +503,33 @@ void gw_flow_wait_expired(imc_conn *c);
 void gw_flow_conn_free(imc_conn *c);
 /* Keeps input of a paused c; returns 0 or IMC_ERR_NOMEM. */
 int gw_flow_hold(imc_conn *c, const uint8_t *data, size_t len);
+
+/* deflate.c: permessage-deflate */
+/* c negotiated the extension / c, which had, goes: the zlib streams are
+ * freed with the last such connection. */
+void gw_deflate_conn_add(imc_gateway *gw);
+void gw_deflate_conn_release(imc_gateway *gw);
+/*
+ * Inflates the compressed message in[0..len) into *out (imc_free it),
+ * *out_len bytes. Inflating stops as soon as the output passes limit
+ * bytes: a small message that would inflate to gigabytes costs limit
+ * bytes of work and memory. Returns 0, IMC_ERR_TOO_LARGE (over limit),
+ * IMC_ERR_PROTO (not valid deflate data) or IMC_ERR_NOMEM.
+ */
+int gw_inflate(imc_gateway *gw, const uint8_t *in, size_t len, size_t limit,
+               uint8_t **out, size_t *out_len);
+/*
+ * The message data[0..len) compressed with a window of bits (9-15) as a
+ * complete frame of opcode with RSV1 set, in a new block with one
+ * reference; NULL if compression would not make it smaller or there is
+ * no memory (the message then goes uncompressed).
+ */
+imc_shared *gw_deflate_frame(imc_gateway *gw, int bits, uint8_t opcode,
+                             const uint8_t *data, size_t len);
+/* 1 if a message of len bytes goes to c compressed. */
+static inline int gw_deflate_wanted(const imc_conn *c, size_t len) {
+  return c->pmd_bits >= 9 && len > c->gw->o.deflate_min;
+}
 
 /* frames.c: admits a parsed send (from the wait slot, too) */
 /* Answers a send of c with an Error after the answers of its older

@@ -31,6 +31,8 @@ int imc_gateway_options_new(imc_gateway_options **out, const imc_mem *mem) {
   o->admit_ms = 1000;
   o->user_rate = 200;
   o->user_burst = 400;
+  o->deflate = 1;
+  o->deflate_min = 1024;
   o->clock = *imc_clock_default();
   o->log.level = IMC_LOG_INFO;
   *out = o;
@@ -315,4 +317,13 @@ int imc_gateway_options_set_log(imc_gateway_options *o, imc_log_cb cb, void *ud,
                                 imc_log_level max_level) {
   return o ? imc_logger_assign(&o->log, cb, ud, max_level)
            : IMC_ERR_INVALID_ARGUMENT;
+}
+
+int imc_gateway_options_set_deflate(imc_gateway_options *o, int enabled,
+                                    size_t min_size) {
+  if (o == NULL || (enabled != 0 && enabled != 1))
+    return IMC_ERR_INVALID_ARGUMENT;
+  o->deflate = enabled;
+  o->deflate_min = min_size;
+  return 0;
 }

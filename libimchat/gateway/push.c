@@ -32,12 +32,20 @@ static int can_push(const imc_conn *c) {
  * (which pushes reference until their ACK) and its Deliver frame, WebSocket
  * header included, encoded once and queued by reference on every
  * connection. Both are made when the first connection takes the message.
+ * For connections with permessage-deflate the frame is compressed once
+ * per window size (no context takeover: the same bytes suit every
+ * connection with that window).
  */
+#define ZBITS_MIN 9 /* the smallest window zlib compresses with */
 typedef struct delivery {
   const imc_msg *msg;
   shmsg *sm;         /* the delivery holds one reference */
   imc_shared *frame; /* the delivery holds one reference */
   int64_t deadline;  /* of the ACKs */
+  size_t hl;         /* the header's length in frame */
+  /* frame compressed with a window of ZBITS_MIN + i bits, or NULL */
+  imc_shared *zframe[16 - ZBITS_MIN];
+  unsigned ztried; /* bit i: zframe[i] was tried (NULL: did not pay) */
 } delivery;
 
 static int delivery_prepare(imc_gateway *gw, delivery *d) {
@@ -64,13 +72,35 @@ static int delivery_prepare(imc_gateway *gw, delivery *d) {
     return IMC_ERR_NOMEM;
   memcpy(d->frame->data, hdr, hl);
   imchat__v1__server_frame__pack(&f, d->frame->data + hl);
+  d->hl = hl;
   stat_inc(gw, IMC_GW_STAT_DELIVER_ENCODES);
   return 0;
+}
+
+/* The frame for c: compressed when c takes compressed messages of its
+ * size. */
+static imc_shared *delivery_frame(imc_gateway *gw, delivery *d,
+                                  const imc_conn *c) {
+  size_t plen = d->frame->len - d->hl;
+  if (!gw_deflate_wanted(c, plen))
+    return d->frame;
+  unsigned i = c->pmd_bits - ZBITS_MIN;
+  if (!(d->ztried & (1u << i))) {
+    d->ztried |= 1u << i;
+    d->zframe[i] = gw_deflate_frame(gw, c->pmd_bits, IMC_WS_BINARY,
+                                    d->frame->data + d->hl, plen);
+  }
+  return d->zframe[i] ? d->zframe[i] : d->frame;
 }
 
 static void delivery_end(imc_gateway *gw, delivery *d) {
   imc_shared_unref(&gw->mem, d->frame);
   d->frame = NULL;
+  for (size_t i = 0; i < sizeof(d->zframe) / sizeof(d->zframe[0]); i++) {
+    imc_shared_unref(&gw->mem, d->zframe[i]);
+    d->zframe[i] = NULL;
+  }
+  d->ztried = 0;
   if (d->sm)
     gw_shmsg_unref(gw, d->sm);
   d->sm = NULL;
@@ -93,7 +123,7 @@ static int deliver_user(imc_gateway *gw, delivery *d, const char *user_id,
     push *p = imc_malloc(&gw->mem, sizeof(*p) + ul + dl + 2);
     if (p == NULL)
       return count > 0 ? count : IMC_ERR_NOMEM;
-    int q = gw_ws_queue_shared(c, d->frame);
+    int q = gw_ws_queue_shared(c, delivery_frame(gw, d, c));
     if (q != 0 && q != IMC_ERR_QUEUE_FULL) {
       /* Nothing went out on c: no ACK to wait for. */
       imc_free(&gw->mem, p);
@@ -127,7 +157,7 @@ int imc_gateway_deliver(imc_gateway *gw, const char *user_id,
                         const char *skip_device, const imc_msg *msg) {
   if (gw == NULL || user_id == NULL || msg == NULL || msg->msg_id == NULL)
     return IMC_ERR_INVALID_ARGUMENT;
-  delivery d = {msg, NULL, NULL, now_ms(gw) + gw->o.ack_ms};
+  delivery d = {.msg = msg, .deadline = now_ms(gw) + gw->o.ack_ms};
   int rv = deliver_user(gw, &d, user_id, skip_device);
   delivery_end(gw, &d);
   return rv;

@@ -4,6 +4,7 @@
  * the switch to WebSocket with its Welcome and registration.
  */
 #include "gateway/gateway_int.h"
+#include "protocol/pmdeflate.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -23,11 +24,13 @@ static int send_welcome(imc_conn *c) {
 }
 
 /*
- * Switches c to WebSocket for user/device and answers 101. rest holds
- * bytes that followed the request head. Returns 0 or IMC_ERR_CLOSED.
+ * Switches c to WebSocket for user/device and answers 101, accepting
+ * permessage-deflate with pmd unless it is NULL. rest holds bytes that
+ * followed the request head. Returns 0 or IMC_ERR_CLOSED.
  */
 static int upgrade(imc_conn *c, imc_span ws_key, const char *user,
-                   const char *device, const uint8_t *rest, size_t rest_len) {
+                   const char *device, const imc_pmd_params *pmd,
+                   const uint8_t *rest, size_t rest_len) {
   imc_gateway *gw = c->gw;
   size_t ul = strlen(user), dl = strlen(device);
   c->user = imc_malloc(&gw->mem, ul + dl + 2);
@@ -40,12 +43,19 @@ static int upgrade(imc_conn *c, imc_span ws_key, const char *user,
     goto nomem;
   char accept[29];
   imc_ws_accept(ws_key, accept);
-  char resp[160];
+  char ext[IMC_PMD_RESPONSE_MAX] = "";
+  if (pmd != NULL) {
+    imc_pmd_response(pmd, ext);
+    c->pmd_bits = pmd->server_bits;
+    c->scan.rsv1_ok = 1;
+    gw_deflate_conn_add(gw);
+  }
+  char resp[160 + IMC_PMD_RESPONSE_MAX];
   int n = snprintf(resp, sizeof(resp),
                    "HTTP/1.1 101 Switching Protocols\r\n"
                    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                   "Sec-WebSocket-Accept: %s\r\n\r\n",
-                   accept);
+                   "Sec-WebSocket-Accept: %s\r\n%s\r\n",
+                   accept, ext);
   if (gw_queue_bytes(c, resp, (size_t)n) != 0)
     goto nomem;
   c->state = ST_WS;
@@ -108,6 +118,23 @@ static int auth_fail(imc_conn *c, int rv, const char *message) {
 
 static void key_done(void *ud, int status, const char *alg, const uint8_t *key,
                      size_t key_len);
+
+/*
+ * The permessage-deflate offer of req the gateway accepts into *out:
+ * returns 1, or 0 when there is none (or the option is off). An offer
+ * that cannot be honoured is declined, never the upgrade.
+ */
+static int pick_deflate(const imc_gateway *gw, const imc_http_req *req,
+                        imc_pmd_params *out) {
+  if (!gw->o.deflate)
+    return 0;
+  imc_span vals[MAX_HDRS];
+  size_t n = 0;
+  for (size_t i = 0; i < req->n_hdrs; i++)
+    if (imc_span_ieq(req->hdrs[i].name, "Sec-WebSocket-Extensions"))
+      vals[n++] = req->hdrs[i].value;
+  return imc_pmd_negotiate(vals, n, out);
+}
 
 /* Keeps buf[0..len) in c->head while the key source works. */
 int gw_keep_head(imc_conn *c, const char *buf, size_t len) {
@@ -237,8 +264,11 @@ int gw_handle_upgrade(imc_conn *c, const imc_http_req *req, const char *buf,
   memcpy(ws_key, key->value.p, 24);
   ws_key[24] = '\0';
   imc_span ks = {ws_key, 24};
+  imc_pmd_params pmd;
+  int deflate = pick_deflate(gw, req, &pmd);
   return upgrade(c, ks, cl.sub, cl.did[0] ? cl.did : device,
-                 (const uint8_t *)buf + head_len, len - head_len);
+                 deflate ? &pmd : NULL, (const uint8_t *)buf + head_len,
+                 len - head_len);
 }
 
 /* Completion of the key source: parse the kept head again and go on. */

@@ -54,10 +54,20 @@ static int queued_frame(imc_conn *c) {
   return 0;
 }
 
-/* Queues one binary message on c. */
+/* Queues one binary message on c, compressed if c negotiated
+ * permessage-deflate and it is over the size threshold. */
 int gw_ws_queue(imc_conn *c, const uint8_t *data, size_t len) {
   if (c->state != ST_WS || (c->flags & (F_CLOSING | F_ABORT)))
     return IMC_ERR_CLOSED;
+  if (gw_deflate_wanted(c, len)) {
+    imc_shared *z =
+        gw_deflate_frame(c->gw, c->pmd_bits, IMC_WS_BINARY, data, len);
+    if (z != NULL) {
+      int rv = gw_ws_queue_shared(c, z);
+      imc_shared_unref(&c->gw->mem, z);
+      return rv;
+    }
+  }
   int rv = gw_ws_put(c, IMC_WS_BINARY, data, len);
   if (rv != 0)
     return rv;

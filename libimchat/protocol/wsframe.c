@@ -50,8 +50,15 @@ static int is_data(uint8_t op) {
 static const char *check_start(const imc_ws_scan *s) {
   uint8_t b0 = s->hdr[0], b1 = s->hdr[1];
   uint8_t op = b0 & 0x0f, len7 = b1 & 0x7f;
-  if (b0 & 0x70)
+  uint8_t rsv = b0 & 0x70;
+  if (rsv & ~(s->rsv1_ok ? IMC_WS_RSV1 : 0))
     return "reserved bits set";
+  /* RFC 7692 6.1: RSV1 marks a compressed message on its first frame
+   * only. */
+  if (rsv && (op & 0x08))
+    return "RSV1 on a control frame";
+  if (rsv && op == IMC_WS_CONT)
+    return "RSV1 on a continuation frame";
   if (!is_data(op) && op != IMC_WS_CLOSE && op != IMC_WS_PING &&
       op != IMC_WS_PONG)
     return "reserved opcode";

@@ -21,6 +21,9 @@
 #define IMC_WS_PING 0x9
 #define IMC_WS_PONG 0xa
 
+/* The first header byte's RSV1 bit: a compressed message (RFC 7692). */
+#define IMC_WS_RSV1 0x40
+
 #define IMC_WS_HEADER_MAX 10 /* an unmasked header, as servers send */
 #define IMC_WS_CONTROL_MAX 125
 
@@ -39,6 +42,7 @@ typedef struct imc_ws_scan {
   uint8_t hlen;     /* bytes in hdr */
   uint8_t done;     /* hdr holds a complete header that was accepted */
   uint8_t in_msg;   /* a fragmented data message is not finished */
+  uint8_t rsv1_ok;  /* set by the user: permessage-deflate is negotiated */
 } imc_ws_scan;
 
 /* imc_ws_scan_header: the header is not complete yet. */
@@ -53,7 +57,8 @@ typedef struct imc_ws_scan {
  * the header ended or broke the rules earlier). Each rule is checked as
  * soon as the bytes it needs have arrived, so a bad header is refused
  * before its payload is read:
- *  - 1002 (protocol error): RSV bits set (no extension is negotiated), a
+ *  - 1002 (protocol error): RSV bits set, except RSV1 on the first frame
+ *    of a data message when rsv1_ok is set (permessage-deflate), a
  *    reserved opcode, a control frame that is fragmented or longer than
  *    125 bytes, a close frame of 1 byte (a status code takes 2), an
  *    unmasked frame, a continuation frame outside a fragmented message

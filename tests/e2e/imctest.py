@@ -163,15 +163,23 @@ class Response:
                                          self.raw[:2048])
 
 
-def http_raw(port, request, timeout=IO_TIMEOUT):
+def http_raw(port, request, timeout=IO_TIMEOUT, tls=None):
     """Sends the bytes of request to 127.0.0.1:port and parses one response.
 
     Reads the head and Content-Length bytes of body (or up to EOF when there
-    is no Content-Length). A reset after the response was read is ignored."""
+    is no Content-Length). A reset after the response was read is ignored.
+    tls: an ssl.SSLContext to speak TLS with (https)."""
     if isinstance(request, str):
         request = request.encode()
     data = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if tls is not None:
+        try:
+            sock = tls.wrap_socket(sock, server_hostname="127.0.0.1")
+        except BaseException:
+            sock.close()
+            raise
+    with sock as s:
         try:
             s.sendall(request)
         except (BrokenPipeError, ConnectionResetError):
@@ -219,12 +227,12 @@ def http_raw(port, request, timeout=IO_TIMEOUT):
     return Response(int(m.group(1)), m.group(2), headers, body, data)
 
 
-def http_get(port, path, headers=None, timeout=IO_TIMEOUT):
+def http_get(port, path, headers=None, timeout=IO_TIMEOUT, tls=None):
     lines = ["GET %s HTTP/1.1" % path, "Host: 127.0.0.1:%d" % port,
              "Connection: close"]
     for k, v in (headers or {}).items():
         lines.append("%s: %s" % (k, v))
-    return http_raw(port, "\r\n".join(lines) + "\r\n\r\n", timeout)
+    return http_raw(port, "\r\n".join(lines) + "\r\n\r\n", timeout, tls)
 
 
 def upgrade_request(port, path="/ws", token=None, version="13",
@@ -268,7 +276,14 @@ class ServerDied(AssertionError):
 
 
 class Server:
-    """One imchatd on 127.0.0.1:<ephemeral>, with its own data directory."""
+    """One imchatd on 127.0.0.1:<ephemeral>, with its own data directory.
+    A subclass may run another program (program, listen_re: the log line
+    that carries the port); tls (an ssl.SSLContext) is how clients reach a
+    TLS listener."""
+
+    program = None  # None: IMCHATD
+    listen_re = _LISTEN_RE
+    tls = None
 
     def __init__(self, *extra_args, secret=SECRET, node_id=NODE_ID,
                  data_dir=None, name="imchatd"):
@@ -293,7 +308,8 @@ class Server:
         return a
 
     def start(self):
-        args = [IMCHATD, "--listen", "127.0.0.1:0"] + self.config_args()
+        args = [self.program or IMCHATD, "--listen",
+                "127.0.0.1:0"] + self.config_args()
         if self.node_id is not None:
             args += ["--node-id", self.node_id]
         args += self.extra_args
@@ -318,7 +334,7 @@ class Server:
         while True:
             self._check_running("while waiting for /healthz")
             try:
-                r = http_get(self.port, "/healthz", timeout=2)
+                r = http_get(self.port, "/healthz", timeout=2, tls=self.tls)
                 if r.status == 200:
                     return self
             except (OSError, AssertionError):
@@ -340,7 +356,7 @@ class Server:
                 if len(self._lines) > 5000:
                     del self._lines[:1000]
             if self.port is None:
-                m = _LISTEN_RE.search(line)
+                m = self.listen_re.search(line)
                 if m:
                     self.port = int(m.group(1))
 
@@ -356,6 +372,13 @@ class Server:
         """The position after the stderr lines read so far, for wait_log."""
         with self._lock:
             return self._seen
+
+    def lines(self, after=0):
+        """The stderr lines past the mark `after` (see log_mark) that are
+        still kept."""
+        with self._lock:
+            first = self._seen - len(self._lines)  # index of _lines[0]
+            return self._lines[max(after - first, 0):]
 
     def wait_log(self, pattern, after=0, timeout=IO_TIMEOUT):
         """The first stderr line past the mark `after` that matches the
@@ -472,7 +495,8 @@ class Server:
         return tok
 
     def ws_url(self, path="/ws", query=None):
-        url = "ws://127.0.0.1:%d%s" % (self.port, path)
+        url = "%s://127.0.0.1:%d%s" % ("wss" if self.tls else "ws",
+                                       self.port, path)
         if query:
             from urllib.parse import urlencode
             url += "?" + urlencode(query)
@@ -487,6 +511,8 @@ class Server:
         opts = dict(extra_headers=h, compression=None, ping_interval=None,
                     open_timeout=IO_TIMEOUT, close_timeout=IO_TIMEOUT,
                     max_size=None)
+        if self.tls is not None:
+            opts["ssl"] = self.tls
         opts.update(kw)
         return websockets.connect(self.ws_url(path, query), **opts)
 

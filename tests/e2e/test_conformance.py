@@ -2,7 +2,8 @@
 """Protocol conformance of imchatd's gateway, byte by byte over raw sockets:
 WebSocket framing and close codes (RFC 6455, in the categories of the
 Autobahn testsuite), HTTP/1.1 request rules (RFC 9110, RFC 9112), the Origin
-allow-list, the connection limits, and a message to oneself.
+allow-list, the connection limits, a message to oneself, and
+permessage-deflate (RFC 7692) with python3-websockets and raw frames.
 
 Run: IMCHATD=build/hosts/imchatd IMC_PROTO_DIR=proto/imchat/v1 \
      /usr/bin/python3 tests/e2e/test_conformance.py [-k PATTERN]
@@ -14,6 +15,7 @@ import socket
 import struct
 import sys
 import time
+import zlib
 
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -71,6 +73,19 @@ def frame(opcode, payload=b"", fin=True, rsv=0, masked=True, length=None):
         return head + payload
     body = bytes(c ^ MASK[i % 4] for i, c in enumerate(payload))
     return head + MASK + body
+
+
+def deflate(data):
+    """A compressed message (RFC 7692 7.2.1): raw deflate, sync flush, the
+    final 00 00 ff ff left out."""
+    z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    out = z.compress(data) + z.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
+def inflate(data):
+    return zlib.decompressobj(-15).decompress(data + b"\x00\x00\xff\xff")
 
 
 class RawWS:
@@ -137,6 +152,7 @@ class RawWS:
         self._need(off + n)
         payload = self.buf[off:off + n]
         self.buf = self.buf[off + n:]
+        self.rsv1 = bool(b0 & 0x40)  # of the last frame: compressed
         return bool(b0 & 0x80), b0 & 0x0f, payload
 
     def server_frame(self):
@@ -148,6 +164,8 @@ class RawWS:
             if op != 2:
                 raise AssertionError("expected a binary frame, got opcode "
                                      "%d: %r" % (op, payload))
+            if self.rsv1:
+                payload = inflate(payload)
             f = pb().ServerFrame()
             f.ParseFromString(payload)
             return f
@@ -627,6 +645,131 @@ class TestLimits(imctest.AsyncTestCase):
             s.start()
         self.assertIn("--max-connections-per-ip: '-1' is not a number",
                       str(cm.exception))
+        self.assertEqual(s.proc.returncode, 2)
+
+
+# ---------------------------------------------------------------------------
+# permessage-deflate (RFC 7692; doc/protocol.md)
+# ---------------------------------------------------------------------------
+
+PMD = {"Sec-WebSocket-Extensions": "permessage-deflate"}
+PMD_ANSWER = ("permessage-deflate; server_no_context_takeover; "
+              "client_no_context_takeover")
+
+
+class TestDeflate(ServerCase):
+
+    async def chat(self, a, b, body, fid):
+        """a sends body to bob (b); returns bob's Deliver and a's SendAck.
+        """
+        cf = pb().ClientFrame(id=fid)
+        cf.send.client_msg_id = "z-%d" % fid
+        cf.send.user_id = "bob-z"
+        cf.send.body = body
+        await imctest.send_frame(a, cf)
+        ack, _ = await imctest.recv_reply(a, fid)
+        self.assertEqual(ack.WhichOneof("body"), "send_ack", ack)
+        while True:
+            f = await imctest.recv_frame(b)
+            if f.WhichOneof("body") == "deliver":
+                break
+        self.assertEqual(f.deliver.message.body, body)
+        self.assertEqual(f.deliver.message.msg_id, ack.send_ack.msg_id)
+        done = pb().ClientFrame()
+        done.deliver_ack.msg_ids.append(f.deliver.message.msg_id)
+        await imctest.send_frame(b, done)
+        return f
+
+    async def test_websockets_round_trip(self):
+        # python3-websockets negotiates the extension and compresses every
+        # message it sends; the server's pushes over 1 KiB come compressed.
+        srv = self.server
+        async with srv.connect(token("alice-z"), compression="deflate") as a, \
+                srv.connect(token("bob-z"), compression="deflate") as b:
+            for ws in (a, b):
+                self.assertEqual(ws.response_headers.get(
+                    "Sec-WebSocket-Extensions"), PMD_ANSWER)
+                self.assertEqual([e.name for e in ws.extensions],
+                                 ["permessage-deflate"])
+                await imctest.welcome(ws)
+            await self.chat(a, b, b"hi", 1)
+            await self.chat(a, b, b"a long line of chat text. " * 200, 2)
+
+    def test_raw_push_compressed_above_1k(self):
+        a = self.ws(user="alice-r", extra=PMD)
+        b = self.ws(user="bob-r", extra=PMD)
+        self.assertIn("Sec-WebSocket-Extensions: " + PMD_ANSWER, b.head)
+        for n, compressed in ((100, False), (5000, True)):
+            cf = pb().ClientFrame(id=n)
+            cf.send.client_msg_id = "r-%d" % n
+            cf.send.user_id = "bob-r"
+            cf.send.body = b"x" * n
+            # Compressed on the way in too.
+            a.send(frame(2, deflate(cf.SerializeToString()), rsv=4))
+            f = a.server_frame()
+            self.assertEqual(f.WhichOneof("body"), "send_ack", f)
+            while True:
+                f = b.server_frame()
+                if f.WhichOneof("body") == "deliver":
+                    break
+            self.assertEqual(b.rsv1, compressed, n)
+            self.assertEqual(f.deliver.message.body, b"x" * n)
+
+    def test_client_without_extension(self):
+        w = self.ws(user="plain-z")
+        self.assertNotIn("Sec-WebSocket-Extensions", w.head)
+        w.send(frame(2, deflate(ping_bytes(1)), rsv=4))
+        w.expect_close(1002)
+
+    def test_bomb_1009(self):
+        # 10 MiB of zeros is about 10 KiB compressed: within the limit on
+        # the wire, refused once it inflates past the limit.
+        w = self.ws(extra=PMD)
+        bomb = deflate(b"\0" * (10 << 20))
+        self.assertLess(len(bomb), 16 << 10)
+        w.send(frame(2, bomb, rsv=4))
+        w.expect_close(1009)
+        self.server.check_alive("after the bomb")
+
+    def test_invalid_data_1007(self):
+        w = self.ws(extra=PMD)
+        w.send(frame(2, b"\xff\xff\xff\xff", rsv=4))
+        w.expect_close(1007)
+
+    def test_rsv1_on_continuation_1002(self):
+        w = self.ws(extra=PMD)
+        z = deflate(ping_bytes(2))
+        w.send(frame(2, z[:1], fin=False, rsv=4) + frame(0, z[1:], rsv=4))
+        w.expect_close(1002)
+
+    def test_declined_offer_still_upgrades(self):
+        w = self.ws(extra={"Sec-WebSocket-Extensions":
+                           "permessage-deflate; server_max_window_bits=16"})
+        self.assertNotIn("Sec-WebSocket-Extensions", w.head)
+
+
+def ping_bytes(fid):
+    cf = pb().ClientFrame(id=fid)
+    cf.ping.client_time_ms = 1
+    return cf.SerializeToString()
+
+
+class TestDeflateFlag(imctest.AsyncTestCase):
+
+    def test_deflate_off(self):
+        srv = imctest.Server("--deflate", "off", name="imchatd (no deflate)")
+        srv.start()
+        self.addCleanup(srv.stop)
+        w = RawWS(srv.port, extra=PMD)
+        self.addCleanup(w.close)
+        self.assertEqual(w.status, 101, w.head)
+        self.assertNotIn("Sec-WebSocket-Extensions", w.head)
+
+    def test_bad_value_exits_2(self):
+        s = imctest.Server("--deflate", "yes", name="imchatd (bad)")
+        with self.assertRaises(imctest.ServerDied) as cm:
+            s.start()
+        self.assertIn("--deflate: 'yes' is not on or off", str(cm.exception))
         self.assertEqual(s.proc.returncode, 2)
 
 

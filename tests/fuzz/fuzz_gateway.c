@@ -1,9 +1,10 @@
 /*
  * libFuzzer target: one client connection's byte stream into a gateway,
  * after a valid upgrade when the first byte is odd (so the WebSocket
- * framing and ClientFrame decoding are reached), cut into reads whose
- * sizes come from the data. A push and the deletion follow, so leaks of
- * any state the stream created show up.
+ * framing and ClientFrame decoding are reached), one that negotiates
+ * permessage-deflate when its top bit is set too (compressed messages),
+ * cut into reads whose sizes come from the data. A push and the deletion
+ * follow, so leaks of any state the stream created show up.
  */
 #include <imchat/imchat.h>
 
@@ -42,8 +43,8 @@ static const imc_upstream_vtbl upstream = {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static imc_gateway_options *opt;
-  static char req[3072];
-  static int req_len;
+  static char req[2][3072]; /* without and with permessage-deflate */
+  static int req_len[2];
   if (opt == NULL) {
     imc_gateway_options_new(&opt, NULL);
     imc_gateway_options_set_transport(opt, &transport, NULL);
@@ -54,13 +55,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int64_t now = (int64_t)time(NULL);
     imc_jwt_sign_hs256((const uint8_t *)"fuzz", 4, "alice", NULL, NULL, NULL,
                        now, now + 86400, tok, sizeof(tok));
-    req_len = snprintf(req, sizeof(req),
-                       "GET /ws HTTP/1.1\r\nHost: f\r\nUpgrade: websocket\r\n"
-                       "Connection: Upgrade\r\n"
-                       "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                       "Sec-WebSocket-Version: 13\r\n"
-                       "Authorization: Bearer %s\r\n\r\n",
-                       tok);
+    for (int i = 0; i < 2; i++)
+      req_len[i] = snprintf(
+          req[i], sizeof(req[i]),
+          "GET /ws HTTP/1.1\r\nHost: f\r\nUpgrade: websocket\r\n"
+          "Connection: Upgrade\r\n"
+          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+          "Sec-WebSocket-Version: 13\r\n%s"
+          "Authorization: Bearer %s\r\n\r\n",
+          i ? "Sec-WebSocket-Extensions: permessage-deflate\r\n" : "", tok);
   }
   imc_gateway *gw;
   if (imc_gateway_new(&gw, opt, NULL) != 0)
@@ -68,8 +71,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int closed = 0;
   imc_conn *c;
   int rv = imc_gateway_conn_new(gw, &c, &closed);
-  if (rv == 0 && size > 0 && (data[0] & 1))
-    rv = imc_gateway_conn_recv(gw, c, (const uint8_t *)req, (size_t)req_len);
+  int z = size > 0 && (data[0] & 0x80); /* with permessage-deflate */
+  if (rv == 0 && size > 0 && (data[0] & 1)) {
+    rv = imc_gateway_conn_recv(gw, c, (const uint8_t *)req[z],
+                               (size_t)req_len[z]);
+  }
   /* A flush may close the connection: the transport's close sets
    * closed, and c is gone then. */
   for (size_t off = 1; rv == 0 && !closed && off < size;) {
@@ -81,6 +87,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     imc_gateway_flush(gw);
   }
   if (rv == 0 && !closed) {
+    /* Over the threshold: compressed with the extension. */
+    static const uint8_t big[2048];
     imc_msg m = {.struct_size = sizeof(imc_msg),
                  .msg_id = "m1",
                  .conversation_id = "p:alice:bob",
@@ -88,8 +96,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                  .from_user = "bob",
                  .to_user = "alice",
                  .group_id = "",
-                 .body = (const uint8_t *)"x",
-                 .body_len = 1,
+                 .body = z ? big : (const uint8_t *)"x",
+                 .body_len = z ? sizeof(big) : 1,
                  .content_type = "",
                  .sent_at_ms = 1,
                  .client_msg_id = "c",
