@@ -155,6 +155,8 @@ class Proc(imctest.Server):
     stderr kept, ready when ready() says so. Not restartable: clone() gives
     a new one with the same command line."""
 
+    STDOUT = subprocess.DEVNULL  # what becomes of its standard output
+
     def __init__(self, argv, name, port, workdir, secret=None, node_id=None):
         super().__init__(secret=secret, node_id=node_id, data_dir=workdir,
                          name=name)
@@ -179,8 +181,6 @@ class Proc(imctest.Server):
         if self.proc.returncode != -signal.SIGKILL:
             raise AssertionError("%s: exit status %s after SIGKILL"
                                  % (self.name, self.proc.returncode))
-
-    STDOUT = subprocess.DEVNULL
 
     def start(self):
         self.args = self.argv
@@ -226,8 +226,8 @@ class Redis(Proc):
     persistence: a new one on the same port starts empty."""
 
     @classmethod
-    def new(cls, workdir, port=None):
-        port = port or free_port()
+    def new(cls, workdir):
+        port = free_port()
         argv = [shutil.which("redis-server") or "redis-server", "--port",
                 str(port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", workdir]

@@ -2,11 +2,10 @@
 """End-to-end tests of the cluster: one im-service and three im-gateways
 (gw-a, gw-b, gw-c) on the real Redis, MariaDB and etcd that scripts/test.sh
 starts and a mock Kafka cluster of their own (tests/e2e/cluster.py). What
-a user sees: 1:1
-messages across gateways, a group spread over all three, an offline inbox
-read through another gateway, and nothing acknowledged lost when a
-gateway or im-service is killed with SIGKILL, when Redis comes back empty
-or when a gateway is stopped with SIGTERM.
+a user sees: 1:1 messages across gateways, a group spread over all three,
+an offline inbox read through another gateway, and nothing acknowledged
+lost when a gateway or im-service is killed with SIGKILL, when Redis comes
+back empty or when a gateway is stopped with SIGTERM.
 
 Each test class runs its own cluster on a database of its own, with node
 ids and user names no other class uses.
@@ -344,9 +343,13 @@ class TestServiceKill(ClusterTest):
         fids = {}
 
         async def send(some):
+            """Sends without waiting; the frame id of the first."""
+            first = None
             for cmid in some:
-                fids[await ca.send(to=carol, body=cmid.encode(),
-                                   cmid=cmid)] = cmid
+                fid = await ca.send(to=carol, body=cmid.encode(), cmid=cmid)
+                fids[fid] = cmid
+                first = first or fid
+            return first
 
         # Once the worker stored a batch of the first half, the second half
         # goes out, and im-service is killed (kill -9) when the first of
@@ -357,8 +360,7 @@ class TestServiceKill(ClusterTest):
         first = await ca.next(lambda f: f.WhichOneof("body") == "status",
                               "the first DeliveryStatus", timeout=SLOW)
         ca.buf.append(first)
-        second = len(fids) + 1
-        await send(cmids[self.BURST // 2:])
+        second = await send(cmids[self.BURST // 2:])
         ca.buf.append(await ca.reply(second, timeout=SLOW))
         self.cluster.service.kill9()
         self.cluster.restart_service()
@@ -372,6 +374,7 @@ class TestServiceKill(ClusterTest):
                 acks[cmid] = r.send_ack
             else:
                 self.assertEqual(r.WhichOneof("body"), "error", r)
+                self.assertEqual(r.error.code, pb().Error.UNAVAILABLE, r)
                 errors[cmid] = r.error
         await ca.quiet(lambda f: False, "", seconds=1)  # collect statuses
         for f in ca.buf:
