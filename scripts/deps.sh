@@ -60,6 +60,13 @@ IMC_DEB_BENCH_PACKAGES=(
   linux-perf strace
 )
 
+# What scripts/cluster.sh needs on top: the backends it starts
+# (scripts/servers.sh) and the mock Kafka's build (tests/engines).
+IMC_DEB_CLUSTER_PACKAGES=(
+  redis-server redis-tools mariadb-server mariadb-client etcd-server curl
+  python3 check libsubunit-dev
+)
+
 # Prints the packages of "$@" that are not installed.
 imc_missing_packages() {
   local p st

@@ -1,0 +1,382 @@
+"""The cluster harness of the end-to-end tests: im-service and im-gateway
+processes on loopback, on the real backends scripts/test.sh starts
+(scripts/servers.sh), each test class with its own MariaDB database, its
+own node ids and user names (etcd is shared: keys of other classes are
+other users' and nodes'), and its own mock Kafka cluster: consumer groups
+(im-service's "worker" above all) outlive their members in the mock for a
+session timeout, which would hold each class's worker back by the last
+one's.
+
+Environment (set by tests/meson.build and scripts/test.sh):
+  IM_GATEWAY, IM_SERVICE   paths of the executables
+  IMC_KAFKA_MOCK           tests/engines/kafka_mock
+  IMC_TEST_REDIS           127.0.0.1:PORT
+  IMC_TEST_MARIADB         127.0.0.1:PORT/DB, with IMCHAT_MYSQL_USER and
+                           IMCHAT_MYSQL_PASSWORD (the test user may create
+                           databases named imchat_*)
+  IMC_TEST_ETCD            http://127.0.0.1:PORT
+A missing one is a failure, not a skip.
+
+Processes are imctest.Server objects (stderr kept and checked for sanitizer
+reports, killed by pid at exit and when the runner dies); a cluster host is
+ready when its /readyz answers 200.
+"""
+
+import base64
+import json
+import os
+import re
+import secrets
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import imctest
+
+IM_GATEWAY = os.environ.get("IM_GATEWAY", "")
+IM_SERVICE = os.environ.get("IM_SERVICE", "")
+KAFKA_MOCK = os.environ.get("IMC_KAFKA_MOCK", "")
+READY_TIMEOUT = 60.0  # s: start to /readyz 200 (sanitizers, a busy machine)
+ETCD_PREFIX = "/imchat/"  # the engines' default key prefix
+
+_ENV = ("IM_GATEWAY", "IM_SERVICE", "IMC_KAFKA_MOCK", "IMC_TEST_REDIS",
+        "IMC_TEST_MARIADB", "IMC_TEST_ETCD", "IMCHAT_MYSQL_USER")
+
+
+def require_env():
+    """Exits with a message when an executable or a backend is missing."""
+    missing = [n for n in _ENV if not os.environ.get(n)]
+    if missing:
+        sys.exit("cluster: environment variable(s) %s not set: run "
+                 "through scripts/test.sh (which starts the backends) or "
+                 "set them (scripts/servers.sh)" % ", ".join(missing))
+    for exe in (IM_GATEWAY, IM_SERVICE, KAFKA_MOCK):
+        if not os.access(exe, os.X_OK):
+            sys.exit("cluster: %s is not an executable" % exe)
+    if shutil.which("mariadb") is None:
+        sys.exit("cluster: the mariadb client is missing (Debian package "
+                 "mariadb-client)")
+
+
+def free_port():
+    """A TCP port of 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def addr(port):
+    return "127.0.0.1:%d" % port
+
+
+def tag():
+    """A short random name part: node ids, databases and users of one test
+    class never meet those of another run on the same backends."""
+    return secrets.token_hex(3)
+
+
+# ---------------------------------------------------------------------------
+# MariaDB: one database per test class
+# ---------------------------------------------------------------------------
+
+def _mariadb(sql):
+    hostport = os.environ["IMC_TEST_MARIADB"].split("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    env = dict(os.environ,
+               MYSQL_PWD=os.environ.get("IMCHAT_MYSQL_PASSWORD", ""))
+    r = subprocess.run(
+        ["mariadb", "--no-defaults", "-h", host, "-P", port, "-u",
+         os.environ["IMCHAT_MYSQL_USER"], "-e", sql],
+        env=env, capture_output=True, text=True, timeout=30,
+        stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise AssertionError("mariadb -e %r failed (%d): %s"
+                             % (sql, r.returncode, r.stderr))
+
+
+def create_database():
+    """A new empty database imchat_e2e_<random>; its name."""
+    name = "imchat_e2e_" + secrets.token_hex(4)
+    _mariadb("CREATE DATABASE `%s`" % name)
+    return name
+
+
+def drop_database(name):
+    _mariadb("DROP DATABASE IF EXISTS `%s`" % name)
+
+
+def mysql_address(db):
+    return os.environ["IMC_TEST_MARIADB"].split("/", 1)[0] + "/" + db
+
+
+# ---------------------------------------------------------------------------
+# etcd: what the registry holds
+# ---------------------------------------------------------------------------
+
+def etcd_range(prefix):
+    """{key: value} of etcd (IMC_TEST_ETCD) under ETCD_PREFIX + prefix."""
+    key = (ETCD_PREFIX + prefix).encode()
+    end = key[:-1] + bytes([key[-1] + 1])
+    body = json.dumps({"key": base64.b64encode(key).decode(),
+                       "range_end": base64.b64encode(end).decode()}).encode()
+    req = urllib.request.Request(
+        os.environ["IMC_TEST_ETCD"].split(",")[0] + "/v3/kv/range",
+        data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=imctest.IO_TIMEOUT) as r:
+        kvs = json.load(r).get("kvs", [])
+    return {base64.b64decode(kv["key"]).decode():
+            base64.b64decode(kv.get("value", "")).decode() for kv in kvs}
+
+
+def etcd_keys(prefix):
+    return sorted(etcd_range(prefix))
+
+
+def registered_on(user, device, node_id):
+    """Whether the registry names node_id for user/device (the value of
+    a connection's key is "<node>/<connection id>")."""
+    v = etcd_range("users/%s/%s" % (user, device)).get(
+        "%susers/%s/%s" % (ETCD_PREFIX, user, device), "")
+    return v.startswith(node_id + "/")
+
+
+# ---------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------
+
+class Proc(imctest.Server):
+    """One process of the cluster (or a backend a test owns): argv, its
+    stderr kept, ready when ready() says so. Not restartable: clone() gives
+    a new one with the same command line."""
+
+    STDOUT = subprocess.DEVNULL  # what becomes of its standard output
+
+    def __init__(self, argv, name, port, workdir, secret=None, node_id=None):
+        super().__init__(secret=secret, node_id=node_id, data_dir=workdir,
+                         name=name)
+        self.argv = list(argv)
+        self.port = port  # where ready() asks; clients connect here
+        self.expect_exit = False  # the test stopped it: check() skips it
+
+    def clone(self):
+        return type(self)(self.argv, self.name, self.port, self.data_dir,
+                          self.secret, self.node_id)
+
+    def ready(self):
+        """True once the process serves; override."""
+        raise NotImplementedError
+
+    def kill9(self):
+        """SIGKILL by pid; the process must not have exited before."""
+        self._check_running("before its kill -9")
+        self.expect_exit = True
+        self.kill()
+        self._reader.join(timeout=2)
+        if self.proc.returncode != -signal.SIGKILL:
+            raise AssertionError("%s: exit status %s after SIGKILL"
+                                 % (self.name, self.proc.returncode))
+
+    def start(self):
+        self.args = self.argv
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=self.STDOUT,
+            stderr=subprocess.PIPE, preexec_fn=imctest._pdeathsig)
+        imctest._servers.append(self)
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        return self
+
+    def wait_ready(self, timeout=READY_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        why = None
+        while True:
+            self._check_running("while starting")
+            try:
+                why = self.ready()
+                if why is True:
+                    return self
+            except (OSError, AssertionError) as e:
+                why = e
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError("%s not ready within %.0f s (last: %s)"
+                                     "\ncommand: %s\n%s"
+                                     % (self.name, timeout, why,
+                                        " ".join(self.argv),
+                                        self.stderr_text()))
+            time.sleep(0.1)
+
+
+class Host(Proc):
+    """im-gateway or im-service: ready when GET /readyz answers 200."""
+
+    def ready(self):
+        r = imctest.http_get(self.port, "/readyz", timeout=5)
+        return True if r.status == 200 else r
+
+
+class Redis(Proc):
+    """A redis-server of a test's own on 127.0.0.1:port, without
+    persistence: a new one on the same port starts empty."""
+
+    @classmethod
+    def new(cls, workdir):
+        port = free_port()
+        argv = [shutil.which("redis-server") or "redis-server", "--port",
+                str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", workdir]
+        return cls(argv, "redis-server :%d" % port, port, workdir)
+
+    def ready(self):
+        with socket.create_connection(("127.0.0.1", self.port),
+                                      timeout=2) as s:
+            s.sendall(b"PING\r\n")
+            got = s.recv(64)
+        return True if got.startswith(b"+PONG") else got
+
+
+class KafkaMock(Proc):
+    """librdkafka's mock cluster (tests/engines/kafka_mock) of a test
+    class's own: its consumer groups start empty. Ready once it printed
+    its bootstrap servers (self.bootstrap)."""
+
+    STDOUT = subprocess.PIPE
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._out = b""
+        self.bootstrap = None
+
+    @classmethod
+    def new(cls, workdir):
+        return cls([KAFKA_MOCK], "kafka_mock", None, workdir)
+
+    def ready(self):
+        fd = self.proc.stdout.fileno()
+        while select.select([fd], [], [], 0)[0]:
+            data = os.read(fd, 4096)
+            if not data:
+                break
+            self._out += data
+        for line in self._out.decode().splitlines():
+            if re.fullmatch(r"127\.0\.0\.1:\d+(,127\.0\.0\.1:\d+)*", line):
+                self.bootstrap = line
+                return True
+        return "no bootstrap servers yet"
+
+
+class Cluster:
+    """One im-service and three im-gateways (gw-a, gw-b, gw-c) on the test
+    backends, with a database and a mock Kafka cluster of their own. Extra
+    flags per role; redis: the address for im-service (default
+    IMC_TEST_REDIS)."""
+
+    NAMES = ("a", "b", "c")
+
+    def __init__(self, label, gateway_flags=(), service_flags=(),
+                 redis=None, admin_token=None):
+        self.tag = tag()
+        self.label = label
+        self.workdir = imctest.mkdtemp("cluster")
+        self.kafka = KafkaMock.new(self.workdir)
+        self.db = None
+        self.service = None
+        self.gateways = []
+        self._flags = (list(gateway_flags), list(service_flags),
+                       redis or os.environ["IMC_TEST_REDIS"], admin_token)
+
+    def _hosts(self):
+        gateway_flags, service_flags, redis, admin_token = self._flags
+        common = ["--etcd", os.environ["IMC_TEST_ETCD"],
+                  "--kafka", self.kafka.bootstrap,
+                  "--mysql", mysql_address(self.db)]
+        svc_grpc, svc_http = addr(free_port()), free_port()
+        self.service = Host(
+            [IM_SERVICE, "--grpc-listen", svc_grpc,
+             "--http-listen", addr(svc_http), "--redis", redis,
+             "--node-id", "svc-" + self.tag] + common + service_flags,
+            "im-service (%s)" % self.label, svc_http, self.workdir)
+        for n in self.NAMES:
+            node = "gw-%s-%s" % (n, self.tag)
+            port = free_port()
+            argv = [IM_GATEWAY, "--listen", addr(port),
+                    "--grpc-listen", addr(free_port()), "--router", svc_grpc,
+                    "--node-id", node, "--jwt-secret", imctest.SECRET]
+            if admin_token:
+                argv += ["--admin-token", admin_token]
+            self.gateways.append(
+                Host(argv + common + gateway_flags,
+                     "im-gateway %s (%s)" % (node, self.label), port,
+                     self.workdir, secret=imctest.SECRET, node_id=node))
+
+    def start(self):
+        """The mock Kafka and the database, im-service (it applies the
+        schema), then the gateways; returns once every one is ready."""
+        try:
+            self.kafka.start().wait_ready()
+            self.db = create_database()
+            self._hosts()
+            self.service.start().wait_ready()
+            for g in self.gateways:
+                g.start()
+            for g in self.gateways:
+                g.wait_ready()
+        except BaseException:
+            self.kill_all()
+            if self.db:
+                drop_database(self.db)
+            raise
+        return self
+
+    def procs(self):
+        """The hosts, then the mock Kafka."""
+        return ([self.service] if self.service else []) + self.gateways + \
+            [self.kafka]
+
+    def restart_service(self):
+        """A new im-service with the same flags (ports, database) in place
+        of the one that stopped; returns once it and the gateways are
+        ready again (the gateways reconnect on their own)."""
+        assert not self.service.alive(), "im-service still running"
+        self.service = self.service.clone().start().wait_ready()
+        for g in self.gateways:
+            if g.alive():
+                g.wait_ready()
+        return self.service
+
+    def check(self, when):
+        """Every process still running is healthy (no sanitizer report);
+        a process that died unasked fails."""
+        for p in self.procs():
+            if not p.expect_exit:
+                p.check_alive(when)
+            p.check_sanitizers()
+
+    def kill_all(self):
+        for p in self.procs():
+            p.kill()
+
+    def stop(self):
+        """SIGTERM to each running process (gateways first, the mock Kafka
+        last): each must exit 0 without a sanitizer report. Then the
+        database goes."""
+        try:
+            errors = []
+            for p in self.gateways + [self.service, self.kafka]:
+                if not p.alive():
+                    continue
+                try:
+                    p.stop()
+                except AssertionError as e:
+                    errors.append(str(e))
+            if errors:
+                raise AssertionError("\n".join(errors))
+        finally:
+            self.kill_all()
+            drop_database(self.db)
