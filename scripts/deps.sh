@@ -56,6 +56,8 @@ IMC_DEB_TEST_PACKAGES=(
 IMC_DEB_BENCH_PACKAGES=(
   mosquitto gnuplot-nox
   linux-perf strace
+  # the cluster part (--cluster): its backends on loopback (servers.sh)
+  redis-server redis-tools mariadb-server mariadb-client etcd-server curl
 )
 
 # Prints the packages of "$@" that are not installed.
