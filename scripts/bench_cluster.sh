@@ -19,10 +19,13 @@ if [ "$quick" -eq 1 ]; then
   cl_dur=${IMC_BENCH_DURATION:-5}
 else
   cl_idle=${IMC_BENCH_CLUSTER_IDLE:-100000}
-  cl_hold=${IMC_BENCH_CLUSTER_HOLD:-65}
+  cl_hold=${IMC_BENCH_CLUSTER_HOLD:-120}
   cl_dur=${IMC_BENCH_DURATION:-10}
 fi
 cl_gateways=${IMC_BENCH_CLUSTER_GATEWAYS:-5}
+# Connects in progress per client process (imchat-bench --concurrency):
+# lower it to slow the connect burst down.
+cl_concurrency=${IMC_BENCH_CLUSTER_CONCURRENCY:-256}
 cl_heartbeat=30
 cl_pairs=${IMC_BENCH_PAIRS_CONNS:-2000}
 cl_pairs_rate=${IMC_BENCH_CLUSTER_PAIRS_RATE:-1000}
@@ -74,6 +77,14 @@ imc_start_redis
 redis_pid=${bench_pids[-1]}
 imc_start_mariadb
 mariadb_pid=${bench_pids[-1]}
+# IMC_BENCH_CLUSTER_ETCD_TMPFS=1: etcd keeps its data in /dev/shm, so
+# that its WAL fsyncs cost nothing (what the registry does when the disk
+# is not what bounds it).
+if [ "${IMC_BENCH_CLUSTER_ETCD_TMPFS:-0}" = 1 ]; then
+  etcd_dir=$(mktemp -d /dev/shm/imchat-bench-etcd.XXXXXX)
+  ln -s "$etcd_dir" "$imc_tmp/etcd"
+  trap 'bench_cleanup; rm -rf "$etcd_dir"' EXIT
+fi
 imc_start_etcd
 etcd_pid=${bench_pids[-1]}
 imc_start_kafka build-release/hosts/bench/kafka-mock
@@ -207,6 +218,8 @@ idle_workers=$(((idle_conns + 9999) / 10000))
   echo "gw_fit: $gw_fit"
   echo "ephemeral_ports: $(tr '\t' ' ' </proc/sys/net/ipv4/ip_local_port_range)"
   echo "mem_available_kb_start: $(awk '/MemAvailable/ {print $2}' /proc/meminfo)"
+  echo "etcd_data: $(readlink -f "$imc_tmp/etcd")"
+  echo "etcd_data_fs: $(stat -f -c %T "$(readlink -f "$imc_tmp/etcd")")"
 } >>"$meta"
 
 # --------------------------------------------------------------------------
@@ -217,7 +230,7 @@ idle_workers=$(((idle_conns + 9999) / 10000))
 etcd_snap() {
   {
     echo "# time $(date +%s.%N)"
-    curl -sf "$etcd_url/metrics" | grep -E '^(etcd_mvcc_(put|delete|txn|range)_total|etcd_server_proposals_committed_total|etcd_debugging_lease_(granted|renewed|revoked)_total|etcd_debugging_mvcc_keys_total|etcd_mvcc_db_total_size_in_bytes|etcd_disk_wal_fsync_duration_seconds_count|process_cpu_seconds_total|process_resident_memory_bytes|grpc_server_(msg_received|started)_total\{grpc_method="(LeaseKeepAlive|LeaseGrant|LeaseRevoke|Txn|Range|Watch)")'
+    curl -sf "$etcd_url/metrics" | grep -E '^(etcd_mvcc_(put|delete|txn|range)_total|etcd_server_proposals_committed_total|etcd_debugging_lease_(granted|renewed|revoked)_total|etcd_debugging_mvcc_keys_total|etcd_mvcc_db_total_size_in_bytes|etcd_disk_wal_fsync_duration_seconds_(count|sum)|process_cpu_seconds_total|process_resident_memory_bytes|grpc_server_(msg_received|started)_total\{grpc_method="(LeaseKeepAlive|LeaseGrant|LeaseRevoke|Txn|Range|Watch)")'
   } >"$results/etcd-$1.prom"
 }
 
@@ -225,6 +238,16 @@ etcd_snap() {
 etcd_keys() {
   curl -sf "$etcd_url/metrics" |
     awk '/^etcd_debugging_mvcc_keys_total / {print int($2)}'
+}
+
+# The connections registered in etcd now: the keys under the gateways'
+# prefix (/imchat/users/), counted by etcd (one range read).
+etcd_entries() {
+  curl -sf -X POST "$etcd_url/v3/kv/range" -d "{\"key\": \"$(printf \
+    /imchat/users/ | base64)\", \"range_end\": \"$(printf /imchat/users0 |
+    base64)\", \"count_only\": true}" |
+    /usr/bin/python3 -c 'import json, sys
+print(int(json.load(sys.stdin).get("count", 0)))'
 }
 
 # gw_snap NAME: each gateway's WebSockets, open fds and RSS, and every
@@ -249,6 +272,8 @@ gw_snap() {
         "cpu_ticks $(cpu_ticks "${p#*:}")"
     done
     echo "mem_available_kb $(awk '/MemAvailable/ {print $2}' /proc/meminfo)"
+    echo "slab_kb $(awk '/^Slab:/ {print $2}' /proc/meminfo)"
+    echo "tcp_inuse $(awk '/^TCP:/ {print $3}' /proc/net/sockstat)"
     echo "loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
   } >"$results/procs-$1.txt"
 }
@@ -258,28 +283,26 @@ cpu_ticks() {
   awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"
 }
 
-# wait_keys ge|le N SECS NAME: waits (at most SECS) until etcd holds at
-# least (ge) or at most (le) N live keys, then until that count stays the
-# same for a second; the counts seen go to $results/keys-NAME.txt.
+# wait_keys ge|le N SECS NAME: waits until etcd holds at least (ge) or
+# at most (le) N live keys, or until the count has not moved for 5 s
+# (what the gateways had to write is written, or was given up), at most
+# SECS; the counts seen go to $results/keys-NAME.txt.
 wait_keys() {
-  local op=$1 n=$2 secs=$3 log=$results/keys-$4.txt i k last=-1 same=0
+  local op=$1 n=$2 log=$results/keys-$4.txt k last=-1 moved=$SECONDS
+  local end=$((SECONDS + $3)) t0
   echo "# seconds keys (waiting for $op $n)" >"$log"
-  local t0
   t0=$(now_s)
-  for ((i = 0; i < secs * 5; i++)); do
+  while [ "$SECONDS" -lt "$end" ]; do
     k=$(etcd_keys)
     k=${k:-0}
     awk -v a="$(now_s)" -v b="$t0" -v k="$k" \
       'BEGIN {printf "%.1f %d\n", a - b, k}' >>"$log"
     if { [ "$op" = ge ] && [ "$k" -ge "$n" ]; } ||
       { [ "$op" = le ] && [ "$k" -le "$n" ]; }; then
-      if [ "$k" -eq "$last" ]; then
-        same=$((same + 1))
-        [ "$same" -ge 5 ] && return 0
-      else
-        same=0
-      fi
+      return 0
     fi
+    [ "$k" -ne "$last" ] && moved=$SECONDS
+    [ $((SECONDS - moved)) -ge 5 ] && return 1
     last=$k
     sleep 0.2
   done
@@ -332,7 +355,8 @@ etcd_snap 0-start
 gw_snap 0-start
 cl_bench cluster-idle --scenario idle --connections "$idle_conns" \
   --workers "$idle_workers" --src-addrs "$idle_workers" \
-  --duration "$cl_hold" --connect-timeout 180 --drain 0
+  --concurrency "$cl_concurrency" --duration "$cl_hold" \
+  --connect-timeout 240 --drain 0
 t_start=$(now_s)
 for ((i = 0; i < 2400; i++)); do
   grep -q 'connected in' "$results/cluster-idle.err" 2>/dev/null && break
@@ -351,6 +375,8 @@ wait_keys ge $((keys_base + ok)) 60 registering || true
 etcd_snap 2-registered
 gw_snap 2-registered
 keys_registered=$(etcd_keys)
+entries_registered=$(etcd_entries)
+echo "entries_registered: $entries_registered" >>"$meta"
 # The end of the hold, 2 s before imchat-bench lets go of the connections.
 hold_end=$(awk -v a="$t_connected" -v h="$cl_hold" \
   'BEGIN {printf "%.3f", a + h - 2}')
@@ -362,7 +388,8 @@ etcd_snap 3-held
 gw_snap 3-held
 cl_wait cluster-idle
 # The gateways unregister the closed connections (their node keys stay).
-wait_keys le $((keys_registered - ok)) 60 closing || true
+wait_keys le $((keys_registered - entries_registered)) 60 closing || true
+echo "entries_after_close: $(etcd_entries)" >>"$meta"
 etcd_snap 4-closed
 gw_snap 4-closed
 
@@ -389,6 +416,9 @@ done
 stop_pid "$svc_pid"
 mkdir -p "$results/logs"
 cp "$bench_tmp"/*.log "$results/logs/"
+# What the gateways could not write to etcd (each failure is a warning).
+echo "registry_failures: $(cat "$results"/logs/im-gateway*.log |
+  grep -c 'libimchat: registry: ' || true)" >>"$meta"
 
 # --------------------------------------------------------------------------
 # Report

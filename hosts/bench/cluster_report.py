@@ -67,8 +67,8 @@ def read_procs(path):
                     out["gateways"].append(d)
                 else:
                     out["backends"][w[1]] = d
-            elif w[0] == "mem_available_kb":
-                out["mem_available_kb"] = float(w[1])
+            elif w[0] in ("mem_available_kb", "slab_kb", "tcp_inuse"):
+                out[w[0]] = float(w[1])
             elif w[0] == "loadavg":
                 out["loadavg"] = " ".join(w[1:])
     return out
@@ -90,9 +90,12 @@ COUNTERS = [
      lambda p: p.get("etcd_server_proposals_committed_total", 0)),
     ("WAL fsyncs",
      lambda p: p.get("etcd_disk_wal_fsync_duration_seconds_count", 0)),
+    ("WAL fsync time (s)",
+     lambda p: p.get("etcd_disk_wal_fsync_duration_seconds_sum", 0)),
     ("lease grants", lambda p: p.get("etcd_debugging_lease_granted_total", 0)),
     ("lease keepalives received", method("LeaseKeepAlive")),
-    ("lease renewals", lambda p: p.get("etcd_debugging_lease_renewed_total", 0)),
+    ("lease renewals",
+     lambda p: p.get("etcd_debugging_lease_renewed_total", 0)),
     ("keys read (ranges, in transactions too)",
      lambda p: p.get("etcd_mvcc_range_total", 0)),
     ("etcd CPU (s)", lambda p: p.get("process_cpu_seconds_total", 0)),
@@ -112,6 +115,11 @@ def reached(path):
                       else int(k) <= int(m.group(2))):
                 return float(t)
     return None
+
+
+C = dict(COUNTERS)
+PUTS, DELS, TXNS = C["puts"], C["deletes"], C["transactions (Txn calls)"]
+KA = C["lease keepalives received"]
 
 
 def delta(a, b, fn):
@@ -152,9 +160,14 @@ def section(a, meta, machine, commands, runs, etcd, procs, notes):
       "client processes each bound to its own source address 127.0.0.*k*. "
       "Each gateway runs with `--heartbeat %s` (its etcd lease, TTL %s s, "
       "renewed every %s s), no connection limit and the rate limits lifted. "
-      "Everything shares the machine's cores.\n"
+      "etcd keeps its data on %s (%s). Everything shares the machine's "
+      "cores.\n"
       % (" --quick" if a.quick == "1" else "", gws, gws,
-         meta["heartbeat_s"], meta["lease_ttl_s"], meta["heartbeat_s"]))
+         meta["heartbeat_s"], meta["lease_ttl_s"], meta["heartbeat_s"],
+         "tmpfs, so its fsyncs cost nothing"
+         if meta.get("etcd_data_fs") == "tmpfs" else "the machine's disk",
+         "/dev/shm" if meta.get("etcd_data_fs") == "tmpfs"
+         else "file system %s" % meta.get("etcd_data_fs", "?")))
     w("```\n%s\n```\n" % machine)
 
     rows = []
@@ -168,7 +181,7 @@ def section(a, meta, machine, commands, runs, etcd, procs, notes):
         base = sum(p["rss_kb_base"] for p in procs_gw)
         conn = sum(p["rss_kb_connected"] for p in procs_gw)
         per_gw = [int(g["websockets"]) for g in
-                  procs["2-registered"]["gateways"]]
+                  procs["1-connected"]["gateways"]]
         rows.append(("authenticated WebSockets held",
                      "%s of %s requested, over %d gateways (%s)"
                      % (num(ok), num(int(meta["idle_requested"])), gws,
@@ -186,6 +199,21 @@ def section(a, meta, machine, commands, runs, etcd, procs, notes):
                          % (num((conn - base) * 1024.0 / ok), num(conn),
                             num(base), num(ok), num(conn * 1024.0 / ok),
                             num(conn), gws)))
+        if "entries_registered" in meta and ok:
+            reg = int(meta["entries_registered"])
+            rows.append(("registered in etcd",
+                         "%s of the %s connections (%.1f %%) once the "
+                         "gateways' writes had settled; %s writes given up "
+                         "by the gateways in all (their `registry:` "
+                         "warnings); entries left %s s after the clients "
+                         "closed: %s"
+                         % (num(reg), num(ok), 100.0 * reg / ok,
+                            num(int(meta.get("registry_failures", 0))),
+                            fmt(etcd["4-closed"]["time"]
+                                - etcd["3-held"]["time"])
+                            if "4-closed" in etcd and "3-held" in etcd
+                            else "–",
+                            num(int(meta.get("entries_after_close", 0))))))
         if svc and ok:
             s = svc[0]
             rows.append(("im-service RSS",
@@ -201,13 +229,15 @@ def section(a, meta, machine, commands, runs, etcd, procs, notes):
                          "%s µs (%.1f CPU-s over the %d gateways: TCP "
                          "accept, HTTP upgrade, JWT check, registration)"
                          % (fmt(ticks / TICK * 1e6 / ok), ticks / TICK, gws)))
-            drop = p0["mem_available_kb"] - p2["mem_available_kb"]
-            rows.append(("machine memory per connection",
-                         "%s bytes (the machine's MemAvailable fell by %s MiB"
-                         " while they connected: both ends of every socket "
-                         "in the kernel, the gateways, the client processes,"
-                         " and whatever else ran meanwhile)"
-                         % (num(drop * 1024.0 / ok), fmt(drop / 1024.0))))
+            if "slab_kb" in p0 and "slab_kb" in p2:
+                slab = p2["slab_kb"] - p0["slab_kb"]
+                rows.append(("kernel memory per connection",
+                             "%s bytes of slab (it grew by %s MiB while they"
+                             " connected: both ends of every TCP socket, "
+                             "machine-wide); TCP sockets in use %s → %s"
+                             % (num(slab * 1024.0 / ok), fmt(slab / 1024.0),
+                                num(p0.get("tcp_inuse")),
+                                num(p2.get("tcp_inuse")))))
         cpu_hold = sum(p["cpu_s"] for p in procs_gw)
         rows.append(("gateways' CPU while holding",
                      "%s %% of one core in all (%s CPU-s over the %s s hold:"
@@ -256,8 +286,9 @@ def section(a, meta, machine, commands, runs, etcd, procs, notes):
     if have:
         w("### etcd's load\n")
         w("etcd's own counters (its `/metrics`), read before the clients "
-          "connect, once every connection is registered, at the end of the "
-          "hold (2 s before the clients close) and once the closed "
+          "connect, once the gateways' registrations have settled, at the "
+          "end of the hold (2 s before the clients close) and once the "
+          "closed "
           "connections' entries are gone. Each gateway keeps one lease and "
           "puts every connection's key on it: renewals are one keepalive "
           "per gateway per heartbeat whatever the number of connections; "
@@ -269,7 +300,7 @@ def section(a, meta, machine, commands, runs, etcd, procs, notes):
         w(head)
         w("|---|" + "---|" * len(have))
         for name, fn in COUNTERS:
-            f = fmt if "CPU" in name else num
+            f = fmt if "(s)" in name else num
             w("| %s | " % name + " | ".join(
                 f(delta(etcd[a0], etcd[b], fn)) for _, a0, b in have)
               + " |")
@@ -280,8 +311,8 @@ def section(a, meta, machine, commands, runs, etcd, procs, notes):
         facts = []
         if idle and "2-registered" in etcd:
             ok = idle["connect"]["ok"]
-            d_put = delta(etcd["0-start"], etcd["2-registered"], COUNTERS[0][1])
-            d_txn = delta(etcd["0-start"], etcd["2-registered"], COUNTERS[2][1])
+            d_put = delta(etcd["0-start"], etcd["2-registered"], PUTS)
+            d_txn = delta(etcd["0-start"], etcd["2-registered"], TXNS)
             if ok and d_txn:
                 facts.append("while connecting, %s puts for %s connections "
                              "(%.2f per connection) in %s transactions: %s "
@@ -291,22 +322,23 @@ def section(a, meta, machine, commands, runs, etcd, procs, notes):
         if "3-held" in etcd and "2-registered" in etcd:
             a0, b = etcd["2-registered"], etcd["3-held"]
             secs = b["time"] - a0["time"]
-            ka = delta(a0, b, COUNTERS[6][1])
+            ka = delta(a0, b, KA)
             hb = float(meta["heartbeat_s"])
             facts.append("while %s connections were held for %.0f s: %s "
                          "puts, %s transactions, %s keepalives (%d gateways "
-                         "× one per %g s heartbeat ≈ %.0f)"
+                         "× one per %g s heartbeat: %d to %d in that time)"
                          % (num(idle["connect"]["ok"]) if idle else "the",
-                            secs, num(delta(a0, b, COUNTERS[0][1])),
-                            num(delta(a0, b, COUNTERS[2][1])), num(ka), gws,
-                            hb, gws * secs / hb))
+                            secs, num(delta(a0, b, PUTS)),
+                            num(delta(a0, b, TXNS)), num(ka), gws, hb,
+                            gws * math.floor(secs / hb),
+                            gws * math.ceil(secs / hb)))
         if "4-closed" in etcd and "3-held" in etcd:
             gone = a.keys_files.get("keys-closing")
             facts.append("on closing, %s deletes in %s transactions; %s"
                          % (num(delta(etcd["3-held"], etcd["4-closed"],
-                                      COUNTERS[1][1])),
+                                      DELS)),
                             num(delta(etcd["3-held"], etcd["4-closed"],
-                                      COUNTERS[2][1])),
+                                      TXNS)),
                             "the entries were gone %.1f s after imchat-bench "
                             "exited" % gone if gone is not None else
                             "**the entries were not all gone** %s s after "
@@ -343,6 +375,28 @@ def section(a, meta, machine, commands, runs, etcd, procs, notes):
             % (fmt(int(hi) - int(lo) + 1), lo, hi, wk, wk,
                fmt(idle["connect"]["ok"]), lcm(wk, gws),
                fmt(idle["connect"]["ok"] / lcm(wk, gws))))
+        e0, e2 = etcd.get("0-start"), etcd.get("2-registered")
+        if e0 and e2 and "entries_registered" in meta:
+            ok = idle["connect"]["ok"]
+            reg = int(meta["entries_registered"])
+            secs = idle["connect"]["seconds"]
+            fs_n = delta(e0, e2, C["WAL fsyncs"])
+            fs_t = delta(e0, e2, C["WAL fsync time (s)"])
+            txns = delta(e0, e2, TXNS)
+            bounds.append(
+                "**Registration in etcd.** %s connections arrived at %s/s "
+                "(%s/s per gateway); the gateways registered %s of them "
+                "(%.1f %%) in %s transactions. Each gateway keeps one write "
+                "transaction in flight; a write still queued or in flight "
+                "5 s after it was made is given up (the etcd engine's "
+                "timeout; a transaction's deadline is its oldest "
+                "operation's), logged and not tried again, and the "
+                "connection stays unregistered. etcd's WAL fsyncs took "
+                "%s ms on average (%s of them) while they connected."
+                % (num(ok), num(ok / secs if secs else None),
+                   num(ok / secs / gws if secs else None), num(reg),
+                   100.0 * reg / ok if ok else 0, num(txns),
+                   fmt(1000.0 * fs_t / fs_n if fs_n else None), num(fs_n)))
         p2 = procs.get("2-registered")
         if p2:
             bounds.append(
