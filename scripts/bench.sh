@@ -22,15 +22,37 @@
 # IMC_BENCH_SWEEP_CONNS (200), IMC_BENCH_SWEEP_RATES ("500 ... 30000";
 # --quick "1000 4000 16000 30000"), IMC_BENCH_OUT (where benchmarks.md
 # goes; default doc).
+#
+#   scripts/bench.sh --cluster [--quick]
+#
+# The cluster on one machine instead (scripts/bench_cluster.sh): Redis,
+# MariaDB, etcd and the mock Kafka on loopback, one im-service and 5
+# im-gateway (--heartbeat 30, no connection limit), built in
+# build-release/ with the engines. 100K idle connections spread over the
+# gateways (--quick 10K) are held for 120 s (35 s), etcd's /metrics read
+# before, once they are connected and registered, at the end of the hold
+# and once they are gone; then 2000 connections in 1:1 pairs whose ends
+# are on different gateways (open loop, 1000/s) and a 1000-member group
+# spread over every gateway (10/s), 10 s each (5 s). Writes
+# doc/bench/cluster.md and its section of doc/benchmarks.md; the JSON
+# and etcd's counters stay in build-release/bench-results/cluster/.
+# Overrides: IMC_BENCH_CLUSTER_GATEWAYS (5), IMC_BENCH_CLUSTER_IDLE,
+# IMC_BENCH_CLUSTER_HOLD (s), IMC_BENCH_CLUSTER_CONCURRENCY (connects in
+# progress per client process, 256), IMC_BENCH_CLUSTER_ETCD_TMPFS=1
+# (etcd's data in /dev/shm), IMC_BENCH_PAIRS_CONNS,
+# IMC_BENCH_CLUSTER_PAIRS_RATE, IMC_BENCH_CLUSTER_MEMBERS,
+# IMC_BENCH_GROUP_RATE, IMC_BENCH_DURATION, IMC_BENCH_OUT.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 quick=0
+cluster=0
 for a in "$@"; do
   case $a in
   --quick) quick=1 ;;
+  --cluster) cluster=1 ;;
   -h | --help)
-    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
+    awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
@@ -114,6 +136,12 @@ wait_port() {
   done
   return 1
 }
+
+if [ "$cluster" -eq 1 ]; then
+  # shellcheck source=scripts/bench_cluster.sh
+  source scripts/bench_cluster.sh
+  exit 0
+fi
 
 # --------------------------------------------------------------------------
 # Build (release)

@@ -58,6 +58,8 @@ IMC_DEB_TEST_PACKAGES=(
 IMC_DEB_BENCH_PACKAGES=(
   mosquitto gnuplot-nox
   linux-perf strace
+  # the cluster part (--cluster): its backends on loopback (servers.sh)
+  redis-server redis-tools mariadb-server mariadb-client etcd-server curl
 )
 
 # What scripts/cluster.sh needs on top: the backends it starts

@@ -10,7 +10,10 @@
  *    fails the whole transaction, which must then concern one lease);
  *  - touch distinct keys (etcd refuses a transaction that writes a key
  *    twice);
- *  - fit in max_txn_ops.
+ *  - fit in max_txn_ops, less one when it holds an unregister (etcd
+ *    checks a nested transaction against the limit less the outer
+ *    transaction's own operations, so 128 unregisters in one
+ *    transaction are refused with "too many operations").
  * So the batch grows with the load, with no timer: under a burst of
  * registrations after a node's restart, or connections coming and
  * going, each round trip carries up to max_txn_ops of them.
@@ -224,14 +227,18 @@ static void send_batch(imc_etcd *e) {
 
   etcd_wop *head = pop(e), *tail = head;
   uint64_t lease = head->lease; /* 0 for an unregister */
+  int nested = head->del;
   seen(e, size, head);
   size_t n = 1;
   while (n < max && e->wq != NULL) {
     etcd_wop *op = e->wq;
     if (!op->del && lease != 0 && op->lease != lease)
       break;
+    if ((nested || op->del) && n + 1 >= e->max_ops)
+      break; /* room for the nested transactions' own operation */
     if (seen(e, size, op))
       break;
+    nested |= op->del;
     if (!op->del)
       lease = op->lease;
     tail->next = pop(e);

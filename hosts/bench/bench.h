@@ -3,13 +3,15 @@
  *
  * The parent parses the flags, prepares the server (group membership),
  * forks the workers, each with its own slice of the connections and its
- * own epoll loop, starts them together, samples the server's /proc entry
- * while they run, and merges what they report into one JSON document.
+ * own epoll loop, starts them together, samples the servers' /proc
+ * entries while they run, and merges what they report into one JSON
+ * document.
  */
 #ifndef IMC_BENCH_BENCH_H
 #define IMC_BENCH_BENCH_H
 
 #include "histogram.h"
+#include "servers.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -34,7 +36,9 @@ enum {
 typedef struct bench_opts {
   int target, scenario, mode;
   const char *host;
-  int port;
+  int port;                   /* ports[0]: the admin and offline HTTP API */
+  int ports[BENCH_MAX_PORTS]; /* connection i goes to ports[i % n_ports] */
+  int n_ports;
   const char *ws_path;
   int connections; /* idle, pairs: sockets; offline: senders */
   int members;     /* group */
@@ -49,7 +53,8 @@ typedef struct bench_opts {
   uint8_t *secret;
   size_t secret_len;
   const char *admin_token;
-  int server_pid;
+  int server_pids[BENCH_MAX_PIDS]; /* sampled; RSS and CPU summed */
+  int n_server_pids;
   const char *json_path, *csv_dir, *label;
   char prefix[32];   /* user ids: PREFIX + role letter + index */
   char group_id[64]; /* group */

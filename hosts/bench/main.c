@@ -5,7 +5,8 @@
  *
  * The parent forks the workers (one process holds at most ~20K sockets
  * here), starts them together once all are connected, samples the
- * server's RSS and CPU from /proc/PID while they run, merges their
+ * servers' RSS and CPU from /proc/PID while they run (one server, or the
+ * gateways of a cluster the connections are spread over), merges their
  * histograms and counters and writes one JSON document (and CSV series).
  */
 #include "bench.h"
@@ -25,7 +26,7 @@
 #define MAX_SAMPLES 20000
 
 static const char usage[] =
-    "usage: imchat-bench --port PORT [OPTIONS]\n"
+    "usage: imchat-bench --port PORT[,PORT...] [OPTIONS]\n"
     "\n"
     "Opens many client connections to an imchat server (or an MQTT broker),\n"
     "drives one scenario for a bounded time and prints one JSON document.\n"
@@ -33,12 +34,20 @@ static const char usage[] =
     "target\n"
     "  --target T             imchat (default), mqtt-tcp or mqtt-ws\n"
     "  --host IP              server address (default 127.0.0.1)\n"
-    "  --port PORT            server port (required)\n"
+    "  --port PORT[,PORT...]  server port (required); with several (a list\n"
+    "                         or the flag repeated), connection i goes to\n"
+    "                         the (i mod N)-th: the two ends of a pair and\n"
+    "                         a group's members are spread over them; the\n"
+    "                         admin and offline API use the first\n"
     "  --ws-path PATH         WebSocket path (default /ws for imchat, /mqtt)\n"
     "  --jwt-secret S         imchat: HS256 secret to sign user tokens with\n"
     "  --jwt-secret-file F    imchat: read the secret from F\n"
     "  --admin-token T        imchat group: bearer token of the admin API\n"
-    "  --server-pid PID       sample this process's RSS and CPU (/proc/PID)\n"
+    "  --server-pid PID[,PID...]\n"
+    "                         sample these processes' RSS and CPU\n"
+    "                         (/proc/PID): summed under \"server\", each one\n"
+    "                         under \"server_procs\" when several (a list or\n"
+    "                         the flag repeated)\n"
     "\n"
     "scenario\n"
     "  --scenario S           idle, pairs (default), group or offline\n"
@@ -229,9 +238,10 @@ static int parse(int argc, char **argv, bench_opts *o) {
       o->host = v;
       break;
     case O_PORT:
-      if (num(v, 1, 65535, &x) < 0)
+      if (bench_parse_ints(v, 1, 65535, o->ports, &o->n_ports,
+                           BENCH_MAX_PORTS) < 0)
         return bad("--port", v);
-      o->port = (int)x;
+      o->port = o->ports[0];
       break;
     case O_WS_PATH:
       o->ws_path = v;
@@ -253,9 +263,9 @@ static int parse(int argc, char **argv, bench_opts *o) {
       o->admin_token = v;
       break;
     case O_PID:
-      if (num(v, 1, 1 << 30, &x) < 0)
+      if (bench_parse_ints(v, 1, 1 << 30, o->server_pids, &o->n_server_pids,
+                           BENCH_MAX_PIDS) < 0)
         return bad("--server-pid", v);
-      o->server_pid = (int)x;
       break;
     case O_SCENARIO:
       if ((o->scenario = pick(v, scenario_names, 4)) < 0)
@@ -405,32 +415,6 @@ typedef struct sample {
   double cpu_s; /* utime + stime so far */
 } sample;
 
-static int proc_sample(int pid, long *rss_kb, double *cpu_s) {
-  char path[64], buf[4096];
-  snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-  FILE *f = fopen(path, "r");
-  if (!f)
-    return -1;
-  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-  fclose(f);
-  buf[n] = 0;
-  char *p = strrchr(buf, ')'); /* comm may hold spaces */
-  if (!p)
-    return -1;
-  unsigned long ut = 0, st = 0;
-  long rss = 0;
-  /* Fields after comm: 3 state ... 14 utime 15 stime ... 24 rss. */
-  if (sscanf(p + 2,
-             "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %*d %*d "
-             "%*d %*d %*d %*d %*u %*u %ld",
-             &ut, &st, &rss) != 3)
-    return -1;
-  long tck = sysconf(_SC_CLK_TCK), pg = sysconf(_SC_PAGESIZE);
-  *cpu_s = (double)(ut + st) / (double)tck;
-  *rss_kb = rss * (pg / 1024);
-  return 0;
-}
-
 /* CPU seconds every CPU of the machine spent busy so far (/proc/stat:
  * user, nice, system, irq, softirq; idle, iowait and steal are not). */
 static int machine_busy(double *busy_s) {
@@ -451,10 +435,10 @@ static int machine_busy(double *busy_s) {
 static double generator_cpu(const pid_t *pids, int n) {
   long rss;
   double t = 0, c;
-  if (proc_sample((int)getpid(), &rss, &c) == 0)
+  if (bench_proc_sample((int)getpid(), &rss, &c) == 0)
     t += c;
   for (int i = 0; i < n; i++)
-    if (pids[i] > 0 && proc_sample((int)pids[i], &rss, &c) == 0)
+    if (pids[i] > 0 && bench_proc_sample((int)pids[i], &rss, &c) == 0)
       t += c;
   return t;
 }
@@ -531,7 +515,11 @@ typedef struct run {
   bench_result *r; /* merged */
   sample *samples;
   int n_samples;
-  long rss_base, rss_connected, rss_max;
+  long rss_base, rss_connected, rss_max; /* summed over --server-pid */
+  /* Each --server-pid's own (the same figures). */
+  long p_base[BENCH_MAX_PIDS], p_connected[BENCH_MAX_PIDS],
+      p_max[BENCH_MAX_PIDS];
+  double p_cpu_run[BENCH_MAX_PIDS];
   double cpu_run_s, wall_run_s, connect_s;
   double busy_run_s, gen_run_s; /* the machine's, the generator's */
   int have_busy;
@@ -616,6 +604,12 @@ static int write_json(const bench_opts *o, const run *u, const char *label) {
           : o->mode == M_OPEN   ? "open"
                                 : "closed");
   fprintf(f, "  \"connections\": %d,\n", conns);
+  if (o->n_ports > 1) {
+    fprintf(f, "  \"ports\": [");
+    for (int i = 0; i < o->n_ports; i++)
+      fprintf(f, "%s%d", i ? ", " : "", o->ports[i]);
+    fprintf(f, "],\n");
+  }
   fprintf(f, "  \"members\": %d,\n", o->scenario == S_GROUP ? o->members : 0);
   fprintf(f, "  \"workers\": %d,\n", o->workers);
   fprintf(f, "  \"duration_s\": %.3f,\n", d);
@@ -663,10 +657,18 @@ static int write_json(const bench_opts *o, const run *u, const char *label) {
   for (int h = 0; h < H_COUNT; h++)
     json_hist(f, hist_names[h], &r->h[h], h == H_COUNT - 1);
   fprintf(f, "  },\n");
+  int np = o->n_server_pids;
+  fprintf(f, "  \"server\": {\"pid\": %d, ", np ? o->server_pids[0] : 0);
+  if (np > 1) {
+    fprintf(f, "\"pids\": [");
+    for (int i = 0; i < np; i++)
+      fprintf(f, "%s%d", i ? ", " : "", o->server_pids[i]);
+    fprintf(f, "], ");
+  }
   fprintf(f,
-          "  \"server\": {\"pid\": %d, \"rss_kb_base\": %ld, "
-          "\"rss_kb_connected\": %ld, \"rss_kb_max\": %ld, ",
-          o->server_pid, u->rss_base, u->rss_connected, u->rss_max);
+          "\"rss_kb_base\": %ld, \"rss_kb_connected\": %ld, "
+          "\"rss_kb_max\": %ld, ",
+          u->rss_base, u->rss_connected, u->rss_max);
   double per = r->conns_ok && u->rss_connected > u->rss_base
                    ? (double)(u->rss_connected - u->rss_base) * 1024.0 /
                          (double)r->conns_ok
@@ -676,6 +678,19 @@ static int write_json(const bench_opts *o, const run *u, const char *label) {
           "\"cpu_pct\": %.1f},\n",
           per, u->cpu_run_s,
           u->wall_run_s > 0 ? 100.0 * u->cpu_run_s / u->wall_run_s : 0.0);
+  if (np > 1) {
+    fprintf(f, "  \"server_procs\": [\n");
+    for (int i = 0; i < np; i++)
+      fprintf(f,
+              "    {\"pid\": %d, \"rss_kb_base\": %ld, "
+              "\"rss_kb_connected\": %ld, \"rss_kb_max\": %ld, "
+              "\"cpu_s\": %.3f, \"cpu_pct\": %.1f}%s\n",
+              o->server_pids[i], u->p_base[i], u->p_connected[i], u->p_max[i],
+              u->p_cpu_run[i],
+              u->wall_run_s > 0 ? 100.0 * u->p_cpu_run[i] / u->wall_run_s : 0.0,
+              i == np - 1 ? "" : ",");
+    fprintf(f, "  ],\n");
+  }
   fprintf(f, "  \"client\": {\"cpu_s\": %.3f},\n", r->cpu_s);
   /* What other processes took from the machine during the run: all of
    * its busy time but the server's and the generator's. */
@@ -729,19 +744,42 @@ typedef struct wproc {
   uint64_t sent;
 } wproc;
 
+/*
+ * Samples every --server-pid: each one's RSS and CPU time in rss[] and
+ * cpu[], their sums in *rss_sum and *cpu_sum. -1 when one of them cannot
+ * be read (it exited): then nothing is summed.
+ */
+static int servers_sample(const bench_opts *o, long *rss, double *cpu,
+                          long *rss_sum, double *cpu_sum) {
+  long rs = 0;
+  double cs = 0;
+  for (int i = 0; i < o->n_server_pids; i++) {
+    if (bench_proc_sample(o->server_pids[i], &rss[i], &cpu[i]) < 0)
+      return -1;
+    rs += rss[i];
+    cs += cpu[i];
+  }
+  *rss_sum = rs;
+  *cpu_sum = cs;
+  return 0;
+}
+
 static void sample_now(const bench_opts *o, run *u, uint64_t t0) {
-  long rss;
-  double cpu;
-  if (!o->server_pid || u->n_samples >= MAX_SAMPLES ||
-      proc_sample(o->server_pid, &rss, &cpu) < 0)
+  long rss[BENCH_MAX_PIDS], sum;
+  double cpu[BENCH_MAX_PIDS], cpu_sum;
+  if (!o->n_server_pids || u->n_samples >= MAX_SAMPLES ||
+      servers_sample(o, rss, cpu, &sum, &cpu_sum) < 0)
     return;
   sample *s = &u->samples[u->n_samples++];
   uint64_t now = bench_now_ns();
   s->t = now > t0 ? (double)(now - t0) / 1e9 : 0;
-  s->rss_kb = rss;
-  s->cpu_s = cpu;
-  if (rss > u->rss_max)
-    u->rss_max = rss;
+  s->rss_kb = sum;
+  s->cpu_s = cpu_sum;
+  if (sum > u->rss_max)
+    u->rss_max = sum;
+  for (int i = 0; i < o->n_server_pids; i++)
+    if (rss[i] > u->p_max[i])
+      u->p_max[i] = rss[i];
 }
 
 int main(int argc, char **argv) {
@@ -772,12 +810,15 @@ int main(int argc, char **argv) {
   for (int h = 0; h < H_COUNT; h++)
     bhist_init(&u.r->h[h]);
 
-  double cpu0 = 0;
-  if (o.server_pid && proc_sample(o.server_pid, &u.rss_base, &cpu0) < 0) {
-    fprintf(stderr, "imchat-bench: --server-pid %d: cannot read /proc\n",
-            o.server_pid);
-    rc = 2;
-    goto out;
+  for (int i = 0; i < o.n_server_pids; i++) {
+    double cpu0;
+    if (bench_proc_sample(o.server_pids[i], &u.p_base[i], &cpu0) < 0) {
+      fprintf(stderr, "imchat-bench: --server-pid %d: cannot read /proc\n",
+              o.server_pids[i]);
+      rc = 2;
+      goto out;
+    }
+    u.rss_base += u.p_base[i];
   }
   if (o.target == T_IMCHAT && o.scenario == S_GROUP && setup_group(&o) < 0)
     goto out;
@@ -839,15 +880,16 @@ int main(int argc, char **argv) {
     if (!wp[i].failed)
       bench_write_full(wp[i].to, &m, sizeof(m));
   }
-  double cpu_start = 0, busy_start = 0;
+  double cpu_start = 0, busy_start = 0, p_cpu_start[BENCH_MAX_PIDS] = {0};
   long rss;
-  if (o.server_pid && proc_sample(o.server_pid, &rss, &cpu_start) == 0)
+  if (o.n_server_pids &&
+      servers_sample(&o, u.p_connected, p_cpu_start, &rss, &cpu_start) == 0)
     u.rss_connected = rss;
   pid_t wpids[BENCH_MAX_WORKERS];
   for (int i = 0; i < o.workers; i++)
     wpids[i] = wp[i].pid;
   double gen_start = generator_cpu(wpids, o.workers);
-  int have_busy = o.server_pid && machine_busy(&busy_start) == 0;
+  int have_busy = o.n_server_pids && machine_busy(&busy_start) == 0;
   sample_now(&o, &u, t0);
 
   /* Run: sample the server until every worker reports SENT. */
@@ -881,16 +923,27 @@ int main(int argc, char **argv) {
       waiting--;
     }
   }
-  double cpu_end = cpu_start, busy_end;
+  double cpu_end = cpu_start, busy_end, p_cpu_end[BENCH_MAX_PIDS];
+  long p_rss_end[BENCH_MAX_PIDS];
   if (have_busy && machine_busy(&busy_end) == 0) {
     u.have_busy = 1;
     u.busy_run_s = busy_end - busy_start;
     u.gen_run_s = generator_cpu(wpids, o.workers) - gen_start;
   }
-  if (o.server_pid && proc_sample(o.server_pid, &rss, &cpu_end) == 0) {
+  if (o.n_server_pids &&
+      servers_sample(&o, p_rss_end, p_cpu_end, &rss, &cpu_end) == 0) {
     u.cpu_run_s = cpu_end - cpu_start;
     if (o.scenario == S_IDLE)
-      u.rss_connected = rss > u.rss_connected ? rss : u.rss_connected;
+      u.rss_connected = 0;
+    for (int i = 0; i < o.n_server_pids; i++) {
+      u.p_cpu_run[i] = p_cpu_end[i] - p_cpu_start[i];
+      /* Idle: each one's larger of the two, after the hold or before. */
+      if (o.scenario == S_IDLE) {
+        if (p_rss_end[i] > u.p_connected[i])
+          u.p_connected[i] = p_rss_end[i];
+        u.rss_connected += u.p_connected[i];
+      }
+    }
   }
   u.wall_run_s = o.duration_s;
   uint64_t total_sent = 0;

@@ -551,6 +551,12 @@ def main():
       "and a `protocol websockets` listener on loopback, "
       "`allow_anonymous true`, `persistence false`), then:\n")
     w("```\n%s\n```\n" % commands)
+    # The cluster's section, from the last scripts/bench.sh --cluster run
+    # (hosts/bench/cluster_report.py), stays at the end.
+    cluster = os.path.join(a.out, "bench", "cluster.md")
+    if os.path.exists(cluster):
+        with open(cluster) as f:
+            w(f.read().strip() + "\n")
     with open(os.path.join(a.out, "benchmarks.md"), "w") as f:
         f.write("\n".join(md))
 

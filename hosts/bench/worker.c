@@ -719,7 +719,8 @@ static void start_conn(worker *w, conn *c) {
       goto fail;
   }
   struct sockaddr_in sa = {.sin_family = AF_INET,
-                           .sin_port = htons((uint16_t)o->port)};
+                           .sin_port = htons((uint16_t)bench_conn_port(
+                               o->ports, o->n_ports, c->gidx))};
   if (inet_pton(AF_INET, o->host, &sa.sin_addr) != 1)
     goto fail;
   if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 &&
@@ -755,7 +756,7 @@ static void on_connected(conn *c) {
     return;
   }
   char req[IMC_JWT_SIGN_MAX + 512];
-  int n;
+  int n, port = bench_conn_port(o->ports, o->n_ports, c->gidx);
   if (o->target == T_IMCHAT) {
     char tok[IMC_JWT_SIGN_MAX];
     int64_t now = (int64_t)time(NULL);
@@ -770,14 +771,14 @@ static void on_connected(conn *c) {
         "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
         "Connection: Upgrade\r\nSec-WebSocket-Key: " WS_KEY "\r\n"
         "Sec-WebSocket-Version: 13\r\nAuthorization: Bearer %s\r\n\r\n",
-        o->ws_path, o->host, o->port, tok);
+        o->ws_path, o->host, port, tok);
   } else {
     n = snprintf(req, sizeof(req),
                  "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                  "Connection: Upgrade\r\nSec-WebSocket-Key: " WS_KEY "\r\n"
                  "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n"
                  "\r\n",
-                 o->ws_path, o->host, o->port);
+                 o->ws_path, o->host, port);
   }
   c->state = C_HANDSHAKE;
   dbuf_add(&c->out, req, (size_t)n);

@@ -537,6 +537,47 @@ START_TEST(batches_larger_than_a_transaction) {
 }
 END_TEST
 
+/* A burst of unregisters at etcd's own transaction limit (128, the
+ * engine's default too), as when a gateway loses many connections at
+ * once: etcd counts a transaction's operations against each nested
+ * transaction's, so a batch of them must stay under the limit. Every
+ * unregister applies. */
+START_TEST(unregister_burst_at_the_server_limit) {
+  imc_etcd_del(eng);
+  eng = engine_new(etcd_url, 5000, 128, NULL);
+  ck_assert_ptr_nonnull(eng);
+  uint64_t l = grant("gw-1", 60);
+  enum { N = 300 };
+  static char users[N][16];
+  static const char *ids[N];
+  static res r[N];
+  imc_reg_entry en[N];
+  memset(r, 0, sizeof(r));
+  for (int i = 0; i < N; i++) {
+    snprintf(users[i], sizeof(users[i]), "u%d", i);
+    ids[i] = users[i];
+    en[i] =
+        (imc_reg_entry){sizeof(en[i]), users[i], "web", "gw-1", (uint64_t)i};
+    ck_assert_int_eq(reg->register_conn(eng, l, &en[i], on_done, &r[i]), 0);
+  }
+  for (int i = 0; i < N; i++) {
+    ck_assert(eng_loop_until(&lp, &r[i].calls, WAIT_MS));
+    ck_assert_int_eq(r[i].status, 0);
+  }
+  memset(r, 0, sizeof(r));
+  for (int i = 0; i < N; i++)
+    ck_assert_int_eq(reg->unregister(eng, &en[i], on_done, &r[i]), 0);
+  for (int i = 0; i < N; i++) {
+    ck_assert(eng_loop_until(&lp, &r[i].calls, WAIT_MS));
+    ck_assert_int_eq(r[i].status, 0);
+  }
+  found f;
+  ck_assert_int_eq(lookup(ids, N, &f), 0);
+  ck_assert_uint_eq(f.n_users, N);
+  ck_assert_uint_eq(f.n, 0);
+}
+END_TEST
+
 /* A lease nobody keeps alive runs out (etcd's minimum TTL is 2 s with
  * its default election timeout): its entries vanish and watchers see
  * them deleted. */
@@ -1026,6 +1067,7 @@ static Suite *etcd_suite(void) {
   tcase_add_test(tc, writes_apply_in_call_order);
   tcase_add_test(tc, a_gone_lease_fails_only_its_puts);
   tcase_add_test(tc, batches_larger_than_a_transaction);
+  tcase_add_test(tc, unregister_burst_at_the_server_limit);
   tcase_add_test(tc, unkept_lease_expires);
   tcase_add_test(tc, fails_over_to_the_next_endpoint);
   tcase_add_test(tc, node_address_lives_with_the_lease);
