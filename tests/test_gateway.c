@@ -33,6 +33,8 @@ typedef struct mock {
   uint64_t reg_lease; /* the lease of the last register */
   int keepalive_lost; /* the lease is gone before the next keepalive */
   int grant_fail;     /* answer grants with IMC_ERR_UNAVAILABLE */
+  int reg_fail;       /* answer this many registers with UNAVAILABLE */
+  int unreg_fail;     /* answer this many unregisters with UNAVAILABLE */
   int hold;           /* keep the next grant's or keepalive's answer */
   imc_lease_cb held_grant;
   imc_done_cb held_keepalive;
@@ -159,6 +161,11 @@ static int r_register(void *ud, uint64_t lease, const imc_reg_entry *e,
   snprintf(m->reg_user, sizeof(m->reg_user), "%s", e->user_id);
   snprintf(m->reg_device, sizeof(m->reg_device), "%s", e->device_id);
   snprintf(m->reg_node, sizeof(m->reg_node), "%s", e->node_id);
+  if (m->reg_fail > 0) {
+    m->reg_fail--;
+    done(done_ud, IMC_ERR_UNAVAILABLE);
+    return 0;
+  }
   done(done_ud, lease == m->lease ? 0 : IMC_ERR_NOT_FOUND);
   return 0;
 }
@@ -166,8 +173,13 @@ static int r_register(void *ud, uint64_t lease, const imc_reg_entry *e,
 static int r_unregister(void *ud, const imc_reg_entry *e, imc_done_cb done,
                         void *done_ud) {
   mock *m = ud;
-  (void)e;
   m->unreg++;
+  snprintf(m->reg_user, sizeof(m->reg_user), "%s", e->user_id);
+  if (m->unreg_fail > 0) {
+    m->unreg_fail--;
+    done(done_ud, IMC_ERR_UNAVAILABLE);
+    return 0;
+  }
   done(done_ud, 0);
   return 0;
 }
@@ -2331,6 +2343,40 @@ START_TEST(lease_lost_registers_again) {
 }
 END_TEST
 
+/* A registration or an unregistration the registry fails (a burst
+ * outran it) is made again at the next interval, until it goes through;
+ * the others are not repeated. */
+START_TEST(lease_failed_writes_retried) {
+  peer other;
+  h_connect("alice", NULL);
+  H.m.reg_fail = 2;
+  ck_assert_int_eq(peer_connect(&other, "bob", "d1"), 101);
+  ck_assert_int_eq(H.m.reg, 2);
+  /* alice leaves while the registry fails her removal. */
+  H.m.unreg_fail = 1;
+  imc_gateway_conn_closed(H.gw, H.c);
+  H.c = NULL;
+  ck_assert_int_eq(H.m.unreg, 1);
+  h_advance(30000);
+  ck_assert_int_eq(H.m.reg, 3); /* bob again, failing once more */
+  ck_assert_str_eq(H.m.reg_user, "bob");
+  ck_assert_int_eq(H.m.unreg, 2); /* alice's removal went through */
+  ck_assert_int_eq(imc_gateway_pending(H.gw), 0);
+  h_advance(30000);
+  ck_assert_int_eq(H.m.reg, 4);
+  ck_assert_str_eq(H.m.reg_user, "bob");
+  ck_assert_int_eq(H.m.unreg, 2);
+  h_advance(29000);             /* before bob's idle timeout */
+  ck_assert_int_eq(H.m.reg, 4); /* registered: nothing more */
+  ck_assert_int_eq(H.m.unreg, 2);
+  /* A removal still failing when the gateway goes is freed with it. */
+  H.m.unreg_fail = 1;
+  imc_gateway_conn_closed(H.gw, other.c);
+  ck_assert_int_eq(H.m.unreg, 3);
+  peer_free(&other);
+}
+END_TEST
+
 /* The registry is down at the first upgrade: the grant is tried again
  * at each interval, and then the connection is registered. */
 START_TEST(lease_grant_retried) {
@@ -3877,6 +3923,7 @@ static Suite *gateway_suite(void) {
   tcase_add_test(t, lease_one_keepalive_per_node);
   tcase_add_test(t, lease_lost_registers_again);
   tcase_add_test(t, lease_grant_retried);
+  tcase_add_test(t, lease_failed_writes_retried);
   tcase_add_test(t, lease_one_call_in_flight);
   tcase_add_test(t, lease_grant_in_flight);
   tcase_add_test(t, lease_timer_idle);

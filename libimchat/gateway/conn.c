@@ -43,12 +43,6 @@ void gw_dirty_remove(imc_conn *c) {
   c->dprev = c->dnext = NULL;
 }
 
-void gw_reg_done(void *ud, int status) {
-  imc_gateway *gw = ud;
-  if (status != 0)
-    gw_log(gw, IMC_LOG_WARN, "registry: %s", imc_strerror(status));
-}
-
 imc_reg_entry gw_reg_entry(imc_conn *c) {
   imc_reg_entry e = {sizeof(e), c->user, c->device, c->gw->o.node_id, c->id};
   return e;
@@ -80,13 +74,8 @@ void gw_conn_free(imc_conn *c, enum release_mode mode) {
   imc_gateway *gw = c->gw;
   gw_user_detach(gw, c);
   gw_peer_release(c);
-  if (mode != REL_SILENT && (c->flags & F_REGISTERED) &&
-      gw->o.registry.unregister) {
-    imc_reg_entry e = gw_reg_entry(c);
-    if (gw->o.registry.unregister(gw->o.registry_ud, &e, gw_reg_done, gw) != 0)
-      gw_log(gw, IMC_LOG_WARN, "registry: unregister of %s/%s failed", c->user,
-             c->device);
-  }
+  if (mode != REL_SILENT && (c->flags & F_REGISTERED))
+    gw_lease_unregister(c);
   inflight_drop(c, mode != REL_SILENT);
   gw_pending_detach_all(c);
   gw_flow_conn_free(c);

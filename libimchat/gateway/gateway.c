@@ -74,6 +74,7 @@ void imc_gateway_del(imc_gateway *gw) {
     return;
   while (gw->conns)
     gw_conn_free(gw->conns, REL_SILENT);
+  gw_lease_free(gw);
   gw_reports_free(gw);
   gw_fanjobs_free(gw);
   gw_pending_free_orphans(gw);

@@ -92,7 +92,8 @@ enum conn_flag {
   F_WAITQ = 1 << 10,         /* on gw->waitq: a send waits for admission */
   F_RESUME = 1 << 11,        /* on gw->resumeq: may be read again */
   F_HEAD = 1 << 12,          /* a HEAD request: answers carry no body */
-  F_BEARER = 1 << 13         /* the request carried a bearer credential */
+  F_BEARER = 1 << 13,        /* the request carried a bearer credential */
+  F_REG_RETRY = 1 << 14      /* its registration failed: make it again */
 };
 
 /* How a connection ends. */
@@ -295,10 +296,13 @@ struct imc_gateway {
   gw_ackbatch *batches;          /* delivered_many calls with the upstream */
   size_t n_reports;              /* the reports on all three lists */
   /* The node's registry lease (lease.c). */
-  uint64_t lease_id;     /* 0: none held */
-  int lease_busy;        /* a grant or keepalive is outstanding */
-  size_t lease_ops;      /* lease calls still owed a completion */
-  imc_timer lease_timer; /* the next keepalive */
+  uint64_t lease_id;            /* 0: none held */
+  int lease_busy;               /* a grant or keepalive is outstanding */
+  size_t lease_ops;             /* registry calls still owed a completion */
+  imc_timer lease_timer;        /* the next keepalive */
+  int reg_retry;                /* a registration failed: again next tick */
+  uint64_t reg_failed;          /* failures since the last tick's log */
+  struct gw_regop *unreg_retry; /* unregistrations to make again */
   /* Backpressure (flow.c): connections with a send waiting for
    * admission, and paused connections that may be read again. */
   imc_conn *waitq_head, *waitq_tail;
@@ -346,7 +350,6 @@ void gw_user_detach(imc_gateway *gw, imc_conn *c);
 /* conn.c: connections: dirty list, output, teardown, timers */
 void gw_dirty_add(imc_conn *c);
 void gw_dirty_remove(imc_conn *c);
-void gw_reg_done(void *ud, int status);
 imc_reg_entry gw_reg_entry(imc_conn *c);
 void gw_inflight_fail(imc_conn *c);
 /* Releases c. Un-ACKed pushes go back to the upstream first. */
@@ -471,6 +474,11 @@ int gw_http_recv(imc_conn *c, const uint8_t *data, size_t len);
 /* Puts the upgraded c in the registry on the node's lease, granting the
  * lease first if there is none (c is registered once it is granted). */
 void gw_lease_attach(imc_conn *c);
+/* Removes c's registry entry (it was registered); a failed removal is
+ * made again at the next heartbeat. */
+void gw_lease_unregister(imc_conn *c);
+/* Frees what imc_gateway_del leaves of the lease (the retries). */
+void gw_lease_free(imc_gateway *gw);
 /* The lease timer is due: the interval's one keepalive, or a new grant
  * after a failed one. */
 void gw_lease_timeout(imc_gateway *gw);
