@@ -38,6 +38,8 @@ IMC_DEB_TEST_PACKAGES=(
   python3 python3-websockets python3-protobuf protobuf-compiler openssl
   # style check and fuzzing
   clang-format clang libclang-rt-14-dev
+  # the unit suites under memcheck (scripts/test.sh, build-valgrind/)
+  valgrind
   # the benchmark's smoke test (tests/bench) runs against a real broker
   mosquitto
   # the engines' suites run against real servers (scripts/servers.sh)

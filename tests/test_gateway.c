@@ -2152,6 +2152,18 @@ typedef struct peer {
   imc_conn *c;
 } peer;
 
+/* The status of the HTTP answer that starts sock's output (which is not
+ * NUL-terminated). */
+static int sock_status(const test_sock *sock) {
+  char line[13];
+  ck_assert_uint_gt(sock->len, 12);
+  memcpy(line, sock->out, 12);
+  line[12] = '\0';
+  int status = 0;
+  sscanf(line, "HTTP/1.1 %d", &status);
+  return status;
+}
+
 /* Opens p and upgrades it as user/device; returns the HTTP status. */
 static int peer_connect(peer *p, const char *user, const char *device) {
   memset(p, 0, sizeof(*p));
@@ -2160,10 +2172,7 @@ static int peer_connect(peer *p, const char *user, const char *device) {
   upgrade_req(req, sizeof(req), token_for(user, device, 3600));
   imc_gateway_conn_recv(H.gw, p->c, (const uint8_t *)req, strlen(req));
   imc_gateway_flush(H.gw);
-  int status = 0;
-  ck_assert_uint_gt(p->sock.len, 12);
-  sscanf((const char *)p->sock.out, "HTTP/1.1 %d", &status);
-  return status;
+  return sock_status(&p->sock);
 }
 
 /* Where s (without its NUL) occurs in what sock received, or NULL. */
@@ -2842,10 +2851,7 @@ static int peer_upgrade(peer *p, const char *user) {
   upgrade_req(req, sizeof(req), token_for(user, "", 3600));
   imc_gateway_conn_recv(H.gw, p->c, (const uint8_t *)req, strlen(req));
   imc_gateway_flush(H.gw);
-  int status = 0;
-  ck_assert_uint_gt(p->sock.len, 12);
-  sscanf((const char *)p->sock.out, "HTTP/1.1 %d", &status);
-  return status;
+  return sock_status(&p->sock);
 }
 
 /* The limit counts upgraded connections: the next upgrade gets 503 with

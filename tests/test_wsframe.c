@@ -277,6 +277,43 @@ START_TEST(scan_rsv1_with_deflate) {
 }
 END_TEST
 
+/* A message of the limit's frame budget (1 + max / IMC_WS_FRAGMENT_MIN
+ * frames, empty ones too) passes; one more frame is a 1009 at its
+ * header, whatever its size; the count starts again with each message,
+ * and no limit means no budget. */
+START_TEST(scan_fragment_budget) {
+  enum { MAX = 640, FRAMES = 1 + MAX / IMC_WS_FRAGMENT_MIN };
+  uint8_t buf[64];
+  imc_ws_scan s;
+  for (int round = 0; round < 2; round++) {
+    memset(&s, 0, sizeof(s));
+    for (int msg = 0; msg < 2; msg++) {
+      size_t n = client_frame(buf, 0, IMC_WS_BINARY, 1);
+      ck_assert_int_eq(scan_feed(&s, buf, n, MAX), 0);
+      for (int i = 2; i < FRAMES; i++) {
+        n = client_frame(buf, 0, IMC_WS_CONT, i % 2);
+        ck_assert_int_eq(scan_feed(&s, buf, n, MAX), 0);
+        n = client_frame(buf, 1, IMC_WS_PING, 1); /* control: not counted */
+        ck_assert_int_eq(scan_feed(&s, buf, n, MAX), 0);
+      }
+      n = client_frame(buf, msg == 0, IMC_WS_CONT, 1); /* frame FRAMES */
+      ck_assert_int_eq(scan_feed(&s, buf, n, MAX), 0);
+      ck_assert(imc_ws_scan_idle(&s) == (msg == 0));
+    }
+    /* The second message is at its budget: one more frame, even empty. */
+    size_t n = client_frame(buf, round, IMC_WS_CONT, 0);
+    ck_assert_int_eq(scan_feed(&s, buf, n, MAX), 1009);
+  }
+  memset(&s, 0, sizeof(s));
+  size_t n = client_frame(buf, 0, IMC_WS_BINARY, 1);
+  ck_assert_int_eq(scan_feed(&s, buf, n, 0), 0);
+  for (int i = 0; i < 10 * FRAMES; i++) {
+    n = client_frame(buf, 0, IMC_WS_CONT, 1);
+    ck_assert_int_eq(scan_feed(&s, buf, n, 0), 0);
+  }
+}
+END_TEST
+
 int main(void) {
   Suite *su = suite_create("wsframe");
   TCase *t = tcase_create("wsframe");
@@ -289,6 +326,7 @@ int main(void) {
                       (int)(sizeof(bad_cases) / sizeof(bad_cases[0])));
   tcase_add_test(t, scan_accepts_edges);
   tcase_add_test(t, scan_rsv1_with_deflate);
+  tcase_add_test(t, scan_fragment_budget);
   suite_add_tcase(su, t);
   SRunner *sr = srunner_create(su);
   srunner_run_all(sr, CK_NORMAL);

@@ -116,6 +116,15 @@ static int check_length(const imc_ws_scan *s, uint64_t max_msg,
     *why = "message too big";
     return 1009;
   }
+  /* Each frame of a message costs its receiver a buffer (wslay keeps one
+   * per fragment, about 100 bytes with its bookkeeping): without a bound
+   * on frames, 1-byte fragments would make the message limit hold some
+   * hundred times its size. */
+  if (op == IMC_WS_CONT && max_msg != 0 &&
+      s->nframes > max_msg / IMC_WS_FRAGMENT_MIN) {
+    *why = "message in too many frames";
+    return 1009;
+  }
   return 0;
 }
 
@@ -146,9 +155,12 @@ int imc_ws_scan_header(imc_ws_scan *s, const uint8_t *data, size_t len,
     uint64_t plen = payload_len(s->hdr);
     if (is_data(op)) {
       s->msg_len = (op == IMC_WS_CONT ? s->msg_len : 0) + plen;
+      s->nframes = (op == IMC_WS_CONT ? s->nframes : 0) + 1;
       s->in_msg = !(s->hdr[0] & 0x80);
-      if (!s->in_msg)
+      if (!s->in_msg) {
         s->msg_len = 0;
+        s->nframes = 0;
+      }
     }
     s->left = plen;
     s->done = 1;

@@ -23,6 +23,9 @@
 
 /* The first header byte's RSV1 bit: a compressed message (RFC 7692). */
 #define IMC_WS_RSV1 0x40
+/* A data message may span one frame per this many bytes of the message
+ * limit (and one more): see imc_ws_scan_header. */
+#define IMC_WS_FRAGMENT_MIN 64
 
 #define IMC_WS_HEADER_MAX 10 /* an unmasked header, as servers send */
 #define IMC_WS_CONTROL_MAX 125
@@ -38,6 +41,7 @@ size_t imc_ws_header(uint8_t out[IMC_WS_HEADER_MAX], uint8_t opcode,
 typedef struct imc_ws_scan {
   uint64_t left;    /* payload bytes of the current frame still to come */
   uint64_t msg_len; /* payload of the unfinished data message so far */
+  uint64_t nframes; /* its frames so far */
   uint8_t hdr[14];  /* the current frame's header, as received */
   uint8_t hlen;     /* bytes in hdr */
   uint8_t done;     /* hdr holds a complete header that was accepted */
@@ -66,7 +70,8 @@ typedef struct imc_ws_scan {
  *    encoding (16 bits for less than 126, 64 bits for less than 65536),
  *    a 64-bit length with the most significant bit set;
  *  - 1009 (message too big): a data frame that takes its message over
- *    max_msg bytes (0: no limit).
+ *    max_msg bytes, or over 1 + max_msg / IMC_WS_FRAGMENT_MIN frames (0:
+ *    no limit).
  * Returns IMC_WS_SCAN_MORE, IMC_WS_SCAN_FRAME, or the close code, with
  * *why set to a short reason for the peer.
  */
