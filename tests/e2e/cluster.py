@@ -280,13 +280,15 @@ class Cluster:
     NAMES = ("a", "b", "c")
 
     def __init__(self, label, gateway_flags=(), service_flags=(),
-                 redis=None, admin_token=None):
+                 redis=None, admin_token=None, services=1):
         self.tag = tag()
         self.label = label
         self.workdir = imctest.mkdtemp("cluster")
         self.kafka = KafkaMock.new(self.workdir)
         self.db = None
-        self.service = None
+        self.service = None  # the first of self.services
+        self.services = []
+        self.n_services = services
         self.gateways = []
         self._flags = (list(gateway_flags), list(service_flags),
                        redis or os.environ["IMC_TEST_REDIS"], admin_token)
@@ -296,12 +298,19 @@ class Cluster:
         common = ["--etcd", os.environ["IMC_TEST_ETCD"],
                   "--kafka", self.kafka.bootstrap,
                   "--mysql", mysql_address(self.db)]
-        svc_grpc, svc_http = addr(free_port()), free_port()
-        self.service = Host(
-            [IM_SERVICE, "--grpc-listen", svc_grpc,
-             "--http-listen", addr(svc_http), "--redis", redis,
-             "--node-id", "svc-" + self.tag] + common + service_flags,
-            "im-service (%s)" % self.label, svc_http, self.workdir)
+        grpc_addrs = []
+        for i in range(self.n_services):
+            svc_grpc, svc_http = addr(free_port()), free_port()
+            grpc_addrs.append(svc_grpc)
+            self.services.append(Host(
+                [IM_SERVICE, "--grpc-listen", svc_grpc,
+                 "--http-listen", addr(svc_http), "--redis", redis,
+                 "--node-id", "svc%d-%s" % (i, self.tag)] + common +
+                service_flags,
+                "im-service %d (%s)" % (i, self.label), svc_http,
+                self.workdir))
+        self.service = self.services[0]
+        svc_grpc = ",".join(grpc_addrs)
         for n in self.NAMES:
             node = "gw-%s-%s" % (n, self.tag)
             port = free_port()
@@ -322,7 +331,9 @@ class Cluster:
             self.kafka.start().wait_ready()
             self.db = create_database()
             self._hosts()
-            self.service.start().wait_ready()
+            self.service.start().wait_ready()  # it applies the schema
+            for s in self.services[1:]:
+                s.start().wait_ready()
             for g in self.gateways:
                 g.start()
             for g in self.gateways:
@@ -336,8 +347,7 @@ class Cluster:
 
     def procs(self):
         """The hosts, then the mock Kafka."""
-        return ([self.service] if self.service else []) + self.gateways + \
-            [self.kafka]
+        return self.services + self.gateways + [self.kafka]
 
     def restart_service(self):
         """A new im-service with the same flags (ports, database) in place
@@ -345,6 +355,7 @@ class Cluster:
         ready again (the gateways reconnect on their own)."""
         assert not self.service.alive(), "im-service still running"
         self.service = self.service.clone().start().wait_ready()
+        self.services[0] = self.service
         for g in self.gateways:
             if g.alive():
                 g.wait_ready()
@@ -368,7 +379,7 @@ class Cluster:
         database goes."""
         try:
             errors = []
-            for p in self.gateways + [self.service, self.kafka]:
+            for p in self.gateways + self.services + [self.kafka]:
                 if not p.alive():
                     continue
                 try:

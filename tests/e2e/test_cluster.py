@@ -58,13 +58,14 @@ class ClusterTest(ChatTest):
 
     GATEWAY_FLAGS = ()
     SERVICE_FLAGS = ()
+    SERVICES = 1
 
     @classmethod
     def setUpClass(cls):
         cls.cluster = cluster.Cluster(
             cls.__name__, gateway_flags=cls.GATEWAY_FLAGS,
             service_flags=cls.SERVICE_FLAGS, redis=cls.redis_address(),
-            admin_token=ADMIN).start()
+            admin_token=ADMIN, services=cls.SERVICES).start()
 
     @classmethod
     def redis_address(cls):
@@ -161,6 +162,38 @@ class ClusterTest(ChatTest):
 # ---------------------------------------------------------------------------
 # Messages across gateways
 # ---------------------------------------------------------------------------
+
+class TestTwoServices(ClusterTest):
+    """Two im-service processes: the gateways spread their calls over
+    both, and go on with the other when one is killed."""
+
+    SERVICES = 2
+
+    def sends_of(self, svc):
+        r = http(svc.port, "GET", "/metrics")
+        self.assertEqual(r.status, 200, r)
+        return prom_value(r.body.decode(), "imchat_router_sends_total")
+
+    async def test_spread_and_one_killed(self):
+        alice, bob = self.u("alice"), self.u("bob")
+        ca = await self.on(self.gw[0], alice)
+        cb = await self.on(self.gw[1], bob)
+        for i in range(6):
+            await self.delivered(ca, cb, to=bob, body=b"m%d" % i)
+        first, second = self.cluster.services
+        self.assertGreater(self.sends_of(first), 0)
+        self.assertGreater(self.sends_of(second), 0)
+
+        second.kill9()
+        for i in range(6):
+            a = await self.send_retrying(ca, SLOW, to=bob, body=b"n%d" % i)
+            m = await cb.deliver(a.msg_id)
+            await cb.ack(m.msg_id)
+            st = await ca.status(a.msg_id)
+            self.assertEqual(st.state, pb().DeliveryStatus.DELIVERED, st)
+        for g in self.gw:
+            self.assertEqual(http(g.port, "GET", "/readyz").status, 200)
+
 
 class TestRouting(ClusterTest):
 
