@@ -21,15 +21,15 @@
  * subscribes to every topic polled in that group (a new topic extends the
  * subscription) with the cooperative-sticky assignor on librdkafka 2.3.0
  * and later, so a rebalance moves only the partitions that change owner
- * (older versions use the eager range,roundrobin assignors). Nothing is committed on
- * its own (enable.auto.commit=false, enable.auto.offset.store=false): a
- * commit(partition, offset) commits offset + 1 for that partition only,
- * when the caller asks; a group that never committed starts at the
- * earliest record (auto.offset.reset=earliest). A poll completes with up
- * to max records as soon as one is there, from the next loop turn at the
- * earliest. Records the consumer fetched but nobody polled yet wait in
- * the engine, at most a few thousand per topic: past that the topic's
- * partitions are paused until polls drain them.
+ * (older versions use the eager range,roundrobin assignors). Nothing is
+ * committed on its own (enable.auto.commit=false,
+ * enable.auto.offset.store=false): a commit(partition, offset) commits offset +
+ * 1 for that partition only, when the caller asks; a group that never committed
+ * starts at the earliest record (auto.offset.reset=earliest). A poll completes
+ * with up to max records as soon as one is there, from the next loop turn at
+ * the earliest. Records the consumer fetched but nobody polled yet wait in the
+ * engine, at most a few thousand per topic: past that the topic's partitions
+ * are paused until polls drain them.
  *
  * Rebalances (backend.h). When a partition is taken from this consumer,
  * the records of it the engine still holds are dropped (they go to the
