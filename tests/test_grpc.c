@@ -714,6 +714,19 @@ static void raw_send(void) {
       R.conn_gone = 1;
 }
 
+/* Appends what the raw client would send to buf (len bytes so far, cap
+ * in all) instead of sending it; returns the new length. */
+static size_t raw_collect(uint8_t *buf, size_t len, size_t cap) {
+  const uint8_t *p;
+  ssize_t n;
+  while ((n = nghttp2_session_mem_send(RAW.h2, &p)) > 0) {
+    ck_assert_uint_le(len + (size_t)n, cap);
+    memcpy(buf + len, p, (size_t)n);
+    len += (size_t)n;
+  }
+  return len;
+}
+
 /* Opens a request stream and resets it at once. */
 static void raw_rapid_reset(void) {
   int32_t id = raw_request(HOLD, "application/grpc", NULL, 0, 0);
@@ -827,6 +840,31 @@ START_TEST(test_rapid_reset) {
   ck_assert_uint_eq(RAW.goaway_code, NGHTTP2_ENHANCE_YOUR_CALM);
   ck_assert_int_eq(R.conn_gone, 1);
   ck_assert_int_eq(R.ssock.closed, 1);
+  ck_assert_int_eq(handled, 0);
+  raw_free();
+}
+END_TEST
+
+/* A burst far past the bound, in one read, gets the GOAWAY too: nghttp2's
+ * own reset bound (twice ours) does not answer first. */
+START_TEST(test_rapid_reset_burst) {
+  rig_cfg cfg = {.reset_max = 20, .reset_interval = 1000};
+  raw_rig(&cfg);
+  raw_pump();
+  static uint8_t burst[64 * 1024];
+  size_t len = 0;
+  for (int i = 0; i < 200; i++) {
+    int32_t id = raw_request(HOLD, "application/grpc", NULL, 0, 0);
+    len = raw_collect(burst, len, sizeof(burst));
+    nghttp2_submit_rst_stream(RAW.h2, NGHTTP2_FLAG_NONE, id, NGHTTP2_CANCEL);
+    len = raw_collect(burst, len, sizeof(burst));
+  }
+  if (imc_grpc_conn_recv(R.sc, burst, len) < 0)
+    R.conn_gone = 1;
+  raw_pump();
+  ck_assert_int_eq(RAW.goaway, 1);
+  ck_assert_uint_eq(RAW.goaway_code, NGHTTP2_ENHANCE_YOUR_CALM);
+  ck_assert_int_eq(R.conn_gone, 1);
   ck_assert_int_eq(handled, 0);
   raw_free();
 }
@@ -1895,6 +1933,7 @@ static Suite *grpc_suite(void) {
   tcase_add_test(tc, test_malformed_messages);
   tcase_add_test(tc, test_header_list_bound);
   tcase_add_test(tc, test_rapid_reset);
+  tcase_add_test(tc, test_rapid_reset_burst);
   tcase_add_test(tc, test_resets_spread);
   tcase_add_test(tc, test_bad_preface);
   tcase_add_test(tc, test_continuation_flood);

@@ -417,6 +417,9 @@ int hgrpc_server_new(hgrpc_server **out, hloop *l, imc_grpc_server_options *opt,
   s->lfd = -1;
   int rv = imc_grpc_server_options_set_transport(opt, &srv_transport, s);
   if (rv == 0)
+    rv = imc_grpc_server_options_set_log(opt, hlog_imc_cb, NULL,
+                                         hlog_get_level());
+  if (rv == 0)
     rv = imc_grpc_server_new(&s->srv, opt, NULL);
   if (rv < 0) {
     free(s);

@@ -30,10 +30,10 @@ typedef struct hgrpc_server hgrpc_server;
 typedef struct hgrpc_peer hgrpc_peer;
 
 /*
- * A server for opt (its methods added already; the transport is set here,
- * so opt is modified; it may be deleted afterwards) listening on
- * listen_addr: "host:port" or "[v6]:port" as hloop_split_addr() reads it
- * (host empty or "*": every IPv4 address; port 0: an ephemeral port).
+ * A server for opt (its methods added already; the transport and the log,
+ * hlog's, are set here, so opt is modified; it may be deleted afterwards)
+ * listening on listen_addr: "host:port" or "[v6]:port" as hloop_split_addr()
+ * reads it (host empty or "*": every IPv4 address; port 0: an ephemeral port).
  * The bound "ip:port" is written into bound (boundcap bytes; bound may
  * be NULL with boundcap 0). Accepted sockets are non-blocking with
  * TCP_NODELAY. Returns 0, -EINVAL (a NULL argument, a bad address: the
