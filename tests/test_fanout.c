@@ -418,28 +418,55 @@ static void publish(imc_membus *bus, const void *val, size_t len) {
                    0);
 }
 
-/* Message{msg_id 1, from_user 4, group_id 6, content_type 8} records:
- * three each with one bad string, then a clean one. */
-START_TEST(bad_string_records_skipped) {
-  memset(&st, 0, sizeof(st));
+/* A gateway, a bus and a fan-out over them on clk, with the recording
+ * store above; the fan-out is started. */
+static struct {
   imc_store_vtbl store;
-  memset(&store, 0, sizeof(store));
-  store.struct_size = sizeof(store);
-  store.group_members = st_group_members;
-
-  imc_gateway_options *o;
   imc_gateway *g;
+  imc_membus *bus;
+  imc_fanout *f;
+} rec;
+
+static void rec_start(test_clock *clk) {
+  memset(&st, 0, sizeof(st));
+  memset(&rec.store, 0, sizeof(rec.store));
+  rec.store.struct_size = sizeof(rec.store);
+  rec.store.group_members = st_group_members;
+  imc_gateway_options *o;
   ck_assert_int_eq(imc_gateway_options_new(&o, NULL), 0);
   ck_assert_int_eq(
       imc_gateway_options_set_transport(o, &test_sock_transport, NULL), 0);
   ck_assert_int_eq(imc_gateway_options_set_jwt_secret(
                        o, (const uint8_t *)SECRET, strlen(SECRET)),
                    0);
-  ck_assert_int_eq(imc_gateway_new(&g, o, NULL), 0);
+  ck_assert_int_eq(imc_gateway_new(&rec.g, o, NULL), 0);
   imc_gateway_options_del(o);
-  imc_membus *bus;
-  ck_assert_int_eq(imc_membus_new(&bus, NULL), 0);
+  ck_assert_int_eq(imc_membus_new(&rec.bus, NULL), 0);
+  ck_assert_int_eq(imc_fanout_new(&rec.f, rec.g, imc_membus_vtbl(), rec.bus,
+                                  &rec.store, NULL, &clk->clock, 0, NULL),
+                   0);
+  ck_assert_int_eq(imc_fanout_start(rec.f), 0);
+}
 
+/* Dispatches until the bus is idle. */
+static void rec_dispatch(void) {
+  for (int i = 0; i < 10 && imc_membus_dispatch(rec.bus) > 0; i++)
+    ;
+}
+
+/* Checks the fan-out committed the batch and waits on its next poll,
+ * then frees everything. */
+static void rec_stop(void) {
+  ck_assert_uint_eq(imc_fanout_pending(rec.f), 1); /* committed, polling */
+  imc_fanout_stop(rec.f);
+  imc_membus_del(rec.bus);
+  imc_fanout_del(rec.f);
+  imc_gateway_del(rec.g);
+}
+
+/* Message{msg_id 1, from_user 4, group_id 6, content_type 8} records:
+ * three each with one bad string, then a clean one. */
+START_TEST(bad_string_records_skipped) {
   static const char bad_from[] = "\x0a\x02m1\x22\x03\xed\xa0\x80\x32\x02g2";
   static const char nul_group[] = "\x0a\x02m2\x22\x01"
                                   "a\x32\x04g3\0x";
@@ -451,29 +478,17 @@ START_TEST(bad_string_records_skipped) {
    * records carry no send time: the clock starts near 0. */
   test_clock near_zero;
   test_clock_init(&near_zero, 30000);
-  imc_fanout *f;
-  ck_assert_int_eq(imc_fanout_new(&f, g, imc_membus_vtbl(), bus, &store, NULL,
-                                  &near_zero.clock, 0, NULL),
-                   0);
-  ck_assert_int_eq(imc_fanout_start(f), 0);
-  publish(bus, bad_from, sizeof(bad_from) - 1);
-  publish(bus, nul_group, sizeof(nul_group) - 1);
-  publish(bus, overlong, sizeof(overlong) - 1);
-  publish(bus, good, sizeof(good) - 1);
-
-  for (int i = 0; i < 10 && imc_membus_dispatch(bus) > 0; i++)
-    ;
+  rec_start(&near_zero);
+  publish(rec.bus, bad_from, sizeof(bad_from) - 1);
+  publish(rec.bus, nul_group, sizeof(nul_group) - 1);
+  publish(rec.bus, overlong, sizeof(overlong) - 1);
+  publish(rec.bus, good, sizeof(good) - 1);
+  rec_dispatch();
   /* Only the clean record got as far as a member lookup; "g3\0x" was
    * not read as "g3". */
   ck_assert_int_eq(st.calls, 1);
   ck_assert_str_eq(st.groups[0], "g1");
-  /* The batch was committed: the fan-out waits on its next poll. */
-  ck_assert_uint_eq(imc_fanout_pending(f), 1);
-
-  imc_fanout_stop(f);
-  imc_membus_del(bus);
-  imc_fanout_del(f);
-  imc_gateway_del(g);
+  rec_stop();
 }
 END_TEST
 
@@ -481,30 +496,9 @@ END_TEST
  * not pushed (a node that starts a new consumer group does not replay the
  * topic); later ones, and those within the clocks' slack, are. */
 START_TEST(stale_records_skipped) {
-  memset(&st, 0, sizeof(st));
-  imc_store_vtbl store;
-  memset(&store, 0, sizeof(store));
-  store.struct_size = sizeof(store);
-  store.group_members = st_group_members;
-  imc_gateway_options *o;
-  imc_gateway *g;
-  ck_assert_int_eq(imc_gateway_options_new(&o, NULL), 0);
-  ck_assert_int_eq(
-      imc_gateway_options_set_transport(o, &test_sock_transport, NULL), 0);
-  ck_assert_int_eq(imc_gateway_options_set_jwt_secret(
-                       o, (const uint8_t *)SECRET, strlen(SECRET)),
-                   0);
-  ck_assert_int_eq(imc_gateway_new(&g, o, NULL), 0);
-  imc_gateway_options_del(o);
-  imc_membus *bus;
-  ck_assert_int_eq(imc_membus_new(&bus, NULL), 0);
   test_clock clk;
   test_clock_init(&clk, T0);
-  imc_fanout *f;
-  ck_assert_int_eq(imc_fanout_new(&f, g, imc_membus_vtbl(), bus, &store, NULL,
-                                  &clk.clock, 0, NULL),
-                   0);
-  ck_assert_int_eq(imc_fanout_start(f), 0);
+  rec_start(&clk);
   static const struct {
     const char *group;
     int64_t sent_at_ms;
@@ -517,18 +511,13 @@ START_TEST(stale_records_skipped) {
     m.sent_at_ms = recs[i].sent_at_ms;
     uint8_t buf[64];
     ck_assert_uint_le(imchat__v1__message__get_packed_size(&m), sizeof(buf));
-    publish(bus, buf, imchat__v1__message__pack(&m, buf));
+    publish(rec.bus, buf, imchat__v1__message__pack(&m, buf));
   }
-  for (int i = 0; i < 10 && imc_membus_dispatch(bus) > 0; i++)
-    ;
+  rec_dispatch();
   ck_assert_int_eq(st.calls, 2);
   ck_assert_str_eq(st.groups[0], "slack");
   ck_assert_str_eq(st.groups[1], "new");
-  ck_assert_uint_eq(imc_fanout_pending(f), 1); /* committed, polling */
-  imc_fanout_stop(f);
-  imc_membus_del(bus);
-  imc_fanout_del(f);
-  imc_gateway_del(g);
+  rec_stop();
 }
 END_TEST
 
