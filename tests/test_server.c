@@ -44,7 +44,7 @@ static void *run_main(void *ud) {
 
 /* Lines the server logged through imc_server_set_log. */
 typedef struct log_seen {
-  int lines, stopped;
+  int lines, stopped, listening;
 } log_seen;
 
 static void on_log(void *ud, imc_log_level level, const char *line) {
@@ -53,6 +53,28 @@ static void on_log(void *ud, imc_log_level level, const char *line) {
   seen->lines++;
   if (strcmp(line, "stopped") == 0)
     seen->stopped = 1;
+  if (strncmp(line, "listening on ", 13) == 0)
+    seen->listening = 1;
+}
+
+/* The library writes nothing to stderr while fd 2 is caught: between
+ * catch_stderr and caught_stderr, which returns the byte count. */
+static int catch_stderr(void) {
+  fflush(stderr);
+  int saved = dup(2);
+  FILE *f = tmpfile();
+  ck_assert(saved >= 0 && f != NULL);
+  ck_assert_int_eq(dup2(fileno(f), 2), 2);
+  fclose(f); /* fd 2 keeps the file */
+  return saved;
+}
+
+static long caught_stderr(int saved) {
+  fflush(stderr);
+  long n = lseek(2, 0, SEEK_END);
+  ck_assert_int_eq(dup2(saved, 2), 2);
+  close(saved);
+  return n;
 }
 
 static void start(running *r, log_seen *seen) {
@@ -62,12 +84,16 @@ static void start(running *r, log_seen *seen) {
                         "--data-dir", r->dir,        "--jwt-secret",
                         SECRET,       "--log-level", "info"};
   char err[256] = "";
+  int caught = catch_stderr();
   int rv = imc_server_new(&r->s, 9, argv, err, sizeof(err));
   ck_assert_msg(rv == 0, "imc_server_new: %d %s", rv, err);
   const char *addr = imc_server_address(r->s);
   ck_assert_msg(strncmp(addr, "127.0.0.1:", 10) == 0 && atoi(addr + 10) > 0,
                 "address %s", addr);
+  /* What new logged waits for its destination: the callback. */
   imc_server_set_log(r->s, on_log, seen);
+  ck_assert_int_eq(caught_stderr(caught), 0);
+  ck_assert_int_eq(seen->listening, 1);
   ck_assert_int_eq(pthread_create(&r->thread, NULL, run_main, r), 0);
 }
 
@@ -223,7 +249,7 @@ static void *receive_main(void *ud) {
 /* alice → bob over the server's WebSocket; bob sees it; stop; join. */
 START_TEST(test_one_to_one) {
   running r;
-  log_seen seen = {0, 0};
+  log_seen seen = {0, 0, 0};
   start(&r, &seen);
   const char *addr = imc_server_address(r.s);
 
@@ -258,7 +284,7 @@ END_TEST
 /* A stop asked for before run: run returns at once; run is once only. */
 START_TEST(test_stop_before_run) {
   running r;
-  log_seen seen = {0, 0};
+  log_seen seen = {0, 0, 0};
   start(&r, &seen);
   stop(&r);
   ck_assert(seen.lines > 0);
@@ -290,7 +316,9 @@ static void expect_bad(int argc, const char *const *argv, int code,
                        const char *reason) {
   imc_server *s = (imc_server *)&s; /* must be overwritten */
   char err[256] = "";
+  int caught = catch_stderr();
   int rv = imc_server_new(&s, argc, argv, err, sizeof(err));
+  ck_assert_int_eq(caught_stderr(caught), 0); /* the reason is in err */
   ck_assert_msg(rv == code, "%d (%s), not %d", rv, err, code);
   ck_assert_ptr_null(s);
   ck_assert_msg(strstr(err, reason) != NULL, "err '%s' lacks '%s'", err,

@@ -38,6 +38,7 @@
 
 #define DEV_LOGIN_TTL_S 86400
 #define GRACE_MS 5000
+#define HELD_MAX (64 * 1024) /* lines logged by imc_server_new */
 
 /* "imchatd token alice" plus the flags that locate the same secret. */
 static void log_connect_hint(const imchatd_config *cfg, const char *bound) {
@@ -118,7 +119,11 @@ struct imc_server {
   void *log_ud;
   int starting;        /* in imc_server_new: the first error is held */
   char first_err[512]; /* ... here */
-  int efd;             /* stop and reload requests wake the loop */
+  /* The other lines imc_server_new logged ("level line\n" each), held
+   * until the embedder chose their destination (set_log) or run began. */
+  char *held;
+  size_t held_len;
+  int efd; /* stop and reload requests wake the loop */
   atomic_uint stops, reloads;
   unsigned stops_seen, reloads_seen;
   int ran;
@@ -653,15 +658,42 @@ static void server_log(void *ud, imc_log_level level, const char *line) {
     snprintf(s->first_err, sizeof(s->first_err), "%s", line);
     return;
   }
+  if (s->starting) { /* held (dropped past HELD_MAX: out of memory) */
+    size_t n = strlen(line) + 3;
+    char *h =
+        s->held_len + n <= HELD_MAX ? realloc(s->held, s->held_len + n) : NULL;
+    if (h) {
+      snprintf(h + s->held_len, n, "%c%s\n", '0' + (int)level, line);
+      s->held = h;
+      s->held_len += n - 1;
+    }
+    return;
+  }
   if (s->log_cb)
     s->log_cb(s->log_ud, level, line);
   else
     hlog_stderr(level, line);
 }
 
+/* Sends the lines held since imc_server_new where the log now goes. */
+static void release_held(imc_server *s) {
+  char *held = s->held;
+  size_t len = s->held_len;
+  s->held = NULL;
+  s->held_len = 0;
+  for (char *p = held, *end = held + len; p < end;) {
+    char *nl = memchr(p, '\n', (size_t)(end - p));
+    *nl = '\0';
+    server_log(s, (imc_log_level)(p[0] - '0'), p + 1);
+    p = nl + 1;
+  }
+  free(held);
+}
+
 void imc_server_set_log(imc_server *s, imc_log_cb cb, void *ud) {
   s->log_cb = cb;
   s->log_ud = ud;
+  release_held(s);
 }
 
 /* ---- setup --------------------------------------------------------- */
@@ -779,13 +811,18 @@ int hserver_new(imc_server **out, imchatd_config *cfg, char *err,
   s->starting = 0;
   if (code != 0) {
     put_err(err, errcap, s->first_err[0] ? s->first_err : "setup failed");
-    s->first_err[0] = '\0';
+    free(s->held); /* the reason is in err; nothing is printed */
+    s->held = NULL;
+    s->held_len = 0;
     imc_server_del(s);
     hlog_bind(prev);
     return code == IMCHATD_EXIT_USAGE ? IMC_ERR_INVALID_ARGUMENT : IMC_ERR_IO;
   }
-  if (s->first_err[0]) /* logged, yet not fatal */
+  if (s->first_err[0]) { /* logged, yet not fatal: held like the rest */
+    s->starting = 1;
     server_log(s, IMC_LOG_ERROR, s->first_err);
+    s->starting = 0;
+  }
   hlog_bind(prev);
   *out = s;
   return 0;
@@ -848,6 +885,7 @@ int imc_server_run(imc_server *s) {
     return IMC_ERR_CLOSED;
   s->ran = 1;
   const hlog_sink *prev = hlog_bind(&s->sink);
+  release_held(s);
   int rv = hloop_run(s->a.loop);
   if (rv == 0) {
     drain(&s->a);
@@ -861,6 +899,7 @@ void imc_server_del(imc_server *s) {
   if (s == NULL)
     return;
   const hlog_sink *prev = hlog_bind(&s->sink);
+  release_held(s);
   app_free(&s->a);
   hlog_bind(prev);
   if (s->efd >= 0)

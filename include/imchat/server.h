@@ -17,8 +17,11 @@
  * --data-dir).
  *
  * Logging: lines go to stderr (timestamped), filtered by --log-level,
- * until imc_server_set_log routes them to a callback. An error that makes
- * imc_server_new fail is not printed but returned in err.
+ * until imc_server_set_log routes them to a callback. The lines of a
+ * successful imc_server_new (the store, the address, how to connect)
+ * wait for the first set_log, run or del, so a callback set right after
+ * new gets them too. A failing imc_server_new prints nothing: the reason
+ * is returned in err.
  */
 #ifndef IMCHAT_SERVER_H
 #define IMCHAT_SERVER_H
