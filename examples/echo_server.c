@@ -10,6 +10,9 @@
  *
  *   echo_server [PORT [SECRET]]     PORT 0 picks a free port
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* IOV_MAX, signalfd */
+#endif
 #include <imchat/memreg.h>
 #include <imchat/gateway.h>
 #include <imchat/jwt.h>
