@@ -847,10 +847,15 @@ static void pconn_event(void *ud, int fd, uint32_t ev) {
     ssize_t n = sock_read(&pc->k, p->buf, sizeof(p->buf));
     if (n == -EAGAIN)
       return;
+    if (n == -EPROTO) {
+      char why[sizeof(pc->k.why) + 8];
+      snprintf(why, sizeof(why), "TLS: %s", pc->k.why);
+      pconn_lost(pc, why);
+      return;
+    }
     if (n <= 0) {
-      pconn_lost(pc, n == 0         ? "connection closed by the server"
-                     : n == -EPROTO ? pc->k.why
-                                    : strerror((int)-n));
+      pconn_lost(pc, n == 0 ? "connection closed by the server"
+                            : strerror((int)-n));
       return;
     }
     if (pc == p->cur && !p->given)
