@@ -811,6 +811,11 @@ static void peer_connected(hgrpc_peer *p, pconn *pc) {
   }
   pc->k.handshaking = 1;
   pc->connect_deadline = now_ms() + HANDSHAKE_TIMEOUT_MS;
+  /* No more EPOLLOUT of the connect: the handshake asks for it. */
+  if (hloop_watch_set(p->l, pc->k.w, sock_events(&pc->k)) < 0) {
+    peer_connect_failed(p, strerror(errno));
+    return;
+  }
   peer_handshake(p, pc);
 }
 
