@@ -31,6 +31,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -206,6 +207,10 @@ class GrpcPki:
         return ["--grpc-tls-cert", cert, "--grpc-tls-key", key,
                 "--grpc-tls-ca", self.ca]
 
+    def client_context(self):
+        """An ssl.SSLContext that trusts the CA (for https)."""
+        return ssl.create_default_context(cafile=self.ca)
+
 
 # ---------------------------------------------------------------------------
 # Processes
@@ -275,11 +280,19 @@ class Proc(imctest.Server):
 
 
 class Host(Proc):
-    """im-gateway or im-service: ready when GET /readyz answers 200."""
+    """im-gateway or im-service: ready when GET /readyz answers 200 (over
+    TLS with the ssl.SSLContext tls, when its port speaks TLS)."""
+
+    tls = None
 
     def ready(self):
-        r = imctest.http_get(self.port, "/readyz", timeout=5)
+        r = imctest.http_get(self.port, "/readyz", timeout=5, tls=self.tls)
         return True if r.status == 200 else r
+
+    def clone(self):
+        c = super().clone()
+        c.tls = self.tls
+        return c
 
 
 class Redis(Proc):
@@ -338,7 +351,8 @@ class Cluster:
     flags per role; redis: the address for im-service (default
     IMC_TEST_REDIS); gateways: how many (at most three); grpc_tls: mutual
     TLS on every gRPC link, each process with a certificate of its own
-    from self.pki (a GrpcPki), named like the process ("svc0", "gw-a")."""
+    from self.pki (a GrpcPki), named like the process ("svc0", "gw-a"),
+    and im-service's HTTP port over TLS (--tls-cert, "svc0-http")."""
 
     NAMES = ("a", "b", "c")
 
@@ -367,6 +381,12 @@ class Cluster:
 
         def tls(name):
             return self.pki.flags(name) if self.pki else []
+
+        def http_tls(name):
+            if not self.pki:
+                return []
+            cert, key, _ = self.pki.issue(name)
+            return ["--tls-cert", cert, "--tls-key", key]
         grpc_addrs = []
         for i in range(self.n_services):
             svc_grpc, svc_http = addr(free_port()), free_port()
@@ -375,9 +395,12 @@ class Cluster:
                 [IM_SERVICE, "--grpc-listen", svc_grpc,
                  "--http-listen", addr(svc_http), "--redis", redis,
                  "--node-id", "svc%d-%s" % (i, self.tag)] + common +
-                tls("svc%d" % i) + service_flags,
+                tls("svc%d" % i) + http_tls("svc%d-http" % i) +
+                service_flags,
                 "im-service %d (%s)" % (i, self.label), svc_http,
                 self.workdir))
+            if self.pki:
+                self.services[-1].tls = self.pki.client_context()
         self.service = self.services[0]
         svc_grpc = ",".join(grpc_addrs)
         for n in self.NAMES[:self.n_gateways]:

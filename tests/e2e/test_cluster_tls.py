@@ -5,7 +5,8 @@ with a certificate of its own from a CA made for the test class
 (cluster.GrpcPki). Messages go through as without TLS; stock grpcio
 (python3-grpcio) calls with a client certificate of the CA and is refused
 without one or over plaintext; SIGHUP gives new connections a new
-certificate and keeps the links that are open.
+certificate and keeps the links that are open. im-service's HTTP port
+speaks TLS (--tls-cert) too.
 
 Run like tests/e2e/test_cluster.py (same environment).
 """
@@ -106,6 +107,16 @@ class TestClusterTls(ClusterTest):
         self.assertTrue(stored(await cb.status(g.msg_id, timeout=SLOW)))
         for host in self.cluster.gateways + [self.cluster.service]:
             self.assertNotRegex(host.stderr_text(), r"TLS handshake .*failed")
+
+    async def test_service_http_over_tls(self):
+        """im-service's /healthz, /readyz and /metrics: https only."""
+        svc = self.cluster.service
+        svc.wait_log(r"HTTP over TLS \(/healthz, /readyz, /metrics\) on ")
+        for path in ("/healthz", "/readyz", "/metrics"):
+            self.assertEqual(imctest.http_get(svc.port, path,
+                                              tls=svc.tls).status, 200, path)
+        with self.assertRaises((AssertionError, OSError)):
+            imctest.http_get(svc.port, "/healthz")
 
     async def test_stock_grpcio_needs_a_client_certificate(self):
         pki = self.cluster.pki
