@@ -763,32 +763,35 @@ static void peer_give(hgrpc_peer *p, pconn *pc) {
  * preface leaves at the next flush. On plaintext the owner has it at
  * once; on TLS once the server's first bytes came, since in TLS 1.3 a
  * server refuses the client's certificate after the client's handshake
- * has ended. */
-static void peer_ready(hgrpc_peer *p, pconn *pc) {
+ * has ended. Returns 0, or -1 when it failed (pc is freed). */
+static int peer_ready(hgrpc_peer *p, pconn *pc) {
   if (imc_grpc_client_new(&pc->c, p->copt, NULL) < 0) {
     peer_connect_failed(p, "out of memory");
-    return;
+    return -1;
   }
   imc_grpc_client_set_user_data(pc->c, pc);
   if (hloop_watch_set(p->l, pc->k.w, sock_events(&pc->k)) < 0) {
     peer_connect_failed(p, strerror(errno));
-    return;
+    return -1;
   }
   p->dirty = 1; /* the connection preface */
   if (pc->k.ssl == NULL)
     peer_give(p, pc);
+  return 0;
 }
 
-/* One step of cur's TLS handshake. */
-static void peer_handshake(hgrpc_peer *p, pconn *pc) {
+/* One step of cur's TLS handshake. Returns 1 once it has ended and the
+ * client is made, 0 while it goes on, -1 if it failed (pc is freed). */
+static int peer_handshake(hgrpc_peer *p, pconn *pc) {
   char why[sizeof(pc->k.why) + 16];
   int rv = sock_handshake(&pc->k);
-  if (rv > 0) {
-    peer_ready(p, pc);
-  } else if (rv < 0) {
+  if (rv > 0)
+    return peer_ready(p, pc) == 0 ? 1 : -1;
+  if (rv < 0) {
     snprintf(why, sizeof(why), "TLS: %s", pc->k.why);
     peer_connect_failed(p, why);
   }
+  return rv;
 }
 
 /* cur's connect completed (EPOLLOUT): check it, then TLS or the client. */
@@ -829,18 +832,19 @@ static void pconn_event(void *ud, int fd, uint32_t ev) {
     sock_tls_out_done(&pc->k);
     readable = 1; /* what the handshake or a read waited for */
   }
-  if (pc->c == NULL) {
-    if (pc->k.handshaking)
-      peer_handshake(p, pc);
-    else
-      peer_connected(p, pc);
+  if (pc->c == NULL && !pc->k.handshaking) {
+    peer_connected(p, pc);
     return;
   }
+  /* Ended, the handshake may leave the server's first bytes read. */
+  if (pc->c == NULL && peer_handshake(p, pc) <= 0)
+    return;
   if ((ev & EPOLLOUT) && pc->k.out_armed) {
     sock_drained(&pc->k);
     if (pconn_check(pc, imc_grpc_client_flush(pc->c)))
       return;
   }
+  readable |= sock_buffered(&pc->k);
   if (readable && pc->k.wr_wait) {
     pc->k.wr_wait = 0; /* a TLS write waited for input */
     if (pconn_check(pc, imc_grpc_client_flush(pc->c)))
