@@ -4,12 +4,18 @@
  * (IPv4 and IPv6), many calls at once, large messages, deadlines, work
  * queued by a later hook, the server going away and coming back, GOAWAY
  * from a raw HTTP/2 listener, a peer with nobody listening, and bad
- * addresses.
+ * addresses. Then mutual TLS (certificates made by grpc_certs.sh, in
+ * $IMC_GRPC_CERTS): calls go through, large ones too; a client without a
+ * certificate or with one of another CA, a server whose certificate does
+ * not name the address dialled, and a plaintext client fail and no call
+ * reaches a handler; a handshake never finished is closed.
  */
 #include "grpc_net.h"
 #include "log.h"
 
 #include <check.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -47,9 +53,15 @@ static int64_t now_ms(void) {
 /* ------------------------------------------------------------------ */
 
 static int n_connected, n_lost, n_cannot;
+static char tls_log[8192]; /* the lines about TLS failures */
 
 static void on_log(void *ud, imc_log_level level, const char *line) {
   (void)ud;
+  if (level == IMC_LOG_WARN && strstr(line, "TLS") &&
+      strlen(tls_log) + strlen(line) + 2 < sizeof(tls_log)) {
+    strcat(tls_log, line);
+    strcat(tls_log, "\n");
+  }
   if (strstr(line, ": connected"))
     n_connected++;
   else if (strstr(line, "cannot connect"))
@@ -67,10 +79,12 @@ static const hlog_sink sink = {IMC_LOG_INFO, on_log, NULL};
 
 static imc_grpc_call *held[MAX_HELD];
 static int nheld;
+static int n_served; /* calls that reached h_echo */
 
 static void h_echo(void *ud, imc_grpc_call *call, const uint8_t *req,
                    size_t len) {
   (void)ud;
+  n_served++;
   imc_grpc_call_reply(call, IMC_GRPC_OK, NULL, req, len);
 }
 
@@ -92,17 +106,23 @@ static void answer_held(int status) {
   nheld = 0;
 }
 
-static int server_new(hgrpc_server **out, const char *addr, char *bound,
-                      size_t cap) {
+/* A server of ECHO and HOLD, plaintext or (tls) mutual TLS. */
+static int server_new_tls(hgrpc_server **out, const char *addr, hstls *tls,
+                          char *bound, size_t cap) {
   imc_grpc_server_options *o = NULL;
   ck_assert_int_eq(imc_grpc_server_options_new(&o, NULL), 0);
   ck_assert_int_eq(imc_grpc_server_options_add_method(o, ECHO, h_echo, NULL),
                    0);
   ck_assert_int_eq(imc_grpc_server_options_add_method(o, HOLD, h_hold, NULL),
                    0);
-  int rv = hgrpc_server_new(out, L, o, addr, bound, cap);
+  int rv = hgrpc_server_new_tls(out, L, o, addr, tls, bound, cap);
   imc_grpc_server_options_del(o);
   return rv;
+}
+
+static int server_new(hgrpc_server **out, const char *addr, char *bound,
+                      size_t cap) {
+  return server_new_tls(out, addr, NULL, bound, cap);
 }
 
 /* ------------------------------------------------------------------ */
@@ -174,7 +194,8 @@ static void echo_ok(owner *o, const char *text) {
 static void setup(void) {
   ck_assert_int_eq(hloop_new(&L), 0);
   nheld = 0;
-  n_connected = n_lost = n_cannot = 0;
+  n_connected = n_lost = n_cannot = n_served = 0;
+  tls_log[0] = '\0';
   hlog_bind(&sink);
 }
 
@@ -271,7 +292,7 @@ static int count_big(const big *b, int n) {
   return done;
 }
 
-START_TEST(large_messages_both_ways) {
+static void large_messages_on(hstls *tls) {
   enum { N = 8, SIZE = 1 << 20 };
   char bound[64];
   hgrpc_server *s = NULL;
@@ -282,8 +303,9 @@ START_TEST(large_messages_both_ways) {
   ck_assert_ptr_nonnull(data);
   for (size_t i = 0; i < SIZE; i++)
     data[i] = (uint8_t)(i * 131 + 7);
-  ck_assert_int_eq(server_new(&s, "127.0.0.1:0", bound, sizeof(bound)), 0);
-  ck_assert_int_eq(hgrpc_peer_new(&p, L, bound, on_client, &o), 0);
+  ck_assert_int_eq(server_new_tls(&s, "127.0.0.1:0", tls, bound, sizeof(bound)),
+                   0);
+  ck_assert_int_eq(hgrpc_peer_new_tls(&p, L, bound, tls, on_client, &o), 0);
   RUN_UNTIL(o.c != NULL, 5000);
   for (int i = 0; i < N; i++) {
     b[i] = (big){.sent = data};
@@ -299,6 +321,10 @@ START_TEST(large_messages_both_ways) {
   hgrpc_peer_del(p);
   hgrpc_server_del(s);
   free(data);
+}
+
+START_TEST(large_messages_both_ways) {
+  large_messages_on(NULL);
 }
 END_TEST
 
@@ -637,6 +663,260 @@ START_TEST(bad_addresses_are_refused) {
 }
 END_TEST
 
+/* ------------------------------------------------------------------ */
+/* Mutual TLS                                                           */
+/* ------------------------------------------------------------------ */
+
+/* $IMC_GRPC_CERTS/grpc-<name>.pem, or the CA's. */
+static void cert_path(char *out, size_t cap, const char *name,
+                      const char *ext) {
+  const char *dir = getenv("IMC_GRPC_CERTS");
+  ck_assert_msg(dir != NULL, "IMC_GRPC_CERTS is not set (see meson.build)");
+  snprintf(out, cap, "%s/grpc-%s.%s", dir, name, ext);
+}
+
+/* Mutual TLS with certificate name, under the cluster's CA. */
+static hstls *mtls(const char *name) {
+  char cert[512], key[512], ca[512], why[512];
+  hstls *t = NULL;
+  cert_path(cert, sizeof(cert), name, "pem");
+  cert_path(key, sizeof(key), name, "key");
+  cert_path(ca, sizeof(ca), "ca", "pem");
+  ck_assert_msg(hstls_new_mutual(&t, cert, key, ca, TLS1_3_VERSION, why,
+                                 sizeof(why)) == 0,
+                "%s", why);
+  return t;
+}
+
+static void tls_round_trip(const char *listen, const char *dial_host) {
+  hstls *t = mtls("node");
+  char bound[64], dial[80];
+  hgrpc_server *s = NULL;
+  hgrpc_peer *p = NULL;
+  owner o = {0};
+  n_served = 0;
+  ck_assert_int_eq(server_new_tls(&s, listen, t, bound, sizeof(bound)), 0);
+  snprintf(dial, sizeof(dial), "%s:%s", dial_host, strrchr(bound, ':') + 1);
+  ck_assert_int_eq(hgrpc_peer_new_tls(&p, L, dial, t, on_client, &o), 0);
+  RUN_UNTIL(o.c != NULL, 5000);
+  echo_ok(&o, "hello over TLS");
+  ck_assert_int_eq(n_served, 1);
+  ck_assert_str_eq(tls_log, "");
+  hgrpc_peer_del(p);
+  hgrpc_server_del(s);
+  hstls_del(t);
+}
+
+START_TEST(tls_calls_round_trip) {
+  tls_round_trip("127.0.0.1:0", "127.0.0.1");
+  tls_round_trip("127.0.0.1:0", "localhost"); /* the DNS SAN */
+  tls_round_trip("[::1]:0", "[::1]");
+}
+END_TEST
+
+START_TEST(tls_large_messages_both_ways) {
+  hstls *t = mtls("node");
+  large_messages_on(t);
+  hstls_del(t);
+}
+END_TEST
+
+START_TEST(tls_client_of_another_ca_is_refused) {
+  /* The rogue certificate's own CA is not the server's; the client
+   * trusts the cluster's CA, so the server passes its check. */
+  hstls *rogue = NULL;
+  char cert[512], key[512], ca[512], why[512];
+  cert_path(cert, sizeof(cert), "rogue", "pem");
+  cert_path(key, sizeof(key), "rogue", "key");
+  cert_path(ca, sizeof(ca), "ca", "pem");
+  ck_assert_int_eq(
+      hstls_new_mutual(&rogue, cert, key, ca, TLS1_3_VERSION, why, sizeof(why)),
+      0);
+  hstls *st = mtls("node");
+  char bound[64];
+  hgrpc_server *s = NULL;
+  hgrpc_peer *p = NULL;
+  owner o = {0};
+  ck_assert_int_eq(server_new_tls(&s, "127.0.0.1:0", st, bound, sizeof(bound)),
+                   0);
+  ck_assert_int_eq(hgrpc_peer_new_tls(&p, L, bound, rogue, on_client, &o), 0);
+  RUN_UNTIL(
+      strstr(tls_log, "certificate verify failed") &&
+          strstr(tls_log, "cannot connect: TLS: tlsv1 alert unknown ca") &&
+          hgrpc_peer_attempts(p) >= 3,
+      10000);
+  ck_assert_msg(strstr(tls_log, "grpc: TLS handshake with 127.0.0.1:") != NULL,
+                "%s", tls_log);
+  ck_assert_int_eq(o.gains, 0);
+  ck_assert_int_eq(n_served, 0);
+  hgrpc_peer_del(p);
+  hgrpc_server_del(s);
+  hstls_del(rogue);
+  hstls_del(st);
+}
+END_TEST
+
+START_TEST(tls_server_not_named_for_the_address_is_refused) {
+  /* The client ends the handshake: only its side says why. */
+  hstls *ct = mtls("node"), *st = mtls("misnamed");
+  char bound[64];
+  hgrpc_server *s = NULL;
+  hgrpc_peer *p = NULL;
+  owner o = {0};
+  ck_assert_int_eq(server_new_tls(&s, "127.0.0.1:0", st, bound, sizeof(bound)),
+                   0);
+  ck_assert_int_eq(hgrpc_peer_new_tls(&p, L, bound, ct, on_client, &o), 0);
+  RUN_UNTIL(strstr(tls_log, "IP address mismatch") &&
+                hgrpc_peer_attempts(p) >= 3,
+            10000);
+  ck_assert_int_eq(o.gains, 0);
+  ck_assert_int_eq(n_served, 0);
+  hgrpc_peer_del(p);
+  /* By name: the DNS SAN is other.example, not localhost. */
+  tls_log[0] = '\0';
+  char dial[80];
+  snprintf(dial, sizeof(dial), "localhost:%s", strrchr(bound, ':') + 1);
+  ck_assert_int_eq(hgrpc_peer_new_tls(&p, L, dial, ct, on_client, &o), 0);
+  RUN_UNTIL(strstr(tls_log, "hostname mismatch"), 10000);
+  ck_assert_int_eq(o.gains, 0);
+  ck_assert_int_eq(n_served, 0);
+  hgrpc_peer_del(p);
+  hgrpc_server_del(s);
+  hstls_del(ct);
+  hstls_del(st);
+}
+END_TEST
+
+/* A TLS client without a certificate, by hand (hstls always has one):
+ * the handshake, the HTTP/2 preface, then the server's answer. Returns 1
+ * if the server refused (an alert or a close), 0 if it answered. */
+static int tls_client_without_certificate(const char *bound) {
+  char ca[512];
+  cert_path(ca, sizeof(ca), "ca", "pem");
+  SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+  ck_assert_ptr_nonnull(ctx);
+  ck_assert_int_eq(SSL_CTX_load_verify_locations(ctx, ca, NULL), 1);
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_port =
+                               htons((uint16_t)atoi(strrchr(bound, ':') + 1))};
+  inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+  ck_assert(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 ||
+            errno == EINPROGRESS);
+  SSL *ssl = SSL_new(ctx);
+  SSL_set_fd(ssl, fd);
+  SSL_set_connect_state(ssl);
+  static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+  int refused = -1, sent = 0;
+  int64_t end = now_ms() + 10000;
+  while (refused < 0 && now_ms() < end) {
+    ck_assert_int_eq(hloop_run_once(L, 10), 0);
+    char buf[256];
+    int rc = sent ? SSL_read(ssl, buf, sizeof(buf))
+                  : SSL_write(ssl, preface, sizeof(preface) - 1);
+    if (rc > 0 && !sent)
+      sent = 1;
+    else if (rc > 0)
+      refused = 0;
+    else if (SSL_get_error(ssl, rc) != SSL_ERROR_WANT_READ &&
+             SSL_get_error(ssl, rc) != SSL_ERROR_WANT_WRITE)
+      refused = 1;
+  }
+  ERR_clear_error();
+  SSL_free(ssl);
+  close(fd);
+  SSL_CTX_free(ctx);
+  ck_assert_msg(refused >= 0, "the server neither answered nor refused");
+  return refused;
+}
+
+START_TEST(tls_client_without_certificate_is_refused) {
+  hstls *st = mtls("node");
+  char bound[64];
+  hgrpc_server *s = NULL;
+  ck_assert_int_eq(server_new_tls(&s, "127.0.0.1:0", st, bound, sizeof(bound)),
+                   0);
+  ck_assert_int_eq(tls_client_without_certificate(bound), 1);
+  RUN_UNTIL(strstr(tls_log, "peer did not return a certificate"), 5000);
+  ck_assert_int_eq(n_served, 0);
+  hgrpc_server_del(s);
+  hstls_del(st);
+}
+END_TEST
+
+START_TEST(plaintext_client_to_a_tls_port_is_refused) {
+  hstls *st = mtls("node");
+  char bound[64];
+  hgrpc_server *s = NULL;
+  hgrpc_peer *p = NULL;
+  owner o = {0};
+  result r = {0};
+  ck_assert_int_eq(server_new_tls(&s, "127.0.0.1:0", st, bound, sizeof(bound)),
+                   0);
+  ck_assert_int_eq(hgrpc_peer_new(&p, L, bound, on_client, &o), 0);
+  RUN_UNTIL(o.c != NULL, 5000); /* plaintext: connected at the TCP level */
+  call(&o, ECHO, "hello", 5000, &r);
+  RUN_UNTIL(r.n == 1, 10000);
+  ck_assert_int_ne(r.status, IMC_GRPC_OK);
+  ck_assert_int_eq(n_served, 0);
+  RUN_UNTIL(strstr(tls_log, "grpc: TLS handshake with 127.0.0.1:"), 5000);
+  hgrpc_peer_del(p);
+  hgrpc_server_del(s);
+  hstls_del(st);
+}
+END_TEST
+
+/* A client that connects and sends nothing is closed after 10 s. */
+START_TEST(tls_handshake_not_finished_is_closed) {
+  hstls *st = mtls("node");
+  char bound[64];
+  hgrpc_server *s = NULL;
+  ck_assert_int_eq(server_new_tls(&s, "127.0.0.1:0", st, bound, sizeof(bound)),
+                   0);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET,
+                           .sin_port =
+                               htons((uint16_t)atoi(strrchr(bound, ':') + 1))};
+  inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+  ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+  int64_t t0 = now_ms();
+  RUN_UNTIL(strstr(tls_log, "not done in 10 s"), 15000);
+  ck_assert_int_ge(now_ms() - t0, 9000);
+  char c;
+  ck_assert_int_eq(read(fd, &c, 1), 0); /* closed by the server */
+  close(fd);
+  hgrpc_server_del(s);
+  hstls_del(st);
+}
+END_TEST
+
+START_TEST(bad_mutual_tls_files_name_their_flag) {
+  char cert[512], key[512], ca[512], why[512];
+  hstls *t = NULL;
+  cert_path(cert, sizeof(cert), "node", "pem");
+  cert_path(key, sizeof(key), "rogue", "key");
+  cert_path(ca, sizeof(ca), "ca", "pem");
+  ck_assert_int_eq(
+      hstls_new_mutual(&t, cert, key, ca, TLS1_3_VERSION, why, sizeof(why)),
+      -1);
+  ck_assert_msg(strstr(why, "--grpc-tls-key: ") == why, "%s", why);
+  ck_assert_int_eq(
+      hstls_new_mutual(&t, cert, ca, ca, TLS1_3_VERSION, why, sizeof(why)), -1);
+  ck_assert_msg(strstr(why, "--grpc-tls-key: cannot load") == why, "%s", why);
+  cert_path(key, sizeof(key), "node", "key");
+  ck_assert_int_eq(hstls_new_mutual(&t, cert, key, "/nonexistent/ca.pem",
+                                    TLS1_3_VERSION, why, sizeof(why)),
+                   -1);
+  ck_assert_msg(strstr(why, "--grpc-tls-ca: cannot read") == why, "%s", why);
+  ck_assert_int_eq(
+      hstls_new_mutual(&t, cert, key, key, TLS1_3_VERSION, why, sizeof(why)),
+      -1);
+  ck_assert_msg(strstr(why, "--grpc-tls-ca: cannot load") == why, "%s", why);
+  ck_assert_ptr_null(t);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("grpc_net");
   TCase *tc = tcase_create("net");
@@ -654,6 +934,17 @@ static Suite *suite(void) {
   tcase_add_test(tc, shutdown_sends_goaway);
   tcase_add_test(tc, bad_addresses_are_refused);
   suite_add_tcase(s, tc);
+  TCase *tls = tcase_create("tls");
+  tcase_add_checked_fixture(tls, setup, teardown);
+  tcase_add_test(tls, tls_calls_round_trip);
+  tcase_add_test(tls, tls_large_messages_both_ways);
+  tcase_add_test(tls, tls_client_of_another_ca_is_refused);
+  tcase_add_test(tls, tls_server_not_named_for_the_address_is_refused);
+  tcase_add_test(tls, tls_client_without_certificate_is_refused);
+  tcase_add_test(tls, plaintext_client_to_a_tls_port_is_refused);
+  tcase_add_test(tls, tls_handshake_not_finished_is_closed);
+  tcase_add_test(tls, bad_mutual_tls_files_name_their_flag);
+  suite_add_tcase(s, tls);
   return s;
 }
 

@@ -58,7 +58,8 @@ struct gwapp {
   imc_fanout *fanout;
   imc_grpc_gateway_service *gsvc;
   hgrpc_server *grpc;
-  hstls *tls; /* --tls-cert */
+  hstls *tls;      /* --tls-cert */
+  hstls *grpc_tls; /* --grpc-tls-cert: both ways of the gRPC links */
 };
 
 static void on_router(void *ud, imc_grpc_client *c) {
@@ -113,7 +114,10 @@ static void on_stop(void *ud, int now) {
 static void on_reload(void *ud) {
   gwapp *a = ud;
   hlog_info("SIGHUP: reloading");
-  hgateway_tls_reload(a->tls);
+  if (a->tls)
+    hgateway_tls_reload(a->tls);
+  if (a->grpc_tls)
+    hconfig_grpc_tls_reload(a->grpc_tls);
 }
 
 static void group_changed(void *ud, const char *group_id) {
@@ -136,7 +140,8 @@ static int connect_routers(gwapp *a) {
     snprintf(addr, sizeof(addr), "%.*s", (int)len, p);
     router *r = &a->routers[a->n_routers];
     r->app = a;
-    int rv = hgrpc_peer_new(&r->peer, a->loop, addr, on_router, r);
+    int rv =
+        hgrpc_peer_new_tls(&r->peer, a->loop, addr, a->grpc_tls, on_router, r);
     if (rv < 0) {
       hlog_error("--router %s: %s", addr, strerror(-rv));
       return IMCHATD_EXIT_USAGE;
@@ -146,7 +151,8 @@ static int connect_routers(gwapp *a) {
       break;
     p += len + 1;
   }
-  hlog_info("routers: %s", a->cfg.routers);
+  hlog_info("routers: %s%s", a->cfg.routers,
+            a->grpc_tls ? " (mutual TLS)" : "");
   return 0;
 }
 
@@ -206,14 +212,15 @@ static int make_grpc(gwapp *a) {
     hlog_error("gRPC: %s", imc_strerror(rv));
     return IMCHATD_EXIT_FAIL;
   }
-  rv = hgrpc_server_new(&a->grpc, a->loop, opt, a->cfg.grpc_listen, bound,
-                        sizeof(bound));
+  rv = hgrpc_server_new_tls(&a->grpc, a->loop, opt, a->cfg.grpc_listen,
+                            a->grpc_tls, bound, sizeof(bound));
   imc_grpc_server_options_del(opt);
   if (rv < 0) {
     hlog_error("--grpc-listen %s: %s", a->cfg.grpc_listen, strerror(-rv));
     return IMCHATD_EXIT_FAIL;
   }
-  hlog_info("gRPC (imchat.v1.Gateway) on %s", bound);
+  hlog_info("gRPC (imchat.v1.Gateway) on %s%s", bound,
+            a->grpc_tls ? " (mutual TLS)" : "");
   return 0;
 }
 
@@ -247,14 +254,15 @@ static int setup(gwapp *a) {
   const char *addr = advertised(cfg);
   if (addr == NULL)
     return IMCHATD_EXIT_USAGE;
-  if ((code = hgateway_tls(cfg, &a->tls)) != 0)
+  if ((code = hgateway_tls(cfg, &a->tls)) != 0 ||
+      (code = hconfig_grpc_tls(cfg, &a->grpc_tls)) != 0)
     return code;
   if ((rv = hloop_new(&a->loop)) < 0) {
     hlog_error("event loop: %s", strerror(-rv));
     return IMCHATD_EXIT_FAIL;
   }
   hloop_set_grace_ms(a->loop, GRACE_MS);
-  hsignals_cbs cbs = {on_stop, a->tls ? on_reload : NULL};
+  hsignals_cbs cbs = {on_stop, a->tls || a->grpc_tls ? on_reload : NULL};
   if ((rv = hsignals_new(&a->sig, a->loop, &cbs, a)) < 0) {
     hlog_error("signals: %s", strerror(-rv));
     return IMCHATD_EXIT_FAIL;
@@ -320,6 +328,7 @@ static void app_free(gwapp *a) {
   hsignals_del(a->sig);
   hloop_del(a->loop);
   hstls_del(a->tls); /* after the connections */
+  hstls_del(a->grpc_tls);
 }
 
 int main(int argc, char **argv) {

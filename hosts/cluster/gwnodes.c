@@ -31,6 +31,7 @@ typedef struct node {
 
 struct hgwnodes {
   hloop *loop;
+  hstls *tls; /* mutual TLS, or NULL */
   imc_etcd *etcd;
   imc_grpc_gwlink *link;
   node *nodes;
@@ -63,7 +64,8 @@ static void on_address(void *ud, int status, const char *addr) {
     imc_grpc_gwlink_fail(n->g->link, n->id, IMC_ERR_UNAVAILABLE);
     return;
   }
-  int rv = hgrpc_peer_new(&n->peer, n->g->loop, addr, on_client, n);
+  int rv =
+      hgrpc_peer_new_tls(&n->peer, n->g->loop, addr, n->g->tls, on_client, n);
   if (rv < 0) {
     hlog_warn("gateway %s at %s: %s", n->id, addr, strerror(-rv));
     n->retry_at = now_ms() + RETRY_MS;
@@ -142,11 +144,12 @@ static void nodes_run(void *ud) {
   }
 }
 
-int hgwnodes_new(hgwnodes **out, hloop *l, imc_etcd *etcd) {
+int hgwnodes_new(hgwnodes **out, hloop *l, imc_etcd *etcd, hstls *tls) {
   hgwnodes *g = calloc(1, sizeof(*g));
   if (g == NULL)
     return -ENOMEM;
   g->loop = l;
+  g->tls = tls;
   g->etcd = etcd;
   if (imc_grpc_gwlink_new(&g->link, NULL) != 0 ||
       imc_grpc_gwlink_set_connect_cb(g->link, on_wanted, g) != 0 ||

@@ -9,14 +9,16 @@
 #define HCLUSTER_GWNODES_H
 
 #include "loop.h"
+#include "tls.h"
 
 #include <imchat/engines/etcd.h>
 #include <imchat/grpc_gwlink.h>
 
 typedef struct hgwnodes hgwnodes;
 
-/* Returns 0 or a negative errno value. etcd is borrowed. */
-int hgwnodes_new(hgwnodes **out, hloop *l, imc_etcd *etcd);
+/* Returns 0 or a negative errno value. etcd and tls (mutual TLS for the
+ * connections, or NULL: plaintext) are borrowed. */
+int hgwnodes_new(hgwnodes **out, hloop *l, imc_etcd *etcd, hstls *tls);
 
 /* The gateway link for imc_router_options_set_gwlink (its vtable is
  * imc_grpc_gwlink_vtbl()). */

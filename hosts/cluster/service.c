@@ -44,7 +44,9 @@ typedef struct svc {
   hgrpc_server *grpc;
   imc_gateway *http; /* HTTP only: health and metrics */
   imc_api *api;
-  int migrated; /* --migrate-only: 1 done, -1 failed */
+  hstls *tls;      /* --tls-cert: on --http-listen */
+  hstls *grpc_tls; /* --grpc-tls-cert: both ways of the gRPC links */
+  int migrated;    /* --migrate-only: 1 done, -1 failed */
 } svc;
 
 static int64_t router_due(void *ud) {
@@ -72,6 +74,16 @@ static void on_stop(void *ud, int now) {
   hgrpc_server_shutdown(s->grpc);
   imc_worker_stop(s->worker);
   hloop_stop(s->loop);
+}
+
+/* SIGHUP (only with TLS: nothing else reloads). */
+static void on_reload(void *ud) {
+  svc *s = ud;
+  hlog_info("SIGHUP: reloading");
+  if (s->tls)
+    hgateway_tls_reload(s->tls);
+  if (s->grpc_tls)
+    hconfig_grpc_tls_reload(s->grpc_tls);
 }
 
 static int make_router(svc *s) {
@@ -149,14 +161,15 @@ static int make_grpc(svc *s) {
     hlog_error("gRPC: %s", imc_strerror(rv));
     return IMCHATD_EXIT_FAIL;
   }
-  rv = hgrpc_server_new(&s->grpc, s->loop, opt, s->cfg.grpc_listen, bound,
-                        sizeof(bound));
+  rv = hgrpc_server_new_tls(&s->grpc, s->loop, opt, s->cfg.grpc_listen,
+                            s->grpc_tls, bound, sizeof(bound));
   imc_grpc_server_options_del(opt);
   if (rv < 0) {
     hlog_error("--grpc-listen %s: %s", s->cfg.grpc_listen, strerror(-rv));
     return IMCHATD_EXIT_FAIL;
   }
-  hlog_info("gRPC (imchat.v1.Router) on %s", bound);
+  hlog_info("gRPC (imchat.v1.Router) on %s%s", bound,
+            s->grpc_tls ? " (mutual TLS)" : "");
   return 0;
 }
 
@@ -193,9 +206,11 @@ static int make_http(svc *s) {
   imc_api_set_sources(s->api, sources, sizeof(sources) / sizeof(sources[0]));
   hloop_set_gateway(s->loop, s->http);
   char bound[300];
-  if (hloop_listen(s->loop, s->cfg.http_listen, bound, sizeof(bound)) < 0)
+  if (hloop_listen_tls(s->loop, s->cfg.http_listen, s->tls, bound,
+                       sizeof(bound)) < 0)
     return IMCHATD_EXIT_FAIL; /* logged */
-  hlog_info("HTTP (/healthz, /readyz, /metrics) on %s", bound);
+  hlog_info("HTTP%s (/healthz, /readyz, /metrics) on %s",
+            s->tls ? " over TLS" : "", bound);
   return 0;
 }
 
@@ -232,7 +247,10 @@ static int setup(svc *s) {
     return IMCHATD_EXIT_FAIL;
   }
   hloop_set_grace_ms(s->loop, GRACE_MS);
-  hsignals_cbs cbs = {on_stop, NULL};
+  if (!cfg->migrate_only && ((code = hgateway_tls(cfg, &s->tls)) != 0 ||
+                             (code = hconfig_grpc_tls(cfg, &s->grpc_tls)) != 0))
+    return code;
+  hsignals_cbs cbs = {on_stop, s->tls || s->grpc_tls ? on_reload : NULL};
   if ((rv = hsignals_new(&s->sig, s->loop, &cbs, s)) < 0) {
     hlog_error("signals: %s", strerror(-rv));
     return IMCHATD_EXIT_FAIL;
@@ -242,7 +260,7 @@ static int setup(svc *s) {
     return code;
   if (cfg->migrate_only)
     return 0;
-  if ((rv = hgwnodes_new(&s->nodes, s->loop, s->be.etcd)) < 0) {
+  if ((rv = hgwnodes_new(&s->nodes, s->loop, s->be.etcd, s->grpc_tls)) < 0) {
     hlog_error("gateway links: %s", strerror(-rv));
     return IMCHATD_EXIT_FAIL;
   }
@@ -283,6 +301,8 @@ static void svc_free(svc *s) {
   imc_api_del(s->api);
   hsignals_del(s->sig);
   hloop_del(s->loop);
+  hstls_del(s->tls); /* after the connections */
+  hstls_del(s->grpc_tls);
 }
 
 int main(int argc, char **argv) {

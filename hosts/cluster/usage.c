@@ -5,6 +5,18 @@
 
 #include <stdio.h>
 
+/* Both hosts' mutual TLS flags. */
+#define GRPC_TLS_TEXT                                                          \
+  "  --grpc-tls-cert FILE, --grpc-tls-key FILE, --grpc-tls-ca FILE\n"          \
+  "                          mutual TLS on every gRPC link (all three or\n"    \
+  "                          none): this process's PEM certificate chain\n"    \
+  "                          and key, presented both ways, and the PEM CA\n"   \
+  "                          bundle that signs the cluster's certificates;\n"  \
+  "                          --grpc-listen then takes only clients whose\n"    \
+  "                          certificate the CA signed, and a server must\n"   \
+  "                          be named (IP or DNS SAN) by the address\n"        \
+  "                          dialled; --tls-min-version applies\n"
+
 static const char gateway_text[] =
     "Usage: im-gateway [OPTIONS]\n"
     "\n"
@@ -24,7 +36,7 @@ static const char gateway_text[] =
     "                          TLS on --listen, as in imchatd; SIGHUP\n"
     "                          reads the two files again\n"
     "  --grpc-listen HOST:PORT gRPC for im-service "
-    "(default " DEFAULT_GATEWAY_GRPC ")\n"
+    "(default " DEFAULT_GATEWAY_GRPC ")\n" GRPC_TLS_TEXT
     "  --grpc-advertise HOST:PORT\n"
     "                          where im-service reaches this gateway, kept\n"
     "                          in etcd (default: the bound --grpc-listen;\n"
@@ -63,7 +75,7 @@ static const char gateway_text[] =
     "Exit status: 0 ok, 1 runtime failure, 2 bad options or files.\n"
     "Signals: SIGINT/SIGTERM drain (unacknowledged pushes go to the offline\n"
     "path, clients are closed with 1001), a second one stops at once;\n"
-    "SIGHUP reloads --tls-cert and --tls-key.\n";
+    "SIGHUP reloads --tls-cert, --tls-key and the --grpc-tls-* files.\n";
 
 static const char service_text[] =
     "Usage: im-service [OPTIONS]\n"
@@ -79,6 +91,9 @@ static const char service_text[] =
     "(default " DEFAULT_SERVICE_GRPC ")\n"
     "  --http-listen HOST:PORT /healthz, /readyz and /metrics (default\n"
     "                          " DEFAULT_SERVICE_HTTP ")\n"
+    "  --tls-cert FILE, --tls-key FILE, --tls-min-version 1.3|1.2\n"
+    "                          TLS on --http-listen, as on im-gateway's\n"
+    "                          --listen\n" GRPC_TLS_TEXT
     "  --etcd URL[,URL..]      etcd members (default " DEFAULT_ETCD ")\n"
     "  --kafka HOST:PORT[,..]  Kafka bootstrap brokers (default " DEFAULT_KAFKA
     ")\n"
@@ -99,7 +114,8 @@ static const char service_text[] =
     "GET /readyz is 200 only while etcd, Kafka, MariaDB and Redis answer.\n"
     "Exit status: 0 ok, 1 runtime failure, 2 bad options or files.\n"
     "Signals: SIGINT/SIGTERM stop taking calls and let the worker finish\n"
-    "its batch; a second one stops at once.\n";
+    "its batch; a second one stops at once; SIGHUP reloads --tls-cert,\n"
+    "--tls-key and the --grpc-tls-* files (open connections stay).\n";
 
 void hcluster_usage(imchatd_role role) {
   fputs(role == IMCHATD_ROLE_GATEWAY ? gateway_text : service_text, stdout);

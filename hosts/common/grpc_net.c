@@ -4,6 +4,7 @@
 #include "grpc_net.h"
 
 #include "log.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <netdb.h>
@@ -22,12 +23,12 @@
 /* Reads per readiness callback: the watches are level-triggered, so the
  * rest comes next turn and one busy connection cannot starve the others. */
 #define READS_PER_EVENT 4
-#define LISTEN_BACKLOG 1024
 #define ACCEPT_PAUSE_MS 100
 #define ACCEPT_LOG_EVERY_MS 10000
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define CONNECT_TIMEOUT_MS 5000
+#define HANDSHAKE_TIMEOUT_MS 10000
 #define KEEPALIVE_IDLE_S 30
 #define KEEPALIVE_INTERVAL_S 10
 #define KEEPALIVE_COUNT 3
@@ -57,18 +58,54 @@ static int64_t until(int64_t deadline) {
 /* A connected socket with its watch                                    */
 /* ------------------------------------------------------------------ */
 
+/*
+ * With TLS (ssl set) the handshake runs first, from the socket's events
+ * (its end is the caller's to notice: sock_handshake); a TLS read may
+ * need EPOLLOUT (tls_out) and a TLS write may need input (wr_wait).
+ */
 typedef struct sock {
   hloop *l;
   int fd; /* -1 once closed */
   hloop_watch *w;
-  int out_armed;   /* a write came back short: EPOLLOUT until it drains */
-  int pause_reads; /* ... and no reads meanwhile (a server's connections) */
+  int out_armed;    /* a write came back short: EPOLLOUT until it drains */
+  int pause_reads;  /* ... and no reads meanwhile (a server's connections) */
+  SSL *ssl;         /* TLS, or NULL */
+  int handshaking;  /* the TLS handshake has not ended */
+  int tls_out;      /* the handshake or a read waits for EPOLLOUT */
+  int wr_wait;      /* a TLS write waits for input */
+  uint8_t *scratch; /* TLS_SCRATCH bytes gathering a record (the owner's) */
+  char why[192];    /* the last TLS failure */
 } sock;
 
+#define TLS_SCRATCH SSL3_RT_MAX_PLAIN_LENGTH
+
 static uint32_t sock_events(const sock *k) {
-  if (!k->out_armed)
-    return EPOLLIN;
-  return k->pause_reads ? EPOLLOUT : EPOLLIN | EPOLLOUT;
+  uint32_t ev = EPOLLIN;
+  if (k->out_armed)
+    ev = k->pause_reads ? EPOLLOUT : EPOLLIN | EPOLLOUT;
+  return k->tls_out ? ev | EPOLLOUT : ev;
+}
+
+/* EPOLLOUT wanted (a short write, or TLS): 0, or IMC_ERR_IO. */
+static int sock_arm(sock *k, int *flag) {
+  *flag = 1;
+  return hloop_watch_set(k->l, k->w, sock_events(k)) < 0 ? IMC_ERR_IO : 0;
+}
+
+/* The TLS part of sock_send. */
+static ssize_t sock_send_tls(sock *k, const struct iovec *iov, int iovcnt) {
+  if (k->handshaking || k->wr_wait)
+    return IMC_ERR_WOULDBLOCK;
+  ssize_t w = hstls_write(k->ssl, iov, iovcnt, k->scratch, TLS_SCRATCH);
+  if (w >= 0)
+    return w;
+  if (w == HSTLS_WANT_WRITE)
+    return sock_arm(k, &k->out_armed) < 0 ? IMC_ERR_IO : IMC_ERR_WOULDBLOCK;
+  if (w == HSTLS_WANT_READ) {
+    k->wr_wait = 1;
+    return IMC_ERR_WOULDBLOCK;
+  }
+  return IMC_ERR_IO;
 }
 
 /* The transport's send: bytes written, or IMC_ERR_WOULDBLOCK (no syscall
@@ -78,6 +115,8 @@ static ssize_t sock_send(sock *k, const struct iovec *iov, int iovcnt) {
     return IMC_ERR_CLOSED;
   if (k->out_armed)
     return IMC_ERR_WOULDBLOCK;
+  if (k->ssl)
+    return sock_send_tls(k, iov, iovcnt);
   struct msghdr mh;
   memset(&mh, 0, sizeof(mh));
   mh.msg_iov = (struct iovec *)iov;
@@ -93,8 +132,7 @@ static ssize_t sock_send(sock *k, const struct iovec *iov, int iovcnt) {
     return IMC_ERR_IO;
   if (n >= 0 && (size_t)n == want)
     return n;
-  k->out_armed = 1;
-  if (hloop_watch_set(k->l, k->w, sock_events(k)) < 0)
+  if (sock_arm(k, &k->out_armed) < 0)
     return IMC_ERR_IO;
   return n < 0 ? IMC_ERR_WOULDBLOCK : n;
 }
@@ -106,6 +144,8 @@ static void sock_drained(sock *k) {
 }
 
 static void sock_close(sock *k) {
+  hstls_close(k->ssl); /* close_notify, best effort */
+  k->ssl = NULL;
   if (k->fd < 0)
     return;
   if (k->w)
@@ -115,8 +155,52 @@ static void sock_close(sock *k) {
   k->fd = -1;
 }
 
-/* > 0 bytes read, 0 at EOF, -EAGAIN for nothing now, or -errno. */
+/*
+ * One step of the TLS handshake: 1 once it has ended, 0 while it waits
+ * for the socket, -1 if it failed (the reason in k->why).
+ */
+static int sock_handshake(sock *k) {
+  int rv = hstls_handshake(k->ssl, k->why, sizeof(k->why));
+  if (rv == 1) {
+    k->handshaking = 0;
+    return 1;
+  }
+  if (rv == HSTLS_WANT_READ)
+    return 0;
+  if (rv == HSTLS_WANT_WRITE) {
+    if (sock_arm(k, &k->tls_out) == 0)
+      return 0;
+    snprintf(k->why, sizeof(k->why), "epoll_ctl: %s", strerror(errno));
+  }
+  return -1;
+}
+
+/* Plaintext the TLS session holds already: no epoll event will tell. */
+static int sock_buffered(const sock *k) {
+  return k->ssl && SSL_has_pending(k->ssl);
+}
+
+/* EPOLLOUT came for TLS: back to the events without it. */
+static void sock_tls_out_done(sock *k) {
+  k->tls_out = 0;
+  hloop_watch_set(k->l, k->w, sock_events(k));
+}
+
+/* > 0 bytes read, 0 at EOF, -EAGAIN for nothing now, or -errno (-EPROTO:
+ * TLS, the reason in k->why). */
 static ssize_t sock_read(sock *k, uint8_t *buf, size_t cap) {
+  if (k->ssl) {
+    ssize_t r = hstls_read(k->ssl, buf, cap, k->why, sizeof(k->why));
+    if (r >= 0)
+      return r;
+    if (r == HSTLS_EOF)
+      return 0;
+    if (r == HSTLS_WANT_READ)
+      return -EAGAIN;
+    if (r == HSTLS_WANT_WRITE && sock_arm(k, &k->tls_out) == 0)
+      return -EAGAIN;
+    return -EPROTO;
+  }
   ssize_t n;
   do
     n = read(k->fd, buf, cap);
@@ -166,16 +250,20 @@ static void format_addr(const struct sockaddr *sa, socklen_t len, char *out,
 typedef struct sconn {
   sock k;
   hgrpc_server *s;
-  imc_grpc_conn *c;
+  imc_grpc_conn *c; /* NULL during the TLS handshake */
   int busy; /* inside its event callback: a close there defers the free */
   int dead; /* closed while busy */
+  int64_t hs_deadline; /* the TLS handshake's end at the latest */
+  char peer[64];       /* the client's address, for the log */
   struct sconn *prev, *next;
 } sconn;
 
 struct hgrpc_server {
   hloop *l;
   imc_grpc_server *srv;
-  int lfd; /* -1 once closed */
+  hstls *tls;        /* mutual TLS, or NULL */
+  size_t handshakes; /* connections in their TLS handshake */
+  int lfd;           /* -1 once closed */
   hloop_watch *lw;
   int accept_paused;
   int64_t accept_resume_at;
@@ -184,11 +272,14 @@ struct hgrpc_server {
   int dirty;              /* input or connections since the last flush */
   size_t flushed_pending; /* imc_grpc_server_pending() after that flush */
   uint8_t buf[READ_BUF];
+  uint8_t scratch[TLS_SCRATCH];
 };
 
 /* Closes sc's socket and forgets it; freed now, or by its callback. */
 static void sconn_drop(sconn *sc) {
   hgrpc_server *s = sc->s;
+  if (sc->k.handshaking)
+    s->handshakes--;
   sock_close(&sc->k);
   if (sc->prev)
     sc->prev->next = sc->next;
@@ -221,7 +312,8 @@ static const imc_transport_vtbl srv_transport = {
 
 static void sconn_read(sconn *sc) {
   hgrpc_server *s = sc->s;
-  for (int i = 0; i < READS_PER_EVENT && !sc->dead; i++) {
+  for (int i = 0; (i < READS_PER_EVENT || sock_buffered(&sc->k)) && !sc->dead;
+       i++) {
     ssize_t n = sock_read(&sc->k, s->buf, sizeof(s->buf));
     if (n == -EAGAIN)
       return;
@@ -237,23 +329,62 @@ static void sconn_read(sconn *sc) {
   }
 }
 
+/* The TLS handshake goes on; once it has ended, the gRPC connection
+ * begins. Returns 1 when sc is open for reads. */
+static int sconn_handshake(sconn *sc) {
+  hgrpc_server *s = sc->s;
+  int rv = sock_handshake(&sc->k);
+  if (rv == 0)
+    return 0;
+  if (rv < 0) {
+    hlog_warn("grpc: TLS handshake with %s failed: %s", sc->peer, sc->k.why);
+    sconn_drop(sc);
+    return 0;
+  }
+  s->handshakes--;
+  if (imc_grpc_conn_new(s->srv, &sc->c, sc) < 0) {
+    hlog_warn("grpc: %s: out of memory", sc->peer);
+    sconn_drop(sc);
+    return 0;
+  }
+  s->dirty = 1; /* the server's SETTINGS */
+  return 1;
+}
+
 static void sconn_event(void *ud, int fd, uint32_t ev) {
   sconn *sc = ud;
   (void)fd;
+  int readable = (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) != 0;
   sc->s->dirty = 1;
   sc->busy = 1;
-  if ((ev & EPOLLOUT) && sc->k.out_armed) {
+  if ((ev & EPOLLOUT) && sc->k.tls_out) {
+    sock_tls_out_done(&sc->k);
+    readable = 1; /* what the handshake or a read waited for */
+  }
+  if (sc->k.handshaking && !sconn_handshake(sc)) {
+    sc->busy = 0;
+    if (sc->dead)
+      free(sc);
+    return;
+  }
+  if (!sc->dead && (ev & EPOLLOUT) && sc->k.out_armed) {
     sock_drained(&sc->k);
     imc_grpc_conn_writable(sc->c);
+    readable |= sock_buffered(&sc->k); /* reads paused meanwhile */
   }
-  if (!sc->dead && (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+  if (!sc->dead && readable && sc->k.wr_wait) {
+    sc->k.wr_wait = 0; /* a TLS write waited for input */
+    imc_grpc_conn_writable(sc->c);
+  }
+  if (!sc->dead && readable)
     sconn_read(sc);
   sc->busy = 0;
   if (sc->dead)
     free(sc);
 }
 
-static void sconn_open(hgrpc_server *s, int fd) {
+static void sconn_open(hgrpc_server *s, int fd, const struct sockaddr *sa,
+                       socklen_t salen) {
   sconn *sc = calloc(1, sizeof(*sc));
   if (sc == NULL) {
     close(fd);
@@ -263,13 +394,25 @@ static void sconn_open(hgrpc_server *s, int fd) {
   sc->k.l = s->l;
   sc->k.fd = fd;
   sc->k.pause_reads = 1;
+  sc->k.scratch = s->scratch;
+  format_addr(sa, salen, sc->peer, sizeof(sc->peer));
   tune_socket(fd);
-  if (hloop_watch_add(s->l, fd, EPOLLIN, sconn_event, sc, &sc->k.w) < 0) {
+  if (s->tls && (sc->k.ssl = hstls_accept(s->tls, fd)) == NULL) {
     close(fd);
     free(sc);
     return;
   }
-  if (imc_grpc_conn_new(s->srv, &sc->c, sc) < 0) {
+  if (hloop_watch_add(s->l, fd, EPOLLIN, sconn_event, sc, &sc->k.w) < 0) {
+    hstls_close(sc->k.ssl);
+    close(fd);
+    free(sc);
+    return;
+  }
+  if (sc->k.ssl) {
+    sc->k.handshaking = 1;
+    sc->hs_deadline = now_ms() + HANDSHAKE_TIMEOUT_MS;
+    s->handshakes++;
+  } else if (imc_grpc_conn_new(s->srv, &sc->c, sc) < 0) {
     sock_close(&sc->k);
     free(sc);
     return;
@@ -279,6 +422,31 @@ static void sconn_open(hgrpc_server *s, int fd) {
     sc->next->prev = sc;
   s->conns = sc;
   s->dirty = 1; /* the server's SETTINGS */
+}
+
+/* The earliest end of a TLS handshake under way, or -1. */
+static int64_t handshakes_due(const hgrpc_server *s) {
+  int64_t t = -1;
+  if (s->handshakes == 0)
+    return -1;
+  for (const sconn *sc = s->conns; sc; sc = sc->next)
+    if (sc->k.handshaking)
+      t = tmin(t, until(sc->hs_deadline));
+  return t;
+}
+
+/* Closes the connections whose TLS handshake took too long. */
+static void handshakes_expire(hgrpc_server *s) {
+  int64_t now = now_ms();
+  sconn *next;
+  for (sconn *sc = s->handshakes ? s->conns : NULL; sc; sc = next) {
+    next = sc->next;
+    if (sc->k.handshaking && now >= sc->hs_deadline) {
+      hlog_warn("grpc: TLS handshake with %s: not done in %d s; closed",
+                sc->peer, HANDSHAKE_TIMEOUT_MS / 1000);
+      sconn_drop(sc);
+    }
+  }
 }
 
 /* Out of fds (or memory): a level-triggered listener would wake us at
@@ -299,9 +467,12 @@ static void on_accept(void *ud, int fd, uint32_t ev) {
   hgrpc_server *s = ud;
   (void)ev;
   while (s->lfd >= 0 && !s->accept_paused) {
-    int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    int cfd =
+        accept4(fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (cfd >= 0) {
-      sconn_open(s, cfd);
+      sconn_open(s, cfd, (struct sockaddr *)&ss, sl);
       continue;
     }
     switch (errno) {
@@ -335,13 +506,15 @@ static int64_t srv_next(void *ud) {
   int64_t t = imc_grpc_server_next_timeout_ms(s->srv);
   if (s->accept_paused)
     t = tmin(t, until(s->accept_resume_at));
-  return t;
+  return tmin(t, handshakes_due(s));
 }
 
 static void srv_run(void *ud) {
   hgrpc_server *s = ud;
   if (imc_grpc_server_next_timeout_ms(s->srv) == 0)
     imc_grpc_server_on_timeout(s->srv);
+  if (handshakes_due(s) == 0)
+    handshakes_expire(s);
   if (s->accept_paused && now_ms() >= s->accept_resume_at) {
     s->accept_paused = 0;
     if (s->lw)
@@ -352,60 +525,14 @@ static void srv_run(void *ud) {
   s->flushed_pending = imc_grpc_server_pending(s->srv);
 }
 
-/* A non-blocking listening socket on addr. Returns the fd or -errno. */
-static int listen_on(const char *addr, char *bound, size_t boundcap) {
-  char host[256], portstr[8];
-  uint16_t port;
-  const char *why;
-  if (hloop_split_addr(addr, host, sizeof(host), &port, &why) < 0) {
-    hlog_error("grpc listen %s: %s", addr, why);
-    return -EINVAL;
-  }
-  snprintf(portstr, sizeof(portstr), "%u", (unsigned)port);
-  struct addrinfo hints, *res = NULL;
-  memset(&hints, 0, sizeof(hints));
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  int gai = getaddrinfo(host[0] ? host : "0.0.0.0", portstr, &hints, &res);
-  if (gai != 0) {
-    hlog_error("grpc listen %s: %s", addr, gai_strerror(gai));
-    return -EINVAL;
-  }
-  int fd = -1, err = EADDRNOTAVAIL;
-  for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                ai->ai_protocol);
-    if (fd < 0) {
-      err = errno;
-      continue;
-    }
-    int one = 1;
-    /* Restart while old connections sit in TIME_WAIT. */
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
-        listen(fd, LISTEN_BACKLOG) == 0)
-      break;
-    err = errno;
-    close(fd);
-    fd = -1;
-  }
-  freeaddrinfo(res);
-  if (fd < 0) {
-    hlog_error("grpc listen %s: %s", addr, strerror(err));
-    return -err;
-  }
-  struct sockaddr_storage ss;
-  socklen_t sl = sizeof(ss);
-  if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
-    format_addr((struct sockaddr *)&ss, sl, bound, boundcap);
-  else if (boundcap)
-    snprintf(bound, boundcap, "%s", addr);
-  return fd;
-}
-
 int hgrpc_server_new(hgrpc_server **out, hloop *l, imc_grpc_server_options *opt,
                      const char *listen_addr, char *bound, size_t boundcap) {
+  return hgrpc_server_new_tls(out, l, opt, listen_addr, NULL, bound, boundcap);
+}
+
+int hgrpc_server_new_tls(hgrpc_server **out, hloop *l,
+                         imc_grpc_server_options *opt, const char *listen_addr,
+                         hstls *tls, char *bound, size_t boundcap) {
   if (out == NULL || l == NULL || opt == NULL || listen_addr == NULL ||
       (bound == NULL && boundcap > 0))
     return -EINVAL;
@@ -414,6 +541,7 @@ int hgrpc_server_new(hgrpc_server **out, hloop *l, imc_grpc_server_options *opt,
   if (s == NULL)
     return -ENOMEM;
   s->l = l;
+  s->tls = tls;
   s->lfd = -1;
   int rv = imc_grpc_server_options_set_transport(opt, &srv_transport, s);
   if (rv == 0)
@@ -425,7 +553,7 @@ int hgrpc_server_new(hgrpc_server **out, hloop *l, imc_grpc_server_options *opt,
     free(s);
     return rv == IMC_ERR_NOMEM ? -ENOMEM : -EINVAL;
   }
-  rv = listen_on(listen_addr, bound, boundcap);
+  rv = hloop_listen_socket("grpc listen", listen_addr, bound, boundcap);
   if (rv >= 0) {
     s->lfd = rv;
     rv = hloop_watch_add(l, s->lfd, EPOLLIN, on_accept, s, &s->lw);
@@ -473,7 +601,8 @@ void hgrpc_server_del(hgrpc_server *s) {
   hgrpc_server_stop_accepting(s);
   while (s->conns) {
     sconn *sc = s->conns;
-    imc_grpc_conn_closed(sc->c);
+    if (sc->c)
+      imc_grpc_conn_closed(sc->c);
     sconn_drop(sc);
   }
   imc_grpc_server_del(s->srv);
@@ -488,14 +617,16 @@ void hgrpc_server_del(hgrpc_server *s) {
 typedef struct pconn {
   sock k;
   hgrpc_peer *p;
-  imc_grpc_client *c; /* NULL while connecting */
-  int64_t connect_deadline;
-  struct pconn *next; /* on p->draining */
+  imc_grpc_client *c; /* NULL while connecting (and in the TLS handshake) */
+  int64_t connect_deadline; /* until the owner has the client */
+  struct pconn *next;       /* on p->draining */
 } pconn;
 
 struct hgrpc_peer {
   hloop *l;
   char *addr;
+  char host[256]; /* addr's host: the name the server's certificate has */
+  hstls *tls;     /* mutual TLS, or NULL */
   struct sockaddr_storage sa;
   socklen_t salen;
   imc_grpc_client_options *copt;
@@ -511,6 +642,7 @@ struct hgrpc_peer {
   int dirty;              /* input or a new client since the last flush */
   size_t flushed_pending; /* cur's pending calls after that flush */
   uint8_t buf[READ_BUF];
+  uint8_t scratch[TLS_SCRATCH];
 };
 
 static ssize_t peer_send(void *ud, void *conn_ud, const struct iovec *iov,
@@ -579,9 +711,14 @@ static void peer_connect_failed(hgrpc_peer *p, const char *why) {
   schedule_retry(p);
 }
 
-/* The connection is gone: its calls end UNAVAILABLE, the client goes. */
+/* The connection is gone: its calls end UNAVAILABLE, the client goes.
+ * Before the owner had the client, the connection failed. */
 static void pconn_lost(pconn *pc, const char *why) {
   hgrpc_peer *p = pc->p;
+  if (pc == p->cur && !p->given) {
+    peer_connect_failed(p, why);
+    return;
+  }
   if (pc == p->cur)
     peer_release(p, why);
   else
@@ -616,7 +753,51 @@ static int pconn_check(pconn *pc, int rv) {
   return 1;
 }
 
-/* cur's connect completed (EPOLLOUT): check it, make the client. */
+/* cur's client goes to the owner. */
+static void peer_give(hgrpc_peer *p, pconn *pc) {
+  p->backoff_ms = BACKOFF_MIN_MS;
+  p->outage_logged = 0;
+  p->given = 1;
+  hlog_info("grpc peer %s: connected%s", p->addr, pc->k.ssl ? " (TLS)" : "");
+  p->on_client(p->ud, pc->c);
+}
+
+/* The connection (and its TLS handshake) is up: the client, whose
+ * preface leaves at the next flush. On plaintext the owner has it at
+ * once; on TLS once the server's first bytes came, since in TLS 1.3 a
+ * server refuses the client's certificate after the client's handshake
+ * has ended. Returns 0, or -1 when it failed (pc is freed). */
+static int peer_ready(hgrpc_peer *p, pconn *pc) {
+  if (imc_grpc_client_new(&pc->c, p->copt, NULL) < 0) {
+    peer_connect_failed(p, "out of memory");
+    return -1;
+  }
+  imc_grpc_client_set_user_data(pc->c, pc);
+  if (hloop_watch_set(p->l, pc->k.w, sock_events(&pc->k)) < 0) {
+    peer_connect_failed(p, strerror(errno));
+    return -1;
+  }
+  p->dirty = 1; /* the connection preface */
+  if (pc->k.ssl == NULL)
+    peer_give(p, pc);
+  return 0;
+}
+
+/* One step of cur's TLS handshake. Returns 1 once it has ended and the
+ * client is made, 0 while it goes on, -1 if it failed (pc is freed). */
+static int peer_handshake(hgrpc_peer *p, pconn *pc) {
+  char why[sizeof(pc->k.why) + 16];
+  int rv = sock_handshake(&pc->k);
+  if (rv > 0)
+    return peer_ready(p, pc) == 0 ? 1 : -1;
+  if (rv < 0) {
+    snprintf(why, sizeof(why), "TLS: %s", pc->k.why);
+    peer_connect_failed(p, why);
+  }
+  return rv;
+}
+
+/* cur's connect completed (EPOLLOUT): check it, then TLS or the client. */
 static void peer_connected(hgrpc_peer *p, pconn *pc) {
   int err = 0;
   socklen_t len = sizeof(err);
@@ -626,48 +807,71 @@ static void peer_connected(hgrpc_peer *p, pconn *pc) {
     peer_connect_failed(p, strerror(err));
     return;
   }
-  if (imc_grpc_client_new(&pc->c, p->copt, NULL) < 0) {
-    peer_connect_failed(p, "out of memory");
+  if (p->tls == NULL) {
+    peer_ready(p, pc);
     return;
   }
-  imc_grpc_client_set_user_data(pc->c, pc);
+  if ((pc->k.ssl = hstls_connect(p->tls, pc->k.fd, p->host)) == NULL) {
+    peer_connect_failed(p, "TLS: out of memory");
+    return;
+  }
+  pc->k.handshaking = 1;
+  pc->connect_deadline = now_ms() + HANDSHAKE_TIMEOUT_MS;
+  /* No more EPOLLOUT of the connect: the handshake asks for it. */
   if (hloop_watch_set(p->l, pc->k.w, sock_events(&pc->k)) < 0) {
     peer_connect_failed(p, strerror(errno));
     return;
   }
-  p->backoff_ms = BACKOFF_MIN_MS;
-  p->outage_logged = 0;
-  p->given = 1;
-  p->dirty = 1; /* the connection preface */
-  hlog_info("grpc peer %s: connected", p->addr);
-  p->on_client(p->ud, pc->c);
+  peer_handshake(p, pc);
 }
 
 static void pconn_event(void *ud, int fd, uint32_t ev) {
   pconn *pc = ud;
   hgrpc_peer *p = pc->p;
   (void)fd;
+  int readable = (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) != 0;
   p->dirty = 1;
-  if (pc->c == NULL) {
+  if ((ev & EPOLLOUT) && pc->k.tls_out) {
+    sock_tls_out_done(&pc->k);
+    readable = 1; /* what the handshake or a read waited for */
+  }
+  if (pc->c == NULL && !pc->k.handshaking) {
     peer_connected(p, pc);
     return;
   }
+  /* Ended, the handshake may leave the server's first bytes read. */
+  if (pc->c == NULL && peer_handshake(p, pc) <= 0)
+    return;
   if ((ev & EPOLLOUT) && pc->k.out_armed) {
     sock_drained(&pc->k);
     if (pconn_check(pc, imc_grpc_client_flush(pc->c)))
       return;
   }
-  if (!(ev & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+  readable |= sock_buffered(&pc->k);
+  if (readable && pc->k.wr_wait) {
+    pc->k.wr_wait = 0; /* a TLS write waited for input */
+    if (pconn_check(pc, imc_grpc_client_flush(pc->c)))
+      return;
+  }
+  if (!readable)
     return;
-  for (int i = 0; i < READS_PER_EVENT; i++) {
+  for (int i = 0; i < READS_PER_EVENT || sock_buffered(&pc->k); i++) {
     ssize_t n = sock_read(&pc->k, p->buf, sizeof(p->buf));
     if (n == -EAGAIN)
       return;
+    if (n == -EPROTO) {
+      char why[sizeof(pc->k.why) + 8];
+      snprintf(why, sizeof(why), "TLS: %s", pc->k.why);
+      pconn_lost(pc, why);
+      return;
+    }
     if (n <= 0) {
       pconn_lost(pc, n == 0 ? "connection closed by the server"
                             : strerror((int)-n));
       return;
     }
+    if (pc == p->cur && !p->given)
+      peer_give(p, pc); /* the server took our certificate */
     if (pconn_check(pc, imc_grpc_client_recv(pc->c, p->buf, (size_t)n)))
       return;
   }
@@ -682,6 +886,7 @@ static void peer_connect(hgrpc_peer *p) {
   }
   pc->p = p;
   pc->k.l = p->l;
+  pc->k.scratch = p->scratch;
   pc->k.fd =
       socket(p->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   p->cur = pc;
@@ -717,6 +922,9 @@ static int64_t peer_next(void *ud) {
     t = until(p->retry_at);
   else if (pc->c == NULL)
     t = until(pc->connect_deadline);
+  else if (!p->given)
+    t = tmin(until(pc->connect_deadline),
+             imc_grpc_client_next_timeout_ms(pc->c));
   else
     t = imc_grpc_client_next_timeout_ms(pc->c);
   for (pconn *d = p->draining; d; d = d->next)
@@ -742,9 +950,11 @@ static void peer_run(void *ud) {
   if (pc == NULL) {
     if (now_ms() >= p->retry_at)
       peer_connect(p);
-  } else if (pc->c == NULL) {
+  } else if (pc->c == NULL || !p->given) {
     if (now_ms() >= pc->connect_deadline)
-      peer_connect_failed(p, "timed out");
+      peer_connect_failed(p, pc->k.ssl ? "TLS: timed out" : "timed out");
+    else if (pc->c)
+      pconn_service(pc);
   } else {
     pconn_service(pc);
   }
@@ -768,6 +978,7 @@ static int peer_resolve(hgrpc_peer *p, const char *addr) {
     return -EINVAL;
   }
   snprintf(portstr, sizeof(portstr), "%u", (unsigned)port);
+  snprintf(p->host, sizeof(p->host), "%s", host);
   struct addrinfo hints, *res = NULL;
   memset(&hints, 0, sizeof(hints));
   hints.ai_family = AF_UNSPEC;
@@ -790,6 +1001,11 @@ static int peer_resolve(hgrpc_peer *p, const char *addr) {
 
 int hgrpc_peer_new(hgrpc_peer **out, hloop *l, const char *addr,
                    hgrpc_client_fn on_client, void *ud) {
+  return hgrpc_peer_new_tls(out, l, addr, NULL, on_client, ud);
+}
+
+int hgrpc_peer_new_tls(hgrpc_peer **out, hloop *l, const char *addr, hstls *tls,
+                       hgrpc_client_fn on_client, void *ud) {
   if (out == NULL || l == NULL || addr == NULL || on_client == NULL)
     return -EINVAL;
   *out = NULL;
@@ -797,6 +1013,7 @@ int hgrpc_peer_new(hgrpc_peer **out, hloop *l, const char *addr,
   if (p == NULL)
     return -ENOMEM;
   p->l = l;
+  p->tls = tls;
   p->on_client = on_client;
   p->ud = ud;
   p->backoff_ms = BACKOFF_MIN_MS;

@@ -13,6 +13,13 @@
  * loop sleeps. Writes use MSG_NOSIGNAL; a socket whose write came back
  * short is watched for EPOLLOUT until it drains.
  *
+ * With an hstls of hstls_new_mutual (the _tls constructors) both speak
+ * only TLS: the server requires a client certificate the CA signed and
+ * closes a connection whose handshake fails (logged at warn with the
+ * reason) or is not done within 10 s; the peer presents the certificate
+ * and checks the server's against the CA and the host it dials. The
+ * handshake runs on the loop, like everything else.
+ *
  * Single-threaded, like the loop. Delete these objects before the loop.
  * Functions returning int return 0 or a negative errno value.
  */
@@ -20,6 +27,7 @@
 #define IMC_HOST_GRPC_NET_H
 
 #include "loop.h"
+#include "tls.h"
 
 #include <imchat/grpc_client.h>
 #include <imchat/grpc_server.h>
@@ -37,11 +45,21 @@ typedef struct hgrpc_peer hgrpc_peer;
  * The bound "ip:port" is written into bound (boundcap bytes; bound may
  * be NULL with boundcap 0). Accepted sockets are non-blocking with
  * TCP_NODELAY. Returns 0, -EINVAL (a NULL argument, a bad address: the
- * reason is logged), -EADDRINUSE or another error of bind/listen, or
- * -ENOMEM.
+ * reason is logged), -EADDRNOTAVAIL (a host not resolved), -EADDRINUSE or
+ * another error of bind/listen, or -ENOMEM.
  */
 int hgrpc_server_new(hgrpc_server **out, hloop *l, imc_grpc_server_options *opt,
                      const char *listen_addr, char *bound, size_t boundcap);
+
+/*
+ * The same, serving mutual TLS with tls (hstls_new_mutual; NULL:
+ * plaintext): each connection's handshake takes tls's contexts of the
+ * moment, so after hstls_reload new connections get the new certificate
+ * and open ones stay. tls is borrowed: delete it after the server.
+ */
+int hgrpc_server_new_tls(hgrpc_server **out, hloop *l,
+                         imc_grpc_server_options *opt, const char *listen_addr,
+                         hstls *tls, char *bound, size_t boundcap);
 
 /* The library's server (for imc_grpc_server_pending() and the handlers'
  * user data); valid until hgrpc_server_del. */
@@ -97,6 +115,19 @@ typedef void (*hgrpc_client_fn)(void *ud, imc_grpc_client *c);
  */
 int hgrpc_peer_new(hgrpc_peer **out, hloop *l, const char *addr,
                    hgrpc_client_fn on_client, void *ud);
+
+/*
+ * The same over mutual TLS with tls (hstls_new_mutual; NULL: plaintext):
+ * the server's certificate must name addr's host (an IP SAN for an
+ * address, a DNS SAN for localhost). on_client runs once the server's
+ * first bytes have come through TLS: in TLS 1.3 a server refuses a
+ * client's certificate only after the client's handshake has ended. A
+ * failed handshake is a failed connect (logged once per outage, with the
+ * reason); the handshake and those first bytes must come within 10 s.
+ * tls is borrowed: delete it after the peer.
+ */
+int hgrpc_peer_new_tls(hgrpc_peer **out, hloop *l, const char *addr, hstls *tls,
+                       hgrpc_client_fn on_client, void *ud);
 
 /* The address given to hgrpc_peer_new (owned by the peer). */
 const char *hgrpc_peer_addr(const hgrpc_peer *p);

@@ -290,7 +290,7 @@ static int handshake_step(hloop *l, node *n) {
 static ssize_t conn_recv(hloop *l, node *n, uint8_t *buf, size_t cap) {
   if (n->ssl == NULL)
     return read(n->fd, buf, cap);
-  ssize_t r = hstls_read(n->ssl, buf, cap);
+  ssize_t r = hstls_read(n->ssl, buf, cap, NULL, 0);
   if (r >= 0)
     return r;
   if (r == HSTLS_EOF)
@@ -671,17 +671,13 @@ static void format_addr(const struct sockaddr *sa, socklen_t len, char *out,
   snprintf(out, cap, sa->sa_family == AF_INET6 ? "[%s]:%s" : "%s:%s", h, s);
 }
 
-int hloop_listen(hloop *l, const char *addr, char *bound, size_t boundcap) {
-  return hloop_listen_tls(l, addr, NULL, bound, boundcap);
-}
-
-int hloop_listen_tls(hloop *l, const char *addr, hstls *tls, char *bound,
-                     size_t boundcap) {
+int hloop_listen_socket(const char *what, const char *addr, char *bound,
+                        size_t boundcap) {
   char host[256], portstr[8];
   uint16_t port;
   const char *why;
   if (hloop_split_addr(addr, host, sizeof(host), &port, &why) < 0) {
-    hlog_error("listen %s: %s", addr, why);
+    hlog_error("%s %s: %s", what, addr, why);
     return -EINVAL;
   }
   snprintf(portstr, sizeof(portstr), "%u", (unsigned)port);
@@ -693,7 +689,7 @@ int hloop_listen_tls(hloop *l, const char *addr, hstls *tls, char *bound,
   hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
   int gai = getaddrinfo(host[0] ? host : "0.0.0.0", portstr, &hints, &res);
   if (gai != 0) {
-    hlog_error("listen %s: %s", addr, gai_strerror(gai));
+    hlog_error("%s %s: %s", what, addr, gai_strerror(gai));
     return -EADDRNOTAVAIL;
   }
   int fd = -1, err = EADDRNOTAVAIL;
@@ -716,7 +712,7 @@ int hloop_listen_tls(hloop *l, const char *addr, hstls *tls, char *bound,
   }
   freeaddrinfo(res);
   if (fd < 0) {
-    hlog_error("listen %s: %s", addr, strerror(err));
+    hlog_error("%s %s: %s", what, addr, strerror(err));
     return -err;
   }
 
@@ -726,7 +722,18 @@ int hloop_listen_tls(hloop *l, const char *addr, hstls *tls, char *bound,
     format_addr((struct sockaddr *)&ss, sl, bound, boundcap);
   else if (boundcap)
     snprintf(bound, boundcap, "%s", addr);
+  return fd;
+}
 
+int hloop_listen(hloop *l, const char *addr, char *bound, size_t boundcap) {
+  return hloop_listen_tls(l, addr, NULL, bound, boundcap);
+}
+
+int hloop_listen_tls(hloop *l, const char *addr, hstls *tls, char *bound,
+                     size_t boundcap) {
+  int fd = hloop_listen_socket("listen", addr, bound, boundcap);
+  if (fd < 0)
+    return fd;
   node *n = node_new(K_LISTENER, fd);
   if (n == NULL) {
     close(fd);

@@ -55,6 +55,17 @@ int hloop_split_addr(const char *addr, char *host, size_t hostcap,
                      uint16_t *port, const char **why);
 
 /*
+ * A non-blocking listening socket (SO_REUSEADDR, backlog 1024) on addr as
+ * hloop_split_addr reads it (port 0: an ephemeral port); the bound
+ * "ip:port" goes into bound (boundcap bytes; NULL with 0 for none).
+ * Returns the fd, or -EINVAL (a bad address), -EADDRNOTAVAIL (a host not
+ * resolved) or another -errno of bind/listen, after logging the reason
+ * as "<what> <addr>: ...". For the loop's listeners and the gRPC server.
+ */
+int hloop_listen_socket(const char *what, const char *addr, char *bound,
+                        size_t boundcap);
+
+/*
  * Listens on addr (port 0: an ephemeral port) and writes the bound
  * "ip:port" into bound. The gateway must be set before hloop_run().
  */

@@ -1,6 +1,7 @@
-/* TLS of the hosts' listeners: see tls.h. */
+/* TLS of the hosts' listeners and gRPC links: see tls.h. */
 #include "tls.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -13,14 +14,20 @@
 #include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 /* One TLS record's worth of plaintext: what one hstls_write sends. */
 #define RECORD_MAX SSL3_RT_MAX_PLAIN_LENGTH
 
+/* ALPN: HTTP/2, as gRPC requires (wire format: length, name). */
+static const unsigned char ALPN_H2[] = {2, 'h', '2'};
+
 struct hstls {
-  SSL_CTX *ctx;
+  SSL_CTX *ctx;    /* servers' */
+  SSL_CTX *client; /* mutual only: outgoing connections' */
   BIO_METHOD *bio; /* the socket BIO, writing with MSG_NOSIGNAL */
-  char *cert_file, *key_file;
+  char *cert_file, *key_file, *ca_file; /* ca_file: mutual only */
+  const char *cert_flag, *key_flag;     /* for the reasons */
   int min_version;
   char desc[512];
 };
@@ -110,13 +117,52 @@ static BIO_METHOD *nosig_method(void) {
   return m;
 }
 
-/* A server context from the files; NULL with the reason in why. */
-static SSL_CTX *ctx_load(const hstls *t, char *why, size_t whycap) {
-  if (check_readable("--tls-cert", t->cert_file, why, whycap) < 0 ||
-      check_readable("--tls-key", t->key_file, why, whycap) < 0)
+/* The server's choice among the client's ALPN protocols: h2 only; a
+ * client offering none still connects (grpcio always offers h2). */
+static int select_h2(SSL *s, const unsigned char **out, unsigned char *outlen,
+                     const unsigned char *in, unsigned int inlen, void *ud) {
+  (void)s;
+  (void)ud;
+  unsigned char *o;
+  if (SSL_select_next_proto(&o, outlen, ALPN_H2, sizeof(ALPN_H2), in, inlen) !=
+      OPENSSL_NPN_NEGOTIATED)
+    return SSL_TLSEXT_ERR_NOACK;
+  *out = o;
+  return SSL_TLSEXT_ERR_OK;
+}
+
+/* Mutual TLS: the peer's certificate must chain to --grpc-tls-ca (a
+ * server also refuses a client without one); ALPN h2. 0 or -1. */
+static int ctx_mutual(SSL_CTX *ctx, const hstls *t, int server, char *why,
+                      size_t whycap) {
+  if (SSL_CTX_load_verify_locations(ctx, t->ca_file, NULL) != 1) {
+    snprintf(why, whycap, "--grpc-tls-ca: cannot load '%s': %s", t->ca_file,
+             ssl_reason("no certificate"));
+    return -1;
+  }
+  SSL_CTX_set_verify(ctx,
+                     server ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+                            : SSL_VERIFY_PEER,
+                     NULL);
+  if (!server)
+    return SSL_CTX_set_alpn_protos(ctx, ALPN_H2, sizeof(ALPN_H2)) == 0 ? 0 : -1;
+  /* No tickets: every connection shows its certificate. */
+  SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+  SSL_CTX_set_alpn_select_cb(ctx, select_h2, NULL);
+  return 0;
+}
+
+/* A server (or, mutual only, client) context from the files; NULL with the
+ * reason in why. */
+static SSL_CTX *ctx_load(const hstls *t, int server, char *why, size_t whycap) {
+  if (check_readable(t->cert_flag, t->cert_file, why, whycap) < 0 ||
+      check_readable(t->key_flag, t->key_file, why, whycap) < 0 ||
+      (t->ca_file &&
+       check_readable("--grpc-tls-ca", t->ca_file, why, whycap) < 0))
     return NULL;
   ERR_clear_error();
-  SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+  SSL_CTX *ctx =
+      SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
   if (ctx == NULL) {
     snprintf(why, whycap, "TLS: %s", ssl_reason("out of memory"));
     return NULL;
@@ -139,8 +185,8 @@ static SSL_CTX *ctx_load(const hstls *t, char *why, size_t whycap) {
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_default_passwd_cb(ctx, no_password);
   if (SSL_CTX_use_certificate_chain_file(ctx, t->cert_file) != 1) {
-    snprintf(why, whycap, "--tls-cert: cannot load '%s': %s", t->cert_file,
-             ssl_reason("no certificate"));
+    snprintf(why, whycap, "%s: cannot load '%s': %s", t->cert_flag,
+             t->cert_file, ssl_reason("no certificate"));
     SSL_CTX_free(ctx);
     return NULL;
   }
@@ -150,58 +196,87 @@ static SSL_CTX *ctx_load(const hstls *t, char *why, size_t whycap) {
         ERR_GET_REASON(e) == X509_R_KEY_TYPE_MISMATCH) {
       ERR_clear_error();
       snprintf(why, whycap,
-               "--tls-key: '%s' does not match the certificate of "
-               "--tls-cert '%s'",
-               t->key_file, t->cert_file);
+               "%s: '%s' does not match the certificate of %s '%s'",
+               t->key_flag, t->key_file, t->cert_flag, t->cert_file);
     } else {
       snprintf(why, whycap,
-               "--tls-key: cannot load '%s': %s (a PEM private key, not "
-               "encrypted)",
-               t->key_file, ssl_reason("no key"));
+               "%s: cannot load '%s': %s (a PEM private key, not encrypted)",
+               t->key_flag, t->key_file, ssl_reason("no key"));
     }
     SSL_CTX_free(ctx);
     return NULL;
   }
   if (SSL_CTX_check_private_key(ctx) != 1) {
     ERR_clear_error();
-    snprintf(why, whycap,
-             "--tls-key: '%s' does not match the certificate of --tls-cert "
-             "'%s'",
-             t->key_file, t->cert_file);
+    snprintf(why, whycap, "%s: '%s' does not match the certificate of %s '%s'",
+             t->key_flag, t->key_file, t->cert_flag, t->cert_file);
+    SSL_CTX_free(ctx);
+    return NULL;
+  }
+  if (t->ca_file && ctx_mutual(ctx, t, server, why, whycap) < 0) {
     SSL_CTX_free(ctx);
     return NULL;
   }
   return ctx;
 }
 
-int hstls_new(hstls **out, const char *cert_file, const char *key_file,
-              int min_version, char *why, size_t whycap) {
+/* Both contexts of t (the client's only when mutual), replacing the ones
+ * in use only if both load. 0 or -1. */
+static int load_all(hstls *t, char *why, size_t whycap) {
+  SSL_CTX *ctx = ctx_load(t, 1, why, whycap);
+  SSL_CTX *client = NULL;
+  if (ctx && t->ca_file && (client = ctx_load(t, 0, why, whycap)) == NULL) {
+    SSL_CTX_free(ctx);
+    return -1;
+  }
+  if (ctx == NULL)
+    return -1;
+  /* Open sessions hold their own references. */
+  SSL_CTX_free(t->ctx);
+  SSL_CTX_free(t->client);
+  t->ctx = ctx;
+  t->client = client;
+  describe(t->ctx, t->desc, sizeof(t->desc));
+  return 0;
+}
+
+/* hstls_new and hstls_new_mutual (ca_file NULL: a listener's). */
+static int make(hstls **out, const char *cert_file, const char *key_file,
+                const char *ca_file, int min_version, char *why,
+                size_t whycap) {
   hstls *t = calloc(1, sizeof(*t));
   if (t == NULL || (t->cert_file = strdup(cert_file)) == NULL ||
       (t->key_file = strdup(key_file)) == NULL ||
+      (ca_file && (t->ca_file = strdup(ca_file)) == NULL) ||
       (t->bio = nosig_method()) == NULL) {
     snprintf(why, whycap, "TLS: out of memory");
     hstls_del(t);
     return -1;
   }
+  t->cert_flag = ca_file ? "--grpc-tls-cert" : "--tls-cert";
+  t->key_flag = ca_file ? "--grpc-tls-key" : "--tls-key";
   t->min_version = min_version;
-  if ((t->ctx = ctx_load(t, why, whycap)) == NULL) {
+  if (load_all(t, why, whycap) < 0) {
     hstls_del(t);
     return -1;
   }
-  describe(t->ctx, t->desc, sizeof(t->desc));
   *out = t;
   return 0;
 }
 
+int hstls_new(hstls **out, const char *cert_file, const char *key_file,
+              int min_version, char *why, size_t whycap) {
+  return make(out, cert_file, key_file, NULL, min_version, why, whycap);
+}
+
+int hstls_new_mutual(hstls **out, const char *cert_file, const char *key_file,
+                     const char *ca_file, int min_version, char *why,
+                     size_t whycap) {
+  return make(out, cert_file, key_file, ca_file, min_version, why, whycap);
+}
+
 int hstls_reload(hstls *t, char *why, size_t whycap) {
-  SSL_CTX *ctx = ctx_load(t, why, whycap);
-  if (ctx == NULL)
-    return -1;
-  SSL_CTX_free(t->ctx); /* open sessions hold their own reference */
-  t->ctx = ctx;
-  describe(t->ctx, t->desc, sizeof(t->desc));
-  return 0;
+  return load_all(t, why, whycap);
 }
 
 const char *hstls_describe(const hstls *t) {
@@ -212,14 +287,17 @@ void hstls_del(hstls *t) {
   if (t == NULL)
     return;
   SSL_CTX_free(t->ctx);
+  SSL_CTX_free(t->client);
   BIO_meth_free(t->bio);
   free(t->cert_file);
   free(t->key_file);
+  free(t->ca_file);
   free(t);
 }
 
-SSL *hstls_accept(hstls *t, int fd) {
-  SSL *s = SSL_new(t->ctx);
+/* A session of ctx on fd through the MSG_NOSIGNAL BIO, or NULL. */
+static SSL *session(hstls *t, SSL_CTX *ctx, int fd) {
+  SSL *s = SSL_new(ctx);
   BIO *b = s ? BIO_new(t->bio) : NULL;
   if (b == NULL) {
     ERR_clear_error();
@@ -228,7 +306,36 @@ SSL *hstls_accept(hstls *t, int fd) {
   }
   BIO_set_fd(b, fd, BIO_NOCLOSE);
   SSL_set_bio(s, b, b);
-  SSL_set_accept_state(s);
+  return s;
+}
+
+SSL *hstls_accept(hstls *t, int fd) {
+  SSL *s = session(t, t->ctx, fd);
+  if (s)
+    SSL_set_accept_state(s);
+  return s;
+}
+
+SSL *hstls_connect(hstls *t, int fd, const char *host) {
+  if (t->client == NULL)
+    return NULL;
+  SSL *s = session(t, t->client, fd);
+  if (s == NULL)
+    return NULL;
+  unsigned char ip[16];
+  int ok;
+  if (inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1) {
+    ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s), host) == 1;
+  } else {
+    SSL_set_hostflags(s, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    ok = SSL_set1_host(s, host) == 1 && SSL_set_tlsext_host_name(s, host) == 1;
+  }
+  if (!ok) {
+    ERR_clear_error();
+    SSL_free(s);
+    return NULL;
+  }
+  SSL_set_connect_state(s);
   return s;
 }
 
@@ -240,8 +347,9 @@ static int broken(SSL *s) {
   return HSTLS_ERROR;
 }
 
-/* What a failed call (rc <= 0) means for the loop. */
-static int failed(SSL *s, int rc) {
+/* What a failed call (rc <= 0) means for the loop; the reason of an
+ * error goes into why (NULL: not wanted). */
+static int failed(SSL *s, int rc, char *why, size_t whycap) {
   switch (SSL_get_error(s, rc)) {
   case SSL_ERROR_WANT_READ:
     return HSTLS_WANT_READ;
@@ -250,6 +358,8 @@ static int failed(SSL *s, int rc) {
   case SSL_ERROR_ZERO_RETURN:
     return HSTLS_EOF;
   default:
+    if (why)
+      snprintf(why, whycap, "%s", ssl_reason("connection broken"));
     return broken(s);
   }
 }
@@ -265,21 +375,25 @@ int hstls_handshake(SSL *s, char *why, size_t whycap) {
     return HSTLS_WANT_READ;
   if (err == SSL_ERROR_WANT_WRITE)
     return HSTLS_WANT_WRITE;
+  long verify = SSL_get_verify_result(s);
   if (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
     snprintf(why, whycap, "%s",
              errno ? strerror(errno) : "closed during the handshake");
+  else if (verify != X509_V_OK)
+    snprintf(why, whycap, "%s: %s", ssl_reason("certificate verify failed"),
+             X509_verify_cert_error_string(verify));
   else
     snprintf(why, whycap, "%s", ssl_reason("closed during the handshake"));
   return broken(s);
 }
 
-ssize_t hstls_read(SSL *s, void *buf, size_t cap) {
+ssize_t hstls_read(SSL *s, void *buf, size_t cap, char *why, size_t whycap) {
   size_t got = 0;
   while (got < cap) {
     size_t n = 0;
     ERR_clear_error();
     if (SSL_read_ex(s, (char *)buf + got, cap - got, &n) != 1) {
-      int rv = failed(s, 0);
+      int rv = failed(s, 0, why, whycap);
       return got > 0 ? (ssize_t)got : rv;
     }
     got += n;
@@ -311,7 +425,7 @@ ssize_t hstls_write(SSL *s, const struct iovec *iov, int iovcnt,
   ERR_clear_error();
   if (SSL_write_ex(s, data, len, &n) == 1)
     return (ssize_t)n;
-  int rv = failed(s, 0);
+  int rv = failed(s, 0, NULL, 0);
   return rv == HSTLS_EOF ? HSTLS_ERROR : rv;
 }
 

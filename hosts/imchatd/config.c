@@ -65,6 +65,9 @@ const struct option imchatd_long_opts[] = {
     {"tls-cert", required_argument, NULL, O_TLS_CERT},
     {"tls-key", required_argument, NULL, O_TLS_KEY},
     {"tls-min-version", required_argument, NULL, O_TLS_MIN_VERSION},
+    {"grpc-tls-cert", required_argument, NULL, O_GRPC_TLS_CERT},
+    {"grpc-tls-key", required_argument, NULL, O_GRPC_TLS_KEY},
+    {"grpc-tls-ca", required_argument, NULL, O_GRPC_TLS_CA},
     {"web-root", required_argument, NULL, O_WEB_ROOT},
     {"dev-login", no_argument, NULL, O_DEV_LOGIN},
     {"migrate-only", no_argument, NULL, O_MIGRATE_ONLY},
@@ -111,7 +114,14 @@ static unsigned opt_roles(int id) {
   case O_FILTER_ACTION:
   case O_RETENTION_DAYS:
     return R_SERVER | R_SERVICE;
+  case O_TLS_CERT: /* TLS on --listen, im-service's --http-listen */
+  case O_TLS_KEY:
+  case O_TLS_MIN_VERSION: /* and on the gRPC links */
+    return R_SERVER | R_GATEWAY | R_SERVICE;
   case O_GRPC_LISTEN:
+  case O_GRPC_TLS_CERT:
+  case O_GRPC_TLS_KEY:
+  case O_GRPC_TLS_CA:
   case O_ETCD:
   case O_KAFKA:
   case O_MYSQL:
@@ -122,9 +132,6 @@ static unsigned opt_roles(int id) {
   case O_ROUTER:
     return R_GATEWAY;
   case O_DEFLATE:
-  case O_TLS_CERT: /* TLS on --listen */
-  case O_TLS_KEY:
-  case O_TLS_MIN_VERSION:
     return R_SERVER | R_GATEWAY;
   case O_HTTP_LISTEN:
   case O_REDIS:
@@ -385,6 +392,12 @@ int imchatd_apply(imchatd_config *cfg, int id, const char *v, char *why,
     return set_str(&cfg->tls_cert, v, why, cap);
   case O_TLS_KEY:
     return set_str(&cfg->tls_key, v, why, cap);
+  case O_GRPC_TLS_CERT:
+    return set_str(&cfg->grpc_tls_cert, v, why, cap);
+  case O_GRPC_TLS_KEY:
+    return set_str(&cfg->grpc_tls_key, v, why, cap);
+  case O_GRPC_TLS_CA:
+    return set_str(&cfg->grpc_tls_ca, v, why, cap);
   case O_TLS_MIN_VERSION:
     if (strcmp(v, "1.2") != 0 && strcmp(v, "1.3") != 0) {
       snprintf(why, cap, "'%s' is not 1.2 or 1.3", v);
@@ -526,8 +539,24 @@ static int check_tls(const imchatd_config *cfg, char *err, size_t errcap) {
     snprintf(err, errcap, "--tls-key needs --tls-cert (the certificate chain)");
     return -1;
   }
-  if (cfg->tls_min_version && !cfg->tls_cert) {
-    snprintf(err, errcap, "--tls-min-version needs --tls-cert and --tls-key");
+  if (cfg->tls_min_version && !cfg->tls_cert && !cfg->grpc_tls_cert) {
+    snprintf(err, errcap,
+             cfg->role == IMCHATD_ROLE_SERVER
+                 ? "--tls-min-version needs --tls-cert and --tls-key"
+                 : "--tls-min-version needs --tls-cert and --tls-key, or "
+                   "--grpc-tls-cert, --grpc-tls-key and --grpc-tls-ca");
+    return -1;
+  }
+  /* The cluster's gRPC: mutual TLS needs all three files. */
+  int n = !!cfg->grpc_tls_cert + !!cfg->grpc_tls_key + !!cfg->grpc_tls_ca;
+  if (n != 0 && n != 3) {
+    snprintf(err, errcap,
+             "--grpc-tls-cert, --grpc-tls-key and --grpc-tls-ca go together "
+             "(this process's certificate, its key, the cluster's CA); %s "
+             "missing",
+             !cfg->grpc_tls_cert  ? "--grpc-tls-cert is"
+             : !cfg->grpc_tls_key ? "--grpc-tls-key is"
+                                  : "--grpc-tls-ca is");
     return -1;
   }
   return 0;
@@ -705,7 +734,8 @@ void imchatd_config_free(imchatd_config *cfg) {
       &cfg->grpc_advertise, &cfg->http_listen,     &cfg->routers,
       &cfg->etcd,           &cfg->kafka,           &cfg->redis,
       &cfg->mysql,          &cfg->mysql_user,      &cfg->mysql_password,
-      &cfg->tls_cert,       &cfg->tls_key};
+      &cfg->tls_cert,       &cfg->tls_key,         &cfg->grpc_tls_cert,
+      &cfg->grpc_tls_key,   &cfg->grpc_tls_ca};
   for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
     free(*strs[i]);
     *strs[i] = NULL;

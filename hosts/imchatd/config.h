@@ -69,6 +69,8 @@ typedef struct imchatd_config {
   char *tls_cert, *tls_key; /* PEM: the chain, the private key */
   int tls_min_version;      /* TLS1_2_VERSION, TLS1_3_VERSION; 0: unset (1.3) */
   int dev_login;            /* --dev-login: POST /dev/login hands out tokens */
+  /* Mutual TLS on the cluster's gRPC links: all three or none */
+  char *grpc_tls_cert, *grpc_tls_key, *grpc_tls_ca;
   /* im-gateway and im-service */
   char *grpc_listen;
   char *grpc_advertise; /* NULL: the bound --grpc-listen address */

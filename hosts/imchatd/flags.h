@@ -77,6 +77,9 @@ enum {
   O_TLS_CERT,
   O_TLS_KEY,
   O_TLS_MIN_VERSION,
+  O_GRPC_TLS_CERT,
+  O_GRPC_TLS_KEY,
+  O_GRPC_TLS_CA,
   O_WEB_ROOT, /* the last key the INI file knows */
   O_DEV_LOGIN,
   O_MIGRATE_ONLY,

@@ -189,10 +189,36 @@ int hgateway_tls(const imchatd_config *cfg, hstls **tls) {
   return 0;
 }
 
-void hgateway_tls_reload(hstls *tls) {
+/* Reloads tls; what names it in the log ("TLS", "gRPC TLS"). */
+static void tls_reload(hstls *tls, const char *what) {
   char why[1024];
   if (hstls_reload(tls, why, sizeof(why)) < 0)
-    hlog_warn("TLS: reload failed: %s; the certificate in use stays", why);
+    hlog_warn("%s: reload failed: %s; the certificate in use stays", what, why);
   else
-    hlog_info("TLS: reloaded: %s", hstls_describe(tls));
+    hlog_info("%s: reloaded: %s", what, hstls_describe(tls));
+}
+
+void hgateway_tls_reload(hstls *tls) {
+  tls_reload(tls, "TLS");
+}
+
+int hconfig_grpc_tls(const imchatd_config *cfg, hstls **tls) {
+  *tls = NULL;
+  if (cfg->grpc_tls_cert == NULL)
+    return 0;
+  int version = cfg->tls_min_version ? cfg->tls_min_version : TLS1_3_VERSION;
+  char why[1024];
+  if (hstls_new_mutual(tls, cfg->grpc_tls_cert, cfg->grpc_tls_key,
+                       cfg->grpc_tls_ca, version, why, sizeof(why)) < 0) {
+    hlog_error("%s", why);
+    return IMCHATD_EXIT_USAGE;
+  }
+  hlog_info("gRPC: mutual TLS %s or later, CA %s: %s (%s)",
+            version == TLS1_2_VERSION ? "1.2" : "1.3", cfg->grpc_tls_ca,
+            cfg->grpc_tls_cert, hstls_describe(*tls));
+  return 0;
+}
+
+void hconfig_grpc_tls_reload(hstls *tls) {
+  tls_reload(tls, "gRPC TLS");
 }

@@ -1,6 +1,7 @@
 /*
  * The gateway's part of the configuration, shared by imchatd
- * (libimchat-server) and im-gateway.
+ * (libimchat-server) and im-gateway; and the TLS settings the cluster
+ * hosts share (im-service serves its HTTP the gateways' way).
  */
 #ifndef IMCHATD_GATEWAY_CONFIG_H
 #define IMCHATD_GATEWAY_CONFIG_H
@@ -41,5 +42,17 @@ int hgateway_tls(const imchatd_config *cfg, hstls **tls);
 /* SIGHUP: reads tls's files again for the connections to come; a failure
  * is logged and the certificate in use stays. */
 void hgateway_tls_reload(hstls *tls);
+
+/*
+ * Mutual TLS on the cluster's gRPC links: with --grpc-tls-cert,
+ * --grpc-tls-key and --grpc-tls-ca, loads them into *tls (else leaves it
+ * NULL) and logs the certificate. Returns 0, or IMCHATD_EXIT_USAGE after
+ * logging the reason (a flag's file unreadable or not PEM, a key that
+ * does not match).
+ */
+int hconfig_grpc_tls(const imchatd_config *cfg, hstls **tls);
+
+/* SIGHUP: as hgateway_tls_reload, for the gRPC certificate, key and CA. */
+void hconfig_grpc_tls_reload(hstls *tls);
 
 #endif

@@ -31,6 +31,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -147,6 +148,71 @@ def registered_on(user, device, node_id):
 
 
 # ---------------------------------------------------------------------------
+# Mutual TLS on the gRPC links: certificates made with the openssl command
+# ---------------------------------------------------------------------------
+
+def _openssl(*args, cwd):
+    r = subprocess.run(["openssl"] + list(args), cwd=cwd,
+                       capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise AssertionError("openssl %s failed:\n%s" % (args[0], r.stderr))
+
+
+class GrpcPki:
+    """A CA (self.ca, PEM) in directory d, and certificates it signs for
+    the cluster's processes: 127.0.0.1 and localhost, for both ends of a
+    link (serverAuth, clientAuth)."""
+
+    EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+          "-nodes"]
+
+    def __init__(self, d):
+        self.dir = d
+        self.serial = 1
+        self.ca = os.path.join(d, "grpc-ca.pem")
+        _openssl("req", "-x509", *self.EC, "-keyout", "grpc-ca.key",
+                 "-out", "grpc-ca.pem", "-days", "2",
+                 "-subj", "/CN=imchat cluster test CA",
+                 "-addext", "basicConstraints=critical,CA:TRUE",
+                 "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+
+    def issue(self, name):
+        """A new certificate and key for name (grpc-<name>.pem/.key, made
+        again on each call, with a new serial); (cert, key, serial hex)."""
+        self.serial += 1
+        ext = os.path.join(self.dir, "grpc-%s.ext" % name)
+        with open(ext, "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                    "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
+                    "extendedKeyUsage=serverAuth,clientAuth\n")
+        base = "grpc-" + name
+        _openssl("req", *self.EC, "-keyout", base + ".key.new",
+                 "-out", base + ".csr", "-subj", "/CN=" + name, cwd=self.dir)
+        _openssl("x509", "-req", "-in", base + ".csr", "-CA", "grpc-ca.pem",
+                 "-CAkey", "grpc-ca.key", "-set_serial", str(self.serial),
+                 "-days", "2", "-extfile", ext, "-out", base + ".pem.new",
+                 cwd=self.dir)
+        cert, key = (os.path.join(self.dir, base + e) for e in (".pem",
+                                                                  ".key"))
+        # Each file whole at once: a process reloading meanwhile reads
+        # the old one or the new one.
+        os.replace(key + ".new", key)
+        os.replace(cert + ".new", cert)
+        return cert, key, "%02X" % self.serial
+
+    def flags(self, name):
+        """The --grpc-tls-* flags of a process with a new certificate."""
+        cert, key, _ = self.issue(name)
+        return ["--grpc-tls-cert", cert, "--grpc-tls-key", key,
+                "--grpc-tls-ca", self.ca]
+
+    def client_context(self):
+        """An ssl.SSLContext that trusts the CA (for https)."""
+        return ssl.create_default_context(cafile=self.ca)
+
+
+# ---------------------------------------------------------------------------
 # Processes
 # ---------------------------------------------------------------------------
 
@@ -214,11 +280,19 @@ class Proc(imctest.Server):
 
 
 class Host(Proc):
-    """im-gateway or im-service: ready when GET /readyz answers 200."""
+    """im-gateway or im-service: ready when GET /readyz answers 200 (over
+    TLS with the ssl.SSLContext tls, when its port speaks TLS)."""
+
+    tls = None
 
     def ready(self):
-        r = imctest.http_get(self.port, "/readyz", timeout=5)
+        r = imctest.http_get(self.port, "/readyz", timeout=5, tls=self.tls)
         return True if r.status == 200 else r
+
+    def clone(self):
+        c = super().clone()
+        c.tls = self.tls
+        return c
 
 
 class Redis(Proc):
@@ -275,12 +349,16 @@ class Cluster:
     """One im-service and three im-gateways (gw-a, gw-b, gw-c) on the test
     backends, with a database and a mock Kafka cluster of their own. Extra
     flags per role; redis: the address for im-service (default
-    IMC_TEST_REDIS)."""
+    IMC_TEST_REDIS); gateways: how many (at most three); grpc_tls: mutual
+    TLS on every gRPC link, each process with a certificate of its own
+    from self.pki (a GrpcPki), named like the process ("svc0", "gw-a"),
+    and im-service's HTTP port over TLS (--tls-cert, "svc0-http")."""
 
     NAMES = ("a", "b", "c")
 
     def __init__(self, label, gateway_flags=(), service_flags=(),
-                 redis=None, admin_token=None, services=1):
+                 redis=None, admin_token=None, services=1, gateways=3,
+                 grpc_tls=False):
         self.tag = tag()
         self.label = label
         self.workdir = imctest.mkdtemp("cluster")
@@ -289,6 +367,8 @@ class Cluster:
         self.service = None  # the first of self.services
         self.services = []
         self.n_services = services
+        self.n_gateways = gateways
+        self.pki = GrpcPki(self.workdir) if grpc_tls else None
         self.gateways = []
         self._flags = (list(gateway_flags), list(service_flags),
                        redis or os.environ["IMC_TEST_REDIS"], admin_token)
@@ -298,6 +378,15 @@ class Cluster:
         common = ["--etcd", os.environ["IMC_TEST_ETCD"],
                   "--kafka", self.kafka.bootstrap,
                   "--mysql", mysql_address(self.db)]
+
+        def tls(name):
+            return self.pki.flags(name) if self.pki else []
+
+        def http_tls(name):
+            if not self.pki:
+                return []
+            cert, key, _ = self.pki.issue(name)
+            return ["--tls-cert", cert, "--tls-key", key]
         grpc_addrs = []
         for i in range(self.n_services):
             svc_grpc, svc_http = addr(free_port()), free_port()
@@ -306,12 +395,15 @@ class Cluster:
                 [IM_SERVICE, "--grpc-listen", svc_grpc,
                  "--http-listen", addr(svc_http), "--redis", redis,
                  "--node-id", "svc%d-%s" % (i, self.tag)] + common +
+                tls("svc%d" % i) + http_tls("svc%d-http" % i) +
                 service_flags,
                 "im-service %d (%s)" % (i, self.label), svc_http,
                 self.workdir))
+            if self.pki:
+                self.services[-1].tls = self.pki.client_context()
         self.service = self.services[0]
         svc_grpc = ",".join(grpc_addrs)
-        for n in self.NAMES:
+        for n in self.NAMES[:self.n_gateways]:
             node = "gw-%s-%s" % (n, self.tag)
             port = free_port()
             argv = [IM_GATEWAY, "--listen", addr(port),
@@ -320,7 +412,7 @@ class Cluster:
             if admin_token:
                 argv += ["--admin-token", admin_token]
             self.gateways.append(
-                Host(argv + common + gateway_flags,
+                Host(argv + common + tls("gw-" + n) + gateway_flags,
                      "im-gateway %s (%s)" % (node, self.label), port,
                      self.workdir, secret=imctest.SECRET, node_id=node))
 
