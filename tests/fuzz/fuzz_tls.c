@@ -110,7 +110,8 @@ static void server_step(server *v) {
     }
     if (v->n_got == sizeof(v->got))
       return;
-    ssize_t r = hstls_read(v->s, v->got + v->n_got, sizeof(v->got) - v->n_got);
+    ssize_t r =
+        hstls_read(v->s, v->got + v->n_got, sizeof(v->got) - v->n_got, NULL, 0);
     if (r > 0) {
       v->n_got += (size_t)r;
       continue;
