@@ -4,6 +4,7 @@
 #include "grpc_net.h"
 
 #include "log.h"
+#include "resolve.h"
 #include "tls.h"
 
 #include <errno.h>
@@ -33,6 +34,7 @@
 #define KEEPALIVE_INTERVAL_S 10
 #define KEEPALIVE_COUNT 3
 #define USER_TIMEOUT_MS 60000
+#define RESOLVE_POLL_MS 10 /* how often a running name lookup is checked */
 
 static int64_t now_ms(void) {
   struct timespec ts;
@@ -626,9 +628,15 @@ struct hgrpc_peer {
   hloop *l;
   char *addr;
   char host[256]; /* addr's host: the name the server's certificate has */
-  hstls *tls;     /* mutual TLS, or NULL */
+  char port[8];
+  hstls *tls; /* mutual TLS, or NULL */
   struct sockaddr_storage sa;
   socklen_t salen;
+  /* A host name is looked up again before each round of connects: the
+   * addresses behind it change (a restarted pod, a moved service). */
+  int named;
+  hresolve *lookup;               /* running, or done with next_ai */
+  const struct addrinfo *next_ai; /* the address to try next, in lookup */
   imc_grpc_client_options *copt;
   hgrpc_client_fn on_client;
   void *ud;
@@ -699,11 +707,22 @@ static void peer_release(hgrpc_peer *p, const char *why) {
   }
 }
 
+/* The round of connects to a name's addresses is over. */
+static void peer_forget_addrs(hgrpc_peer *p) {
+  hresolve_end(p->lookup);
+  p->lookup = NULL;
+  p->next_ai = NULL;
+}
+
 static void peer_connect_failed(hgrpc_peer *p, const char *why) {
   pconn *pc = p->cur;
   p->cur = NULL;
   if (pc)
     pconn_free(pc);
+  if (p->next_ai != NULL) { /* the name's next address, at once */
+    p->retry_at = now_ms();
+    return;
+  }
   if (!p->outage_logged) {
     hlog_warn("grpc peer %s: cannot connect: %s; retrying", p->addr, why);
     p->outage_logged = 1;
@@ -758,6 +777,7 @@ static void peer_give(hgrpc_peer *p, pconn *pc) {
   p->backoff_ms = BACKOFF_MIN_MS;
   p->outage_logged = 0;
   p->given = 1;
+  peer_forget_addrs(p);
   hlog_info("grpc peer %s: connected%s", p->addr, pc->k.ssl ? " (TLS)" : "");
   p->on_client(p->ud, pc->c);
 }
@@ -909,6 +929,48 @@ static void peer_connect(hgrpc_peer *p) {
   pc->connect_deadline = now_ms() + CONNECT_TIMEOUT_MS;
 }
 
+/* A connect when one is due: to the numeric address, or to the next
+ * address of the name, looked up first (polled every RESOLVE_POLL_MS). */
+static void peer_attempt(hgrpc_peer *p) {
+  if (p->named && p->next_ai == NULL) {
+    if (p->lookup == NULL && hresolve_start(&p->lookup, p->host, p->port) < 0) {
+      peer_connect_failed(p, "cannot start a name lookup");
+      return;
+    }
+    const struct addrinfo *res;
+    int rv = hresolve_result(p->lookup, &res);
+    if (rv == HRESOLVE_BUSY) {
+      p->retry_at = now_ms() + RESOLVE_POLL_MS; /* looked at again then */
+      return;
+    }
+    if (rv != 0) {
+      char why[300];
+      snprintf(why, sizeof(why), "cannot resolve %s: %s", p->host,
+               gai_strerror(rv));
+      peer_forget_addrs(p);
+      peer_connect_failed(p, why);
+      return;
+    }
+    p->next_ai = res;
+  }
+  if (p->named) {
+    const struct addrinfo *ai = p->next_ai;
+    int fits = ai->ai_addrlen <= sizeof(p->sa);
+    if (fits) {
+      memcpy(&p->sa, ai->ai_addr, ai->ai_addrlen);
+      p->salen = ai->ai_addrlen;
+    }
+    p->next_ai = ai->ai_next;
+    if (p->next_ai == NULL) /* the last one: the next round looks up again */
+      peer_forget_addrs(p);
+    if (!fits) {
+      peer_connect_failed(p, "an address too long");
+      return;
+    }
+  }
+  peer_connect(p);
+}
+
 /* The hook, as the server's: calls started from elsewhere raise cur's
  * pending count (only our own callbacks complete calls). */
 static int64_t peer_next(void *ud) {
@@ -949,7 +1011,7 @@ static void peer_run(void *ud) {
   pconn *pc = p->cur;
   if (pc == NULL) {
     if (now_ms() >= p->retry_at)
-      peer_connect(p);
+      peer_attempt(p);
   } else if (pc->c == NULL || !p->given) {
     if (now_ms() >= pc->connect_deadline)
       peer_connect_failed(p, pc->k.ssl ? "TLS: timed out" : "timed out");
@@ -963,35 +1025,32 @@ static void peer_run(void *ud) {
   p->flushed_pending = pc && pc->c ? imc_grpc_client_pending(pc->c) : 0;
 }
 
-/* addr's numeric address (or localhost) into p->sa. Returns 0 or -EINVAL
- * with the reason logged. */
+/* addr's host and port; a numeric address goes into p->sa at once, a
+ * name is looked up at each round of connects. Returns 0 or -EINVAL with
+ * the reason logged. */
 static int peer_resolve(hgrpc_peer *p, const char *addr) {
-  char host[256], portstr[8];
   uint16_t port;
   const char *why;
-  if (hloop_split_addr(addr, host, sizeof(host), &port, &why) < 0) {
+  if (hloop_split_addr(addr, p->host, sizeof(p->host), &port, &why) < 0) {
     hlog_error("grpc peer %s: %s", addr, why);
     return -EINVAL;
   }
-  if (host[0] == '\0' || port == 0) {
+  if (p->host[0] == '\0' || port == 0) {
     hlog_error("grpc peer %s: expected an address and a port", addr);
     return -EINVAL;
   }
-  snprintf(portstr, sizeof(portstr), "%u", (unsigned)port);
-  snprintf(p->host, sizeof(p->host), "%s", host);
+  snprintf(p->port, sizeof(p->port), "%u", (unsigned)port);
   struct addrinfo hints, *res = NULL;
   memset(&hints, 0, sizeof(hints));
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
-  /* Numeric only: no name lookup may block the loop. */
-  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
-  const char *h = strcmp(host, "localhost") == 0 ? "127.0.0.1" : host;
-  if (getaddrinfo(h, portstr, &hints, &res) != 0 || res == NULL ||
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV; /* never blocks */
+  if (getaddrinfo(p->host, p->port, &hints, &res) != 0 || res == NULL ||
       res->ai_addrlen > sizeof(p->sa)) {
     if (res)
       freeaddrinfo(res);
-    hlog_error("grpc peer %s: not a numeric address (or localhost)", addr);
-    return -EINVAL;
+    p->named = 1;
+    return 0;
   }
   memcpy(&p->sa, res->ai_addr, res->ai_addrlen);
   p->salen = res->ai_addrlen;
@@ -1067,6 +1126,7 @@ void hgrpc_peer_del(hgrpc_peer *p) {
     pconn_free(d);
   }
   hloop_del_hook(p->l, peer_run, p);
+  peer_forget_addrs(p);
   imc_grpc_client_options_del(p->copt);
   free(p->addr);
   free(p);

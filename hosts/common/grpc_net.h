@@ -100,9 +100,11 @@ void hgrpc_server_del(hgrpc_server *s);
 typedef void (*hgrpc_client_fn)(void *ud, imc_grpc_client *c);
 
 /*
- * A peer keeping one connection to addr: "ip:port" or "[v6]:port" with a
- * numeric address, or "localhost:port" (127.0.0.1); no other host name is
- * resolved, so connecting never blocks the loop. The first connect starts
+ * A peer keeping one connection to addr: "ip:port", "[v6]:port" or
+ * "name:port". A name is looked up before each round of connects without
+ * blocking the loop (resolve.h), and its addresses are tried in order
+ * until one connects; a lookup that fails is a failed attempt. The first
+ * connect starts
  * at the next loop turn; on_client(ud, c) runs once it is connected
  * (the client's :authority is addr). After a loss or a GOAWAY the peer
  * calls on_client(ud, NULL), lets the old client finish its calls in
@@ -119,9 +121,10 @@ int hgrpc_peer_new(hgrpc_peer **out, hloop *l, const char *addr,
 /*
  * The same over mutual TLS with tls (hstls_new_mutual; NULL: plaintext):
  * the server's certificate must name addr's host (an IP SAN for an
- * address, a DNS SAN for localhost). on_client runs once the server's
- * first bytes have come through TLS: in TLS 1.3 a server refuses a
- * client's certificate only after the client's handshake has ended. A
+ * address, a DNS SAN, also sent as SNI, for a name). on_client runs once
+ * the server's first bytes have come through TLS: in TLS 1.3 a server
+ * refuses a client's certificate only after the client's handshake has
+ * ended. A
  * failed handshake is a failed connect (logged once per outage, with the
  * reason); the handshake and those first bytes must come within 10 s.
  * tls is borrowed: delete it after the peer.
