@@ -35,6 +35,10 @@ static int open_kafka(hbackends *b, const imc_loop *loop,
   if (rv == 0)
     rv = hconfig_check(imc_kafka_options_set_brokers(o, cfg->kafka), "--kafka");
   if (rv == 0)
+    rv = hconfig_check(imc_kafka_options_set_session_timeout_ms(
+                           o, cfg->kafka_session_s * 1000),
+                       "--kafka-session-timeout");
+  if (rv == 0)
     rv = imc_kafka_options_set_log(o, hlog_imc_cb, NULL);
   if (rv == 0)
     rv = hconfig_check(imc_kafka_new(&b->kafka, loop, o), "kafka");

@@ -17,6 +17,16 @@
   "                          be named (IP or DNS SAN) by the address\n"        \
   "                          dialled; --tls-min-version applies\n"
 
+/* Both hosts' Kafka flags. */
+#define KAFKA_TEXT                                                             \
+  "  --kafka HOST:PORT[,..]  Kafka bootstrap brokers (default " DEFAULT_KAFKA  \
+  ")\n"                                                                        \
+  "  --kafka-session-timeout SECONDS\n"                                        \
+  "                          how long the Kafka group waits for a consumer\n"  \
+  "                          that stopped without leaving (default 45; the\n"  \
+  "                          broker's group.min.session.timeout.ms bounds\n"   \
+  "                          it)\n"
+
 static const char gateway_text[] =
     "Usage: im-gateway [OPTIONS]\n"
     "\n"
@@ -43,15 +53,17 @@ static const char gateway_text[] =
     "                          required when that is a wildcard address)\n"
     "  --router HOST:PORT[,..] im-service processes, used in turn (default\n"
     "                          " DEFAULT_SERVICE_GRPC ")\n"
-    "  --etcd URL[,URL..]      etcd members (default " DEFAULT_ETCD ")\n"
-    "  --kafka HOST:PORT[,..]  Kafka bootstrap brokers (default " DEFAULT_KAFKA
-    ")\n"
+    "  --etcd URL[,URL..]      etcd members (default " DEFAULT_ETCD
+    ")\n" KAFKA_TEXT
     "  --mysql HOST:PORT/DB    MariaDB/MySQL (default " DEFAULT_MYSQL ");\n"
     "                          user and password from IMCHAT_MYSQL_USER and\n"
     "                          IMCHAT_MYSQL_PASSWORD, else the file's keys\n"
     "                          mysql-user and mysql-password\n"
     "  --node-id ID            this gateway's name in the registry (default:\n"
-    "                          the host name); unique in the cluster\n"
+    "                          the host name); unique in the cluster\n";
+
+/* The rest (a string literal of over 4095 bytes is not portable C). */
+static const char gateway_text2[] =
     "  --jwt-secret-file F, --jwt-secret S, --jwt-public-key PEM,\n"
     "  --jwks-url URL, --jwks-ca-file F, --jwt-issuer ISS, --jwt-audience AUD\n"
     "                          token verification as in imchatd; one of the\n"
@@ -94,10 +106,9 @@ static const char service_text[] =
     "  --tls-cert FILE, --tls-key FILE, --tls-min-version 1.3|1.2\n"
     "                          TLS on --http-listen, as on im-gateway's\n"
     "                          --listen\n" GRPC_TLS_TEXT
-    "  --etcd URL[,URL..]      etcd members (default " DEFAULT_ETCD ")\n"
-    "  --kafka HOST:PORT[,..]  Kafka bootstrap brokers (default " DEFAULT_KAFKA
+    "  --etcd URL[,URL..]      etcd members (default " DEFAULT_ETCD
+    ")\n" KAFKA_TEXT "  --redis HOST:PORT       Redis (default " DEFAULT_REDIS
     ")\n"
-    "  --redis HOST:PORT       Redis (default " DEFAULT_REDIS ")\n"
     "  --mysql HOST:PORT/DB    MariaDB/MySQL (default " DEFAULT_MYSQL ");\n"
     "                          credentials as for im-gateway\n"
     "  --migrate-only          apply the database's schema migrations and\n"
@@ -118,5 +129,10 @@ static const char service_text[] =
     "--tls-key and the --grpc-tls-* files (open connections stay).\n";
 
 void hcluster_usage(imchatd_role role) {
-  fputs(role == IMCHATD_ROLE_GATEWAY ? gateway_text : service_text, stdout);
+  if (role == IMCHATD_ROLE_GATEWAY) {
+    fputs(gateway_text, stdout);
+    fputs(gateway_text2, stdout);
+  } else {
+    fputs(service_text, stdout);
+  }
 }

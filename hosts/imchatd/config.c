@@ -58,6 +58,7 @@ const struct option imchatd_long_opts[] = {
     {"router", required_argument, NULL, O_ROUTER},
     {"etcd", required_argument, NULL, O_ETCD},
     {"kafka", required_argument, NULL, O_KAFKA},
+    {"kafka-session-timeout", required_argument, NULL, O_KAFKA_SESSION_TIMEOUT},
     {"redis", required_argument, NULL, O_REDIS},
     {"mysql", required_argument, NULL, O_MYSQL},
     {"mysql-user", required_argument, NULL, O_MYSQL_USER},
@@ -124,6 +125,7 @@ static unsigned opt_roles(int id) {
   case O_GRPC_TLS_CA:
   case O_ETCD:
   case O_KAFKA:
+  case O_KAFKA_SESSION_TIMEOUT:
   case O_MYSQL:
   case O_MYSQL_USER:
   case O_MYSQL_PASSWORD:
@@ -308,6 +310,13 @@ int imchatd_apply(imchatd_config *cfg, int id, const char *v, char *why,
       : id == O_HEARTBEAT ? &cfg->heartbeat_s
       : id == O_LEASE_TTL ? &cfg->lease_ttl_s
                           : &cfg->idle_timeout_s) = (uint32_t)x;
+    return 0;
+  case O_KAFKA_SESSION_TIMEOUT: /* librdkafka's bounds */
+    if (parse_uint(v, 1, 3600, &x) < 0) {
+      snprintf(why, cap, "'%s' is not a number of seconds from 1 to 3600", v);
+      return -1;
+    }
+    cfg->kafka_session_s = (uint32_t)x;
     return 0;
   case O_RATE_LIMIT:
   case O_RATE_BURST:
@@ -501,6 +510,7 @@ static void defaults(imchatd_config *cfg, imchatd_role role) {
   cfg->heartbeat_s = 30;
   cfg->idle_timeout_s = 90;
   cfg->lease_ttl_s = 90;
+  cfg->kafka_session_s = 45;
   cfg->rate_limit = 100;
   cfg->rate_burst = 200;
   cfg->user_rate_limit = 200;

@@ -77,6 +77,7 @@ typedef struct imchatd_config {
   char *http_listen;    /* im-service's /healthz, /readyz, /metrics */
   char *routers;        /* comma-separated HOST:PORT */
   char *etcd, *kafka, *redis, *mysql;
+  uint32_t kafka_session_s; /* the consumers' session.timeout.ms, in s */
   char *mysql_user, *mysql_password; /* the environment's, or the file's */
   int migrate_only;
   /* imchatd token */
