@@ -94,9 +94,11 @@ typedef struct mock {
   int queue_fail;
   /* group bus */
   char group_keys[MAX_RECS][80];
+  char group_ids[MAX_RECS][40]; /* msg_id of each record */
   int n_group;
   /* gwlink */
-  char delivers[MAX_RECS][200]; /* "node user skip" */
+  char delivers[MAX_RECS][200];     /* "node user skip" */
+  char deliver_msgs[MAX_RECS][200]; /* "msg_id seq from_node body" */
   int n_delivers;
   int deliver_count;            /* what deliver reports */
   char statuses[MAX_RECS][200]; /* "node user device state recipient" */
@@ -376,8 +378,9 @@ static int gb_publish(void *ud, const char *topic, const uint8_t *key,
   ck_assert_str_eq(topic, M.group_topic);
   Imchat__V1__Message *m = imchat__v1__message__unpack(NULL, vl, v);
   ck_assert_ptr_nonnull(m);
-  imchat__v1__message__free_unpacked(m, NULL);
   ck_assert_int_lt(M.n_group, MAX_RECS);
+  snprintf(M.group_ids[M.n_group], 40, "%s", m->msg_id);
+  imchat__v1__message__free_unpacked(m, NULL);
   snprintf(M.group_keys[M.n_group++], 80, "%.*s", (int)kl, (const char *)key);
   complete_done(done, done_ud, 0);
   return 0;
@@ -390,8 +393,10 @@ static int l_deliver(void *ud, const char *node, const char *user,
                      const char *skip, const imc_msg *msg, imc_count_cb done,
                      void *done_ud) {
   (void)ud;
-  (void)msg;
   ck_assert_int_lt(M.n_delivers, MAX_RECS);
+  snprintf(M.deliver_msgs[M.n_delivers], 200, "%s %llu %s %.*s", msg->msg_id,
+           (unsigned long long)msg->seq, msg->from_node, (int)msg->body_len,
+           (const char *)msg->body);
   snprintf(M.delivers[M.n_delivers++], 200, "%s %s %s", node, user,
            skip ? skip : "-");
   comp c = {.kind = C_COUNT, .cb.count = done, .ud = done_ud};
@@ -770,6 +775,8 @@ START_TEST(resend_before_status_or_after_memory) {
   imc_msg m = last_msg();
   ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
   ck_assert_int_eq(M.n_statuses, 0);
+  /* Its own message, still on its way: not delivered again. */
+  ck_assert_int_eq(M.n_delivers, 1);
   imc_router_delivered(R, &m, "bob", "phone");
   settle();
   ck_assert_int_eq(M.n_statuses, 1);
@@ -777,7 +784,143 @@ START_TEST(resend_before_status_or_after_memory) {
   ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
   ck_assert_str_eq(A.msg_id, m.msg_id);
   ck_assert_int_eq(M.n_statuses, 1);
+  ck_assert_int_eq(M.n_delivers, 1);
   ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_STATUS_REPEATS), 0);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_REDRIVES), 0);
+}
+END_TEST
+
+/* A router restarted on the same dedup set and queue: its status
+ * memory is empty, and the messages of the one before are not its own. */
+static void router_restart(void) {
+  settle();
+  ck_assert_uint_eq(imc_router_pending(R), 0);
+  imc_router_del(R);
+  router_make(NULL, 0);
+}
+
+/*
+ * The router died while the push to an online recipient was in flight:
+ * the message is durable (history, "ok") but has no status. The resend
+ * through the restarted router gets the same SendAck and delivers the
+ * message again (same msg_id, seq and sent_at, the resend's node), with
+ * no second history job; the recipient's ACK gives the sender DELIVERED.
+ */
+START_TEST(resend_after_restart_pushes_again) {
+  add_entry("bob", "phone", "n2");
+  ck_assert_int_eq(send1("alice", "bob", "c1"), 0);
+  char id[64];
+  snprintf(id, sizeof(id), "%s", A.msg_id);
+  uint64_t seq = A.seq;
+  ck_assert_int_eq(M.n_delivers, 1);
+  router_restart();
+  ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
+  ck_assert_str_eq(A.msg_id, id);
+  ck_assert_uint_eq(A.seq, seq);
+  ck_assert_int_eq(M.n_delivers, 2);
+  ck_assert_str_eq(M.delivers[1], "n2 bob -");
+  char want[200];
+  snprintf(want, sizeof(want), "%s %llu n7 hi", id, (unsigned long long)seq);
+  ck_assert_str_eq(M.deliver_msgs[1], want);
+  ck_assert_int_eq(M.n_jobs, 1); /* no second history record */
+  ck_assert_int_eq(M.n_statuses, 0);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_DUPLICATES), 1);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_REDRIVES), 1);
+  imc_msg m = job_msg(0);
+  m.from_node = "n7"; /* as pushed by the re-drive */
+  imc_router_delivered(R, &m, "bob", "phone");
+  settle();
+  ck_assert_int_eq(M.n_statuses, 1);
+  ck_assert_str_eq(M.statuses[0], "n7 alice phone DELIVERED bob");
+  /* Now the status is known: a resend gets it again, and no push. */
+  ck_assert_int_eq(send_via("n8", "alice", "bob", NULL, "c1"), 0);
+  ck_assert_int_eq(M.n_delivers, 2);
+  ck_assert_int_eq(M.n_statuses, 2);
+  ck_assert_str_eq(M.statuses[1], "n8 alice phone DELIVERED bob");
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_REDRIVES), 1);
+}
+END_TEST
+
+/* A resend while the re-drive has no status yet is not driven again. */
+START_TEST(redrive_once_until_status) {
+  add_entry("bob", "phone", "n2");
+  ck_assert_int_eq(send1("alice", "bob", "c1"), 0);
+  router_restart();
+  ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
+  ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
+  ck_assert_int_eq(M.n_delivers, 2);
+  ck_assert_int_eq(M.n_statuses, 0);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_DUPLICATES), 2);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_REDRIVES), 1);
+  /* Its push went unacknowledged: the inbox, and STORED. */
+  imc_msg m = job_msg(0);
+  m.from_node = "n7";
+  imc_router_undelivered(R, &m, "bob");
+  settle();
+  ck_assert_int_eq(M.n_jobs, 2);
+  ck_assert(!job(1)->history);
+  ck_assert_str_eq(job(1)->inbox_users[0], "bob");
+  imc_msg s = job_msg(1);
+  imc_router_persisted(R, &s, 0, (const char *[]){"bob"}, 1);
+  settle();
+  ck_assert_int_eq(M.n_statuses, 1);
+  ck_assert_str_eq(M.statuses[0], "n7 alice phone STORED bob");
+}
+END_TEST
+
+/*
+ * The recipient has no online device now: the re-drive queues one inbox
+ * entry (same msg_id, no history part), and once the worker reports it
+ * stored the sender gets STORED at the resend's node. A recipient online
+ * on a node whose gateway no longer has it gets the inbox entry too.
+ */
+START_TEST(resend_after_restart_offline_gets_inbox) {
+  if (_i == 1) {
+    add_entry("bob", "phone", "n2");
+  }
+  ck_assert_int_eq(send1("alice", "bob", "c1"), 0);
+  char id[64];
+  snprintf(id, sizeof(id), "%s", A.msg_id);
+  int jobs = M.n_jobs;
+  router_restart();
+  if (_i == 1)
+    M.deliver_count = 0; /* bob left that gateway in between */
+  else
+    M.lookup_fail = _i == 2; /* whereabouts unknown: the inbox */
+  ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
+  ck_assert_str_eq(A.msg_id, id);
+  M.lookup_fail = 0;
+  ck_assert_int_eq(M.n_jobs, jobs + 1);
+  Imchat__V1__OfflineJob *j = job(M.n_jobs - 1);
+  ck_assert(!j->history);
+  ck_assert_uint_eq(j->n_inbox_users, 1);
+  ck_assert_str_eq(j->inbox_users[0], "bob");
+  ck_assert_str_eq(j->message->msg_id, id);
+  ck_assert_str_eq(j->from_node, "n7");
+  imc_msg m = job_msg(M.n_jobs - 1);
+  imc_router_persisted(R, &m, 0, (const char *[]){"bob"}, 1);
+  settle();
+  ck_assert_int_eq(M.n_statuses, 1);
+  ck_assert_str_eq(M.statuses[0], "n7 alice phone STORED bob");
+}
+END_TEST
+
+/* A status the restarted router does know (it sent it) is repeated, and
+ * nothing is delivered again. */
+START_TEST(resend_after_restart_with_status_known) {
+  ck_assert_int_eq(send1("alice", "bob", "c1"), 0);
+  router_restart();
+  ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
+  imc_msg m = job_msg(1);
+  imc_router_persisted(R, &m, 0, (const char *[]){"bob"}, 1);
+  settle();
+  ck_assert_int_eq(M.n_statuses, 1);
+  int jobs = M.n_jobs;
+  ck_assert_int_eq(send_via("n8", "alice", "bob", NULL, "c1"), 0);
+  ck_assert_int_eq(M.n_jobs, jobs);
+  ck_assert_int_eq(M.n_statuses, 2);
+  ck_assert_str_eq(M.statuses[1], "n8 alice phone STORED bob");
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_STATUS_REPEATS), 1);
 }
 END_TEST
 
@@ -1276,6 +1419,42 @@ START_TEST(group_offline_member) {
 }
 END_TEST
 
+/*
+ * A group message whose router died after its SendAck: the resend through
+ * the restarted router publishes it on the group bus again (the online
+ * members' gateways push it, with their ACK handling) and queues the
+ * inboxes of members with no online device with its history part, which
+ * the worker finds persisted and reports: the sender gets STORED.
+ */
+START_TEST(group_resend_after_restart) {
+  members3();
+  add_entry("alice", "phone", "n1");
+  add_entry("bob", "phone", "n2");
+  ck_assert_int_eq(
+      send_full("alice", "phone", NULL, "team", "g1", "hi", "text/plain"), 0);
+  char id[64];
+  snprintf(id, sizeof(id), "%s", A.msg_id);
+  router_restart();
+  ck_assert_int_eq(send_via("n7", "alice", NULL, "team", "g1"), 0);
+  ck_assert_str_eq(A.msg_id, id);
+  ck_assert_uint_eq(A.seq, 1);
+  ck_assert_int_eq(M.n_group, 2);
+  ck_assert_str_eq(M.group_keys[1], "team");
+  ck_assert_str_eq(M.group_ids[1], id);
+  ck_assert_int_eq(M.n_jobs, 2);
+  ck_assert(job(1)->history);
+  ck_assert_uint_eq(job(1)->n_inbox_users, 1);
+  ck_assert_str_eq(job(1)->inbox_users[0], "carol");
+  ck_assert_str_eq(job(1)->message->msg_id, id);
+  imc_msg m = job_msg(1);
+  imc_router_persisted(R, &m, 1, (const char *[]){"carol"}, 1);
+  settle();
+  ck_assert_int_eq(M.n_statuses, 1);
+  ck_assert_str_eq(M.statuses[0], "n7 alice phone STORED -");
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_REDRIVES), 1);
+}
+END_TEST
+
 START_TEST(topics_configurable) {
   imc_router_options *o;
   ck_assert_int_eq(imc_router_options_new(&o, &TM.mem), 0);
@@ -1729,6 +1908,10 @@ static Suite *router_suite(void) {
     tcase_add_test(t, resend_gets_stored_again);
     tcase_add_test(t, resend_before_status_or_after_memory);
     tcase_add_test(t, status_memory_is_bounded);
+    tcase_add_test(t, resend_after_restart_pushes_again);
+    tcase_add_test(t, redrive_once_until_status);
+    tcase_add_loop_test(t, resend_after_restart_offline_gets_inbox, 0, 3);
+    tcase_add_test(t, resend_after_restart_with_status_known);
     tcase_add_test(t, struct_size_respected);
     tcase_add_test(t, own_device_ack_is_not_delivery);
     tcase_add_test(t, stored_status_offline);
@@ -1752,6 +1935,7 @@ static Suite *router_suite(void) {
     tcase_add_checked_fixture(t, setups[m], teardown);
     tcase_add_test(t, group_forbidden_for_non_member);
     tcase_add_test(t, group_offline_member);
+    tcase_add_test(t, group_resend_after_restart);
     tcase_add_test(t, topics_configurable);
     tcase_add_test(t, group_membership_cache_invalidated);
     tcase_add_test(t, group_add_during_members_load);

@@ -240,6 +240,7 @@ typedef enum imc_router_stat {
   IMC_RT_STAT_QUEUE_ERRORS,   /* failed offline-queue publishes */
   IMC_RT_STAT_RETRY_QUEUE,    /* gauge: jobs waiting to be queued again */
   IMC_RT_STAT_STATUS_REPEATS, /* statuses sent again for a resend */
+  IMC_RT_STAT_REDRIVES,       /* resends whose delivery was driven again */
   IMC_RT_STAT_COUNT_
 } imc_router_stat;
 

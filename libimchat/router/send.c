@@ -18,12 +18,19 @@
  * The SendAck comes only after both are durable, so an acknowledged
  * message is never lost and a resend finds "ok" and gets the same
  * answer, followed by the message's DeliveryStatus again if it had one
- * (status.c remembers it: imc_router_options_set_status_memory). Issued in the
- * same turn, the job and its "ok" share one transaction in a backend that
- * commits a turn's operations together (SQLite group commit): a crash leaves
- * both or neither, never a queued message whose claim is still "pending". If
- * either fails, the claim is released (TTL 1 s) and the sender gets
- * UNAVAILABLE.
+ * (status.c remembers it: imc_router_options_set_status_memory). Issued
+ * in the same turn, the job and its "ok" share one transaction in a
+ * backend that commits a turn's operations together (SQLite group
+ * commit): a crash leaves both or neither, never a queued message whose
+ * claim is still "pending". If either fails, the claim is released (TTL
+ * 1 s) and the sender gets UNAVAILABLE.
+ *
+ * A resend of another router instance's message without a status here
+ * drives its delivery again (redrive_route), once until its status: that
+ * router may have died with the pushes in flight. 1:1: pushes, and the
+ * inboxes of recipients with no online device; groups: the group bus, and
+ * the inboxes with the history part, which the worker dedups but reports
+ * (the group's STORED comes from it).
  *
  * A claim is "pending <instance>", the router instance that made it
  * (hex). A host that owns its dedup set alone (imchatd) deletes the
@@ -68,6 +75,7 @@ typedef struct sendop {
   size_t waits;  /* callbacks outstanding */
   int delivered; /* pushes that reached a device of the recipient */
   int answered;
+  int redrive;       /* a resend whose delivery is driven again */
   int stored_status; /* first failure of the job or its "ok" record */
   char msg_id[33];
   char conv[2 * IMC_ID_MAX + 4];
@@ -286,9 +294,39 @@ static void publish_job(sendop *op, const uint8_t *job, size_t job_len) {
     ok_recorded(op, rv);
 }
 
+/*
+ * A re-drive's lookup is in: the inboxes of recipients with no online
+ * device (a group's history part too, which the worker finds persisted
+ * and reports, so that the sender gets STORED), then the pushes. The
+ * resend was answered already; a failure here is logged and the next
+ * resend tries again.
+ */
+static void redrive_route(sendop *op) {
+  imc_router *r = op->r;
+  const char **offline =
+      imc_malloc(&r->mem, (op->n_targets ? op->n_targets : 1) * sizeof(char *));
+  if (offline == NULL) {
+    rt_log(r, IMC_LOG_ERROR, "out of memory delivering %s again",
+           op->msg.msg_id);
+    op_free(op);
+    return;
+  }
+  size_t n = 0;
+  for (size_t i = 0; i < op->n_targets; i++)
+    if (i != op->sender && op->targets[i].n_nodes == 0)
+      offline[n++] = op->targets[i].user;
+  imc_rt_slow_path(r, &op->msg, imc_rt_is_group(&op->msg), offline, n);
+  imc_free(&r->mem, offline);
+  fast_path(op);
+}
+
 /* The lookup is in: queue history and the offline inboxes. */
 static void lookups_done(sendop *op) {
   imc_router *r = op->r;
+  if (op->redrive) {
+    redrive_route(op);
+    return;
+  }
   const char **offline =
       imc_malloc(&r->mem, (op->n_targets ? op->n_targets : 1) * sizeof(char *));
   if (offline == NULL) {
@@ -414,6 +452,13 @@ static int parse_ok(const uint8_t *v, size_t len, char *msg_id, uint64_t *seq,
          (*seq = s, *sent_at = t, 1);
 }
 
+/* 1 if this router made msg_id: its instance is the id's middle part. */
+static int made_here(imc_router *r, const char *msg_id) {
+  char inst[9];
+  snprintf(inst, sizeof(inst), "%08" PRIx32, r->instance);
+  return strlen(msg_id) == 32 && memcmp(msg_id + 12, inst, 8) == 0;
+}
+
 static void tas_done(void *ud, int status, int found, const uint8_t *value,
                      size_t value_len) {
   sendop *op = ud;
@@ -433,18 +478,27 @@ static void tas_done(void *ud, int status, int found, const uint8_t *value,
       return;
     }
     r->stats[IMC_RT_STAT_DUPLICATES]++;
+    memcpy(op->msg_id, msg_id, sizeof(op->msg_id));
+    op->msg.msg_id = op->msg_id;
+    op->msg.seq = seq;
+    op->msg.sent_at_ms = sent_at;
     imc_send_result res = {op->msg.client_msg_id, msg_id,
                            op->msg.conversation_id, seq, sent_at};
     op->done(op->done_ud, 0, &res, NULL);
     /* The first attempt's status may have been lost with the sender's
      * connection: one already sent goes again, to where the resend came
-     * from. One still to come reaches the device when it is due. */
+     * from. One still to come from this router reaches the device when it
+     * is due. A message of another router instance whose status is
+     * unknown here may have died with its router mid-delivery: it is
+     * delivered again. */
     int state = imc_rt_status_of(r, msg_id);
     if (state != 0) {
-      op->msg.msg_id = msg_id;
-      op->msg.seq = seq;
-      op->msg.sent_at_ms = sent_at;
       imc_rt_resend_status(r, &op->msg, (imc_delivery_state)state);
+    } else if (!made_here(r, msg_id) && imc_rt_redrive_begin(r, msg_id) == 0) {
+      r->stats[IMC_RT_STAT_REDRIVES]++;
+      op->redrive = 1;
+      start_lookups(op);
+      return;
     }
     op_free(op);
     return;
