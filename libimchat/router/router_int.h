@@ -41,6 +41,8 @@ struct imc_router_options {
   void *group_bus_ud;
   imc_gwlink_vtbl gwlink;
   void *gwlink_ud;
+  imc_router_alive_fn alive; /* NULL: claims are honoured until expiry */
+  void *alive_ud;
   imc_clock clock;
   imc_logger log;
   size_t max_body;

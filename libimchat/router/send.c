@@ -35,10 +35,18 @@
  * A claim is "pending <instance>", the router instance that made it
  * (hex). A host that owns its dedup set alone (imchatd) deletes the
  * pending claims at start: their instance is dead, and none of them
- * belongs to a queued message. In a cluster the rule is the same with
- * liveness from leases: a claim whose instance holds no live lease is
- * treated as absent; until the router is told liveness, a claim of
- * another instance is honoured until its TTL (PENDING_TTL_S).
+ * belongs to a queued message. Routers sharing a dedup set (a cluster)
+ * are told liveness by their host (imc_router_options_set_liveness; in
+ * im-service, etcd leases): a claim of a dead instance is taken over with
+ * the dedup set's compare_and_set, from exactly the value read, so of
+ * several routers taking it over at once one proceeds and the others
+ * meet its claim (one client_msg_id never gets two msg_ids). Without
+ * liveness, a claim of another instance is honoured until its TTL
+ * (PENDING_TTL_S). A router that died after its job reached the queue
+ * but before its "ok" (the two are not one transaction there) leaves a
+ * message that the send taking the claim over queues again with a new
+ * msg_id: its recipient may see both; the client was acknowledged only
+ * the second.
  */
 #include "router/router_int.h"
 
@@ -49,9 +57,11 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define PENDING_TTL_S 60 /* a claim whose send never finished */
+#define TAKEOVERS_MAX 3  /* other instances' claims one send checks */
 #define CLIENT_ID_MAX 128
 #define CONTENT_TYPE_MAX 128
 #define NODE_ID_MAX 255
@@ -75,8 +85,10 @@ typedef struct sendop {
   size_t waits;  /* callbacks outstanding */
   int delivered; /* pushes that reached a device of the recipient */
   int answered;
-  int redrive;       /* a resend whose delivery is driven again */
-  int stored_status; /* first failure of the job or its "ok" record */
+  int redrive;          /* a resend whose delivery is driven again */
+  int takeovers;        /* other instances' claims checked */
+  char other_claim[24]; /* another instance's claim, being checked */
+  int stored_status;    /* first failure of the job or its "ok" record */
   char msg_id[33];
   char conv[2 * IMC_ID_MAX + 4];
   char *blk;     /* the request's strings and body */
@@ -459,6 +471,96 @@ static int made_here(imc_router *r, const char *msg_id) {
   return strlen(msg_id) == 32 && memcmp(msg_id + 12, inst, 8) == 0;
 }
 
+/* "pending <instance>" of another router instance. */
+static int parse_pending(imc_router *r, const uint8_t *v, size_t len,
+                         uint32_t *instance) {
+  char buf[24], hex[9], end;
+  if (len >= sizeof(buf))
+    return 0;
+  memcpy(buf, v, len);
+  buf[len] = '\0';
+  if (sscanf(buf, "pending %8[0-9a-f]%c", hex, &end) != 1 || strlen(hex) != 8)
+    return 0;
+  *instance = (uint32_t)strtoul(hex, NULL, 16);
+  return *instance != r->instance;
+}
+
+static void claim(sendop *op);
+
+/* The claim is ours: on to the sequence number. */
+static void claimed(sendop *op) {
+  imc_router *r = op->r;
+  r->pending++;
+  int rv = r->o.seq.next(r->o.seq_ud, op->msg.conversation_id, seq_done, op);
+  if (rv != 0)
+    seq_done(op, rv, 0);
+}
+
+/* The dead instance's claim is ours now, or it changed meanwhile (taken
+ * over by another router, finished, expired): then claim afresh. */
+static void takeover_done(void *ud, int status, int found, const uint8_t *value,
+                          size_t value_len) {
+  sendop *op = ud;
+  imc_router *r = op->r;
+  (void)value;
+  (void)value_len;
+  r->pending--;
+  if (status != 0) {
+    imc_rt_backend_error(r, "dedup: compare_and_set", status);
+    op_fail(op, IMC_ERR_UNAVAILABLE, "dedup service unavailable; resend");
+    return;
+  }
+  if (!found) {
+    claim(op);
+    return;
+  }
+  r->stats[IMC_RT_STAT_TAKEOVERS]++;
+  rt_log(r, IMC_LOG_INFO, "took over %s from the dead router %s", op->key,
+         op->other_claim + 8);
+  claimed(op);
+}
+
+static void alive_done(void *ud, int status, int alive) {
+  sendop *op = ud;
+  imc_router *r = op->r;
+  r->pending--;
+  if (status != 0)
+    imc_rt_backend_error(r, "router liveness", status);
+  if (status != 0 || alive) {
+    op_fail(op, IMC_ERR_UNAVAILABLE, "the first send is still in progress");
+    return;
+  }
+  char value[24];
+  claim_value(r, value);
+  r->pending++;
+  int rv = r->o.dedup.compare_and_set(
+      r->o.dedup_ud, op->key, (const uint8_t *)op->other_claim,
+      strlen(op->other_claim), (const uint8_t *)value, strlen(value),
+      PENDING_TTL_S, takeover_done, op);
+  if (rv != 0)
+    takeover_done(op, rv, 0, NULL, 0);
+}
+
+/*
+ * The claim is pending: ours to wait for, unless its instance is dead
+ * (the host tells liveness; imc_router_options_set_liveness).
+ */
+static void claim_pending(sendop *op, const uint8_t *value, size_t len) {
+  imc_router *r = op->r;
+  uint32_t instance;
+  if (r->o.alive == NULL || !parse_pending(r, value, len, &instance) ||
+      op->takeovers++ >= TAKEOVERS_MAX) {
+    op_fail(op, IMC_ERR_UNAVAILABLE, "the first send is still in progress");
+    return;
+  }
+  memcpy(op->other_claim, value, len);
+  op->other_claim[len] = '\0';
+  r->pending++;
+  int rv = r->o.alive(r->o.alive_ud, instance, alive_done, op);
+  if (rv != 0)
+    alive_done(op, rv, 1);
+}
+
 static void tas_done(void *ud, int status, int found, const uint8_t *value,
                      size_t value_len) {
   sendop *op = ud;
@@ -474,7 +576,7 @@ static void tas_done(void *ud, int status, int found, const uint8_t *value,
     uint64_t seq;
     int64_t sent_at;
     if (!parse_ok(value, value_len, msg_id, &seq, &sent_at)) {
-      op_fail(op, IMC_ERR_UNAVAILABLE, "the first send is still in progress");
+      claim_pending(op, value, value_len);
       return;
     }
     r->stats[IMC_RT_STAT_DUPLICATES]++;
@@ -503,10 +605,7 @@ static void tas_done(void *ud, int status, int found, const uint8_t *value,
     op_free(op);
     return;
   }
-  r->pending++;
-  int rv = r->o.seq.next(r->o.seq_ud, op->msg.conversation_id, seq_done, op);
-  if (rv != 0)
-    seq_done(op, rv, 0);
+  claimed(op);
 }
 
 static void claim(sendop *op) {
