@@ -425,8 +425,9 @@ class TestServiceKill(ClusterTest):
         # The claims ("pending <instance>") the killed router left, and a
         # few more as it leaves them when it dies between its claim and
         # the SendAck (a window too short to hit by timing alone).
-        claimed = [c for c in cmids if redis_cli(
-            "GET", claim_key(alice, c)).startswith("pending " + dead)]
+        values = redis_cli("MGET", *[claim_key(alice, c) for c in cmids])
+        claimed = [c for c, v in zip(cmids, values.split("\n"))
+                   if v == "pending " + dead]
         planted = ["p-%03d" % i for i in range(5)]
         for cmid in planted:
             redis_cli("SET", claim_key(alice, cmid), "pending " + dead,
