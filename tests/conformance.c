@@ -362,6 +362,96 @@ START_TEST(dedup_set_renews_ttl) {
 }
 END_TEST
 
+/* compare_and_set of key from expect to v; found (0/1). */
+static int cas(const char *key, const void *expect, size_t en, const void *v,
+               size_t n, uint32_t ttl, dedup_res *r) {
+  memset(r, 0, sizeof(*r));
+  int rv =
+      cf->dedup->compare_and_set(ud, key, expect, en, v, n, ttl, on_dedup, r);
+  ck_assert_int_eq(finish(rv, &r->calls, &r->status), 0);
+  return r->found;
+}
+
+/* A claim changes hands only from the exact value expected. */
+START_TEST(dedup_cas) {
+  fx_open(_i);
+  ck_assert(cf->dedup->compare_and_set != NULL);
+  dedup_res r;
+  ck_assert_int_eq(cas("c", "pending a", 9, "pending c", 9, 60, &r), 0);
+  ck_assert_int_eq(dget("c", &r), 0); /* an absent key stays absent */
+  ck_assert_int_eq(tas("c", "pending a", 9, 60, &r), 0);
+  ck_assert_int_eq(cas("c", "pending b", 9, "pending c", 9, 60, &r), 0);
+  ck_assert_int_eq(cas("c", "pending", 7, "pending c", 9, 60, &r), 0);
+  ck_assert_int_eq(cas("c", "pending a!", 10, "pending c", 9, 60, &r), 0);
+  ck_assert_int_eq(dget("c", &r), 1);
+  assert_value(&r, "pending a", 9);
+  ck_assert_int_eq(cas("c", "pending a", 9, "pending c", 9, 60, &r), 1);
+  assert_value(&r, "pending c", 9);
+  ck_assert_int_eq(dget("c", &r), 1);
+  assert_value(&r, "pending c", 9);
+  /* Taken once: the same expectation finds it no more. */
+  ck_assert_int_eq(cas("c", "pending a", 9, "pending d", 9, 60, &r), 0);
+  ck_assert_int_eq(dget("c", &r), 1);
+  assert_value(&r, "pending c", 9);
+  /* Bytes, not strings; an empty value is a value. */
+  static const uint8_t bin[] = {'p', 0, 0xff, 0};
+  ck_assert_int_eq(tas("b", bin, sizeof(bin), 60, &r), 0);
+  ck_assert_int_eq(cas("b", bin, 2, "x", 1, 60, &r), 0);
+  ck_assert_int_eq(cas("b", bin, sizeof(bin), NULL, 0, 60, &r), 1);
+  assert_value(&r, "", 0);
+  ck_assert_int_eq(cas("b", NULL, 0, "y", 1, 60, &r), 1);
+  ck_assert_int_eq(dget("b", &r), 1);
+  assert_value(&r, "y", 1);
+  fx_close();
+}
+END_TEST
+
+/* Two takeovers of one claim in flight at once: one wins. */
+START_TEST(dedup_cas_race) {
+  fx_open(_i);
+  dedup_res r, a, b;
+  memset(&a, 0, sizeof(a));
+  memset(&b, 0, sizeof(b));
+  ck_assert_int_eq(tas("k", "pending 1", 9, 60, &r), 0);
+  int ra = cf->dedup->compare_and_set(ud, "k", (const uint8_t *)"pending 1", 9,
+                                      (const uint8_t *)"pending 2", 9, 60,
+                                      on_dedup, &a);
+  int rb = cf->dedup->compare_and_set(ud, "k", (const uint8_t *)"pending 1", 9,
+                                      (const uint8_t *)"pending 3", 9, 60,
+                                      on_dedup, &b);
+  ck_assert_int_eq(finish(ra, &a.calls, &a.status), 0);
+  ck_assert_int_eq(finish(rb, &b.calls, &b.status), 0);
+  ck_assert_int_eq(a.found + b.found, 1);
+  ck_assert_int_eq(dget("k", &r), 1);
+  assert_value(&r, a.found ? "pending 2" : "pending 3", 9);
+  fx_close();
+}
+END_TEST
+
+/* The value set carries the new TTL; an expired key matches nothing. */
+START_TEST(dedup_cas_ttl) {
+  fx_open(_i);
+  dedup_res r;
+  ck_assert_int_eq(tas("k", "v1", 2, 1, &r), 0);
+  ck_assert_int_eq(tas("e", "v1", 2, 1, &r), 0);
+  ck_assert_int_eq(cas("k", "v1", 2, "v2", 2, 3, &r), 1);
+  if (cf->real_clock)
+    sleep_ms(1500);
+  else
+    test_clock_advance(&tclock, 1500);
+  ck_assert_int_eq(dget("k", &r), 1); /* past the first TTL */
+  assert_value(&r, "v2", 2);
+  ck_assert_int_eq(cas("e", "v1", 2, "v3", 2, 60, &r), 0);
+  ck_assert_int_eq(dget("e", &r), 0);
+  if (cf->real_clock)
+    sleep_ms(2000);
+  else
+    test_clock_advance(&tclock, 2000);
+  ck_assert_int_eq(dget("k", &r), 0);
+  fx_close();
+}
+END_TEST
+
 START_TEST(dedup_survives_reopen) {
   fx_open(_i);
   dedup_res r;
@@ -1715,6 +1805,9 @@ Suite *conformance_dedup_suite(const conformance_factory *f) {
   ADD(tc, dedup_ttl_expiry, i);
   ADD(tc, dedup_set_overwrite, i);
   ADD(tc, dedup_set_renews_ttl, i);
+  ADD(tc, dedup_cas, i);
+  ADD(tc, dedup_cas_race, i);
+  ADD(tc, dedup_cas_ttl, i);
   if (f->reopen)
     ADD(tc, dedup_survives_reopen, i);
   return s;

@@ -230,7 +230,7 @@ static int d_get(void *ud, const char *key, imc_dedup_cb done, void *done_ud) {
 }
 
 static const imc_dedup_vtbl dedup_vt = {sizeof(imc_dedup_vtbl), d_test_and_set,
-                                        d_set, d_get};
+                                        d_set, d_get, NULL};
 
 static int poll_fail; /* the worker's queue refuses to poll */
 

@@ -32,7 +32,15 @@
  * queue the reply; settle() runs the queue in a seeded shuffled order, as
  * replies from Redis, etcd and Kafka connections arrive.
  */
-typedef enum { C_DONE, C_LOOKUP, C_SEQ, C_DEDUP, C_LIST, C_COUNT } comp_kind;
+typedef enum {
+  C_DONE,
+  C_LOOKUP,
+  C_SEQ,
+  C_DEDUP,
+  C_LIST,
+  C_COUNT,
+  C_ALIVE
+} comp_kind;
 
 typedef struct comp {
   comp_kind kind;
@@ -43,6 +51,7 @@ typedef struct comp {
     imc_dedup_cb dedup;
     imc_list_cb list;
     imc_count_cb count;
+    imc_alive_cb alive;
   } cb;
   void *ud;
   int status, found, count;
@@ -81,6 +90,14 @@ typedef struct mock {
   int64_t dexp[MAX_RECS];
   int n_dedup;
   int dedup_fail;
+  int n_cas;
+  /* router liveness (router_make with M.liveness set) */
+  int liveness;
+  uint32_t dead[4];
+  int n_dead;
+  int alive_fail; /* 1: complete with UNAVAILABLE; 2: refuse the call */
+  int n_alive_asked;
+  uint32_t alive_asked;
   /* store: group members */
   char members[16][80];
   char member_group[16][80];
@@ -94,9 +111,11 @@ typedef struct mock {
   int queue_fail;
   /* group bus */
   char group_keys[MAX_RECS][80];
+  char group_ids[MAX_RECS][40]; /* msg_id of each record */
   int n_group;
   /* gwlink */
-  char delivers[MAX_RECS][200]; /* "node user skip" */
+  char delivers[MAX_RECS][200];     /* "node user skip" */
+  char deliver_msgs[MAX_RECS][200]; /* "msg_id seq from_node body" */
   int n_delivers;
   int deliver_count;            /* what deliver reports */
   char statuses[MAX_RECS][200]; /* "node user device state recipient" */
@@ -135,6 +154,9 @@ static void fire(comp *c) {
     break;
   case C_COUNT:
     c->cb.count(c->ud, c->status, c->count);
+    break;
+  case C_ALIVE:
+    c->cb.alive(c->ud, c->status, c->found);
     break;
   }
 }
@@ -311,8 +333,46 @@ static int d_tas(void *ud, const char *key, const uint8_t *v, size_t vl,
   return 0;
 }
 
-static const imc_dedup_vtbl dedup = {sizeof(imc_dedup_vtbl), d_tas, d_set,
-                                     NULL};
+static int d_cas(void *ud, const char *key, const uint8_t *expect, size_t el,
+                 const uint8_t *v, size_t vl, uint32_t ttl, imc_dedup_cb done,
+                 void *done_ud) {
+  (void)ud;
+  if (M.dedup_fail)
+    return IMC_ERR_UNAVAILABLE;
+  M.n_cas++;
+  comp c = {.kind = C_DEDUP, .cb.dedup = done, .ud = done_ud};
+  int i = d_find(key);
+  if (i >= 0 && strlen(M.dv[i]) == el && memcmp(M.dv[i], expect, el) == 0) {
+    d_store(key, v, vl, ttl);
+    c.found = 1;
+    snprintf(c.value, sizeof(c.value), "%.*s", (int)vl, (const char *)v);
+  }
+  complete(&c);
+  return 0;
+}
+
+static const imc_dedup_vtbl dedup = {sizeof(imc_dedup_vtbl), d_tas, d_set, NULL,
+                                     d_cas};
+
+/* Router liveness: the instances in M.dead are dead, the others alive. */
+static int alive_ask(void *ud, uint32_t instance, imc_alive_cb done,
+                     void *done_ud) {
+  (void)ud;
+  M.n_alive_asked++;
+  M.alive_asked = instance;
+  if (M.alive_fail == 2)
+    return IMC_ERR_UNAVAILABLE;
+  int alive = 1;
+  for (int i = 0; i < M.n_dead; i++)
+    alive &= M.dead[i] != instance;
+  comp c = {.kind = C_ALIVE,
+            .cb.alive = done,
+            .ud = done_ud,
+            .status = M.alive_fail ? IMC_ERR_UNAVAILABLE : 0,
+            .found = alive};
+  complete(&c);
+  return 0;
+}
 
 static int g_members(void *ud, const char *group, imc_list_cb done,
                      void *done_ud) {
@@ -376,8 +436,9 @@ static int gb_publish(void *ud, const char *topic, const uint8_t *key,
   ck_assert_str_eq(topic, M.group_topic);
   Imchat__V1__Message *m = imchat__v1__message__unpack(NULL, vl, v);
   ck_assert_ptr_nonnull(m);
-  imchat__v1__message__free_unpacked(m, NULL);
   ck_assert_int_lt(M.n_group, MAX_RECS);
+  snprintf(M.group_ids[M.n_group], 40, "%s", m->msg_id);
+  imchat__v1__message__free_unpacked(m, NULL);
   snprintf(M.group_keys[M.n_group++], 80, "%.*s", (int)kl, (const char *)key);
   complete_done(done, done_ud, 0);
   return 0;
@@ -390,8 +451,10 @@ static int l_deliver(void *ud, const char *node, const char *user,
                      const char *skip, const imc_msg *msg, imc_count_cb done,
                      void *done_ud) {
   (void)ud;
-  (void)msg;
   ck_assert_int_lt(M.n_delivers, MAX_RECS);
+  snprintf(M.deliver_msgs[M.n_delivers], 200, "%s %llu %s %.*s", msg->msg_id,
+           (unsigned long long)msg->seq, msg->from_node, (int)msg->body_len,
+           (const char *)msg->body);
   snprintf(M.delivers[M.n_delivers++], 200, "%s %s %s", node, user,
            skip ? skip : "-");
   comp c = {.kind = C_COUNT, .cb.count = done, .ud = done_ud};
@@ -438,6 +501,8 @@ static void router_make(const char *filter_words, imc_filter_action action) {
   imc_router_options_set_gwlink(o, &gwlink, NULL);
   imc_router_options_set_clock(o, &M.tc.clock);
   imc_router_options_set_max_body(o, 1000);
+  if (M.liveness)
+    ck_assert_int_eq(imc_router_options_set_liveness(o, alive_ask, NULL), 0);
   if (M.status_max)
     ck_assert_int_eq(
         imc_router_options_set_status_memory(o, 600000, M.status_max), 0);
@@ -498,6 +563,26 @@ static void answered(void *ud, int status, const imc_send_result *res,
     A.seq = res->seq;
   }
   snprintf(A.message, sizeof(A.message), "%s", message ? message : "");
+}
+
+/* The answer of a send, into the answer at ud. */
+typedef struct answer {
+  int calls, status;
+  char msg_id[64], conv[200];
+  uint64_t seq;
+} answer;
+
+static void answered_into(void *ud, int status, const imc_send_result *res,
+                          const char *message) {
+  (void)message;
+  answer *a = ud;
+  a->calls++;
+  a->status = status;
+  if (status == 0) {
+    snprintf(a->msg_id, sizeof(a->msg_id), "%s", res->msg_id);
+    snprintf(a->conv, sizeof(a->conv), "%s", res->conversation_id);
+    a->seq = res->seq;
+  }
 }
 
 static void done_count(void *ud, int status) {
@@ -770,6 +855,8 @@ START_TEST(resend_before_status_or_after_memory) {
   imc_msg m = last_msg();
   ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
   ck_assert_int_eq(M.n_statuses, 0);
+  /* Its own message, still on its way: not delivered again. */
+  ck_assert_int_eq(M.n_delivers, 1);
   imc_router_delivered(R, &m, "bob", "phone");
   settle();
   ck_assert_int_eq(M.n_statuses, 1);
@@ -777,7 +864,143 @@ START_TEST(resend_before_status_or_after_memory) {
   ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
   ck_assert_str_eq(A.msg_id, m.msg_id);
   ck_assert_int_eq(M.n_statuses, 1);
+  ck_assert_int_eq(M.n_delivers, 1);
   ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_STATUS_REPEATS), 0);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_REDRIVES), 0);
+}
+END_TEST
+
+/* A router restarted on the same dedup set and queue: its status
+ * memory is empty, and the messages of the one before are not its own. */
+static void router_restart(void) {
+  settle();
+  ck_assert_uint_eq(imc_router_pending(R), 0);
+  imc_router_del(R);
+  router_make(NULL, 0);
+}
+
+/*
+ * The router died while the push to an online recipient was in flight:
+ * the message is durable (history, "ok") but has no status. The resend
+ * through the restarted router gets the same SendAck and delivers the
+ * message again (same msg_id, seq and sent_at, the resend's node), with
+ * no second history job; the recipient's ACK gives the sender DELIVERED.
+ */
+START_TEST(resend_after_restart_pushes_again) {
+  add_entry("bob", "phone", "n2");
+  ck_assert_int_eq(send1("alice", "bob", "c1"), 0);
+  char id[64];
+  snprintf(id, sizeof(id), "%s", A.msg_id);
+  uint64_t seq = A.seq;
+  ck_assert_int_eq(M.n_delivers, 1);
+  router_restart();
+  ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
+  ck_assert_str_eq(A.msg_id, id);
+  ck_assert_uint_eq(A.seq, seq);
+  ck_assert_int_eq(M.n_delivers, 2);
+  ck_assert_str_eq(M.delivers[1], "n2 bob -");
+  char want[200];
+  snprintf(want, sizeof(want), "%s %llu n7 hi", id, (unsigned long long)seq);
+  ck_assert_str_eq(M.deliver_msgs[1], want);
+  ck_assert_int_eq(M.n_jobs, 1); /* no second history record */
+  ck_assert_int_eq(M.n_statuses, 0);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_DUPLICATES), 1);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_REDRIVES), 1);
+  imc_msg m = job_msg(0);
+  m.from_node = "n7"; /* as pushed by the re-drive */
+  imc_router_delivered(R, &m, "bob", "phone");
+  settle();
+  ck_assert_int_eq(M.n_statuses, 1);
+  ck_assert_str_eq(M.statuses[0], "n7 alice phone DELIVERED bob");
+  /* Now the status is known: a resend gets it again, and no push. */
+  ck_assert_int_eq(send_via("n8", "alice", "bob", NULL, "c1"), 0);
+  ck_assert_int_eq(M.n_delivers, 2);
+  ck_assert_int_eq(M.n_statuses, 2);
+  ck_assert_str_eq(M.statuses[1], "n8 alice phone DELIVERED bob");
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_REDRIVES), 1);
+}
+END_TEST
+
+/* A resend while the re-drive has no status yet is not driven again. */
+START_TEST(redrive_once_until_status) {
+  add_entry("bob", "phone", "n2");
+  ck_assert_int_eq(send1("alice", "bob", "c1"), 0);
+  router_restart();
+  ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
+  ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
+  ck_assert_int_eq(M.n_delivers, 2);
+  ck_assert_int_eq(M.n_statuses, 0);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_DUPLICATES), 2);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_REDRIVES), 1);
+  /* Its push went unacknowledged: the inbox, and STORED. */
+  imc_msg m = job_msg(0);
+  m.from_node = "n7";
+  imc_router_undelivered(R, &m, "bob");
+  settle();
+  ck_assert_int_eq(M.n_jobs, 2);
+  ck_assert(!job(1)->history);
+  ck_assert_str_eq(job(1)->inbox_users[0], "bob");
+  imc_msg s = job_msg(1);
+  imc_router_persisted(R, &s, 0, (const char *[]){"bob"}, 1);
+  settle();
+  ck_assert_int_eq(M.n_statuses, 1);
+  ck_assert_str_eq(M.statuses[0], "n7 alice phone STORED bob");
+}
+END_TEST
+
+/*
+ * The recipient has no online device now: the re-drive queues one inbox
+ * entry (same msg_id, no history part), and once the worker reports it
+ * stored the sender gets STORED at the resend's node. A recipient online
+ * on a node whose gateway no longer has it gets the inbox entry too.
+ */
+START_TEST(resend_after_restart_offline_gets_inbox) {
+  if (_i == 1) {
+    add_entry("bob", "phone", "n2");
+  }
+  ck_assert_int_eq(send1("alice", "bob", "c1"), 0);
+  char id[64];
+  snprintf(id, sizeof(id), "%s", A.msg_id);
+  int jobs = M.n_jobs;
+  router_restart();
+  if (_i == 1)
+    M.deliver_count = 0; /* bob left that gateway in between */
+  else
+    M.lookup_fail = _i == 2; /* whereabouts unknown: the inbox */
+  ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
+  ck_assert_str_eq(A.msg_id, id);
+  M.lookup_fail = 0;
+  ck_assert_int_eq(M.n_jobs, jobs + 1);
+  Imchat__V1__OfflineJob *j = job(M.n_jobs - 1);
+  ck_assert(!j->history);
+  ck_assert_uint_eq(j->n_inbox_users, 1);
+  ck_assert_str_eq(j->inbox_users[0], "bob");
+  ck_assert_str_eq(j->message->msg_id, id);
+  ck_assert_str_eq(j->from_node, "n7");
+  imc_msg m = job_msg(M.n_jobs - 1);
+  imc_router_persisted(R, &m, 0, (const char *[]){"bob"}, 1);
+  settle();
+  ck_assert_int_eq(M.n_statuses, 1);
+  ck_assert_str_eq(M.statuses[0], "n7 alice phone STORED bob");
+}
+END_TEST
+
+/* A status the restarted router does know (it sent it) is repeated, and
+ * nothing is delivered again. */
+START_TEST(resend_after_restart_with_status_known) {
+  ck_assert_int_eq(send1("alice", "bob", "c1"), 0);
+  router_restart();
+  ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
+  imc_msg m = job_msg(1);
+  imc_router_persisted(R, &m, 0, (const char *[]){"bob"}, 1);
+  settle();
+  ck_assert_int_eq(M.n_statuses, 1);
+  int jobs = M.n_jobs;
+  ck_assert_int_eq(send_via("n8", "alice", "bob", NULL, "c1"), 0);
+  ck_assert_int_eq(M.n_jobs, jobs);
+  ck_assert_int_eq(M.n_statuses, 2);
+  ck_assert_str_eq(M.statuses[1], "n8 alice phone STORED bob");
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_STATUS_REPEATS), 1);
 }
 END_TEST
 
@@ -1194,6 +1417,159 @@ START_TEST(in_flight_duplicate) {
 }
 END_TEST
 
+/* Puts a claim of instance under alice's c1, as a router that died mid-send
+ * left it. */
+static void dead_claim(uint32_t instance) {
+  char v[24];
+  snprintf(v, sizeof(v), "pending %08x", (unsigned)instance);
+  d_store("send:alice:c1", (const uint8_t *)v, strlen(v), 60);
+}
+
+static void router_with_liveness(void) {
+  imc_router_del(R);
+  M.liveness = 1;
+  router_make(NULL, 0);
+}
+
+/* The claim of a dead router is taken over at once: the send goes on. */
+START_TEST(dead_router_claim_taken_over) {
+  router_with_liveness();
+  M.dead[M.n_dead++] = 0xdeadbeef;
+  dead_claim(0xdeadbeef);
+  ck_assert_int_eq(send1("alice", "bob", "c1"), 0);
+  ck_assert_int_eq(M.n_alive_asked, 1);
+  ck_assert_uint_eq(M.alive_asked, 0xdeadbeef);
+  ck_assert_int_eq(M.n_jobs, 1);
+  ck_assert_str_eq(job(0)->message->msg_id, A.msg_id);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_TAKEOVERS), 1);
+  char ok[100];
+  snprintf(ok, sizeof(ok), "ok %s 1 ", A.msg_id);
+  ck_assert_int_eq(strncmp(M.dv[d_find("send:alice:c1")], ok, strlen(ok)), 0);
+  /* A resend gets the same answer, with nobody asked. */
+  char id[64];
+  snprintf(id, sizeof(id), "%s", A.msg_id);
+  ck_assert_int_eq(send1("alice", "bob", "c1"), 0);
+  ck_assert_str_eq(A.msg_id, id);
+  ck_assert_int_eq(M.n_alive_asked, 1);
+}
+END_TEST
+
+/* A live router's claim, liveness that cannot be told, and the router's
+ * own claim are honoured: UNAVAILABLE, nothing taken. */
+START_TEST(live_router_claim_honoured) {
+  router_with_liveness();
+  M.dead[M.n_dead++] = 0xdeadbeef;
+  dead_claim(0x12345678);
+  ck_assert_int_eq(send1("alice", "bob", "c1"), IMC_ERR_UNAVAILABLE);
+  ck_assert_int_eq(M.n_alive_asked, 1);
+  M.alive_fail = 1;
+  dead_claim(0xdeadbeef);
+  ck_assert_int_eq(send1("alice", "bob", "c1"), IMC_ERR_UNAVAILABLE);
+  M.alive_fail = 2;
+  ck_assert_int_eq(send1("alice", "bob", "c1"), IMC_ERR_UNAVAILABLE);
+  ck_assert_int_eq(M.n_alive_asked, 3);
+  M.alive_fail = 0;
+  dead_claim(imc_router_instance(R)); /* in progress here */
+  ck_assert_int_eq(send1("alice", "bob", "c1"), IMC_ERR_UNAVAILABLE);
+  d_store("send:alice:c1", (const uint8_t *)"pending", 7, 60); /* foreign */
+  ck_assert_int_eq(send1("alice", "bob", "c1"), IMC_ERR_UNAVAILABLE);
+  ck_assert_int_eq(M.n_alive_asked, 3);
+  ck_assert_int_eq(M.n_cas, 0);
+  ck_assert_int_eq(M.n_jobs, 0);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_TAKEOVERS), 0);
+  /* Without liveness the claim waits for its TTL, as before. */
+  imc_router_del(R);
+  M.liveness = 0;
+  router_make(NULL, 0);
+  dead_claim(0xdeadbeef);
+  ck_assert_int_eq(send1("alice", "bob", "c1"), IMC_ERR_UNAVAILABLE);
+  ck_assert_int_eq(M.n_alive_asked, 3);
+}
+END_TEST
+
+/*
+ * Two routers meet the dead router's claim at once: both ask, both try to
+ * take it over, one wins. The other finds the winner's claim (alive) and
+ * answers UNAVAILABLE; its resend gets the winner's msg_id. One
+ * client_msg_id, one msg_id.
+ */
+START_TEST(takeover_race_one_winner) {
+  router_with_liveness();
+  imc_router *r1 = R;
+  router_make(NULL, 0);
+  imc_router *r2 = R;
+  M.dead[M.n_dead++] = 0xdeadbeef;
+  dead_claim(0xdeadbeef);
+  imc_send_req q = {.struct_size = sizeof(q),
+                    .from_user = "alice",
+                    .from_device = "phone",
+                    .node_id = "n1",
+                    .client_msg_id = "c1",
+                    .to_user = "bob",
+                    .body = (const uint8_t *)"hi",
+                    .body_len = 2};
+  answer a[2];
+  memset(a, 0, sizeof(a));
+  imc_router *rs[2] = {r1, r2};
+  for (int i = 0; i < 2; i++)
+    ck_assert_int_eq(imc_router_send(rs[i], &q, answered_into, &a[i]), 0);
+  settle();
+  ck_assert_int_eq(a[0].calls + a[1].calls, 2);
+  /* Deferred, both met the dead claim and both tried to take it over. */
+  ck_assert_int_eq(M.n_cas, M.deferred ? 2 : 1);
+  ck_assert_uint_eq(imc_router_stat_get(r1, IMC_RT_STAT_TAKEOVERS) +
+                        imc_router_stat_get(r2, IMC_RT_STAT_TAKEOVERS),
+                    1);
+  ck_assert_int_eq(M.n_jobs >= 1, 1);
+  ck_assert(job(0)->history);
+  for (int i = 1; i < M.n_jobs; i++) /* a re-drive's inbox entry at most */
+    ck_assert(!job(i)->history);
+  const char *id = job(0)->message->msg_id;
+  /* The loser either met the winner's claim in progress or its answer. */
+  for (int i = 0; i < 2; i++) {
+    if (a[i].status == 0) {
+      ck_assert_str_eq(a[i].msg_id, id);
+      continue;
+    }
+    ck_assert_int_eq(a[i].status, IMC_ERR_UNAVAILABLE);
+    memset(&a[i], 0, sizeof(a[i]));
+    ck_assert_int_eq(imc_router_send(rs[i], &q, answered_into, &a[i]), 0);
+    settle();
+    ck_assert_int_eq(a[i].status, 0);
+    ck_assert_str_eq(a[i].msg_id, id);
+  }
+  settle();
+  ck_assert_uint_eq(imc_router_pending(r2), 0);
+  imc_router_del(r2);
+  R = r1;
+}
+END_TEST
+
+/* Liveness needs a dedup set that can take a claim over. */
+START_TEST(liveness_needs_compare_and_set) {
+  imc_router_options *o;
+  ck_assert_int_eq(imc_router_options_new(&o, &TM.mem), 0);
+  imc_dedup_vtbl d = dedup;
+  d.struct_size = offsetof(imc_dedup_vtbl, compare_and_set);
+  imc_router_options_set_registry(o, &registry, NULL);
+  imc_router_options_set_seq(o, &seqv, NULL);
+  imc_router_options_set_dedup(o, &d, NULL);
+  imc_router_options_set_store(o, &store, NULL);
+  imc_router_options_set_queue(o, &queue, NULL);
+  imc_router_options_set_gwlink(o, &gwlink, NULL);
+  ck_assert_int_eq(imc_router_options_set_liveness(NULL, alive_ask, NULL),
+                   IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_router_options_set_liveness(o, alive_ask, NULL), 0);
+  imc_router *r = NULL;
+  ck_assert_int_eq(imc_router_new(&r, o, &TM.mem), IMC_ERR_INVALID_ARGUMENT);
+  ck_assert_int_eq(imc_router_options_set_liveness(o, NULL, NULL), 0);
+  ck_assert_int_eq(imc_router_new(&r, o, &TM.mem), 0);
+  ck_assert_uint_eq(imc_router_instance(NULL), 0);
+  imc_router_del(r);
+  imc_router_options_del(o);
+}
+END_TEST
+
 START_TEST(dedup_and_registry_failures) {
   M.dedup_fail = 1;
   ck_assert_int_eq(send1("alice", "bob", "c1"), IMC_ERR_UNAVAILABLE);
@@ -1273,6 +1649,42 @@ START_TEST(group_offline_member) {
   imc_router_delivered(R, &m, "bob", "phone");
   settle();
   ck_assert_int_eq(M.n_statuses, 1);
+}
+END_TEST
+
+/*
+ * A group message whose router died after its SendAck: the resend through
+ * the restarted router publishes it on the group bus again (the online
+ * members' gateways push it, with their ACK handling) and queues the
+ * inboxes of members with no online device with its history part, which
+ * the worker finds persisted and reports: the sender gets STORED.
+ */
+START_TEST(group_resend_after_restart) {
+  members3();
+  add_entry("alice", "phone", "n1");
+  add_entry("bob", "phone", "n2");
+  ck_assert_int_eq(
+      send_full("alice", "phone", NULL, "team", "g1", "hi", "text/plain"), 0);
+  char id[64];
+  snprintf(id, sizeof(id), "%s", A.msg_id);
+  router_restart();
+  ck_assert_int_eq(send_via("n7", "alice", NULL, "team", "g1"), 0);
+  ck_assert_str_eq(A.msg_id, id);
+  ck_assert_uint_eq(A.seq, 1);
+  ck_assert_int_eq(M.n_group, 2);
+  ck_assert_str_eq(M.group_keys[1], "team");
+  ck_assert_str_eq(M.group_ids[1], id);
+  ck_assert_int_eq(M.n_jobs, 2);
+  ck_assert(job(1)->history);
+  ck_assert_uint_eq(job(1)->n_inbox_users, 1);
+  ck_assert_str_eq(job(1)->inbox_users[0], "carol");
+  ck_assert_str_eq(job(1)->message->msg_id, id);
+  imc_msg m = job_msg(1);
+  imc_router_persisted(R, &m, 1, (const char *[]){"carol"}, 1);
+  settle();
+  ck_assert_int_eq(M.n_statuses, 1);
+  ck_assert_str_eq(M.statuses[0], "n7 alice phone STORED -");
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_REDRIVES), 1);
 }
 END_TEST
 
@@ -1525,33 +1937,14 @@ START_TEST(alloc_failures) {
 }
 END_TEST
 
-/* Many sends in flight at once, their backend calls completing in any
- * order: each is answered once, with its own msg_id, and the seqs of a
- * conversation run 1, 2, 3... with neither gap nor repeat. */
-typedef struct answer {
-  int calls, status;
-  char msg_id[64], conv[200];
-  uint64_t seq;
-} answer;
-
-static void answered_into(void *ud, int status, const imc_send_result *res,
-                          const char *message) {
-  (void)message;
-  answer *a = ud;
-  a->calls++;
-  a->status = status;
-  if (status == 0) {
-    snprintf(a->msg_id, sizeof(a->msg_id), "%s", res->msg_id);
-    snprintf(a->conv, sizeof(a->conv), "%s", res->conversation_id);
-    a->seq = res->seq;
-  }
-}
-
 static int cmp_u64(const void *a, const void *b) {
   uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
   return x < y ? -1 : x > y;
 }
 
+/* Many sends in flight at once, their backend calls completing in any
+ * order: each is answered once, with its own msg_id, and the seqs of a
+ * conversation run 1, 2, 3... with neither gap nor repeat. */
 START_TEST(many_sends_in_flight) {
   enum { N = 60 };
   static answer ans[N];
@@ -1729,6 +2122,10 @@ static Suite *router_suite(void) {
     tcase_add_test(t, resend_gets_stored_again);
     tcase_add_test(t, resend_before_status_or_after_memory);
     tcase_add_test(t, status_memory_is_bounded);
+    tcase_add_test(t, resend_after_restart_pushes_again);
+    tcase_add_test(t, redrive_once_until_status);
+    tcase_add_loop_test(t, resend_after_restart_offline_gets_inbox, 0, 3);
+    tcase_add_test(t, resend_after_restart_with_status_known);
     tcase_add_test(t, struct_size_respected);
     tcase_add_test(t, own_device_ack_is_not_delivery);
     tcase_add_test(t, stored_status_offline);
@@ -1744,6 +2141,10 @@ static Suite *router_suite(void) {
     tcase_add_test(t, seq_failure_then_resend);
     tcase_add_test(t, queue_failure_no_ack);
     tcase_add_test(t, in_flight_duplicate);
+    tcase_add_test(t, dead_router_claim_taken_over);
+    tcase_add_test(t, live_router_claim_honoured);
+    tcase_add_test(t, takeover_race_one_winner);
+    tcase_add_test(t, liveness_needs_compare_and_set);
     tcase_add_test(t, dedup_and_registry_failures);
     tcase_add_test(t, alloc_failures);
     suite_add_tcase(s, t);
@@ -1752,6 +2153,7 @@ static Suite *router_suite(void) {
     tcase_add_checked_fixture(t, setups[m], teardown);
     tcase_add_test(t, group_forbidden_for_non_member);
     tcase_add_test(t, group_offline_member);
+    tcase_add_test(t, group_resend_after_restart);
     tcase_add_test(t, topics_configurable);
     tcase_add_test(t, group_membership_cache_invalidated);
     tcase_add_test(t, group_add_during_members_load);

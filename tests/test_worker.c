@@ -597,7 +597,7 @@ static int d_tas(void *ud, const char *key, const uint8_t *value,
 }
 
 static const imc_dedup_vtbl dedup_vt = {sizeof(imc_dedup_vtbl), d_tas, d_set,
-                                        d_get};
+                                        d_get, NULL};
 
 /* ------------------------------------------------------------------ */
 /* Hook and log                                                         */

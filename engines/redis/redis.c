@@ -55,9 +55,15 @@ static const char script_tas[] =
     "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])\n"
     "return {0}\n";
 
-enum script { S_INCR, S_FLOOR, S_TAS, N_SCRIPTS };
+/* GET returns false for a missing key, which equals no string. */
+static const char script_cas[] =
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
+    "redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])\n"
+    "return 1\n";
+
+enum script { S_INCR, S_FLOOR, S_TAS, S_CAS, N_SCRIPTS };
 static const char *const scripts[N_SCRIPTS] = {script_incr, script_floor,
-                                               script_tas};
+                                               script_tas, script_cas};
 
 enum conn_state { C_DOWN, C_CONNECTING, C_READY };
 
@@ -94,7 +100,8 @@ typedef enum cmd_kind {
   K_SEQ_FLOOR,
   K_DEDUP_TAS,
   K_DEDUP_SET,
-  K_DEDUP_GET
+  K_DEDUP_GET,
+  K_DEDUP_CAS
 } cmd_kind;
 
 /* One command sent and not yet answered. */
@@ -103,9 +110,11 @@ struct cmd {
   cmd_kind kind;
   int64_t deadline_ms;
   seq_op *seq;           /* K_SEQ_* */
-  imc_dedup_cb dedup_cb; /* K_DEDUP_TAS, K_DEDUP_GET */
+  imc_dedup_cb dedup_cb; /* K_DEDUP_TAS, K_DEDUP_GET, K_DEDUP_CAS */
   imc_done_cb done_cb;   /* K_DEDUP_SET */
   void *done_ud;
+  uint8_t *value; /* K_DEDUP_CAS: the value set, for its completion */
+  size_t value_len;
   cmd *prev, *next;
 };
 
@@ -311,8 +320,8 @@ static int send_script(imc_redis *r, cmd *c, enum script which,
   char *k = full_key(r, tag, kname, &klen);
   if (k == NULL)
     return IMC_ERR_NOMEM;
-  const char *argv[6] = {"EVALSHA", r->sha[which], "1", k};
-  size_t lens[6] = {7, 40, 1, klen};
+  const char *argv[7] = {"EVALSHA", r->sha[which], "1", k};
+  size_t lens[7] = {7, 40, 1, klen};
   for (int i = 0; i < nargs; i++) {
     argv[4 + i] = args[i];
     lens[4 + i] = arg_lens[i];
@@ -535,6 +544,16 @@ static void dedup_reply(imc_redis *r, cmd *c, const redisReply *rep) {
       c->dedup_cb(c->done_ud, IMC_ERR_IO, 0, NULL, 0);
     return;
   }
+  if (c->kind == K_DEDUP_CAS) { /* 1: swapped, 0: not */
+    if (rep->type != REDIS_REPLY_INTEGER)
+      c->dedup_cb(c->done_ud, IMC_ERR_IO, 0, NULL, 0);
+    else if (rep->integer == 1)
+      c->dedup_cb(c->done_ud, 0, 1, c->value ? c->value : (const uint8_t *)"",
+                  c->value_len);
+    else
+      c->dedup_cb(c->done_ud, 0, 0, NULL, 0);
+    return;
+  }
   /* K_DEDUP_TAS: {0} stored, {1, value} found. */
   if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 ||
       rep->element[0]->type != REDIS_REPLY_INTEGER) {
@@ -578,6 +597,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     dedup_reply(r, c, rep);
     break;
   }
+  free(c->value);
   free(c);
 }
 
@@ -821,6 +841,37 @@ static int d_tas(void *ud, const char *name, const uint8_t *value,
   return rv;
 }
 
+static int d_cas(void *ud, const char *name, const uint8_t *expect,
+                 size_t expect_len, const uint8_t *value, size_t value_len,
+                 uint32_t ttl_s, imc_dedup_cb done, void *done_ud) {
+  imc_redis *r = ud;
+  if (name == NULL || done == NULL || ttl_s == 0 ||
+      (value == NULL && value_len) || (expect == NULL && expect_len))
+    return IMC_ERR_INVALID_ARGUMENT;
+  cmd *c = calloc(1, sizeof(*c));
+  if (c == NULL || (value_len && (c->value = malloc(value_len)) == NULL)) {
+    free(c);
+    return IMC_ERR_NOMEM;
+  }
+  c->kind = K_DEDUP_CAS;
+  c->dedup_cb = done;
+  c->done_ud = done_ud;
+  if (value_len)
+    memcpy(c->value, value, value_len);
+  c->value_len = value_len;
+  char ttl[12];
+  int n = snprintf(ttl, sizeof(ttl), "%" PRIu32, ttl_s);
+  const char *args[3] = {expect ? (const char *)expect : "",
+                         value ? (const char *)value : "", ttl};
+  size_t lens[3] = {expect_len, value_len, (size_t)n};
+  int rv = send_script(r, c, S_CAS, name, 'd', args, lens, 3);
+  if (rv < 0) {
+    free(c->value);
+    free(c);
+  }
+  return rv;
+}
+
 static int d_set(void *ud, const char *name, const uint8_t *value,
                  size_t value_len, uint32_t ttl_s, imc_done_cb done,
                  void *done_ud) {
@@ -878,6 +929,7 @@ static const imc_dedup_vtbl dedup_vtbl = {
     .test_and_set = d_tas,
     .set = d_set,
     .get = d_get,
+    .compare_and_set = d_cas,
 };
 
 const imc_seq_vtbl *imc_redis_seq_vtbl(void) {

@@ -12,6 +12,7 @@
 #include "gateway_config.h"
 #include "grpc_net.h"
 #include "gwnodes.h"
+#include "liveness.h"
 #include "log.h"
 #include "loop.h"
 #include "signals.h"
@@ -25,12 +26,15 @@
 #include <imchat/worker.h>
 
 #include <curl/curl.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* How long a stop waits for calls and the worker's batch. */
 #define GRACE_MS 10000
+/* How long the start waits for the router's liveness lease. */
+#define LEASE_WAIT_MS 5000
 
 typedef struct svc {
   imchatd_config cfg;
@@ -38,6 +42,7 @@ typedef struct svc {
   hsignals *sig;
   hbackends be;
   hgwnodes *nodes;
+  hliveness *live; /* the router's lease, and others' liveness */
   imc_router *router;
   imc_worker *worker;
   imc_grpc_router_service *rsvc;
@@ -100,6 +105,7 @@ static int make_router(svc *s) {
     imc_router_options_set_gwlink(opt, imc_grpc_gwlink_vtbl(),
                                   hgwnodes_link(s->nodes));
     imc_router_options_set_log(opt, hlog_imc_cb, NULL, hlog_get_level());
+    imc_router_options_set_liveness(opt, hliveness_alive, s->live);
     rv = hconfig_check(imc_router_options_set_max_body(opt, cfg->max_body),
                        "--max-body");
   }
@@ -255,8 +261,9 @@ static int setup(svc *s) {
     hlog_error("signals: %s", strerror(-rv));
     return IMCHATD_EXIT_FAIL;
   }
-  if ((code = hbackends_open(&s->be, s->loop, cfg, NULL, !cfg->migrate_only)) !=
-      0)
+  /* The address goes with the router's liveness lease (liveness.h). */
+  if ((code = hbackends_open(&s->be, s->loop, cfg, cfg->grpc_listen,
+                             !cfg->migrate_only)) != 0)
     return code;
   if (cfg->migrate_only)
     return 0;
@@ -264,8 +271,21 @@ static int setup(svc *s) {
     hlog_error("gateway links: %s", strerror(-rv));
     return IMCHATD_EXIT_FAIL;
   }
-  if ((code = make_router(s)) != 0 || (code = make_worker(s)) != 0 ||
-      (code = make_http(s)) != 0 || (code = make_grpc(s)) != 0)
+  if ((rv = hliveness_new(&s->live, s->loop, s->be.etcd)) < 0) {
+    hlog_error("liveness: %s", strerror(-rv));
+    return IMCHATD_EXIT_FAIL;
+  }
+  if ((code = make_router(s)) != 0)
+    return code;
+  /* Published before the first send: until then other routers would
+   * count this one as dead and take its claims over. */
+  if (hliveness_start(s->live, imc_router_instance(s->router), LEASE_WAIT_MS) ==
+      -ENOMEM) {
+    hlog_error("event loop: out of memory");
+    return IMCHATD_EXIT_FAIL;
+  }
+  if ((code = make_worker(s)) != 0 || (code = make_http(s)) != 0 ||
+      (code = make_grpc(s)) != 0)
     return code;
   if (hloop_add_hook(s->loop, router_due, router_run, s) < 0 ||
       hloop_add_hook(s->loop, worker_due, worker_run, s) < 0) {
@@ -295,6 +315,7 @@ static void svc_free(svc *s) {
   imc_grpc_router_service_del(s->rsvc);
   hbackends_close(&s->be); /* completes what the engines hold */
   hgwnodes_del(s->nodes);
+  hliveness_del(s->live);
   imc_worker_del(s->worker);
   imc_router_del(s->router);
   imc_gateway_del(s->http);

@@ -383,6 +383,19 @@ typedef struct imc_dedup_vtbl {
              uint32_t ttl_s, imc_done_cb done, void *done_ud);
   /* Report key's value, if it exists and has not expired. */
   int (*get)(void *ud, const char *key, imc_dedup_cb done, void *done_ud);
+  /*
+   * Optional (a backend whose struct_size ends before it has none).
+   * Atomically: if key exists and holds exactly the expect_len bytes at
+   * expect, store value under it for ttl_s seconds and complete with
+   * found = 1 (value/value_len: the new value); otherwise change nothing
+   * and complete with found = 0 (the key is absent, expired or holds
+   * something else). Of two racing calls with the same expect, one at
+   * most finds it.
+   */
+  int (*compare_and_set)(void *ud, const char *key, const uint8_t *expect,
+                         size_t expect_len, const uint8_t *value,
+                         size_t value_len, uint32_t ttl_s, imc_dedup_cb done,
+                         void *done_ud);
 } imc_dedup_vtbl;
 
 /* ------------------------------------------------------------------ */

@@ -117,6 +117,38 @@ IMC_EXTERN int imc_router_options_set_status_memory(imc_router_options *opt,
                                                     uint32_t ms,
                                                     size_t max_entries);
 /*
+ * The liveness of another router instance: complete done once with
+ * status 0 and alive 1 or 0, or with a negative status when it cannot be
+ * told (the instance then counts as alive).
+ */
+typedef void (*imc_alive_cb)(void *done_ud, int status, int alive);
+/*
+ * Asks whether the router instance `instance` (imc_router_instance of a
+ * router sharing the dedup set) is alive. Returns 0 and completes done
+ * once (at once or later, from the router's thread), or returns a
+ * negative IMC_ERR_* and never calls done.
+ */
+typedef int (*imc_router_alive_fn)(void *ud, uint32_t instance,
+                                   imc_alive_cb done, void *done_ud);
+
+/*
+ * Routers sharing one dedup set (a cluster): a send that finds the claim
+ * of its (from_user, client_msg_id) still pending for another instance
+ * asks alive (ud borrowed, must outlive the router) about that instance.
+ * A dead instance's claim is taken over atomically with the dedup set's
+ * compare_and_set (of several routers taking it over at once one wins;
+ * the others see the winner's claim) and the send goes on; a live one's
+ * gets IMC_ERR_UNAVAILABLE as before. Without this option another
+ * instance's claim is honoured until it expires (60 s). alive NULL turns
+ * it off. imc_router_new refuses the option (IMC_ERR_INVALID_ARGUMENT)
+ * with a dedup vtable that has no compare_and_set. Returns 0 or
+ * IMC_ERR_INVALID_ARGUMENT (NULL opt).
+ */
+IMC_EXTERN int imc_router_options_set_liveness(imc_router_options *opt,
+                                               imc_router_alive_fn alive,
+                                               void *ud);
+
+/*
  * Sensitive words: the len bytes at words (copied; the host reads them
  * from wherever it keeps them, the library does no file I/O) are the text
  * of a word list, one UTF-8 word per line; blank lines and lines starting
@@ -147,6 +179,14 @@ IMC_EXTERN int imc_router_new(imc_router **out, const imc_router_options *opt,
                               const imc_mem *mem);
 /* The host must let pending backend operations complete first. */
 IMC_EXTERN void imc_router_del(imc_router *r);
+
+/*
+ * The router's instance: 32 random bits chosen at imc_router_new, part of
+ * its msg_ids and of its dedup claims. A host publishes it where
+ * imc_router_options_set_liveness's callback of other routers looks.
+ * Returns 0 for a NULL r.
+ */
+IMC_EXTERN uint32_t imc_router_instance(const imc_router *r);
 
 IMC_EXTERN void imc_router_set_user_data(imc_router *r, void *ud);
 IMC_EXTERN void *imc_router_get_user_data(const imc_router *r);
@@ -240,6 +280,8 @@ typedef enum imc_router_stat {
   IMC_RT_STAT_QUEUE_ERRORS,   /* failed offline-queue publishes */
   IMC_RT_STAT_RETRY_QUEUE,    /* gauge: jobs waiting to be queued again */
   IMC_RT_STAT_STATUS_REPEATS, /* statuses sent again for a resend */
+  IMC_RT_STAT_REDRIVES,       /* resends whose delivery was driven again */
+  IMC_RT_STAT_TAKEOVERS,      /* claims of dead instances taken over */
   IMC_RT_STAT_COUNT_
 } imc_router_stat;
 

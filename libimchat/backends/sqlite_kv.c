@@ -302,7 +302,7 @@ const imc_seq_vtbl *imc_sqlite_seq_vtbl(void) {
 /* Dedup set                                                            */
 /* ------------------------------------------------------------------ */
 
-enum { D_TAS, D_SET, D_GET };
+enum { D_TAS, D_SET, D_GET, D_CAS };
 
 typedef struct dedup_op {
   imc_sq_op base;
@@ -314,10 +314,12 @@ typedef struct dedup_op {
   void *done_ud;
   const uint8_t *value;
   size_t value_len;
+  const uint8_t *expect; /* CAS */
+  size_t expect_len;
   int found;
   uint8_t *copy; /* the value found, NULL when empty */
   size_t len;
-  char key[]; /* then the value */
+  char key[]; /* then the value, then expect */
 } dedup_op;
 
 /*
@@ -370,6 +372,12 @@ static int dedup_exec(imc_sqlite *db, imc_sq_op *o) {
   int rv = dedup_lookup(db, op->key, op->now, &op->found, &op->copy, &op->len);
   if (rv == 0 && op->kind == D_TAS && !op->found)
     rv = dedup_put(db, op);
+  if (rv == 0 && op->kind == D_CAS) {
+    op->found = op->found && op->len == op->expect_len &&
+                (op->len == 0 || memcmp(op->copy, op->expect, op->len) == 0);
+    if (op->found)
+      rv = dedup_put(db, op);
+  }
   return rv;
 }
 
@@ -383,7 +391,12 @@ static int dedup_complete(imc_sqlite *db, imc_sq_op *o) {
   /* A found empty value is a valid empty buffer, not NULL. */
   int found = st == 0 && op->found;
   const uint8_t *v = found ? (op->copy ? op->copy : (const uint8_t *)"") : NULL;
-  op->dcb(op->done_ud, st, found, v, found ? op->len : 0);
+  size_t len = found ? op->len : 0;
+  if (found && op->kind == D_CAS) { /* the value it holds now */
+    v = op->value_len ? op->value : (const uint8_t *)"";
+    len = op->value_len;
+  }
+  op->dcb(op->done_ud, st, found, v, len);
   return 1;
 }
 
@@ -400,19 +413,27 @@ static const imc_sq_op_type dedup_read_type = {.write = 0,
                                                .complete = dedup_complete,
                                                .release = dedup_release};
 
+/* The bytes of a CAS's expected value (none for the other kinds). */
+typedef struct dedup_expect {
+  const uint8_t *p;
+  size_t len;
+} dedup_expect;
+
 static int dedup_submit(imc_sqlite *db, int kind, const char *key,
                         const uint8_t *value, size_t value_len, uint32_t ttl_s,
-                        imc_dedup_cb dcb, imc_done_cb done, void *done_ud) {
+                        imc_dedup_cb dcb, imc_done_cb done, void *done_ud,
+                        dedup_expect ex) {
   int rv = imc_sq_usable(db);
   if (rv < 0)
     return rv;
   /* A zero TTL has no meaning every backend could share (Redis refuses
    * it); refuse it here too. */
   if (key == NULL || *key == '\0' || (dcb == NULL && done == NULL) ||
-      (kind != D_GET && ((value == NULL && value_len) || ttl_s == 0)))
+      (kind != D_GET && ((value == NULL && value_len) || ttl_s == 0)) ||
+      (ex.p == NULL && ex.len))
     return IMC_ERR_INVALID_ARGUMENT;
   size_t kl = strlen(key) + 1;
-  dedup_op *op = imc_calloc(&db->mem, 1, sizeof(*op) + kl + value_len);
+  dedup_op *op = imc_calloc(&db->mem, 1, sizeof(*op) + kl + value_len + ex.len);
   if (op == NULL)
     return IMC_ERR_NOMEM;
   op->base.type = kind == D_GET ? &dedup_read_type : &dedup_write_type;
@@ -429,6 +450,10 @@ static int dedup_submit(imc_sqlite *db, int kind, const char *key,
     memcpy(op->key + kl, value, value_len);
   op->value = (const uint8_t *)op->key + kl;
   op->value_len = value_len;
+  if (ex.len)
+    memcpy(op->key + kl + value_len, ex.p, ex.len);
+  op->expect = op->value + value_len;
+  op->expect_len = ex.len;
   return imc_sq_submit_op(db, &op->base);
 }
 
@@ -436,19 +461,29 @@ static int dedup_test_and_set(void *ud, const char *key, const uint8_t *value,
                               size_t value_len, uint32_t ttl_s,
                               imc_dedup_cb done, void *done_ud) {
   return dedup_submit(ud, D_TAS, key, value, value_len, ttl_s, done, NULL,
-                      done_ud);
+                      done_ud, (dedup_expect){NULL, 0});
 }
 
 static int dedup_set(void *ud, const char *key, const uint8_t *value,
                      size_t value_len, uint32_t ttl_s, imc_done_cb done,
                      void *done_ud) {
   return dedup_submit(ud, D_SET, key, value, value_len, ttl_s, NULL, done,
-                      done_ud);
+                      done_ud, (dedup_expect){NULL, 0});
 }
 
 static int dedup_get(void *ud, const char *key, imc_dedup_cb done,
                      void *done_ud) {
-  return dedup_submit(ud, D_GET, key, NULL, 0, 1, done, NULL, done_ud);
+  return dedup_submit(ud, D_GET, key, NULL, 0, 1, done, NULL, done_ud,
+                      (dedup_expect){NULL, 0});
+}
+
+static int dedup_compare_and_set(void *ud, const char *key,
+                                 const uint8_t *expect, size_t expect_len,
+                                 const uint8_t *value, size_t value_len,
+                                 uint32_t ttl_s, imc_dedup_cb done,
+                                 void *done_ud) {
+  return dedup_submit(ud, D_CAS, key, value, value_len, ttl_s, done, NULL,
+                      done_ud, (dedup_expect){expect, expect_len});
 }
 
 int imc_sqlite_dedup_drop(imc_sqlite *db, const uint8_t *prefix, size_t len) {
@@ -468,6 +503,7 @@ int imc_sqlite_dedup_drop(imc_sqlite *db, const uint8_t *prefix, size_t len) {
 static const imc_dedup_vtbl dedup_vtbl = {
     .struct_size = sizeof(imc_dedup_vtbl),
     .test_and_set = dedup_test_and_set,
+    .compare_and_set = dedup_compare_and_set,
     .set = dedup_set,
     .get = dedup_get,
 };

@@ -53,6 +53,15 @@ VT_SETTER(queue, imc_bus_vtbl, queue)
 VT_SETTER(group_bus, imc_bus_vtbl, group_bus)
 VT_SETTER(gwlink, imc_gwlink_vtbl, gwlink)
 
+int imc_router_options_set_liveness(imc_router_options *o,
+                                    imc_router_alive_fn alive, void *ud) {
+  if (o == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  o->alive = alive;
+  o->alive_ud = alive ? ud : NULL;
+  return 0;
+}
+
 int imc_router_options_set_topics(imc_router_options *o,
                                   const char *offline_topic,
                                   const char *group_topic) {

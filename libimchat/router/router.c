@@ -141,7 +141,8 @@ int imc_router_new(imc_router **out, const imc_router_options *opt,
       opt->dedup.set == NULL || opt->store.group_members == NULL ||
       opt->store.group_add == NULL || opt->store.group_remove == NULL ||
       opt->queue.publish == NULL || opt->gwlink.deliver == NULL ||
-      opt->gwlink.status == NULL)
+      opt->gwlink.status == NULL ||
+      (opt->alive != NULL && opt->dedup.compare_and_set == NULL))
     return IMC_ERR_INVALID_ARGUMENT;
   if (mem == NULL)
     mem = imc_mem_default();
@@ -183,6 +184,10 @@ void imc_router_del(imc_router *r) {
   imc_rt_seen_free(r);
   imc_mem m = r->mem;
   imc_free(&m, r);
+}
+
+uint32_t imc_router_instance(const imc_router *r) {
+  return r ? r->instance : 0;
 }
 
 void imc_router_set_user_data(imc_router *r, void *ud) {

@@ -41,6 +41,8 @@ struct imc_router_options {
   void *group_bus_ud;
   imc_gwlink_vtbl gwlink;
   void *gwlink_ud;
+  imc_router_alive_fn alive; /* NULL: claims are honoured until expiry */
+  void *alive_ud;
   imc_clock clock;
   imc_logger log;
   size_t max_body;
@@ -65,14 +67,15 @@ typedef struct qrec {
   uint8_t data[]; /* key, then the packed job */
 } qrec;
 
-/* A message that already had its DeliveryStatus. */
+/* A message that already had its DeliveryStatus, or is delivered again
+ * (status.c). */
 typedef struct seen {
   struct seen *next;  /* bucket */
   struct seen *older; /* expiry order: newest first */
   struct seen *newer;
   int64_t expires;
   uint64_t hash; /* of msg_id */
-  uint8_t state; /* the imc_delivery_state it said */
+  uint8_t state; /* the imc_delivery_state it said; 0: none yet */
   char msg_id[];
 } seen;
 
@@ -145,6 +148,12 @@ void imc_rt_delivered_many(imc_router *r, const imc_delivery_ack *acks,
 /* The state of the status msg_id had (imc_delivery_state), or 0 if none
  * within the status memory. (status.c) */
 int imc_rt_status_of(imc_router *r, const char *msg_id);
+
+/* A resend of msg_id, a message of another router instance without a
+ * status here, is to be delivered again: returns 0 and remembers that it
+ * is, or 1 if it has a status or is being delivered again already.
+ * (status.c) */
+int imc_rt_redrive_begin(imc_router *r, const char *msg_id);
 
 /* Sends m's sender, again, the status m already had: m is a resend
  * answered from the dedup set, carrying the first attempt's msg_id and

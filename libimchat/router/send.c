@@ -18,20 +18,35 @@
  * The SendAck comes only after both are durable, so an acknowledged
  * message is never lost and a resend finds "ok" and gets the same
  * answer, followed by the message's DeliveryStatus again if it had one
- * (status.c remembers it: imc_router_options_set_status_memory). Issued in the
- * same turn, the job and its "ok" share one transaction in a backend that
- * commits a turn's operations together (SQLite group commit): a crash leaves
- * both or neither, never a queued message whose claim is still "pending". If
- * either fails, the claim is released (TTL 1 s) and the sender gets
- * UNAVAILABLE.
+ * (status.c remembers it: imc_router_options_set_status_memory). Issued
+ * in the same turn, the job and its "ok" share one transaction in a
+ * backend that commits a turn's operations together (SQLite group
+ * commit): a crash leaves both or neither, never a queued message whose
+ * claim is still "pending". If either fails, the claim is released (TTL
+ * 1 s) and the sender gets UNAVAILABLE.
+ *
+ * A resend of another router instance's message without a status here
+ * drives its delivery again (redrive_route), once until its status: that
+ * router may have died with the pushes in flight. 1:1: pushes, and the
+ * inboxes of recipients with no online device; groups: the group bus, and
+ * the inboxes with the history part, which the worker dedups but reports
+ * (the group's STORED comes from it).
  *
  * A claim is "pending <instance>", the router instance that made it
  * (hex). A host that owns its dedup set alone (imchatd) deletes the
  * pending claims at start: their instance is dead, and none of them
- * belongs to a queued message. In a cluster the rule is the same with
- * liveness from leases: a claim whose instance holds no live lease is
- * treated as absent; until the router is told liveness, a claim of
- * another instance is honoured until its TTL (PENDING_TTL_S).
+ * belongs to a queued message. Routers sharing a dedup set (a cluster)
+ * are told liveness by their host (imc_router_options_set_liveness; in
+ * im-service, etcd leases): a claim of a dead instance is taken over with
+ * the dedup set's compare_and_set, from exactly the value read, so of
+ * several routers taking it over at once one proceeds and the others
+ * meet its claim (one client_msg_id never gets two msg_ids). Without
+ * liveness, a claim of another instance is honoured until its TTL
+ * (PENDING_TTL_S). A router that died after its job reached the queue
+ * but before its "ok" (the two are not one transaction there) leaves a
+ * message that the send taking the claim over queues again with a new
+ * msg_id: its recipient may see both; the client was acknowledged only
+ * the second.
  */
 #include "router/router_int.h"
 
@@ -42,9 +57,11 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define PENDING_TTL_S 60 /* a claim whose send never finished */
+#define TAKEOVERS_MAX 3  /* other instances' claims one send checks */
 #define CLIENT_ID_MAX 128
 #define CONTENT_TYPE_MAX 128
 #define NODE_ID_MAX 255
@@ -68,7 +85,10 @@ typedef struct sendop {
   size_t waits;  /* callbacks outstanding */
   int delivered; /* pushes that reached a device of the recipient */
   int answered;
-  int stored_status; /* first failure of the job or its "ok" record */
+  int redrive;          /* a resend whose delivery is driven again */
+  int takeovers;        /* other instances' claims checked */
+  char other_claim[24]; /* another instance's claim, being checked */
+  int stored_status;    /* first failure of the job or its "ok" record */
   char msg_id[33];
   char conv[2 * IMC_ID_MAX + 4];
   char *blk;     /* the request's strings and body */
@@ -286,9 +306,39 @@ static void publish_job(sendop *op, const uint8_t *job, size_t job_len) {
     ok_recorded(op, rv);
 }
 
+/*
+ * A re-drive's lookup is in: the inboxes of recipients with no online
+ * device (a group's history part too, which the worker finds persisted
+ * and reports, so that the sender gets STORED), then the pushes. The
+ * resend was answered already; a failure here is logged and the next
+ * resend tries again.
+ */
+static void redrive_route(sendop *op) {
+  imc_router *r = op->r;
+  const char **offline =
+      imc_malloc(&r->mem, (op->n_targets ? op->n_targets : 1) * sizeof(char *));
+  if (offline == NULL) {
+    rt_log(r, IMC_LOG_ERROR, "out of memory delivering %s again",
+           op->msg.msg_id);
+    op_free(op);
+    return;
+  }
+  size_t n = 0;
+  for (size_t i = 0; i < op->n_targets; i++)
+    if (i != op->sender && op->targets[i].n_nodes == 0)
+      offline[n++] = op->targets[i].user;
+  imc_rt_slow_path(r, &op->msg, imc_rt_is_group(&op->msg), offline, n);
+  imc_free(&r->mem, offline);
+  fast_path(op);
+}
+
 /* The lookup is in: queue history and the offline inboxes. */
 static void lookups_done(sendop *op) {
   imc_router *r = op->r;
+  if (op->redrive) {
+    redrive_route(op);
+    return;
+  }
   const char **offline =
       imc_malloc(&r->mem, (op->n_targets ? op->n_targets : 1) * sizeof(char *));
   if (offline == NULL) {
@@ -414,6 +464,103 @@ static int parse_ok(const uint8_t *v, size_t len, char *msg_id, uint64_t *seq,
          (*seq = s, *sent_at = t, 1);
 }
 
+/* 1 if this router made msg_id: its instance is the id's middle part. */
+static int made_here(imc_router *r, const char *msg_id) {
+  char inst[9];
+  snprintf(inst, sizeof(inst), "%08" PRIx32, r->instance);
+  return strlen(msg_id) == 32 && memcmp(msg_id + 12, inst, 8) == 0;
+}
+
+/* "pending <instance>" of another router instance. */
+static int parse_pending(imc_router *r, const uint8_t *v, size_t len,
+                         uint32_t *instance) {
+  char buf[24], hex[9], end;
+  if (len >= sizeof(buf))
+    return 0;
+  memcpy(buf, v, len);
+  buf[len] = '\0';
+  if (sscanf(buf, "pending %8[0-9a-f]%c", hex, &end) != 1 || strlen(hex) != 8)
+    return 0;
+  *instance = (uint32_t)strtoul(hex, NULL, 16);
+  return *instance != r->instance;
+}
+
+static void claim(sendop *op);
+
+/* The claim is ours: on to the sequence number. */
+static void claimed(sendop *op) {
+  imc_router *r = op->r;
+  r->pending++;
+  int rv = r->o.seq.next(r->o.seq_ud, op->msg.conversation_id, seq_done, op);
+  if (rv != 0)
+    seq_done(op, rv, 0);
+}
+
+/* The dead instance's claim is ours now, or it changed meanwhile (taken
+ * over by another router, finished, expired): then claim afresh. */
+static void takeover_done(void *ud, int status, int found, const uint8_t *value,
+                          size_t value_len) {
+  sendop *op = ud;
+  imc_router *r = op->r;
+  (void)value;
+  (void)value_len;
+  r->pending--;
+  if (status != 0) {
+    imc_rt_backend_error(r, "dedup: compare_and_set", status);
+    op_fail(op, IMC_ERR_UNAVAILABLE, "dedup service unavailable; resend");
+    return;
+  }
+  if (!found) {
+    claim(op);
+    return;
+  }
+  r->stats[IMC_RT_STAT_TAKEOVERS]++;
+  rt_log(r, IMC_LOG_INFO, "took over %s from the dead router %s", op->key,
+         op->other_claim + 8);
+  claimed(op);
+}
+
+static void alive_done(void *ud, int status, int alive) {
+  sendop *op = ud;
+  imc_router *r = op->r;
+  r->pending--;
+  if (status != 0)
+    imc_rt_backend_error(r, "router liveness", status);
+  if (status != 0 || alive) {
+    op_fail(op, IMC_ERR_UNAVAILABLE, "the first send is still in progress");
+    return;
+  }
+  char value[24];
+  claim_value(r, value);
+  r->pending++;
+  int rv = r->o.dedup.compare_and_set(
+      r->o.dedup_ud, op->key, (const uint8_t *)op->other_claim,
+      strlen(op->other_claim), (const uint8_t *)value, strlen(value),
+      PENDING_TTL_S, takeover_done, op);
+  if (rv != 0)
+    takeover_done(op, rv, 0, NULL, 0);
+}
+
+/*
+ * The claim is pending: ours to wait for, unless its instance is dead
+ * (the host tells liveness; imc_router_options_set_liveness).
+ */
+static void claim_pending(sendop *op, const uint8_t *value, size_t len) {
+  imc_router *r = op->r;
+  uint32_t instance;
+  if (r->o.alive == NULL || !parse_pending(r, value, len, &instance) ||
+      op->takeovers++ >= TAKEOVERS_MAX) {
+    op_fail(op, IMC_ERR_UNAVAILABLE, "the first send is still in progress");
+    return;
+  }
+  memcpy(op->other_claim, value, len);
+  op->other_claim[len] = '\0';
+  r->pending++;
+  int rv = r->o.alive(r->o.alive_ud, instance, alive_done, op);
+  if (rv != 0)
+    alive_done(op, rv, 1);
+}
+
 static void tas_done(void *ud, int status, int found, const uint8_t *value,
                      size_t value_len) {
   sendop *op = ud;
@@ -429,30 +576,36 @@ static void tas_done(void *ud, int status, int found, const uint8_t *value,
     uint64_t seq;
     int64_t sent_at;
     if (!parse_ok(value, value_len, msg_id, &seq, &sent_at)) {
-      op_fail(op, IMC_ERR_UNAVAILABLE, "the first send is still in progress");
+      claim_pending(op, value, value_len);
       return;
     }
     r->stats[IMC_RT_STAT_DUPLICATES]++;
+    memcpy(op->msg_id, msg_id, sizeof(op->msg_id));
+    op->msg.msg_id = op->msg_id;
+    op->msg.seq = seq;
+    op->msg.sent_at_ms = sent_at;
     imc_send_result res = {op->msg.client_msg_id, msg_id,
                            op->msg.conversation_id, seq, sent_at};
     op->done(op->done_ud, 0, &res, NULL);
     /* The first attempt's status may have been lost with the sender's
      * connection: one already sent goes again, to where the resend came
-     * from. One still to come reaches the device when it is due. */
+     * from. One still to come from this router reaches the device when it
+     * is due. A message of another router instance whose status is
+     * unknown here may have died with its router mid-delivery: it is
+     * delivered again. */
     int state = imc_rt_status_of(r, msg_id);
     if (state != 0) {
-      op->msg.msg_id = msg_id;
-      op->msg.seq = seq;
-      op->msg.sent_at_ms = sent_at;
       imc_rt_resend_status(r, &op->msg, (imc_delivery_state)state);
+    } else if (!made_here(r, msg_id) && imc_rt_redrive_begin(r, msg_id) == 0) {
+      r->stats[IMC_RT_STAT_REDRIVES]++;
+      op->redrive = 1;
+      start_lookups(op);
+      return;
     }
     op_free(op);
     return;
   }
-  r->pending++;
-  int rv = r->o.seq.next(r->o.seq_ud, op->msg.conversation_id, seq_done, op);
-  if (rv != 0)
-    seq_done(op, rv, 0);
+  claimed(op);
 }
 
 static void claim(sendop *op) {

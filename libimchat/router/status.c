@@ -2,7 +2,9 @@
  * Delivery statuses: the sender's device gets one DeliveryStatus per
  * message; the "seen" cache (a hash of msg_ids in expiry order)
  * remembers which messages had theirs, and which state it said, so that
- * a resend answered from the dedup set can get it again.
+ * a resend answered from the dedup set can get it again. It also holds
+ * the messages of other router instances that a resend made this router
+ * deliver again (state 0 until their status), so that is done once.
  */
 #include "router/router_int.h"
 
@@ -72,13 +74,9 @@ static int seen_reserve(imc_router *r) {
   return 0;
 }
 
-/* 1 if msg_id already had its status; otherwise records it as state. */
-static int seen_test_and_set(imc_router *r, const char *msg_id,
-                             imc_delivery_state state) {
-  int64_t now = imc_rt_now_ms(r);
-  imc_rt_seen_expire(r, now);
-  if (seen_find(r, msg_id) != NULL)
-    return 1;
+/* Remembers msg_id with state (0: delivered again, no status yet). */
+static void seen_add(imc_router *r, const char *msg_id, uint8_t state,
+                     int64_t now) {
   while (r->seen_count >= r->o.status_memory_max) {
     seen *old = r->seen_oldest;
     seen_unlink(r, old);
@@ -87,10 +85,10 @@ static int seen_test_and_set(imc_router *r, const char *msg_id,
   size_t l = strlen(msg_id) + 1;
   seen *s = seen_reserve(r) == 0 ? imc_malloc(&r->mem, sizeof(*s) + l) : NULL;
   if (s == NULL)
-    return 0; /* a repeated status is better than none */
+    return; /* a repeated status (or delivery) is better than none */
   memcpy(s->msg_id, msg_id, l);
   s->hash = imc_hash_str(msg_id);
-  s->state = (uint8_t)state;
+  s->state = state;
   s->expires = now + r->o.status_memory_ms;
   seen **b = seen_bucket(r, s->hash);
   s->next = *b;
@@ -103,6 +101,20 @@ static int seen_test_and_set(imc_router *r, const char *msg_id,
     r->seen_oldest = s;
   r->seen_newest = s;
   r->seen_count++;
+}
+
+/* 1 if msg_id already had its status; otherwise records it as state. */
+static int seen_test_and_set(imc_router *r, const char *msg_id,
+                             imc_delivery_state state) {
+  int64_t now = imc_rt_now_ms(r);
+  imc_rt_seen_expire(r, now);
+  seen *s = seen_find(r, msg_id);
+  if (s != NULL && s->state != 0)
+    return 1;
+  if (s != NULL) /* delivered again: this is its first status */
+    s->state = (uint8_t)state;
+  else
+    seen_add(r, msg_id, (uint8_t)state, now);
   return 0;
 }
 
@@ -274,6 +286,15 @@ int imc_rt_status_of(imc_router *r, const char *msg_id) {
   imc_rt_seen_expire(r, imc_rt_now_ms(r));
   const seen *s = seen_find(r, msg_id);
   return s ? s->state : 0;
+}
+
+int imc_rt_redrive_begin(imc_router *r, const char *msg_id) {
+  int64_t now = imc_rt_now_ms(r);
+  imc_rt_seen_expire(r, now);
+  if (seen_find(r, msg_id) != NULL)
+    return 1;
+  seen_add(r, msg_id, 0, now);
+  return 0;
 }
 
 void imc_rt_resend_status(imc_router *r, const imc_msg *m,

@@ -24,6 +24,7 @@ import collections
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -42,6 +43,7 @@ from test_chat import ADMIN, ChatTest, http, ids, prom_value  # noqa: E402
 SLOW = 30.0
 REBALANCE = 180.0
 LEASE_TTL = 3  # s: the gateways' etcd lease in TestGatewayKill
+ROUTER_TTL = 5  # s: im-service's liveness lease (hosts/cluster/liveness.c)
 
 
 def pb():
@@ -365,6 +367,29 @@ class TestGatewayKill(ClusterTest):
 # im-service killed with SIGKILL during a burst
 # ---------------------------------------------------------------------------
 
+def redis_cli(*args):
+    """A command to the test Redis (IMC_TEST_REDIS); its --raw output."""
+    host, port = os.environ["IMC_TEST_REDIS"].rsplit(":", 1)
+    return subprocess.run(["redis-cli", "-h", host, "-p", port, "--raw"] +
+                          list(args), capture_output=True, text=True,
+                          check=True, timeout=imctest.IO_TIMEOUT).stdout
+
+
+def claim_key(user, cmid):
+    """The dedup claim of a send (Redis engine prefix "imc:")."""
+    return "imc:d:send:%s:%s" % (user, cmid)
+
+
+def router_instance(svc):
+    """The router instance (hex) of a running im-service: the node of its
+    liveness key in etcd, whose value is its gRPC address."""
+    grpc = svc.argv[svc.argv.index("--grpc-listen") + 1]
+    keys = [k for k, v in cluster.etcd_range("addrs/svc-").items()
+            if v == grpc]
+    assert len(keys) == 1, keys
+    return keys[0].rsplit("svc-", 1)[1]
+
+
 class TestServiceKill(ClusterTest):
 
     BURST = 100
@@ -395,7 +420,18 @@ class TestServiceKill(ClusterTest):
         ca.buf.append(first)
         second = await send(cmids[self.BURST // 2:])
         ca.buf.append(await ca.reply(second, timeout=SLOW))
+        dead = router_instance(self.cluster.service)
         self.cluster.service.kill9()
+        # The claims ("pending <instance>") the killed router left, and a
+        # few more as it leaves them when it dies between its claim and
+        # the SendAck (a window too short to hit by timing alone).
+        values = redis_cli("MGET", *[claim_key(alice, c) for c in cmids])
+        claimed = [c for c, v in zip(cmids, values.split("\n"))
+                   if v == "pending " + dead]
+        planted = ["p-%03d" % i for i in range(5)]
+        for cmid in planted:
+            redis_cli("SET", claim_key(alice, cmid), "pending " + dead,
+                      "EX", "60")
         self.cluster.restart_service()
 
         # Every send is answered (SendAck, or an Error while no router was
@@ -429,19 +465,32 @@ class TestServiceKill(ClusterTest):
 
         # The client resends what has no status yet, with the same
         # client_msg_id, until each is STORED. A claim the killed router
-        # left on a send it did not finish is honoured until it expires
-        # (the send is "still in progress": UNAVAILABLE, try again).
+        # left is taken over once its liveness lease has run out: every
+        # resend has its SendAck within the lease's TTL and a few seconds
+        # (a claim honoured until it expires would take 60 s), with the
+        # msg_id of any SendAck seen before.
         pending = [c for c in cmids if c not in
-                   {by_msg[m] for m in was_stored}]
+                   {by_msg[m] for m in was_stored}] + planted
+        deadline = time.monotonic() + ROUTER_TTL + 5
         for cmid in pending:
-            a = await self.send_retrying(ca, REBALANCE, to=carol,
-                                         body=cmid.encode(), cmid=cmid)
-            st = await ca.status(a.msg_id, timeout=REBALANCE)
-            self.assertTrue(stored(st), st)
+            a = await self.send_retrying(
+                ca, max(0.0, deadline - time.monotonic()), to=carol,
+                body=cmid.encode(), cmid=cmid)
             if cmid in acks:
                 self.assertEqual((a.msg_id, a.seq),
                                  (acks[cmid].msg_id, acks[cmid].seq), cmid)
             acks[cmid] = a
+        # Resent once more: one client_msg_id, one msg_id.
+        for cmid in claimed + planted:
+            a = await ca.sent(to=carol, body=cmid.encode(), cmid=cmid)
+            self.assertEqual((a.msg_id, a.seq),
+                             (acks[cmid].msg_id, acks[cmid].seq), cmid)
+        # And each gets its STORED (a message whose router died before
+        # its status is delivered again by the resend's router).
+        for cmid in pending:
+            st = await ca.status(acks[cmid].msg_id, timeout=REBALANCE)
+            self.assertTrue(stored(st), st)
+        cmids += planted
 
         # In the end: every message once, with the msg_id and seq it was
         # acknowledged with.

@@ -15,7 +15,8 @@
  *    connection) is first set above its mark. After such a loss a counter
  *    jumps ahead (a gap) but never repeats.
  *  - imc_dedup_vtbl: test_and_set is one atomic script (GET, else SET
- *    with EX), set is SET EX, get is GET.
+ *    with EX), set is SET EX, get is GET, compare_and_set one atomic
+ *    script (GET, and SET with EX if it equals the expected bytes).
  *
  * Failures. While the connection is down every operation fails at once
  * with IMC_ERR_UNAVAILABLE (the return code); an operation that gets no
