@@ -90,6 +90,7 @@ typedef struct mock {
   int64_t dexp[MAX_RECS];
   int n_dedup;
   int dedup_fail;
+  int dedup_set_fail; /* the next sets refused */
   int n_cas;
   /* router liveness (router_make with M.liveness set) */
   int liveness;
@@ -311,6 +312,10 @@ static int d_set(void *ud, const char *key, const uint8_t *v, size_t vl,
   (void)ud;
   if (M.dedup_fail)
     return IMC_ERR_UNAVAILABLE;
+  if (M.dedup_set_fail) {
+    M.dedup_set_fail--;
+    return IMC_ERR_UNAVAILABLE;
+  }
   d_store(key, v, vl, ttl);
   complete_done(done, done_ud, 0);
   return 0;
@@ -883,8 +888,10 @@ static void router_restart(void) {
  * The router died while the push to an online recipient was in flight:
  * the message is durable (history, "ok") but has no status. The resend
  * through the restarted router gets the same SendAck and delivers the
- * message again (same msg_id, seq and sent_at, the resend's node), with
- * no second history job; the recipient's ACK gives the sender DELIVERED.
+ * message again (same msg_id, seq and sent_at, the resend's node), and
+ * queues its history part again (the router may have died before the
+ * queue had the job; the store keeps one copy); the recipient's ACK gives
+ * the sender DELIVERED.
  */
 START_TEST(resend_after_restart_pushes_again) {
   add_entry("bob", "phone", "n2");
@@ -902,7 +909,10 @@ START_TEST(resend_after_restart_pushes_again) {
   char want[200];
   snprintf(want, sizeof(want), "%s %llu n7 hi", id, (unsigned long long)seq);
   ck_assert_str_eq(M.deliver_msgs[1], want);
-  ck_assert_int_eq(M.n_jobs, 1); /* no second history record */
+  ck_assert_int_eq(M.n_jobs, 2);
+  ck_assert(job(1)->history);
+  ck_assert_uint_eq(job(1)->n_inbox_users, 0); /* bob is online */
+  ck_assert_str_eq(job(1)->message->msg_id, id);
   ck_assert_int_eq(M.n_statuses, 0);
   ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_DUPLICATES), 1);
   ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_REDRIVES), 1);
@@ -937,10 +947,10 @@ START_TEST(redrive_once_until_status) {
   m.from_node = "n7";
   imc_router_undelivered(R, &m, "bob");
   settle();
-  ck_assert_int_eq(M.n_jobs, 2);
-  ck_assert(!job(1)->history);
-  ck_assert_str_eq(job(1)->inbox_users[0], "bob");
-  imc_msg s = job_msg(1);
+  ck_assert_int_eq(M.n_jobs, 3); /* the first, the re-drive's, the inbox */
+  ck_assert(!job(2)->history);
+  ck_assert_str_eq(job(2)->inbox_users[0], "bob");
+  imc_msg s = job_msg(2);
   imc_router_persisted(R, &s, 0, (const char *[]){"bob"}, 1);
   settle();
   ck_assert_int_eq(M.n_statuses, 1);
@@ -949,8 +959,8 @@ START_TEST(redrive_once_until_status) {
 END_TEST
 
 /*
- * The recipient has no online device now: the re-drive queues one inbox
- * entry (same msg_id, no history part), and once the worker reports it
+ * The recipient has no online device now: the re-drive queues the job
+ * again with bob's inbox entry (same msg_id), and once the worker reports it
  * stored the sender gets STORED at the resend's node. A recipient online
  * on a node whose gateway no longer has it gets the inbox entry too.
  */
@@ -970,15 +980,18 @@ START_TEST(resend_after_restart_offline_gets_inbox) {
   ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
   ck_assert_str_eq(A.msg_id, id);
   M.lookup_fail = 0;
-  ck_assert_int_eq(M.n_jobs, jobs + 1);
+  /* Online on a node that no longer has bob: the job again with its
+   * history part, then his inbox entry when the push finds nobody. */
+  ck_assert_int_eq(M.n_jobs, jobs + (_i == 1 ? 2 : 1));
+  ck_assert(job(jobs)->history);
   Imchat__V1__OfflineJob *j = job(M.n_jobs - 1);
-  ck_assert(!j->history);
+  ck_assert(j->history == (_i != 1));
   ck_assert_uint_eq(j->n_inbox_users, 1);
   ck_assert_str_eq(j->inbox_users[0], "bob");
   ck_assert_str_eq(j->message->msg_id, id);
   ck_assert_str_eq(j->from_node, "n7");
   imc_msg m = job_msg(M.n_jobs - 1);
-  imc_router_persisted(R, &m, 0, (const char *[]){"bob"}, 1);
+  imc_router_persisted(R, &m, _i != 1, (const char *[]){"bob"}, 1);
   settle();
   ck_assert_int_eq(M.n_statuses, 1);
   ck_assert_str_eq(M.statuses[0], "n7 alice phone STORED bob");
@@ -1404,6 +1417,37 @@ START_TEST(queue_failure_no_ack) {
 }
 END_TEST
 
+/*
+ * The queue took the job but the dedup set refused its "ok": the message
+ * is durable, so the sender has its SendAck, and the claim stays (a
+ * resend waits) until the record, written again with backoff, is in. The
+ * resend then gets the same msg_id: one message, never a second.
+ */
+START_TEST(ok_record_failure_still_acks) {
+  M.dedup_set_fail = 3; /* the "ok" and its next two writes */
+  ck_assert_int_eq(send1("alice", "bob", "c1"), 0);
+  char id[64];
+  snprintf(id, sizeof(id), "%s", A.msg_id);
+  ck_assert_int_eq(M.n_jobs, 1);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_DEDUP_OWED), 1);
+  ck_assert_int_eq(send1("alice", "bob", "c1"), IMC_ERR_UNAVAILABLE);
+  int64_t waits[3];
+  for (int i = 0; i < 3; i++) {
+    waits[i] = imc_router_next_timeout_ms(R);
+    ck_assert_int_gt(waits[i], 0);
+    test_clock_advance(&M.tc, waits[i]);
+    ck_assert_int_eq(imc_router_on_timeout(R), 0);
+    settle();
+  }
+  ck_assert_int_eq(waits[1], 2 * waits[0]); /* backing off */
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_DEDUP_OWED), 0);
+  ck_assert_int_eq(imc_router_next_timeout_ms(R), -1);
+  ck_assert_int_eq(send1("alice", "bob", "c1"), 0);
+  ck_assert_str_eq(A.msg_id, id);
+  ck_assert_int_eq(M.n_jobs, 1);
+}
+END_TEST
+
 START_TEST(in_flight_duplicate) {
   /* A claim left by a send that never finished. */
   const char *key = "send:alice:c1";
@@ -1522,9 +1566,9 @@ START_TEST(takeover_race_one_winner) {
                     1);
   ck_assert_int_eq(M.n_jobs >= 1, 1);
   ck_assert(job(0)->history);
-  for (int i = 1; i < M.n_jobs; i++) /* a re-drive's inbox entry at most */
-    ck_assert(!job(i)->history);
   const char *id = job(0)->message->msg_id;
+  for (int i = 1; i < M.n_jobs; i++) /* a re-drive's, of the same message */
+    ck_assert_str_eq(job(i)->message->msg_id, id);
   /* The loser either met the winner's claim in progress or its answer. */
   for (int i = 0; i < 2; i++) {
     if (a[i].status == 0) {
@@ -2141,6 +2185,7 @@ static Suite *router_suite(void) {
     tcase_add_test(t, seq_failure_then_resend);
     tcase_add_test(t, queue_failure_no_ack);
     tcase_add_test(t, in_flight_duplicate);
+    tcase_add_test(t, ok_record_failure_still_acks);
     tcase_add_test(t, dead_router_claim_taken_over);
     tcase_add_test(t, live_router_claim_honoured);
     tcase_add_test(t, takeover_race_one_winner);

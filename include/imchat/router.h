@@ -282,6 +282,8 @@ typedef enum imc_router_stat {
   IMC_RT_STAT_STATUS_REPEATS, /* statuses sent again for a resend */
   IMC_RT_STAT_REDRIVES,       /* resends whose delivery was driven again */
   IMC_RT_STAT_TAKEOVERS,      /* claims of dead instances taken over */
+  IMC_RT_STAT_DEDUP_OWED,     /* gauge: dedup records of queued messages
+                                 waiting to be written again */
   IMC_RT_STAT_COUNT_
 } imc_router_stat;
 

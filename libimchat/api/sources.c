@@ -108,6 +108,13 @@ static const metric rt_metrics[] = {
      "Failed offline-queue publishes.", NULL, NULL},
     {IMC_RT_STAT_RETRY_QUEUE, "imchat_router_retry_queue_jobs", GAUGE,
      "Slow-path jobs waiting to be queued again.", NULL, NULL},
+    {IMC_RT_STAT_REDRIVES, "imchat_router_redrives_total", COUNTER,
+     "Resends of messages of unknown delivery driven again.", NULL, NULL},
+    {IMC_RT_STAT_TAKEOVERS, "imchat_router_takeovers_total", COUNTER,
+     "Send claims of dead router instances taken over.", NULL, NULL},
+    {IMC_RT_STAT_DEDUP_OWED, "imchat_router_dedup_owed_records", GAUGE,
+     "Dedup records of queued messages waiting to be written again.", NULL,
+     NULL},
 };
 
 static const metric wk_metrics[] = {

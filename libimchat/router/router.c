@@ -181,6 +181,7 @@ void imc_router_del(imc_router *r) {
   imc_members_del(r->members);
   imc_filter_del(r->filter);
   imc_rt_retries_free(r);
+  imc_rt_owed_free(r);
   imc_rt_seen_free(r);
   imc_mem m = r->mem;
   imc_free(&m, r);
@@ -199,9 +200,14 @@ void *imc_router_get_user_data(const imc_router *r) {
 }
 
 int64_t imc_router_next_timeout_ms(imc_router *r) {
-  if (r == NULL || r->retries == NULL || r->retry_at == 0)
+  if (r == NULL)
     return -1;
-  int64_t d = r->retry_at - imc_rt_now_ms(r);
+  int64_t at = r->retries && r->retry_at != 0 ? r->retry_at : 0;
+  if (r->owed_at != 0 && (at == 0 || r->owed_at < at))
+    at = r->owed_at;
+  if (at == 0)
+    return -1;
+  int64_t d = at - imc_rt_now_ms(r);
   return d > 0 ? d : 0;
 }
 
@@ -214,6 +220,8 @@ int imc_router_on_timeout(imc_router *r) {
     r->retry_at = 0;
     imc_rt_retry_publish(r);
   }
+  if (r->owed && r->owed_at != 0 && now >= r->owed_at)
+    imc_rt_owed_write(r);
   return 0;
 }
 

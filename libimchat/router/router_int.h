@@ -8,6 +8,8 @@
  *   groups.c     group membership through the store
  *   stored_push.c  a message stored for a recipient who came online
  *                meanwhile is pushed to them
+ *   owed.c       dedup records of queued messages, written again until
+ *                the dedup set takes them
  *   router.c     life cycle, timers, stats, reports from gateways/worker
  */
 #ifndef IMC_ROUTER_INT_H
@@ -98,6 +100,10 @@ struct imc_router {
   qrec *retries, *retries_tail;
   int64_t retry_at;
   uint32_t retry_ms;
+  struct imc_rt_owed *owed, *owed_tail; /* owed.c */
+  int64_t owed_at;                      /* 0: not armed */
+  uint32_t owed_ms;
+  int owed_busy;       /* the head's write is in flight */
   seen **seen_buckets; /* seen_nbuckets, a power of two; NULL until used */
   size_t seen_nbuckets, seen_count;
   seen *seen_newest, *seen_oldest;
@@ -135,6 +141,16 @@ void imc_rt_retry_publish(imc_router *r);
 
 /* Frees the retry list. (slow_path.c) */
 void imc_rt_retries_free(imc_router *r);
+
+typedef struct imc_rt_owed imc_rt_owed;
+/* Writes key = value (ttl_s) to the dedup set later, again until it
+ * takes it. (owed.c) */
+void imc_rt_owe_dedup(imc_router *r, const char *key, const char *value,
+                      uint32_t ttl_s);
+/* Writes the first owed record (when owed_at is due). (owed.c) */
+void imc_rt_owed_write(imc_router *r);
+/* Frees the owed records. (owed.c) */
+void imc_rt_owed_free(imc_router *r);
 
 /* Sends the sender's device its one DeliveryStatus for m. (status.c) */
 void imc_rt_send_status(imc_router *r, const imc_msg *m,

@@ -22,15 +22,20 @@
  * in the same turn, the job and its "ok" share one transaction in a
  * backend that commits a turn's operations together (SQLite group
  * commit): a crash leaves both or neither, never a queued message whose
- * claim is still "pending". If either fails, the claim is released (TTL
- * 1 s) and the sender gets UNAVAILABLE.
+ * claim is still "pending". If the job fails, the claim is released
+ * (TTL 1 s) and the sender gets UNAVAILABLE; if only the "ok" fails, the
+ * message is queued: the sender gets its SendAck and the "ok" is written
+ * again until the dedup set takes it (owed.c).
  *
  * A resend of another router instance's message without a status here
  * drives its delivery again (redrive_route), once until its status: that
- * router may have died with the pushes in flight. 1:1: pushes, and the
- * inboxes of recipients with no online device; groups: the group bus, and
- * the inboxes with the history part, which the worker dedups but reports
- * (the group's STORED comes from it).
+ * router may have died with the pushes in flight, or even before the
+ * queue had the job while its "ok" was recorded (in a cluster the two are
+ * not one transaction). So the re-drive queues the whole job again, the
+ * history part and the inboxes of recipients with no online device (the
+ * worker and the store keep one copy of each: both dedup by msg_id, and
+ * the worker reports the history part, so a group's STORED comes), then
+ * pushes (1:1) or publishes on the group bus (groups).
  *
  * A claim is "pending <instance>", the router instance that made it
  * (hex). A host that owns its dedup set alone (imchatd) deletes the
@@ -43,10 +48,9 @@
  * meet its claim (one client_msg_id never gets two msg_ids). Without
  * liveness, a claim of another instance is honoured until its TTL
  * (PENDING_TTL_S). A router that died after its job reached the queue
- * but before its "ok" (the two are not one transaction there) leaves a
- * message that the send taking the claim over queues again with a new
- * msg_id: its recipient may see both; the client was acknowledged only
- * the second.
+ * but before its "ok" leaves a message that the send taking the claim
+ * over queues again with a new msg_id: its recipient may see both; the
+ * client was acknowledged only the second.
  */
 #include "router/router_int.h"
 
@@ -89,6 +93,7 @@ typedef struct sendop {
   int takeovers;        /* other instances' claims checked */
   char other_claim[24]; /* another instance's claim, being checked */
   int stored_status;    /* first failure of the job or its "ok" record */
+  int queued;           /* the queue took the job */
   char msg_id[33];
   char conv[2 * IMC_ID_MAX + 4];
   char *blk;     /* the request's strings and body */
@@ -241,14 +246,29 @@ static void release_claim(sendop *op) {
   dedup_put(op->r, op->key, value, 1);
 }
 
-/* The job or its "ok" record is durable (or failed); after both, the
- * SendAck or the failure. */
+/* The "ok" record of a queued send: "ok <msg_id> <seq> <sent_at>". */
+static void ok_value(const sendop *op, char out[96]) {
+  snprintf(out, 96, "ok %s %" PRIu64 " %" PRId64, op->msg.msg_id, op->msg.seq,
+           op->msg.sent_at_ms);
+}
+
+/*
+ * The job or its "ok" record is durable (or failed); after both, the
+ * SendAck or the failure. A job the queue took is the message, durable:
+ * if only its "ok" failed, the send is answered and the record is owed
+ * (owed.c). Releasing the claim instead would let a resend make a second
+ * message of the one queued.
+ */
 static void stored_step(sendop *op, int status) {
   if (status != 0 && op->stored_status == 0)
     op->stored_status = status;
   if (--op->waits > 0)
     return;
-  if (op->stored_status != 0) {
+  if (op->stored_status != 0 && op->queued) {
+    char value[96];
+    ok_value(op, value);
+    imc_rt_owe_dedup(op->r, op->key, value, op->r->o.dedup_ttl_s);
+  } else if (op->stored_status != 0) {
     release_claim(op);
     op_fail(op, IMC_ERR_UNAVAILABLE, "message store unavailable; resend");
     return;
@@ -264,6 +284,8 @@ static void queued(void *ud, int status) {
   if (status != 0) {
     r->stats[IMC_RT_STAT_QUEUE_ERRORS]++;
     imc_rt_backend_error(r, "offline queue: publish", status);
+  } else {
+    op->queued = 1;
   }
   stored_step(op, status);
 }
@@ -286,6 +308,7 @@ static void publish_job(sendop *op, const uint8_t *job, size_t job_len) {
   imc_router *r = op->r;
   op->waits = 2;
   op->stored_status = 0;
+  op->queued = 0;
   r->pending++;
   int rv = r->o.queue.publish(r->o.queue_ud, r->o.offline_topic,
                               (const uint8_t *)op->msg.conversation_id,
@@ -297,8 +320,7 @@ static void publish_job(sendop *op, const uint8_t *job, size_t job_len) {
     return;
   }
   char value[96];
-  snprintf(value, sizeof(value), "ok %s %" PRIu64 " %" PRId64, op->msg.msg_id,
-           op->msg.seq, op->msg.sent_at_ms);
+  ok_value(op, value);
   r->pending++;
   rv = r->o.dedup.set(r->o.dedup_ud, op->key, (const uint8_t *)value,
                       strlen(value), r->o.dedup_ttl_s, ok_recorded, op);
@@ -307,11 +329,10 @@ static void publish_job(sendop *op, const uint8_t *job, size_t job_len) {
 }
 
 /*
- * A re-drive's lookup is in: the inboxes of recipients with no online
- * device (a group's history part too, which the worker finds persisted
- * and reports, so that the sender gets STORED), then the pushes. The
- * resend was answered already; a failure here is logged and the next
- * resend tries again.
+ * A re-drive's lookup is in: the job again (history and the inboxes of
+ * recipients with no online device; see the top of this file), then the
+ * pushes. The resend was answered already; a failure here is logged and
+ * the next resend tries again.
  */
 static void redrive_route(sendop *op) {
   imc_router *r = op->r;
@@ -327,7 +348,7 @@ static void redrive_route(sendop *op) {
   for (size_t i = 0; i < op->n_targets; i++)
     if (i != op->sender && op->targets[i].n_nodes == 0)
       offline[n++] = op->targets[i].user;
-  imc_rt_slow_path(r, &op->msg, imc_rt_is_group(&op->msg), offline, n);
+  imc_rt_slow_path(r, &op->msg, 1, offline, n);
   imc_free(&r->mem, offline);
   fast_path(op);
 }
