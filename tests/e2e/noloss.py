@@ -9,7 +9,9 @@ A message is (sender, client_msg_id) to one recipient. The check proves:
     client's dedup by msg_id, with the msg_id and seq of its SendAck;
   - every other acknowledged message (its push and status were lost with
     a process) is in the conversation's history;
-  - every message got a SendAck, and no client_msg_id two msg_ids;
+  - every message got a SendAck or a status (a client's outbox takes
+    either as its confirmation), and no client_msg_id two msg_ids
+    (SendAcks and statuses agree);
   - no seq was given twice in a conversation, and none went back: a
     message sent after another one's SendAck came has a greater seq;
   - nothing arrived that was not sent.
@@ -65,6 +67,7 @@ class Phase:
         self.first_sends = 0
         self.resends = 0
         self.unavailable = 0  # UNAVAILABLE answers (retried)
+        self.why = {}  # the Error's message -> how many
         self.reconnects = 0
 
 
@@ -83,6 +86,8 @@ class Ledger:
         self.to_of = {(u, c): to for u in senders for c, to in self.plan[u]}
         self.acked = {}  # (user, cmid) -> (msg_id, seq, conversation)
         self.final = {}  # (user, cmid) -> the DeliveryStatus state
+        self.status_id = {}  # (user, cmid) -> msg_id of its status
+        self.refused_once = set()  # (user, cmid) answered UNAVAILABLE
         self.pushed = {}  # recipient -> [(msg_id, seq, conversation)]
         self.errors = []  # (user, cmid, what): answers no client accepts
         self.sent = 0  # sends, resends included
@@ -125,9 +130,26 @@ class Ledger:
         elif first != got:
             self.errors.append((user, cmid, "acknowledged as %r, then %r"
                                 % (first, got)))
+        told = self.status_id.get((user, cmid), a.msg_id)
+        if told != a.msg_id:
+            self.errors.append((user, cmid, "status for %s, then "
+                                "acknowledged as %s" % (told, a.msg_id)))
+
+    def on_unavailable(self, user, cmid, error):
+        """A send of (user, cmid) answered UNAVAILABLE (to be resent)."""
+        self.refused_once.add((user, cmid))
+        self.phase.unavailable += 1
+        why = self.phase.why
+        why[error.message] = why.get(error.message, 0) + 1
 
     def on_status(self, user, st):
-        self.final[(user, st.client_msg_id)] = st.state
+        k = (user, st.client_msg_id)
+        self.final[k] = st.state
+        first = self.status_id.setdefault(k, st.msg_id)
+        known = self.acked.get(k, (first,))[0]
+        if st.msg_id not in (first, known) or first != known:
+            self.errors.append(k + ("status for %s; known as %s and %s"
+                                    % (st.msg_id, first, known),))
 
     def on_push(self, user, m):
         self.pushed.setdefault(user, []).append(
@@ -138,21 +160,28 @@ class Ledger:
         whole inbox; history(user, conv): conv as user reads it; wait:
         how long an inbox may take to hold every message. Prints the
         counts, in all and per phase."""
-        missing = [k for k in self.to_of if k not in self.acked]
-        test.assertEqual(sorted(missing)[:10], [], "%d sends never "
-                         "acknowledged" % len(missing))
+        missing = [k for k in self.to_of
+                   if k not in self.acked and k not in self.status_id]
+        test.assertEqual(sorted(missing)[:10], [], "%d sends neither "
+                         "acknowledged nor confirmed by a status"
+                         % len(missing))
         want = {}  # msg_id -> (user, cmid, seq, conversation)
         for (u, cmid), (msg_id, seq, conv) in self.acked.items():
             want[msg_id] = (u, cmid, seq, conv)
+        # Confirmed by its status alone: seq and conversation unknown.
+        status_only = [k for k in self.status_id if k not in self.acked]
+        for k in status_only:
+            want[self.status_id[k]] = k + (None, None)
         received, dups = {}, {}  # dups: msg_id -> copies removed
         for r in self.recipients:
             got = list(self.pushed.get(r, []))
             deadline = time.monotonic() + wait
-            expect = sum(1 for k in self.acked if self.to_of[k] == r)
+            expect = {m for m, k in want.items()
+                      if self.to_of[k[:2]] == r and k[:2] in self.final}
             while True:
                 inbox = offline(r)
                 have = {m for m, _, _ in got} | {m["msg_id"] for m in inbox}
-                if len(have) >= expect or time.monotonic() > deadline:
+                if expect <= have or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.1)
             got += [(m["msg_id"], m["seq"], m["conversation_id"])
@@ -188,6 +217,8 @@ class Ledger:
         seqs = {}
         for msg_id, (r, seq, conv) in received.items():
             u, cmid, aseq, aconv = want[msg_id]
+            if aseq is None:  # status only
+                aseq, aconv = seq, conv
             test.assertEqual((r, seq, conv),
                              (self.to_of[(u, cmid)], aseq, aconv), msg_id)
             seqs.setdefault(conv, {}).setdefault(seq, set()).add(msg_id)
@@ -200,7 +231,7 @@ class Ledger:
         back = self.backwards()
         test.assertEqual(back[:10], [], "%d seqs went back" % len(back))
         test.assertEqual(len(received) + len(unconfirmed), self.total)
-        self.report(received, dups, unconfirmed)
+        self.report(received, dups, unconfirmed, status_only)
 
     def backwards(self):
         """Messages whose seq is not above that of every message of their
@@ -222,27 +253,33 @@ class Ledger:
                     bad.append((conv, k, self.acked[k][1], top[i - 1]))
         return bad
 
-    def report(self, received, dups, unconfirmed):
+    def report(self, received, dups, unconfirmed, status_only):
         D, S = pb().DeliveryStatus.DELIVERED, pb().DeliveryStatus.STORED
         n = len(self.phases)
-        rows = [[0] * 6 for _ in range(n)]  # acked, D, S, received, dups,
-        for k, (msg_id, _, _) in self.acked.items():  # unconfirmed
+        # acked, D, S, received, dups, unconfirmed, status only
+        rows = [[0] * 7 for _ in range(n)]
+        key_of = {v[0]: k for k, v in self.acked.items()}
+        key_of.update((self.status_id[k], k) for k in status_only)
+        for msg_id, k in key_of.items():
             row = rows[self.first_sent[k][0]]
-            row[0] += 1
+            row[0] += k in self.acked
             row[1] += self.final.get(k) == D
             row[2] += self.final.get(k) == S
             row[3] += msg_id in received
             row[4] += dups.get(msg_id, 0)
-        key_of = {v[0]: k for k, v in self.acked.items()}
+            row[6] += k not in self.acked
         for m in unconfirmed:
             rows[self.first_sent[key_of[m]][0]][5] += 1
         states = list(self.final.values())
         print("no-loss: sent %d (resends included), acknowledged %d, "
               "DELIVERED %d, STORED %d, received %d, duplicates removed "
               "%d, acknowledged without a status and found in the "
-              "history %d" % (self.sent, len(self.acked), states.count(D),
-                              states.count(S), len(received),
-                              sum(dups.values()), len(unconfirmed)),
+              "history %d, confirmed by a status without a SendAck %d (of "
+              "them answered UNAVAILABLE %d)"
+              % (self.sent, len(self.acked), states.count(D),
+                 states.count(S), len(received), sum(dups.values()),
+                 len(unconfirmed), len(status_only),
+                 sum(k in self.refused_once for k in status_only)),
               file=sys.stderr)
         if n == 1:
             return
@@ -250,6 +287,10 @@ class Ledger:
             print("no-loss: phase %-22s first sends %6d, resends %6d, "
                   "UNAVAILABLE %5d, reconnects %3d | of its first sends: "
                   "acknowledged %6d, DELIVERED %6d, STORED %6d, received "
-                  "%6d, duplicates removed %5d, in the history only %4d"
+                  "%6d, duplicates removed %5d, in the history only %4d, "
+                  "status without a SendAck %4d"
                   % ((p.name, p.first_sends, p.resends, p.unavailable,
                       p.reconnects) + tuple(row)), file=sys.stderr)
+            for why, count in sorted(p.why.items()):
+                print("no-loss:   UNAVAILABLE %6d: %s" % (count, why),
+                      file=sys.stderr)

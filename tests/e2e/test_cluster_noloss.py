@@ -361,7 +361,7 @@ class Sender:
                 self.busy.discard(cmid)
                 if fr.WhichOneof("body") == "error" and \
                         fr.error.code == unavailable:
-                    self.books.phase.unavailable += 1
+                    self.books.on_unavailable(self.user, cmid, fr.error)
                     b = min(self.backoff.get(cmid, RETRY_MIN / 2) * 2,
                             RETRY_MAX)
                     self.backoff[cmid] = b
