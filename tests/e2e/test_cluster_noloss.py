@@ -182,32 +182,36 @@ class Run:
                 self.books.phase.reconnects += 1
             first = False
             self.online[user] = True
+            last = [time.monotonic()]
+            reading = asyncio.ensure_future(self.take(user, ws, last))
             try:
-                quiet_since = None
-                while True:
-                    try:
-                        raw = await asyncio.wait_for(ws.recv(), 0.5)
-                    except asyncio.TimeoutError:
-                        if self.senders_done == len(self.senders):
-                            quiet_since = quiet_since or time.monotonic()
-                            if time.monotonic() - quiet_since > 1.0:
-                                return
-                        continue
-                    quiet_since = None
-                    fr = pb().ServerFrame()
-                    fr.ParseFromString(raw)
-                    if fr.WhichOneof("body") != "deliver":
-                        continue
-                    m = fr.deliver.message
-                    self.books.on_push(user, m)
-                    ack = pb().ClientFrame(id=0)
-                    ack.deliver_ack.msg_ids.append(m.msg_id)
-                    await send_frame(ws, ack)
+                while not reading.done():
+                    await asyncio.wait([reading], timeout=0.5)
+                    if self.senders_done == len(self.senders) and \
+                            time.monotonic() - last[0] > 1.0:
+                        return
+                reading.result()
             except CLOSED:
                 pass
             finally:
                 self.online[user] = False
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
                 await close(ws)
+
+    async def take(self, user, ws, last):
+        """Reads ws until it closes: every push recorded and ACKed."""
+        async for raw in ws:
+            last[0] = time.monotonic()
+            fr = pb().ServerFrame()
+            fr.ParseFromString(raw)
+            if fr.WhichOneof("body") != "deliver":
+                continue
+            m = fr.deliver.message
+            self.books.on_push(user, m)
+            ack = pb().ClientFrame(id=0)
+            ack.deliver_ack.msg_ids.append(m.msg_id)
+            await send_frame(ws, ack)
 
     async def sender(self, s):
         try:
