@@ -87,7 +87,7 @@ class Ledger:
         self.acked = {}  # (user, cmid) -> (msg_id, seq, conversation)
         self.final = {}  # (user, cmid) -> the DeliveryStatus state
         self.status_id = {}  # (user, cmid) -> msg_id of its status
-        self.refused_once = set()  # (user, cmid) answered UNAVAILABLE
+        self.refused_once = {}  # (user, cmid) -> its last UNAVAILABLE
         self.pushed = {}  # recipient -> [(msg_id, seq, conversation)]
         self.errors = []  # (user, cmid, what): answers no client accepts
         self.sent = 0  # sends, resends included
@@ -137,7 +137,7 @@ class Ledger:
 
     def on_unavailable(self, user, cmid, error):
         """A send of (user, cmid) answered UNAVAILABLE (to be resent)."""
-        self.refused_once.add((user, cmid))
+        self.refused_once[(user, cmid)] = error.message
         self.phase.unavailable += 1
         why = self.phase.why
         why[error.message] = why.get(error.message, 0) + 1
@@ -274,13 +274,17 @@ class Ledger:
         print("no-loss: sent %d (resends included), acknowledged %d, "
               "DELIVERED %d, STORED %d, received %d, duplicates removed "
               "%d, acknowledged without a status and found in the "
-              "history %d, confirmed by a status without a SendAck %d (of "
-              "them answered UNAVAILABLE %d)"
+              "history %d, confirmed by a status without a SendAck %d"
               % (self.sent, len(self.acked), states.count(D),
                  states.count(S), len(received), sum(dups.values()),
-                 len(unconfirmed), len(status_only),
-                 sum(k in self.refused_once for k in status_only)),
-              file=sys.stderr)
+                 len(unconfirmed), len(status_only)), file=sys.stderr)
+        why = {}
+        for k in status_only:
+            w = self.refused_once.get(k, "no UNAVAILABLE answer")
+            why[w] = why.get(w, 0) + 1
+        for w, count in sorted(why.items()):
+            print("no-loss:   status without a SendAck %6d, the last "
+                  "answer to its sends: %s" % (count, w), file=sys.stderr)
         if n == 1:
             return
         for p, row in zip(self.phases, rows):
