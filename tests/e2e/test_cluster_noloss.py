@@ -68,7 +68,7 @@ DOWN_S = 3.0  # how long a backend stays down (the fault's length)
 LEASE_TTL = 3  # s: the gateways' etcd lease
 KAFKA_BROKER = 1  # the broker taken down
 RETRY_MIN, RETRY_MAX = 0.1, 2.0  # s: backoff of a send answered UNAVAILABLE
-QUIET_S = 3.0  # the end: no frame this long, the statuses still due came
+QUIET_S = 10.0  # the end: no frame this long, the statuses still due came
 RECONNECT_S = 60.0  # a client finds a gateway within this
 # A process killed with its work in flight: im-service honours a dead
 # router's claims until they expire (60 s); the worker's Kafka group
