@@ -87,7 +87,7 @@ class Ledger:
         self.acked = {}  # (user, cmid) -> (msg_id, seq, conversation)
         self.final = {}  # (user, cmid) -> the DeliveryStatus state
         self.status_id = {}  # (user, cmid) -> msg_id of its status
-        self.refused_once = {}  # (user, cmid) -> its last UNAVAILABLE
+        self.refused_once = {}  # (user, cmid) -> its UNAVAILABLE answers
         self.pushed = {}  # recipient -> [(msg_id, seq, conversation)]
         self.errors = []  # (user, cmid, what): answers no client accepts
         self.sent = 0  # sends, resends included
@@ -137,7 +137,7 @@ class Ledger:
 
     def on_unavailable(self, user, cmid, error):
         """A send of (user, cmid) answered UNAVAILABLE (to be resent)."""
-        self.refused_once[(user, cmid)] = error.message
+        self.refused_once.setdefault((user, cmid), []).append(error.message)
         self.phase.unavailable += 1
         why = self.phase.why
         why[error.message] = why.get(error.message, 0) + 1
@@ -292,7 +292,7 @@ class Ledger:
                  len(unconfirmed), len(status_only)), file=sys.stderr)
         why = {}
         for k in status_only:
-            w = self.refused_once.get(k, "no UNAVAILABLE answer")
+            w = self.refused_once.get(k, ["no UNAVAILABLE answer"])[-1]
             why[w] = why.get(w, 0) + 1
         for w, count in sorted(why.items()):
             print("no-loss:   status without a SendAck %6d, the last "

@@ -523,9 +523,9 @@ class TestClusterNoLoss(imctest.AsyncTestCase):
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        self.assertEqual(self.books.errors[:10], [], "sends refused or "
-                         "answered differently")
         gw = self.cl.gateways[0]
+        self.assertEqual(self.books.errors[:10], [], "sends refused or "
+                         "answered differently:\n" + self.evidence(gw))
         await self.books.verify(
             self, lambda u: offline_all(gw, u),
             lambda u, conv: history_all(gw, u, conv, token),
@@ -535,6 +535,22 @@ class TestClusterNoLoss(imctest.AsyncTestCase):
               % (self.books.total, len(faults), time.monotonic() - t0),
               file=sys.stderr)
         self.assertLess(time.monotonic() - t0, BOUND_S)
+
+    def evidence(self, gw):
+        """For each message with an error: the UNAVAILABLE answers its
+        sends got, and the copies its recipient's inbox holds."""
+        out = []
+        for user, cmid, what in self.books.errors[:10]:
+            to = self.books.to_of[(user, cmid)]
+            copies = [(m["msg_id"], m["seq"]) for m in offline_all(gw, to)
+                      if m["client_msg_id"] == cmid and
+                      m["from_user"] == user]
+            out.append("%s %s -> %s: %s; its UNAVAILABLE answers: %s; %s's "
+                       "inbox holds it as %s" % (
+                           user, cmid, to, what,
+                           self.books.refused_once.get((user, cmid)), to,
+                           copies))
+        return "\n".join(out)
 
     def stuck(self, run):
         """What the senders still wait for, when the run did not end."""
