@@ -125,6 +125,7 @@ class Run:
         self.n = n
         self.cap = 0  # first sends allowed per sender so far
         self.faults_done = False
+        self.caught_up = None  # when the history held every SendAck's
         self.senders = [Sender(self, u, i % len(cl.gateways))
                         for i, u in enumerate(books.senders)]
         self.online = {u: False for u in test.online}
@@ -296,7 +297,14 @@ class Sender:
             self.end_swept = True
             self.sweep()
             return False
-        return time.monotonic() - self.last_rx > QUIET_S
+        caught_up = self.run.caught_up
+        return caught_up is not None and \
+            time.monotonic() - max(self.last_rx, caught_up) > QUIET_S
+
+    def drained(self):
+        """Everything sent and answered, the final resends too."""
+        return self.end_swept and not self.due and not self.inflight and \
+            self.index == len(self.plan)
 
     async def serve(self):
         first = True
@@ -496,6 +504,38 @@ class TestClusterNoLoss(imctest.AsyncTestCase):
         for s in run.senders:
             s.kick.set()
 
+    def not_in_history(self):
+        """How many acknowledged messages the history lacks."""
+        gw = self.cl.gateways[0]
+        want = {v[0] for v in self.books.acked.values()}
+        for conv in {v[2] for v in self.books.acked.values()}:
+            reader = [u for u in conv.split(":")[1:]
+                      if u in self.books.recipients][0]
+            want -= {h["msg_id"] for h in history_all(gw, reader, conv,
+                                                      token)}
+        return len(want)
+
+    async def catch_up(self, run):
+        """Once the senders sent and resent everything: waits until the
+        worker stored every acknowledged message (its history part; the
+        statuses and inbox entries come with it), so that the senders'
+        last quiet wait is for statuses only."""
+        await until(lambda: all(s.drained() for s in run.senders),
+                    "every send answered", RECOVER_S)
+        t0 = time.monotonic()
+        deadline = t0 + RECOVER_S
+        while await blocking(self.not_in_history):
+            self.assertLess(time.monotonic(), deadline, "acknowledged "
+                            "messages not in the history within %.0f s"
+                            % RECOVER_S)
+            await asyncio.sleep(0.5)
+        run.caught_up = time.monotonic()
+        for s in run.senders:
+            s.kick.set()
+        print("no-loss: the history held every acknowledged message %.1f s "
+              "after the last send was answered" % (run.caught_up - t0),
+              file=sys.stderr)
+
     async def test_counts_across_faults(self):
         t0 = time.monotonic()
         self.online = [self.u(n) for n in ONLINE]
@@ -514,6 +554,7 @@ class TestClusterNoLoss(imctest.AsyncTestCase):
                  [run.sender(s) for s in run.senders]]
         try:
             await self.drive(run, faults)
+            await self.catch_up(run)
             done, pending = await asyncio.wait(
                 tasks, timeout=BOUND_S - (time.monotonic() - t0))
             for t in done:
