@@ -28,8 +28,11 @@ the next:
      control port; its partitions wait for it).
 A sender resends, with the same client_msg_id, every message without a
 final status after it reconnects and once the faults are over; an
-UNAVAILABLE answer is retried with backoff, as a client does. At the end
-every recipient reads its /offline inbox too and noloss.py checks the
+UNAVAILABLE answer is retried with backoff, as a client does (a status
+confirms a message, as in imc_client's outbox). Once every send is
+answered and the history holds every acknowledged message, the senders
+wait QUIET_S for the last statuses; then every recipient reads its
+/offline inbox too and noloss.py checks the
 books: every DELIVERED or STORED message received exactly once after
 dedup by msg_id, with its SendAck's msg_id and seq; every other
 acknowledged one in the history; no client_msg_id with two msg_ids; no
@@ -118,7 +121,6 @@ class Run:
     they connect."""
 
     def __init__(self, test, cl, books):
-        self.t = test
         self.cl = cl
         self.books = books
         n = books.total // len(books.senders)
