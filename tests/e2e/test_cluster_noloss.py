@@ -507,15 +507,21 @@ class TestClusterNoLoss(imctest.AsyncTestCase):
             s.kick.set()
 
     def not_in_history(self):
-        """How many acknowledged messages the history lacks."""
+        """The acknowledged messages the history lacks: {msg_id: (user,
+        cmid)}."""
         gw = self.cl.gateways[0]
-        want = {v[0] for v in self.books.acked.values()}
+        want = {v[0]: k for k, v in self.books.acked.items()}
         for conv in {v[2] for v in self.books.acked.values()}:
             reader = [u for u in conv.split(":")[1:]
                       if u in self.books.recipients][0]
-            want -= {h["msg_id"] for h in history_all(gw, reader, conv,
-                                                      token)}
-        return len(want)
+            for h in history_all(gw, reader, conv, token):
+                want.pop(h["msg_id"], None)
+        return want
+
+    def worker_metrics(self):
+        r = imctest.http_get(self.cl.service.port, "/metrics")
+        return " ".join(line for line in r.body.decode().splitlines()
+                        if line.startswith("imchat_worker_"))
 
     async def catch_up(self, run):
         """Once the senders sent and resent everything: waits until the
@@ -526,10 +532,26 @@ class TestClusterNoLoss(imctest.AsyncTestCase):
                     "every send answered", RECOVER_S)
         t0 = time.monotonic()
         deadline = t0 + RECOVER_S
-        while await blocking(self.not_in_history):
-            self.assertLess(time.monotonic(), deadline, "acknowledged "
-                            "messages not in the history within %.0f s"
-                            % RECOVER_S)
+        while True:
+            lacks = await blocking(self.not_in_history)
+            if not lacks:
+                break
+            if time.monotonic() > deadline:
+                by_conv = {}
+                for user, cmid in lacks.values():
+                    conv = self.books.acked[(user, cmid)][2]
+                    phase = self.books.phases[
+                        self.books.first_sent[(user, cmid)][0]].name
+                    by_conv.setdefault((conv, phase), []).append(cmid)
+                self.fail("%d acknowledged messages not in the history "
+                          "%.0f s after the last send was answered; by "
+                          "conversation and phase of their first send: "
+                          "%s; im-service: %s" % (
+                              len(lacks), RECOVER_S,
+                              "; ".join("%s %s: %d (%s..%s)" % (
+                                  c, p, len(v), min(v), max(v))
+                                  for (c, p), v in sorted(by_conv.items())),
+                              self.worker_metrics()))
             await asyncio.sleep(0.5)
         run.caught_up = time.monotonic()
         for s in run.senders:
