@@ -64,6 +64,7 @@ class Phase:
 
     def __init__(self, name):
         self.name = name
+        self.started = time.monotonic()
         self.first_sends = 0
         self.resends = 0
         self.unavailable = 0  # UNAVAILABLE answers (retried)
@@ -91,6 +92,7 @@ class Ledger:
         self.pushed = {}  # recipient -> [(msg_id, seq, conversation)]
         self.errors = []  # (user, cmid, what): answers no client accepts
         self.sent = 0  # sends, resends included
+        self.sends = {}  # (user, cmid) -> how many times sent
         self.first_sent = {}  # (user, cmid) -> (phase index, time)
         self.acked_at = {}  # (user, cmid) -> time of its first SendAck
         self.phases = [Phase("start")]
@@ -110,6 +112,7 @@ class Ledger:
 
     def count_send(self, user, cmid):
         self.sent += 1
+        self.sends[(user, cmid)] = self.sends.get((user, cmid), 0) + 1
         if (user, cmid) in self.first_sent:
             self.phase.resends += 1
         else:
@@ -134,6 +137,16 @@ class Ledger:
         if told != a.msg_id:
             self.errors.append((user, cmid, "status for %s, then "
                                 "acknowledged as %s" % (told, a.msg_id)))
+
+    def story(self, k):
+        """How message k went: its sends, UNAVAILABLE answers, and the
+        phase its first SendAck came in."""
+        at = self.acked_at.get(k)
+        acked = [p.name for p in self.phases if at and p.started <= at]
+        return "%s %s: sent %d times, UNAVAILABLE %s, acknowledged in " \
+            "phase %s" % (k[0], k[1], self.sends.get(k, 0),
+                          self.refused_once.get(k, []),
+                          acked[-1] if acked else None)
 
     def on_unavailable(self, user, cmid, error):
         """A send of (user, cmid) answered UNAVAILABLE (to be resent)."""

@@ -546,12 +546,14 @@ class TestClusterNoLoss(imctest.AsyncTestCase):
                 self.fail("%d acknowledged messages not in the history "
                           "%.0f s after the last send was answered; by "
                           "conversation and phase of their first send: "
-                          "%s; im-service: %s" % (
+                          "%s; im-service: %s; the first ones: %s" % (
                               len(lacks), RECOVER_S,
                               "; ".join("%s %s: %d (%s..%s)" % (
                                   c, p, len(v), min(v), max(v))
                                   for (c, p), v in sorted(by_conv.items())),
-                              self.worker_metrics()))
+                              self.worker_metrics(),
+                              "; ".join(self.books.story(k) for k in
+                                        sorted(lacks.values())[:5])))
             await asyncio.sleep(0.5)
         run.caught_up = time.monotonic()
         for s in run.senders:
