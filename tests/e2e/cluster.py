@@ -86,9 +86,14 @@ def tag():
 # MariaDB: one database per test class
 # ---------------------------------------------------------------------------
 
-def _mariadb(sql):
-    hostport = os.environ["IMC_TEST_MARIADB"].split("/", 1)[0]
-    host, _, port = hostport.rpartition(":")
+def shared_mariadb():
+    """HOST:PORT of the MariaDB server scripts/test.sh started."""
+    return os.environ["IMC_TEST_MARIADB"].split("/", 1)[0]
+
+
+def _mariadb(sql, server=None):
+    """Runs sql on server (HOST:PORT, default the shared one)."""
+    host, _, port = (server or shared_mariadb()).rpartition(":")
     env = dict(os.environ,
                MYSQL_PWD=os.environ.get("IMCHAT_MYSQL_PASSWORD", ""))
     r = subprocess.run(
@@ -101,19 +106,19 @@ def _mariadb(sql):
                              % (sql, r.returncode, r.stderr))
 
 
-def create_database():
+def create_database(server=None):
     """A new empty database imchat_e2e_<random>; its name."""
     name = "imchat_e2e_" + secrets.token_hex(4)
-    _mariadb("CREATE DATABASE `%s`" % name)
+    _mariadb("CREATE DATABASE `%s`" % name, server)
     return name
 
 
-def drop_database(name):
-    _mariadb("DROP DATABASE IF EXISTS `%s`" % name)
+def drop_database(name, server=None):
+    _mariadb("DROP DATABASE IF EXISTS `%s`" % name, server)
 
 
-def mysql_address(db):
-    return os.environ["IMC_TEST_MARIADB"].split("/", 1)[0] + "/" + db
+def mysql_address(db, server=None):
+    return (server or shared_mariadb()) + "/" + db
 
 
 # ---------------------------------------------------------------------------
@@ -297,14 +302,18 @@ class Host(Proc):
 
 class Redis(Proc):
     """A redis-server of a test's own on 127.0.0.1:port, without
-    persistence: a new one on the same port starts empty."""
+    persistence: a new one on the same port starts empty. durable: an
+    append-only file written before each answer (appendfsync always), so
+    a clone started after a kill -9 holds every write it acknowledged."""
 
     @classmethod
-    def new(cls, workdir):
+    def new(cls, workdir, durable=False):
         port = free_port()
         argv = [shutil.which("redis-server") or "redis-server", "--port",
                 str(port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", workdir]
+                "--dir", workdir]
+        argv += ["--appendonly", "yes", "--appendfsync", "always"] \
+            if durable else ["--appendonly", "no"]
         return cls(argv, "redis-server :%d" % port, port, workdir)
 
     def ready(self):
@@ -315,10 +324,64 @@ class Redis(Proc):
         return True if got.startswith(b"+PONG") else got
 
 
+class MariaDB(Proc):
+    """A mariadbd of a test's own on 127.0.0.1:port, with its data in
+    workdir, the user and password of IMCHAT_MYSQL_USER/PASSWORD allowed
+    the databases imchat_* (as scripts/servers.sh sets up the shared one):
+    a test may kill it without touching what other suites use. A clone
+    runs on the same data (InnoDB's crash recovery after a kill -9)."""
+
+    @classmethod
+    def new(cls, workdir):
+        datadir = os.path.join(workdir, "mariadb")
+        os.makedirs(datadir)
+        init = os.path.join(workdir, "mariadb-init.sql")
+        user = os.environ["IMCHAT_MYSQL_USER"]
+        pw = os.environ.get("IMCHAT_MYSQL_PASSWORD", "").replace("'", "''")
+        with open(init, "w") as f:
+            f.write("FLUSH PRIVILEGES;\n"
+                    "CREATE USER '%s'@'127.0.0.1' IDENTIFIED BY '%s';\n"
+                    "GRANT ALL PRIVILEGES ON `imchat\\_%%`.* TO "
+                    "'%s'@'127.0.0.1';\n" % (user, pw, user))
+        r = subprocess.run(
+            ["mariadb-install-db", "--no-defaults", "--datadir=" + datadir,
+             "--user=root", "--auth-root-authentication-method=normal",
+             "--skip-test-db", "--extra-file=" + init],
+            capture_output=True, text=True, timeout=180,
+            stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise AssertionError("mariadb-install-db failed (%d): %s%s"
+                                 % (r.returncode, r.stdout, r.stderr))
+        port = free_port()
+        argv = [shutil.which("mariadbd") or "mariadbd", "--no-defaults",
+                "--datadir=" + datadir, "--socket=" + datadir + ".sock",
+                "--pid-file=" + datadir + ".pid", "--port=%d" % port,
+                "--bind-address=127.0.0.1", "--user=root",
+                "--skip-name-resolve", "--skip-log-bin",
+                "--innodb-buffer-pool-size=64M",
+                "--log-error=" + datadir + ".err"]
+        return cls(argv, "mariadbd :%d" % port, port, workdir)
+
+    @property
+    def address(self):
+        return addr(self.port)
+
+    def ready(self):
+        env = dict(os.environ,
+                   MYSQL_PWD=os.environ.get("IMCHAT_MYSQL_PASSWORD", ""))
+        r = subprocess.run(
+            ["mariadb-admin", "--no-defaults", "-h", "127.0.0.1", "-P",
+             str(self.port), "-u", os.environ["IMCHAT_MYSQL_USER"], "ping"],
+            env=env, capture_output=True, text=True, timeout=10,
+            stdin=subprocess.DEVNULL)
+        return True if r.returncode == 0 else r.stderr.strip()
+
+
 class KafkaMock(Proc):
     """librdkafka's mock cluster (tests/engines/kafka_mock) of a test
     class's own: its consumer groups start empty. Ready once it printed
-    its bootstrap servers (self.bootstrap)."""
+    its bootstrap servers (self.bootstrap) and its control address
+    (self.control: topics, brokers down and up)."""
 
     STDOUT = subprocess.PIPE
 
@@ -326,6 +389,27 @@ class KafkaMock(Proc):
         super().__init__(*args, **kw)
         self._out = b""
         self.bootstrap = None
+        self.control = None
+
+    def command(self, line):
+        """One command of the control port (kafka_mock.c); fails unless
+        the answer is "ok"."""
+        host, _, port = self.control.rpartition(":")
+        with socket.create_connection((host, int(port)),
+                                      timeout=imctest.IO_TIMEOUT) as s:
+            s.sendall(line.encode() + b"\n")
+            got = b""
+            while not got.endswith(b"\n"):
+                data = s.recv(256)
+                if not data:
+                    break
+                got += data
+        if got != b"ok\n":
+            raise AssertionError("kafka_mock %r: %r" % (line, got))
+
+    def broker(self, broker_id, state):
+        """Broker broker_id (1..3) "down" or "up"."""
+        self.command("broker %d %s" % (broker_id, state))
 
     @classmethod
     def new(cls, workdir):
@@ -339,6 +423,8 @@ class KafkaMock(Proc):
                 break
             self._out += data
         for line in self._out.decode().splitlines():
+            if line.startswith("control "):
+                self.control = line.split(" ", 1)[1]
             if re.fullmatch(r"127\.0\.0\.1:\d+(,127\.0\.0\.1:\d+)*", line):
                 self.bootstrap = line
                 return True
@@ -352,13 +438,15 @@ class Cluster:
     IMC_TEST_REDIS); gateways: how many (at most three); grpc_tls: mutual
     TLS on every gRPC link, each process with a certificate of its own
     from self.pki (a GrpcPki), named like the process ("svc0", "gw-a"),
-    and im-service's HTTP port over TLS (--tls-cert, "svc0-http")."""
+    and im-service's HTTP port over TLS (--tls-cert, "svc0-http");
+    mariadb: HOST:PORT of the MariaDB server that holds the database
+    (default the one of IMC_TEST_MARIADB)."""
 
     NAMES = ("a", "b", "c")
 
     def __init__(self, label, gateway_flags=(), service_flags=(),
                  redis=None, admin_token=None, services=1, gateways=3,
-                 grpc_tls=False):
+                 grpc_tls=False, mariadb=None):
         self.tag = tag()
         self.label = label
         self.workdir = imctest.mkdtemp("cluster")
@@ -370,6 +458,7 @@ class Cluster:
         self.n_gateways = gateways
         self.pki = GrpcPki(self.workdir) if grpc_tls else None
         self.gateways = []
+        self.mariadb = mariadb
         self._flags = (list(gateway_flags), list(service_flags),
                        redis or os.environ["IMC_TEST_REDIS"], admin_token)
 
@@ -377,7 +466,7 @@ class Cluster:
         gateway_flags, service_flags, redis, admin_token = self._flags
         common = ["--etcd", os.environ["IMC_TEST_ETCD"],
                   "--kafka", self.kafka.bootstrap,
-                  "--mysql", mysql_address(self.db)]
+                  "--mysql", mysql_address(self.db, self.mariadb)]
 
         def tls(name):
             return self.pki.flags(name) if self.pki else []
@@ -421,7 +510,7 @@ class Cluster:
         schema), then the gateways; returns once every one is ready."""
         try:
             self.kafka.start().wait_ready()
-            self.db = create_database()
+            self.db = create_database(self.mariadb)
             self._hosts()
             self.service.start().wait_ready()  # it applies the schema
             for s in self.services[1:]:
@@ -433,7 +522,7 @@ class Cluster:
         except BaseException:
             self.kill_all()
             if self.db:
-                drop_database(self.db)
+                drop_database(self.db, self.mariadb)
             raise
         return self
 
@@ -482,4 +571,4 @@ class Cluster:
                 raise AssertionError("\n".join(errors))
         finally:
             self.kill_all()
-            drop_database(self.db)
+            drop_database(self.db, self.mariadb)

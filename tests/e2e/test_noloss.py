@@ -7,19 +7,12 @@ reconnect after each restart) and two who are offline throughout. imchatd
 is killed with SIGKILL twice while messages are in flight and restarted on
 the same data directory; each sender then resends, with the same
 client_msg_id, every message it has no final DeliveryStatus for, as a
-client does. A resend of a message whose push and status were in flight
-when the server died makes the restarted router deliver it again (push
-or inbox). At the end every recipient reads its /offline inbox too, and
-the test proves:
-  - every sent message got a SendAck, and no client_msg_id two msg_ids;
-  - every acknowledged message ended with a final status (DELIVERED or
-    STORED) at its sender, and is in the conversation's history;
-  - every acknowledged message reached its recipient, pushed or through
-    /offline, exactly once after the client's dedup by msg_id, with the
-    msg_id and seq of its SendAck;
-  - no seq was given twice in a conversation (a counter that went back
-    after a restart would give one again);
-  - nothing arrived that was not sent.
+client does; a resend of a message whose push and status were in flight
+when the server died makes the restarted router deliver it again. At the
+end every recipient reads its /offline inbox too, and the test proves
+what noloss.py lists, with every acknowledged message confirmed by its
+final status (nothing confirmed lost, nothing
+twice after dedup, no seq reused or going back, nothing unsent arrived).
 It prints sent / acknowledged / DELIVERED / STORED / received /
 duplicates removed.
 
@@ -38,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import imctest  # noqa: E402
 from imctest import IO_TIMEOUT, send_frame, welcome  # noqa: E402
+from noloss import Ledger, history_all, wait_either  # noqa: E402
 from test_crash import NO_LIMITS, offline_all, token  # noqa: E402
 
 import websockets.exceptions  # noqa: E402
@@ -54,35 +48,8 @@ CLOSED = (websockets.exceptions.WebSocketException, OSError,
           asyncio.TimeoutError)
 
 
-async def wait_either(task, event, timeout):
-    """Until task ends, event is set or timeout passes."""
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait([task, waiter], timeout=timeout,
-                           return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-
-
 def pb():
     return imctest.pb()
-
-
-def history_all(srv, user, conv):
-    """Every message of conversation conv, as user reads it."""
-    msgs, after = [], 0
-    while True:
-        r = imctest.http_get(srv.port, "/v1/conversations/%s/messages?"
-                             "after_seq=%d&limit=1000" % (conv, after),
-                             headers={"Authorization": "Bearer "
-                                      + token(user)})
-        if r.status != 200:
-            raise AssertionError("history of %s as %s: %r" % (conv, user, r))
-        page = r.json()["messages"]
-        msgs += page
-        if len(page) < 1000:
-            return msgs
-        after = page[-1]["seq"]
 
 
 class Life:
@@ -97,32 +64,19 @@ class Life:
         self.killed = False
         self.senders_done = 0
 
-    def count_send(self):
+    def count_send(self, user, cmid):
         self.sent += 1
-        self.t.sent += 1
+        self.t.books.count_send(user, cmid)
         if self.kill_at is not None and not self.killed and \
                 self.sent >= self.kill_at:
             self.killed = True
             self.srv.proc.send_signal(signal.SIGKILL)
 
     def on_frame(self, user, fr, pending):
-        kind = fr.WhichOneof("body")
-        t = self.t
         if fr.id and fr.id in pending:
-            cmid = pending.pop(fr.id)
-            if kind != "send_ack":
-                t.errors.append((user, cmid, str(fr).replace("\n", " ")))
-                return
-            a = fr.send_ack
-            got = (a.msg_id, a.seq, a.conversation_id)
-            first = t.acked.setdefault((user, cmid), got)
-            if first != got:
-                t.errors.append((user, cmid, "acknowledged as %r, then %r"
-                                 % (first, got)))
-            t.by_msg_id[a.msg_id] = (user, cmid)
-        elif kind == "status":
-            st = fr.status
-            t.final[(user, st.client_msg_id)] = st.state
+            self.t.books.on_answer(user, pending.pop(fr.id), fr)
+        elif fr.WhichOneof("body") == "status":
+            self.t.books.on_status(user, fr.status)
 
     async def sender(self, user):
         try:
@@ -131,9 +85,8 @@ class Life:
             self.senders_done += 1
 
     async def send_all(self, user):
-        t = self.t
-        todo = [(cmid, to) for cmid, to in t.plan[user]
-                if (user, cmid) not in t.final]
+        t = self.t.books
+        todo = t.unfinished(user)
         if not todo:
             return
         async with self.srv.connect(token=token(user)) as ws:
@@ -169,7 +122,7 @@ class Life:
                     f.send.body = ("%s %s" % (user, cmid)).encode()
                     f.send.content_type = "text/plain"
                     await send_frame(ws, f)
-                    self.count_send()
+                    self.count_send(user, cmid)
                 # Every answer, then the statuses still to come (a status
                 # the crash took does not come: 3 s of quiet ends it).
                 deadline = time.monotonic() + 3 * IO_TIMEOUT
@@ -195,7 +148,7 @@ class Life:
     async def recipient(self, user):
         """Reads and ACKs pushes until the senders are done (or the
         server dies), then a little longer for the last ones."""
-        t = self.t
+        t = self.t.books
         try:
             async with self.srv.connect(token=token(user)) as ws:
                 await welcome(ws)
@@ -215,8 +168,7 @@ class Life:
                     if fr.WhichOneof("body") != "deliver":
                         continue
                     m = fr.deliver.message
-                    t.pushed.setdefault(user, []).append(
-                        (m.msg_id, m.seq, m.conversation_id))
+                    t.on_push(user, m)
                     ack = pb().ClientFrame(id=0)
                     ack.deliver_ack.msg_ids.append(m.msg_id)
                     await send_frame(ws, ack)
@@ -233,14 +185,8 @@ class TestNoLoss(imctest.AsyncTestCase):
 
     async def test_counts_across_two_kill9(self):
         t0 = time.monotonic()
-        n = TOTAL // len(SENDERS)
-        self.plan = {u: [("m%06d" % k, RECIPIENTS[(k + i) % len(RECIPIENTS)])
-                         for k in range(n)]
-                     for i, u in enumerate(SENDERS)}
-        self.acked, self.final, self.by_msg_id = {}, {}, {}
-        self.pushed, self.errors = {}, []
-        self.sent = 0
-        total = n * len(SENDERS)
+        self.books = Ledger(SENDERS, RECIPIENTS, TOTAL)
+        total = self.books.total
         data_dir, srv = None, None
         kills = [int(total * k) - (int(total * KILLS[i - 1]) if i else 0)
                  for i, k in enumerate(KILLS)]
@@ -252,85 +198,18 @@ class TestNoLoss(imctest.AsyncTestCase):
             kill_at = kills[life] if life < len(kills) else None
             lf = Life(self, srv, kill_at)
             await lf.run()
-            self.assertEqual(self.errors, [], "life %d: sends refused or "
-                             "answered differently" % life)
+            self.assertEqual(self.books.errors, [], "life %d: sends refused "
+                             "or answered differently" % life)
             if kill_at is not None:
                 self.assertTrue(lf.killed, "life %d ended before its kill"
                                 % life)
                 srv.proc.wait(IO_TIMEOUT)
                 self.assertEqual(srv.proc.returncode, -signal.SIGKILL)
         # The last life runs until every message has its final status.
-        missing = [(u, c) for u in SENDERS for c, _ in self.plan[u]
-                   if (u, c) not in self.acked]
-        self.assertEqual(missing[:10], [], "%d sends never acknowledged"
-                         % len(missing))
-
-        # What each recipient has: pushes, then the inbox, by msg_id.
-        want = {}
-        for (u, cmid), (msg_id, seq, conv) in self.acked.items():
-            want[msg_id] = (u, cmid, seq, conv)
-        to_of = {(u, c): to for u in SENDERS for c, to in self.plan[u]}
-        received, dups = {}, 0
-        for r in RECIPIENTS:
-            got = list(self.pushed.get(r, []))
-            deadline = time.monotonic() + IO_TIMEOUT
-            expect = sum(1 for k, v in self.acked.items() if to_of[k] == r)
-            while True:
-                inbox = offline_all(srv, r)
-                have = {m for m, _, _ in got} | {m["msg_id"] for m in inbox}
-                if len(have) >= expect or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.1)
-            got += [(m["msg_id"], m["seq"], m["conversation_id"])
-                    for m in inbox]
-            for msg_id, seq, conv in got:
-                if msg_id in received:
-                    dups += 1
-                    self.assertEqual(received[msg_id], (r, seq, conv),
-                                     "%s arrived differently" % msg_id)
-                else:
-                    received[msg_id] = (r, seq, conv)
-        # Every acknowledged message has its final status: one whose
-        # push and status were in flight when the server died was
-        # delivered again by the resend's router. And it reached its
-        # recipient.
-        unconfirmed = [m for m, k in want.items() if k[:2] not in self.final]
-        self.assertEqual(unconfirmed[:10], [], "%d acknowledged messages "
-                         "without a final status" % len(unconfirmed))
-        lost = [m for m in want if m not in received]
-        self.assertEqual(lost[:10], [], "%d acknowledged messages never "
-                         "reached their recipient" % len(lost))
-        in_history = set()
-        for conv in {k[3] for k in want.values()}:
-            reader = [u for u in conv.split(":")[1:] if u in RECIPIENTS][0]
-            in_history |= {h["msg_id"] for h in history_all(srv, reader,
-                                                            conv)}
-        gone = [m for m in want if m not in in_history]
-        self.assertEqual(gone[:10], [], "%d acknowledged messages not in "
-                         "the history" % len(gone))
-        extra = [m for m in received if m not in want]
-        self.assertEqual(extra[:10], [], "%d messages never acknowledged "
-                         "arrived" % len(extra))
-        seqs = {}
-        for msg_id, (r, seq, conv) in received.items():
-            u, cmid, aseq, aconv = want[msg_id]
-            self.assertEqual((r, seq, conv), (to_of[(u, cmid)], aseq, aconv),
-                             msg_id)
-            seqs.setdefault(conv, {}).setdefault(seq, set()).add(msg_id)
-        # Every acknowledged message arrived, so a counter that went back
-        # after a restart would show as a seq given twice.
-        reused = [(c, s) for c, d in seqs.items() for s, m in d.items()
-                  if len(m) > 1]
-        self.assertEqual(reused, [], "a seq given to several messages")
-        states = list(self.final.values())
-        counts = (self.sent, len(self.acked),
-                  states.count(pb().DeliveryStatus.DELIVERED),
-                  states.count(pb().DeliveryStatus.STORED),
-                  len(received), dups)
-        print("no-loss: sent %d (resends included), acknowledged %d, "
-              "DELIVERED %d, STORED %d, received %d, duplicates removed "
-              "%d" % counts, file=sys.stderr)
-        self.assertEqual(len(received), total)
+        await self.books.verify(
+            self, lambda u: offline_all(srv, u),
+            lambda u, conv: history_all(srv, u, conv, token),
+            every_status=True)
         srv.stop()
         self.assertLess(time.monotonic() - t0, BOUND_S)
 

@@ -12,8 +12,12 @@
  *
  * The mock cluster speaks no CreateTopics, and topics it creates on its
  * own get 4 partitions; the control port creates topics with the count a
- * test needs. One command per connection, one line each way:
+ * test needs, and takes brokers down and up (rd_kafka_mock_broker_set_down:
+ * the broker drops its connections and refuses new ones; its partitions
+ * keep it as their leader, so their records wait until it is up again).
+ * One command per connection, one line each way:
  *   topic NAME PARTITIONS   ->  "ok" or "error REASON"
+ *   broker ID down|up       ->  "ok" or "error REASON" (ID: 1..BROKERS)
  */
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
@@ -48,19 +52,29 @@ static void serve_control(int fd, rd_kafka_mock_cluster_t *mc, int brokers) {
   }
   line[n] = '\0';
   char name[256];
-  int partitions;
+  int partitions, id;
   const char *answer = "error bad command\n";
   char buf[300];
+  rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
+  int known = 1;
   if (sscanf(line, "topic %255s %d", name, &partitions) == 2 &&
       partitions > 0) {
-    rd_kafka_resp_err_t err = rd_kafka_mock_topic_create(
-        mc, name, partitions, brokers < 3 ? brokers : 3);
-    if (err) {
-      snprintf(buf, sizeof(buf), "error %s\n", rd_kafka_err2name(err));
-      answer = buf;
-    } else {
-      answer = "ok\n";
-    }
+    err = rd_kafka_mock_topic_create(mc, name, partitions,
+                                     brokers < 3 ? brokers : 3);
+  } else if (sscanf(line, "broker %d %255s", &id, name) == 2 && id >= 1 &&
+             id <= brokers && strcmp(name, "down") == 0) {
+    err = rd_kafka_mock_broker_set_down(mc, id);
+  } else if (sscanf(line, "broker %d %255s", &id, name) == 2 && id >= 1 &&
+             id <= brokers && strcmp(name, "up") == 0) {
+    err = rd_kafka_mock_broker_set_up(mc, id);
+  } else {
+    known = 0;
+  }
+  if (known && err) {
+    snprintf(buf, sizeof(buf), "error %s\n", rd_kafka_err2name(err));
+    answer = buf;
+  } else if (known) {
+    answer = "ok\n";
   }
   size_t len = strlen(answer);
   if (write(fd, answer, len) != (ssize_t)len)
