@@ -466,6 +466,8 @@ class Cluster:
         gateway_flags, service_flags, redis, admin_token = self._flags
         common = ["--etcd", os.environ["IMC_TEST_ETCD"],
                   "--kafka", self.kafka.bootstrap,
+                  # a killed consumer's partitions move in seconds
+                  "--kafka-session-timeout", "6",
                   "--mysql", mysql_address(self.db, self.mariadb)]
 
         def tls(name):
