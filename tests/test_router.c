@@ -91,6 +91,8 @@ typedef struct mock {
   int n_dedup;
   int dedup_fail;
   int dedup_set_fail; /* the next sets refused */
+  int record_first;
+  char ok_at_publish[128]; /* alice's c1 in the dedup set at a publish */
   int n_cas;
   /* router liveness (router_make with M.liveness set) */
   int liveness;
@@ -423,6 +425,9 @@ static int q_publish(void *ud, const char *topic, const uint8_t *key, size_t kl,
     complete_done(done, done_ud, IMC_ERR_IO);
     return 0;
   }
+  int d = d_find("send:alice:c1");
+  snprintf(M.ok_at_publish, sizeof(M.ok_at_publish), "%s",
+           d >= 0 ? M.dv[d] : "");
   ck_assert_int_lt(M.n_jobs, MAX_RECS);
   Imchat__V1__OfflineJob *job = imchat__v1__offline_job__unpack(NULL, vl, v);
   ck_assert_ptr_nonnull(job);
@@ -508,6 +513,8 @@ static void router_make(const char *filter_words, imc_filter_action action) {
   imc_router_options_set_max_body(o, 1000);
   if (M.liveness)
     ck_assert_int_eq(imc_router_options_set_liveness(o, alive_ask, NULL), 0);
+  if (M.record_first)
+    ck_assert_int_eq(imc_router_options_set_record_first(o, 1), 0);
   if (M.status_max)
     ck_assert_int_eq(
         imc_router_options_set_status_memory(o, 600000, M.status_max), 0);
@@ -1469,6 +1476,53 @@ static void dead_claim(uint32_t instance) {
   d_store("send:alice:c1", (const uint8_t *)v, strlen(v), 60);
 }
 
+/* record_first: the "ok" is in the dedup set before the job goes to the
+ * queue, not in the same turn. */
+static void router_record_first(void) {
+  imc_router_del(R);
+  M.record_first = 1;
+  router_make(NULL, 0);
+}
+
+START_TEST(record_first_ok_before_job) {
+  router_record_first();
+  ck_assert_int_eq(send1("alice", "bob", "c1"), 0);
+  ck_assert_int_eq(M.n_jobs, 1);
+  char ok[100];
+  snprintf(ok, sizeof(ok), "ok %s ", A.msg_id);
+  ck_assert_int_eq(strncmp(M.ok_at_publish, ok, strlen(ok)), 0);
+}
+END_TEST
+
+/*
+ * The queue refuses the job after its "ok" is in (a resend may have had
+ * its SendAck from it already): the send is answered and the job retried;
+ * if the router dies before, the resend's router queues it under the same
+ * msg_id (a re-drive), never a second message.
+ */
+START_TEST(record_first_job_refused) {
+  router_record_first();
+  M.queue_fail = 1;
+  ck_assert_int_eq(send1("alice", "bob", "c1"), 0);
+  char id[64];
+  snprintf(id, sizeof(id), "%s", A.msg_id);
+  ck_assert_int_eq(M.n_jobs, 0);
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_RETRY_QUEUE), 1);
+  if (_i == 0) {
+    test_clock_advance(&M.tc, imc_router_next_timeout_ms(R));
+    ck_assert_int_eq(imc_router_on_timeout(R), 0);
+    settle();
+  } else {
+    router_restart();
+    ck_assert_int_eq(send_via("n7", "alice", "bob", NULL, "c1"), 0);
+    ck_assert_str_eq(A.msg_id, id);
+  }
+  ck_assert_int_eq(M.n_jobs, 1);
+  ck_assert(job(0)->history);
+  ck_assert_str_eq(job(0)->message->msg_id, id);
+}
+END_TEST
+
 static void router_with_liveness(void) {
   imc_router_del(R);
   M.liveness = 1;
@@ -2186,6 +2240,8 @@ static Suite *router_suite(void) {
     tcase_add_test(t, queue_failure_no_ack);
     tcase_add_test(t, in_flight_duplicate);
     tcase_add_test(t, ok_record_failure_still_acks);
+    tcase_add_test(t, record_first_ok_before_job);
+    tcase_add_loop_test(t, record_first_job_refused, 0, 2);
     tcase_add_test(t, dead_router_claim_taken_over);
     tcase_add_test(t, live_router_claim_honoured);
     tcase_add_test(t, takeover_race_one_winner);

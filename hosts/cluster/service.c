@@ -106,6 +106,8 @@ static int make_router(svc *s) {
                                   hgwnodes_link(s->nodes));
     imc_router_options_set_log(opt, hlog_imc_cb, NULL, hlog_get_level());
     imc_router_options_set_liveness(opt, hliveness_alive, s->live);
+    /* Redis and Kafka do not commit together: the "ok" goes first. */
+    imc_router_options_set_record_first(opt, 1);
     rv = hconfig_check(imc_router_options_set_max_body(opt, cfg->max_body),
                        "--max-body");
   }

@@ -149,6 +149,20 @@ IMC_EXTERN int imc_router_options_set_liveness(imc_router_options *opt,
                                                void *ud);
 
 /*
+ * For a dedup set and an offline queue that do not commit together (Redis
+ * and Kafka; SQLite commits a turn's operations in one transaction and
+ * needs none of this): on 1, a send records its "ok" in the dedup set
+ * before it publishes its job, not in the same turn. A router dying
+ * between the two then leaves an "ok" without a job, which a resend
+ * re-drives under the same msg_id, and never a queued job behind a
+ * pending claim, which the send taking the claim over would make a
+ * second message of. Costs one dedup round trip per send. Default 0.
+ * Returns 0 or IMC_ERR_INVALID_ARGUMENT (NULL opt).
+ */
+IMC_EXTERN int imc_router_options_set_record_first(imc_router_options *opt,
+                                                   int on);
+
+/*
  * Sensitive words: the len bytes at words (copied; the host reads them
  * from wherever it keeps them, the library does no file I/O) are the text
  * of a word list, one UTF-8 word per line; blank lines and lines starting

@@ -99,6 +99,13 @@ int imc_router_options_set_dedup_ttl_s(imc_router_options *o, uint32_t s) {
   return 0;
 }
 
+int imc_router_options_set_record_first(imc_router_options *o, int on) {
+  if (o == NULL)
+    return IMC_ERR_INVALID_ARGUMENT;
+  o->record_first = on != 0;
+  return 0;
+}
+
 int imc_router_options_set_status_memory(imc_router_options *o, uint32_t ms,
                                          size_t max_entries) {
   if (o == NULL || ms == 0 || max_entries == 0)

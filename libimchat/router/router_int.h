@@ -45,6 +45,7 @@ struct imc_router_options {
   void *gwlink_ud;
   imc_router_alive_fn alive; /* NULL: claims are honoured until expiry */
   void *alive_ud;
+  int record_first; /* the "ok" before the job, not in one turn */
   imc_clock clock;
   imc_logger log;
   size_t max_body;
@@ -135,6 +136,11 @@ int imc_rt_pack_job(imc_router *r, const imc_msg *m, int history,
  */
 void imc_rt_slow_path(imc_router *r, const imc_msg *m, int history,
                       const char *const *users, size_t n);
+
+/* Puts the packed job of m on the retry list: a job the queue refused
+ * whose send is answered all the same. (slow_path.c) */
+void imc_rt_queue_retry(imc_router *r, const imc_msg *m, const uint8_t *job,
+                        size_t job_len);
 
 /* Publishes the job at the head of the retry list. (slow_path.c) */
 void imc_rt_retry_publish(imc_router *r);

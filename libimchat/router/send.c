@@ -47,10 +47,12 @@
  * several routers taking it over at once one proceeds and the others
  * meet its claim (one client_msg_id never gets two msg_ids). Without
  * liveness, a claim of another instance is honoured until its TTL
- * (PENDING_TTL_S). A router that died after its job reached the queue
- * but before its "ok" leaves a message that the send taking the claim
- * over queues again with a new msg_id: its recipient may see both; the
- * client was acknowledged only the second.
+ * (PENDING_TTL_S). Where the queue and the dedup set do not commit
+ * together (Redis and Kafka), the "ok" goes first and the job after it
+ * (imc_router_options_set_record_first): a router dying between them
+ * leaves an "ok" whose resend re-drives the job under the same msg_id,
+ * never a queued job behind a claim that a takeover would turn into a
+ * second message.
  */
 #include "router/router_int.h"
 
@@ -94,6 +96,9 @@ typedef struct sendop {
   char other_claim[24]; /* another instance's claim, being checked */
   int stored_status;    /* first failure of the job or its "ok" record */
   int queued;           /* the queue took the job */
+  uint8_t *job;         /* record_first: published once the "ok" is in */
+  int ok_in;            /* record_first: the "ok" is recorded */
+  size_t job_len;
   char msg_id[33];
   char conv[2 * IMC_ID_MAX + 4];
   char *blk;     /* the request's strings and body */
@@ -110,6 +115,7 @@ static void op_free(sendop *op) {
   }
   imc_free(&r->mem, op->targets);
   imc_free(&r->mem, op->key);
+  imc_free(&r->mem, op->job);
   imc_free(&r->mem, op->body);
   imc_free(&r->mem, op->blk);
   imc_free(&r->mem, op);
@@ -257,7 +263,8 @@ static void ok_value(const sendop *op, char out[96]) {
  * SendAck or the failure. A job the queue took is the message, durable:
  * if only its "ok" failed, the send is answered and the record is owed
  * (owed.c). Releasing the claim instead would let a resend make a second
- * message of the one queued.
+ * message of the one queued. With record_first, a job refused after its
+ * "ok" is in goes on the retry list and the send is answered too.
  */
 static void stored_step(sendop *op, int status) {
   if (status != 0 && op->stored_status == 0)
@@ -268,6 +275,10 @@ static void stored_step(sendop *op, int status) {
     char value[96];
     ok_value(op, value);
     imc_rt_owe_dedup(op->r, op->key, value, op->r->o.dedup_ttl_s);
+  } else if (op->stored_status != 0 && op->ok_in) {
+    /* A resend may have had its SendAck from the "ok" already: the job
+     * is this router's to queue (or, if it dies first, a re-drive's). */
+    imc_rt_queue_retry(op->r, &op->msg, op->job, op->job_len);
   } else if (op->stored_status != 0) {
     release_claim(op);
     op_fail(op, IMC_ERR_UNAVAILABLE, "message store unavailable; resend");
@@ -299,28 +310,70 @@ static void ok_recorded(void *ud, int status) {
   stored_step(op, status);
 }
 
+/* Publishes the job: queued() follows, or, refused at once (the
+ * returned error), is the caller's to call. */
+static int publish(sendop *op, const uint8_t *job, size_t job_len) {
+  imc_router *r = op->r;
+  r->pending++;
+  return r->o.queue.publish(r->o.queue_ud, r->o.offline_topic,
+                            (const uint8_t *)op->msg.conversation_id,
+                            strlen(op->msg.conversation_id), job, job_len,
+                            queued, op);
+}
+
+/* record_first: the "ok" is in (or failed: then it is owed if the job
+ * goes in); now the job. */
+static void ok_first_recorded(void *ud, int status) {
+  sendop *op = ud;
+  op->r->pending--;
+  if (status != 0) {
+    imc_rt_backend_error(op->r, "dedup: set", status);
+    op->stored_status = status;
+  } else {
+    op->ok_in = 1;
+  }
+  int rv = publish(op, op->job, op->job_len);
+  if (rv != 0)
+    queued(op, rv);
+}
+
 /*
- * Publishes the job and, in the same turn, records the claim as "ok":
- * both must be durable before the SendAck. A publish refused at once
- * issues no record.
+ * Publishes the job and records the claim as "ok": both must be durable
+ * before the SendAck. In the same turn (one transaction where the
+ * backend commits a turn together; a publish refused at once issues no
+ * record), or with record_first the "ok" first, then the job.
  */
 static void publish_job(sendop *op, const uint8_t *job, size_t job_len) {
   imc_router *r = op->r;
-  op->waits = 2;
   op->stored_status = 0;
   op->queued = 0;
-  r->pending++;
-  int rv = r->o.queue.publish(r->o.queue_ud, r->o.offline_topic,
-                              (const uint8_t *)op->msg.conversation_id,
-                              strlen(op->msg.conversation_id), job, job_len,
-                              queued, op);
+  char value[96];
+  ok_value(op, value);
+  if (r->o.record_first) {
+    op->job = imc_malloc(&r->mem, job_len ? job_len : 1);
+    if (op->job == NULL) {
+      release_claim(op);
+      op_fail(op, IMC_ERR_UNAVAILABLE, "out of memory");
+      return;
+    }
+    memcpy(op->job, job, job_len);
+    op->job_len = job_len;
+    op->waits = 1; /* the publish */
+    r->pending++;
+    int rv =
+        r->o.dedup.set(r->o.dedup_ud, op->key, (const uint8_t *)value,
+                       strlen(value), r->o.dedup_ttl_s, ok_first_recorded, op);
+    if (rv != 0)
+      ok_first_recorded(op, rv);
+    return;
+  }
+  op->waits = 2;
+  int rv = publish(op, job, job_len);
   if (rv != 0) {
     op->waits = 1; /* no record to wait for */
     queued(op, rv);
     return;
   }
-  char value[96];
-  ok_value(op, value);
   r->pending++;
   rv = r->o.dedup.set(r->o.dedup_ud, op->key, (const uint8_t *)value,
                       strlen(value), r->o.dedup_ttl_s, ok_recorded, op);

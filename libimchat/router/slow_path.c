@@ -100,6 +100,19 @@ static void retry_done(void *ud, int status) {
     imc_rt_retry_publish(r);
 }
 
+static void retry_add(imc_router *r, qrec *q) {
+  q->next = NULL;
+  int was_empty = r->retries == NULL;
+  r->stats[IMC_RT_STAT_RETRY_QUEUE]++;
+  if (r->retries_tail)
+    r->retries_tail->next = q;
+  else
+    r->retries = q;
+  r->retries_tail = q;
+  if (was_empty)
+    retry_arm(r);
+}
+
 static void queue_done(void *ud, int status) {
   qrec *q = ud;
   imc_router *r = q->r;
@@ -111,16 +124,24 @@ static void queue_done(void *ud, int status) {
   r->stats[IMC_RT_STAT_QUEUE_ERRORS]++;
   rt_log(r, IMC_LOG_WARN, "offline queue: %s; will retry",
          imc_strerror(status));
-  q->next = NULL;
-  int was_empty = r->retries == NULL;
-  r->stats[IMC_RT_STAT_RETRY_QUEUE]++;
-  if (r->retries_tail)
-    r->retries_tail->next = q;
-  else
-    r->retries = q;
-  r->retries_tail = q;
-  if (was_empty)
-    retry_arm(r);
+  retry_add(r, q);
+}
+
+void imc_rt_queue_retry(imc_router *r, const imc_msg *m, const uint8_t *job,
+                        size_t job_len) {
+  size_t key_len = strlen(m->conversation_id);
+  qrec *q = imc_malloc(&r->mem, sizeof(*q) + key_len + job_len);
+  if (q == NULL) {
+    rt_log(r, IMC_LOG_ERROR, "out of memory queueing %s", m->msg_id);
+    return;
+  }
+  q->r = r;
+  q->key_len = key_len;
+  q->len = key_len + job_len;
+  memcpy(q->data, m->conversation_id, key_len);
+  memcpy(q->data + key_len, job, job_len);
+  rt_log(r, IMC_LOG_WARN, "offline queue: %s refused; will retry", m->msg_id);
+  retry_add(r, q);
 }
 
 /*
