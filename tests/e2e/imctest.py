@@ -361,12 +361,24 @@ class Server:
                     self.port = int(m.group(1))
 
     def stderr_text(self, tail=200):
+        """The last tail lines of stderr; a run of lines that differ only
+        in their timestamp counts as one ("(N times)"), so a flood of one
+        warning does not hide what came before it."""
         if self._reader is not None and self.proc.poll() is not None:
             self._reader.join(timeout=2)
         with self._lock:
-            lines = self._lines[-tail:]
+            lines = list(self._lines)
+        runs = []  # [first line, text after the timestamp, count]
+        for line in lines:
+            text = line.split(" ", 1)[-1]
+            if runs and runs[-1][1] == text:
+                runs[-1][2] += 1
+            else:
+                runs.append([line, text, 1])
+        shown = [r[0] + (" (%d times)" % r[2] if r[2] > 1 else "")
+                 for r in runs[-tail:]]
         return ("--- %s stderr (last %d lines) ---\n%s\n--- end ---"
-                % (self.name, len(lines), "\n".join(lines)))
+                % (self.name, len(shown), "\n".join(shown)))
 
     def log_mark(self):
         """The position after the stderr lines read so far, for wait_log."""

@@ -639,7 +639,7 @@ class TestClusterNoLoss(imctest.AsyncTestCase):
         finally:
             if bad() > before:  # what the processes said, to tell why
                 for p in self.cl.procs() + [self.redis, self.mariadb]:
-                    print(p.stderr_text(tail=60), file=sys.stderr)
+                    print(p.stderr_text(tail=200), file=sys.stderr)
 
 
 def main():
