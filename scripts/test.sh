@@ -101,12 +101,18 @@ fi
 if [ $# -eq 0 ]; then
   imc_setup_build build-valgrind -Dwerror=true -Dweb=disabled \
     -Dengines=enabled
-  mapfile -t vg_targets < <(meson introspect build-valgrind --tests |
-    /usr/bin/python3 -c '
+  # The unit tests' programs and what they depend on (test certificates).
+  mapfile -t vg_targets < <(meson introspect build-valgrind --tests \
+    --targets | /usr/bin/python3 -c '
 import json, os, sys
-for t in json.load(sys.stdin):
+info = json.load(sys.stdin)
+files = {t["id"]: t["filename"] for t in info["targets"]}
+for t in info["tests"]:
     if any(s.split(":")[-1] == "unit" for s in t["suite"]):
-        print(os.path.relpath(t["cmd"][0], "build-valgrind"))')
+        print(os.path.relpath(t["cmd"][0], "build-valgrind"))
+        for d in t["depends"]:
+            for f in files.get(d, []):
+                print(os.path.relpath(f, "build-valgrind"))')
   imc_quiet ninja -C build-valgrind --quiet "${vg_targets[@]}"
   meson test -C build-valgrind --setup valgrind --suite unit --no-rebuild \
     --print-errorlogs || rc=1
