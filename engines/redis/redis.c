@@ -139,6 +139,7 @@ struct imc_redis {
   char run_id[64];
   uint64_t epoch; /* bumped when the server's run id changes */
   char error[128];
+  int hello_left; /* answers to INFO and SCRIPT LOAD still to come */
 
   cmd *cmds_head, *cmds_tail;
 
@@ -168,6 +169,7 @@ static void set_error(imc_redis *r, const char *what, const char *why) {
 }
 
 static void connect_now(imc_redis *r);
+static void conn_drop(imc_redis *r);
 static void arm_timeout(imc_redis *r);
 
 /* ------------------------------------------------------------------ */
@@ -569,25 +571,59 @@ static void dedup_reply(imc_redis *r, cmd *c, const redisReply *rep) {
   }
 }
 
+/* An error that says the server cannot serve now rather than that the
+ * command is wrong: still loading its data after a restart, a replica
+ * since a failover, scripts flushed, a script running too long. */
+static int server_not_ready(const redisReply *rep) {
+  static const char *const codes[] = {"LOADING",    "NOSCRIPT", "READONLY",
+                                      "MASTERDOWN", "BUSY",     "TRYAGAIN"};
+  for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+    size_t n = strlen(codes[i]);
+    if (strncmp(rep->str, codes[i], n) == 0 &&
+        (rep->str[n] == ' ' || rep->str[n] == '\0'))
+      return 1;
+  }
+  return 0;
+}
+
+/* One more answer to the hello: the connection is ready after all. */
+static void hello_answered(imc_redis *r) {
+  if (r->hello_left > 0 && --r->hello_left == 0 && r->state == C_CONNECTING) {
+    r->state = C_READY;
+    r->backoff_ms = r->backoff_min_ms;
+  }
+}
+
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
-  (void)ac;
   cmd *c = privdata;
   imc_redis *r = c->r;
   const redisReply *rep = reply;
   cmd_unlink(r, c);
-  if (rep && rep->type == REDIS_REPLY_ERROR && c->kind != K_SCRIPT_LOAD)
-    set_error(r, "redis", rep->str);
+  if (rep && rep->type == REDIS_REPLY_ERROR) {
+    set_error(r,
+              c->kind == K_INFO          ? "INFO"
+              : c->kind == K_SCRIPT_LOAD ? "SCRIPT LOAD"
+                                         : "redis",
+              rep->str);
+    /* A refused hello, or a server that cannot serve now: the command
+     * fails as unavailable and the connection is dropped; the next one
+     * reads the run id and loads the scripts again. */
+    if (c->kind == K_INFO || c->kind == K_SCRIPT_LOAD ||
+        server_not_ready(rep)) {
+      rep = NULL;
+      if (r->ac == ac)
+        conn_drop(r); /* hiredis frees ac once this callback returns */
+    }
+  }
   switch (c->kind) {
   case K_INFO:
     info_reply(r, rep);
-    if (rep && r->state == C_CONNECTING) {
-      r->state = C_READY;
-      r->backoff_ms = r->backoff_min_ms;
-    }
+    if (rep)
+      hello_answered(r);
     break;
   case K_SCRIPT_LOAD:
-    if (rep && rep->type == REDIS_REPLY_ERROR)
-      set_error(r, "SCRIPT LOAD", rep->str);
+    if (rep)
+      hello_answered(r);
     break;
   case K_SEQ_INCR:
   case K_SEQ_FLOOR:
@@ -718,26 +754,34 @@ static void arm_timeout(imc_redis *r) {
                           &r->timeout_timer);
 }
 
-/* INFO first (the run id), then the scripts, on every new connection. */
-static void send_hello(imc_redis *r) {
-  cmd *c = calloc(1, sizeof(*c));
-  if (c) {
+/* INFO first (the run id), then the scripts, on every new connection;
+ * 0, or < 0 when a command could not be sent. */
+static int send_hello(imc_redis *r) {
+  r->hello_left = 1 + N_SCRIPTS;
+  for (int i = -1; i < N_SCRIPTS; i++) {
+    cmd *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+      return IMC_ERR_NOMEM;
+    const char *argv[3] = {"INFO", "server"};
+    size_t lens[3] = {4, 6};
+    int argc = 2;
     c->kind = K_INFO;
-    const char *argv[2] = {"INFO", "server"};
-    size_t lens[2] = {4, 6};
-    if (cmd_send(r, c, 2, argv, lens) < 0)
+    if (i >= 0) {
+      c->kind = K_SCRIPT_LOAD;
+      argv[0] = "SCRIPT";
+      argv[1] = "LOAD";
+      argv[2] = scripts[i];
+      lens[0] = 6;
+      lens[1] = 4;
+      lens[2] = strlen(scripts[i]);
+      argc = 3;
+    }
+    if (cmd_send(r, c, argc, argv, lens) < 0) {
       free(c);
+      return IMC_ERR_NOMEM;
+    }
   }
-  for (int i = 0; i < N_SCRIPTS; i++) {
-    cmd *s = calloc(1, sizeof(*s));
-    if (s == NULL)
-      break;
-    s->kind = K_SCRIPT_LOAD;
-    const char *argv[3] = {"SCRIPT", "LOAD", scripts[i]};
-    size_t lens[3] = {6, 4, strlen(scripts[i])};
-    if (cmd_send(r, s, 3, argv, lens) < 0)
-      free(s);
-  }
+  return 0;
 }
 
 static void connect_now(imc_redis *r) {
@@ -773,7 +817,10 @@ static void connect_now(imc_redis *r) {
   r->state = C_CONNECTING;
   redisAsyncSetConnectCallback(ac, on_connect);
   redisAsyncSetDisconnectCallback(ac, on_disconnect);
-  send_hello(r);
+  if (send_hello(r) < 0) {
+    set_error(r, "connect", "cannot send INFO and the scripts");
+    conn_drop(r);
+  }
 }
 
 /* ------------------------------------------------------------------ */

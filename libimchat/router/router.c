@@ -11,11 +11,26 @@
 
 #include <openssl/rand.h>
 
+#include <inttypes.h>
 #include <string.h>
 
+/* A backend that is down fails every operation: one line a second says
+ * so, with how many failed since the last one (the counter has all). */
 void imc_rt_backend_error(imc_router *r, const char *what, int status) {
   r->stats[IMC_RT_STAT_BACKEND_ERRORS]++;
-  rt_log(r, IMC_LOG_WARN, "%s: %s", what, imc_strerror(status));
+  int64_t now = imc_rt_now_ms(r);
+  if (r->error_logged_at != 0 && now - r->error_logged_at < 1000) {
+    r->errors_unlogged++;
+    return;
+  }
+  if (r->errors_unlogged > 0)
+    rt_log(r, IMC_LOG_WARN,
+           "%s: %s (%" PRIu64 " more backend errors since the last line)", what,
+           imc_strerror(status), r->errors_unlogged);
+  else
+    rt_log(r, IMC_LOG_WARN, "%s: %s", what, imc_strerror(status));
+  r->error_logged_at = now;
+  r->errors_unlogged = 0;
 }
 
 /* ------------------------------------------------------------------ */

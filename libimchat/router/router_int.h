@@ -108,6 +108,8 @@ struct imc_router {
   seen **seen_buckets; /* seen_nbuckets, a power of two; NULL until used */
   size_t seen_nbuckets, seen_count;
   seen *seen_newest, *seen_oldest;
+  int64_t error_logged_at;  /* of the last backend error logged; 0: none */
+  uint64_t errors_unlogged; /* backend errors since that line */
 };
 
 #define rt_log(r, ...) imc_logf(&(r)->o.log, __VA_ARGS__)

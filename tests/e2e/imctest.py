@@ -348,8 +348,23 @@ class Server:
             time.sleep(0.05)
 
     def _read_stderr(self):
+        # IMC_TEST_LOG_DIR keeps each process's whole stderr in a file
+        # there, beyond the tail kept in memory.
+        log_dir = os.environ.get("IMC_TEST_LOG_DIR")
+        if not log_dir:
+            self._read_lines(None)
+            return
+        os.makedirs(log_dir, exist_ok=True)
+        with open(os.path.join(log_dir, "%s-%d.log"
+                               % (self.name, self.proc.pid)), "w") as full:
+            self._read_lines(full)
+
+    def _read_lines(self, full):
         for raw in self.proc.stderr:
             line = raw.decode("utf-8", "replace").rstrip("\n")
+            if full:
+                full.write(line + "\n")
+                full.flush()
             with self._lock:
                 self._lines.append(line)
                 self._seen += 1

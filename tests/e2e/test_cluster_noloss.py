@@ -23,9 +23,7 @@ the next:
      answer (appendfsync always), so the restarted one has every
      acknowledged write;
   4. MariaDB (a mariadbd of this test's own) killed (kill -9), down for
-     DOWN_S, restarted on its data (InnoDB's crash recovery); only with
-     IMC_NOLOSS_MARIADB=1 for now: im-service sometimes stalls after it
-     (see MARIADB_FAULT below);
+     DOWN_S, restarted on its data (InnoDB's crash recovery);
   5. Kafka broker 1 taken down for DOWN_S and brought back (the mock's
      control port; its partitions wait for it).
 A sender resends, with the same client_msg_id, every message without a
@@ -65,10 +63,6 @@ from test_crash import NO_LIMITS, offline_all, token  # noqa: E402
 import websockets.exceptions  # noqa: E402
 
 TOTAL = int(os.environ.get("IMC_NOLOSS_MESSAGES", "50000"))
-# The MariaDB fault is off unless IMC_NOLOSS_MARIADB=1: after MariaDB comes
-# back, im-service sometimes stops answering sends (no SendAck for minutes
-# while its connections are up again), a bug not yet found.
-MARIADB_FAULT = os.environ.get("IMC_NOLOSS_MARIADB") == "1"
 SENDERS = ["cs0", "cs1", "cs2", "cs3"]
 ONLINE = ["con0", "con1", "con2"]
 OFFLINE = ["coff0", "coff1"]
@@ -577,10 +571,9 @@ class TestClusterNoLoss(imctest.AsyncTestCase):
         run = Run(self, self.cl, self.books)
         faults = [("im-service kill -9", self.fault_service),
                   ("gateway gw-b kill -9", self.fault_gateway),
-                  ("Redis kill -9", self.fault_redis)] + \
-            ([("MariaDB kill -9", self.fault_mariadb)] if MARIADB_FAULT
-             else []) + \
-            [("Kafka broker %d down" % KAFKA_BROKER, self.fault_kafka)]
+                  ("Redis kill -9", self.fault_redis),
+                  ("MariaDB kill -9", self.fault_mariadb),
+                  ("Kafka broker %d down" % KAFKA_BROKER, self.fault_kafka)]
         tasks = [asyncio.ensure_future(t) for t in
                  [run.recipient(u, i % len(self.cl.gateways))
                   for i, u in enumerate(self.online)] +

@@ -4,8 +4,9 @@
  * IMC_TEST_REDIS), and fault cases on a server this suite starts, stops
  * and restarts itself: a restart that loses every counter, a counter
  * that goes back (a replica that lagged), a server that stops answering,
- * a mark that cannot be raised, and the marks kept by a real MariaDB
- * (IMC_TEST_MARIADB) across restarts of Redis and of the process.
+ * a mark that cannot be raised, the marks kept by a real MariaDB
+ * (IMC_TEST_MARIADB) across restarts of Redis and of the process, scripts
+ * flushed under a connection, and a server still loading its data.
  */
 #include "conformance.h"
 #include "engine_test.h"
@@ -168,14 +169,36 @@ static pid_t own_pid;
 static uint16_t own_port;
 static char own_dir[] = "/tmp/imc-redis-test.XXXXXX";
 
-static void own_start(void) {
+/* Starts the server of the fault cases, with extra arguments (or NULL),
+ * on the data left in own_dir by the one before. */
+static void own_start_with(char *const *extra) {
   char portstr[8];
   snprintf(portstr, sizeof(portstr), "%u", own_port);
-  char *argv[] = {"redis-server", "--port", portstr, "--bind",
-                  "127.0.0.1",    "--save", "",      "--appendonly",
-                  "no",           "--dir",  own_dir, NULL};
+  char *argv[24] = {"redis-server", "--port", portstr, "--bind",
+                    "127.0.0.1",    "--save", "",      "--appendonly",
+                    "no",           "--dir",  own_dir};
+  int n = 11;
+  for (; extra && *extra; extra++)
+    argv[n++] = *extra;
+  argv[n] = NULL;
   own_pid = eng_spawn(argv, NULL);
   ck_assert_msg(eng_wait_port(own_port, 10000), "redis-server did not start");
+}
+
+static void own_start(void) {
+  own_start_with(NULL);
+}
+
+/* redis-cli against the server of the fault cases. */
+static void own_cli(char *const *args) {
+  char portstr[8];
+  snprintf(portstr, sizeof(portstr), "%u", own_port);
+  char *argv[16] = {"redis-cli", "-p", portstr};
+  int n = 3;
+  for (; *args; args++)
+    argv[n++] = *args;
+  argv[n] = NULL;
+  ck_assert_int_eq(eng_wait(eng_spawn(argv, "/dev/null")), 0);
 }
 
 static void fault_setup(void) {
@@ -191,6 +214,9 @@ static void fault_teardown(void) {
   if (own_pid > 0)
     eng_kill(own_pid, SIGKILL);
   own_pid = 0;
+  char dump[sizeof(own_dir) + 16];
+  snprintf(dump, sizeof(dump), "%s/dump.rdb", own_dir);
+  unlink(dump);
   rmdir(own_dir);
   strcpy(own_dir, "/tmp/imc-redis-test.XXXXXX");
 }
@@ -293,6 +319,98 @@ START_TEST(a_counter_that_goes_back_is_set_above_its_mark) {
 
   ck_assert_int_eq(next(r, "conv", &v), 0);
   ck_assert_uint_gt(v, 15);
+  imc_redis_del(r);
+}
+END_TEST
+
+typedef struct tas_res {
+  int calls;
+  int status;
+  int found;
+} tas_res;
+
+static void on_tas(void *p, int status, int found, const uint8_t *value,
+                   size_t len) {
+  tas_res *t = p;
+  (void)value;
+  (void)len;
+  t->calls++;
+  t->status = status;
+  t->found = found;
+}
+
+/* test_and_set(key, "v"): the status, and whether the key was there. */
+static int tas(imc_redis *r, const char *k, int *found) {
+  tas_res res = {0};
+  int rv = imc_redis_dedup_vtbl()->test_and_set(r, k, (const uint8_t *)"v", 1,
+                                                60, on_tas, &res);
+  if (rv < 0)
+    return rv;
+  ck_assert_msg(eng_loop_until(&loop, &res.calls, 10000), "tas hung");
+  *found = res.found;
+  return res.status;
+}
+
+/* Scripts flushed under a connection (SCRIPT FLUSH, or a failover to a
+ * server that never loaded them): the calls that meet NOSCRIPT fail as
+ * unavailable and the next connection loads the scripts again. */
+START_TEST(flushed_scripts_are_loaded_again) {
+  imc_redis *r = open_engine("127.0.0.1", own_port, "n:", 2000);
+  uint64_t v = 0;
+  int found = 0;
+  ck_assert_int_eq(next(r, "conv", &v), 0);
+  ck_assert_int_eq(tas(r, "k1", &found), 0);
+  ck_assert_int_eq(found, 0);
+
+  own_cli((char *[]){"SCRIPT", "FLUSH", NULL});
+  ck_assert_int_eq(tas(r, "k2", &found), IMC_ERR_UNAVAILABLE);
+  wait_healthy(r);
+  ck_assert_int_eq(tas(r, "k2", &found), 0);
+  ck_assert_int_eq(found, 0);
+  ck_assert_int_eq(tas(r, "k1", &found), 0);
+  ck_assert_int_eq(found, 1);
+  uint64_t w = 0;
+  ck_assert_int_eq(next(r, "conv", &w), 0);
+  ck_assert_uint_eq(w, v + 1);
+  imc_redis_del(r);
+}
+END_TEST
+
+/* A server still loading its data after a restart answers INFO but
+ * refuses scripts with LOADING: the engine is unavailable until the data
+ * is in, then loads its scripts and carries on above what it handed out. */
+START_TEST(a_server_loading_its_data_is_waited_for) {
+  eng_kill(own_pid, SIGKILL);
+  own_start_with((char *[]){"--enable-debug-command", "local", NULL});
+  imc_redis *r = open_engine("127.0.0.1", own_port, "l:", 2000);
+  uint64_t v = 0;
+  for (int i = 1; i <= 25; i++)
+    ck_assert_int_eq(next(r, "conv", &v), 0);
+  own_cli((char *[]){"DEBUG", "POPULATE", "50000", NULL});
+  own_cli((char *[]){"SAVE", NULL});
+  eng_kill(own_pid, SIGKILL);
+  wait_unhealthy(r);
+
+  /* About 5 s of loading (100 us a key), answering clients meanwhile. */
+  own_start_with((char *[]){"--key-load-delay", "100",
+                            "--loading-process-events-interval-bytes", "1024",
+                            NULL});
+  int64_t t0 = eng_now_ms();
+  while (eng_now_ms() - t0 < 1000)
+    eng_loop_turn(&loop, 20);
+  ck_assert_int_eq(imc_redis_health(r), IMC_ERR_UNAVAILABLE);
+  int found = 0;
+  ck_assert_int_eq(tas(r, "k", &found), IMC_ERR_UNAVAILABLE);
+
+  int64_t end = eng_now_ms() + 30000;
+  while (imc_redis_health(r) != 0 && eng_now_ms() < end)
+    eng_loop_turn(&loop, 20);
+  ck_assert_int_eq(imc_redis_health(r), 0);
+  ck_assert_int_eq(tas(r, "k", &found), 0);
+  ck_assert_int_eq(found, 0);
+  uint64_t w = 0;
+  ck_assert_int_eq(next(r, "conv", &w), 0);
+  ck_assert_uint_gt(w, v);
   imc_redis_del(r);
 }
 END_TEST
@@ -426,12 +544,15 @@ static Suite *fault_suite(void) {
   Suite *s = suite_create("redis/faults");
   TCase *tc = tcase_create("faults");
   tcase_add_checked_fixture(tc, fault_setup, fault_teardown);
+  tcase_set_timeout(tc, 60);
   tcase_add_test(tc, a_restart_that_loses_the_counters_never_goes_back);
   tcase_add_test(tc, a_counter_that_goes_back_is_set_above_its_mark);
   tcase_add_test(tc, a_server_that_stops_answering_fails_operations_in_time);
   tcase_add_test(tc, no_value_is_handed_out_without_its_mark);
   tcase_add_test(tc, options_are_checked_and_seq_needs_marks);
   tcase_add_test(tc, marks_in_mariadb_survive_redis_and_process_restarts);
+  tcase_add_test(tc, flushed_scripts_are_loaded_again);
+  tcase_add_test(tc, a_server_loading_its_data_is_waited_for);
   suite_add_tcase(s, tc);
   return s;
 }
