@@ -311,6 +311,11 @@ class Ledger:
               % (self.sent, len(self.acked), states.count(D),
                  states.count(S), len(received), sum(dups.values()),
                  len(unconfirmed), len(status_only)), file=sys.stderr)
+        for m in sorted(unconfirmed)[:10]:
+            k = key_of[m]
+            print("no-loss:   in the history only: %s %s to %s, msg_id %s, "
+                  "sent %d times" % (k[0], k[1], self.to_of[k], m,
+                                     self.sends.get(k, 0)), file=sys.stderr)
         why = {}
         for k in status_only:
             w = self.refused_once.get(k, ["no UNAVAILABLE answer"])[-1]
