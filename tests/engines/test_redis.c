@@ -386,12 +386,12 @@ START_TEST(a_server_loading_its_data_is_waited_for) {
   uint64_t v = 0;
   for (int i = 1; i <= 25; i++)
     ck_assert_int_eq(next(r, "conv", &v), 0);
-  own_cli((char *[]){"DEBUG", "POPULATE", "50000", NULL});
+  own_cli((char *[]){"DEBUG", "POPULATE", "30000", NULL});
   own_cli((char *[]){"SAVE", NULL});
   eng_kill(own_pid, SIGKILL);
   wait_unhealthy(r);
 
-  /* About 5 s of loading (100 us a key), answering clients meanwhile. */
+  /* About 3 s of loading (100 us a key), answering clients meanwhile. */
   own_start_with((char *[]){"--key-load-delay", "100",
                             "--loading-process-events-interval-bytes", "1024",
                             NULL});
