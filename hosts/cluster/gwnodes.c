@@ -1,13 +1,13 @@
 /* im-service's connections to the gateways (see gwnodes.h). */
 #include "gwnodes.h"
 
+#include "clock.h"
 #include "grpc_net.h"
 #include "log.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* A lookup that found nothing is not repeated sooner than this. */
 #define RETRY_MS 1000
@@ -37,19 +37,13 @@ struct hgwnodes {
   node *nodes;
 };
 
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void on_client(void *ud, imc_grpc_client *c) {
   node *n = ud;
   imc_grpc_gwlink_set_client(n->g->link, n->id, c);
   n->client = c;
   if (c == NULL) {
     n->lost = 1;
-    n->since = now_ms();
+    n->since = hclock_ms();
   }
 }
 
@@ -57,7 +51,7 @@ static void on_address(void *ud, int status, const char *addr) {
   node *n = ud;
   n->looking_up = 0;
   if (status != 0) {
-    n->retry_at = now_ms() + RETRY_MS;
+    n->retry_at = hclock_ms() + RETRY_MS;
     if (status != IMC_ERR_CLOSED)
       hlog_warn("gateway %s: no address in etcd: %s", n->id,
                 imc_strerror(status));
@@ -68,11 +62,11 @@ static void on_address(void *ud, int status, const char *addr) {
       hgrpc_peer_new_tls(&n->peer, n->g->loop, addr, n->g->tls, on_client, n);
   if (rv < 0) {
     hlog_warn("gateway %s at %s: %s", n->id, addr, strerror(-rv));
-    n->retry_at = now_ms() + RETRY_MS;
+    n->retry_at = hclock_ms() + RETRY_MS;
     imc_grpc_gwlink_fail(n->g->link, n->id, IMC_ERR_UNAVAILABLE);
     return;
   }
-  n->since = now_ms();
+  n->since = hclock_ms();
 }
 
 /* The router wants node_id: look it up unless that is under way. */
@@ -93,14 +87,14 @@ static void on_wanted(void *ud, const char *node_id) {
     return;
   /* Looked up in vain a moment ago: the calls fail at once. (From the
    * callback, the link may not be called: a hook does it.) */
-  if (now_ms() < n->retry_at) {
+  if (hclock_ms() < n->retry_at) {
     n->refuse = 1;
     return;
   }
   n->looking_up = 1;
   if (imc_etcd_node_address(g->etcd, n->id, on_address, n) < 0) {
     n->looking_up = 0;
-    n->retry_at = now_ms() + RETRY_MS;
+    n->retry_at = hclock_ms() + RETRY_MS;
     n->refuse = 1;
   }
 }
@@ -112,7 +106,7 @@ static int stale(const node *n, int64_t now) {
 
 static int64_t nodes_due(void *ud) {
   hgwnodes *g = ud;
-  int64_t now = now_ms(), due = -1;
+  int64_t now = hclock_ms(), due = -1;
   for (node *n = g->nodes; n; n = n->next) {
     if (stale(n, now))
       return 0;
@@ -129,7 +123,7 @@ static int64_t nodes_due(void *ud) {
  * calls fail and the next one looks the address up again. */
 static void nodes_run(void *ud) {
   hgwnodes *g = ud;
-  int64_t now = now_ms();
+  int64_t now = hclock_ms();
   for (node *n = g->nodes; n; n = n->next) {
     if (!stale(n, now))
       continue;

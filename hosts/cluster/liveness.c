@@ -1,13 +1,13 @@
 /* im-service's router liveness on etcd (see liveness.h). */
 #include "liveness.h"
 
+#include "clock.h"
 #include "log.h"
 
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
 /* The lease's TTL is the longest a resend waits for a dead router's
  * claim; it is renewed three times within it. */
@@ -31,12 +31,6 @@ typedef struct ask {
   imc_alive_cb done;
   void *done_ud;
 } ask;
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void node_name(char out[16], uint32_t instance) {
   snprintf(out, 16, "svc-%08" PRIx32, instance);
@@ -77,11 +71,11 @@ static void granted(void *ud, int status, uint64_t lease_id) {
     if (status != IMC_ERR_CLOSED)
       hlog_warn("liveness: lease for %s: %s; retrying", l->node,
                 imc_strerror(status));
-    l->due = now_ms() + RETRY_MS;
+    l->due = hclock_ms() + RETRY_MS;
     return;
   }
   l->lease = lease_id;
-  l->due = now_ms() + RENEW_MS;
+  l->due = hclock_ms() + RENEW_MS;
   hlog_info("liveness: router %s on etcd lease %" PRIx64 " (TTL %d s)", l->node,
             lease_id, TTL_S);
   l->granted = 1;
@@ -94,19 +88,19 @@ static void kept(void *ud, int status) {
     /* Expired (cut off for a TTL): the router counted as dead meanwhile. */
     hlog_warn("liveness: lease of %s expired; granting a new one", l->node);
     l->lease = 0;
-    l->due = now_ms();
+    l->due = hclock_ms();
     return;
   }
   if (status != 0 && status != IMC_ERR_CLOSED)
     hlog_warn("liveness: renewing %s: %s", l->node, imc_strerror(status));
-  l->due = now_ms() + (status == 0 ? RENEW_MS : RETRY_MS);
+  l->due = hclock_ms() + (status == 0 ? RENEW_MS : RETRY_MS);
 }
 
 static int64_t due_in(void *ud) {
   hliveness *l = ud;
   if (l->busy || l->due < 0)
     return -1;
-  int64_t d = l->due - now_ms();
+  int64_t d = l->due - hclock_ms();
   return d > 0 ? d : 0;
 }
 
@@ -118,7 +112,7 @@ static void renew(void *ud) {
                          : vt->lease_keepalive(l->etcd, l->lease, kept, l);
   if (rv != 0) {
     l->busy = 0;
-    l->due = now_ms() + RETRY_MS;
+    l->due = hclock_ms() + RETRY_MS;
   }
 }
 
@@ -139,8 +133,8 @@ int hliveness_start(hliveness *l, uint32_t instance, int64_t wait_ms) {
   if (hloop_add_hook(l->loop, due_in, renew, l) < 0)
     return -ENOMEM;
   l->hooked = 1;
-  int64_t end = now_ms() + wait_ms;
-  while (!l->granted && now_ms() < end)
+  int64_t end = hclock_ms() + wait_ms;
+  while (!l->granted && hclock_ms() < end)
     hloop_run_once(l->loop, 50);
   if (!l->granted) {
     hlog_warn("liveness: no etcd lease for %s yet; still trying", l->node);

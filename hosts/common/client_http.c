@@ -1,5 +1,6 @@
 /* HTTP exchanges on curl's multi interface: see client_http.h. */
 #include "client_http.h"
+#include "clock.h"
 #include "client_run.h"
 
 #include <curl/curl.h>
@@ -8,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 
 #define HHTTP_SOCKS 8                /* one exchange: happy eyeballs uses 2 */
 #define HHTTP_MAX_ANSWER (64u << 20) /* a page is far smaller */
@@ -38,12 +38,6 @@ struct hhttp {
   hbuf head, body, ans;
   char err[CURL_ERROR_SIZE];
 };
-
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void buf_add(hbuf *b, const void *p, size_t n) {
   if (b->err || n == 0)
@@ -121,7 +115,7 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud,
 static int on_timer(CURLM *m, long ms, void *ud) {
   hhttp *h = ud;
   (void)m;
-  h->due = ms < 0 ? -1 : mono_ms() + ms;
+  h->due = ms < 0 ? -1 : hclock_ms() + ms;
   return 0;
 }
 
@@ -282,7 +276,7 @@ size_t hhttp_pollfds(const hhttp *h, struct pollfd *p, size_t cap) {
 int64_t hhttp_timeout_ms(const hhttp *h) {
   if (h->due < 0)
     return -1;
-  int64_t left = h->due - mono_ms();
+  int64_t left = h->due - hclock_ms();
   return left > 0 ? left : 0;
 }
 
@@ -300,7 +294,7 @@ void hhttp_after_poll(hhttp *h, const struct pollfd *p, size_t n) {
       ev |= CURL_CSELECT_ERR;
     curl_multi_socket_action(h->multi, p[i].fd, ev, &running);
   }
-  if (h->due >= 0 && mono_ms() >= h->due) {
+  if (h->due >= 0 && hclock_ms() >= h->due) {
     h->due = -1;
     curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
   }

@@ -1,5 +1,6 @@
 /* The poll(2) runner of an imc_client: see client_run.h. */
 #include "client_run.h"
+#include "clock.h"
 #include "client_http.h"
 #include "client_tls.h"
 
@@ -11,18 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #define SYNC_PAGE_MS 10000 /* one offline page, connect to last byte */
 #define READS_PER_TURN 16  /* then the other fds and the timers get a turn */
 #define MAX_CURL_FDS 8
-
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* "http://HOST:PORT" or "https://[V6]:PORT" for the pages. */
 static void http_base(const hclient_opts *o, char *out, size_t cap) {
@@ -272,7 +266,7 @@ static int take_page(run *r, hhttp *h, int *failed) {
 /* ------------------------------------------------------------------ */
 
 int hclient_run(imc_client *c, hclient_opts *o) {
-  int64_t deadline = o->timeout_ms >= 0 ? mono_ms() + o->timeout_ms : -1;
+  int64_t deadline = o->timeout_ms >= 0 ? hclock_ms() + o->timeout_ms : -1;
   run r = {.c = c, .o = o, .fd = -1, .rd_need = POLLIN, .wr_need = POLLOUT};
   hhttp *http = NULL;
   int sync_failed = 0, res = HCLIENT_FAILED;
@@ -349,7 +343,7 @@ int hclient_run(imc_client *c, hclient_opts *o) {
     if (hw >= 0 && (wait < 0 || hw < wait))
       wait = hw;
     if (deadline >= 0) {
-      int64_t left = deadline - mono_ms();
+      int64_t left = deadline - hclock_ms();
       if (left <= 0) {
         res = HCLIENT_TIMEOUT;
         break;

@@ -3,10 +3,11 @@
  */
 #include "engine_loop.h"
 
+#include "clock.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
-#include <time.h>
 
 typedef struct watch {
   hengine_loop *el;
@@ -31,12 +32,6 @@ struct hengine_loop {
   timer *timers; /* by due_ms, earliest first */
   uint64_t gen;  /* bumped by every run of the timers */
 };
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static uint32_t to_epoll(unsigned events) {
   return ((events & IMC_LOOP_READ) ? EPOLLIN : 0u) |
@@ -112,7 +107,7 @@ static int l_timer_add(void *ud, int64_t ms, imc_loop_timer_cb cb, void *cb_ud,
   timer *t = calloc(1, sizeof(*t));
   if (t == NULL)
     return IMC_ERR_NOMEM;
-  t->due_ms = now_ms() + (ms < 0 ? 0 : ms);
+  t->due_ms = hclock_ms() + (ms < 0 ? 0 : ms);
   t->gen = el->gen;
   t->cb = cb;
   t->cb_ud = cb_ud;
@@ -153,7 +148,7 @@ static int64_t timers_next(void *ud) {
   hengine_loop *el = ud;
   if (el->timers == NULL)
     return -1;
-  int64_t d = el->timers->due_ms - now_ms();
+  int64_t d = el->timers->due_ms - hclock_ms();
   return d < 0 ? 0 : d;
 }
 
@@ -163,7 +158,7 @@ static int64_t timers_next(void *ud) {
 static void timers_run(void *ud) {
   hengine_loop *el = ud;
   uint64_t gen = ++el->gen;
-  int64_t now = now_ms();
+  int64_t now = hclock_ms();
   for (;;) {
     timer *t = el->timers;
     while (t && t->due_ms <= now && t->gen == gen)

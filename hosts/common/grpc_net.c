@@ -3,6 +3,7 @@
  */
 #include "grpc_net.h"
 
+#include "clock.h"
 #include "log.h"
 #include "resolve.h"
 #include "tls.h"
@@ -17,7 +18,6 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
 
 #define READ_BUF 65536
@@ -36,23 +36,8 @@
 #define USER_TIMEOUT_MS 60000
 #define RESOLVE_POLL_MS 10 /* how often a running name lookup is checked */
 
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* The earlier of two timeouts, where -1 means none. */
-static int64_t tmin(int64_t a, int64_t b) {
-  if (a < 0)
-    return b;
-  if (b < 0)
-    return a;
-  return a < b ? a : b;
-}
-
 static int64_t until(int64_t deadline) {
-  int64_t d = deadline - now_ms();
+  int64_t d = deadline - hclock_ms();
   return d > 0 ? d : 0;
 }
 
@@ -412,7 +397,7 @@ static void sconn_open(hgrpc_server *s, int fd, const struct sockaddr *sa,
   }
   if (sc->k.ssl) {
     sc->k.handshaking = 1;
-    sc->hs_deadline = now_ms() + HANDSHAKE_TIMEOUT_MS;
+    sc->hs_deadline = hclock_ms() + HANDSHAKE_TIMEOUT_MS;
     s->handshakes++;
   } else if (imc_grpc_conn_new(s->srv, &sc->c, sc) < 0) {
     sock_close(&sc->k);
@@ -433,13 +418,13 @@ static int64_t handshakes_due(const hgrpc_server *s) {
     return -1;
   for (const sconn *sc = s->conns; sc; sc = sc->next)
     if (sc->k.handshaking)
-      t = tmin(t, until(sc->hs_deadline));
+      t = htimeout_min(t, until(sc->hs_deadline));
   return t;
 }
 
 /* Closes the connections whose TLS handshake took too long. */
 static void handshakes_expire(hgrpc_server *s) {
-  int64_t now = now_ms();
+  int64_t now = hclock_ms();
   sconn *next;
   for (sconn *sc = s->handshakes ? s->conns : NULL; sc; sc = next) {
     next = sc->next;
@@ -454,7 +439,7 @@ static void handshakes_expire(hgrpc_server *s) {
 /* Out of fds (or memory): a level-triggered listener would wake us at
  * once, forever. Stop watching it for a moment instead. */
 static void pause_accept(hgrpc_server *s, int err) {
-  int64_t now = now_ms();
+  int64_t now = hclock_ms();
   if (now - s->accept_logged_at >= ACCEPT_LOG_EVERY_MS) {
     hlog_warn("grpc accept: %s; pausing accepts for %d ms", strerror(err),
               ACCEPT_PAUSE_MS);
@@ -507,8 +492,8 @@ static int64_t srv_next(void *ud) {
     return 0;
   int64_t t = imc_grpc_server_next_timeout_ms(s->srv);
   if (s->accept_paused)
-    t = tmin(t, until(s->accept_resume_at));
-  return tmin(t, handshakes_due(s));
+    t = htimeout_min(t, until(s->accept_resume_at));
+  return htimeout_min(t, handshakes_due(s));
 }
 
 static void srv_run(void *ud) {
@@ -517,7 +502,7 @@ static void srv_run(void *ud) {
     imc_grpc_server_on_timeout(s->srv);
   if (handshakes_due(s) == 0)
     handshakes_expire(s);
-  if (s->accept_paused && now_ms() >= s->accept_resume_at) {
+  if (s->accept_paused && hclock_ms() >= s->accept_resume_at) {
     s->accept_paused = 0;
     if (s->lw)
       hloop_watch_set(s->l, s->lw, EPOLLIN);
@@ -688,7 +673,7 @@ static void unlink_draining(hgrpc_peer *p, pconn *pc) {
 }
 
 static void schedule_retry(hgrpc_peer *p) {
-  p->retry_at = now_ms() + p->backoff_ms;
+  p->retry_at = hclock_ms() + p->backoff_ms;
   p->backoff_ms =
       p->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : p->backoff_ms * 2;
 }
@@ -720,7 +705,7 @@ static void peer_connect_failed(hgrpc_peer *p, const char *why) {
   if (pc)
     pconn_free(pc);
   if (p->next_ai != NULL) { /* the name's next address, at once */
-    p->retry_at = now_ms();
+    p->retry_at = hclock_ms();
     return;
   }
   if (!p->outage_logged) {
@@ -836,7 +821,7 @@ static void peer_connected(hgrpc_peer *p, pconn *pc) {
     return;
   }
   pc->k.handshaking = 1;
-  pc->connect_deadline = now_ms() + HANDSHAKE_TIMEOUT_MS;
+  pc->connect_deadline = hclock_ms() + HANDSHAKE_TIMEOUT_MS;
   /* No more EPOLLOUT of the connect: the handshake asks for it. */
   if (hloop_watch_set(p->l, pc->k.w, sock_events(&pc->k)) < 0) {
     peer_connect_failed(p, strerror(errno));
@@ -926,7 +911,7 @@ static void peer_connect(hgrpc_peer *p) {
     peer_connect_failed(p, strerror(-rv));
     return;
   }
-  pc->connect_deadline = now_ms() + CONNECT_TIMEOUT_MS;
+  pc->connect_deadline = hclock_ms() + CONNECT_TIMEOUT_MS;
 }
 
 /* A connect when one is due: to the numeric address, or to the next
@@ -940,7 +925,7 @@ static void peer_attempt(hgrpc_peer *p) {
     const struct addrinfo *res;
     int rv = hresolve_result(p->lookup, &res);
     if (rv == HRESOLVE_BUSY) {
-      p->retry_at = now_ms() + RESOLVE_POLL_MS; /* looked at again then */
+      p->retry_at = hclock_ms() + RESOLVE_POLL_MS; /* looked at again then */
       return;
     }
     if (rv != 0) {
@@ -985,12 +970,12 @@ static int64_t peer_next(void *ud) {
   else if (pc->c == NULL)
     t = until(pc->connect_deadline);
   else if (!p->given)
-    t = tmin(until(pc->connect_deadline),
-             imc_grpc_client_next_timeout_ms(pc->c));
+    t = htimeout_min(until(pc->connect_deadline),
+                     imc_grpc_client_next_timeout_ms(pc->c));
   else
     t = imc_grpc_client_next_timeout_ms(pc->c);
   for (pconn *d = p->draining; d; d = d->next)
-    t = tmin(t, imc_grpc_client_next_timeout_ms(d->c));
+    t = htimeout_min(t, imc_grpc_client_next_timeout_ms(d->c));
   return t;
 }
 
@@ -1010,10 +995,10 @@ static void peer_run(void *ud) {
   }
   pconn *pc = p->cur;
   if (pc == NULL) {
-    if (now_ms() >= p->retry_at)
+    if (hclock_ms() >= p->retry_at)
       peer_attempt(p);
   } else if (pc->c == NULL || !p->given) {
-    if (now_ms() >= pc->connect_deadline)
+    if (hclock_ms() >= pc->connect_deadline)
       peer_connect_failed(p, pc->k.ssl ? "TLS: timed out" : "timed out");
     else if (pc->c)
       pconn_service(pc);
@@ -1076,7 +1061,7 @@ int hgrpc_peer_new_tls(hgrpc_peer **out, hloop *l, const char *addr, hstls *tls,
   p->on_client = on_client;
   p->ud = ud;
   p->backoff_ms = BACKOFF_MIN_MS;
-  p->retry_at = now_ms(); /* the first connect: next turn */
+  p->retry_at = hclock_ms(); /* the first connect: next turn */
   int rv = peer_resolve(p, addr);
   if (rv == 0) {
     p->addr = strdup(addr);

@@ -7,6 +7,7 @@
  */
 #include "jwks.h"
 
+#include "clock.h"
 #include "log.h"
 
 #include <imchat/jwks.h>
@@ -20,7 +21,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
-#include <time.h>
 
 #define MAX_WAITERS 4096 /* lookups waiting on one fetch */
 
@@ -66,12 +66,6 @@ struct hjwks {
 
   uint64_t fetches_ok, fetches_failed, kid_refetches;
 };
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ------------------------------------------------------------------ */
 /* libcurl's sockets and timer on the loop                              */
@@ -136,7 +130,7 @@ static int on_socket(CURL *h, curl_socket_t fd, int what, void *userp,
 static int on_timer(CURLM *m, long timeout_ms, void *userp) {
   hjwks *j = userp;
   (void)m;
-  j->curl_due = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+  j->curl_due = timeout_ms < 0 ? -1 : hclock_ms() + timeout_ms;
   return 0;
 }
 
@@ -316,7 +310,7 @@ static void fetch_ended(hjwks *j, CURLcode cc) {
   curl_multi_remove_handle(j->multi, h);
   char why[CURL_ERROR_SIZE + 64] = "";
   long status = 0, age = -1;
-  int64_t now = now_ms();
+  int64_t now = hclock_ms();
   if (j->watch_err) {
     snprintf(why, sizeof(why), "cannot watch a socket");
   } else if (cc != CURLE_OK) {
@@ -376,13 +370,13 @@ static int64_t hook_due(void *ud) {
     due = j->fetch_due;
   if (due < 0)
     return -1;
-  int64_t left = due - now_ms();
+  int64_t left = due - hclock_ms();
   return left < 0 ? 0 : left;
 }
 
 static void hook_run(void *ud) {
   hjwks *j = ud;
-  int64_t now = now_ms();
+  int64_t now = hclock_ms();
   if (j->curl_due >= 0 && j->curl_due <= now) {
     j->curl_due = -1;
     int running;
@@ -412,7 +406,7 @@ static int lookup(void *ud, const char *alg, const char *kid, imc_key_cb done,
   }
   /* A miss: wait for the fetch in flight, or start one if the last that
    * a miss started is old enough. */
-  int64_t now = now_ms();
+  int64_t now = hclock_ms();
   if (j->easy == NULL) {
     if (j->kid_fetched && now - j->last_kid_fetch < j->min_refetch_ms)
       return j->set ? IMC_ERR_NOT_FOUND : IMC_ERR_UNAVAILABLE;
@@ -557,7 +551,7 @@ int hjwks_new(hjwks **out, hloop *l, const hjwks_options *o) {
               j->shown_url);
   hlog_info("--jwks-url: RS256/ES256 keys from %s%s%s", j->shown_url,
             j->ca_file ? ", CAs from " : "", j->ca_file ? j->ca_file : "");
-  j->fetch_due = now_ms(); /* the first fetch, on the first turn */
+  j->fetch_due = hclock_ms(); /* the first fetch, on the first turn */
   *out = j;
   return 0;
 fail:

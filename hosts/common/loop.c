@@ -22,6 +22,7 @@
  * must read): tls_rd_out and tls_wr_wait hold what it waits for.
  */
 #include "loop.h"
+#include "clock.h"
 #include "log.h"
 #include "tls.h"
 
@@ -37,7 +38,6 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
 
 #define MAX_EVENTS 256
@@ -117,21 +117,6 @@ struct hloop {
   int done;
   unsigned char tls_out[SSL3_RT_MAX_PLAIN_LENGTH]; /* gathers a record */
 };
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* The earlier of two timeouts, where -1 means none. */
-static int64_t tmin(int64_t a, int64_t b) {
-  if (a < 0)
-    return b;
-  if (b < 0)
-    return a;
-  return a < b ? a : b;
-}
 
 static int64_t until(int64_t deadline, int64_t now) {
   return deadline > now ? deadline - now : 0;
@@ -525,7 +510,7 @@ static void t_close(void *ud, void *conn_ud) {
   }
   n->state = S_LINGER;
   n->out_armed = 0;
-  n->linger_until = now_ms() + LINGER_MS;
+  n->linger_until = hclock_ms() + LINGER_MS;
   list_push(&l->lingering, n);
 }
 
@@ -757,7 +742,7 @@ int hloop_listen_tls(hloop *l, const char *addr, hstls *tls, char *bound,
  * watching the listeners for a moment instead.
  */
 static void pause_accept(hloop *l, int err) {
-  int64_t now = now_ms();
+  int64_t now = hclock_ms();
   if (now - l->accept_logged_at >= ACCEPT_LOG_EVERY_MS) {
     hlog_warn("accept: %s; pausing accepts for %d ms (%zu connections)",
               strerror(err), ACCEPT_PAUSE_MS,
@@ -834,7 +819,7 @@ void hloop_stop_now(hloop *l) {
 
 static void begin_stop(hloop *l) {
   l->stopping = 1;
-  l->stop_deadline = now_ms() + l->grace_ms;
+  l->stop_deadline = hclock_ms() + l->grace_ms;
   close_listeners(l);
   if (l->gw) {
     imc_gateway_shutdown(l->gw);
@@ -1011,16 +996,16 @@ void hloop_del(hloop *l) {
 static int64_t next_timeout(hloop *l, int64_t now) {
   int64_t t = l->pending ? 0 : -1;
   if (l->gw)
-    t = tmin(t, imc_gateway_next_timeout_ms(l->gw));
+    t = htimeout_min(t, imc_gateway_next_timeout_ms(l->gw));
   for (size_t i = 0; i < l->nhooks; i++)
     if (l->hooks[i].run && l->hooks[i].next_timeout_ms)
-      t = tmin(t, l->hooks[i].next_timeout_ms(l->hooks[i].ud));
+      t = htimeout_min(t, l->hooks[i].next_timeout_ms(l->hooks[i].ud));
   if (l->accept_paused)
-    t = tmin(t, until(l->accept_resume_at, now));
+    t = htimeout_min(t, until(l->accept_resume_at, now));
   if (l->lingering.head)
-    t = tmin(t, until(l->lingering.head->linger_until, now));
+    t = htimeout_min(t, until(l->lingering.head->linger_until, now));
   if (l->stopping)
-    t = tmin(t, until(l->stop_deadline, now));
+    t = htimeout_min(t, until(l->stop_deadline, now));
   return t > INT_MAX ? INT_MAX : t;
 }
 
@@ -1047,7 +1032,7 @@ static void dispatch(hloop *l, node *n, uint32_t ev) {
  * dispatch the events, the gateway's timers, the hooks and one flush. */
 static int turn(hloop *l, int64_t cap_ms) {
   struct epoll_event evs[MAX_EVENTS];
-  int64_t now = now_ms();
+  int64_t now = hclock_ms();
   check_stop(l, now);
   if (l->done)
     return 0;
@@ -1074,7 +1059,7 @@ static int turn(hloop *l, int64_t cap_ms) {
   run_hooks(l);
   if (l->gw)
     imc_gateway_flush(l->gw);
-  now = now_ms();
+  now = hclock_ms();
   expire_lingering(l, now);
   resume_accept(l, now);
   reap(l);

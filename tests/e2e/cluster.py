@@ -574,3 +574,25 @@ class Cluster:
         finally:
             self.kill_all()
             drop_database(self.db, self.mariadb)
+
+
+class LogsOnFailure:
+    """A TestCase mixin: when a test fails, the tail of each process's
+    stderr (procs_to_show()) is printed, to tell why."""
+
+    LOG_TAIL = 100
+
+    def procs_to_show(self):
+        raise NotImplementedError
+
+    def run(self, result=None):
+        def bad():
+            return len(result.failures) + len(result.errors) if result \
+                else 0
+        before = bad()
+        try:
+            return super().run(result)
+        finally:
+            if bad() > before:
+                for p in self.procs_to_show():
+                    print(p.stderr_text(tail=self.LOG_TAIL), file=sys.stderr)

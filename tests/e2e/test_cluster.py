@@ -54,7 +54,7 @@ def stored(st):
     return st.state == pb().DeliveryStatus.STORED
 
 
-class ClusterTest(ChatTest):
+class ClusterTest(cluster.LogsOnFailure, ChatTest):
     """A cluster per class (started once, stopped after its last test); a
     test fails if one of its processes died unasked or a sanitizer spoke."""
 
@@ -83,17 +83,8 @@ class ClusterTest(ChatTest):
         finally:
             self.cluster.check("after " + self.id())
 
-    def run(self, result=None):
-        def bad():
-            return len(result.failures) + len(result.errors) if result \
-                else 0
-        before = bad()
-        try:
-            return super().run(result)
-        finally:
-            if bad() > before:  # what the processes said, to tell why
-                for p in self.cluster.procs():
-                    print(p.stderr_text(tail=100), file=sys.stderr)
+    def procs_to_show(self):
+        return self.cluster.procs()
 
     @property
     def gw(self):

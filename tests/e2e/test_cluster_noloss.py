@@ -390,7 +390,8 @@ class Sender:
             self.kick.set()
 
 
-class TestClusterNoLoss(imctest.AsyncTestCase):
+class TestClusterNoLoss(cluster.LogsOnFailure, imctest.AsyncTestCase):
+    LOG_TAIL = 200
 
     @classmethod
     def setUpClass(cls):
@@ -629,17 +630,8 @@ class TestClusterNoLoss(imctest.AsyncTestCase):
                 sum((s.user, c) not in self.books.final for c in s.plan))
             for s in run.senders)
 
-    def run(self, result=None):
-        def bad():
-            return len(result.failures) + len(result.errors) if result \
-                else 0
-        before = bad()
-        try:
-            return super().run(result)
-        finally:
-            if bad() > before:  # what the processes said, to tell why
-                for p in self.cl.procs() + [self.redis, self.mariadb]:
-                    print(p.stderr_text(tail=200), file=sys.stderr)
+    def procs_to_show(self):
+        return self.cl.procs() + [self.redis, self.mariadb]
 
 
 def main():
