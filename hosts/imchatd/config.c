@@ -37,6 +37,7 @@ const struct option imchatd_long_opts[] = {
     {"ack-timeout", required_argument, NULL, O_ACK_TIMEOUT},
     {"heartbeat", required_argument, NULL, O_HEARTBEAT},
     {"idle-timeout", required_argument, NULL, O_IDLE_TIMEOUT},
+    {"handshake-timeout", required_argument, NULL, O_HANDSHAKE_TIMEOUT},
     {"rate-limit", required_argument, NULL, O_RATE_LIMIT},
     {"rate-burst", required_argument, NULL, O_RATE_BURST},
     {"user-rate-limit", required_argument, NULL, O_USER_RATE_LIMIT},
@@ -300,16 +301,18 @@ int imchatd_apply(imchatd_config *cfg, int id, const char *v, char *why,
   case O_ACK_TIMEOUT:
   case O_HEARTBEAT:
   case O_IDLE_TIMEOUT:
+  case O_HANDSHAKE_TIMEOUT:
   case O_LEASE_TTL:
     if (parse_uint(v, 1, MAX_SECONDS, &x) < 0) {
       snprintf(why, cap, "'%s' is not a number of seconds from 1 to %u", v,
                MAX_SECONDS);
       return -1;
     }
-    *(id == O_ACK_TIMEOUT ? &cfg->ack_timeout_s
-      : id == O_HEARTBEAT ? &cfg->heartbeat_s
-      : id == O_LEASE_TTL ? &cfg->lease_ttl_s
-                          : &cfg->idle_timeout_s) = (uint32_t)x;
+    *(id == O_ACK_TIMEOUT         ? &cfg->ack_timeout_s
+      : id == O_HEARTBEAT         ? &cfg->heartbeat_s
+      : id == O_LEASE_TTL         ? &cfg->lease_ttl_s
+      : id == O_HANDSHAKE_TIMEOUT ? &cfg->handshake_timeout_s
+                                  : &cfg->idle_timeout_s) = (uint32_t)x;
     return 0;
   case O_KAFKA_SESSION_TIMEOUT: /* librdkafka's bounds */
     if (parse_uint(v, 1, 3600, &x) < 0) {
@@ -509,6 +512,7 @@ static void defaults(imchatd_config *cfg, imchatd_role role) {
   cfg->ack_timeout_s = 10;
   cfg->heartbeat_s = 30;
   cfg->idle_timeout_s = 90;
+  cfg->handshake_timeout_s = 10;
   cfg->lease_ttl_s = 90;
   cfg->kafka_session_s = 45;
   cfg->rate_limit = 100;

@@ -54,6 +54,7 @@ typedef struct imchatd_config {
   int filter_mask;   /* 0: reject, 1: mask */
   char *key_file;    /* keyring for encryption at rest */
   uint32_t ack_timeout_s, heartbeat_s, idle_timeout_s, lease_ttl_s;
+  uint32_t handshake_timeout_s;
   uint32_t rate_limit, rate_burst;
   uint32_t user_rate_limit, user_rate_burst, max_devices;
   uint32_t max_sends_per_conn, max_sends; /* sends in flight */

@@ -144,6 +144,9 @@ int hgateway_config(const imchatd_config *cfg, hloop *loop,
        (rv = hconfig_check(imc_gateway_options_set_idle_timeout_ms(
                                opt, cfg->idle_timeout_s * 1000),
                            "--idle-timeout")) != 0 ||
+       (rv = hconfig_check(imc_gateway_options_set_handshake_timeout_ms(
+                               opt, cfg->handshake_timeout_s * 1000),
+                           "--handshake-timeout")) != 0 ||
        (rv = hconfig_check(imc_gateway_options_set_rate_limit(
                                opt, cfg->rate_limit, cfg->rate_burst),
                            "--rate-limit")) != 0))

@@ -767,19 +767,24 @@ class TestBackpressure(ChatTest):
             # 256 MiB) and SQLite grows its cache with the inbox.
             self.assertLess(rss_kib() - rss_before, 1024 * 1024)
             # Let the flood finish (a send cancelled mid-frame would break
-            # the stream) and read the flooder's answers, so that its
-            # closing handshake does not wait behind a full receive queue.
-            replies = 0
+            # the stream) and read the flooder's answers and the STORED
+            # status of each send, so that its closing handshake does not
+            # wait behind a full receive queue.
+            replies = stored = 0
 
             async def drain():
-                nonlocal replies
-                while replies < len(frames):
+                nonlocal replies, stored
+                while replies < len(frames) or stored < len(frames):
                     f = await flooder._read(IO_TIMEOUT)
-                    if f is not None and f.id != 0:
+                    if f is None:
+                        continue
+                    if f.id != 0:
                         replies += 1
+                    elif f.WhichOneof("body") == "status":
+                        stored += 1
 
             await asyncio.wait_for(asyncio.gather(task, drain()), 120)
-            self.assertEqual(replies, len(frames))
+            self.assertEqual((replies, stored), (len(frames), len(frames)))
         finally:
             if not task.done():
                 task.cancel()
