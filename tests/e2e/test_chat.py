@@ -19,7 +19,6 @@ import signal
 import sqlite3
 import sys
 import time
-import unittest
 
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
