@@ -22,6 +22,8 @@ from report import fmt, get  # noqa: E402
 
 HEADING = "## Cluster on one machine (C100K)"
 TICK = os.sysconf("SC_CLK_TCK")
+# im-service's router lease (hosts/cluster/liveness.c: RENEW_MS).
+LIVENESS_RENEW_S = 1.5
 
 
 def read_kv(path):
@@ -327,12 +329,15 @@ def section(a, meta, machine, commands, runs, etcd, procs, notes):
             hb = float(meta["heartbeat_s"])
             facts.append("while %s connections were held for %.0f s: %s "
                          "puts, %s transactions, %s keepalives (%d gateways "
-                         "× one per %g s heartbeat: %d to %d in that time)"
+                         "× one per %g s heartbeat: %d to %d in that time; "
+                         "im-service's router lease, renewed every %g s "
+                         "once the last renewal is answered: at most %d)"
                          % (num(idle["connect"]["ok"]) if idle else "the",
                             secs, num(delta(a0, b, PUTS)),
                             num(delta(a0, b, TXNS)), num(ka), gws, hb,
                             gws * math.floor(secs / hb),
-                            gws * math.ceil(secs / hb)))
+                            gws * math.ceil(secs / hb), LIVENESS_RENEW_S,
+                            math.ceil(secs / LIVENESS_RENEW_S)))
         if "4-closed" in etcd and "3-held" in etcd:
             gone = a.keys_files.get("keys-closing")
             facts.append("on closing, %s deletes in %s transactions; %s"
