@@ -7,7 +7,7 @@
 #
 #   scripts/fuzz.sh [SECONDS]
 #
-# scripts/test.sh runs it with 10 s per target (IMC_FUZZ_SECONDS).
+# scripts/test.sh runs it with 5 s per target (IMC_FUZZ_SECONDS).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -85,9 +85,9 @@ imc_start_etcd
 imc_start_kafka build-test/tests/engines/kafka_mock
 
 rc=0
-# One test process more than cores: the Kafka suite, started first, mostly
-# waits (tests/engines/meson.build).
-export MESON_TESTTHREADS=${MESON_TESTTHREADS:-$(($(nproc) + 1))}
+# Two test processes more than cores: the Kafka suite's two halves,
+# started first, mostly wait (tests/engines/meson.build).
+export MESON_TESTTHREADS=${MESON_TESTTHREADS:-$(($(nproc) + 2))}
 meson test -C build-test --print-errorlogs "$@" || rc=$?
 # A skipped suite is no pass: every server a suite needs was started.
 if grep -q '"result": "SKIP"' build-test/meson-logs/testlog.json; then
@@ -122,12 +122,12 @@ for t in info["tests"]:
 fi
 
 # --------------------------------------------------------------------------
-# Fuzzing: every libFuzzer target for IMC_FUZZ_SECONDS (default 10) under
+# Fuzzing: every libFuzzer target for IMC_FUZZ_SECONDS (default 5) under
 # ASan/UBSan (scripts/fuzz.sh). A crash or leak fails the run and leaves
 # the input in build-fuzz/.
 # --------------------------------------------------------------------------
 if [ $# -eq 0 ]; then
-  scripts/fuzz.sh "${IMC_FUZZ_SECONDS:-10}" || rc=1
+  scripts/fuzz.sh "${IMC_FUZZ_SECONDS:-5}" || rc=1
 fi
 
 if [ ${#unformatted[@]} -gt 0 ]; then
