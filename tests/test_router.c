@@ -90,6 +90,8 @@ typedef struct mock {
   int64_t dexp[MAX_RECS];
   int n_dedup;
   int dedup_fail;
+  int n_warnings;     /* warning lines the router logged */
+  char warning[256];  /* the last one */
   int dedup_set_fail; /* the next sets refused */
   int record_first;
   char ok_at_publish[128]; /* alice's c1 in the dedup set at a publish */
@@ -499,6 +501,14 @@ static const imc_gwlink_vtbl gwlink = {sizeof(imc_gwlink_vtbl), l_deliver,
 static test_mem TM;
 static imc_router *R;
 
+static void on_log(void *ud, imc_log_level level, const char *line) {
+  (void)ud;
+  if (level == IMC_LOG_WARN) {
+    M.n_warnings++;
+    snprintf(M.warning, sizeof(M.warning), "%s", line);
+  }
+}
+
 static void router_make(const char *filter_words, imc_filter_action action) {
   imc_router_options *o;
   ck_assert_int_eq(imc_router_options_new(&o, &TM.mem), 0);
@@ -511,6 +521,7 @@ static void router_make(const char *filter_words, imc_filter_action action) {
   imc_router_options_set_gwlink(o, &gwlink, NULL);
   imc_router_options_set_clock(o, &M.tc.clock);
   imc_router_options_set_max_body(o, 1000);
+  imc_router_options_set_log(o, on_log, NULL, IMC_LOG_WARN);
   if (M.liveness)
     ck_assert_int_eq(imc_router_options_set_liveness(o, alive_ask, NULL), 0);
   if (M.record_first)
@@ -1668,6 +1679,31 @@ START_TEST(liveness_needs_compare_and_set) {
 }
 END_TEST
 
+/* A backend that is down fails every send: one warning a second, which
+ * counts the failures it did not log; the counter has every one. */
+START_TEST(backend_errors_logged_once_a_second) {
+  M.dedup_fail = 1;
+  char cmid[16];
+  for (int i = 0; i < 5; i++) {
+    snprintf(cmid, sizeof(cmid), "e%d", i);
+    ck_assert_int_eq(send1("alice", "bob", cmid), IMC_ERR_UNAVAILABLE);
+  }
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_BACKEND_ERRORS), 5);
+  ck_assert_int_eq(M.n_warnings, 1);
+  ck_assert_str_eq(M.warning, "dedup: test_and_set: service unavailable");
+  test_clock_advance(&M.tc, 999);
+  ck_assert_int_eq(send1("alice", "bob", "e5"), IMC_ERR_UNAVAILABLE);
+  ck_assert_int_eq(M.n_warnings, 1);
+  test_clock_advance(&M.tc, 1);
+  ck_assert_int_eq(send1("alice", "bob", "e6"), IMC_ERR_UNAVAILABLE);
+  ck_assert_int_eq(M.n_warnings, 2);
+  ck_assert_str_eq(M.warning, "dedup: test_and_set: service unavailable (5 "
+                              "more backend errors since the last line)");
+  ck_assert_uint_eq(imc_router_stat_get(R, IMC_RT_STAT_BACKEND_ERRORS), 7);
+  M.dedup_fail = 0;
+}
+END_TEST
+
 START_TEST(dedup_and_registry_failures) {
   M.dedup_fail = 1;
   ck_assert_int_eq(send1("alice", "bob", "c1"), IMC_ERR_UNAVAILABLE);
@@ -2247,6 +2283,7 @@ static Suite *router_suite(void) {
     tcase_add_test(t, takeover_race_one_winner);
     tcase_add_test(t, liveness_needs_compare_and_set);
     tcase_add_test(t, dedup_and_registry_failures);
+    tcase_add_test(t, backend_errors_logged_once_a_second);
     tcase_add_test(t, alloc_failures);
     suite_add_tcase(s, t);
 
